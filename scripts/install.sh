@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, as root: system packages, then the project venv.
+# The libvirt/rbd/rados Python bindings come from Debian (they must match the C libraries), so the venv is
+# made from /usr/bin/python3 with --system-site-packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils qemu-guest-agent
+  libvirt-daemon-system libvirt-clients python3-libvirt
+  ceph-mon ceph-osd ceph-common python3-rbd python3-rados
+  fio xfsprogs busybox-static linux-image-amd64 kmod
+  python3-venv python3-pip util-linux e2fsprogs chromium
+)
+STAMP=.venv/.installed
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install: apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps Debian's maintainer scripts from trying to start daemons (no init system here).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import libvirt, rbd, rados' 2>/dev/null; then
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$STAMP"
+fi
+echo "install: ok"

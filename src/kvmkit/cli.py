@@ -1,0 +1,62 @@
+"""The `kvmkit` command: mounts one sub-app per capability and turns KvmkitError into one line + exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from kvmkit import __version__
+from kvmkit.errors import KvmkitError
+from kvmkit.lab.cli import app as lab_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(lab_app, name="lab", help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
+
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kvmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+) -> None:
+    """kvmkit: storage-based live VM snapshots and measured performance for KVM clouds."""
+    global _debug
+    _debug = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KvmkitError as exc:
+        if _debug:
+            raise
+        print(f"kvmkit: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("kvmkit: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("kvmkit: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors and anything unforeseen: still one line
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _debug:
+            raise
+        print(f"kvmkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        sys.exit(70)

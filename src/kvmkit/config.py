@@ -1,0 +1,83 @@
+"""kvmkit's settings: one pydantic model, read from a TOML file and overridden by KVMKIT_* variables.
+
+Where the file lives: $KVMKIT_CONFIG, else /etc/kvmkit/config.toml, else built-in defaults. Every field can be
+overridden by an environment variable named KVMKIT_<FIELD> (upper case), which is how the tests point kvmkit at
+their own lab without touching the operator's file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kvmkit.errors import InvalidInput
+
+DEFAULT_CONFIG_PATH = Path("/etc/kvmkit/config.toml")
+
+
+class CephSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conf: Path | None = None  # ceph.conf; None: take monitors from the domain XML or the lab
+    client_id: str = "admin"
+    keyring: Path | None = None
+
+
+class BackupTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["dir", "s3"] = "dir"
+    path: Path | None = None  # kind=dir
+    endpoint: str | None = None  # kind=s3
+    bucket: str | None = None
+    access_key: str | None = Field(default=None, repr=False)
+    secret_key: str | None = Field(default=None, repr=False)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state_dir: Path = Path("/var/lib/kvmkit")
+    libvirt_uri: str = "qemu:///system"
+    catalog: Path | None = None  # default: <state_dir>/catalog.sqlite
+    lab_dir: Path | None = None  # default: <state_dir>/lab
+    freeze_timeout_s: float = Field(default=10.0, gt=0, le=600)  # watchdog deadline: thaw no later than this
+    ceph: CephSettings = CephSettings()
+    backup_to_secondary: bool = False
+    backup_targets: list[BackupTarget] = []
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.catalog or self.state_dir / "catalog.sqlite"
+
+    @property
+    def lab_path(self) -> Path:
+        return self.lab_dir or self.state_dir / "lab"
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, str]:
+    scalar = {"state_dir", "libvirt_uri", "catalog", "lab_dir", "freeze_timeout_s", "backup_to_secondary"}
+    return {name: env[f"KVMKIT_{name.upper()}"] for name in scalar if f"KVMKIT_{name.upper()}" in env}
+
+
+def load(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from the file (if any) with environment overrides applied on top."""
+    env = dict(os.environ) if env is None else env
+    path = path or Path(env.get("KVMKIT_CONFIG", DEFAULT_CONFIG_PATH))
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    elif "KVMKIT_CONFIG" in env:
+        raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
+    data.update(_env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None

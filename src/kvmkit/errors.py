@@ -1,0 +1,38 @@
+"""The one exception tree of kvmkit.
+
+    KvmkitError                  anything kvmkit reports to a user (exit code 1)
+     ├─ InvalidInput             bad arguments or configuration; nothing was changed (exit 2)
+     ├─ NotFound                 an unknown VM, snapshot, backup, target … (exit 3)
+     ├─ Conflict                 the object is busy, running, in use or already exists (exit 4)
+     ├─ EnvironmentProblem       the host lacks something: root, a tool, a loop device, a free port (exit 5)
+     └─ OperationFailed          a real operation failed part-way; the message says what was cleaned up (exit 6)
+
+Edges (libvirt, librbd, subprocess) catch their own low-level errors and re-raise one of these with a
+sentence an operator can act on, so the CLI prints one line and never a traceback (unless --debug).
+"""
+
+from __future__ import annotations
+
+
+class KvmkitError(Exception):
+    exit_code = 1
+
+
+class InvalidInput(KvmkitError):
+    exit_code = 2
+
+
+class NotFound(KvmkitError):
+    exit_code = 3
+
+
+class Conflict(KvmkitError):
+    exit_code = 4
+
+
+class EnvironmentProblem(KvmkitError):
+    exit_code = 5
+
+
+class OperationFailed(KvmkitError):
+    exit_code = 6
