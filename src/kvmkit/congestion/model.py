@@ -1,0 +1,164 @@
+"""Records of kvmkit congestion.
+
+Two layers, kept apart on purpose: *readings* are what /proc said at one instant (cumulative counters,
+frozen dataclasses, never printed), *reports* are what happened between two readings (percentages,
+pydantic models: the same objects `sample --json` prints, the history file stores and `advise`/`policy`
+read back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+REPORT_VERSION = 1
+
+
+class ThreadKind(StrEnum):
+    VCPU = "vcpu"
+    EMULATOR = "emulator"
+    IOTHREAD = "iothread"
+    VHOST = "vhost"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadClass:
+    """What a QEMU thread is; `label` is what the exporter uses (vCPU number, iothread id, thread name)."""
+
+    kind: ThreadKind
+    label: str
+    vcpu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadReading:
+    tid: int
+    name: str
+    cls: ThreadClass
+    run_ns: int
+    wait_ns: int
+    cpu: int | None = None  # last CPU it ran on; only read when the host has more than one NUMA node
+
+
+@dataclass(frozen=True, slots=True)
+class PsiReading:
+    """One line pair of a PSI file: averages in percent, totals in microseconds."""
+
+    some_avg10: float
+    some_avg60: float
+    some_total_us: int
+    full_avg10: float | None
+    full_total_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupReading:
+    path: str
+    psi: PsiReading | None
+    nr_periods: int | None
+    nr_throttled: int | None
+    throttled_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VmReading:
+    pid: int
+    domain: str
+    threads: tuple[ThreadReading, ...]
+    cgroup: CgroupReading | None
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Something that could not be measured and why: printed, exported, never raised."""
+
+    what: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    mono_ns: int  # time.monotonic_ns() when the reading started
+    wall: float  # time.time() at the same instant, for records
+    pcpus: int
+    numa_nodes: dict[int, frozenset[int]]  # node → CPUs; empty when one node (nothing to break down)
+    host_psi: PsiReading | None
+    vms: tuple[VmReading, ...]
+    skipped: tuple[Skip, ...]
+
+
+# ---- reports --------------------------------------------------------------------------------
+
+
+class SkipReport(BaseModel):
+    what: str
+    reason: str
+
+
+class VcpuReport(BaseModel):
+    vcpu: int
+    tid: int
+    utilisation_pct: float
+    congestion_pct: float
+
+
+class ThreadGroupReport(BaseModel):
+    """Emulator, iothreads or vhost workers of one VM: percent of one CPU, summed over the group's threads."""
+
+    threads: int = 0
+    utilisation_pct: float = 0.0
+    congestion_pct: float = 0.0
+
+
+class CgroupReport(BaseModel):
+    path: str
+    psi_some_pct: float | None = None  # share of the interval some task of the VM waited for CPU
+    psi_full_pct: float | None = None
+    throttled_pct: float | None = None  # share of the interval the VM was throttled by a CFS quota
+    throttled_periods: int | None = None
+
+
+class VmReport(BaseModel):
+    domain: str
+    pid: int
+    vcpus_allocated: int
+    utilisation_pct: float  # mean over its vCPUs
+    congestion_pct: float  # mean over its vCPUs: the steal an average vCPU of this guest saw
+    congestion_max_pct: float  # the worst vCPU
+    vcpus: list[VcpuReport]
+    emulator: ThreadGroupReport
+    iothreads: ThreadGroupReport
+    vhost: ThreadGroupReport
+    cgroup: CgroupReport | None = None
+
+
+class NumaReport(BaseModel):
+    node: int
+    pcpus: int
+    vcpus_last_seen: int
+    congestion_pct: float
+
+
+class HostReport(BaseModel):
+    pcpus: int
+    vcpus_allocated: int
+    oversubscription: float  # allocated vCPUs per physical CPU
+    vcpu_demand: float  # Σ(run + wait) of vCPUs over the interval, in CPUs: what the guests wanted
+    vcpu_load_pct: float  # Σ run of vCPUs as percent of the host's CPUs
+    congestion_pct: float  # mean over all vCPUs on the host
+    congestion_p95_pct: float  # 95th percentile over vCPUs
+    psi_some_avg10: float | None
+    psi_full_avg10: float | None
+    psi_some_pct: float | None  # over this interval, from the PSI total
+    numa: list[NumaReport] = Field(default_factory=list)
+
+
+class IntervalReport(BaseModel):
+    version: int = REPORT_VERSION
+    time: float  # wall clock at the end of the interval (epoch seconds)
+    interval_s: float
+    host: HostReport
+    vms: list[VmReport]
+    skipped: list[SkipReport] = Field(default_factory=list)

@@ -1,0 +1,296 @@
+"""Reading /proc and cgroup files into `Reading`s: the only module of the collector that does I/O.
+
+Everything here can vanish under our feet (a VM stops, a thread exits) or be unreadable (permissions, a
+kernel without PSI or schedstat). Each such case becomes a `Skip` with a reason and the reading goes on.
+
+Cost matters (500 threads at 1 Hz must stay under 1 % of a core), so: files are read with os.open/os.read,
+thread names are cached per (pid, tid) and pruned to the live threads each round, process names per pid
+likewise; nothing else is kept between rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from kvmkit.congestion.classify import classify_thread, domain_from_cmdline, is_qemu, vhost_owner
+from kvmkit.congestion.model import (
+    CgroupReading,
+    PsiReading,
+    Reading,
+    Skip,
+    ThreadClass,
+    ThreadKind,
+    ThreadReading,
+    VmReading,
+)
+
+_GONE = (FileNotFoundError, ProcessLookupError)
+
+
+def read_small(path: str) -> str:
+    """One small procfs/sysfs file; raises OSError subclasses as they come (callers decide what they mean)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def parse_psi(text: str) -> PsiReading:
+    """`some avg10=… avg60=… avg300=… total=…` (+ an optional `full` line) → PsiReading."""
+    lines: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        lines[kind] = dict(field.split("=", 1) for field in rest.split())
+    some = lines["some"]
+    full = lines.get("full")
+    return PsiReading(
+        some_avg10=float(some["avg10"]),
+        some_avg60=float(some["avg60"]),
+        some_total_us=int(some["total"]),
+        full_avg10=float(full["avg10"]) if full else None,
+        full_total_us=int(full["total"]) if full else None,
+    )
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """`0-3,8,10-11` → {0, 1, 2, 3, 8, 10, 11}."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(cpus)
+
+
+def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
+    """/proc/PID/cgroup → (v2 path, v1 cpu-controller path)."""
+    v2 = v1_cpu = None
+    for line in text.splitlines():
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1_cpu = path
+    return v2, v1_cpu
+
+
+def vm_cgroup(path: str) -> str:
+    """libvirt puts the QEMU main thread in <vm>/emulator (vCPUs in <vm>/vcpuN): the VM is the parent."""
+    stripped = path.rstrip("/")
+    if stripped.rsplit("/", 1)[-1] == "emulator":
+        return stripped.rsplit("/", 1)[0] or "/"
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupMounts:
+    v2: str | None
+    v1_cpu: str | None
+
+    @classmethod
+    def from_mounts(cls, text: str) -> CgroupMounts:
+        v2 = v1 = None
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            if fields[2] == "cgroup2" and v2 is None:
+                v2 = fields[1]
+            elif fields[2] == "cgroup" and "cpu" in fields[3].split(","):
+                v1 = fields[1]
+        return cls(v2, v1)
+
+
+def _schedstat(text: str) -> tuple[int, int]:
+    run, wait, _ = text.split(maxsplit=2)
+    return int(run), int(wait)
+
+
+def _last_cpu(stat: str) -> int | None:
+    """Field 39 (processor) of /proc/…/stat; the comm field may contain spaces, so count from the last ')'."""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[36]) if len(fields) > 36 else None
+
+
+class ProcReader:
+    """Reads every QEMU process (or the given pids) into a Reading. Keeps only name caches of live tasks."""
+
+    def __init__(self, proc: str = "/proc", sys: str = "/sys", pids: Collection[int] | None = None) -> None:
+        self._proc = proc
+        self._sys = sys
+        self._pids = frozenset(pids) if pids is not None else None
+        self._comm: dict[int, str] = {}  # every live pid → comm (discovery), pruned each round
+        self._domain: dict[int, str] = {}  # QEMU pid → domain name
+        self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
+        self._mounts = self._read_mounts()
+        self._nodes = self._read_numa()
+        self._has_schedstat = os.path.exists(f"{proc}/self/schedstat")
+
+    def _read_mounts(self) -> CgroupMounts:
+        try:
+            return CgroupMounts.from_mounts(read_small(f"{self._proc}/self/mounts"))
+        except OSError:
+            return CgroupMounts(None, None)
+
+    def _read_numa(self) -> dict[int, frozenset[int]]:
+        base = f"{self._sys}/devices/system/node"
+        try:
+            names = [n for n in os.listdir(base) if n.startswith("node") and n[4:].isdigit()]
+            nodes = {int(n[4:]): parse_cpu_list(read_small(f"{base}/{n}/cpulist")) for n in names}
+        except OSError:
+            return {}
+        return nodes if len(nodes) > 1 else {}
+
+    def pcpus(self) -> int:
+        try:
+            return len(parse_cpu_list(read_small(f"{self._sys}/devices/system/cpu/online")))
+        except OSError:
+            return os.cpu_count() or 1
+
+    def _discover(self, skipped: list[Skip]) -> tuple[list[int], dict[int, list[int]]]:
+        """QEMU pids, and kernel vhost threads (pre-6.4 kernels) by the QEMU pid they serve."""
+        if self._pids is not None:
+            return sorted(self._pids), {}
+        live = {int(n) for n in os.listdir(self._proc) if n.isdigit()}
+        for pid in self._comm.keys() - live:
+            del self._comm[pid]
+            self._domain.pop(pid, None)
+        qemu: list[int] = []
+        vhost: dict[int, list[int]] = {}
+        for pid in live:
+            comm = self._comm.get(pid)
+            if comm is None:
+                try:
+                    comm = read_small(f"{self._proc}/{pid}/comm").rstrip("\n")
+                except OSError:
+                    continue  # exited between listdir and read: not ours to report
+                if not is_qemu(comm):
+                    try:
+                        exe = os.path.basename(os.readlink(f"{self._proc}/{pid}/exe"))
+                    except OSError:
+                        exe = None  # kernel threads have no exe
+                    if is_qemu(comm, exe):
+                        comm = "qemu-system"  # renamed with -name process=…; remember it as QEMU
+                self._comm[pid] = comm
+            if is_qemu(comm):
+                qemu.append(pid)
+            elif (owner := vhost_owner(comm)) is not None:
+                vhost.setdefault(owner, []).append(pid)
+        return sorted(qemu), vhost
+
+    def _domain_of(self, pid: int) -> str:
+        name = self._domain.get(pid)
+        if name is None:
+            try:
+                argv = read_small(f"{self._proc}/{pid}/cmdline").split("\0")
+            except OSError:
+                argv = []
+            name = domain_from_cmdline(argv) or f"pid-{pid}"
+            self._domain[pid] = name
+        return name
+
+    def _threads(self, pid: int, extra: list[int], skipped: list[Skip]) -> tuple[ThreadReading, ...] | None:
+        base = f"{self._proc}/{pid}/task"
+        try:
+            tids = [int(t) for t in os.listdir(base)]
+        except _GONE:
+            skipped.append(Skip(f"pid {pid}", "process exited during the reading"))
+            return None
+        except PermissionError:
+            skipped.append(Skip(f"pid {pid}", f"cannot list {base}: permission denied"))
+            return None
+        paths = [(tid, f"{base}/{tid}") for tid in tids] + [(tid, f"{self._proc}/{tid}") for tid in extra]
+        out: list[ThreadReading] = []
+        for tid, path in paths:
+            key = (pid, tid)
+            try:
+                cached = self._thread.get(key)
+                if cached is None:
+                    name = read_small(f"{path}/comm").rstrip("\n")
+                    cls = classify_thread(name)
+                    if name != self._comm.get(pid):  # not yet renamed by QEMU: look again next round
+                        self._thread[key] = (name, cls)
+                else:
+                    name, cls = cached
+                run, wait = _schedstat(read_small(f"{path}/schedstat"))
+                numa = self._nodes and cls.kind is ThreadKind.VCPU
+                cpu = _last_cpu(read_small(f"{path}/stat")) if numa else None
+            except _GONE:
+                skipped.append(Skip(f"pid {pid} tid {tid}", "thread exited during the reading"))
+                continue
+            except (OSError, ValueError) as exc:
+                skipped.append(Skip(f"pid {pid} tid {tid}", f"unreadable: {exc}"))
+                continue
+            out.append(ThreadReading(tid, name, cls, run, wait, cpu))
+        return tuple(out)
+
+    def _cgroup(self, pid: int, domain: str, skipped: list[Skip]) -> CgroupReading | None:
+        try:
+            v2, v1 = parse_proc_cgroup(read_small(f"{self._proc}/{pid}/cgroup"))
+        except OSError as exc:
+            skipped.append(Skip(f"{domain} cgroup", f"cannot read /proc/{pid}/cgroup: {exc.strerror}"))
+            return None
+        if v2 is None or self._mounts.v2 is None:
+            skipped.append(Skip(f"{domain} cgroup", "no cgroup v2 membership: no per-VM PSI"))
+            return None
+        path = vm_cgroup(v2)
+        if path == "/":
+            reason = "VM runs in the root cgroup: no per-VM PSI or throttling"
+            skipped.append(Skip(f"{domain} cgroup", reason))
+            return None
+        directory = self._mounts.v2 + path
+        psi = None
+        try:
+            psi = parse_psi(read_small(f"{directory}/cpu.pressure"))
+        except (OSError, KeyError, ValueError) as exc:
+            skipped.append(Skip(f"{domain} cpu.pressure", f"unreadable in {directory}: {exc}"))
+        periods = throttled = throttled_ns = None
+        try:
+            stat = dict(line.split() for line in read_small(f"{directory}/cpu.stat").splitlines())
+            if "throttled_usec" in stat:
+                periods, throttled = int(stat["nr_periods"]), int(stat["nr_throttled"])
+                throttled_ns = int(stat["throttled_usec"]) * 1000
+        except (OSError, ValueError):
+            pass  # v2 cpu.stat without the cpu controller has no throttling: look in v1 below
+        if throttled_ns is None and v1 is not None and self._mounts.v1_cpu is not None:
+            try:
+                text = read_small(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}/cpu.stat")
+                stat = dict(line.split() for line in text.splitlines())
+                periods, throttled = int(stat["nr_periods"]), int(stat["nr_throttled"])
+                throttled_ns = int(stat["throttled_time"])
+            except (OSError, KeyError, ValueError) as exc:
+                skipped.append(Skip(f"{domain} cpu.stat", f"no throttling counters: {exc}"))
+        return CgroupReading(path, psi, periods, throttled, throttled_ns)
+
+    def read(self) -> Reading:
+        mono, wall = time.monotonic_ns(), time.time()
+        skipped: list[Skip] = []
+        try:
+            host_psi = parse_psi(read_small(f"{self._proc}/pressure/cpu"))
+        except (OSError, KeyError, ValueError) as exc:
+            host_psi = None
+            skipped.append(Skip("host PSI", f"/proc/pressure/cpu unreadable ({exc}); kernel without PSI?"))
+        vms: list[VmReading] = []
+        if not self._has_schedstat:
+            skipped.append(Skip("all VMs", "no /proc/*/schedstat: kernel built without CONFIG_SCHED_INFO"))
+            return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, (), tuple(skipped))
+        qemu, vhost = self._discover(skipped)
+        live_keys: set[tuple[int, int]] = set()
+        for pid in qemu:
+            threads = self._threads(pid, vhost.get(pid, []), skipped)
+            if threads is None:
+                continue
+            live_keys.update((pid, t.tid) for t in threads)
+            domain = self._domain_of(pid)
+            if self._pids is None and not any(t.cls.kind is ThreadKind.VCPU for t in threads):
+                skipped.append(Skip(domain, "no named vCPU threads (QEMU without -name debug-threads=on)"))
+            vms.append(VmReading(pid, domain, threads, self._cgroup(pid, domain, skipped)))
+        for key in self._thread.keys() - live_keys:
+            del self._thread[key]
+        return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped))
