@@ -1,0 +1,279 @@
+"""How each check is fixed, kept apart from what the goals want (profiles) and from doing it (apply.py).
+
+Four kinds of remedy, in the order an operator tries them:
+    runtime     a sysfs/sysctl write that `kvmkit tune apply` performs (and can roll back)
+    manual      a runtime action apply will not take because it disrupts running VMs or needs a daemon
+    persistent  what makes it survive a reboot (sysctl.d, kernel command line, modprobe.d, udev, tuned)
+    bios        firmware setup items, printed, never guessed at from the OS
+
+The remedy texts are data for people; only `plan_writes` produces something that is executed, and it produces
+(path, value) pairs, never shell strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvmkit.tune.checks import idle_states
+from kvmkit.tune.hostfs import HostView, Unreadable
+from kvmkit.tune.model import HOST, Reading, Remedy, Scalar, format_value
+
+Text = Callable[[Scalar], str]
+SYSCTL_D = "/etc/sysctl.d/90-kvmkit-tune.conf"
+
+
+@dataclass(frozen=True)
+class Write:
+    path: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    runtime_safe: bool = False  # apply may write reading.sources (or what `plan` returns)
+    plan: Callable[[HostView, Reading, list[str], Scalar], list[Write]] | None = None  # default: sources
+    manual: Text | None = None
+    persistent: Text | None = None
+    bios: Text | None = None
+
+
+def sysfs_value(value: Scalar) -> str:
+    """How a profile value is written to a sysfs/procfs file: booleans as 1/0."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return "" if value is None else str(value)
+
+
+def _plan_sources(host: HostView | None, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+    return [Write(reading.sources[i], sysfs_value(target)) for i in bad if i in reading.sources]
+
+
+def _plan_turbo(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+    """intel_pstate's no_turbo is inverted (1 = turbo off); cpufreq boost is not."""
+    writes = []
+    for instance in bad:
+        path = reading.sources.get(instance)
+        if path:
+            allowed = bool(target)
+            writes.append(
+                Write(path, ("0" if allowed else "1") if path.endswith("no_turbo") else sysfs_value(allowed))
+            )
+    return writes
+
+
+def _plan_cstate_limit(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+    """Disable every enabled idle state whose exit latency exceeds the target on the offending CPUs."""
+    limit = float(target) if isinstance(target, int | float) and not isinstance(target, bool) else 0.0
+    try:
+        states = idle_states(host)
+    except Unreadable:
+        return []
+    return [
+        Write(s.disable_path, "1") for s in states if s.cpu in bad and not s.disabled and s.latency_us > limit
+    ]
+
+
+def _plan_cstates_enable(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+    try:
+        states = idle_states(host)
+    except Unreadable:
+        return []
+    return [Write(s.disable_path, "0") for s in states if s.cpu in bad and s.disabled]
+
+
+def _sysctl_file(key: str) -> Text:
+    return lambda t: f"{SYSCTL_D}: {key} = {sysfs_value(t)}"
+
+
+def _onoff(t: Scalar) -> str:
+    return "Enabled" if t else "Disabled"
+
+
+RECIPES: dict[str, Recipe] = {
+    "cpufreq_driver": Recipe(
+        persistent=lambda t: (
+            "kernel command line: intel_pstate=active (Intel HWP) or amd_pstate=active (AMD CPPC)"
+        ),
+        bios=lambda t: "Power management: hand P-states to the OS ('OS Control' / HWP native / CPPC enabled)",
+    ),
+    "cpufreq_governor": Recipe(
+        runtime_safe=True,
+        persistent=lambda t: f"tuned profile [cpu] governor={t} (or `cpupower frequency-set -g {t}` at boot)",
+    ),
+    "epp": Recipe(
+        runtime_safe=True, persistent=lambda t: f"tuned profile [cpu] energy_performance_preference={t}"
+    ),
+    "epb": Recipe(
+        runtime_safe=True,
+        persistent=lambda t: f"`x86_energy_perf_policy {t}` at boot (tuned [cpu] energy_perf_bias)",
+        bios=lambda t: "Energy Efficient Policy / Energy Performance Bias: let the OS set it",
+    ),
+    "turbo": Recipe(
+        runtime_safe=True,
+        plan=_plan_turbo,
+        bios=lambda t: f"Turbo Boost (Intel) / Core Performance Boost (AMD): {_onoff(t)}",
+    ),
+    "cpuidle_driver": Recipe(
+        persistent=lambda t: f"kernel command line: no idle=poll/halt; intel_idle or {t} must load",
+        bios=lambda t: "C-states: enabled and reported to the OS (ACPI _CST)",
+    ),
+    "cstate_exit_latency_us": Recipe(
+        runtime_safe=True,
+        plan=_plan_cstate_limit,
+        persistent=lambda t: (
+            f"tuned [cpu] force_latency={t}, or intel_idle.max_cstate=1 on the kernel command line"
+        ),
+        bios=lambda t: "C-states: limit to C1/C1E (disable C6 and package C-states)",
+    ),
+    "cstates_disabled": Recipe(
+        runtime_safe=True,
+        plan=_plan_cstates_enable,
+        persistent=lambda t: (
+            "remove max_cstate / idle= limits and force_latency from the boot and tuned setup"
+        ),
+        bios=lambda t: "C-states: enable C6 and package C-states",
+    ),
+    "cmdline_max_cstate": Recipe(
+        persistent=lambda t: (
+            "kernel command line: remove intel_idle.max_cstate / processor.max_cstate"
+            if t is None
+            else f"kernel command line: intel_idle.max_cstate={t} processor.max_cstate={t}"
+        )
+    ),
+    "cpu_dma_latency": Recipe(
+        manual=lambda t: f"keep /dev/cpu_dma_latency open with a {t} µs request (what tuned does)",
+        persistent=lambda t: f"tuned profile [cpu] force_latency={t}",
+    ),
+    "smt": Recipe(
+        manual=lambda t: (
+            f"echo {t} > /sys/devices/system/cpu/smt/control (offlines or onlines sibling CPUs: "
+            "move pinned VMs first)"
+        ),
+        persistent=lambda t: "kernel command line: nosmt" if t in ("off", "forceoff") else "remove nosmt",
+        bios=lambda t: f"Hyper-Threading / SMT: {'Disabled' if t in ('off', 'forceoff') else 'Enabled'}",
+    ),
+    "halt_poll_ns": Recipe(
+        runtime_safe=True, persistent=lambda t: f"/etc/modprobe.d/kvm.conf: options kvm halt_poll_ns={t}"
+    ),
+    "thp_enabled": Recipe(
+        runtime_safe=True, persistent=lambda t: f"kernel command line: transparent_hugepage={t}"
+    ),
+    "thp_defrag": Recipe(
+        runtime_safe=True,
+        persistent=lambda t: (
+            f"a boot-time write of {t} to /sys/kernel/mm/transparent_hugepage/defrag (tuned [vm])"
+        ),
+    ),
+    "hugepages_coverage_pct": Recipe(
+        manual=lambda t: "sysctl -w vm.nr_hugepages=N (may fall short on a fragmented host: reserve at boot)",
+        persistent=lambda t: (
+            "kernel command line: default_hugepagesz=1G hugepagesz=1G hugepages=N, and "
+            "<memoryBacking><hugepages/></memoryBacking> in each domain"
+        ),
+    ),
+    "numa_balancing": Recipe(runtime_safe=True, persistent=_sysctl_file("kernel.numa_balancing")),
+    "ksm_run": Recipe(
+        runtime_safe=True,
+        persistent=lambda t: "enable the ksm/ksmtuned services" if t else "disable the ksm/ksmtuned services",
+    ),
+    "swappiness": Recipe(runtime_safe=True, persistent=_sysctl_file("vm.swappiness")),
+    "dirty_ratio": Recipe(runtime_safe=True, persistent=_sysctl_file("vm.dirty_ratio")),
+    "dirty_background_ratio": Recipe(runtime_safe=True, persistent=_sysctl_file("vm.dirty_background_ratio")),
+    "irqbalance": Recipe(
+        manual=lambda t: "start irqbalance" if t else "stop irqbalance and pin IRQs by hand",
+        persistent=lambda t: (
+            "enable the irqbalance service; with isolated CPUs set IRQBALANCE_BANNED_CPULIST"
+            if t
+            else "disable the irqbalance service"
+        ),
+    ),
+    "iommu_groups": Recipe(
+        persistent=lambda t: "kernel command line: intel_iommu=on (Intel; AMD enables its IOMMU by default)",
+        bios=lambda t: "Intel VT-d / AMD IOMMU (AMD-Vi): Enabled",
+    ),
+    "iommu_passthrough": Recipe(
+        persistent=lambda t: "kernel command line: iommu=pt" if t else "kernel command line: remove iommu=pt"
+    ),
+    "kvm_device": Recipe(
+        manual=lambda t: "modprobe kvm_intel (or kvm_amd)", bios=lambda t: "Intel VT-x / AMD SVM: Enabled"
+    ),
+    "vhost_net": Recipe(
+        manual=lambda t: "modprobe vhost_net",
+        persistent=lambda t: "/etc/modules-load.d/vhost_net.conf: vhost_net",
+    ),
+    "nohz_full": Recipe(persistent=lambda t: "kernel command line: nohz_full=<CPUs reserved for vCPUs>"),
+    "isolcpus": Recipe(persistent=lambda t: "kernel command line: isolcpus=managed_irq,domain,<vCPU CPUs>"),
+    "rcu_nocbs": Recipe(
+        persistent=lambda t: "kernel command line: rcu_nocbs=<vCPU CPUs> (same list as nohz_full)"
+    ),
+    "clocksource": Recipe(
+        manual=lambda t: (
+            f"echo {t} > /sys/devices/system/clocksource/clocksource0/current_clocksource "
+            "(only if the kernel did not mark the TSC unstable: see dmesg)"
+        ),
+        persistent=lambda t: f"kernel command line: clocksource={t}",
+    ),
+    "mitigations": Recipe(persistent=lambda t: "kernel command line: remove mitigations=off"),
+    "cpu_vulnerabilities": Recipe(
+        persistent=lambda t: "update the kernel and the microcode package; remove per-bug '=off' parameters",
+        bios=lambda t: "update the BIOS (it carries the microcode)",
+    ),
+    "io_scheduler": Recipe(
+        runtime_safe=True,
+        persistent=lambda t: (
+            '/etc/udev/rules.d/60-kvmkit-scheduler.rules: ACTION=="add|change", '
+            f'KERNEL=="nvme[0-9]*n[0-9]*|vd[a-z]*", ATTR{{queue/scheduler}}="{t}"'
+        ),
+    ),
+    "tuned_profile": Recipe(manual=lambda t: f"tuned-adm profile {t}"),
+}
+
+
+def runtime_text(writes: list[Write]) -> str:
+    """The writes apply would make, as a command an operator can read (never executed as a string)."""
+    shown = []
+    for write in writes[:3]:
+        if write.path.startswith("/proc/sys/"):
+            shown.append(f"sysctl -w {write.path[len('/proc/sys/') :].replace('/', '.')}={write.value}")
+        else:
+            shown.append(f"echo {write.value} > {write.path}")
+    more = f" (+{len(writes) - 3} more files)" if len(writes) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def plan_writes(host: HostView | None, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+    """The runtime-safe writes that would bring `bad` instances to `target`; [] when none is safe."""
+    recipe = RECIPES.get(reading.check)
+    if recipe is None or not recipe.runtime_safe or target is None:
+        return []
+    if recipe.plan is None:
+        return _plan_sources(host, reading, bad, target)
+    return recipe.plan(host, reading, bad, target) if host is not None else []
+
+
+def remedies(reading: Reading, bad: list[str], target: Scalar, bios_override: str | None) -> list[Remedy]:
+    """Every remedy for a failing check, most immediate first. Pure: reads nothing."""
+    recipe = RECIPES.get(reading.check, Recipe())
+    found = []
+    if recipe.runtime_safe and target is not None:
+        if recipe.plan is None:
+            writes = _plan_sources(None, reading, bad, target)
+            if writes:
+                found.append(Remedy(kind="runtime", text=runtime_text(writes)))
+        else:
+            found.append(
+                Remedy(
+                    kind="runtime",
+                    text=f"kvmkit tune apply (sets {reading.check} to "
+                    f"{format_value(target)} on {','.join(bad) if bad != [HOST] else 'the host'})",
+                )
+            )
+    if recipe.manual:
+        found.append(Remedy(kind="manual", text=recipe.manual(target)))
+    if recipe.persistent:
+        found.append(Remedy(kind="persistent", text=recipe.persistent(target)))
+    bios = bios_override or (recipe.bios(target) if recipe.bios else None)
+    if bios:
+        found.append(Remedy(kind="bios", text=bios))
+    return found
