@@ -1,0 +1,185 @@
+"""Congestion SLOs per VM class and what to do when one is broken. Pure: no libvirt, no clock, no files
+except `load` (which only parses).
+
+A policy file (TOML):
+
+    window_s = 600            # judge the last 10 minutes of samples
+    percentile = 95
+    cap_neighbours = 1        # how many of the noisiest lower-priority VMs to cap per violated class
+    [classes.gold]
+    priority = 3              # higher is more important
+    slo_congestion_pct = 2.0  # p95 of the VM's mean vCPU congestion must stay ≤ 2 %
+    domains = ["db-*", "gold-*"]
+    shares_boost = 2.0        # multiply cpu_shares of a suffering VM (up to max_shares)
+    [classes.bronze]
+    priority = 1
+    slo_congestion_pct = 10.0
+    domains = ["*"]
+    cap_pct = 50              # a capped neighbour gets vcpu_quota = 50 % of vcpu_period per vCPU
+
+Classes are matched in file order; the first whose glob matches a domain name wins. Actions only ever use
+libvirt scheduler parameters (cpu_shares, vcpu_period, vcpu_quota), so libvirt stays the owner of the cgroups.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kvmkit.congestion.calc import percentile
+from kvmkit.congestion.model import IntervalReport
+from kvmkit.errors import InvalidInput
+
+DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
+DEFAULT_PERIOD_US = 100_000
+
+
+class VmClass(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: int = Field(ge=0)
+    slo_congestion_pct: float = Field(gt=0, lt=100)
+    domains: list[str] = Field(min_length=1)
+    shares_boost: float = Field(default=2.0, gt=1, le=100)
+    max_shares: int = Field(default=10_000, ge=2, le=262_144)
+    cap_pct: float = Field(default=50.0, gt=0, le=100)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window_s: float = Field(default=600, gt=0)
+    percentile: float = Field(default=95, gt=0, le=100)
+    cap_neighbours: int = Field(default=1, ge=0)
+    classes: dict[str, VmClass] = Field(min_length=1)
+
+    def class_of(self, domain: str) -> str | None:
+        for name, vm_class in self.classes.items():
+            if any(fnmatch.fnmatchcase(domain, pattern) for pattern in vm_class.domains):
+                return name
+        return None
+
+
+def load(path: Path) -> Policy:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"policy file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+
+
+class VmStanding(BaseModel):
+    """One VM judged against its class over the window."""
+
+    domain: str
+    vm_class: str | None
+    samples: int
+    congestion_pct: float  # the policy's percentile of the VM's per-interval congestion
+    utilisation_pct: float  # mean per-vCPU utilisation over the window
+    vcpus: int
+    slo_congestion_pct: float | None
+    violated: bool
+
+
+def standings(policy: Policy, reports: Iterable[IntervalReport]) -> list[VmStanding]:
+    """Per domain over the reports given (callers pass only the window): percentile vs the class SLO."""
+    congestion: dict[str, list[float]] = {}
+    utilisation: dict[str, list[float]] = {}
+    vcpus: dict[str, int] = {}
+    for report in reports:
+        for vm in report.vms:
+            if not vm.vcpus:
+                continue
+            congestion.setdefault(vm.domain, []).append(vm.congestion_pct)
+            utilisation.setdefault(vm.domain, []).append(vm.utilisation_pct)
+            vcpus[vm.domain] = vm.vcpus_allocated
+    out: list[VmStanding] = []
+    for domain, values in sorted(congestion.items()):
+        name = policy.class_of(domain)
+        slo = policy.classes[name].slo_congestion_pct if name else None
+        value = round(percentile(values, policy.percentile), 3)
+        out.append(
+            VmStanding(
+                domain=domain,
+                vm_class=name,
+                samples=len(values),
+                congestion_pct=value,
+                utilisation_pct=round(sum(utilisation[domain]) / len(utilisation[domain]), 3),
+                vcpus=vcpus[domain],
+                slo_congestion_pct=slo,
+                violated=slo is not None and value > slo,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Set one scheduler parameter of one domain; `old` is what revert puts back (None: was unset)."""
+
+    domain: str
+    param: str
+    old: int | None
+    new: int
+    reason: str
+
+
+def plan_actions(
+    policy: Policy, judged: list[VmStanding], current: Mapping[str, Mapping[str, int]]
+) -> list[Action]:
+    """Raise the weight of VMs that break their SLO; cap the noisiest VMs of lower-priority classes.
+
+    `current` holds each domain's scheduler parameters as libvirt reports them now; a domain missing from it
+    is left alone (it may have stopped). Caps never touch a class at or above the suffering one, nor a VM that
+    breaks its own SLO, and never loosen a cap already tighter.
+    """
+    actions: dict[tuple[str, str], Action] = {}
+    for vm in judged:
+        if not vm.violated or vm.vm_class is None or vm.domain not in current:
+            continue
+        vm_class = policy.classes[vm.vm_class]
+        old_shares = current[vm.domain].get("cpu_shares")
+        base = old_shares or DEFAULT_SHARES
+        new_shares = min(vm_class.max_shares, int(base * vm_class.shares_boost))
+        if new_shares > base:
+            why = f"p{policy.percentile:g} congestion {vm.congestion_pct:.2f} %"
+            why += f" > SLO {vm_class.slo_congestion_pct:g} % ({vm.vm_class}): raise weight"
+            actions[(vm.domain, "cpu_shares")] = Action(vm.domain, "cpu_shares", old_shares, new_shares, why)
+        for noisy in _noisiest_below(policy, judged, vm_class.priority, current)[: policy.cap_neighbours]:
+            cap_pct = policy.classes[noisy.vm_class or ""].cap_pct
+            params = current[noisy.domain]
+            quota = int((params.get("vcpu_period") or DEFAULT_PERIOD_US) * cap_pct / 100)
+            old_quota = params.get("vcpu_quota")
+            if old_quota is not None and 0 < old_quota <= quota:
+                continue
+            why = f"noisy neighbour ({noisy.vm_class}, {noisy.utilisation_pct:.1f} % per vCPU)"
+            why += f" of {vm.domain}: cap at {cap_pct:g} % per vCPU"
+            action = Action(noisy.domain, "vcpu_quota", old_quota, quota, why)
+            actions.setdefault((noisy.domain, "vcpu_quota"), action)
+    return list(actions.values())
+
+
+def _noisiest_below(
+    policy: Policy, judged: list[VmStanding], priority: int, current: Mapping[str, Mapping[str, int]]
+) -> list[VmStanding]:
+    candidates = [
+        vm
+        for vm in judged
+        if vm.vm_class is not None
+        and policy.classes[vm.vm_class].priority < priority
+        and not vm.violated
+        and vm.domain in current
+    ]
+    return sorted(candidates, key=lambda vm: vm.utilisation_pct * vm.vcpus, reverse=True)
