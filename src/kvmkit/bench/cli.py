@@ -1,0 +1,208 @@
+"""`kvmkit bench`: storage benchmarks done right, with fio as the engine.
+
+Each command is a thin call into the library (engine.run_suite, lint.lint_file, report.write_html); --json
+prints the same records those functions return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmkit.bench import compare as compare_mod
+from kvmkit.bench.engine import BenchOptions, run_suite
+from kvmkit.bench.lint import lint_file
+from kvmkit.bench.report import write_html
+from kvmkit.bench.runner import HostRunner
+from kvmkit.bench.schema import BenchRun, load_run
+from kvmkit.bench.suites import SUITES
+from kvmkit.bench.units import parse_size
+from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.output import console, err_console, print_table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _qds(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidInput(f"--qd wants comma-separated integers, got {text!r}") from None
+
+
+def _us(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f}"
+
+
+def print_run(run: BenchRun) -> None:
+    rows = []
+    for job in run.jobs:
+        c = compare_mod.cell(job)
+        rows.append(
+            [
+                job.name,
+                job.phase,
+                f"{c.iops:,.0f}",
+                f"{c.mib_s:,.1f}",
+                _us(c.p50_us),
+                _us(c.p99_us),
+                _us(c.p99_9_us),
+                _us(c.max_us),
+                _us(c.cpu_us_per_io),
+            ]
+        )
+    print_table(
+        f"{run.label} [{run.status}]",
+        ["job", "phase", "IOPS", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "CPU µs/IO"],
+        rows,
+    )
+    if run.steady_state:
+        s = run.steady_state
+        state = f"reached at round {s.round}" if s.reached else f"NOT reached in {len(s.rounds)} rounds"
+        console.print(
+            f"steady state ({s.tracking}): {state}; range {s.range_pct or 0:.1f} % (≤ 20), "
+            f"slope {s.slope_pct or 0:.1f} % (≤ 10)"
+        )
+    r = run.resources
+    console.print(
+        f"time {r.wall_s:.1f} s (fio {r.fio_wall_s:.1f} s) · peak RSS "
+        f"kvmkit {r.kvmkit_peak_rss_kib / 1024:.0f} MiB, fio {r.fio_peak_rss_kib / 1024:.0f} MiB"
+    )
+
+
+@app.command("run")
+def run_cmd(
+    suite: Annotated[str, typer.Option("--suite", "-s", help=f"One of: {', '.join(SUITES)}.")],
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="A file (created if missing) or a block device.")
+    ],
+    size: Annotated[
+        str | None, typer.Option(help="Working set, e.g. 4G. Default: the device, or 2 × RAM.")
+    ] = None,
+    destructive: Annotated[
+        str | None, typer.Option(help="Repeat the target path to allow overwriting it.")
+    ] = None,
+    runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 30.0,
+    ramp: Annotated[float, typer.Option(help="Ramp seconds before each measured job.")] = 5.0,
+    ioengine: Annotated[str, typer.Option(help="fio engine: io_uring, libaio …")] = "io_uring",
+    qd: Annotated[
+        str | None, typer.Option(help="Sweep queue depths, e.g. 1,4,16,64 (default 1…128).")
+    ] = None,
+    max_rounds: Annotated[int, typer.Option(help="snia: give up on steady state after this many.")] = 25,
+    precondition_cap: Annotated[str | None, typer.Option(help="snia: cap the 2 × capacity fill.")] = None,
+    snia_matrix: Annotated[
+        str, typer.Option(help="snia: 'reduced' or 'tracking' (4k write only).")
+    ] = "reduced",
+    keep_file: Annotated[bool, typer.Option(help="Keep a file kvmkit created, filled, for reuse.")] = False,
+    label: Annotated[str | None, typer.Option(help="Name of this run in comparisons.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run a suite against a target; prints a table (or --json) with tails, CPU per I/O, time and peak RSS."""
+    if out is not None and not out.parent.is_dir():
+        raise InvalidInput(f"--out {out}: folder {out.parent} does not exist")
+    options = BenchOptions(
+        size_bytes=parse_size(size) if size else None,
+        destructive=destructive,
+        runtime_s=runtime,
+        ramp_s=ramp,
+        ioengine=ioengine,
+        qds=_qds(qd),
+        max_rounds=max_rounds,
+        precondition_bytes=parse_size(precondition_cap) if precondition_cap else None,
+        snia_matrix=snia_matrix,
+        keep_file=keep_file,
+        label=label,
+    )
+    result = run_suite(suite, target, HostRunner(tmp_root=os.environ.get("KVMKIT_BENCH_TMP")), options)
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]WARNING[/]: {warning}", highlight=False)
+    if out is not None:
+        out.write_text(result.to_json() + "\n")
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        print_run(result)
+    if result.status != "ok":
+        where = f"; partial results in {out}" if out else ""
+        raise OperationFailed(
+            f"bench run {result.status} after {len(result.jobs)} jobs: {result.error}{where}"
+        )
+
+
+@app.command("lint")
+def lint_cmd(
+    job_file: Annotated[Path, typer.Argument(help="A fio job file.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Flag benchmark mistakes in a fio job file; exit 1 when any is an error."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    findings = lint_file(job_file, ram)
+    if as_json:
+        typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))
+    else:
+        for finding in findings:
+            typer.echo(finding.render(str(job_file)))
+        errors = sum(f.severity == "error" for f in findings)
+        typer.echo(f"{job_file}: {errors} error(s), {len(findings) - errors} warning(s)")
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command("compare")
+def compare_cmd(
+    results: Annotated[list[Path], typer.Argument(help="Result files from `kvmkit bench run --out`.")],
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Side-by-side table of runs (IOPS, tails, CPU per I/O); optionally an HTML report with curves."""
+    runs = [load_run(path) for path in results]
+    if html is not None and not html.parent.is_dir():
+        raise InvalidInput(f"--html {html}: folder {html.parent} does not exist")
+    table = compare_mod.rows(runs)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "runs": [r.label for r in runs],
+                    "notes": compare_mod.machine_notes(runs),
+                    "rows": [
+                        {"job": row.job, "cells": [c.__dict__ if c else None for c in row.cells]}
+                        for row in table
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        columns = (
+            ["job"] + [f"{r.label} IOPS / p99 µs" for r in runs] + [f"Δ IOPS {r.label}" for r in runs[1:]]
+        )
+        lines = []
+        for row in table:
+            cells = [f"{c.iops:,.0f} / {_us(c.p99_us)}" if c else "" for c in row.cells]
+            deltas = [
+                _us(row.iops_change_pct(i)) + " %" if row.iops_change_pct(i) is not None else ""
+                for i in range(1, len(runs))
+            ]
+            lines.append([row.job, *cells, *deltas])
+        print_table("kvmkit bench compare", columns, lines)
+        for note in compare_mod.machine_notes(runs):
+            err_console.print(f"[yellow]note[/]: {note}", highlight=False)
+    if html is not None:
+        write_html(runs, html)
+        if not as_json:
+            console.print(f"report: {html}")
+
+
+@app.command("suites")
+def suites_cmd() -> None:
+    """List the suites and what each measures."""
+    for name, build in SUITES.items():
+        typer.echo(f"{name:20} {(build.__doc__ or '').strip().splitlines()[0]}")

@@ -1,0 +1,189 @@
+"""Where fio runs. The engine talks to a `Runner` only; `HostRunner` runs fio as a local subprocess.
+
+A lab VM runner (fio inside a guest through the guest agent's guest-exec) implements the same five methods:
+`run` ≈ guest-exec + guest-exec-status, `read_lines` ≈ guest-file-open/read in chunks, `probe` ≈ a few
+guest-exec'd commands (stat, blockdev, findmnt). Nothing above this seam knows where fio ran.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvmkit.bench.probe import probe_host
+from kvmkit.bench.schema import Machine
+from kvmkit.errors import EnvironmentProblem, OperationFailed
+
+OWNER_XATTR = (
+    "user.kvmkit.bench"  # set on files kvmkit created: they may be overwritten without --destructive
+)
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_rss_kib: int  # of the process tree that ran (fio and the job processes it forked)
+
+
+@dataclass(frozen=True)
+class TargetProbe:
+    """What is at a path, seen from the machine fio runs on. Facts only; target.py decides."""
+
+    path: str
+    kind: str  # "missing", "file", "block", "dir", "other"
+    parent_exists: bool = True
+    size_bytes: int = 0  # file length or device capacity
+    free_bytes: int | None = None  # free space of the filesystem holding (or to hold) a file
+    filesystem: str | None = None  # type of that filesystem
+    mounted_at: str | None = None  # a block device (or one of its partitions/holders) is mounted there
+    signature: str | None = None  # blkid TYPE of a block device, or "data" when its first MiB is not zero
+    owned: bool = False  # created by kvmkit (OWNER_XATTR), or an empty file
+    filled_bytes: int = 0  # kvmkit wrote this many bytes of random data over it earlier
+    direct_io: bool | None = None  # O_DIRECT open works (False on tmpfs)
+    ram_bytes: int = 0  # of the machine whose cache could serve the target
+    notes: list[str] = field(default_factory=list)  # facts worth a warning (e.g. a loop device without dio)
+
+
+class Runner(Protocol):
+    """The seam for executing fio somewhere. Implement this for in-guest fio (lab VM via qemu-ga)."""
+
+    name: str  # "host" or "vm:NAME"; recorded in the result
+
+    def machine(self) -> Machine: ...  # kernel, CPU, RAM of where fio runs
+
+    def probe(self, path: str) -> TargetProbe: ...  # facts about the target there, changes nothing
+
+    def run(self, argv: Sequence[str], timeout_s: float) -> Completed: ...  # an argv, never a shell string
+
+    def read_lines(self, path: str) -> Iterator[str]: ...  # stream a text file there (latency logs)
+
+    def scratch(self) -> AbstractContextManager[str]: ...  # a temporary directory there, removed on exit
+
+    def claim(self, path: str, filled_bytes: int | None = None) -> None:
+        """Create the file if needed and record in an xattr that it is kvmkit's and how much is filled."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if filled_bytes is None and _get_xattr(fd) is not None:
+                return  # already ours: keep the recorded fill
+            os.setxattr(fd, OWNER_XATTR, str(filled_bytes or 0).encode())
+        except OSError:
+            pass  # no user xattrs on this filesystem: the next run will have to say --destructive
+        finally:
+            os.close(fd)
+
+    def remove(self, path: str) -> None: ...  # delete a file kvmkit created
+
+
+def _wait_with_rusage(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, int, bool]:
+    """wait4() instead of wait(): the kernel hands back the child's peak RSS with its exit status."""
+    timed_out = threading.Event()
+
+    def _kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout_s, _kill)
+    timer.start()
+    try:
+        _, status, rusage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, rusage.ru_maxrss, timed_out.is_set()
+
+
+class HostRunner:
+    """fio as a subprocess of kvmkit, on this machine."""
+
+    name = "host"
+
+    def __init__(self, fio: str = "fio", tmp_root: str | None = None) -> None:
+        self.fio = fio
+        self.tmp_root = tmp_root
+
+    def machine(self) -> Machine:
+        cpu_model = platform.processor() or "unknown"
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                cpu_model = next(
+                    (ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), cpu_model
+                )
+        except OSError:
+            pass
+        return Machine(
+            hostname=platform.node(),
+            kernel=platform.release(),
+            cpu_model=cpu_model,
+            cpus=os.cpu_count() or 1,
+            ram_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            runner=self.name,
+        )
+
+    def probe(self, path: str) -> TargetProbe:
+        return probe_host(path, OWNER_XATTR)
+
+    def run(self, argv: Sequence[str], timeout_s: float) -> Completed:
+        argv = list(argv)
+        if shutil.which(argv[0]) is None:
+            raise EnvironmentProblem(f"{argv[0]} not found: install fio (Debian: apt-get install fio)")
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            started = time.monotonic()
+            # Output goes to files, not pipes: nobody has to drain them while we block in wait4.
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            code, peak_kib, timed_out = _wait_with_rusage(proc, timeout_s)
+            wall = time.monotonic() - started
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if timed_out:
+            raise OperationFailed(f"{argv[0]} did not finish within {timeout_s:.0f} s and was killed")
+        return Completed(argv, code, stdout, stderr, wall, peak_kib)
+
+    def read_lines(self, path: str) -> Iterator[str]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as stream:
+                yield from stream
+        except FileNotFoundError:
+            return
+
+    @contextmanager
+    def scratch(self) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="kvmkit-bench-", dir=self.tmp_root) as path:
+            yield path
+
+    def claim(self, path: str, filled_bytes: int | None = None) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            value = b"1" if filled_bytes is None else str(filled_bytes).encode()
+            try:
+                if filled_bytes is None and OWNER_XATTR.encode() and _get_xattr(fd) is not None:
+                    return
+                os.setxattr(fd, OWNER_XATTR, value)
+            except OSError:
+                pass  # no user xattrs here: the file is still used, the next run will ask for --destructive
+        finally:
+            os.close(fd)
+
+    def remove(self, path: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _get_xattr(fd: int) -> bytes | None:
+    try:
+        return os.getxattr(fd, OWNER_XATTR)
+    except OSError:
+        return None
