@@ -1,0 +1,210 @@
+"""`kvmkit congestion bench`: is the congestion figure right, and what does measuring it cost?
+
+Accuracy: k single-threaded busy "VMs" (loadgen processes, one spinning vCPU each) pinned to c cores. Two
+ground truths, neither taken from schedstat:
+  * the clock-gap truth: each spinning thread adds up the jumps of its own clock (time it was not running,
+    as a guest sees steal) into shared memory; valid whatever else runs on those cores;
+  * the fair-share truth max(0, 1 − c/k): valid only when nothing else runs on those cores, so the busy share
+    of the cores not explained by our threads (/proc/stat) is reported next to it.
+On one core every thread is compared; over several cores the balancer may favour threads for seconds, so the
+fair share is compared with the mean only.
+
+Cost: one loadgen with N idle named threads, sampled at 1 Hz with the normal discovery (all QEMU-like
+processes of the host); the collector's CPU time per sample (thread CPU clock) over the interval is the share
+of a core.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from kvmkit.congestion.collector import Collector
+from kvmkit.congestion.procfs import ProcReader
+from kvmkit.errors import EnvironmentProblem, InvalidInput
+
+
+class ThreadAccuracy(BaseModel):
+    measured_pct: float  # congestion % from schedstat, as `sample` reports it
+    clock_gap_truth_pct: float  # time the thread saw itself off the CPU
+    error_pp: float
+
+
+class AccuracyCase(BaseModel):
+    busy_threads: int
+    cores: list[int]
+    threads: list[ThreadAccuracy]
+    max_error_pp: float  # worst thread against its clock-gap truth
+    fair_share_pct: float  # max(0, 1 - c/k): the truth when the cores hold nothing else
+    measured_mean_pct: float
+    fair_share_error_pp: float  # worst thread (one core) or the mean (several cores) against the fair share
+    other_load_pct: float  # busy share of those cores not explained by our threads: fair share invalid if > 0
+    runnable_pct: float  # mean (run + wait)/Δt: ~100 shows the spinning threads never slept
+
+
+class CostResult(BaseModel):
+    threads: int
+    samples: int
+    interval_s: float
+    cpu_ms_per_sample: float
+    core_pct: float  # share of one core at this interval
+
+
+class BenchResult(BaseModel):
+    accuracy: list[AccuracyCase]
+    max_error_pp: float  # worst thread of all cases against the clock-gap truth
+    cost: CostResult | None
+
+
+@contextmanager
+def loadgen(
+    name: str, vcpus: int, busy: int, cpus: Sequence[int] | None, seconds: float, truth: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """A running loadgen process, ready (all threads named and pinned) when the block starts; killed after."""
+    argv = [sys.executable, "-m", "kvmkit.congestion.loadgen", "-name", f"guest={name},debug-threads=on"]
+    argv += ["--vcpus", str(vcpus), "--busy", str(busy), "--seconds", str(seconds)]
+    if cpus:
+        argv += ["--cpu", ",".join(map(str, cpus))]
+    if truth:
+        argv += ["--truth", str(truth)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise EnvironmentProblem(f"loadgen {name} did not start (exit code {proc.wait()})")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _cpu_ticks(cores: Sequence[int]) -> tuple[int, int]:
+    """(busy, total) USER_HZ ticks of the given cores from /proc/stat."""
+    busy = total = 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                values = [int(v) for v in fields[:8]]
+                total += sum(values)
+                busy += sum(values) - values[3] - values[4]  # minus idle and iowait
+    return busy, total
+
+
+@contextmanager
+def spinners(count: int, cores: Sequence[int], seconds: float) -> Iterator[dict[int, mmap.mmap]]:
+    """`count` one-spinning-vCPU loadgens, all ready when the block starts: pid → its clock-gap counter."""
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvmkit-bench-")))
+        counters: dict[int, mmap.mmap] = {}
+        for i in range(count):
+            path = folder / f"truth-{i}"
+            path.write_bytes(bytes(8))
+            proc = stack.enter_context(loadgen(f"bench-{i}", 1, 1, cores, seconds, path))
+            with path.open("r+b") as shared:
+                counters[proc.pid] = mmap.mmap(shared.fileno(), 8)
+            stack.callback(counters[proc.pid].close)
+        yield counters
+
+
+def _stolen_ns(counter: mmap.mmap) -> int:
+    return struct.unpack_from("q", counter, 0)[0]
+
+
+def accuracy_case(busy_threads: int, cores: Sequence[int], seconds: float = 2.0) -> AccuracyCase:
+    if busy_threads < 1 or not cores:
+        raise InvalidInput("an accuracy case needs at least one busy thread and one core")
+    available = os.sched_getaffinity(0)
+    if not set(cores) <= available:
+        raise InvalidInput(f"cores {sorted(cores)} not all available (have {sorted(available)})")
+    warmup = 0.3
+    with spinners(busy_threads, cores, warmup + seconds + 2.0) as counters:
+        time.sleep(warmup)  # let the balancer settle the pinned threads
+        collector = Collector(ProcReader(pids=counters))
+        collector.sample()
+        gaps0 = {pid: _stolen_ns(c) for pid, c in counters.items()}
+        ticks0 = _cpu_ticks(cores)
+        time.sleep(seconds)
+        report = collector.sample()
+        gaps1 = {pid: _stolen_ns(c) for pid, c in counters.items()}
+        ticks1 = _cpu_ticks(cores)
+    assert report is not None
+    threads: list[ThreadAccuracy] = []
+    for vm in report.vms:
+        for vcpu in vm.vcpus:
+            truth = 100 * (gaps1[vm.pid] - gaps0[vm.pid]) / (report.interval_s * 1e9)
+            error = abs(vcpu.congestion_pct - truth)
+            row = ThreadAccuracy(measured_pct=vcpu.congestion_pct, clock_gap_truth_pct=round(truth, 3),
+                                 error_pp=round(error, 3))  # fmt: skip
+            threads.append(row)
+    if len(threads) != busy_threads:
+        raise EnvironmentProblem(f"measured {len(threads)} of {busy_threads} busy threads: {report.skipped}")
+    vcpus = [v for vm in report.vms for v in vm.vcpus]
+    fair = 100.0 * max(0.0, 1 - len(cores) / busy_threads)
+    mean = sum(t.measured_pct for t in threads) / len(threads)
+    worst = max(abs(t.measured_pct - fair) for t in threads)
+    fair_error = worst if len(cores) == 1 else abs(mean - fair)
+    busy, total = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
+    ours = sum(v.utilisation_pct for v in vcpus) / len(cores)
+    return AccuracyCase(
+        busy_threads=busy_threads,
+        cores=list(cores),
+        threads=threads,
+        max_error_pp=max(t.error_pp for t in threads),
+        fair_share_pct=round(fair, 3),
+        measured_mean_pct=round(mean, 3),
+        fair_share_error_pp=round(fair_error, 3),
+        other_load_pct=round(max(0.0, 100.0 * busy / total - ours), 2) if total else 0.0,
+        runnable_pct=round(sum(v.utilisation_pct + v.congestion_pct for v in vcpus) / len(vcpus), 3),
+    )
+
+
+def sampling_cost(threads: int = 500, samples: int = 5, interval_s: float = 1.0) -> CostResult:
+    """CPU time the collector spends per sample with `threads` QEMU-like threads on the host."""
+    if threads < 3 or samples < 1:
+        raise InvalidInput("cost needs at least 3 threads and 1 sample")
+    with loadgen("bench-cost", threads - 2, 0, None, samples * interval_s + 5):
+        collector = Collector()
+        collector.sample()
+        spent: list[float] = []
+        seen = 0
+        deadline = time.monotonic()
+        for _ in range(samples):
+            deadline += interval_s
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            before = time.thread_time()
+            report = collector.sample()
+            spent.append(time.thread_time() - before)
+            assert report is not None
+            seen = sum(vm.vcpus_allocated + vm.emulator.threads + vm.iothreads.threads for vm in report.vms)
+    per_sample = sum(spent) / len(spent)
+    return CostResult(
+        threads=seen,
+        samples=samples,
+        interval_s=interval_s,
+        cpu_ms_per_sample=round(per_sample * 1000, 3),
+        core_pct=round(100 * per_sample / interval_s, 3),
+    )
+
+
+def run(
+    seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, cost_samples: int = 5
+) -> BenchResult:
+    """The default bench: 1–4 busy threads on one core, 4 on all cores (mean), then the sampling cost."""
+    available = sorted(os.sched_getaffinity(0))
+    core = available[-1] if core is None else core
+    cases = [accuracy_case(k, [core], seconds) for k in (1, 2, 3, 4)]
+    if len(available) > 1:
+        cases.append(accuracy_case(2 * len(available), available, seconds))
+    cost = sampling_cost(cost_threads, cost_samples) if cost_samples > 0 else None
+    return BenchResult(accuracy=cases, max_error_pp=max(c.max_error_pp for c in cases), cost=cost)

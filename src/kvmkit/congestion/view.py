@@ -1,0 +1,53 @@
+"""Human rendering of an interval report (rich): the `top` screen. Printing only, no arithmetic."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from kvmkit.congestion.model import IntervalReport
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _style(congestion_pct: float) -> str:
+    return "bold red" if congestion_pct >= 10 else "yellow" if congestion_pct >= 2 else ""
+
+
+def render(report: IntervalReport, limit: int = 40) -> Group:
+    """Host line, then VMs sorted by congestion (worst first), then what could not be measured."""
+    host = report.host
+    header = Text(
+        f"host: {host.pcpus} CPUs · {host.vcpus_allocated} vCPUs · oversubscription "
+        f"{host.oversubscription:.2f} · vCPU load {host.vcpu_load_pct:.1f} % · congestion "
+        f"{host.congestion_pct:.2f} % (p95 {host.congestion_p95_pct:.2f} %) · PSI some avg10 "
+        f"{_fmt(host.psi_some_avg10, 2)} %  [{report.interval_s:.2f} s]"
+    )
+    table = Table(header_style="bold", expand=False)
+    for column in ("domain", "pid", "vCPUs", "util %", "congestion %", "worst vCPU %", "emulator %",
+                   "iothreads %", "vhost %", "PSI some %", "throttled %"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for vm in sorted(report.vms, key=lambda v: v.congestion_pct, reverse=True)[:limit]:
+        cg = vm.cgroup
+        table.add_row(
+            vm.domain,
+            str(vm.pid),
+            str(vm.vcpus_allocated),
+            _fmt(vm.utilisation_pct),
+            Text(_fmt(vm.congestion_pct, 2), style=_style(vm.congestion_pct)),
+            _fmt(vm.congestion_max_pct, 2),
+            _fmt(vm.emulator.utilisation_pct),
+            _fmt(vm.iothreads.utilisation_pct),
+            _fmt(vm.vhost.utilisation_pct),
+            _fmt(cg.psi_some_pct if cg else None),
+            _fmt(cg.throttled_pct if cg else None),
+        )
+    parts: list[Text | Table] = [header, table]
+    if report.skipped:
+        shown = "; ".join(f"{s.what}: {s.reason}" for s in report.skipped[:5])
+        more = f" (+{len(report.skipped) - 5} more)" if len(report.skipped) > 5 else ""
+        parts.append(Text(f"skipped: {shown}{more}", style="dim"))
+    return Group(*parts)
