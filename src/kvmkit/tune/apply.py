@@ -1,0 +1,229 @@
+"""`apply` and `rollback`: runtime-safe sysfs/sysctl writes, with the previous values saved first.
+
+Order of events, so every state change is recoverable:
+  1. plan: the profile's failing checks whose recipe is runtime-safe → (path, new value); read each old value
+  2. write the rollback file (mode 0600, created exclusively: an existing one means an earlier apply was never
+     rolled back, and overwriting it would lose the original values)
+  3. write each value, then read it back (sysfs may accept a write and keep another value)
+  4. if any write failed: put back the ones that succeeded, delete the rollback file, raise OperationFailed
+`rollback` restores the saved values newest-first and deletes the file only when all of them went back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from kvmkit.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from kvmkit.tune.checks import bracketed
+from kvmkit.tune.evaluate import evaluate
+from kvmkit.tune.fixes import plan_writes
+from kvmkit.tune.hostfs import HostView
+from kvmkit.tune.model import Reading, Status
+from kvmkit.tune.profiles import Profile
+
+log = logging.getLogger(__name__)
+ROLLBACK_FORMAT = 1
+
+
+class Change(BaseModel):
+    check: str
+    path: str
+    old: str
+    new: str
+    outcome: str = "planned"  # planned | done | failed | restored | not-restored
+    error: str = ""
+
+
+class RollbackRecord(BaseModel):
+    format: int = ROLLBACK_FORMAT
+    created: str
+    root: str
+    goal: str
+    changes: list[Change]
+
+
+class ApplyResult(BaseModel):
+    goal: str
+    root: str
+    dry_run: bool
+    rollback_file: str | None
+    changes: list[Change]
+    not_runtime: list[str]  # failing checks apply cannot fix at runtime (see `audit` for their remedies)
+
+
+def current_value(host: HostView, path: str) -> str:
+    """The value a file holds, in the form it is written back (the selected word of a choice file)."""
+    text = host.path(path).read_text().strip()
+    return bracketed(text) if "[" in text else text
+
+
+def _write(host: HostView, path: str, value: str) -> None:
+    """Write without creating: a missing sysfs file must fail, in a fixture tree exactly as on a host."""
+    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _error(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def plan(
+    host: HostView, profile: Profile, readings: list[Reading], only: set[str] | None = None
+) -> ApplyResult:
+    """What apply would change on this host, with each old value. Reads only."""
+    if only and only - set(profile.rules):
+        missing = ", ".join(sorted(only - set(profile.rules)))
+        raise InvalidInput(
+            f"--only: {missing} not in goal {profile.name!r}; its checks: {', '.join(profile.rules)}"
+        )
+    changes: list[Change] = []
+    not_runtime: list[str] = []
+    by_id = {r.check: r for r in readings}
+    for finding in evaluate(profile, readings):
+        if finding.status not in (Status.WARN, Status.FAIL) or (only and finding.check not in only):
+            continue
+        rule = profile.rules[finding.check]
+        writes = plan_writes(host, by_id[finding.check], finding.bad_instances, rule.effective_target)
+        if not writes:
+            not_runtime.append(finding.check)
+        for write in writes:
+            try:
+                old = current_value(host, write.path)
+            except OSError as exc:
+                changes.append(
+                    Change(
+                        check=finding.check,
+                        path=write.path,
+                        old="",
+                        new=write.value,
+                        outcome="failed",
+                        error=f"cannot read the current value: {_error(exc)}",
+                    )
+                )
+                continue
+            if old != write.value:
+                changes.append(Change(check=finding.check, path=write.path, old=old, new=write.value))
+    return ApplyResult(
+        goal=profile.name,
+        root=str(host.root),
+        dry_run=True,
+        rollback_file=None,
+        changes=changes,
+        not_runtime=not_runtime,
+    )
+
+
+def _save(record: RollbackRecord, path: Path, exclusive: bool) -> None:
+    """Write the rollback record with mode 0600 (it describes the host's state; only root should edit it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    if exclusive and path.exists():
+        raise Conflict(f"rollback file {path} exists from an earlier apply: run `kvmkit tune rollback` first")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, record.model_dump_json(indent=2).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> RollbackRecord:
+    if not path.exists():
+        raise NotFound(f"no rollback file at {path}: nothing to roll back")
+    try:
+        return RollbackRecord.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        raise InvalidInput(f"rollback file {path} is not a kvmkit tune rollback record: {exc}") from None
+
+
+def _restore(host: HostView, changes: list[Change]) -> list[Change]:
+    """Put old values back, newest first; returns the changes that could not be restored."""
+    stuck = []
+    for change in reversed(changes):
+        try:
+            _write(host, change.path, change.old)
+            change.outcome, change.error = "restored", ""
+        except OSError as exc:
+            change.outcome, change.error = "not-restored", _error(exc)
+            stuck.append(change)
+    return stuck
+
+
+def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyResult:
+    """Perform a plan from `plan`. Raises OperationFailed (after undoing what worked) if any write fails."""
+    pending = [c for c in planned.changes if c.outcome == "planned"]
+    failed = [c for c in planned.changes if c.outcome == "failed"]
+    result = planned.model_copy(update={"dry_run": False, "rollback_file": str(rollback_file)})
+    if failed:
+        raise OperationFailed(f"nothing was changed: {failed[0].path}: {failed[0].error}")
+    if not pending:
+        return result.model_copy(update={"rollback_file": None})
+    record = RollbackRecord(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        root=str(host.root),
+        goal=planned.goal,
+        changes=pending,
+    )
+    _save(record, rollback_file, exclusive=True)
+    done: list[Change] = []
+    for change in pending:
+        try:
+            _write(host, change.path, change.new)
+            kept = current_value(host, change.path)
+            if kept != change.new:
+                raise OSError(0, f"the kernel kept {kept!r}")
+            change.outcome = "done"
+            done.append(change)
+            log.info(
+                "tune apply",
+                extra={"check": change.check, "path": change.path, "old": change.old, "new": change.new},
+            )
+        except OSError as exc:
+            change.outcome, change.error = "failed", _error(exc)
+            failed.append(change)
+    if failed:
+        stuck = _restore(host, done)
+        what = "; ".join(f"{c.check} {c.path}: {c.error}" for c in failed[:3])
+        if stuck:
+            _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)
+            raise OperationFailed(
+                f"{len(failed)} of {len(pending)} writes failed ({what}); {len(stuck)} of the "
+                f"successful ones could not be put back, see {rollback_file}"
+            )
+        rollback_file.unlink()
+        raise OperationFailed(
+            f"{len(failed)} of {len(pending)} writes failed ({what}); the {len(done)} that "
+            "succeeded were rolled back"
+        )
+    return result
+
+
+def rollback(host: HostView, rollback_file: Path) -> list[Change]:
+    """Restore what the last apply changed; the file goes away only when everything was restored."""
+    record = _load(rollback_file)
+    if Path(record.root) != host.root:
+        raise InvalidInput(
+            f"rollback file {rollback_file} was written for root {record.root}, not {host.root}"
+        )
+    changes = [c.model_copy(update={"outcome": "done"}) for c in record.changes]
+    stuck = _restore(host, changes)
+    if stuck:
+        _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)
+        what = "; ".join(f"{c.path}: {c.error}" for c in stuck[:3])
+        raise OperationFailed(
+            f"{len(stuck)} of {len(changes)} values could not be restored ({what}); "
+            f"they stay in {rollback_file}"
+        )
+    rollback_file.unlink()
+    return changes

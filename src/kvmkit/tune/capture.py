@@ -1,0 +1,211 @@
+"""`capture`: a tar.gz of everything the checks read on a host, and opening one as a HostView.
+
+The capture is made by running every check through a RecordingView, so it holds exactly the files the checks
+need (no guessing a list of paths that drifts from the code). Layout inside the archive:
+
+    kvmkit-capture/meta.json        format, hostname, kernel, time, kvmkit version
+    kvmkit-capture/root/...         the files read, at their host paths; listed folders as (empty) dirs;
+                                    device nodes that were checked for existence as empty files
+    kvmkit-capture/probes/NAME      probe outputs (cpu_dma_latency, irqbalance, dmidecode, tuned-adm)
+    kvmkit-capture/errors.json      path or probe:NAME → why it was unreadable there (not "does not exist")
+
+Opening extracts into a temporary folder with members checked (no absolute paths, no '..', no links or
+devices), so a capture from elsewhere cannot write outside it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from kvmkit import __version__
+from kvmkit.errors import InvalidInput, NotFound
+from kvmkit.tune.checks import read_all
+from kvmkit.tune.hostfs import PROBE_NAMES, HostView, Unreadable
+
+TOP = "kvmkit-capture"
+CAPTURE_FORMAT = 1
+
+
+class RecordingView(HostView):
+    """A live HostView that remembers every answer it gave, for the capture."""
+
+    def __init__(self, root: Path = Path("/"), probe_dir: Path | None = None) -> None:
+        super().__init__(root, probe_dir)
+        self.files: dict[str, str] = {}
+        self.folders: dict[str, list[str]] = {}
+        self.present: set[str] = set()
+        self.probes: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def _failed(self, key: str, exc: Unreadable) -> None:
+        if "does not exist" not in exc.reason:
+            self.errors[key] = exc.reason.split(": ", 1)[-1] if key.startswith("/") else exc.reason
+
+    def read(self, host_path: str) -> str:
+        try:
+            self.files[host_path] = text = super().read(host_path)
+        except Unreadable as exc:
+            self._failed(host_path, exc)
+            raise
+        return text
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            self.folders[host_path] = names = super().listdir(host_path)
+        except Unreadable as exc:
+            self._failed(host_path, exc)
+            raise
+        return names
+
+    def exists(self, host_path: str) -> bool:
+        found = super().exists(host_path)
+        if found:
+            self.present.add(host_path)
+        return found
+
+    def probe(self, name: str) -> str:
+        try:
+            self.probes[name] = out = super().probe(name)
+        except Unreadable as exc:
+            self.errors[f"probe:{name}"] = exc.reason
+            raise
+        return out
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mtime: float) -> None:
+    info = tarfile.TarInfo(f"{TOP}/{name}")
+    info.mtime = int(mtime)
+    if data is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+    else:
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+def capture(root: Path = Path("/"), probe_dir: Path | None = None) -> bytes:
+    """Read every check on the live host (or a tree with saved probes) and return the tar.gz bytes."""
+    view = RecordingView(root, probe_dir)
+    read_all(view)
+    for extra in ("/proc/sys/kernel/hostname", "/proc/sys/kernel/osrelease"):
+        try:
+            view.read(extra)
+        except Unreadable:
+            pass
+    for name in PROBE_NAMES:  # probes not used by a check (dmidecode) still help whoever reads the capture
+        try:
+            view.probe(name)
+        except Unreadable:
+            pass
+    now = time.time()
+    meta = {
+        "format": CAPTURE_FORMAT,
+        "hostname": view.files.get("/proc/sys/kernel/hostname", "unknown"),
+        "kernel": view.files.get("/proc/sys/kernel/osrelease", "unknown"),
+        "captured_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "kvmkit": __version__,
+    }
+    entries: dict[str, bytes | None] = {}
+    for folder, names in view.folders.items():
+        entries.setdefault(f"root{folder}", None)
+        for name in names:
+            entries.setdefault(f"root{folder}/{name}", None)
+    for path in view.present:
+        entries[f"root{path}"] = b""
+    for path, text in view.files.items():
+        entries[f"root{path}"] = (text + "\n").encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        _add(tar, "meta.json", json.dumps(meta, indent=2).encode(), now)
+        _add(tar, "errors.json", json.dumps(view.errors, indent=2, sort_keys=True).encode(), now)
+        _add(tar, "probes", None, now)
+        for name, out in sorted(view.probes.items()):
+            _add(tar, f"probes/{name}", (out + "\n").encode(), now)
+        _add_tree(tar, entries, now)
+    return buffer.getvalue()
+
+
+def _add_tree(tar: tarfile.TarFile, entries: dict[str, bytes | None], mtime: float) -> None:
+    """Add files and folders parents-first; a path that is both a file and a listed folder stays a file."""
+    folders: set[str] = set()
+    for name in entries:
+        parts = PurePosixPath(name).parts
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for name in sorted(folders | set(entries)):
+        data = entries.get(name)
+        if name in folders and data is not None:
+            continue  # cannot be both; the folder wins because its children were read
+        _add(tar, name, None if name in folders else data, mtime)
+
+
+def _safe_members(tar: tarfile.TarFile, source: str) -> list[tarfile.TarInfo]:
+    members = []
+    for member in tar.getmembers():
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts or not member.name.startswith(f"{TOP}/"):
+            raise InvalidInput(f"{source}: unsafe member {member.name!r}: not a kvmkit capture")
+        if not (member.isfile() or member.isdir()):
+            raise InvalidInput(f"{source}: member {member.name!r} is a link or device: not a kvmkit capture")
+        members.append(member)
+    return members
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    """Recreate one checked member by hand: no modes, owners or times from the archive are trusted."""
+    target = dest / member.name
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = tar.extractfile(member)
+    target.write_bytes(data.read() if data is not None else b"")
+
+
+def extract(source: Path, dest: Path) -> Path:
+    """Unpack a capture into dest; returns the capture folder (with meta.json, root/, probes/)."""
+    if not source.is_file():
+        raise NotFound(f"capture {source} does not exist")
+    try:
+        with tarfile.open(source, mode="r:gz") as tar:
+            for member in _safe_members(tar, str(source)):
+                _extract_member(tar, member, dest)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InvalidInput(f"{source}: not a readable tar.gz capture ({exc})") from None
+    folder = dest / TOP
+    if not (folder / "meta.json").is_file():
+        raise InvalidInput(f"{source}: no {TOP}/meta.json: not a kvmkit capture")
+    return folder
+
+
+def view_of(folder: Path) -> HostView:
+    """A HostView over an extracted capture folder, or over a plain sysfs-like tree when there is no meta.json."""
+    if not (folder / "meta.json").is_file():
+        return HostView(folder)
+    try:
+        errors = json.loads((folder / "errors.json").read_text())
+    except (OSError, ValueError):
+        errors = {}
+    return HostView(folder / "root", probe_dir=folder / "probes", recorded_errors=errors)
+
+
+def meta_of(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def opened(source: Path) -> Iterator[tuple[HostView, dict]]:
+    """A capture file as (HostView, meta) for the duration of a with-block."""
+    with tempfile.TemporaryDirectory(prefix="kvmkit-capture-") as tmp:
+        folder = extract(source, Path(tmp))
+        yield view_of(folder), meta_of(folder)
