@@ -197,9 +197,7 @@ def sampling_cost(threads: int = 500, samples: int = 5, interval_s: float = 1.0)
     )
 
 
-def run(
-    seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, cost_samples: int = 5
-) -> BenchResult:
+def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, cost_samples: int = 5) -> BenchResult:
     """The default bench: 1–4 busy threads on one core, 4 on all cores (mean), then the sampling cost."""
     available = sorted(os.sched_getaffinity(0))
     core = available[-1] if core is None else core

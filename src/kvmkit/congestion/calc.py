@@ -152,9 +152,7 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
     return IntervalReport(time=cur.wall, interval_s=interval_s, host=host, vms=vms, skipped=skipped)
 
 
-def numa_breakdown(
-    nodes: dict[int, frozenset[int]], vcpus: Sequence[tuple[int | None, float]]
-) -> list[NumaReport]:
+def numa_breakdown(nodes: dict[int, frozenset[int]], vcpus: Sequence[tuple[int | None, float]]) -> list[NumaReport]:
     """Congestion of the vCPUs by the node of the CPU each last ran on; empty on single-node hosts."""
     out: list[NumaReport] = []
     for node, cpus in sorted(nodes.items()):

@@ -165,9 +165,7 @@ class CongestionCollector(Collector):
             "Things the last reading could not measure.",
             value=len(reading.skipped),
         )
-        yield GaugeMetricFamily(
-            "kvmkit_collector_read_seconds", "Wall time of the last /proc reading.", value=cost_s
-        )
+        yield GaugeMetricFamily("kvmkit_collector_read_seconds", "Wall time of the last /proc reading.", value=cost_s)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -98,9 +98,7 @@ def main(argv: list[str]) -> int:
     set_thread_name("qemu-system-x86")
     deadline = time.monotonic() + seconds
     ready = threading.Barrier(vcpus + 2)
-    workers = [
-        threading.Thread(target=_vcpu, args=(i, i < busy, cpus, deadline, ready, truth)) for i in range(vcpus)
-    ]
+    workers = [threading.Thread(target=_vcpu, args=(i, i < busy, cpus, deadline, ready, truth)) for i in range(vcpus)]
     workers.append(threading.Thread(target=_iothread, args=(deadline, ready)))
     for worker in workers:
         worker.start()

@@ -136,9 +136,7 @@ class Action:
     reason: str
 
 
-def plan_actions(
-    policy: Policy, judged: list[VmStanding], current: Mapping[str, Mapping[str, int]]
-) -> list[Action]:
+def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str, Mapping[str, int]]) -> list[Action]:
     """Raise the weight of VMs that break their SLO; cap the noisiest VMs of lower-priority classes.
 
     `current` holds each domain's scheduler parameters as libvirt reports them now; a domain missing from it

@@ -1,0 +1,256 @@
+"""`kvmkit congestion`: per-VM CPU congestion (the steal guests see) — live view, samples, exporter, control.
+
+Each command is a thin call into the package's functions; `--json` prints the same records they return.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from kvmkit import config
+from kvmkit.congestion import advise as advise_mod
+from kvmkit.congestion import bench as bench_mod
+from kvmkit.congestion import control, exporter, history, policy, view
+from kvmkit.congestion.collector import Collector
+from kvmkit.congestion.model import IntervalReport
+from kvmkit.congestion.procfs import ProcReader
+from kvmkit.errors import InvalidInput
+from kvmkit.output import console, print_json, print_table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+_JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+_PIDS = typer.Option(None, "--pid", help="Measure only these processes (repeatable); default: every QEMU.")
+
+
+def _reader(pids: list[int] | None) -> ProcReader:
+    for pid in pids or []:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise InvalidInput(f"--pid {pid}: no such process")
+    return ProcReader(pids=pids or None)
+
+
+def _journal_path(journal: Path | None) -> Path:
+    return journal or config.load().state_dir / "congestion" / "journal.jsonl"
+
+
+@app.command()
+def sample(
+    interval: float = typer.Option(1.0, help="Seconds between readings."),
+    count: int = typer.Option(1, help="How many intervals to report."),
+    as_json: bool = _JSON,
+    history_file: Annotated[
+        Path | None, typer.Option("--history", help="Also append each report to this file.")
+    ] = None,
+    pids: list[int] | None = _PIDS,
+) -> None:
+    """Measure `count` intervals; with --json one JSON object per line (per interval), for scripts."""
+    writer = history.HistoryWriter(history_file) if history_file else None
+    try:
+        for report in Collector(_reader(pids)).run(interval, count):
+            if writer:
+                writer.append(report)
+            if as_json:
+                typer.echo(report.model_dump_json())
+            else:
+                console.print(view.render(report))
+    finally:
+        if writer:
+            writer.close()
+
+
+@app.command()
+def top(
+    interval: float = typer.Option(2.0, help="Seconds between refreshes."),
+    count: int | None = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C)."),
+    limit: int = typer.Option(40, help="Show at most this many VMs (worst first)."),
+    pids: list[int] | None = _PIDS,
+) -> None:
+    """A live table of VMs sorted by congestion, like top or virt-top."""
+    collector = Collector(_reader(pids))
+    with Live(console=console, auto_refresh=False) as live:
+        live.update(f"measuring the first {interval:g} s interval …", refresh=True)
+        for report in collector.run(interval, count):
+            live.update(view.render(report, limit), refresh=True)
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(9177, help="TCP port."),
+    address: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
+) -> None:
+    """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted."""
+    if not 0 < port < 65536:
+        raise InvalidInput(f"--port {port}: not a TCP port")
+    server, _ = exporter.start(address, port)
+    typer.echo(f"serving kvmkit congestion metrics on http://{address}:{server.server_port}/metrics")
+    try:
+        threading.Event().wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[IntervalReport]:
+    """The reports of the last window_s seconds of the recording (relative to its end, not to now)."""
+    span = window_s or policy_.window_s
+    return list(history.stream(path, since=history.last_time(path) - span))
+
+
+def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
+    print_table(
+        f"p{pct:g} congestion vs SLO",
+        ["domain", "class", "samples", "congestion %", "SLO %", "util %", "violated"],
+        [[r.domain, r.vm_class or "-", r.samples, f"{r.congestion_pct:.2f}", r.slo_congestion_pct,
+          f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],
+    )  # fmt: skip
+
+
+@app.command("policy")
+def policy_cmd(
+    file: Annotated[Path, typer.Argument(help="Policy file (TOML): SLO per VM class.")],
+    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
+    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
+    loaded = policy.load(file)
+    rows = policy.standings(loaded, _window(loaded, history_file, window)) if history_file else []
+    if as_json:
+        print_json({"policy": loaded, "standings": rows})
+        return
+    print_table("classes", ["class", "priority", "SLO %", "domains", "boost", "cap %"],
+                [[n, c.priority, c.slo_congestion_pct, " ".join(c.domains), c.shares_boost, c.cap_pct]
+                 for n, c in loaded.classes.items()])  # fmt: skip
+    if history_file:
+        _print_standings(rows, loaded.percentile)
+
+
+def _print_outcomes(outcomes: list[control.Outcome], title: str) -> None:
+    print_table(title, ["id", "domain", "param", "old", "new", "state", "reason / detail"],
+                [[o.id, o.domain, o.param, o.old, o.new, o.state, o.detail or o.reason] for o in outcomes])  # fmt: skip
+
+
+@app.command()
+def enforce(
+    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
+    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
+    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
+    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Judge VMs against the policy; raise the weight of sufferers, cap noisy neighbours (via libvirt)."""
+    loaded = policy.load(policy_file)
+    if history_file:
+        reports = _window(loaded, history_file, window)
+    else:
+        reports = list(Collector().run(1.0, max(1, int(window or loaded.window_s))))
+    rows = policy.standings(loaded, reports)
+    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    try:
+        current = {d: backend.parameters(d) for d in backend.domains()}
+        actions = policy.plan_actions(loaded, rows, current)
+        outcomes = control.apply(actions, backend, None if dry_run else control.Journal(_journal_path(journal)))
+    finally:
+        backend.close()
+    if as_json:
+        print_json({"standings": rows, "actions": outcomes, "dry_run": dry_run})
+    else:
+        _print_standings(rows, loaded.percentile)
+        _print_outcomes(outcomes, "actions (dry run: nothing changed)" if dry_run else "actions")
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        raise control.OperationFailed(f"{len(failed)} of {len(outcomes)} actions failed; the rest are journaled")
+
+
+@app.command()
+def revert(
+    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    as_json: bool = _JSON,
+) -> None:
+    """Put back every scheduler parameter `enforce` changed, newest first."""
+    path = _journal_path(journal)
+    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    try:
+        outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run)
+    finally:
+        backend.close()
+    if as_json:
+        print_json(outcomes)
+    else:
+        _print_outcomes(outcomes, f"revert from {path}")
+
+
+@app.command()
+def advise(
+    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    slo_pct: float | None = typer.Option(None, "--slo-pct", help="Congestion SLO in % (mean vCPU)."),
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Take the strictest class SLO from here.")
+    ] = None,
+    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    as_json: bool = _JSON,
+) -> None:
+    """The highest vCPU:CPU ratio that would have kept the SLO on this host (fluid model, see docs)."""
+    if slo_pct is None:
+        if policy_file is None:
+            raise InvalidInput("give --slo-pct or --policy (its strictest class SLO is used)")
+        slo_pct = min(c.slo_congestion_pct for c in policy.load(policy_file).classes.values())
+    result = advise_mod.advise(history.stream(history_file), slo_pct, percentile)
+    if as_json:
+        print_json(result)
+        return
+    best = "none (not even 0.25)" if result.max_oversubscription is None else f"{result.max_oversubscription:g}"
+    typer.echo(f"{result.intervals} intervals · observed oversubscription {result.observed_oversubscription:g}"
+               f" · observed p{percentile:g} congestion {result.observed_congestion_pct:g} %"
+               f" · mean vCPU demand {result.mean_vcpu_demand_pct:g} %")  # fmt: skip
+    typer.echo(f"highest oversubscription keeping p{percentile:g} ≤ {slo_pct:g} %: {best}")
+    print_table("predicted", ["vCPUs per CPU", f"p{percentile:g} congestion %"],
+                [[p.oversubscription, p.congestion_pct] for p in result.predictions])  # fmt: skip
+
+
+@app.command()
+def bench(
+    seconds: float = typer.Option(2.0, help="Measured seconds per accuracy case."),
+    core: int | None = typer.Option(None, help="Core for the one-core cases (default: the last one)."),
+    cost_threads: int = typer.Option(500, help="Threads present while measuring the sampling cost."),
+    cost_samples: int = typer.Option(5, help="1 Hz samples for the cost (0: skip)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Accuracy against controlled load (clock-gap and fair-share truths) and the cost of sampling."""
+    if seconds <= 0 or seconds > 60:
+        raise InvalidInput(f"--seconds {seconds}: give 0 < seconds ≤ 60")
+    result = bench_mod.run(seconds, core, cost_threads, cost_samples)
+    if as_json:
+        print_json(result)
+        return
+    print_table("accuracy", ["busy", "cores", "measured mean %", "worst error pp (clock gap)",
+                             "fair share %", "error pp (fair)", "other load %"],
+                [[c.busy_threads, ",".join(map(str, c.cores)), c.measured_mean_pct, c.max_error_pp,
+                  c.fair_share_pct, c.fair_share_error_pp, c.other_load_pct] for c in result.accuracy])  # fmt: skip
+    if result.cost:
+        cost = result.cost
+        typer.echo(f"sampling {cost.threads} threads every {cost.interval_s:g} s: "
+                   f"{cost.cpu_ms_per_sample:.2f} ms CPU per sample = {cost.core_pct:.2f} % of a core")  # fmt: skip
+
+
+@app.command()
+def domains(uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config).")) -> None:
+    """Running libvirt domains next to the QEMU processes found in /proc (libvirt is optional elsewhere)."""
+    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    try:
+        names = backend.domains()
+    finally:
+        backend.close()
+    found = {vm.domain: vm.pid for vm in ProcReader().read().vms}
+    print_table("domains", ["libvirt domain", "QEMU pid"], [[n, found.get(n, "not found")] for n in names])
