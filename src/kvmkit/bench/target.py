@@ -16,6 +16,8 @@ from kvmkit.bench.units import format_size
 from kvmkit.errors import Conflict, InvalidInput, NotFound
 
 SPACE_MARGIN = 64 * 1024 * 1024  # leave the filesystem some room of its own
+# Linux ≥ 6.6 accepts O_DIRECT on tmpfs, so the O_DIRECT probe alone does not catch these.
+MEMORY_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ def plan_target(probe: TargetProbe, size_bytes: int | None, destructive: str | N
         raise InvalidInput(
             f"{path}: the filesystem ({probe.filesystem or '?'}) refuses O_DIRECT, so fio would "
             "measure the page cache; use a target on a real disk"
+        )
+    if probe.filesystem in MEMORY_FILESYSTEMS:
+        raise InvalidInput(
+            f"{path} is on {probe.filesystem}, which lives in RAM: fio would measure memory, not storage"
         )
     warnings = list(probe.notes)
     if probe.kind == "block":

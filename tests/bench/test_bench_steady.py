@@ -1,0 +1,80 @@
+"""The SNIA steady-state detector on synthetic series: flat, trending, noisy, settling."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvmkit.bench.steady import check_window, first_steady_window, latest_window
+
+
+def test_flat_series_is_steady_at_the_first_full_window():
+    found = first_steady_window([1000.0] * 8)
+    assert found is not None and found.start == 0
+    assert found.range_frac == 0 and found.slope_frac == 0
+
+
+def test_fewer_rounds_than_the_window_is_never_steady():
+    assert first_steady_window([1000.0] * 4) is None
+    assert latest_window([1000.0] * 4) is None
+
+
+def test_trend_within_range_but_over_slope_is_not_steady():
+    # +4 % per round: range 16 % (passes ≤ 20 %) but the fitted line moves 16 % (fails ≤ 10 %).
+    series = [1000 * (1 + 0.04 * i) for i in range(12)]
+    assert first_steady_window(series) is None
+    last = latest_window(series)
+    assert last is not None and last.range_frac <= 0.20 and last.slope_frac > 0.10
+
+
+def test_sawtooth_with_flat_trend_but_wide_range_is_not_steady():
+    series = [1000, 1300, 1000, 1300, 1000, 1300, 1000]  # slope ≈ 0, range ≈ 26 % of average
+    check = check_window(series[:5])
+    assert check.slope_frac < 0.10 and check.range_frac > 0.20
+    assert first_steady_window(series) is None
+
+
+def test_noisy_series_within_bounds_is_steady_and_beyond_bounds_is_not():
+    rng = random.Random(7)
+    calm = [10_000 * (1 + rng.uniform(-0.04, 0.04)) for _ in range(10)]
+    wild = [10_000 * (1 + rng.uniform(-0.4, 0.4)) for _ in range(10)]
+    assert first_steady_window(calm) is not None
+    assert first_steady_window(wild) is None
+
+
+def test_settling_series_reports_the_round_where_the_plateau_starts_counting():
+    # Fresh-out-of-box decay: high IOPS that fall, then flatten from round 6 (index 5).
+    series = [5000, 3500, 2500, 2000, 1700, 1500, 1510, 1495, 1505, 1500, 1498]
+    found = first_steady_window(series)
+    assert found is not None
+    assert 4 <= found.start <= 6
+    assert all(v <= 1700 for v in series[found.start : found.start + 5])
+
+
+def test_zero_window_is_broken_not_steady():
+    assert not check_window([0.0] * 5).steady
+
+
+def test_window_needs_two_points():
+    with pytest.raises(ValueError):
+        check_window([1.0])
+
+
+@given(st.floats(min_value=1e-3, max_value=1e9), st.integers(min_value=5, max_value=30))
+def test_any_constant_positive_series_is_steady(value: float, n: int):
+    assert first_steady_window([value] * n) is not None
+
+
+@given(
+    st.lists(st.floats(min_value=1, max_value=1e6), min_size=5, max_size=5),
+    st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_criteria_do_not_depend_on_units(values: list[float], scale: float):
+    a, b = check_window(values), check_window([v * scale for v in values])
+    assert math.isclose(a.range_frac, b.range_frac, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(a.slope_frac, b.slope_frac, rel_tol=1e-9, abs_tol=1e-9)
+    assert a.steady == b.steady or abs(a.range_frac - 0.2) < 1e-9 or abs(a.slope_frac - 0.1) < 1e-9
