@@ -1,0 +1,337 @@
+"""The cheapest fleet for a demand of VM shapes: nodes of each configuration and racks, by MILP (HiGHS).
+
+Variables: x_j nodes of candidate configuration j, y_js VMs of shape s placed on type j (both integer),
+r racks (integer) and, with --single-type, z_j binary "type j is the one used".
+
+    minimise   sum_j node_cost_j x_j + rack_cost r        (node cost here excludes the rack share)
+    subject to sum_j y_js >= demand_s                                  every VM placed
+               sum_s need_sk y_js <= capacity_jk x_j   for k in cpu, ram, disk, iops   per node type
+               sum_j u_j x_j <= rack_u r ;  sum_j peak_w_j x_j <= rack_w r             racks shared by all types
+               x_j <= ub_j z_j ; sum_j z_j = 1                                       only with --single-type
+    y_js = 0 where one VM of shape s does not fit a node of type j.
+
+Capacity is pooled per node type (the VMs on type j fit the sum of type j's nodes), the usual
+capacity-planning assumption; per-node bin packing of mixed shapes is not modelled. Candidates are the
+K cheapest configurations for each shape (and for the reference VM), so the optimum is over those.
+
+Near-identical candidates make proving the last 0.5 % of optimality slow (many mixes cost the same within
+one node), so the solve stops at a relative gap (default 1 %) and reports HiGHS' lower bound next to the
+cost: the answer is never more than `gap` above the best possible over the candidates. By default y is
+continuous and then rounded to whole VMs, adding a node to a type if the rounding overfills it (the bound
+stays a valid lower bound); `exact_placement` keeps y integer, slower, and is what the brute-force tests use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+from pydantic import BaseModel
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_array
+
+from kvmkit.errors import OperationFailed
+from kvmkit.plan.costmodel import NODE_RESOURCES
+from kvmkit.plan.inputs import PlanInput, VmShape
+from kvmkit.plan.problems import PlanProblem
+from kvmkit.plan.vectorised import Evaluation, vms_of_shape
+
+
+@dataclass(frozen=True)
+class FleetProblem:
+    """The pure MILP input: J candidate node types, S VM shapes, one kind of rack."""
+
+    node_cost: np.ndarray  # (J,) monthly per node, without rack costs
+    u: np.ndarray  # (J,)
+    peak_w: np.ndarray  # (J,)
+    capacity: np.ndarray  # (J, 4) vCPU, GB RAM, GB disk, IOPS
+    needs: np.ndarray  # (S, 4)
+    demand: np.ndarray  # (S,) VM counts
+    rack_u: int
+    rack_w: float
+    rack_cost: float  # monthly per rack, network amortised
+
+    def restrict(self, types: np.ndarray) -> FleetProblem:
+        """The same problem over a subset of the node types."""
+        return replace(self, node_cost=self.node_cost[types], u=self.u[types], peak_w=self.peak_w[types],
+                       capacity=self.capacity[types])  # fmt: skip
+
+    def fits(self) -> np.ndarray:
+        """(J, S) one VM of shape s fits an empty node of type j."""
+        return np.all(self.needs[None, :, :] <= self.capacity[:, None, :] + 1e-9, axis=2)
+
+    def node_bounds(self) -> np.ndarray:
+        """Upper bound on x_j: the nodes of type j that would host, alone, every shape it can."""
+        fits = self.fits()
+        load = (fits * self.demand[None, :]) @ self.needs  # (J, 4)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(load > 0, load / np.where(self.capacity > 0, self.capacity, 1.0), 0.0)
+        return np.ceil(ratio.max(axis=1) - 1e-9).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FleetSolution:
+    nodes: np.ndarray  # (J,) integer
+    placement: np.ndarray  # (J, S) integer
+    racks: int
+    total_monthly_cost: float
+    lower_bound: float  # no plan over these candidates costs less
+    within_gap: bool  # cost is within the requested gap of the lower bound
+    seconds: float
+
+
+def solve(
+    problem: FleetProblem, single_type: bool = False, gap: float = 0.01, time_limit_s: float = 10.0,
+    exact_placement: bool = False,
+) -> FleetSolution:
+    """Cheapest nodes, placement and racks; see the module docstring for the model and the two phases."""
+    started = time.perf_counter()
+    nodes, placement, bound = _run_milp(problem, single_type, gap, time_limit_s, integer_placement=True) \
+        if exact_placement else _run_milp(problem, single_type, gap, time_limit_s, integer_placement=False)
+    if exact_placement:
+        best = _priced(problem, nodes, placement.astype(np.int64))
+    else:
+        # Phase 1 chose the types; rounding its placement is one plan, phase 2 (integer placement over the
+        # chosen types only: a small MILP) usually a cheaper one. Phase 1's bound stays a valid lower bound.
+        whole = _place_whole_vms(problem, nodes, placement)
+        best = _priced(problem, np.maximum(nodes, _nodes_for(problem, whole)), whole)
+        used = np.flatnonzero(nodes)
+        remaining = time_limit_s - (time.perf_counter() - started)
+        if remaining > 0 and len(used):
+            sub = problem.restrict(used)
+            sub_nodes, sub_placement, _ = _run_milp(sub, single_type, gap, remaining, integer_placement=True)
+            if sub_nodes is not None:
+                full_nodes = np.zeros_like(nodes)
+                full_nodes[used] = sub_nodes
+                full_placement = np.zeros_like(whole)
+                full_placement[used] = sub_placement.astype(np.int64)
+                second = _priced(problem, full_nodes, full_placement)
+                best = min(best, second, key=lambda plan: plan[2])
+    nodes, placement, total, racks = best[0], best[1], best[2], best[3]
+    return FleetSolution(
+        nodes=nodes, placement=placement, racks=racks, total_monthly_cost=total, lower_bound=min(bound, total),
+        within_gap=total - bound <= gap * total + 1e-6, seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _priced(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> tuple:
+    """(nodes, placement, monthly cost, racks) with the fewest racks that hold the nodes."""
+    racks = max(math.ceil(float(problem.u @ nodes) / problem.rack_u - 1e-9),
+                math.ceil(float(problem.peak_w @ nodes) / problem.rack_w - 1e-9), 0)  # fmt: skip
+    return nodes, placement, float(problem.node_cost @ nodes + problem.rack_cost * racks), racks
+
+
+def _run_milp(
+    problem: FleetProblem, single_type: bool, gap: float, time_limit_s: float, integer_placement: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One HiGHS solve: (nodes, placement (fractional unless integer_placement), lower bound)."""
+    n_types, n_shapes = problem.capacity.shape[0], problem.needs.shape[0]
+    fits = problem.fits()
+    ub = problem.node_bounds()
+    n_x, n_y = n_types, n_types * n_shapes
+    n_z = n_types if single_type else 0
+    r_col = n_x + n_y
+    n_vars = r_col + 1 + n_z
+
+    def y_col(j: int, s: int) -> int:
+        return n_x + j * n_shapes + s
+
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    lower: list[float] = []
+    upper: list[float] = []
+
+    def add_row(entries: list[tuple[int, float]], lo: float, hi: float) -> None:
+        row = len(lower)
+        for col, val in entries:
+            rows.append(row)
+            cols.append(col)
+            vals.append(val)
+        lower.append(lo)
+        upper.append(hi)
+
+    for s in range(n_shapes):
+        add_row([(y_col(j, s), 1.0) for j in range(n_types) if fits[j, s]], float(problem.demand[s]), np.inf)
+    for j in range(n_types):
+        for k in range(problem.needs.shape[1]):
+            entries = [(y_col(j, s), float(problem.needs[s, k])) for s in range(n_shapes)
+                       if fits[j, s] and problem.needs[s, k] > 0]  # fmt: skip
+            if entries:
+                add_row([*entries, (j, -float(problem.capacity[j, k]))], -np.inf, 0.0)
+    add_row([*((j, float(problem.u[j])) for j in range(n_types)), (r_col, -float(problem.rack_u))], -np.inf, 0)
+    add_row([*((j, float(problem.peak_w[j])) for j in range(n_types)), (r_col, -problem.rack_w)], -np.inf, 0)
+    if single_type:
+        for j in range(n_types):
+            add_row([(j, 1.0), (r_col + 1 + j, -float(ub[j]))], -np.inf, 0.0)
+        add_row([(r_col + 1 + j, 1.0) for j in range(n_types)], 1.0, 1.0)
+
+    cost = np.zeros(n_vars)
+    cost[:n_x] = problem.node_cost
+    cost[r_col] = problem.rack_cost
+    var_hi = np.zeros(n_vars)
+    var_hi[:n_x] = ub
+    var_hi[n_x:r_col] = (fits * problem.demand[None, :]).ravel()
+    var_hi[r_col] = np.inf
+    var_hi[r_col + 1 :] = 1.0
+    matrix = coo_array((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
+    integrality = np.ones(n_vars)
+    if not integer_placement:
+        integrality[n_x:r_col] = 0
+    result = milp(
+        cost, integrality=integrality, bounds=Bounds(np.zeros(n_vars), var_hi),
+        constraints=LinearConstraint(matrix, lower, upper),
+        options={"time_limit": time_limit_s, "mip_rel_gap": gap},
+    )  # fmt: skip
+    if result.x is None:
+        raise OperationFailed(f"fleet MILP found no plan: {result.message}")
+    nodes = np.rint(result.x[:n_x]).astype(np.int64)
+    placement = result.x[n_x:r_col].reshape(n_types, n_shapes)
+    if integer_placement:
+        placement = np.rint(placement)
+    bound = getattr(result, "mip_dual_bound", None)
+    return nodes, placement, float(bound if bound is not None else result.fun)
+
+
+def _place_whole_vms(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> np.ndarray:
+    """Whole VMs from a fractional placement: floor it, then put each left-over VM where there is room.
+
+    At most one VM per (type, shape) is left over. Each goes to a type whose nodes still have room for it
+    on every resource; only if none has room does it go to the type that fits it with the cheapest node
+    (the caller then adds the node). Every shape ends up placed exactly `demand` times.
+    """
+    whole = np.floor(placement + 1e-6).astype(np.int64)
+    fits = problem.fits()
+    for s in range(placement.shape[1]):
+        surplus = int(whole[:, s].sum() - problem.demand[s])
+        for j in np.argsort(-whole[:, s], kind="stable"):  # solver placed more than asked: take back
+            take = min(max(surplus, 0), int(whole[j, s]))
+            whole[j, s] -= take
+            surplus -= take
+        for _ in range(-surplus):
+            spare = nodes[:, None] * problem.capacity - whole @ problem.needs  # (J, 4)
+            room = fits[:, s] & np.all(spare >= problem.needs[s] - 1e-9, axis=1)
+            pool = np.flatnonzero(room) if room.any() else np.flatnonzero(fits[:, s])
+            j = pool[np.argmin(problem.node_cost[pool])]
+            whole[j, s] += 1
+    return whole
+
+
+def _nodes_for(problem: FleetProblem, placement: np.ndarray) -> np.ndarray:
+    """Nodes of each type its placed VMs need under pooled capacity."""
+    load = placement @ problem.needs  # (J, 4)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(load > 0, load / np.where(problem.capacity > 0, problem.capacity, 1.0), 0.0)
+    return np.ceil(ratio.max(axis=1) - 1e-9).astype(np.int64)
+
+
+def shape_needs(vm: VmShape) -> np.ndarray:
+    return np.array([vm.vcpu, vm.ram_gb, vm.disk_gb, vm.iops], dtype=np.float64)
+
+
+def candidate_rows(plan: PlanInput, ev: Evaluation, months: int, per_shape: int) -> np.ndarray:
+    """The `per_shape` cheapest configurations for each demand shape and for the reference VM."""
+    usable = np.flatnonzero((ev.space.months == months) & (ev.nodes_per_rack >= 1))
+    capacities = ev.capacities()[usable]
+    chosen: set[int] = set()
+    for index, vm in enumerate([*plan.demand, plan.policy.reference_vm]):
+        vms, _ = vms_of_shape(capacities, vm)
+        fitting = np.flatnonzero(vms >= 1)
+        if not len(fitting) and index < len(plan.demand):
+            best = capacities.max(axis=0) if len(capacities) else np.zeros(4)
+            raise PlanProblem(
+                ("demand", index),
+                f"no configuration can hold one VM of shape {vm.name!r} (needs {vm.vcpu:g} vCPU, "
+                f"{vm.ram_gb:g} GB, {vm.disk_gb:g} GB disk, {vm.iops:g} IOPS; the largest node delivers "
+                f"{best[0]:g} vCPU, {best[1]:g} GB, {best[2]:g} GB disk, {best[3]:g} IOPS)",
+            )
+        per_vm = ev.monthly_cost[usable[fitting]] / vms[fitting]
+        keep = usable[fitting[np.argsort(per_vm, kind="stable")[:per_shape]]]
+        chosen.update(int(r) for r in keep)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+class FleetNodes(BaseModel):
+    id: str
+    count: int
+    monthly_cost_per_node: float  # without rack share: racks are costed once, below
+    vms: dict[str, int]
+
+
+class FleetPlan(BaseModel):
+    months: int
+    single_type: bool
+    total_monthly_cost: float
+    lower_bound: float
+    node_monthly_cost: float
+    rack_monthly_cost: float
+    racks: int
+    nodes: list[FleetNodes]
+    total_nodes: int
+    utilisation: dict[str, float]  # used / provided, per resource, rack space and rack power (peak)
+    candidates: int
+    gap: float
+    within_gap: bool
+    solve_seconds: float
+
+
+def problem_for(plan: PlanInput, ev: Evaluation, rows: np.ndarray, months: int) -> FleetProblem:
+    site = plan.site
+    node_cost = ev.monthly_cost[rows] - ev.breakdown["rack"][rows] - ev.breakdown["rack_network"][rows]
+    return FleetProblem(
+        node_cost=node_cost, u=ev.u[rows].astype(np.float64), peak_w=ev.peak_w[rows],
+        capacity=ev.capacities()[rows], needs=np.array([shape_needs(d) for d in plan.demand]),
+        demand=np.array([d.count for d in plan.demand], dtype=np.float64), rack_u=site.rack_usable_u,
+        rack_w=site.rack_power_limit_kw * 1000.0,
+        rack_cost=site.rack_monthly_cost + site.rack_network_cost / months,
+    )  # fmt: skip
+
+
+def plan_fleet(
+    plan: PlanInput, ev: Evaluation, months: int, single_type: bool = False, per_shape: int = 5,
+    gap: float = 0.01, time_limit_s: float = 10.0, exact_placement: bool = False,
+) -> FleetPlan:
+    """The cheapest fleet for plan.demand over one lifetime; raises PlanProblem if a shape fits nowhere."""
+    if not plan.demand:
+        raise PlanProblem(("demand",), "the plan file has no [[demand]] entries to plan a fleet for")
+    rows = candidate_rows(plan, ev, months, per_shape)
+    problem = problem_for(plan, ev, rows, months)
+    solution = solve(problem, single_type, gap, time_limit_s, exact_placement)
+    used = problem.demand @ problem.needs
+    provided = solution.nodes @ problem.capacity
+    utilisation = {
+        name: (round(float(used[k] / provided[k]), 4) if provided[k] > 0 else 0.0)
+        for k, name in enumerate(NODE_RESOURCES)
+    }
+    racks = max(solution.racks, 1)
+    utilisation["rack_space"] = round(float(problem.u @ solution.nodes) / (racks * problem.rack_u), 4)
+    utilisation["rack_power"] = round(float(problem.peak_w @ solution.nodes) / (racks * problem.rack_w), 4)
+    nodes = [
+        FleetNodes(
+            id=ev.space.config_id(plan, int(rows[j])), count=int(solution.nodes[j]),
+            monthly_cost_per_node=round(float(problem.node_cost[j]), 4),
+            vms={d.name: int(solution.placement[j, s]) for s, d in enumerate(plan.demand)
+                 if solution.placement[j, s]},
+        )
+        for j in np.flatnonzero(solution.nodes)
+    ]
+    node_cost = float(problem.node_cost @ solution.nodes)
+    return FleetPlan(
+        months=months, single_type=single_type, total_monthly_cost=round(solution.total_monthly_cost, 4),
+        lower_bound=round(solution.lower_bound, 4),
+        node_monthly_cost=round(node_cost, 4), rack_monthly_cost=round(problem.rack_cost * solution.racks, 4),
+        racks=solution.racks, nodes=nodes, total_nodes=int(solution.nodes.sum()), utilisation=utilisation,
+        candidates=len(rows), gap=gap, within_gap=solution.within_gap, solve_seconds=round(solution.seconds, 4),
+    )  # fmt: skip
+
+
+def single_type_bound(problem: FleetProblem, j: int) -> float:
+    """Closed-form cost of serving everything with type j alone (inf if a shape does not fit): a check."""
+    if not problem.fits()[j].all():
+        return math.inf
+    nodes = int(problem.node_bounds()[j])
+    racks = max(math.ceil(nodes * problem.u[j] / problem.rack_u - 1e-9),
+                math.ceil(nodes * problem.peak_w[j] / problem.rack_w - 1e-9))  # fmt: skip
+    return float(problem.node_cost[j] * nodes + problem.rack_cost * racks)
