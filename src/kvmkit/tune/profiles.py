@@ -219,8 +219,10 @@ def load_profile(goal: str, extra_dirs: list[Path] | None = None) -> Profile:
     files = profile_files(extra_dirs)
     if goal.endswith(".toml"):
         path = Path(goal)
-        if not path.is_file():
-            raise InvalidInput(f"profile file {path} does not exist")
+        try:
+            path.stat()
+        except OSError as exc:
+            raise InvalidInput(f"profile file {path}: {exc.strerror}") from None
         files[path.stem] = path
         goal = path.stem
     if goal not in files:
