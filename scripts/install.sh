@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  qemu-system-x86 qemu-utils qemu-guest-agent
+  qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
   libvirt-daemon-system libvirt-clients python3-libvirt
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados
   fio xfsprogs busybox-static linux-image-amd64 kmod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import libvirt
 import typer
 
 from kvmkit import __version__
@@ -51,11 +52,12 @@ def main() -> None:
         print("kvmkit: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unforeseen: still one line
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click.ClickException (typer vendors click)
             exc.show()
             sys.exit(exc.exit_code)
+        if isinstance(exc, libvirt.libvirtError) and not _debug:
+            print(f"kvmkit: error: libvirt: {exc.get_error_message()}", file=sys.stderr)
+            sys.exit(6)
         if _debug:
             raise
         print(f"kvmkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)

@@ -101,6 +101,15 @@ def _cpu_ticks(cores: Sequence[int]) -> tuple[int, int]:
     return busy, total
 
 
+def quietest_core(window_s: float = 0.3) -> int:
+    """The available core with the least busy time over a short window: where ground truth is cleanest."""
+    cores = sorted(os.sched_getaffinity(0))
+    before = {c: _cpu_ticks([c]) for c in cores}
+    time.sleep(window_s)
+    busy = {c: _cpu_ticks([c])[0] - before[c][0] for c in cores}
+    return min(cores, key=lambda c: (busy[c], -c))
+
+
 @contextmanager
 def spinners(count: int, cores: Sequence[int], seconds: float) -> Iterator[dict[int, mmap.mmap]]:
     """`count` one-spinning-vCPU loadgens, all ready when the block starts: pid → its clock-gap counter."""
@@ -200,7 +209,7 @@ def sampling_cost(threads: int = 500, samples: int = 5, interval_s: float = 1.0)
 def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, cost_samples: int = 5) -> BenchResult:
     """The default bench: 1–4 busy threads on one core, 4 on all cores (mean), then the sampling cost."""
     available = sorted(os.sched_getaffinity(0))
-    core = available[-1] if core is None else core
+    core = quietest_core() if core is None else core
     cases = [accuracy_case(k, [core], seconds) for k in (1, 2, 3, 4)]
     if len(available) > 1:
         cases.append(accuracy_case(2 * len(available), available, seconds))

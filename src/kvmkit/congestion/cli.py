@@ -222,7 +222,7 @@ def advise(
 @app.command()
 def bench(
     seconds: float = typer.Option(2.0, help="Measured seconds per accuracy case."),
-    core: int | None = typer.Option(None, help="Core for the one-core cases (default: the last one)."),
+    core: int | None = typer.Option(None, help="Core for the one-core cases (default: the least busy)."),
     cost_threads: int = typer.Option(500, help="Threads present while measuring the sampling cost."),
     cost_samples: int = typer.Option(5, help="1 Hz samples for the cost (0: skip)."),
     as_json: bool = _JSON,

@@ -132,6 +132,11 @@ class ProcReader:
         self._nodes = self._read_numa()
         self._has_schedstat = os.path.exists(f"{proc}/self/schedstat")
 
+    @property
+    def cached_threads(self) -> int:
+        """Thread-name cache entries: bounded by the live threads of QEMU processes (tests check it)."""
+        return len(self._thread)
+
     def _read_mounts(self) -> CgroupMounts:
         try:
             return CgroupMounts.from_mounts(read_small(f"{self._proc}/self/mounts"))

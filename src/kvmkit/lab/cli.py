@@ -1,0 +1,70 @@
+"""`kvmkit lab up | status | down | freeze-demo`: thin CLI over kvmkit.lab.lab."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from kvmkit import config
+from kvmkit.lab import lab
+from kvmkit.output import console, err_console, print_json, print_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _settings(connect: str | None) -> tuple[Path, str]:
+    settings = config.load()
+    return settings.lab_path, connect or settings.libvirt_uri
+
+
+@app.command()
+def up(
+    vms: int = typer.Option(1, "--vms", help="Number of VMs (lab1 … labN)."),
+    disks: int = typer.Option(2, "--disks", help="Data disks per VM."),
+    ceph: bool = typer.Option(False, "--ceph", help="Start a one-node Ceph; VMs get RBD data disks."),
+    storage: lab.Storage | None = typer.Option(None, "--storage", help="file, rbd or mixed (1 file + rest RBD)."),
+    disk_size: int = typer.Option(1024, "--disk-size", help="Size of each data disk in MiB."),
+    connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the lab status as JSON."),
+) -> None:
+    """Bring the lab up (idempotent: running twice is safe)."""
+    lab_dir, uri = _settings(connect)
+    t0 = time.monotonic()
+    say = (lambda m: err_console.print(f"[dim]lab:[/] {m}")) if json_out else (lambda m: console.print(f"[dim]lab:[/] {m}"))
+    lab.up(lab_dir, uri, vms=vms, disks_per_vm=disks, with_ceph=ceph, storage=storage, disk_size_mib=disk_size,
+           progress=say)
+    say(f"up in {time.monotonic() - t0:.1f} s")
+    _show(lab.status(lab_dir), json_out)
+
+
+@app.command()
+def status(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """What the lab runs: VMs, their disks and agents, Ceph health."""
+    lab_dir, _ = _settings(None)
+    _show(lab.status(lab_dir), json_out)
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what the lab started, unmount, and remove what it made."""
+    lab_dir, _ = _settings(None)
+    if not lab.down(lab_dir, progress=lambda m: console.print(f"[dim]lab:[/] {m}")):
+        console.print("lab: nothing to take down")
+
+
+def _show(st: lab.LabStatus, json_out: bool) -> None:
+    if json_out:
+        print_json(st)
+        return
+    if not st.up:
+        console.print(f"lab: down ({st.dir})")
+        return
+    rows = [(vm.name, vm.state, "yes" if vm.agent_ready else "no",
+             ", ".join(f"{d.target}:{d.driver}" for d in vm.disks)) for vm in st.vms]
+    print_table(f"kvmkit lab ({st.accel})", ["VM", "state", "agent", "disks"], rows)
+    if st.pool:
+        console.print(f"pool: {st.pool['kind']} at {st.pool['path']}")
+    if st.ceph:
+        console.print(f"ceph: {st.ceph.health}, pool {st.ceph.pool}, conf {st.ceph.conf}")

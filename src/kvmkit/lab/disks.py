@@ -1,0 +1,72 @@
+"""Lab data disks: ext4-formatted raw files in the pool, or RBD images filled from such a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from kvmkit.lab import procs
+
+CHUNK = 4 << 20
+
+
+def make_file_disk(path: Path, size_mib: int) -> None:
+    tmp = path.with_suffix(".new")
+    with tmp.open("wb") as fh:
+        fh.truncate(size_mib << 20)
+    procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+               "-L", path.stem[:16], str(tmp)], "mkfs.ext4")
+    tmp.replace(path)
+
+
+def data_extents(fd: int, size: int):
+    """(offset, length) of the allocated regions of a sparse file, via SEEK_DATA/SEEK_HOLE."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end - start
+        offset = end
+
+
+def make_rbd_disk(conf: Path, pool: str, image: str, size_mib: int) -> None:
+    """Create the image and copy an ext4 file system into it, writing only the allocated extents."""
+    import rados
+    import rbd
+
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmpdir:
+        staging = Path(tmpdir) / "fs.raw"
+        make_file_disk(staging, size_mib)
+        cluster = rados.Rados(conffile=str(conf))
+        cluster.connect(timeout=10)
+        try:
+            with cluster.open_ioctx(pool) as ioctx:
+                rbd.RBD().create(ioctx, image, size_mib << 20, old_format=False)
+                with rbd.Image(ioctx, image) as img, staging.open("rb") as fh:
+                    fd = fh.fileno()
+                    for start, length in data_extents(fd, size_mib << 20):
+                        for off in range(start, start + length, CHUNK):
+                            img.write(os.pread(fd, min(CHUNK, start + length - off), off), off)
+                    img.flush()
+        finally:
+            cluster.shutdown()
+
+
+def remove_rbd_image(conf: Path, pool: str, image: str) -> None:
+    import rados
+    import rbd
+
+    cluster = rados.Rados(conffile=str(conf))
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(pool) as ioctx:
+            try:
+                rbd.RBD().remove(ioctx, image)
+            except rbd.ImageNotFound:
+                pass
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,99 @@
+"""The pure arithmetic: readings in, percentages out — exact values on hand-made readings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvmkit.congestion.calc import interval_report, numa_breakdown, percentile
+from kvmkit.congestion.classify import classify_thread
+from kvmkit.congestion.model import CgroupReading, PsiReading, Reading, Skip, ThreadReading, VmReading
+
+S = 1_000_000_000
+
+
+def _thread(tid: int, name: str, run: int, wait: int, cpu: int | None = None) -> ThreadReading:
+    return ThreadReading(tid, name, classify_thread(name), run, wait, cpu)
+
+
+def _psi(some_us: int) -> PsiReading:
+    return PsiReading(0.0, 0.0, some_us, 0.0, 0)
+
+
+def _reading(t_s: float, vms: list[VmReading], psi_us: int = 0, skipped: tuple[Skip, ...] = ()) -> Reading:
+    return Reading(int(t_s * S), 1000 + t_s, 4, {}, _psi(psi_us), tuple(vms), skipped)
+
+
+def test_congestion_is_wait_delta_over_interval_and_vm_is_vcpu_mean():
+    before = _reading(0, [VmReading(10, "a", (_thread(11, "CPU 0/KVM", 0, 0), _thread(12, "CPU 1/KVM", 0, 0),
+                                              _thread(13, "worker", 0, 0), _thread(14, "IO io1", 0, 0)), None)])  # fmt: skip
+    after = _reading(2, [VmReading(10, "a", (_thread(11, "CPU 0/KVM", S, S // 2), _thread(12, "CPU 1/KVM", S // 5, 0),
+                                             _thread(13, "worker", S // 10, S // 10), _thread(14, "IO io1", 0, 0)),
+                                   None)], psi_us=500_000)  # fmt: skip
+    report = interval_report(before, after)
+    vm = report.vms[0]
+    assert report.interval_s == 2
+    assert [(v.vcpu, v.utilisation_pct, v.congestion_pct) for v in vm.vcpus] == [(0, 50, 25), (1, 10, 0)]
+    assert (vm.utilisation_pct, vm.congestion_pct, vm.congestion_max_pct) == (30, 12.5, 25)
+    assert (vm.emulator.threads, vm.emulator.utilisation_pct, vm.emulator.congestion_pct) == (1, 5, 5)
+    assert vm.iothreads.threads == 1 and vm.vhost.threads == 0
+    host = report.host
+    assert (host.vcpus_allocated, host.oversubscription) == (2, 0.5)
+    assert host.vcpu_demand == pytest.approx((1.5 + 0.2) / 2)
+    assert host.vcpu_load_pct == pytest.approx(60 / 4)  # 1.2 s of 2 s over 4 CPUs
+    assert host.congestion_pct == 12.5 and host.psi_some_pct == 25
+
+
+def test_threads_without_baseline_or_with_reused_tid_are_left_out():
+    before = _reading(0, [VmReading(1, "a", (_thread(2, "CPU 0/KVM", 5 * S, 5 * S),), None)])
+    after = _reading(1, [VmReading(1, "a", (_thread(2, "CPU 0/KVM", S, 0),  # counters went back: new thread
+                                            _thread(3, "CPU 1/KVM", S, S)), None)])  # fmt: skip
+    vm = interval_report(before, after).vms[0]
+    assert vm.vcpus == [] and vm.vcpus_allocated == 2 and vm.congestion_pct == 0
+
+
+def test_a_vm_seen_once_is_reported_as_skipped_with_its_reason():
+    before = _reading(0, [], skipped=())
+    after = _reading(1, [VmReading(7, "fresh", (_thread(8, "CPU 0/KVM", 0, 0),), None)],
+                     skipped=(Skip("pid 9", "process exited during the reading"),))  # fmt: skip
+    report = interval_report(before, after)
+    assert report.vms == []
+    assert {(s.what, s.reason) for s in report.skipped} == {
+        ("fresh", "new since the previous reading: no baseline yet"),
+        ("pid 9", "process exited during the reading"),
+    }
+    assert report.host.vcpus_allocated == 1  # allocated even before it can be measured
+
+
+def test_cgroup_pressure_and_throttling_become_interval_percentages():
+    cg0 = CgroupReading("/vm", _psi(0), 0, 0, 0)
+    cg1 = CgroupReading("/vm", PsiReading(0, 0, 250_000, 0, 100_000), 10, 3, S // 10)
+    t = (_thread(2, "CPU 0/KVM", 0, 0),)
+    report = interval_report(_reading(0, [VmReading(1, "a", t, cg0)]), _reading(1, [VmReading(1, "a", t, cg1)]))
+    cg = report.vms[0].cgroup
+    assert cg is not None
+    assert (cg.psi_some_pct, cg.psi_full_pct, cg.throttled_pct, cg.throttled_periods) == (25, 10, 10, 3)
+
+
+def test_readings_out_of_order_are_refused():
+    with pytest.raises(ValueError, match="out of order"):
+        interval_report(_reading(2, []), _reading(1, []))
+
+
+def test_numa_breakdown_groups_vcpus_by_the_node_they_last_ran_on():
+    nodes = {0: frozenset({0, 1}), 1: frozenset({2, 3})}
+    rows = numa_breakdown(nodes, [(0, 10.0), (1, 20.0), (3, 4.0), (None, 99.0)])
+    assert [(r.node, r.pcpus, r.vcpus_last_seen, r.congestion_pct) for r in rows] == [(0, 2, 2, 15), (1, 2, 1, 4)]
+
+
+@given(st.lists(st.floats(0, 100), min_size=1, max_size=50), st.floats(0, 100))
+def test_percentile_matches_numpy(values: list[float], q: float):
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), abs=1e-9)
+
+
+def test_percentile_of_nothing_is_zero_and_bad_q_is_refused():
+    assert percentile([], 95) == 0.0
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)

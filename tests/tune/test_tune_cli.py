@@ -1,0 +1,90 @@
+"""The `kvmkit tune` sub-app end to end (typer's runner): exit codes, --json, the commands' wiring."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kvmkit.errors import InvalidInput
+from kvmkit.tune.cli import app
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEV_VM = FIXTURES / "dev-vm-live.tar.gz"
+XEON = FIXTURES / "synthetic-xeon-2s.tar.gz"
+
+runner = CliRunner()
+
+
+def test_audit_from_capture_json_and_exit_code_on_fail():
+    result = runner.invoke(app, ["audit", "--goal", "latency", "--from", str(XEON), "--json"])
+    assert result.exit_code == 1  # the synthetic Xeon has FAILs for latency
+    report = json.loads(result.stdout)
+    assert report["goal"] == "latency" and report["host"] == "synthetic-xeon-2s"
+    assert report["origin"] == str(XEON)
+    assert set(report["scores"]) == {"balanced", "latency", "per-core", "per-watt", "throughput"}
+    governor = next(f for f in report["findings"] if f["check"] == "cpufreq_governor")
+    assert governor["status"] == "FAIL" and governor["current"] == "powersave"
+
+
+def test_audit_passes_with_exit_zero_for_a_goal_without_fails(tmp_path: Path):
+    profile = tmp_path / "lenient.toml"
+    profile.write_text('description = "d"\n[checks.clocksource]\nexpect = { equals = "tsc" }\n'
+                       'why = "a reason long enough"\nsource = "a documented source"\n')
+    result = runner.invoke(app, ["audit", "--goal", str(profile), "--from", str(XEON)])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout and "score 100/100" in result.stdout
+
+
+def test_audit_table_shows_fix_kinds_literally():
+    result = runner.invoke(app, ["audit", "--goal", "latency", "--from", str(XEON)], env={"COLUMNS": "250"})
+    assert "[runtime]" in result.stdout and "[bios]" in result.stdout  # not swallowed as rich markup
+
+
+def test_unknown_goal_raises_invalid_input():
+    result = runner.invoke(app, ["audit", "--goal", "fastest", "--from", str(DEV_VM)])
+    assert isinstance(result.exception, InvalidInput)
+    assert "valid goals: balanced, latency, per-core, per-watt, throughput" in str(result.exception)
+
+
+def test_apply_and_rollback_on_a_tree(xeon_folder: Path, tmp_path: Path):
+    rollback_file = tmp_path / "rb.json"
+    args = ["--root", str(xeon_folder), "--rollback-file", str(rollback_file)]
+    dry = runner.invoke(app, ["apply", "--goal", "throughput", "--dry-run", "--json", "--root", str(xeon_folder)])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["dry_run"] is True
+    assert not rollback_file.exists()
+    applied = runner.invoke(app, ["apply", "--goal", "throughput", "--json", *args])
+    assert applied.exit_code == 0, applied.output
+    changed = {c["check"] for c in json.loads(applied.stdout)["changes"]}
+    assert changed == {"cpufreq_governor", "swappiness", "io_scheduler"}
+    assert (xeon_folder / "root/sys/block/nvme1n1/queue/scheduler").read_text() == "none"
+    rolled = runner.invoke(app, ["rollback", *args])
+    assert rolled.exit_code == 0, rolled.output
+    assert (xeon_folder / "root/sys/block/nvme1n1/queue/scheduler").read_text() == "mq-deadline"
+
+
+def test_capture_to_file_then_diff_against_fixture(tmp_path: Path):
+    out = tmp_path / "here.tar.gz"
+    result = runner.invoke(app, ["capture", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert tarfile.is_tarfile(out)
+    same = runner.invoke(app, ["diff", str(out), "live", "--json"])
+    assert same.exit_code == 0 and json.loads(same.stdout)["differences"] == []
+    other = runner.invoke(app, ["diff", str(DEV_VM), str(XEON)])
+    assert "checks differ" in other.stdout
+
+
+@pytest.mark.parametrize("command", ["profiles", "checks"])
+def test_listing_commands_json(command):
+    result = runner.invoke(app, [command, "--json"])
+    assert result.exit_code == 0
+    assert len(json.loads(result.stdout)) >= 5
+
+
+def test_from_and_root_together_are_rejected(xeon_folder: Path):
+    result = runner.invoke(app, ["audit", "--from", str(XEON), "--root", str(xeon_folder)])
+    assert isinstance(result.exception, InvalidInput)
