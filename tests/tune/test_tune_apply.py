@@ -20,8 +20,19 @@ from kvmkit.tune.hostfs import HostView
 from kvmkit.tune.model import Status
 from kvmkit.tune.profiles import load_profile
 
-RUNTIME_LATENCY = {"cpufreq_governor", "epp", "epb", "turbo", "cstate_exit_latency_us", "ksm_run",
-                   "numa_balancing", "swappiness", "dirty_ratio", "dirty_background_ratio", "io_scheduler"}
+RUNTIME_LATENCY = {
+    "cpufreq_governor",
+    "epp",
+    "epb",
+    "turbo",
+    "cstate_exit_latency_us",
+    "ksm_run",
+    "numa_balancing",
+    "swappiness",
+    "dirty_ratio",
+    "dirty_background_ratio",
+    "io_scheduler",
+}
 
 
 def _values(host: HostView) -> dict:
@@ -96,8 +107,11 @@ def test_failed_write_rolls_back_the_successful_ones(xeon, tmp_path: Path, monke
 
     monkeypatch.setattr(tune_apply, "_write", flaky)
     rollback_file = tmp_path / "rollback.json"
-    with pytest.raises(OperationFailed, match=r"1 of 39 writes failed \(dirty_ratio /proc/sys/vm/dirty_ratio: "
-                       r"Permission denied\); the 38 that succeeded were rolled back"):
+    with pytest.raises(
+        OperationFailed,
+        match=r"1 of 39 writes failed \(dirty_ratio /proc/sys/vm/dirty_ratio: "
+        r"Permission denied\); the 38 that succeeded were rolled back",
+    ):
         _plan_and_apply(xeon, "latency", rollback_file)
     assert _values(xeon) == before
     assert not rollback_file.exists()
@@ -157,8 +171,10 @@ def test_corrupt_rollback_file_is_invalid_input(xeon, tmp_path: Path):
 
 def _custom_swappiness_profile(tmp_path: Path, target: int) -> Path:
     path = tmp_path / "swap-test.toml"
-    path.write_text(f'description = "test"\n[checks.swappiness]\nexpect = {{ equals = {target} }}\n'
-                    'why = "test of the live round trip"\nsource = "this test"\n')
+    path.write_text(
+        f'description = "test"\n[checks.swappiness]\nexpect = {{ equals = {target} }}\n'
+        'why = "test of the live round trip"\nsource = "this test"\n'
+    )
     return path
 
 
@@ -173,8 +189,7 @@ def test_live_round_trip_on_swappiness(tmp_path: Path):
     rollback_file = tmp_path / "rollback.json"
     try:
         planned = tune_apply.plan(host, profile, read_all(host))
-        assert [(c.path, c.old, c.new) for c in planned.changes] == [
-            ("/proc/sys/vm/swappiness", original, str(target))]
+        assert [(c.path, c.old, c.new) for c in planned.changes] == [("/proc/sys/vm/swappiness", original, str(target))]
         tune_apply.apply(host, planned, rollback_file)
         assert live.read_text().strip() == str(target)
         tune_apply.rollback(host, rollback_file)
@@ -219,8 +234,12 @@ def test_live_apply_as_non_root_fails_and_changes_nothing(shared_dir: Path):
     try:
         proc = subprocess.run(
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", script],
-            capture_output=True, text=True, timeout=60, env={"PYTHONPATH": src, "PATH": os.environ["PATH"]},
-            check=False)
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONPATH": src, "PATH": os.environ["PATH"]},
+            check=False,
+        )
         assert proc.returncode == OperationFailed.exit_code, proc.stderr
         assert "Permission denied" in proc.stdout and "swappiness" in proc.stdout
         assert live.read_text().strip() == original

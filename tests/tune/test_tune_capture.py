@@ -50,7 +50,9 @@ def test_diff_of_the_two_fixtures_names_the_known_differences():
     with opened(DEV_VM) as (a, _), opened(XEON) as (b, _):
         differences = {d.check: d for d in diff(read_all(a), read_all(b))}
     assert differences["smt"].a == "notsupported" and differences["smt"].b == "on"
-    assert differences["cpufreq_governor"].a == "UNKNOWN" and "no cpufreq driver" in differences["cpufreq_governor"].note
+    assert (
+        differences["cpufreq_governor"].a == "UNKNOWN" and "no cpufreq driver" in differences["cpufreq_governor"].note
+    )
     assert "swappiness" not in differences and "clocksource" not in differences
 
 
@@ -88,7 +90,7 @@ def test_links_in_a_capture_are_refused(tmp_path: Path):
 def test_not_a_tar_is_invalid_input(tmp_path: Path):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a tarball")
-    with pytest.raises(InvalidInput, match="not a readable tar.gz"):
+    with pytest.raises(InvalidInput, match=r"not a readable tar\.gz"):
         extract(junk, tmp_path / "out")
 
 

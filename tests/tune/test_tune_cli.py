@@ -32,8 +32,10 @@ def test_audit_from_capture_json_and_exit_code_on_fail():
 
 def test_audit_passes_with_exit_zero_for_a_goal_without_fails(tmp_path: Path):
     profile = tmp_path / "lenient.toml"
-    profile.write_text('description = "d"\n[checks.clocksource]\nexpect = { equals = "tsc" }\n'
-                       'why = "a reason long enough"\nsource = "a documented source"\n')
+    profile.write_text(
+        'description = "d"\n[checks.clocksource]\nexpect = { equals = "tsc" }\n'
+        'why = "a reason long enough"\nsource = "a documented source"\n'
+    )
     result = runner.invoke(app, ["audit", "--goal", str(profile), "--from", str(XEON)])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.stdout and "score 100/100" in result.stdout

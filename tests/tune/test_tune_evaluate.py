@@ -36,8 +36,9 @@ def test_per_watt_is_happy_where_latency_is_not(xeon_readings):
 
 
 def test_io_scheduler_names_only_the_offending_disk(xeon_readings):
-    finding = next(f for f in evaluate(load_profile("throughput"), list(xeon_readings.values()))
-                   if f.check == "io_scheduler")
+    finding = next(
+        f for f in evaluate(load_profile("throughput"), list(xeon_readings.values())) if f.check == "io_scheduler"
+    )
     assert finding.status == Status.WARN
     assert finding.bad_instances == ["nvme1n1"]
     assert finding.fixes[0].kind == "runtime"
@@ -45,37 +46,45 @@ def test_io_scheduler_names_only_the_offending_disk(xeon_readings):
 
 
 def test_numa_rule_is_not_applicable_on_one_node(dev_vm_readings):
-    finding = next(f for f in evaluate(load_profile("latency"), list(dev_vm_readings.values()))
-                   if f.check == "numa_balancing")
+    finding = next(
+        f for f in evaluate(load_profile("latency"), list(dev_vm_readings.values())) if f.check == "numa_balancing"
+    )
     assert finding.status == Status.NA
     assert "numa_nodes" in finding.detail
 
 
 def test_unreadable_check_is_unknown_with_reason_and_no_fix(dev_vm_readings):
-    finding = next(f for f in evaluate(load_profile("latency"), list(dev_vm_readings.values()))
-                   if f.check == "cpufreq_governor")
+    finding = next(
+        f for f in evaluate(load_profile("latency"), list(dev_vm_readings.values())) if f.check == "cpufreq_governor"
+    )
     assert finding.status == Status.UNKNOWN
     assert "no cpufreq driver" in finding.detail
     assert finding.fixes == []
 
 
 def test_fail_carries_runtime_persistent_and_bios_fixes(xeon_readings):
-    finding = next(f for f in evaluate(load_profile("latency"), list(xeon_readings.values()))
-                   if f.check == "cstate_exit_latency_us")
+    finding = next(
+        f
+        for f in evaluate(load_profile("latency"), list(xeon_readings.values()))
+        if f.check == "cstate_exit_latency_us"
+    )
     kinds = [r.kind for r in finding.fixes]
     assert kinds == ["runtime", "persistent", "bios"]
     assert "C1" in finding.fixes[-1].text
 
 
 def _finding(status: Status, severity: Severity) -> Finding:
-    return Finding(check="x", title="x", status=status, severity=severity, current="", expected="", why="",
-                   source="")
+    return Finding(check="x", title="x", status=status, severity=severity, current="", expected="", why="", source="")
 
 
 def test_score_weights_severity_and_ignores_unknown():
-    findings = [_finding(Status.PASS, Severity.HIGH), _finding(Status.FAIL, Severity.LOW),
-                _finding(Status.WARN, Severity.MEDIUM), _finding(Status.UNKNOWN, Severity.HIGH),
-                _finding(Status.NA, Severity.HIGH)]
+    findings = [
+        _finding(Status.PASS, Severity.HIGH),
+        _finding(Status.FAIL, Severity.LOW),
+        _finding(Status.WARN, Severity.MEDIUM),
+        _finding(Status.UNKNOWN, Severity.HIGH),
+        _finding(Status.NA, Severity.HIGH),
+    ]
     assert score(findings) == round(100 * (3 + 0 + 1) / (3 + 1 + 2))
 
 

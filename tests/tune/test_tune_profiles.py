@@ -50,8 +50,11 @@ RULE = 'expect = {{ {expect} }}\nwhy = "a reason long enough"\nsource = "somewhe
 
 
 def test_unknown_key_in_a_rule_is_named(tmp_path: Path):
-    _write(tmp_path, "mine", 'description = "d"\n[checks.swappiness]\n' + RULE.format(expect="max = 5")
-           + "colour = 'red'\n")
+    _write(
+        tmp_path,
+        "mine",
+        'description = "d"\n[checks.swappiness]\n' + RULE.format(expect="max = 5") + "colour = 'red'\n",
+    )
     with pytest.raises(InvalidInput, match=r"mine.toml: checks.swappiness.colour: Extra inputs"):
         load_profile("mine", [tmp_path])
 
@@ -99,8 +102,12 @@ def test_missing_profile_dir_is_an_error(tmp_path: Path):
 
 
 def test_user_profile_extends_skips_and_overrides(tmp_path: Path):
-    _write(tmp_path, "nfv", 'description = "ours"\nextends = "latency"\nskip = ["tuned_profile"]\n'
-           '[checks.swappiness]\n' + RULE.format(expect="max = 1"))
+    _write(
+        tmp_path,
+        "nfv",
+        'description = "ours"\nextends = "latency"\nskip = ["tuned_profile"]\n'
+        "[checks.swappiness]\n" + RULE.format(expect="max = 1"),
+    )
     profile = load_profile("nfv", [tmp_path])
     assert "tuned_profile" not in profile.rules
     assert profile.rules["swappiness"].expect.max == 1

@@ -76,15 +76,11 @@ def _error(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def plan(
-    host: HostView, profile: Profile, readings: list[Reading], only: set[str] | None = None
-) -> ApplyResult:
+def plan(host: HostView, profile: Profile, readings: list[Reading], only: set[str] | None = None) -> ApplyResult:
     """What apply would change on this host, with each old value. Reads only."""
     if only and only - set(profile.rules):
         missing = ", ".join(sorted(only - set(profile.rules)))
-        raise InvalidInput(
-            f"--only: {missing} not in goal {profile.name!r}; its checks: {', '.join(profile.rules)}"
-        )
+        raise InvalidInput(f"--only: {missing} not in goal {profile.name!r}; its checks: {', '.join(profile.rules)}")
     changes: list[Change] = []
     not_runtime: list[str] = []
     by_id = {r.check: r for r in readings}
@@ -203,8 +199,7 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
             )
         rollback_file.unlink()
         raise OperationFailed(
-            f"{len(failed)} of {len(pending)} writes failed ({what}); the {len(done)} that "
-            "succeeded were rolled back"
+            f"{len(failed)} of {len(pending)} writes failed ({what}); the {len(done)} that succeeded were rolled back"
         )
     return result
 
@@ -213,17 +208,14 @@ def rollback(host: HostView, rollback_file: Path) -> list[Change]:
     """Restore what the last apply changed; the file goes away only when everything was restored."""
     record = _load(rollback_file)
     if Path(record.root) != host.root:
-        raise InvalidInput(
-            f"rollback file {rollback_file} was written for root {record.root}, not {host.root}"
-        )
+        raise InvalidInput(f"rollback file {rollback_file} was written for root {record.root}, not {host.root}")
     changes = [c.model_copy(update={"outcome": "done"}) for c in record.changes]
     stuck = _restore(host, changes)
     if stuck:
         _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)
         what = "; ".join(f"{c.path}: {c.error}" for c in stuck[:3])
         raise OperationFailed(
-            f"{len(stuck)} of {len(changes)} values could not be restored ({what}); "
-            f"they stay in {rollback_file}"
+            f"{len(stuck)} of {len(changes)} values could not be restored ({what}); they stay in {rollback_file}"
         )
     rollback_file.unlink()
     return changes

@@ -71,9 +71,7 @@ def _per_file(host: HostView, paths: dict[str, str], parse: Callable[[str, str],
     return Observed(values, sources)
 
 
-def _single(
-    host: HostView, path: str, parse: Callable[[str, str], Scalar] = lambda t, _p: t.strip()
-) -> Observed:
+def _single(host: HostView, path: str, parse: Callable[[str, str], Scalar] = lambda t, _p: t.strip()) -> Observed:
     return _per_file(host, {HOST: path}, parse)
 
 
@@ -117,9 +115,7 @@ def collect_cpufreq_driver(host: HostView) -> Observed:
     return _single(host, f"{CPU}/cpufreq/{policies[0]}/scaling_driver")
 
 
-def _per_policy(
-    file: str, missing: str, parse: Callable[[str, str], Scalar]
-) -> Callable[[HostView], Observed]:
+def _per_policy(file: str, missing: str, parse: Callable[[str, str], Scalar]) -> Callable[[HostView], Observed]:
     def collect(host: HostView) -> Observed:
         policies = _policies(host)
         if not policies:
@@ -151,9 +147,7 @@ def collect_turbo(host: HostView) -> Observed:
         return _single(host, f"{CPU}/cpufreq/boost", lambda t, p: _int(t, p) == 1)
     policies = _policies(host)
     if policies and host.exists(f"{CPU}/cpufreq/{policies[0]}/boost"):
-        return _per_file(
-            host, {p: f"{CPU}/cpufreq/{p}/boost" for p in policies}, lambda t, p: _int(t, p) == 1
-        )
+        return _per_file(host, {p: f"{CPU}/cpufreq/{p}/boost" for p in policies}, lambda t, p: _int(t, p) == 1)
     raise Unreadable("no turbo/boost control in sysfs (no cpufreq driver, or the BIOS hides it)")
 
 
@@ -211,9 +205,7 @@ def collect_cstate_latency(host: HostView) -> Observed:
         else:
             values.setdefault(state.cpu, 0)
     first = states[0].cpu
-    detail = " ".join(
-        f"{s.name}({s.latency_us}us{',off' if s.disabled else ''})" for s in states if s.cpu == first
-    )
+    detail = " ".join(f"{s.name}({s.latency_us}us{',off' if s.disabled else ''})" for s in states if s.cpu == first)
     return Observed(values, {}, f"{first}: {detail}")
 
 
@@ -318,9 +310,7 @@ def collect_iommu_groups(host: HostView) -> Observed:
 def collect_iommu_passthrough(host: HostView) -> Observed:
     params = cmdline_params(host)
     passthrough = params.get("iommu") == "pt" or params.get("iommu.passthrough") in ("1", "on", "y")
-    shown = [
-        f"{n}={params[n]}" for n in ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough") if n in params
-    ]
+    shown = [f"{n}={params[n]}" for n in ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough") if n in params]
     return Observed({HOST: passthrough}, {}, " ".join(shown) or "no IOMMU parameters on /proc/cmdline")
 
 
@@ -422,16 +412,12 @@ CHECKS: tuple[Check, ...] = (
     Check("epb", "Energy-performance bias (EPB)", "cpu", collect_epb),
     Check("turbo", "Turbo / boost allowed", "cpu", collect_turbo),
     Check("cpuidle_driver", "cpuidle driver", "cpu", _text_file(f"{CPU}/cpuidle/current_driver")),
-    Check(
-        "cstate_exit_latency_us", "Worst exit latency of enabled C-states (µs)", "cpu", collect_cstate_latency
-    ),
+    Check("cstate_exit_latency_us", "Worst exit latency of enabled C-states (µs)", "cpu", collect_cstate_latency),
     Check("cstates_disabled", "Disabled C-states per CPU", "cpu", collect_cstates_disabled),
     Check("cmdline_max_cstate", "max_cstate kernel parameter", "cpu", collect_cmdline_max_cstate),
     Check("cpu_dma_latency", "PM-QoS cpu_dma_latency (µs)", "cpu", collect_cpu_dma_latency),
     Check("smt", "SMT (hyper-threading)", "cpu", _text_file(f"{CPU}/smt/control")),
-    Check(
-        "halt_poll_ns", "KVM halt polling (ns)", "cpu", _int_file("/sys/module/kvm/parameters/halt_poll_ns")
-    ),
+    Check("halt_poll_ns", "KVM halt polling (ns)", "cpu", _int_file("/sys/module/kvm/parameters/halt_poll_ns")),
     Check(
         "thp_enabled",
         "Transparent hugepages",
@@ -439,13 +425,9 @@ CHECKS: tuple[Check, ...] = (
         _choice_file("/sys/kernel/mm/transparent_hugepage/enabled"),
     ),
     Check("thp_defrag", "THP defrag", "memory", _choice_file("/sys/kernel/mm/transparent_hugepage/defrag")),
-    Check(
-        "hugepages_coverage_pct", "Hugepages reserved vs VM memory (%)", "memory", collect_hugepages_coverage
-    ),
+    Check("hugepages_coverage_pct", "Hugepages reserved vs VM memory (%)", "memory", collect_hugepages_coverage),
     Check("numa_nodes", "NUMA nodes", "memory", collect_numa_nodes),
-    Check(
-        "numa_balancing", "Automatic NUMA balancing", "memory", _int_file("/proc/sys/kernel/numa_balancing")
-    ),
+    Check("numa_balancing", "Automatic NUMA balancing", "memory", _int_file("/proc/sys/kernel/numa_balancing")),
     Check("ksm_run", "KSM (same-page merging)", "memory", _int_file("/sys/kernel/mm/ksm/run")),
     Check("swappiness", "vm.swappiness", "memory", _int_file("/proc/sys/vm/swappiness")),
     Check("dirty_ratio", "vm.dirty_ratio (%)", "memory", _int_file("/proc/sys/vm/dirty_ratio")),

@@ -37,8 +37,7 @@ GoalOpt = Annotated[
     typer.Option(
         "--goal",
         "-g",
-        help="latency, throughput, per-core, per-watt, balanced, "
-        "a user profile name, or a path to a profile .toml",
+        help="latency, throughput, per-core, per-watt, balanced, a user profile name, or a path to a profile .toml",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -134,26 +133,18 @@ def audit(
     else:
         _print_report(report)
     if report.failed:
-        raise SystemExit(
-            1
-        )  # not typer.Exit: the root CLI runs click with standalone_mode=False, which drops it
+        raise SystemExit(1)  # not typer.Exit: the root CLI runs click with standalone_mode=False, which drops it
 
 
 @app.command()
 def apply(
     goal: GoalOpt,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
-    ] = False,
-    only: Annotated[
-        list[str] | None, typer.Option("--only", help="Limit to these checks; repeatable.")
-    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Limit to these checks; repeatable.")] = None,
     root: RootOpt = LIVE_ROOT,
     rollback_file: Annotated[
         Path | None,
-        typer.Option(
-            "--rollback-file", help="Where the previous values go (default: <state_dir>/tune/rollback.json)."
-        ),
+        typer.Option("--rollback-file", help="Where the previous values go (default: <state_dir>/tune/rollback.json)."),
     ] = None,
     profile_dir: ProfileDirOpt = None,
     json_out: JsonOpt = False,
@@ -162,9 +153,7 @@ def apply(
     profile = load_profile(goal, profile_dir)
     with _source(None, root) as (host, _origin):
         planned = apply_mod.plan(host, profile, read_all(host), set(only) if only else None)
-        result = (
-            planned if dry_run else apply_mod.apply(host, planned, rollback_file or _default_rollback_file())
-        )
+        result = planned if dry_run else apply_mod.apply(host, planned, rollback_file or _default_rollback_file())
     if json_out:
         print_json(result)
         return
@@ -188,9 +177,7 @@ def apply(
 @app.command()
 def rollback(
     root: RootOpt = LIVE_ROOT,
-    rollback_file: Annotated[
-        Path | None, typer.Option("--rollback-file", help="The file `apply` wrote.")
-    ] = None,
+    rollback_file: Annotated[Path | None, typer.Option("--rollback-file", help="The file `apply` wrote.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Restore the values the last `apply` changed."""
@@ -209,9 +196,7 @@ def rollback(
 
 @app.command()
 def capture(
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     root: RootOpt = LIVE_ROOT,
 ) -> None:
     """Write a tar.gz of everything the checks read (`kvmkit tune capture > host.tar.gz`)."""
@@ -274,6 +259,4 @@ def checks(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json([{"id": c.id, "title": c.title, "area": c.area} for c in CHECKS])
         return
-    print_table(
-        "kvmkit tune checks", ["check", "area", "title"], _plain([(c.id, c.area, c.title) for c in CHECKS])
-    )
+    print_table("kvmkit tune checks", ["check", "area", "title"], _plain([(c.id, c.area, c.title) for c in CHECKS]))

@@ -31,11 +31,7 @@ def diff(a: list[Reading], b: list[Reading]) -> list[Difference]:
     for check_id, check in CHECKS_BY_ID.items():
         ra, rb = by_a.get(check_id), by_b.get(check_id)
         same = (
-            ra is not None
-            and rb is not None
-            and ra.unknown is None
-            and rb.unknown is None
-            and ra.values == rb.values
+            ra is not None and rb is not None and ra.unknown is None and rb.unknown is None and ra.values == rb.values
         ) or (ra is not None and rb is not None and ra.unknown is not None and rb.unknown is not None)
         if same:
             continue

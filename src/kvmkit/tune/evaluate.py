@@ -89,9 +89,7 @@ def count(findings: list[Finding]) -> dict[str, int]:
     return {status.value: sum(1 for f in findings if f.status == status) for status in Status}
 
 
-def audit(
-    profile: Profile, readings: list[Reading], others: list[Profile], host: str, origin: str
-) -> AuditReport:
+def audit(profile: Profile, readings: list[Reading], others: list[Profile], host: str, origin: str) -> AuditReport:
     """The full report for one goal, with every other goal's score on the same readings for comparison."""
     findings = evaluate(profile, readings)
     scores = {p.name: score(evaluate(p, readings)) for p in others}

@@ -56,9 +56,7 @@ def _plan_turbo(host: HostView, reading: Reading, bad: list[str], target: Scalar
         path = reading.sources.get(instance)
         if path:
             allowed = bool(target)
-            writes.append(
-                Write(path, ("0" if allowed else "1") if path.endswith("no_turbo") else sysfs_value(allowed))
-            )
+            writes.append(Write(path, ("0" if allowed else "1") if path.endswith("no_turbo") else sysfs_value(allowed)))
     return writes
 
 
@@ -69,9 +67,7 @@ def _plan_cstate_limit(host: HostView, reading: Reading, bad: list[str], target:
         states = idle_states(host)
     except Unreadable:
         return []
-    return [
-        Write(s.disable_path, "1") for s in states if s.cpu in bad and not s.disabled and s.latency_us > limit
-    ]
+    return [Write(s.disable_path, "1") for s in states if s.cpu in bad and not s.disabled and s.latency_us > limit]
 
 
 def _plan_cstates_enable(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
@@ -92,18 +88,14 @@ def _onoff(t: Scalar) -> str:
 
 RECIPES: dict[str, Recipe] = {
     "cpufreq_driver": Recipe(
-        persistent=lambda t: (
-            "kernel command line: intel_pstate=active (Intel HWP) or amd_pstate=active (AMD CPPC)"
-        ),
+        persistent=lambda t: "kernel command line: intel_pstate=active (Intel HWP) or amd_pstate=active (AMD CPPC)",
         bios=lambda t: "Power management: hand P-states to the OS ('OS Control' / HWP native / CPPC enabled)",
     ),
     "cpufreq_governor": Recipe(
         runtime_safe=True,
         persistent=lambda t: f"tuned profile [cpu] governor={t} (or `cpupower frequency-set -g {t}` at boot)",
     ),
-    "epp": Recipe(
-        runtime_safe=True, persistent=lambda t: f"tuned profile [cpu] energy_performance_preference={t}"
-    ),
+    "epp": Recipe(runtime_safe=True, persistent=lambda t: f"tuned profile [cpu] energy_performance_preference={t}"),
     "epb": Recipe(
         runtime_safe=True,
         persistent=lambda t: f"`x86_energy_perf_policy {t}` at boot (tuned [cpu] energy_perf_bias)",
@@ -121,17 +113,13 @@ RECIPES: dict[str, Recipe] = {
     "cstate_exit_latency_us": Recipe(
         runtime_safe=True,
         plan=_plan_cstate_limit,
-        persistent=lambda t: (
-            f"tuned [cpu] force_latency={t}, or intel_idle.max_cstate=1 on the kernel command line"
-        ),
+        persistent=lambda t: f"tuned [cpu] force_latency={t}, or intel_idle.max_cstate=1 on the kernel command line",
         bios=lambda t: "C-states: limit to C1/C1E (disable C6 and package C-states)",
     ),
     "cstates_disabled": Recipe(
         runtime_safe=True,
         plan=_plan_cstates_enable,
-        persistent=lambda t: (
-            "remove max_cstate / idle= limits and force_latency from the boot and tuned setup"
-        ),
+        persistent=lambda t: "remove max_cstate / idle= limits and force_latency from the boot and tuned setup",
         bios=lambda t: "C-states: enable C6 and package C-states",
     ),
     "cmdline_max_cstate": Recipe(
@@ -147,8 +135,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "smt": Recipe(
         manual=lambda t: (
-            f"echo {t} > /sys/devices/system/cpu/smt/control (offlines or onlines sibling CPUs: "
-            "move pinned VMs first)"
+            f"echo {t} > /sys/devices/system/cpu/smt/control (offlines or onlines sibling CPUs: move pinned VMs first)"
         ),
         persistent=lambda t: "kernel command line: nosmt" if t in ("off", "forceoff") else "remove nosmt",
         bios=lambda t: f"Hyper-Threading / SMT: {'Disabled' if t in ('off', 'forceoff') else 'Enabled'}",
@@ -156,14 +143,10 @@ RECIPES: dict[str, Recipe] = {
     "halt_poll_ns": Recipe(
         runtime_safe=True, persistent=lambda t: f"/etc/modprobe.d/kvm.conf: options kvm halt_poll_ns={t}"
     ),
-    "thp_enabled": Recipe(
-        runtime_safe=True, persistent=lambda t: f"kernel command line: transparent_hugepage={t}"
-    ),
+    "thp_enabled": Recipe(runtime_safe=True, persistent=lambda t: f"kernel command line: transparent_hugepage={t}"),
     "thp_defrag": Recipe(
         runtime_safe=True,
-        persistent=lambda t: (
-            f"a boot-time write of {t} to /sys/kernel/mm/transparent_hugepage/defrag (tuned [vm])"
-        ),
+        persistent=lambda t: f"a boot-time write of {t} to /sys/kernel/mm/transparent_hugepage/defrag (tuned [vm])",
     ),
     "hugepages_coverage_pct": Recipe(
         manual=lambda t: "sysctl -w vm.nr_hugepages=N (may fall short on a fragmented host: reserve at boot)",
@@ -204,9 +187,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "nohz_full": Recipe(persistent=lambda t: "kernel command line: nohz_full=<CPUs reserved for vCPUs>"),
     "isolcpus": Recipe(persistent=lambda t: "kernel command line: isolcpus=managed_irq,domain,<vCPU CPUs>"),
-    "rcu_nocbs": Recipe(
-        persistent=lambda t: "kernel command line: rcu_nocbs=<vCPU CPUs> (same list as nohz_full)"
-    ),
+    "rcu_nocbs": Recipe(persistent=lambda t: "kernel command line: rcu_nocbs=<vCPU CPUs> (same list as nohz_full)"),
     "clocksource": Recipe(
         manual=lambda t: (
             f"echo {t} > /sys/devices/system/clocksource/clocksource0/current_clocksource "

@@ -170,9 +170,7 @@ def _parse_file(path: Path) -> ProfileFile:
         if check_id not in CHECKS_BY_ID:
             raise InvalidInput(f"profile {path}: checks.{check_id}: unknown check (see `kvmkit tune checks`)")
         if rule.only_if and rule.only_if.check not in CHECKS_BY_ID:
-            raise InvalidInput(
-                f"profile {path}: checks.{check_id}.only_if.check: unknown check {rule.only_if.check!r}"
-            )
+            raise InvalidInput(f"profile {path}: checks.{check_id}.only_if.check: unknown check {rule.only_if.check!r}")
     for check_id in parsed.skip:
         if check_id not in CHECKS_BY_ID:
             raise InvalidInput(f"profile {path}: skip: unknown check {check_id!r}")
@@ -192,9 +190,7 @@ def profile_files(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
     return files
 
 
-def _resolve(
-    name: str, files: dict[str, Path], parsed: dict[str, ProfileFile], seen: tuple[str, ...]
-) -> Profile:
+def _resolve(name: str, files: dict[str, Path], parsed: dict[str, ProfileFile], seen: tuple[str, ...]) -> Profile:
     if name in seen:
         raise InvalidInput(f"profile {files[name]}: extends: cycle {' → '.join((*seen, name))}")
     if name not in parsed:
@@ -204,8 +200,7 @@ def _resolve(
     if own.extends is not None:
         if own.extends not in files:
             raise InvalidInput(
-                f"profile {files[name]}: extends: unknown goal {own.extends!r}; "
-                f"valid goals: {', '.join(sorted(files))}"
+                f"profile {files[name]}: extends: unknown goal {own.extends!r}; valid goals: {', '.join(sorted(files))}"
             )
         rules.update(_resolve(own.extends, files, parsed, (*seen, name)).rules)
     for check_id in own.skip:
