@@ -18,8 +18,22 @@ def test_run_json_prints_and_saves_the_versioned_result(disk_dir: Path):
     out = disk_dir / "result.json"
     target = disk_dir / "t.dat"
     result = CliRunner().invoke(
-        app, ["run", "--suite", "sweep", "--target", str(target), *SHORT, "--qd", "2,8", "--json", "--out", str(out),
-              "--label", "cli"],
+        app,
+        [
+            "run",
+            "--suite",
+            "sweep",
+            "--target",
+            str(target),
+            *SHORT,
+            "--qd",
+            "2,8",
+            "--json",
+            "--out",
+            str(out),
+            "--label",
+            "cli",
+        ],
     )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)

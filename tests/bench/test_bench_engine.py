@@ -17,8 +17,13 @@ from kvmkit.errors import OperationFailed
 SHORT = {"size_bytes": 64 * 1024 * 1024, "runtime_s": 1.0, "ramp_s": 0.0}
 
 QUICK_JOBS = {
-    "randwrite-4k-qd32", "randread-4k-qd32", "randrw70-4k-qd32", "write-1m-qd32", "read-1m-qd32",
-    "randread-4k-qd1", "randwrite-4k-qd1",
+    "randwrite-4k-qd32",
+    "randread-4k-qd32",
+    "randrw70-4k-qd32",
+    "write-1m-qd32",
+    "read-1m-qd32",
+    "randread-4k-qd1",
+    "randwrite-4k-qd1",
 }
 
 
@@ -64,8 +69,9 @@ def test_result_records_machine_target_resources_and_round_trips_as_json(quick_r
 
 
 def test_latency_under_load_runs_at_three_quarters_of_the_measured_maximum(disk_dir: Path):
-    run = run_suite("latency-under-load", str(disk_dir / "lul.dat"), HostRunner(),
-                    BenchOptions(**{**SHORT, "runtime_s": 2.0}))
+    run = run_suite(
+        "latency-under-load", str(disk_dir / "lul.dat"), HostRunner(), BenchOptions(**{**SHORT, "runtime_s": 2.0})
+    )
     assert run.status == "ok", run.error
     peak = next(j for j in run.jobs if j.phase == "max-iops")
     loaded = next(j for j in run.jobs if j.phase == "measure")

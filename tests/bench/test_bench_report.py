@@ -33,10 +33,23 @@ def render(page: Path, tmp: Path) -> Rendered:
     """Load the page in headless Chromium, let scripts run, and keep the DOM, console log and a screenshot."""
     shot = tmp / f"{page.stem}.png"
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--window-size=1280,2400", "--virtual-time-budget=15000", f"--user-data-dir={tmp / 'profile'}",
-         f"--screenshot={shot}", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,2400",
+            "--virtual-time-budget=15000",
+            f"--user-data-dir={tmp / 'profile'}",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     console = [ln for ln in done.stderr.splitlines() if ":CONSOLE" in ln]
