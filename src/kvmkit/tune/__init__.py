@@ -3,7 +3,9 @@
 Module map (one concern per file, pure core and effectful edges kept apart):
 
     hostfs.py    HostView: every read of /sys, /proc, /dev and optional tools, under a configurable root
-    checks.py    the checks: each reads a HostView and returns a Reading (values, or UNKNOWN with a reason)
+    checks.py    the registry of checks: id, title, collector; read_all → Readings (values, or UNKNOWN + reason)
+    collect_cpu.py, collect_host.py   the collectors (CPU power/idle; memory, devices, kernel, I/O)
+    readers.py   shared sysfs readers and parsers used by the collectors
     fixes.py     how each check is fixed: runtime write plan, persistent setting, BIOS item (pure)
     profiles.py  goal profiles (TOML data files) → validated Profile objects; user profiles and `extends`
     evaluate.py  pure: readings + profile → findings, score
