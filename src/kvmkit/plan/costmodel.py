@@ -144,9 +144,7 @@ def vms_that_fit(vm: VmShape, vcpu: float, ram_gb: float, storage_tb: float, iop
     return math.floor(limits[tightest] + FLOOR_EPS), NODE_RESOURCES[tightest]
 
 
-def evaluate_node(
-    site: Site, policy: Policy, licences: list[Licence], spec: NodeSpec, months: int
-) -> NodeEvaluation:
+def evaluate_node(site: Site, policy: Policy, licences: list[Licence], spec: NodeSpec, months: int) -> NodeEvaluation:
     """Every monthly cost of one node over one lifetime, what it delivers and what binds it."""
     hardware = hardware_price(spec)
     average_w, peak_w = node_watts(spec, policy.target_utilisation)

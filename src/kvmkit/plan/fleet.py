@@ -83,13 +83,19 @@ class FleetSolution:
 
 
 def solve(
-    problem: FleetProblem, single_type: bool = False, gap: float = 0.01, time_limit_s: float = 10.0,
+    problem: FleetProblem,
+    single_type: bool = False,
+    gap: float = 0.01,
+    time_limit_s: float = 10.0,
     exact_placement: bool = False,
 ) -> FleetSolution:
     """Cheapest nodes, placement and racks; see the module docstring for the model and the two phases."""
     started = time.perf_counter()
-    nodes, placement, bound = _run_milp(problem, single_type, gap, time_limit_s, integer_placement=True) \
-        if exact_placement else _run_milp(problem, single_type, gap, time_limit_s, integer_placement=False)
+    nodes, placement, bound = (
+        _run_milp(problem, single_type, gap, time_limit_s, integer_placement=True)
+        if exact_placement
+        else _run_milp(problem, single_type, gap, time_limit_s, integer_placement=False)
+    )
     if exact_placement:
         best = _priced(problem, nodes, placement.astype(np.int64))
     else:
@@ -290,8 +296,14 @@ def problem_for(plan: PlanInput, ev: Evaluation, rows: np.ndarray, months: int) 
 
 
 def plan_fleet(
-    plan: PlanInput, ev: Evaluation, months: int, single_type: bool = False, per_shape: int = 5,
-    gap: float = 0.01, time_limit_s: float = 10.0, exact_placement: bool = False,
+    plan: PlanInput,
+    ev: Evaluation,
+    months: int,
+    single_type: bool = False,
+    per_shape: int = 5,
+    gap: float = 0.01,
+    time_limit_s: float = 10.0,
+    exact_placement: bool = False,
 ) -> FleetPlan:
     """The cheapest fleet for plan.demand over one lifetime; raises PlanProblem if a shape fits nowhere."""
     if not plan.demand:
@@ -310,10 +322,10 @@ def plan_fleet(
     utilisation["rack_power"] = round(float(problem.peak_w @ solution.nodes) / (racks * problem.rack_w), 4)
     nodes = [
         FleetNodes(
-            id=ev.space.config_id(plan, int(rows[j])), count=int(solution.nodes[j]),
+            id=ev.space.config_id(plan, int(rows[j])),
+            count=int(solution.nodes[j]),
             monthly_cost_per_node=round(float(problem.node_cost[j]), 4),
-            vms={d.name: int(solution.placement[j, s]) for s, d in enumerate(plan.demand)
-                 if solution.placement[j, s]},
+            vms={d.name: int(solution.placement[j, s]) for s, d in enumerate(plan.demand) if solution.placement[j, s]},
         )
         for j in np.flatnonzero(solution.nodes)
     ]

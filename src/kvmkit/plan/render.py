@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from kvmkit.output import print_table
+from rich.table import Table
+
+from kvmkit.output import console, print_table
 from kvmkit.plan.costmodel import BREAKDOWN_KEYS
 from kvmkit.plan.fleet import FleetPlan
 from kvmkit.plan.records import Configuration, EvaluationSummary
@@ -35,21 +37,29 @@ def evaluation_csv(summary: EvaluationSummary) -> str:
 
 
 def _binding(c: Configuration) -> str:
-    return f"{c.binding_resource} · {c.rack_binding.replace('_', ' ')}"
+    return f"{c.binding_resource}/{c.rack_binding.removeprefix('rack_')}"
 
 
 def evaluation_table(summary: EvaluationSummary) -> None:
     ref = summary.reference_vm
-    title = (f"{summary.feasible:,} of {summary.evaluated:,} configurations can host the reference VM "
-             f"({ref['vcpu']:g} vCPU · {ref['ram_gb']:g} GB · {ref['disk_gb']:g} GB · {ref['iops']:g} IOPS)")
+    title = (
+        f"{summary.feasible:,} of {summary.evaluated:,} configurations can host the reference VM "
+        f"({ref['vcpu']:g} vCPU · {ref['ram_gb']:g} GB · {ref['disk_gb']:g} GB · {ref['iops']:g} IOPS)"
+    )
     rows = [
         (c.rank, c.id, money(c.cost_per_vm_month), c.vms_per_node, _binding(c), c.nodes_per_rack,
          money(c.monthly_cost_per_node), money(c.cost_per_vcpu_month), money(c.cost_per_gb_ram_month),
          money(c.cost_per_tb_month), money(c.cost_per_kiops_month))
         for c in summary.configurations
     ]  # fmt: skip
-    print_table(title, ("#", "configuration", "per VM/mo", "VMs/node", "binds (node · rack)", "nodes/rack",
-                        "node/mo", "vCPU/mo", "GB/mo", "TB/mo", "kIOPS/mo"), rows)  # fmt: skip
+    table = Table(title=title, header_style="bold", caption="binds: node resource / what fills the rack; "
+                  "costs are per month")  # fmt: skip
+    for name in ("#", "configuration", "/VM", "VMs", "binds", "per rack", "/node", "/vCPU", "/GB", "/TB",
+                 "/kIOPS"):  # fmt: skip
+        table.add_column(name, no_wrap=name == "configuration", justify="left" if name == "configuration" else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
 
 
 def fleet_table(fleet: FleetPlan) -> None:

@@ -43,7 +43,7 @@ class Vary:
 
 
 def parse_vary(text: str) -> Vary:
-    """"power_price=0.10:0.40" -> Vary; a one-line InvalidInput for anything else."""
+    """ "power_price=0.10:0.40" -> Vary; a one-line InvalidInput for anything else."""
     name, sep, span = text.partition("=")
     low, colon, high = span.partition(":")
     if not sep or not colon:

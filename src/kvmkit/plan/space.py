@@ -85,6 +85,4 @@ def enumerate_space(plan: PlanInput, months: list[int] | None = None) -> ConfigS
             ])  # fmt: skip
     if not blocks:
         return ConfigSpace(*(np.zeros(0, dtype=t) for t in _DTYPES))
-    return ConfigSpace(
-        *(np.concatenate([b[k] for b in blocks]).astype(t, copy=False) for k, t in enumerate(_DTYPES))
-    )
+    return ConfigSpace(*(np.concatenate([b[k] for b in blocks]).astype(t, copy=False) for k, t in enumerate(_DTYPES)))
