@@ -49,6 +49,7 @@ mon allow pool size one = true
 mon allow pool delete = true
 mon warn on insecure global id reclaim allowed = false
 mon warn on pool no redundancy = false
+mon warn on msgr2 not enabled = false
 rbd default clone format = 2
 run dir = {root}/run
 admin socket = {root}/run/$name.asok

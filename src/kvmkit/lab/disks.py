@@ -56,7 +56,8 @@ def make_rbd_disk(conf: Path, pool: str, image: str, size_mib: int) -> None:
             cluster.shutdown()
 
 
-def remove_rbd_image(conf: Path, pool: str, image: str) -> None:
+def purge_rbd_image(conf: Path, pool: str, image: str) -> None:
+    """Remove an image with all its snapshots and group membership (the lab owns every image it made)."""
     import rados
     import rbd
 
@@ -65,6 +66,17 @@ def remove_rbd_image(conf: Path, pool: str, image: str) -> None:
     try:
         with cluster.open_ioctx(pool) as ioctx:
             try:
+                with rbd.Image(ioctx, image) as img:
+                    group = img.group()
+                    if group and group.get("name"):
+                        grp = rbd.Group(ioctx, group["name"])
+                        for gsnap in list(grp.list_snaps()):
+                            grp.remove_snap(gsnap["name"])
+                        grp.remove_image(ioctx, image)
+                    for snap in list(img.list_snaps()):
+                        if img.is_protected_snap(snap["name"]):
+                            img.unprotect_snap(snap["name"])
+                        img.remove_snap(snap["name"])
                 rbd.RBD().remove(ioctx, image)
             except rbd.ImageNotFound:
                 pass

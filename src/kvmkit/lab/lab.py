@@ -26,8 +26,9 @@ Progress = Callable[[str], None]
 AGENT_TIMEOUT_S = 90.0
 
 
-def vm_name(index: int) -> str:
-    return f"lab{index}"
+def vm_name(lab_dir: Path, index: int) -> str:
+    """lab1, lab2 … for the default lab; <dir name>1 … for another (tests use their own lab beside the user's)."""
+    return f"{lab_dir.name}{index}"
 
 
 def _guest_dir(lab_dir: Path) -> Path:
@@ -77,6 +78,7 @@ def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bo
         made.pids = ["virtlogd", "libvirtd"]
         progress("started libvirtd")
     save(state)
+    _drop_stale(state, progress)
     if state.pool is None:
         state.pool = pool.create(lab_dir)
         made.pool = True
@@ -90,13 +92,38 @@ def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bo
         save(state)
         progress(f"ceph: mon on 127.0.0.1:{state.ceph.port}, pool {state.ceph.pool}, "
                  f"up in {time.monotonic() - t0:.1f} s")
-    wanted = [vm_name(i) for i in range(1, vms + 1)]
+    wanted = [vm_name(lab_dir, i) for i in range(1, vms + 1)]
     for name in wanted:
         if state.vm(name) is None:
             made.vms.append(name)
             add_vm(state, name, **_disk_layout(storage, disks_per_vm), size_mib=disk_size_mib, start=False)
             progress(f"{name}: defined with {disks_per_vm} {storage} disk(s)")
     start_vms(state, wanted, progress)
+
+
+def _drop_stale(state: LabState, progress: Progress) -> None:
+    """After a reboot or a killed session the record outlives what it describes: forget (and undefine) what died."""
+    if state.pool is not None and not pool.attached(state.pool):
+        progress("pool: was unmounted; its VMs are recreated")
+        for vm in [vm for vm in state.vms if any(d.kind == "file" for d in vm.disks)]:
+            remove_vm(state, vm.name)
+        pool.destroy(state.pool)
+        state.pool = None
+    if state.ceph is not None and not procs.alive(state.ceph.mon_pid):
+        progress("ceph: was not running; it and its VMs are recreated")
+        for vm in [vm for vm in state.vms if any(d.kind == "rbd" for d in vm.disks)]:
+            remove_vm(state, vm.name, keep_rbd=True)
+        ceph.stop(state.ceph)
+        shutil.rmtree(state.ceph.dir, ignore_errors=True)
+        state.ceph = None
+    with connection(state.uri) as conn:
+        for vm in list(state.vms):
+            try:
+                conn.lookupByName(vm.name)
+            except libvirt.libvirtError:
+                progress(f"{vm.name}: domain was gone; it is recreated")
+                remove_vm(state, vm.name)
+    save(state)
 
 
 def _undo(state: LabState, made: _Made) -> None:
@@ -213,7 +240,8 @@ def console_tail(path: Path, lines: int = 4) -> str:
     return " | ".join(line.strip() for line in text[-lines:]) or "(empty)"
 
 
-def remove_vm(state: LabState, name: str) -> None:
+def remove_vm(state: LabState, name: str, keep_rbd: bool = False) -> None:
+    """Destroy, undefine and delete the disks of one lab VM (RBD images too, unless their cluster is gone)."""
     vm = state.vm(name)
     if vm is None:
         return
@@ -230,6 +258,9 @@ def remove_vm(state: LabState, name: str) -> None:
         if disk.kind == "file":
             for leftover in Path(disk.source).parent.glob(Path(disk.source).name + "*"):
                 leftover.unlink(missing_ok=True)
+        elif not keep_rbd and state.ceph is not None and procs.alive(state.ceph.mon_pid):
+            pool_name, _, image = disk.source.partition("/")
+            disks.purge_rbd_image(state.ceph.conf, pool_name, image)
     state.vms.remove(vm)
     save(state)
 
@@ -304,6 +335,9 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
         state = load(lab_dir)
         if state is None:
             return False
+        started = libvirtd.ensure_running(state.uri, state.dir / "log") if state.vms else []
+        if started:
+            state.started_pids.update(virtlogd=started[0], libvirtd=started[1])
         if libvirtd.reachable(state.uri):
             for vm in list(state.vms):
                 remove_vm(state, vm.name)

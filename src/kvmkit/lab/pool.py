@@ -62,6 +62,11 @@ def _loop_of(image: Path) -> str | None:
     return out.split(":", 1)[0] if out else None
 
 
+def attached(state: PoolState) -> bool:
+    """Is the pool still usable (mounted, for XFS)?"""
+    return state.path.is_dir() if state.kind == "dir" else _mounted(state.path)
+
+
 def destroy(state: PoolState) -> None:
     if state.kind == "xfs" and _mounted(state.path):
         procs.run(["umount", str(state.path)], "umount")

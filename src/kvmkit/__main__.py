@@ -1,0 +1,3 @@
+from kvmkit.cli import main
+
+main()
