@@ -26,12 +26,19 @@ def _reading(t_s: float, vms: list[VmReading], psi_us: int = 0, skipped: tuple[S
     return Reading(int(t_s * S), 1000 + t_s, 4, {}, _psi(psi_us), tuple(vms), skipped)
 
 
+def _vm(run_wait: dict[str, tuple[int, int]]) -> VmReading:
+    names = {"CPU 0/KVM": 11, "CPU 1/KVM": 12, "worker": 13, "IO io1": 14}
+    return VmReading(10, "a", tuple(_thread(names[n], n, r, w) for n, (r, w) in run_wait.items()), None)
+
+
 def test_congestion_is_wait_delta_over_interval_and_vm_is_vcpu_mean():
-    before = _reading(0, [VmReading(10, "a", (_thread(11, "CPU 0/KVM", 0, 0), _thread(12, "CPU 1/KVM", 0, 0),
-                                              _thread(13, "worker", 0, 0), _thread(14, "IO io1", 0, 0)), None)])  # fmt: skip
-    after = _reading(2, [VmReading(10, "a", (_thread(11, "CPU 0/KVM", S, S // 2), _thread(12, "CPU 1/KVM", S // 5, 0),
-                                             _thread(13, "worker", S // 10, S // 10), _thread(14, "IO io1", 0, 0)),
-                                   None)], psi_us=500_000)  # fmt: skip
+    zero = (0, 0)
+    before = _reading(0, [_vm({"CPU 0/KVM": zero, "CPU 1/KVM": zero, "worker": zero, "IO io1": zero})])
+    after = _reading(
+        2,
+        [_vm({"CPU 0/KVM": (S, S // 2), "CPU 1/KVM": (S // 5, 0), "worker": (S // 10, S // 10), "IO io1": zero})],
+        psi_us=500_000,
+    )
     report = interval_report(before, after)
     vm = report.vms[0]
     assert report.interval_s == 2

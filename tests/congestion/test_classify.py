@@ -97,7 +97,11 @@ def _tree(tmp_path: Path) -> tuple[ProcReader, int]:
     scope = "/machine.slice/machine-qemu.scope/libvirt"
     _write(proc, f"{pid}/cgroup", f"1:cpu,cpuacct:{scope}/emulator\n0::{scope}/emulator\n")
     _write(proc, "self/mounts", f"cgroup2 {cg}/unified cgroup2 rw 0 0\ncgroup {cg}/cpu cgroup rw,cpu,cpuacct 0 0\n")
-    _write(cg, f"unified{scope}/cpu.pressure", "some avg10=3.00 avg60=1 avg300=0 total=5000\nfull avg10=0 avg60=0 avg300=0 total=10\n")  # noqa: E501
+    _write(
+        cg,
+        f"unified{scope}/cpu.pressure",
+        "some avg10=3.00 avg60=1 avg300=0 total=5000\nfull avg10=0 avg60=0 avg300=0 total=10\n",
+    )
     _write(cg, f"unified{scope}/cpu.stat", "usage_usec 10\n")  # hybrid: no throttling in v2 …
     _write(cg, f"cpu{scope}/cpu.stat", "nr_periods 10\nnr_throttled 2\nthrottled_time 3000\n")  # … but in v1
     # renamed QEMU (-name process=webvm): recognised through its exe link
@@ -144,7 +148,7 @@ def test_recorded_proc_tree_classifies_every_edge_case(tmp_path: Path):
     ]  # fmt: skip
     reasons = {s.what: s.reason for s in reading.skipped}
     assert "thread exited" in reasons["pid 500 tid 502"]
-    assert "debug-threads" in reasons[f"pid-700"]
+    assert "debug-threads" in reasons["pid-700"]
     assert "root cgroup" in reasons["web cgroup"]
     assert reading.pcpus == 4 and reading.host_psi is not None
 

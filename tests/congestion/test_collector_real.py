@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -13,26 +15,30 @@ from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import ThreadKind
 from kvmkit.congestion.procfs import ProcReader
 
-FAIR_SHARE_NEEDS_QUIET_CORE_PCT = 2.0
+QUIET_PCT = 2.0  # above this much other load or irq/steal loss on the core, a per-thread truth is undefined
 
 
 @pytest.mark.parametrize("busy", [1, 2, 3])
-def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
+def test_mean_congestion_matches_the_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
     assert len(case.threads) == busy
+    assert case.mean_error_pp <= 2.0, case
+    if case.core_lost_pct > QUIET_PCT:
+        pytest.skip(f"core lost {case.core_lost_pct} % to irq/steal: per-thread split unknown (mean checked)")
     for thread in case.threads:
         assert thread.error_pp <= 2.0, case
-    assert case.runnable_pct == pytest.approx(100, abs=2)  # spinning threads are always runnable
+        assert thread.truth_pct == pytest.approx(thread.clock_gap_pct, abs=QUIET_PCT)
 
 
 @pytest.mark.parametrize("busy", [2, 4])
 def test_k_threads_on_one_core_each_wait_k_minus_1_over_k(busy: int, quiet_core: int):
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
-    if case.other_load_pct > FAIR_SHARE_NEEDS_QUIET_CORE_PCT:
-        pytest.skip(f"core {quiet_core} carried {case.other_load_pct} % of other load: fair share undefined")
+    if case.other_load_pct > QUIET_PCT or case.core_lost_pct > QUIET_PCT:
+        pytest.skip(f"core {quiet_core}: {case.other_load_pct} % other load, {case.core_lost_pct} % irq/steal")
     assert case.fair_share_pct == pytest.approx(100 * (busy - 1) / busy, abs=1e-3)
     for thread in case.threads:
         assert thread.measured_pct == pytest.approx(case.fair_share_pct, abs=2.0), case
+    assert case.runnable_pct == pytest.approx(100, abs=2)  # spinning threads are always runnable
 
 
 def test_a_vm_that_stops_between_readings_is_skipped_with_a_reason():
@@ -40,18 +46,14 @@ def test_a_vm_that_stops_between_readings_is_skipped_with_a_reason():
         (pid,) = counters
         collector = Collector(ProcReader(pids=[pid]))
         collector.sample()
-        proc_gone = subprocess.run(["kill", "-9", str(pid)], check=True)
-        assert proc_gone.returncode == 0
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the parent reaps it when the context exits; wait for zombie
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-        report = collector.sample()
-    assert report is not None
-    assert report.vms == [] or report.vms[0].vcpus == []
-    reasons = [s.reason for s in report.skipped]
-    assert any("exited" in r or "no baseline" in r for r in reasons) or report.vms[0].vcpus == []
+        os.kill(pid, signal.SIGKILL)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead (a zombie until the context reaps it)
+        as_zombie = collector.sample()
+    after_reap = collector.sample()
+    for report in (as_zombie, after_reap):
+        assert report is not None and report.vms == []
+    assert [s.reason for s in as_zombie.skipped] == ["process exited (zombie)"]
+    assert [s.reason for s in after_reap.skipped] == ["process exited during the reading"]
 
 
 def test_threads_that_end_leave_no_trace_in_the_collector():
@@ -118,6 +120,7 @@ def test_lab_vms_are_mapped_to_domains_and_measured():
         assert not vm.domain.startswith("pid-") and vm.vcpus, vm
     try:
         import libvirt
+
         from kvmkit import config
 
         conn = libvirt.openReadOnly(config.load().libvirt_uri)

@@ -203,6 +203,13 @@ class ProcReader:
     def _threads(self, pid: int, extra: list[int], skipped: list[Skip]) -> tuple[ThreadReading, ...] | None:
         base = f"{self._proc}/{pid}/task"
         try:
+            state = read_small(f"{self._proc}/{pid}/stat").rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "?"  # gone or unreadable: the task listing below decides and says why
+        if state in ("Z", "X"):  # exited, not yet reaped: its counters are frozen, not a running VM
+            skipped.append(Skip(f"pid {pid}", "process exited (zombie)"))
+            return None
+        try:
             tids = [int(t) for t in os.listdir(base)]
         except _GONE:
             skipped.append(Skip(f"pid {pid}", "process exited during the reading"))
