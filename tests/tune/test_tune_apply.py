@@ -76,6 +76,22 @@ def test_dry_run_plans_without_writing(xeon, tmp_path: Path):
     assert _values(xeon) == before
 
 
+def test_apply_picks_a_value_the_host_offers(xeon, tmp_path: Path):
+    """per-watt prefers schedutil, which intel_pstate does not offer: apply falls back to powersave."""
+    for n in range(8):
+        (xeon.root / f"sys/devices/system/cpu/cpufreq/policy{n}/scaling_governor").write_text("performance\n")
+    result = _plan_and_apply(xeon, "per-watt", tmp_path / "rb.json", {"cpufreq_governor"})
+    assert {c.new for c in result.changes} == {"powersave"} and len(result.changes) == 8
+    audit = {f.check: f.status for f in evaluate(load_profile("per-watt"), read_all(xeon))}
+    assert audit["cpufreq_governor"] == Status.PASS
+
+
+def test_apply_skips_a_choice_the_host_does_not_offer(xeon, tmp_path: Path):
+    (xeon.root / "sys/block/nvme1n1/queue/scheduler").write_text("[mq-deadline] kyber\n")  # no "none" built in
+    planned = tune_apply.plan(xeon, load_profile("throughput"), read_all(xeon), {"io_scheduler"})
+    assert planned.changes == [] and planned.not_runtime == ["io_scheduler"]
+
+
 def test_apply_refuses_to_overwrite_a_pending_rollback(xeon, tmp_path: Path):
     rollback_file = tmp_path / "rollback.json"
     _plan_and_apply(xeon, "latency", rollback_file, {"swappiness"})

@@ -88,7 +88,7 @@ def plan(host: HostView, profile: Profile, readings: list[Reading], only: set[st
         if finding.status not in (Status.WARN, Status.FAIL) or (only and finding.check not in only):
             continue
         rule = profile.rules[finding.check]
-        writes = plan_writes(host, by_id[finding.check], finding.bad_instances, rule.effective_target)
+        writes = plan_writes(host, by_id[finding.check], finding.bad_instances, rule.candidates)
         if not writes:
             not_runtime.append(finding.check)
         for write in writes:

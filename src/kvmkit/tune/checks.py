@@ -65,7 +65,7 @@ CHECKS: tuple[Check, ...] = (
         "cpufreq_governor",
         "cpufreq governor",
         "cpu",
-        per_policy("scaling_governor", NO_CPUFREQ, lambda t, _p: t.strip()),
+        per_policy("scaling_governor", NO_CPUFREQ, "scaling_available_governors"),
     ),
     Check(
         "epp",
@@ -74,7 +74,7 @@ CHECKS: tuple[Check, ...] = (
         per_policy(
             "energy_performance_preference",
             "the cpufreq driver exposes no EPP (needs HWP/CPPC active mode)",
-            lambda t, _p: t.strip(),
+            "energy_performance_available_preferences",
         ),
     ),
     Check("epb", "Energy-performance bias (EPB)", "cpu", collect_epb),

@@ -38,15 +38,26 @@ def collect_cpufreq_driver(host: HostView) -> Observed:
     return single(host, f"{CPU}/cpufreq/{policies[0]}/scaling_driver")
 
 
-def per_policy(file: str, missing: str, parse: Callable[[str, str], Scalar]) -> Callable[[HostView], Observed]:
+def per_policy(file: str, missing: str, offers: str) -> Callable[[HostView], Observed]:
+    """One text value per cpufreq policy; the detail lists what the driver offers (read from `offers`, which is
+    also where apply looks before writing, so a capture carries it too)."""
+
     def collect(host: HostView) -> Observed:
         policies = _policies(host)
         if not policies:
             raise Unreadable(NO_CPUFREQ)
         try:
-            return per_file(host, {p: f"{CPU}/cpufreq/{p}/{file}" for p in policies}, parse)
+            observed = per_file(host, {p: f"{CPU}/cpufreq/{p}/{file}" for p in policies}, lambda t, _p: t.strip())
         except Unreadable:
             raise Unreadable(missing) from None
+        offered: set[str] = set()
+        for policy in policies:
+            try:
+                offered.add(host.read(f"{CPU}/cpufreq/{policy}/{offers}").strip())
+            except Unreadable:
+                continue
+        observed.detail = "offers: " + " | ".join(sorted(offered)) if offered else ""
+        return observed
 
     return collect
 

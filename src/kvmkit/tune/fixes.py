@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from kvmkit.tune.checks import idle_states
 from kvmkit.tune.hostfs import HostView, Unreadable
-from kvmkit.tune.model import HOST, Reading, Remedy, Scalar, format_value
+from kvmkit.tune.model import Reading, Remedy, Scalar
 
 Text = Callable[[Scalar], str]
+Plan = Callable[["HostView", Reading, list[str], list[Scalar]], list["Write"]]
 SYSCTL_D = "/etc/sysctl.d/90-kvmkit-tune.conf"
 
 
@@ -32,7 +33,8 @@ class Write:
 @dataclass(frozen=True)
 class Recipe:
     runtime_safe: bool = False  # apply may write reading.sources (or what `plan` returns)
-    plan: Callable[[HostView, Reading, list[str], Scalar], list[Write]] | None = None  # default: sources
+    plan: Plan | None = None  # default: write the preferred value to each bad instance's source file
+    runtime_hint: Text | None = None  # the runtime fix in words, when it is not "write the value to the source"
     manual: Text | None = None
     persistent: Text | None = None
     bios: Text | None = None
@@ -45,23 +47,51 @@ def sysfs_value(value: Scalar) -> str:
     return "" if value is None else str(value)
 
 
-def _plan_sources(host: HostView | None, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
-    return [Write(reading.sources[i], sysfs_value(target)) for i in bad if i in reading.sources]
+def _plan_sources(host: HostView | None, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
+    return [Write(reading.sources[i], sysfs_value(candidates[0])) for i in bad if i in reading.sources]
 
 
-def _plan_turbo(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+def _options(text: str) -> list[str]:
+    """The words a choice file offers: 'always [madvise] never' → always, madvise, never."""
+    return text.replace("[", " ").replace("]", " ").split()
+
+
+def _plan_choice(available_file: Callable[[str], str]) -> Plan:
+    """Write the first acceptable value this host offers: intel_pstate has no schedutil, and an old kernel may
+    lack an I/O scheduler; a value the kernel would reject must not abort (and roll back) the whole apply."""
+
+    def plan(host: HostView, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
+        writes = []
+        for instance in bad:
+            source = reading.sources.get(instance)
+            if source is None:
+                continue
+            try:
+                offered: list[str] | None = _options(host.read(available_file(source)))
+            except Unreadable:
+                offered = None  # the host does not say: try the preferred value and let the kernel judge
+            pick = next((c for c in candidates if offered is None or sysfs_value(c) in offered), None)
+            if pick is not None:
+                writes.append(Write(source, sysfs_value(pick)))
+        return writes
+
+    return plan
+
+
+def _plan_turbo(host: HostView | None, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
     """intel_pstate's no_turbo is inverted (1 = turbo off); cpufreq boost is not."""
     writes = []
     for instance in bad:
         path = reading.sources.get(instance)
         if path:
-            allowed = bool(target)
+            allowed = bool(candidates[0])
             writes.append(Write(path, ("0" if allowed else "1") if path.endswith("no_turbo") else sysfs_value(allowed)))
     return writes
 
 
-def _plan_cstate_limit(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+def _plan_cstate_limit(host: HostView, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
     """Disable every enabled idle state whose exit latency exceeds the target on the offending CPUs."""
+    target = candidates[0]
     limit = float(target) if isinstance(target, int | float) and not isinstance(target, bool) else 0.0
     try:
         states = idle_states(host)
@@ -70,7 +100,7 @@ def _plan_cstate_limit(host: HostView, reading: Reading, bad: list[str], target:
     return [Write(s.disable_path, "1") for s in states if s.cpu in bad and not s.disabled and s.latency_us > limit]
 
 
-def _plan_cstates_enable(host: HostView, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
+def _plan_cstates_enable(host: HostView, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
     try:
         states = idle_states(host)
     except Unreadable:
@@ -93,9 +123,16 @@ RECIPES: dict[str, Recipe] = {
     ),
     "cpufreq_governor": Recipe(
         runtime_safe=True,
+        plan=_plan_choice(lambda src: src.replace("scaling_governor", "scaling_available_governors")),
         persistent=lambda t: f"tuned profile [cpu] governor={t} (or `cpupower frequency-set -g {t}` at boot)",
     ),
-    "epp": Recipe(runtime_safe=True, persistent=lambda t: f"tuned profile [cpu] energy_performance_preference={t}"),
+    "epp": Recipe(
+        runtime_safe=True,
+        plan=_plan_choice(
+            lambda src: src.replace("energy_performance_preference", "energy_performance_available_preferences")
+        ),
+        persistent=lambda t: f"tuned profile [cpu] energy_performance_preference={t}",
+    ),
     "epb": Recipe(
         runtime_safe=True,
         persistent=lambda t: f"`x86_energy_perf_policy {t}` at boot (tuned [cpu] energy_perf_bias)",
@@ -113,12 +150,17 @@ RECIPES: dict[str, Recipe] = {
     "cstate_exit_latency_us": Recipe(
         runtime_safe=True,
         plan=_plan_cstate_limit,
+        runtime_hint=lambda t: (
+            f"echo 1 > /sys/devices/system/cpu/cpu*/cpuidle/stateN/disable for each state with "
+            f"latency > {t} µs (kvmkit tune apply does exactly that)"
+        ),
         persistent=lambda t: f"tuned [cpu] force_latency={t}, or intel_idle.max_cstate=1 on the kernel command line",
         bios=lambda t: "C-states: limit to C1/C1E (disable C6 and package C-states)",
     ),
     "cstates_disabled": Recipe(
         runtime_safe=True,
         plan=_plan_cstates_enable,
+        runtime_hint=lambda t: "echo 0 > /sys/devices/system/cpu/cpu*/cpuidle/state*/disable",
         persistent=lambda t: "remove max_cstate / idle= limits and force_latency from the boot and tuned setup",
         bios=lambda t: "C-states: enable C6 and package C-states",
     ),
@@ -143,7 +185,11 @@ RECIPES: dict[str, Recipe] = {
     "halt_poll_ns": Recipe(
         runtime_safe=True, persistent=lambda t: f"/etc/modprobe.d/kvm.conf: options kvm halt_poll_ns={t}"
     ),
-    "thp_enabled": Recipe(runtime_safe=True, persistent=lambda t: f"kernel command line: transparent_hugepage={t}"),
+    "thp_enabled": Recipe(
+        runtime_safe=True,
+        plan=_plan_choice(lambda src: src),
+        persistent=lambda t: f"kernel command line: transparent_hugepage={t}",
+    ),
     "thp_defrag": Recipe(
         runtime_safe=True,
         persistent=lambda t: f"a boot-time write of {t} to /sys/kernel/mm/transparent_hugepage/defrag (tuned [vm])",
@@ -202,6 +248,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "io_scheduler": Recipe(
         runtime_safe=True,
+        plan=_plan_choice(lambda src: src),
         persistent=lambda t: (
             '/etc/udev/rules.d/60-kvmkit-scheduler.rules: ACTION=="add|change", '
             f'KERNEL=="nvme[0-9]*n[0-9]*|vd[a-z]*", ATTR{{queue/scheduler}}="{t}"'
@@ -223,14 +270,13 @@ def runtime_text(writes: list[Write]) -> str:
     return "; ".join(shown) + more
 
 
-def plan_writes(host: HostView | None, reading: Reading, bad: list[str], target: Scalar) -> list[Write]:
-    """The runtime-safe writes that would bring `bad` instances to `target`; [] when none is safe."""
+def plan_writes(host: HostView, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
+    """The runtime-safe writes that would bring `bad` instances to an acceptable value, preferring
+    candidates[0]; [] when the check has no safe runtime fix."""
     recipe = RECIPES.get(reading.check)
-    if recipe is None or not recipe.runtime_safe or target is None:
+    if recipe is None or not recipe.runtime_safe or not candidates or candidates[0] is None:
         return []
-    if recipe.plan is None:
-        return _plan_sources(host, reading, bad, target)
-    return recipe.plan(host, reading, bad, target) if host is not None else []
+    return (recipe.plan or _plan_sources)(host, reading, bad, candidates)
 
 
 def remedies(reading: Reading, bad: list[str], target: Scalar, bios_override: str | None) -> list[Remedy]:
@@ -238,18 +284,13 @@ def remedies(reading: Reading, bad: list[str], target: Scalar, bios_override: st
     recipe = RECIPES.get(reading.check, Recipe())
     found = []
     if recipe.runtime_safe and target is not None:
-        if recipe.plan is None:
-            writes = _plan_sources(None, reading, bad, target)
+        if recipe.runtime_hint is not None:
+            found.append(Remedy(kind="runtime", text=recipe.runtime_hint(target)))
+        else:
+            plan = _plan_turbo if recipe.plan is _plan_turbo else _plan_sources
+            writes = plan(None, reading, bad, [target])
             if writes:
                 found.append(Remedy(kind="runtime", text=runtime_text(writes)))
-        else:
-            found.append(
-                Remedy(
-                    kind="runtime",
-                    text=f"kvmkit tune apply (sets {reading.check} to "
-                    f"{format_value(target)} on {','.join(bad) if bad != [HOST] else 'the host'})",
-                )
-            )
     if recipe.manual:
         found.append(Remedy(kind="manual", text=recipe.manual(target)))
     if recipe.persistent:

@@ -134,6 +134,12 @@ class Rule(BaseModel):
     def effective_target(self) -> Scalar:
         return self.target if self.target is not None else self.expect.default_target()
 
+    @property
+    def candidates(self) -> list[Scalar]:
+        """Acceptable values to write, preferred first (apply picks the first one the host offers)."""
+        rest = [v for v in (self.expect.one_of or []) if not _same(v, self.effective_target)]
+        return [self.effective_target, *rest]
+
 
 class ProfileFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
