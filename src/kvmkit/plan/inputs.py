@@ -26,7 +26,7 @@ class Site(_Strict):
     pue: float = Field(default=1.5, ge=1.0, le=5.0)  # facility W per IT W: cooling and power distribution
     rack_monthly_cost: float = Field(ge=0)
     rack_usable_u: int = Field(default=42, gt=0)
-    rack_power_limit_kw: float = Field(gt=0)
+    rack_power_limit_kw: float = Field(gt=0, le=200)  # no rack feed exceeds 200 kW: larger is W
     rack_network_cost: float = Field(default=0.0, ge=0)  # one-off per rack: switches, PDUs
     node_network_cost: float = Field(default=0.0, ge=0)  # one-off per node: ports, cables, NICs
     operations_cost_per_node_month: float = Field(default=0.0, ge=0)

@@ -125,7 +125,9 @@ def locate(path: Path, keys: KeyLines, loc: Loc, message: str) -> InvalidInput:
 
 
 def _first_error(path: Path, keys: KeyLines, exc: ValidationError) -> InvalidInput:
-    error = exc.errors()[0]
+    # An unknown key explains the "missing" error its typo causes (max_kw written for max_w): report it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    error = errors[0]
     loc = tuple(error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden":
@@ -135,6 +137,8 @@ def _first_error(path: Path, keys: KeyLines, exc: ValidationError) -> InvalidInp
         message = "required key is missing"
     elif "input" in error and not isinstance(error["input"], dict | list):
         message = f"{message} (got {error['input']!r})"
+        if str(loc[-1]).endswith("_kw") and error["type"] == "less_than_equal":
+            message += "; this key is in kW, not W"
     return locate(path, keys, loc, message)
 
 

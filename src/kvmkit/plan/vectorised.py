@@ -70,7 +70,7 @@ class Evaluation:
 def vms_of_shape(capacities: np.ndarray, vm: VmShape) -> tuple[np.ndarray, np.ndarray]:
     """Whole VMs of `vm` per node and the binding resource index, for rows of `capacities`."""
     needs = np.array([vm.vcpu, vm.ram_gb, vm.disk_gb, vm.iops])
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a 1e-300 GB disk is "unlimited"
         limits = np.where(needs > 0, capacities / np.where(needs > 0, needs, 1.0), np.inf)
     binding = np.argmin(limits, axis=1)
     tightest = np.take_along_axis(limits, binding[:, None], axis=1)[:, 0]
