@@ -6,7 +6,9 @@ Every fio run is short (64 MiB, 1 s per job) because the machine has 2 cores sha
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +53,23 @@ def sweep_run() -> Iterator[BenchRun]:
         yield run_suite("sweep", str(folder / "sweep.dat"), HostRunner(), options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def loop_device(disk_dir: Path) -> Iterator[str]:
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("needs root and losetup")
+    backing = disk_dir / "loop.img"
+    with open(backing, "wb") as f:
+        f.truncate(64 * MIB)
+    made = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", str(backing)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"no loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["umount", device], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)

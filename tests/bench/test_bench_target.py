@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,26 +106,6 @@ def test_tmpfs_target_is_refused_even_though_it_accepts_o_direct():
 # --- a real block device: a loop device over a small file --------------------------------------------------
 
 
-@pytest.fixture
-def loop_device(disk_dir: Path) -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("needs root and losetup")
-    backing = disk_dir / "loop.img"
-    with open(backing, "wb") as f:
-        f.truncate(64 * MIB)
-    made = subprocess.run(
-        ["losetup", "--find", "--show", "--direct-io=on", str(backing)], capture_output=True, text=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"no loop device: {made.stderr.strip()}")
-    device = made.stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["umount", device], capture_output=True)
-        subprocess.run(["losetup", "-d", device], capture_output=True)
-
-
 def test_block_device_with_a_filesystem_is_refused_then_mounted_one_even_with_destructive(
     loop_device: str, disk_dir: Path
 ):
@@ -147,6 +125,18 @@ def test_block_device_with_a_filesystem_is_refused_then_mounted_one_even_with_de
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert HostRunner().probe(loop_device).signature == "ext4", "the refused runs must not have written"
+
+
+def test_file_backing_a_loop_device_is_refused_even_with_destructive(loop_device: str, disk_dir: Path):
+    backing = str(disk_dir / "loop.img")
+    opts = BenchOptions(size_bytes=64 * MIB, runtime_s=1, ramp_s=0, destructive=backing)
+    with pytest.raises(Conflict, match=f"backs {loop_device}"):
+        run_suite("quick", backing, HostRunner(), opts)
+
+
+def test_synchronous_engine_is_refused(disk_dir: Path):
+    with pytest.raises(InvalidInput, match="synchronous"):
+        run_suite("quick", str(disk_dir / "t.dat"), HostRunner(), BenchOptions(ioengine="psync"))
 
 
 def test_block_device_benchmark_with_destructive_runs_fio_on_the_device(loop_device: str):

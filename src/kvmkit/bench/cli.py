@@ -79,26 +79,16 @@ def print_run(run: BenchRun) -> None:
 @app.command("run")
 def run_cmd(
     suite: Annotated[str, typer.Option("--suite", "-s", help=f"One of: {', '.join(SUITES)}.")],
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="A file (created if missing) or a block device.")
-    ],
-    size: Annotated[
-        str | None, typer.Option(help="Working set, e.g. 4G. Default: the device, or 2 × RAM.")
-    ] = None,
-    destructive: Annotated[
-        str | None, typer.Option(help="Repeat the target path to allow overwriting it.")
-    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="A file (created if missing) or a block device.")],
+    size: Annotated[str | None, typer.Option(help="Working set, e.g. 4G. Default: the device, or 2 × RAM.")] = None,
+    destructive: Annotated[str | None, typer.Option(help="Repeat the target path to allow overwriting it.")] = None,
     runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 30.0,
     ramp: Annotated[float, typer.Option(help="Ramp seconds before each measured job.")] = 5.0,
     ioengine: Annotated[str, typer.Option(help="fio engine: io_uring, libaio …")] = "io_uring",
-    qd: Annotated[
-        str | None, typer.Option(help="Sweep queue depths, e.g. 1,4,16,64 (default 1…128).")
-    ] = None,
+    qd: Annotated[str | None, typer.Option(help="Sweep queue depths, e.g. 1,4,16,64 (default 1…128).")] = None,
     max_rounds: Annotated[int, typer.Option(help="snia: give up on steady state after this many.")] = 25,
     precondition_cap: Annotated[str | None, typer.Option(help="snia: cap the 2 × capacity fill.")] = None,
-    snia_matrix: Annotated[
-        str, typer.Option(help="snia: 'reduced' or 'tracking' (4k write only).")
-    ] = "reduced",
+    snia_matrix: Annotated[str, typer.Option(help="snia: 'reduced' or 'tracking' (4k write only).")] = "reduced",
     keep_file: Annotated[bool, typer.Option(help="Keep a file kvmkit created, filled, for reuse.")] = False,
     label: Annotated[str | None, typer.Option(help="Name of this run in comparisons.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result JSON here.")] = None,
@@ -131,9 +121,7 @@ def run_cmd(
         print_run(result)
     if result.status != "ok":
         where = f"; partial results in {out}" if out else ""
-        raise OperationFailed(
-            f"bench run {result.status} after {len(result.jobs)} jobs: {result.error}{where}"
-        )
+        raise OperationFailed(f"bench run {result.status} after {len(result.jobs)} jobs: {result.error}{where}")
 
 
 @app.command("lint")
@@ -173,17 +161,14 @@ def compare_cmd(
                     "runs": [r.label for r in runs],
                     "notes": compare_mod.machine_notes(runs),
                     "rows": [
-                        {"job": row.job, "cells": [c.__dict__ if c else None for c in row.cells]}
-                        for row in table
+                        {"job": row.job, "cells": [c.__dict__ if c else None for c in row.cells]} for row in table
                     ],
                 },
                 indent=2,
             )
         )
     else:
-        columns = (
-            ["job"] + [f"{r.label} IOPS / p99 µs" for r in runs] + [f"Δ IOPS {r.label}" for r in runs[1:]]
-        )
+        columns = ["job"] + [f"{r.label} IOPS / p99 µs" for r in runs] + [f"Δ IOPS {r.label}" for r in runs[1:]]
         lines = []
         for row in table:
             cells = [f"{c.iops:,.0f} / {_us(c.p99_us)}" if c else "" for c in row.cells]

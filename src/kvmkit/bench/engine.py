@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from kvmkit.bench.fio import chain, fold_latency_log, load_report, parse_report, require_version
 from kvmkit.bench.jobs import FioInvocation
+from kvmkit.bench.lint import SYNC_ENGINES
 from kvmkit.bench.runner import Completed, Runner
 from kvmkit.bench.schema import BenchRun, JobResult, Resources, SteadyState, SuiteParams, TargetInfo
 from kvmkit.bench.suites import SUITES, Purge, SuiteContext, program
@@ -55,9 +56,7 @@ def _check_fio(runner: Runner, fio: str) -> str:
 
 
 def _fio_error(done: Completed) -> str:
-    lines = [
-        ln for ln in (done.stderr + "\n" + done.stdout).splitlines() if ln.startswith("fio:") or "error" in ln
-    ]
+    lines = [ln for ln in (done.stderr + "\n" + done.stdout).splitlines() if ln.startswith("fio:") or "error" in ln]
     return lines[0].strip() if lines else f"exit code {done.returncode}"
 
 
@@ -68,9 +67,7 @@ def _timeout(inv: FioInvocation, ctx: SuiteContext) -> float:
     return 120 + timed * (ctx.runtime_s + ctx.ramp_s) * 2 + sized * ctx.size_bytes * 2 / (10 * 1024 * 1024)
 
 
-def _execute(
-    runner: Runner, inv: FioInvocation, ctx: SuiteContext, fio: str, tally: _Tally
-) -> list[JobResult]:
+def _execute(runner: Runner, inv: FioInvocation, ctx: SuiteContext, fio: str, tally: _Tally) -> list[JobResult]:
     argv = inv.argv(fio)
     log.info("fio start", extra={"jobs": [j.name for j in inv.jobs]})
     done = runner.run(argv, timeout_s=_timeout(inv, ctx))
@@ -132,6 +129,8 @@ def _validate(suite: str, opts: BenchOptions) -> None:
         raise InvalidInput("queue depths must be between 1 and 4096")
     if opts.snia_matrix not in ("reduced", "tracking"):
         raise InvalidInput("--snia-matrix must be 'reduced' or 'tracking'")
+    if opts.ioengine in SYNC_ENGINES:
+        raise InvalidInput(f"--ioengine {opts.ioengine} is synchronous: the suites' queue depths would be ignored")
     if opts.max_rounds < 5:
         raise InvalidInput("--max-rounds must be at least 5 (the steady-state window)")
 

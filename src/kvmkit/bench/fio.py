@@ -34,9 +34,7 @@ def require_version(text: str) -> str:
     major, minor = parse_version(text)
     if (major, minor) < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
-        raise EnvironmentProblem(
-            f"fio {major}.{minor} is too old: kvmkit bench needs fio ≥ {need} (io_uring, JSON)"
-        )
+        raise EnvironmentProblem(f"fio {major}.{minor} is too old: kvmkit bench needs fio ≥ {need} (io_uring, JSON)")
     return f"fio-{major}.{minor}"
 
 
@@ -110,9 +108,7 @@ def parse_job(data: dict[str, Any], phase: str, global_options: dict[str, str]) 
 def parse_report(report: dict[str, Any], invocation: FioInvocation | None = None) -> list[JobResult]:
     """All jobs of one report; fio --client's `client_stats` is read like `jobs`, minus "All clients"."""
     globals_ = {k: str(v) for k, v in report.get("global options", {}).items()}
-    entries = report.get("jobs") or [
-        j for j in report.get("client_stats", []) if j.get("jobname") != "All clients"
-    ]
+    entries = report.get("jobs") or [j for j in report.get("client_stats", []) if j.get("jobname") != "All clients"]
     results = []
     for entry in entries:
         phase = invocation.phase_of(entry["jobname"]) if invocation else "measure"

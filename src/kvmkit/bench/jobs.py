@@ -126,8 +126,6 @@ def timed(runtime_s: float, ramp_s: float) -> list[tuple[str, str]]:
     return opts
 
 
-def job(
-    name: str, rw: str, bs: int, iodepth: int, extra: Iterable[tuple[str, str]] = (), **kw: object
-) -> FioJob:
+def job(name: str, rw: str, bs: int, iodepth: int, extra: Iterable[tuple[str, str]] = (), **kw: object) -> FioJob:
     options = (("rw", rw), ("bs", str(bs)), ("iodepth", str(iodepth)), *extra)
     return FioJob(name=name, options=options, **kw)  # type: ignore[arg-type]

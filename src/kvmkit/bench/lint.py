@@ -56,18 +56,14 @@ def parse_jobfile(text: str) -> list[JobSection]:
         header = _SECTION.match(line)
         if header:
             name = header.group(1).strip()
-            current = (
-                None if name == "global" else JobSection(name, number, dict(globals_), dict(global_lines))
-            )
+            current = None if name == "global" else JobSection(name, number, dict(globals_), dict(global_lines))
             if current is not None:
                 jobs.append(current)
             continue
         key, _, value = line.partition("=")
         key, value = key.strip().lower(), value.strip()
         if key.startswith("include "):
-            raise InvalidInput(
-                f"line {number}: 'include' is not followed by kvmkit bench lint; inline the file"
-            )
+            raise InvalidInput(f"line {number}: 'include' is not followed by kvmkit bench lint; inline the file")
         if current is None:
             globals_[key], global_lines[key] = value, number
         else:
@@ -96,9 +92,7 @@ def check_job(job: JobSection, earlier_write: bool, ram_bytes: int) -> list[Find
     opts, out = job.options, []
 
     def flag(code: str, severity: str, key: str | None, message: str) -> None:
-        out.append(
-            Finding(code, severity, job.name, job.lines.get(key, job.line) if key else job.line, message)
-        )
+        out.append(Finding(code, severity, job.name, job.lines.get(key, job.line) if key else job.line, message))
 
     rw, engine = _rw(opts), opts.get("ioengine", "psync").lower()
     direct = _is(opts, "direct") or opts.get("buffered", "1").lower() in {"0", "false", "no", "off"}
@@ -139,8 +133,7 @@ def check_job(job: JobSection, earlier_write: bool, ram_bytes: int) -> list[Find
             "KB105",
             "warning",
             None,
-            "no refill_buffers: fio reuses buffer contents, which dedupe/compression "
-            "can exploit; add refill_buffers=1",
+            "no refill_buffers: fio reuses buffer contents, which dedupe/compression can exploit; add refill_buffers=1",
         )
     for key in ("buffer_compress_percentage", "dedupe_percentage"):
         if writes and opts.get(key, "0") not in ("0", ""):
@@ -197,9 +190,7 @@ def check_job(job: JobSection, earlier_write: bool, ram_bytes: int) -> list[Find
         )
     runtime = _seconds(opts.get("runtime"))
     if _is(opts, "time_based") and runtime is not None and runtime < 10:
-        flag(
-            "KB112", "warning", "runtime", f"runtime {runtime:g} s: too short for a stable result; use ≥ 10 s"
-        )
+        flag("KB112", "warning", "runtime", f"runtime {runtime:g} s: too short for a stable result; use ≥ 10 s")
     return out
 
 
@@ -216,9 +207,7 @@ def _seconds(value: str | None) -> float | None:
 def lint_text(text: str, ram_bytes: int) -> list[Finding]:
     jobs = parse_jobfile(text)
     if not jobs:
-        raise InvalidInput(
-            "no job section: a fio job file needs at least one [name] section besides [global]"
-        )
+        raise InvalidInput("no job section: a fio job file needs at least one [name] section besides [global]")
     findings: list[Finding] = []
     wrote = False
     for job in jobs:

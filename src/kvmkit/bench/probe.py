@@ -111,6 +111,16 @@ def _loop_notes(st_dev: int) -> list[str]:
     return []
 
 
+def _loop_backing(path: Path) -> str | None:
+    """The loop device this file backs, if any: writing under a mounted loop filesystem corrupts it."""
+    real = str(path.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip() == real:
+                return f"/dev/{backing.parent.parent.name}"
+    return None
+
+
 def _xattr(path: Path, name: str) -> bytes | None:
     try:
         return os.getxattr(path, name)
@@ -168,6 +178,7 @@ def probe_host(path_text: str, owner_xattr: str) -> TargetProbe:
         size_bytes=st.st_size,
         free_bytes=vfs.f_bavail * vfs.f_frsize,
         filesystem=_fs_of(path),
+        mounted_at=_loop_backing(path),
         owned=mark is not None or st.st_size == 0,
         filled_bytes=filled,
         direct_io=_direct_io_works(path),

@@ -65,9 +65,7 @@ def curve_figures(runs: Sequence[BenchRun]) -> list[go.Figure]:
         name = f"{c.run} · {c.rw} {c.bs // 1024}k"
         iops.add_trace(go.Scatter(x=c.qds, y=c.iops, mode="lines+markers", name=name))
         p99.add_trace(go.Scatter(x=c.qds, y=c.p99_us, mode="lines+markers", name=name))
-    iops.update_layout(
-        title="Queue depth vs IOPS", xaxis={"type": "log", "title": "iodepth"}, yaxis={"title": "IOPS"}
-    )
+    iops.update_layout(title="Queue depth vs IOPS", xaxis={"type": "log", "title": "iodepth"}, yaxis={"title": "IOPS"})
     p99.update_layout(
         title="Queue depth vs p99 latency",
         xaxis={"type": "log", "title": "iodepth"},
@@ -144,9 +142,7 @@ def steady_figure(runs: Sequence[BenchRun]) -> go.Figure | None:
             )
     if not fig.data:
         return None
-    fig.update_layout(
-        title="SNIA rounds: tracking variable", xaxis={"title": "round"}, yaxis={"title": "IOPS"}
-    )
+    fig.update_layout(title="SNIA rounds: tracking variable", xaxis={"title": "round"}, yaxis={"title": "IOPS"})
     return fig
 
 
@@ -165,9 +161,7 @@ def _summary(runs: Sequence[BenchRun]) -> str:
         )
     notes = compare.machine_notes(runs) + [f"{r.label}: {w}" for r in runs for w in r.warnings]
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return f"<ul>{''.join(items)}</ul>" + (
-        f"<h2>Notes</h2><ul class='notes'>{notes_html}</ul>" if notes else ""
-    )
+    return f"<ul>{''.join(items)}</ul>" + (f"<h2>Notes</h2><ul class='notes'>{notes_html}</ul>" if notes else "")
 
 
 def render_html(runs: Sequence[BenchRun]) -> str:

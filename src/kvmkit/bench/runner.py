@@ -23,9 +23,7 @@ from kvmkit.bench.probe import probe_host
 from kvmkit.bench.schema import Machine
 from kvmkit.errors import EnvironmentProblem, OperationFailed
 
-OWNER_XATTR = (
-    "user.kvmkit.bench"  # set on files kvmkit created: they may be overwritten without --destructive
-)
+OWNER_XATTR = "user.kvmkit.bench"  # set on files kvmkit created: they may be overwritten without --destructive
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class TargetProbe:
     size_bytes: int = 0  # file length or device capacity
     free_bytes: int | None = None  # free space of the filesystem holding (or to hold) a file
     filesystem: str | None = None  # type of that filesystem
-    mounted_at: str | None = None  # a block device (or one of its partitions/holders) is mounted there
+    mounted_at: str | None = None  # device: where it (a partition, a holder) is mounted; file: loop it backs
     signature: str | None = None  # blkid TYPE of a block device, or "data" when its first MiB is not zero
     owned: bool = False  # created by kvmkit (OWNER_XATTR), or an empty file
     filled_bytes: int = 0  # kvmkit wrote this many bytes of random data over it earlier
@@ -138,7 +136,8 @@ class HostRunner:
     def run(self, argv: Sequence[str], timeout_s: float) -> Completed:
         argv = list(argv)
         if shutil.which(argv[0]) is None:
-            raise EnvironmentProblem(f"{argv[0]} not found: install fio (Debian: apt-get install fio)")
+            hint = ": install fio (Debian: apt-get install fio)" if "fio" in os.path.basename(argv[0]) else ""
+            raise EnvironmentProblem(f"{argv[0]} not found on this host{hint}")
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             started = time.monotonic()
             # Output goes to files, not pipes: nobody has to drain them while we block in wait4.

@@ -170,9 +170,7 @@ def load_run(path: Path) -> BenchRun:
         raise InvalidInput(f"{path}: not JSON: {exc}") from None
     found = data.get("schema") if isinstance(data, dict) else None
     if found != SCHEMA:
-        raise InvalidInput(
-            f"{path}: schema {found!r} is not {SCHEMA!r}; not a kvmkit bench result of this version"
-        )
+        raise InvalidInput(f"{path}: schema {found!r} is not {SCHEMA!r}; not a kvmkit bench result of this version")
     try:
         return BenchRun.model_validate(data)
     except ValidationError as exc:

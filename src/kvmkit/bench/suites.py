@@ -114,9 +114,7 @@ def latency_under_load(ctx: SuiteContext) -> Program:
     peak = next(r for r in results if r.phase == "max-iops").iops
     rate = int(peak * ctx.load_fraction)
     if rate < 1:
-        raise InvalidInput(
-            f"measured maximum of {peak:.1f} IOPS is too low to load at {ctx.load_fraction:.0%}"
-        )
+        raise InvalidInput(f"measured maximum of {peak:.1f} IOPS is too low to load at {ctx.load_fraction:.0%}")
     pct = round(ctx.load_fraction * 100)
     yield _invocation(
         ctx,
@@ -178,9 +176,7 @@ def snia(ctx: SuiteContext) -> Program:
         rounds=tracking,
     )
     if found is None:
-        outcome.warnings.append(
-            f"no steady state within {len(tracking)} rounds: results are not PTS steady-state"
-        )
+        outcome.warnings.append(f"no steady state within {len(tracking)} rounds: results are not PTS steady-state")
     return outcome
 
 

@@ -75,9 +75,7 @@ def plan_target(probe: TargetProbe, size_bytes: int | None, destructive: str | N
 def _plan_block(probe: TargetProbe, size_bytes: int | None, destructive: str | None) -> TargetPlan:
     path = probe.path
     if probe.mounted_at:
-        raise Conflict(
-            f"{path} is in use (mounted at {probe.mounted_at}); kvmkit never writes to a mounted device"
-        )
+        raise Conflict(f"{path} is in use (mounted at {probe.mounted_at}); kvmkit never writes to a mounted device")
     if destructive is None:
         held = f"holds {probe.signature}" if probe.signature else "may hold data"
         raise Conflict(
@@ -86,15 +84,15 @@ def _plan_block(probe: TargetProbe, size_bytes: int | None, destructive: str | N
         )
     size = size_bytes or probe.size_bytes
     if size > probe.size_bytes:
-        raise InvalidInput(
-            f"--size {format_size(size)} is larger than {path} ({format_size(probe.size_bytes)})"
-        )
+        raise InvalidInput(f"--size {format_size(size)} is larger than {path} ({format_size(probe.size_bytes)})")
     return TargetPlan(path, "block", size, create=False, needs_fill=True, destructive=True)
 
 
 def _plan_file(probe: TargetProbe, size_bytes: int | None, destructive: str | None) -> TargetPlan:
     path = probe.path
     exists = probe.kind == "file"
+    if probe.mounted_at:
+        raise Conflict(f"{path} is in use (backs {probe.mounted_at}); detach it before benchmarking on it")
     if exists and not probe.owned and destructive is None:
         raise Conflict(
             f"{path} holds {format_size(probe.size_bytes)} of data kvmkit did not write; the benchmark "
