@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from kvmkit.tune.capture import view_of
 from kvmkit.tune.checks import CHECKS, CHECKS_BY_ID, bracketed, cmdline_params, read_all, read_check
+from kvmkit.tune.collect_host import qemu_memory_mib
 from kvmkit.tune.hostfs import HostView
 from kvmkit.tune.model import HOST
 
@@ -152,3 +157,40 @@ def test_live_host_reads_every_check_without_crashing():
     for reading in readings:
         assert reading.unknown or reading.values, f"{reading.check}: neither a value nor a reason"
         assert not (reading.unknown and reading.values), f"{reading.check}: both a value and a reason"
+
+
+@pytest.mark.parametrize(
+    ("arg", "mib"),
+    [("", 128), ("512", 512), ("2G", 2048), ("1024M", 1024), ("size=1G,slots=4,maxmem=8G", 1024), ("262144k", 256)],
+)
+def test_qemu_memory_argument_parsing(arg, mib):
+    assert qemu_memory_mib(arg) == mib
+
+
+def test_hugepages_fall_back_to_running_qemu(xeon_folder: Path):
+    for xml in (xeon_folder / "root/etc/libvirt/qemu").glob("*.xml"):
+        xml.unlink()
+    (xeon_folder / "probes/qemu_guests").write_text("4242\t8G\n4343\tsize=24G,slots=2,maxmem=64G\n")
+    reading = read_check(view_of(xeon_folder), CHECKS_BY_ID["hugepages_coverage_pct"])
+    assert reading.values == {HOST: 50}  # 16 GiB reserved for 32 GiB of guests
+    assert "2 running QEMU" in reading.detail
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_live_probe_sees_a_running_qemu_and_its_memory():
+    """Start a paused, diskless QEMU (no CPU cost) and find it with its -m through the live probe."""
+    proc = subprocess.Popen(
+        ["qemu-system-x86_64", "-m", "96", "-S", "-display", "none", "-accel", "tcg", "-nodefaults"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        line = ""
+        while time.monotonic() < deadline and not line:
+            line = next((x for x in HostView().probe("qemu_guests").splitlines() if x.startswith(f"{proc.pid}\t")), "")
+            time.sleep(0.05)
+        assert line == f"{proc.pid}\t96"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -13,37 +13,71 @@ from kvmkit.tune.readers import CPU, Observed, bracketed, cmdline_params, parse_
 # --- memory -----------------------------------------------------------------------------------------------
 
 
-def _domain_memory_mib(host: HostView) -> tuple[int, int]:
+LIBVIRT_DEFS = "/etc/libvirt/qemu"
+_XML_UNITS = {
+    "b": 2**-20,
+    "bytes": 2**-20,
+    "kb": 1000 / 2**20,
+    "k": 2**-10,
+    "kib": 2**-10,
+    "mb": 10**6 / 2**20,
+    "m": 1,
+    "mib": 1,
+    "gb": 10**9 / 2**20,
+    "g": 1024,
+    "gib": 1024,
+    "tb": 10**12 / 2**20,
+    "t": 2**20,
+    "tib": 2**20,
+}
+_QEMU_SUFFIX = {"": 1, "m": 1, "k": 2**-10, "g": 1024, "t": 2**20}
+QEMU_DEFAULT_MIB = 128  # what QEMU gives a guest started without -m
+
+
+def _domain_memory_mib(host: HostView) -> tuple[float, int]:
     """(total MiB, domain count) configured for libvirt domains, from their persistent XML definitions."""
-    folder = "/etc/libvirt/qemu"
-    units = {
-        "b": 1 / 2**20,
-        "bytes": 1 / 2**20,
-        "kb": 1000 / 2**20,
-        "k": 1 / 1024,
-        "kib": 1 / 1024,
-        "mb": 10**6 / 2**20,
-        "m": 1,
-        "mib": 1,
-        "gb": 10**9 / 2**20,
-        "g": 1024,
-        "gib": 1024,
-    }
     total, count = 0.0, 0
-    for name in host.listdir(folder):
+    for name in host.listdir(LIBVIRT_DEFS):
         if not name.endswith(".xml"):
             continue
         try:
-            memory = ET.fromstring(host.read(f"{folder}/{name}")).find("memory")
+            memory = ET.fromstring(host.read(f"{LIBVIRT_DEFS}/{name}")).find("memory")
         except ET.ParseError as exc:
-            raise Unreadable(f"{folder}/{name}: not valid XML ({exc})") from None
+            raise Unreadable(f"{LIBVIRT_DEFS}/{name}: not valid XML ({exc})") from None
         if memory is None or not (memory.text or "").strip().isdigit():
             continue
-        total += int(memory.text.strip()) * units.get(memory.get("unit", "KiB").lower(), 1 / 1024)
+        total += int(memory.text.strip()) * _XML_UNITS.get(memory.get("unit", "KiB").lower(), 2**-10)
         count += 1
-    if count == 0:
-        raise Unreadable(f"no libvirt domain definitions in {folder}: nothing to size hugepages against")
-    return round(total), count
+    return total, count
+
+
+def qemu_memory_mib(arg: str) -> float:
+    """Guest RAM from a QEMU `-m` argument: '512', '2G', 'size=1G,slots=4,maxmem=8G' (M is the default unit)."""
+    if not arg:
+        return QEMU_DEFAULT_MIB
+    size = next((p.split("=", 1)[1] for p in arg.split(",") if p.startswith("size=")), arg.split(",")[0])
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?", size.strip())
+    if not match:
+        raise Unreadable(f"cannot parse QEMU memory size {arg!r}")
+    return float(match.group(1)) * _QEMU_SUFFIX[match.group(2).lower()]
+
+
+def vm_memory_mib(host: HostView) -> tuple[float, str]:
+    """Memory configured for VMs: libvirt's persistent definitions, else the running QEMU processes."""
+    try:
+        total, count = _domain_memory_mib(host)
+    except Unreadable as exc:
+        if "does not exist" not in exc.reason:
+            raise
+        total, count = 0.0, 0
+    if count:
+        return total, f"{count} libvirt domain(s)"
+    lines = [line for line in host.probe("qemu_guests").splitlines() if line.strip()]
+    if not lines:
+        raise Unreadable(
+            f"no libvirt domain definitions in {LIBVIRT_DEFS} and no running QEMU: nothing to size hugepages against"
+        )
+    return sum(qemu_memory_mib(line.partition("\t")[2].strip()) for line in lines), f"{len(lines)} running QEMU"
 
 
 def collect_hugepages_coverage(host: HostView) -> Observed:
@@ -55,9 +89,9 @@ def collect_hugepages_coverage(host: HostView) -> Observed:
         if match:
             pages = parse_int(host.read(f"{base}/{size_dir}/nr_hugepages"), f"{base}/{size_dir}/nr_hugepages")
             reserved_mib += pages * int(match.group(1)) // 1024
-    vm_mib, domains = _domain_memory_mib(host)
+    vm_mib, where = vm_memory_mib(host)
     pct = round(100 * reserved_mib / vm_mib) if vm_mib else 0
-    return Observed({HOST: pct}, {}, f"{reserved_mib} MiB reserved for {vm_mib} MiB in {domains} domain(s)")
+    return Observed({HOST: pct}, {}, f"{reserved_mib} MiB reserved for {round(vm_mib)} MiB in {where}")
 
 
 def collect_numa_nodes(host: HostView) -> Observed:

@@ -22,7 +22,7 @@ TOOL_PROBES: dict[str, list[str]] = {
     "dmidecode": ["dmidecode", "-t", "bios", "-t", "system"],
     "tuned-adm": ["tuned-adm", "active"],
 }
-PROBE_NAMES = ("cpu_dma_latency", "irqbalance", *TOOL_PROBES)
+PROBE_NAMES = ("cpu_dma_latency", "irqbalance", "qemu_guests", *TOOL_PROBES)
 _TOOL_TIMEOUT_S = 10
 
 
@@ -110,6 +110,8 @@ def _live_probe(name: str) -> str:
         return str(_read_cpu_dma_latency())
     if name == "irqbalance":
         return _irqbalance_state()
+    if name == "qemu_guests":
+        return _qemu_guests()
     return _run_tool(TOOL_PROBES[name])
 
 
@@ -133,13 +135,16 @@ def _read_cpu_dma_latency() -> int:
     return struct.unpack("=i", raw)[0]
 
 
-def _irqbalance_state() -> str:
-    """'running <pid>' or 'not running', from /proc/*/comm (no pgrep dependency)."""
+def _pids() -> list[str]:
     try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        return [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError as exc:
         raise Unreadable(f"/proc: {_os_reason(exc)}") from None
-    for pid in pids:
+
+
+def _irqbalance_state() -> str:
+    """'running <pid>' or 'not running', from /proc/*/comm (no pgrep dependency)."""
+    for pid in _pids():
         try:
             with open(f"/proc/{pid}/comm") as fh:
                 if fh.read().strip() == "irqbalance":
@@ -147,6 +152,22 @@ def _irqbalance_state() -> str:
         except OSError:
             continue  # the process exited while we looked
     return "not running"
+
+
+def _qemu_guests() -> str:
+    """One line per running QEMU: '<pid><TAB><its -m argument>' (empty when it has none: QEMU's default)."""
+    lines = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not argv or not os.path.basename(argv[0]).startswith(("qemu-system-", "qemu-kvm")):
+            continue
+        memory = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-m", "--m")), "")
+        lines.append(f"{pid}\t{memory}")
+    return "\n".join(lines)
 
 
 def _run_tool(argv: list[str]) -> str:
