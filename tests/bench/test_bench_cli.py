@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kvmkit.bench.cli import app
+from kvmkit.bench.lint import lint_text
 from kvmkit.bench.schema import SCHEMA, load_run
 from kvmkit.errors import Conflict, InvalidInput
 
@@ -77,3 +80,14 @@ def test_suites_lists_all_four():
     result = CliRunner().invoke(app, ["suites"])
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["quick", "sweep", "latency-under-load", "snia"]
+
+
+@pytest.mark.parametrize("suite", ["quick", "sweep", "latency-under-load", "snia"])
+def test_jobs_prints_a_job_file_fio_accepts_and_the_linter_passes(suite: str, tmp_path: Path):
+    result = CliRunner().invoke(app, ["jobs", "-s", suite, "-t", "/dev/vdb", "--size", "256G"])
+    assert result.exit_code == 0, result.output
+    job_file = tmp_path / f"{suite}.fio"
+    job_file.write_text(result.stdout)
+    assert lint_text(result.stdout, ram_bytes=1024**3) == []
+    parsed = subprocess.run(["fio", "--parse-only", str(job_file)], capture_output=True, text=True, timeout=30)
+    assert parsed.returncode == 0, parsed.stderr

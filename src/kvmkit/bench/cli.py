@@ -15,11 +15,12 @@ import typer
 
 from kvmkit.bench import compare as compare_mod
 from kvmkit.bench.engine import BenchOptions, run_suite
+from kvmkit.bench.jobs import FioInvocation
 from kvmkit.bench.lint import lint_file
 from kvmkit.bench.report import write_html
 from kvmkit.bench.runner import HostRunner
 from kvmkit.bench.schema import BenchRun, load_run
-from kvmkit.bench.suites import SUITES
+from kvmkit.bench.suites import SUITES, SuiteContext
 from kvmkit.bench.units import parse_size
 from kvmkit.errors import InvalidInput, OperationFailed
 from kvmkit.output import console, err_console, print_table
@@ -184,6 +185,33 @@ def compare_cmd(
         write_html(runs, html)
         if not as_json:
             console.print(f"report: {html}")
+
+
+@app.command("jobs")
+def jobs_cmd(
+    suite: Annotated[str, typer.Option("--suite", "-s", help=f"One of: {', '.join(SUITES)}.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="File or device the job file names.")],
+    size: Annotated[str, typer.Option(help="Working set, e.g. 64G.")] = "64G",
+    runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 30.0,
+    ramp: Annotated[float, typer.Option(help="Ramp seconds before each measured job.")] = 5.0,
+    ioengine: Annotated[str, typer.Option(help="fio engine.")] = "io_uring",
+) -> None:
+    """Print the fio job file a suite starts with, to read, lint or run by hand; nothing is run or probed."""
+    ctx = SuiteContext(
+        filename=target,
+        kind="block" if target.startswith("/dev/") else "file",
+        size_bytes=parse_size(size),
+        ioengine=ioengine,
+        runtime_s=runtime,
+        ramp_s=ramp,
+    )
+    if suite not in SUITES:
+        raise InvalidInput(f"unknown suite {suite!r}; choose one of: {', '.join(SUITES)}")
+    step = next(step for step in SUITES[suite](ctx) if isinstance(step, FioInvocation))
+    typer.echo(f"; kvmkit bench {suite}: first fio invocation")
+    if suite in ("latency-under-load", "snia"):
+        typer.echo("; later invocations depend on measured results (rate_iops, steady-state rounds)")
+    typer.echo(step.ini(), nl=False)
 
 
 @app.command("suites")
