@@ -116,7 +116,7 @@ class CgroupReport(BaseModel):
     path: str
     psi_some_pct: float | None = None  # share of the interval some task of the VM waited for CPU
     psi_full_pct: float | None = None
-    throttled_pct: float | None = None  # share of the interval the VM was throttled by a CFS quota
+    throttled_pct: float | None = None  # throttled time / interval, summed over the VM's cgroups (vCPUs …)
     throttled_periods: int | None = None
 
 

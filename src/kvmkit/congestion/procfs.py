@@ -107,6 +107,29 @@ class CgroupMounts:
         return cls(v2, v1)
 
 
+def _throttling(directory: str, key: str, ns_per_unit: int) -> tuple[int, int, int] | None:
+    """(periods, throttled periods, throttled ns) summed over the VM's cgroup and its children.
+
+    libvirt applies vcpu_quota in <vm>/vcpuN and emulator_quota in <vm>/emulator, and a cgroup's cpu.stat
+    counts only its own quota, so the VM's throttling is the sum over the folder and its sub-folders.
+    """
+    try:
+        folders = [directory] + [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return None
+    total = [0, 0, 0]
+    found = False
+    for folder in folders:
+        try:
+            stat = dict(line.split() for line in read_small(f"{folder}/cpu.stat").splitlines())
+            values = (int(stat["nr_periods"]), int(stat["nr_throttled"]), int(stat[key]) * ns_per_unit)
+        except (OSError, KeyError, ValueError):
+            continue  # v2 cpu.stat without the cpu controller, or a child that just went away
+        found = True
+        total = [t + v for t, v in zip(total, values, strict=True)]
+    return (total[0], total[1], total[2]) if found else None
+
+
 def _schedstat(text: str) -> tuple[int, int]:
     run, wait, _ = text.split(maxsplit=2)
     return int(run), int(wait)
@@ -262,22 +285,12 @@ class ProcReader:
             psi = parse_psi(read_small(f"{directory}/cpu.pressure"))
         except (OSError, KeyError, ValueError) as exc:
             skipped.append(Skip(f"{domain} cpu.pressure", f"unreadable in {directory}: {exc}"))
-        periods = throttled = throttled_ns = None
-        try:
-            stat = dict(line.split() for line in read_small(f"{directory}/cpu.stat").splitlines())
-            if "throttled_usec" in stat:
-                periods, throttled = int(stat["nr_periods"]), int(stat["nr_throttled"])
-                throttled_ns = int(stat["throttled_usec"]) * 1000
-        except (OSError, ValueError):
-            pass  # v2 cpu.stat without the cpu controller has no throttling: look in v1 below
-        if throttled_ns is None and v1 is not None and self._mounts.v1_cpu is not None:
-            try:
-                text = read_small(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}/cpu.stat")
-                stat = dict(line.split() for line in text.splitlines())
-                periods, throttled = int(stat["nr_periods"]), int(stat["nr_throttled"])
-                throttled_ns = int(stat["throttled_time"])
-            except (OSError, KeyError, ValueError) as exc:
-                skipped.append(Skip(f"{domain} cpu.stat", f"no throttling counters: {exc}"))
+        counters = _throttling(directory, "throttled_usec", 1000)  # v2 with the cpu controller
+        if counters is None and v1 is not None and self._mounts.v1_cpu is not None:
+            counters = _throttling(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}", "throttled_time", 1)
+            if counters is None:
+                skipped.append(Skip(f"{domain} cpu.stat", "no throttling counters in cgroup v2 or v1"))
+        periods, throttled, throttled_ns = counters or (None, None, None)
         return CgroupReading(path, psi, periods, throttled, throttled_ns)
 
     def read(self) -> Reading:
