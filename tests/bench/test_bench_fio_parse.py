@@ -100,3 +100,13 @@ def test_sizes():
     for bad in ("", "lots", "-1G", "0"):
         with pytest.raises(InvalidInput):
             parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("rw", "expected"),
+    [("randwrite", "write"), ("write", "write"), ("readwrite", "read"), ("randrw", "read"), ("randread", "read")],
+)
+def test_main_direction_names_the_job(rw: str, expected: str):
+    (mix, _) = parse_report(load_report(RECORDED.read_text()))
+    job = mix.model_copy(update={"rw": rw})
+    assert job.main_direction() is getattr(job, expected)

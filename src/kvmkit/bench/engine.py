@@ -80,10 +80,12 @@ def _execute(runner: Runner, inv: FioInvocation, ctx: SuiteContext, fio: str, ta
     if failed:
         raise OperationFailed(f"fio reported an error in job(s) {', '.join(failed)}: {_fio_error(done)}")
     bucket_s = max(0.1, (ctx.runtime_s + ctx.ramp_s) / MAX_POINTS)
+    by_name = {job.name: job for job in inv.jobs}
     with_series = []
-    for result, job in zip(results, inv.jobs, strict=False):
-        files = inv.log_files(job)
-        if files and job.name == result.name:
+    for result in results:
+        job = by_name.get(result.name)
+        files = inv.log_files(job) if job else []
+        if files:
             series = fold_latency_log(chain(*(runner.read_lines(f) for f in files)), bucket_s)
             result = result.model_copy(update={"latency_series": series})
         with_series.append(result)

@@ -81,7 +81,7 @@ class JobResult(_Record):
 
     def main_direction(self) -> DirectionResult | None:
         """The direction that names the job (write for write jobs, read otherwise) — what tables show."""
-        if "write" in self.rw and "rw" not in self.rw:
+        if self.rw in ("write", "randwrite", "trimwrite"):
             return self.write
         return self.read or self.write
 
