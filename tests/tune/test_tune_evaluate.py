@@ -108,3 +108,17 @@ def test_goals_rank_the_synthetic_xeon_as_configured(xeon_readings):
     profiles = load_all()
     report = audit(profiles[0], list(xeon_readings.values()), profiles, "h", "test")
     assert report.scores["per-watt"] > report.scores["throughput"] > report.scores["latency"]
+
+
+def test_runtime_text_collapses_per_cpu_writes():
+    from kvmkit.tune.fixes import Write, runtime_text
+
+    writes = [Write(f"/sys/devices/system/cpu/cpufreq/policy{n}/scaling_governor", "performance") for n in (0, 1, 2, 5)]
+    assert (
+        runtime_text(writes)
+        == "echo performance > /sys/devices/system/cpu/cpufreq/policyN/scaling_governor (N = 0-2,5)"
+    )
+    assert runtime_text([Write("/proc/sys/vm/swappiness", "10")]) == "sysctl -w vm.swappiness=10"
+    assert runtime_text([Write("/sys/block/nvme1n1/queue/scheduler", "none")]) == (
+        "echo none > /sys/block/nvme1n1/queue/scheduler"
+    )

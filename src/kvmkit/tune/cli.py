@@ -95,21 +95,27 @@ def _plain(rows: list[tuple]) -> list[tuple[str, ...]]:
 
 
 def _print_report(report: AuditReport) -> None:
+    """A compact table, then one block per finding to act on: why, where the advice comes from, every fix."""
     rows = []
     for f in report.findings:
-        fix = "\n".join(f"[{r.kind}] {r.text}" for r in f.fixes)
-        why = f.why if f.status != Status.UNKNOWN else f"{f.why}\n(unknown: {f.detail})"
-        if f.status == Status.NA:
-            why = f.detail
-        cells = [escape(c) for c in (f.severity.value, f.check, f.current, f.expected, why, fix)]
+        why = f.detail if f.status in (Status.UNKNOWN, Status.NA) else f.why
+        cells = [escape(c) for c in (f.severity.value, f.check, f.current, f.expected, why)]
         rows.append((f"[{STATUS_STYLE[f.status]}]{f.status.value}[/]", *cells))
     print_table(
         f"kvmkit tune audit — goal {report.goal} — {report.host} ({report.origin})",
-        ["status", "sev", "check", "current", "expected", "why", "fix"],
+        ["status", "sev", "check", "current", "expected", "why (or why unknown)"],
         rows,
     )
-    counts = "  ".join(f"{k} {v}" for k, v in report.counts.items() if v)
-    console.print(f"score [bold]{report.score}[/]/100 for {report.goal}   ({counts})")
+    to_fix = [f for f in report.findings if f.status in (Status.FAIL, Status.WARN)]
+    if to_fix:
+        console.print("\n[bold]How to fix[/]")
+    for f in to_fix:
+        console.print(f"[{STATUS_STYLE[f.status]}]{f.status.value}[/] [bold]{escape(f.check)}[/]: {escape(f.why)}")
+        console.print(f"    source: {escape(f.source)}", style="dim")
+        for remedy in f.fixes:
+            console.print(f"    {remedy.kind + ':':<11} {escape(remedy.text)}")
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
+    console.print(f"\nscore [bold]{report.score}[/]/100 for {report.goal} ({counts})")
     console.print("all goals: " + "  ".join(f"{g} {s}" for g, s in sorted(report.scores.items())))
 
 

@@ -12,6 +12,7 @@ The remedy texts are data for people; only `plan_writes` produces something that
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -258,16 +259,35 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def runtime_text(writes: list[Write]) -> str:
-    """The writes apply would make, as a command an operator can read (never executed as a string)."""
-    shown = []
-    for write in writes[:3]:
-        if write.path.startswith("/proc/sys/"):
-            shown.append(f"sysctl -w {write.path[len('/proc/sys/') :].replace('/', '.')}={write.value}")
+def _ranges(numbers: list[int]) -> str:
+    """[0,1,2,3,5] → '0-3,5'."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
         else:
-            shown.append(f"echo {write.value} > {write.path}")
-    more = f" (+{len(writes) - 3} more files)" if len(writes) > 3 else ""
-    return "; ".join(shown) + more
+            spans.append([n, n])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+
+
+def runtime_text(writes: list[Write]) -> str:
+    """The writes apply would make, as commands an operator can read (never executed as a string). Writes of one
+    value to files that differ only by a number (policy0..7, cpu0..63) collapse into one line with N."""
+    groups: dict[tuple[str, str], list[Write]] = {}
+    for write in writes:
+        single_number = len(re.findall(r"\d+", write.path)) == 1
+        pattern = re.sub(r"\d+", "N", write.path) if single_number else write.path
+        groups.setdefault((write.value, pattern), []).append(write)
+    shown = []
+    for (value, pattern), members in groups.items():
+        if pattern.startswith("/proc/sys/"):
+            shown.append(f"sysctl -w {pattern[len('/proc/sys/') :].replace('/', '.')}={value}")
+        elif len(members) > 1:
+            numbers = [int(re.findall(r"\d+", w.path)[0]) for w in members]
+            shown.append(f"echo {value} > {pattern} (N = {_ranges(numbers)})")
+        else:
+            shown.append(f"echo {value} > {members[0].path}")
+    return "; ".join(shown)
 
 
 def plan_writes(host: HostView, reading: Reading, bad: list[str], candidates: list[Scalar]) -> list[Write]:
