@@ -27,20 +27,16 @@ def xeon(xeon_folder: Path) -> HostView:
     return view_of(xeon_folder)
 
 
-@pytest.fixture
-def dev_vm(tmp_path: Path) -> HostView:
-    return view_of(extract(DEV_VM, tmp_path))
-
-
 def by_id(readings: list[Reading]) -> dict[str, Reading]:
     return {r.check: r for r in readings}
 
 
-@pytest.fixture
-def xeon_readings(xeon: HostView) -> dict[str, Reading]:
-    return by_id(read_all(xeon))
+@pytest.fixture(scope="session")
+def xeon_readings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reading]:
+    """Read once per session: many known-answer tests only look at these (tests that write get their own tree)."""
+    return by_id(read_all(view_of(extract(XEON, tmp_path_factory.mktemp("xeon")))))
 
 
-@pytest.fixture
-def dev_vm_readings(dev_vm: HostView) -> dict[str, Reading]:
-    return by_id(read_all(dev_vm))
+@pytest.fixture(scope="session")
+def dev_vm_readings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reading]:
+    return by_id(read_all(view_of(extract(DEV_VM, tmp_path_factory.mktemp("dev-vm")))))
