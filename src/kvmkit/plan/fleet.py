@@ -17,8 +17,10 @@ K cheapest configurations for each shape (and for the reference VM), so the opti
 Near-identical candidates make proving the last 0.5 % of optimality slow (many mixes cost the same within
 one node), so the solve stops at a relative gap (default 1 %) and reports HiGHS' lower bound next to the
 cost: the answer is never more than `gap` above the best possible over the candidates. By default y is
-continuous and then rounded to whole VMs, adding a node to a type if the rounding overfills it (the bound
-stays a valid lower bound); `exact_placement` keeps y integer, slower, and is what the brute-force tests use.
+continuous in a first solve (phase 1); its VMs are then rounded to whole ones, adding a node where rounding
+overfills a type, and, if that plan is not within the gap, a second small MILP (phase 2) re-places whole VMs
+over the types phase 1 chose with node counts within NEAR of phase 1's. Phase 1's bound is a valid lower bound
+for the result. `exact_placement` keeps y integer in one solve: slower; the brute-force tests use it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from kvmkit.plan.costmodel import NODE_RESOURCES
 from kvmkit.plan.inputs import PlanInput, VmShape
 from kvmkit.plan.problems import PlanProblem
 from kvmkit.plan.vectorised import Evaluation, vms_of_shape
+
+# Phase 2 looks for whole-VM placements within this many nodes of phase 1's count for each type: enough to
+# absorb rounding (at most one VM per type and shape moves), small enough to keep the second MILP quick.
+NEAR = 1
 
 
 @dataclass(frozen=True)
@@ -91,23 +97,23 @@ def solve(
 ) -> FleetSolution:
     """Cheapest nodes, placement and racks; see the module docstring for the model and the two phases."""
     started = time.perf_counter()
-    nodes, placement, bound = (
-        _run_milp(problem, single_type, gap, time_limit_s, integer_placement=True)
-        if exact_placement
-        else _run_milp(problem, single_type, gap, time_limit_s, integer_placement=False)
-    )
+    nodes, placement, bound = _run_milp(problem, single_type, gap, time_limit_s, exact_placement)
+    assert nodes is not None and placement is not None  # phase 1 raises rather than return nothing
     if exact_placement:
         best = _priced(problem, nodes, placement.astype(np.int64))
     else:
         # Phase 1 chose the types; rounding its placement is one plan, phase 2 (integer placement over the
-        # chosen types only: a small MILP) usually a cheaper one. Phase 1's bound stays a valid lower bound.
+        # chosen types, node counts within NEAR of phase 1's: a small MILP) often a cheaper one.
+        # Phase 1's bound stays a valid lower bound for both.
         whole = _place_whole_vms(problem, nodes, placement)
         best = _priced(problem, np.maximum(nodes, _nodes_for(problem, whole)), whole)
         used = np.flatnonzero(nodes)
         remaining = time_limit_s - (time.perf_counter() - started)
-        if remaining > 0 and len(used):
+        if remaining > 0 and len(used) and best[2] - bound > gap * best[2]:
             sub = problem.restrict(used)
-            sub_nodes, sub_placement, _ = _run_milp(sub, single_type, gap, remaining, integer_placement=True)
+            sub_nodes, sub_placement, _ = _run_milp(
+                sub, single_type, gap, remaining, integer_placement=True, nodes_near=nodes[used]
+            )
             if sub_nodes is not None:
                 full_nodes = np.zeros_like(nodes)
                 full_nodes[used] = sub_nodes
@@ -130,9 +136,17 @@ def _priced(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> 
 
 
 def _run_milp(
-    problem: FleetProblem, single_type: bool, gap: float, time_limit_s: float, integer_placement: bool
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """One HiGHS solve: (nodes, placement (fractional unless integer_placement), lower bound)."""
+    problem: FleetProblem,
+    single_type: bool,
+    gap: float,
+    time_limit_s: float,
+    integer_placement: bool,
+    nodes_near: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    """One HiGHS solve: (nodes, placement (fractional unless integer_placement), lower bound).
+
+    (None, None, inf) when a phase-2 solve (nodes_near given) finds nothing in the time left.
+    """
     n_types, n_shapes = problem.capacity.shape[0], problem.needs.shape[0]
     fits = problem.fits()
     ub = problem.node_bounds()
@@ -179,6 +193,10 @@ def _run_milp(
     cost[r_col] = problem.rack_cost
     var_hi = np.zeros(n_vars)
     var_hi[:n_x] = ub
+    var_lo = np.zeros(n_vars)
+    if nodes_near is not None:  # phase 2: stay within NEAR nodes of phase 1's answer per type
+        var_lo[:n_x] = np.maximum(nodes_near - NEAR, 0)
+        var_hi[:n_x] = np.minimum(nodes_near + NEAR, np.maximum(ub, nodes_near + 1))
     var_hi[n_x:r_col] = (fits * problem.demand[None, :]).ravel()
     var_hi[r_col] = np.inf
     var_hi[r_col + 1 :] = 1.0
@@ -187,11 +205,13 @@ def _run_milp(
     if not integer_placement:
         integrality[n_x:r_col] = 0
     result = milp(
-        cost, integrality=integrality, bounds=Bounds(np.zeros(n_vars), var_hi),
+        cost, integrality=integrality, bounds=Bounds(var_lo, var_hi),
         constraints=LinearConstraint(matrix, lower, upper),
         options={"time_limit": time_limit_s, "mip_rel_gap": gap},
     )  # fmt: skip
     if result.x is None:
+        if nodes_near is not None:  # phase 2 is an improvement attempt; phase 1's rounded plan stands
+            return None, None, math.inf
         raise OperationFailed(f"fleet MILP found no plan: {result.message}")
     nodes = np.rint(result.x[:n_x]).astype(np.int64)
     placement = result.x[n_x:r_col].reshape(n_types, n_shapes)
