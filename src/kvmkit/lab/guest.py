@@ -46,8 +46,21 @@ for dev in /sys/block/vd*; do
   mkdir -p "/mnt/$name"
   mount -t ext4 -o noinit_itable "/dev/$name" "/mnt/$name" && echo "kvmkit-guest: mounted /mnt/$name" > /dev/console
 done
+if grep -q kvmkit_noagent /proc/cmdline; then
+  echo "kvmkit-guest: no agent (kvmkit_noagent)" > /dev/console
+  exec sleep 2147483647
+fi
 echo "kvmkit-guest: starting qemu-ga" > /dev/console
 exec /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run
+"""
+
+
+# qemu-ga runs /sbin/shutdown for guest-shutdown (libvirt's agent shutdown): busybox has no such applet, and the
+# lab guest has no ACPI daemon, so this is how `virsh shutdown` / --force-stop stop it cleanly.
+SHUTDOWN_SCRIPT = r"""#!/bin/busybox sh
+sync
+for m in /mnt/*; do umount "$m" 2>/dev/null; done
+case " $* " in *" -r "*) reboot -f ;; *) poweroff -f ;; esac
 """
 
 
@@ -108,7 +121,7 @@ def shared_libraries(program: str) -> list[Path]:
 
 
 def _inputs_digest(release: str, programs: list[str]) -> str:
-    h = hashlib.sha256(INIT_SCRIPT.encode())
+    h = hashlib.sha256((INIT_SCRIPT + SHUTDOWN_SCRIPT).encode())
     for path in [Path(f"/boot/vmlinuz-{release}"), BUSYBOX, *map(Path, programs)]:
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -166,9 +179,10 @@ def build(out_dir: Path, *, with_fio: bool = False, force: bool = False) -> Gues
             shutil.copy2(module, dest)
         order.append(str(dest.relative_to(stage / "lib" / "modules")))
     (stage / "etc" / "modules.order").write_text("\n".join(order) + "\n")
-    init = stage / "init"
-    init.write_text(INIT_SCRIPT)
-    init.chmod(0o755)
+    for path, text in ((stage / "init", INIT_SCRIPT), (stage / "sbin" / "shutdown", SHUTDOWN_SCRIPT)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
 
     files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
     tmp = initrd.with_suffix(".tmp")

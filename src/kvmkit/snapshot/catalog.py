@@ -1,0 +1,148 @@
+"""The snapshot catalog: SQLite (WAL, 0600). Rows are written before storage is touched, so every step is
+recoverable: a `creating` or `deleting` row whose VM lock is free is an interrupted operation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from kvmkit.errors import Conflict, NotFound
+from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+  id INTEGER PRIMARY KEY,
+  vm_uuid TEXT NOT NULL,
+  vm TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created TEXT NOT NULL,
+  mode TEXT NOT NULL,
+  state TEXT NOT NULL,
+  freeze_ms REAL,
+  pause_ms REAL,
+  total_ms REAL,
+  error TEXT,
+  disks TEXT NOT NULL,
+  UNIQUE (vm_uuid, name)
+);
+CREATE TABLE IF NOT EXISTS journal (
+  id INTEGER PRIMARY KEY,
+  vm_uuid TEXT NOT NULL,
+  op TEXT NOT NULL,
+  data TEXT NOT NULL,
+  created TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+"""
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        for side in ("-wal", "-shm"):
+            side_path = Path(f"{path}{side}")
+            if side_path.exists():
+                os.chmod(side_path, 0o600)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # snapshots -------------------------------------------------------------------------------------------
+    def insert(self, snap: Snapshot) -> Snapshot:
+        try:
+            with self.tx() as db:
+                cur = db.execute(
+                    "INSERT INTO snapshots (vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms,"
+                    " error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (snap.vm_uuid, snap.vm, snap.name, snap.created.isoformat(), snap.mode.value, snap.state.value,
+                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.error, _dump_disks(snap.disks)),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"VM {snap.vm} already has a snapshot named {snap.name!r}") from None
+        return snap.model_copy(update={"id": cur.lastrowid})
+
+    def update(self, snap: Snapshot) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, error=?, disks=?, mode=? WHERE id=?",
+                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.error,
+                 _dump_disks(snap.disks), snap.mode.value, snap.id),
+            )
+
+    def remove(self, snap_id: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
+
+    def get(self, vm_uuid: str, name: str, vm_label: str | None = None) -> Snapshot:
+        row = self.db.execute("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name)).fetchone()
+        if row is None:
+            raise NotFound(f"VM {vm_label or vm_uuid} has no snapshot named {name!r}")
+        return _row(row)
+
+    def list(self, vm_uuid: str | None = None, states: tuple[State, ...] | None = None) -> list[Snapshot]:
+        sql, args = "SELECT * FROM snapshots", []
+        where = []
+        if vm_uuid:
+            where.append("vm_uuid=?")
+            args.append(vm_uuid)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_row(r) for r in self.db.execute(sql + " ORDER BY created, id", args)]
+
+    # journal: multi-step operations other than create/delete (revert swaps, overlays) -------------------
+    def journal_add(self, vm_uuid: str, op: str, data: dict) -> int:
+        with self.tx() as db:
+            cur = db.execute("INSERT INTO journal (vm_uuid, op, data, created) VALUES (?,?,?,?)",
+                             (vm_uuid, op, json.dumps(data), datetime.now().isoformat()))
+        return int(cur.lastrowid or 0)
+
+    def journal_update(self, entry_id: int, data: dict) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE journal SET data=? WHERE id=?", (json.dumps(data), entry_id))
+
+    def journal_done(self, entry_id: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM journal WHERE id=?", (entry_id,))
+
+    def journal(self, vm_uuid: str | None = None) -> list[tuple[int, str, str, dict]]:
+        rows = self.db.execute("SELECT id, vm_uuid, op, data FROM journal ORDER BY id").fetchall()
+        return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows if vm_uuid is None or r[1] == vm_uuid]
+
+
+def _dump_disks(disks: list[DiskSnapshot]) -> str:
+    return json.dumps([d.model_dump() for d in disks])
+
+
+def _row(row: tuple) -> Snapshot:
+    (id_, vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms, error, disks) = row
+    return Snapshot(
+        id=id_, vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.fromisoformat(created), mode=Mode(mode),
+        state=State(state), freeze_ms=freeze_ms, pause_ms=pause_ms, total_ms=total_ms, error=error,
+        disks=[DiskSnapshot.model_validate(d) for d in json.loads(disks)],
+    )

@@ -1,0 +1,138 @@
+"""`kvmkit snapshot create | list | revert | delete | recover | bench`: thin CLI over the engine."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import typer
+
+from kvmkit.errors import InvalidInput, KvmkitError
+from kvmkit.output import console, err_console, print_json, print_table
+from kvmkit.snapshot.engine import Engine
+from kvmkit.snapshot.model import Snapshot
+from kvmkit.snapshot.recover import recover
+from kvmkit.virt.connection import check_vm_name, connection
+
+app = typer.Typer(no_args_is_help=True)
+
+CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config: qemu:///system).")
+JSON = typer.Option(False, "--json", help="Print JSON.")
+WAIT = typer.Option(0.0, "--wait", help="Seconds to wait for another operation on the VM to finish.")
+
+
+def _engine(connect: str | None) -> Engine:
+    engine = Engine.from_config(connect)
+    recover(engine)  # cheap: only interrupted operations, and only when there are any
+    return engine
+
+
+def snapshot_json(snap: Snapshot) -> dict:
+    data = snap.model_dump(mode="json")
+    for disk in data["disks"]:
+        disk["snapshot"] = disk["handle"]
+    return data
+
+
+@app.command()
+def create(
+    vms: list[str] = typer.Argument(None, help="VM name(s); several run concurrently, each with its own freeze."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Snapshot name (default: snap-<timestamp>)."),
+    crash_consistent: bool = typer.Option(False, "--crash-consistent",
+                                          help="No agent: pause the VM, or a storage group snapshot with no pause."),
+    all_vms: bool = typer.Option(False, "--all", help="Every running VM on the connection."),
+    wait: float = WAIT,
+    connect: str | None = CONNECT,
+    json_out: bool = JSON,
+) -> None:
+    """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
+    engine = _engine(connect)
+    names = list(vms or [])
+    if all_vms:
+        with connection(engine.uri) as conn:
+            names += [d.name() for d in conn.listAllDomains() if d.isActive() and d.name() not in names]
+    if not names:
+        raise InvalidInput("name at least one VM, or pass --all")
+    for vm in names:
+        check_vm_name(vm)
+
+    def one(vm: str) -> Snapshot | KvmkitError:
+        try:
+            return Engine(engine.uri, engine.state_dir, engine.catalog, engine.freeze_timeout_s).create(
+                vm, name, crash_consistent=crash_consistent, wait_s=wait)
+        except KvmkitError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        results = list(pool.map(one, names))
+    failures = [(vm, r) for vm, r in zip(names, results, strict=True) if isinstance(r, KvmkitError)]
+    snaps = [r for r in results if isinstance(r, Snapshot)]
+    if json_out:
+        print_json(snapshot_json(snaps[0]) if len(names) == 1 and snaps else [snapshot_json(s) for s in snaps])
+    else:
+        for snap in snaps:
+            window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
+                      else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
+            console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
+                          f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+    if failures:
+        if len(failures) == 1 and len(names) == 1:
+            raise failures[0][1]
+        for vm, exc in failures:
+            err_console.print(f"kvmkit: error: {vm}: {exc}")
+        raise typer.Exit(max(exc.exit_code for _, exc in failures))
+
+
+@app.command("list")
+def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+    """Snapshots kvmkit knows, oldest first."""
+    snaps = _engine(connect).list(vm)
+    if json_out:
+        print_json([snapshot_json(s) for s in snaps])
+        return
+    rows = [(s.vm, s.name, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.mode.value, s.state.value,
+             "" if s.freeze_ms is None else f"{s.freeze_ms:.1f}",
+             ", ".join(f"{d.target}:{d.driver}" for d in s.disks),
+             _human(sum(d.size_bytes for d in s.disks))) for s in snaps]
+    print_table(None, ["VM", "name", "created", "mode", "state", "freeze ms", "disks", "size"], rows)
+
+
+@app.command()
+def revert(vm: str, snapshot: str,
+           force_stop: bool = typer.Option(False, "--force-stop", help="Shut the VM down, revert, start it again."),
+           wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+    """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop)."""
+    snap = _engine(connect).revert(vm, snapshot, force_stop=force_stop, wait_s=wait)
+    if json_out:
+        print_json(snapshot_json(snap))
+    else:
+        console.print(f"{vm}: reverted {len(snap.disks)} disk(s) to snapshot [bold]{snapshot}[/]")
+
+
+@app.command()
+def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+    """Delete a snapshot from the storage and the catalog."""
+    snap = _engine(connect).delete(vm, snapshot, wait_s=wait)
+    if json_out:
+        print_json(snapshot_json(snap))
+    else:
+        console.print(f"{vm}: deleted snapshot [bold]{snapshot}[/] ({len(snap.disks)} disk snapshot(s))")
+
+
+@app.command("recover")
+def recover_(connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+    """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove orphans."""
+    actions = recover(Engine.from_config(connect), full=True)
+    if json_out:
+        print_json({"actions": actions})
+    elif not actions:
+        console.print("recover: catalog and storage agree; nothing to do")
+    else:
+        print_table("recover", ["VM", "action", "detail"], [(a.vm, a.action, a.detail) for a in actions])
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,33 @@
+"""Which driver serves which disk. A new storage is one module and one line here."""
+
+from __future__ import annotations
+
+from kvmkit.errors import InvalidInput
+from kvmkit.snapshot.drivers.base import StorageDriver
+from kvmkit.snapshot.drivers.file import FileDriver
+from kvmkit.virt.disks import Disk
+
+
+def default_drivers() -> list[StorageDriver]:
+    drivers: list[StorageDriver] = [FileDriver()]
+    try:
+        from kvmkit.snapshot.drivers.rbd import RbdDriver
+    except ImportError:  # python3-rbd absent: RBD disks are then reported as unsupported
+        return drivers
+    drivers.append(RbdDriver())
+    return drivers
+
+
+def driver_for(disk: Disk, drivers: list[StorageDriver]) -> StorageDriver:
+    for driver in drivers:
+        if driver.claims(disk):
+            return driver
+    what = f"{disk.kind}" + (f"/{disk.protocol}" if disk.protocol else "")
+    raise InvalidInput(f"disk {disk.target} ({what} {disk.source}): no kvmkit storage driver serves it")
+
+
+def by_name(name: str, drivers: list[StorageDriver]) -> StorageDriver:
+    for driver in drivers:
+        if driver.name == name:
+            return driver
+    raise InvalidInput(f"no storage driver named {name!r}")

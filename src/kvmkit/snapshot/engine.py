@@ -1,0 +1,305 @@
+"""The snapshot engine: create, delete and revert, one VM at a time under its lock, every step journaled.
+
+Create, as data flows:
+  lock(vm) → plan every disk (drivers name their handles; nothing touched) → catalog row `creating` (the intent)
+  → watchdog armed → freeze (or pause) → every disk snapshotted concurrently → thaw (always) → `ready`.
+Any failure after the intent deletes what was made and removes the row; a crash leaves the row for `recover`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import libvirt
+
+from kvmkit import config
+from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
+from kvmkit.snapshot.catalog import Catalog
+from kvmkit.snapshot.drivers.base import GroupSnapshots, StagedRevert, StorageDriver
+from kvmkit.snapshot.drivers.registry import by_name, default_drivers, driver_for
+from kvmkit.snapshot.guard import Watchdog, vm_lock
+from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_snapshot_name, default_name
+from kvmkit.virt import agent
+from kvmkit.virt.connection import connection, is_running, live_disks, lookup
+from kvmkit.virt.disks import Disk
+
+log = logging.getLogger(__name__)
+
+
+def failpoint(step: str) -> None:
+    """Fault injection for the crash tests, set by the environment (the idea of etcd's gofail):
+    KVMKIT_FAILPOINT=<step> kills this process with SIGKILL right here; <step>=hang makes it hang instead."""
+    wanted, _, action = os.environ.get("KVMKIT_FAILPOINT", "").partition("=")
+    if wanted == step:
+        if action == "hang":
+            time.sleep(3600)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Engine:
+    uri: str
+    state_dir: Path
+    catalog: Catalog
+    freeze_timeout_s: float = 10.0
+    drivers: list[StorageDriver] = field(default_factory=default_drivers)
+
+    @classmethod
+    def from_config(cls, uri: str | None = None) -> Engine:
+        settings = config.load()
+        return cls(uri=uri or settings.libvirt_uri, state_dir=settings.state_dir,
+                   catalog=Catalog(settings.catalog_path), freeze_timeout_s=settings.freeze_timeout_s)
+
+    # create -----------------------------------------------------------------------------------------------
+    def create(self, vm: str, name: str | None = None, *, crash_consistent: bool = False,
+               wait_s: float = 0.0) -> Snapshot:
+        name = check_snapshot_name(name) if name else default_name(datetime.now())
+        t_start = time.perf_counter()
+        with connection(self.uri) as conn:
+            dom = lookup(conn, vm)
+            vm_uuid = dom.UUIDString()
+            with vm_lock(self.state_dir, vm_uuid, vm, wait_s):
+                failpoint("after-lock")
+                disks = live_disks(dom)
+                if not disks:
+                    raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")
+                pairs = [(disk, driver_for(disk, self.drivers)) for disk in disks]
+                mode = self._mode(dom, pairs, crash_consistent)
+                planned = [driver.plan(disk, name) for disk, driver in pairs]
+                snap = self.catalog.insert(Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.now(),
+                                                    mode=mode, state=State.CREATING, disks=planned))
+                failpoint("after-intent")
+                try:
+                    taken = self._take(dom, mode, pairs, planned, name)
+                except BaseException as exc:
+                    cleaned = self._discard(snap)
+                    if isinstance(exc, KvmkitError):
+                        raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
+                    raise
+                snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
+                snap.state = State.READY
+                snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
+                self.catalog.update(snap)
+                log.info("snapshot created", extra={"vm": vm, "snapshot": name, "mode": mode.value,
+                                                    "freeze_ms": snap.freeze_ms})
+                return snap
+
+    def _mode(self, dom: libvirt.virDomain, pairs: list[tuple[Disk, StorageDriver]], crash: bool) -> Mode:
+        if not is_running(dom):
+            return Mode.OFFLINE
+        if crash:
+            drivers = {driver.name for _, driver in pairs}
+            driver = pairs[0][1]
+            if (len(drivers) == 1 and isinstance(driver, GroupSnapshots)
+                    and driver.serves_as_group([d for d, _ in pairs])):
+                return Mode.GROUP
+            return Mode.CRASH
+        if not agent.ping(dom):
+            raise EnvironmentProblem(f"VM {dom.name()}: no guest agent answers, so its filesystems cannot be "
+                                     f"frozen; {agent.NO_AGENT_HINT}")
+        return Mode.QUIESCED
+
+    def _take(self, dom: libvirt.virDomain, mode: Mode, pairs: list[tuple[Disk, StorageDriver]],
+              planned: list[DiskSnapshot], name: str) -> _Taken:
+        drivers = [driver for _, driver in pairs]
+        if mode is Mode.GROUP:
+            group_driver = drivers[0]
+            assert isinstance(group_driver, GroupSnapshots)
+            return _Taken(group_driver.group_snapshot(planned, dom.UUIDString(), name), freeze_ms=0.0)
+        if mode is Mode.OFFLINE:
+            return _Taken(_snapshot_all(drivers, planned))
+        if mode is Mode.QUIESCED:
+            stop, start, action = (lambda: agent.freeze(dom)), (lambda: agent.thaw(dom)), "thaw"
+        else:
+            stop, start, action = dom.suspend, dom.resume, "resume"
+        watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
+                            self.state_dir / "log" / "watchdog.log")
+        window_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned)
+        failpoint("after-thaw")
+        if mode is Mode.QUIESCED:
+            return _Taken(disks, freeze_ms=window_ms)
+        return _Taken(disks, pause_ms=window_ms)
+
+    def _discard(self, snap: Snapshot) -> str:
+        """Delete whatever part of a snapshot exists and drop its row; says what it did."""
+        removed = 0
+        for disk_snap in snap.disks:
+            driver = by_name(disk_snap.driver, self.drivers)
+            try:
+                if driver.exists(disk_snap):
+                    driver.delete(disk_snap)
+                    removed += 1
+            except KvmkitError as exc:
+                return f"cleanup incomplete ({exc}); `kvmkit snapshot recover` will finish it"
+        assert snap.id is not None
+        self.catalog.remove(snap.id)
+        return f"removed {removed} partial disk snapshot(s)"
+
+    # delete -----------------------------------------------------------------------------------------------
+    def delete(self, vm: str, name: str, wait_s: float = 0.0) -> Snapshot:
+        check_snapshot_name(name)
+        with connection(self.uri) as conn:
+            dom = lookup(conn, vm)
+            with vm_lock(self.state_dir, dom.UUIDString(), vm, wait_s):
+                snap = self.catalog.get(dom.UUIDString(), name, vm)
+                for disk_snap in snap.disks:
+                    in_use = getattr(by_name(disk_snap.driver, self.drivers), "in_use", None)
+                    reason = in_use(disk_snap) if in_use else None
+                    if reason:
+                        raise Conflict(f"snapshot {name} of VM {vm} is in use: {reason}")
+                snap.state = State.DELETING
+                self.catalog.update(snap)
+                for disk_snap in snap.disks:
+                    by_name(disk_snap.driver, self.drivers).delete(disk_snap)
+                assert snap.id is not None
+                self.catalog.remove(snap.id)
+                return snap
+
+    # revert -----------------------------------------------------------------------------------------------
+    def revert(self, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
+               stop_timeout_s: float = 10.0) -> Snapshot:
+        check_snapshot_name(name)
+        with connection(self.uri) as conn:
+            dom = lookup(conn, vm)
+            vm_uuid = dom.UUIDString()
+            with vm_lock(self.state_dir, vm_uuid, vm, wait_s):
+                snap = self.catalog.get(vm_uuid, name, vm)
+                if snap.state is not State.READY:
+                    raise Conflict(f"snapshot {name} of VM {vm} is {snap.state.value}, not ready")
+                current = {d.target: d for d in live_disks(dom)}
+                missing = [d.target for d in snap.disks if d.target not in current]
+                if missing:
+                    raise Conflict(f"VM {vm} no longer has disk(s) {', '.join(missing)} of snapshot {name}")
+                was_running = is_running(dom)
+                if was_running and not force_stop:
+                    raise Conflict(f"VM {vm} is running; shut it down first or pass --force-stop")
+                if was_running:
+                    _power_off(dom, stop_timeout_s)
+                self._swap_all(vm_uuid, snap, current)
+                if was_running:
+                    dom.create()
+                return snap
+
+    def _swap_all(self, vm_uuid: str, snap: Snapshot, current: dict[str, Disk]) -> None:
+        """Stage every disk, swap them all, then commit: all-or-nothing across disks, journaled for recover."""
+        staged: list[StagedRevert] = []
+        entry = self.catalog.journal_add(vm_uuid, "revert", {"snapshot": snap.name, "phase": "staging", "staged": []})
+        try:
+            for disk_snap in snap.disks:
+                driver = by_name(disk_snap.driver, self.drivers)
+                staged.append(driver.stage_revert(current[disk_snap.target], disk_snap))
+                self.catalog.journal_update(entry, _revert_record(snap.name, "staged", staged))
+            swapped: list[StagedRevert] = []
+            try:
+                for item in staged:
+                    by_name(item.driver, self.drivers).swap(item)
+                    swapped.append(item)
+                    failpoint("revert-mid-swap")
+            except BaseException:
+                for item in reversed(staged):
+                    by_name(item.driver, self.drivers).undo(item)
+                raise
+        except BaseException:
+            for item in staged:
+                by_name(item.driver, self.drivers).undo(item)
+            self.catalog.journal_done(entry)
+            raise
+        self.catalog.journal_update(entry, _revert_record(snap.name, "swapped", staged))
+        for item in staged:
+            by_name(item.driver, self.drivers).commit(item)
+        self.catalog.journal_done(entry)
+
+    def list(self, vm: str | None = None) -> list[Snapshot]:
+        if vm is None:
+            return self.catalog.list()
+        with connection(self.uri) as conn:
+            return self.catalog.list(lookup(conn, vm).UUIDString())
+
+
+@dataclass
+class _Taken:
+    disks: list[DiskSnapshot]
+    freeze_ms: float | None = None
+    pause_ms: float | None = None
+
+
+def _revert_record(name: str, phase: str, staged: list[StagedRevert]) -> dict:
+    return {"snapshot": name, "phase": phase,
+            "staged": [{"target": s.target, "driver": s.driver, "data": s.data} for s in staged]}
+
+
+def _snapshot_all(drivers: list[StorageDriver], planned: list[DiskSnapshot],
+                  pool: ThreadPoolExecutor | None = None) -> list[DiskSnapshot]:
+    """Every disk at once: the window is the slowest disk, not the sum. All finish before any error is raised."""
+    own = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=max(1, len(planned)))
+    try:
+        futures = [pool.submit(_one, driver, disk_snap, i) for i, (driver, disk_snap) in
+                   enumerate(zip(drivers, planned, strict=True))]
+        results, errors = [], []
+        for fut in futures:
+            try:
+                results.append(fut.result())
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return results
+    finally:
+        if own:
+            pool.shutdown()
+
+
+def _one(driver: StorageDriver, disk_snap: DiskSnapshot, index: int) -> DiskSnapshot:
+    result = driver.snapshot(disk_snap)
+    if index == 0:
+        failpoint("mid-snapshot")
+    return result
+
+
+def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callable[[], object],
+                  drivers: list[StorageDriver], planned: list[DiskSnapshot]) -> tuple[float, list[DiskSnapshot]]:
+    """Freeze (or pause), snapshot all, thaw (or resume) — in every path — and time the window in ms."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(planned)))
+    try:
+        watchdog.arm()
+        t0 = time.perf_counter()
+        try:
+            stop()
+            failpoint("after-freeze")
+            disks = _snapshot_all(drivers, planned, pool)
+        finally:
+            try:
+                start()
+            except BaseException:
+                watchdog.abandon()  # it retries the thaw on its own
+                raise
+            window_ms = round((time.perf_counter() - t0) * 1000, 2)
+            in_time = watchdog.disarm()
+    finally:
+        pool.shutdown()
+    if not in_time:
+        raise OperationFailed(f"the snapshot outlasted the {watchdog.deadline_s:g} s freeze deadline; the watchdog "
+                              "thawed the guest first, so the snapshot was discarded")
+    return window_ms, disks
+
+
+def _power_off(dom: libvirt.virDomain, timeout_s: float) -> None:
+    """Agent or ACPI shutdown first; hard power-off if the guest ignores it (a revert discards its state anyway)."""
+    try:
+        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+    except libvirt.libvirtError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while dom.isActive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if dom.isActive():
+        dom.destroy()

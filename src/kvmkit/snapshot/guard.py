@@ -1,0 +1,92 @@
+"""Guards around an operation on a VM: the per-VM lock and the thaw watchdog."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kvmkit.errors import Conflict, OperationFailed
+
+
+def _lock_path(state_dir: Path, vm_uuid: str) -> Path:
+    path = state_dir / "locks" / f"{vm_uuid}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def vm_lock(state_dir: Path, vm_uuid: str, vm: str, wait_s: float = 0.0) -> Iterator[None]:
+    """One kvmkit operation per VM at a time, across processes; the kernel drops the lock if we die."""
+    fd = os.open(_lock_path(state_dir, vm_uuid), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise Conflict(f"VM {vm} is busy: another kvmkit operation (pid {holder}) holds its lock") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(state_dir: Path, vm_uuid: str) -> bool:
+    fd = os.open(_lock_path(state_dir, vm_uuid), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+class Watchdog:
+    """Handle on a running watchdog process (see watchdog.py for the protocol)."""
+
+    def __init__(self, uri: str, vm_uuid: str, deadline_s: float, action: str, log: Path) -> None:
+        self.deadline_s = deadline_s
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
+            )
+        line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        if line != "ready":
+            self.proc.kill()
+            raise OperationFailed(f"the thaw watchdog did not start (see {log}); nothing was frozen")
+
+    def arm(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write("armed\n")
+        self.proc.stdin.flush()
+
+    def abandon(self) -> None:
+        """Close our end: the watchdog takes over the thaw (used when our own thaw failed)."""
+        if self.proc.stdin:
+            self.proc.stdin.close()
+
+    def disarm(self) -> bool:
+        """Tell it we thawed; False if it had already fired (the freeze overran its deadline)."""
+        assert self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write("done\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        answer = self.proc.stdout.readline().strip()
+        self.proc.wait(timeout=30)
+        return not answer.startswith("fired")

@@ -1,0 +1,65 @@
+"""Snapshot records: the same objects the catalog stores and `--json` prints."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from kvmkit.errors import InvalidInput
+
+SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+SNAPSHOT_NAME_RULE = "at most 64 of [A-Za-z0-9._-], not starting with a dot"
+
+
+class Mode(StrEnum):
+    QUIESCED = "quiesced"  # guest filesystems frozen through qemu-guest-agent
+    CRASH = "crash"  # VM paused (or shut off) while the disks are snapshotted: no agent needed
+    GROUP = "group"  # one storage snapshots all disks atomically: neither frozen nor paused
+    OFFLINE = "offline"  # the VM was shut off: its disks were already quiet
+
+
+class State(StrEnum):
+    CREATING = "creating"
+    READY = "ready"
+    ERROR = "error"
+    DELETING = "deleting"
+
+
+class DiskSnapshot(BaseModel):
+    target: str
+    driver: str
+    source: str  # the disk: file path or pool/image
+    handle: str  # the snapshot: file path, or pool/image@snap
+    size_bytes: int = 0  # provisioned size of the disk at snapshot time
+    group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
+
+
+class Snapshot(BaseModel):
+    id: int | None = None
+    vm_uuid: str
+    vm: str
+    name: str
+    created: datetime
+    mode: Mode
+    state: State
+    freeze_ms: float | None = None  # freeze call start → thaw call end (0 for group mode)
+    pause_ms: float | None = None  # crash mode: suspend → resume
+    total_ms: float | None = None
+    error: str | None = None
+    disks: list[DiskSnapshot] = []
+
+    def disk(self, target: str) -> DiskSnapshot | None:
+        return next((d for d in self.disks if d.target == target), None)
+
+
+def check_snapshot_name(name: str) -> str:
+    if not SNAPSHOT_NAME_RE.match(name):
+        raise InvalidInput(f"invalid snapshot name {name!r}: use {SNAPSHOT_NAME_RULE}")
+    return name
+
+
+def default_name(now: datetime) -> str:
+    return now.strftime("snap-%Y%m%d-%H%M%S-%f")[:-3]
