@@ -42,7 +42,7 @@ from kvmkit.plan.vectorised import Evaluation, vms_of_shape
 
 # Phase 2 looks for whole-VM placements within this many nodes of phase 1's count for each type: enough to
 # absorb rounding (at most one VM per type and shape moves), small enough to keep the second MILP quick.
-NEAR = 1
+NEAR = 2
 
 
 @dataclass(frozen=True)
