@@ -258,6 +258,7 @@ def test_live_apply_as_non_root_fails_and_changes_nothing(shared_dir: Path):
         )
         assert proc.returncode == OperationFailed.exit_code, proc.stderr
         assert "Permission denied" in proc.stdout and "swappiness" in proc.stdout
+        assert "nothing was changed" in proc.stdout
         assert live.read_text().strip() == original
         assert not (tmp_path / "rb.json").exists()
     finally:

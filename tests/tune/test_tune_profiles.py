@@ -149,3 +149,9 @@ def test_default_target_comes_from_the_expectation():
     assert Expect(max=10).default_target() == 10
     assert Expect(one_of=["none", "mq-deadline"]).default_target() == "none"
     assert Expect(unset=True).default_target() is None
+
+
+def test_misspelt_key_is_named_rather_than_the_missing_one(tmp_path: Path):
+    _write(tmp_path, "mine", 'description = "d"\n[checks.swappiness]\nexpect = { max = 5 }\nwhy = "x"\nsoruce = "y"\n')
+    with pytest.raises(InvalidInput, match=r"checks.swappiness.soruce: Extra inputs are not permitted"):
+        load_profile("mine", [tmp_path])

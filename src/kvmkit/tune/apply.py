@@ -198,9 +198,8 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
                 f"successful ones could not be put back, see {rollback_file}"
             )
         rollback_file.unlink()
-        raise OperationFailed(
-            f"{len(failed)} of {len(pending)} writes failed ({what}); the {len(done)} that succeeded were rolled back"
-        )
+        undone = f"the {len(done)} that succeeded were rolled back" if done else "nothing was changed"
+        raise OperationFailed(f"{len(failed)} of {len(pending)} writes failed ({what}); {undone}")
     return result
 
 

@@ -22,6 +22,7 @@ from kvmkit.tune import capture as capture_mod
 from kvmkit.tune.checks import CHECKS, read_all
 from kvmkit.tune.diff import diff as diff_readings
 from kvmkit.tune.evaluate import audit as audit_readings
+from kvmkit.tune.fixes import numbered_pattern
 from kvmkit.tune.hostfs import LIVE_ROOT, HostView, Unreadable
 from kvmkit.tune.model import AuditReport, Reading, Status
 from kvmkit.tune.profiles import load_all, load_profile
@@ -164,11 +165,7 @@ def apply(
         print_json(result)
         return
     title = f"kvmkit tune apply --goal {result.goal}{' (dry run)' if dry_run else ''} — root {result.root}"
-    print_table(
-        title,
-        ["check", "path", "old", "new", "outcome"],
-        _plain([(c.check, c.path, c.old, c.new, c.outcome) for c in result.changes]),
-    )
+    print_table(title, ["check", "path", "old", "new", "outcome"], _plain(_grouped(result.changes)))
     if not result.changes:
         console.print("nothing to change at runtime")
     elif result.rollback_file:
@@ -178,6 +175,17 @@ def apply(
             "not fixable at runtime (see `kvmkit tune audit` for the persistent/BIOS fix): "
             + ", ".join(result.not_runtime)
         )
+
+
+def _grouped(changes: list[apply_mod.Change]) -> list[tuple[str, ...]]:
+    """One row per check and identical change: 64 CPUs' governors are one line, not 64."""
+    groups: dict[tuple[str, str, str, str, str], list[str]] = {}
+    for c in changes:
+        groups.setdefault((c.check, c.old, c.new, c.outcome, c.error), []).append(c.path)
+    rows = []
+    for (check, old, new, outcome, error), paths in groups.items():
+        rows.append((check, numbered_pattern(paths), old, new, f"{outcome}: {error}" if error else outcome))
+    return rows
 
 
 @app.command()
@@ -196,7 +204,7 @@ def rollback(
     print_table(
         f"kvmkit tune rollback — {path}",
         ["check", "path", "restored", "was"],
-        _plain([(c.check, c.path, c.old, c.new) for c in changes]),
+        _plain([(check, path, new, old) for check, path, old, new, _outcome in _grouped(changes)]),
     )
 
 

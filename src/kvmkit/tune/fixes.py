@@ -270,6 +270,15 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
+def numbered_pattern(paths: list[str]) -> str:
+    """'/x/policy0/g', '/x/policy1/g' → '/x/policyN/g (N = 0-1)'; one path, or paths that differ otherwise, as is."""
+    patterns = {re.sub(r"\d+", "N", p) for p in paths}
+    if len(paths) < 2 or len(patterns) != 1 or any(len(re.findall(r"\d+", p)) != 1 for p in paths):
+        return ", ".join(paths)
+    numbers = [int(re.findall(r"\d+", p)[0]) for p in paths]
+    return f"{patterns.pop()} (N = {_ranges(numbers)})"
+
+
 def runtime_text(writes: list[Write]) -> str:
     """The writes apply would make, as commands an operator can read (never executed as a string). Writes of one
     value to files that differ only by a number (policy0..7, cpu0..63) collapse into one line with N."""

@@ -169,7 +169,8 @@ def _parse_file(path: Path) -> ProfileFile:
     try:
         parsed = ProfileFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # a misspelt key shows up twice (extra + missing): name the misspelling, it is the one to fix
+        first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "union")))
         raise InvalidInput(f"profile {path}: {where or 'file'}: {first['msg']}") from None
     for check_id, rule in parsed.checks.items():
