@@ -122,3 +122,16 @@ def test_runtime_text_collapses_per_cpu_writes():
     assert runtime_text([Write("/sys/block/nvme1n1/queue/scheduler", "none")]) == (
         "echo none > /sys/block/nvme1n1/queue/scheduler"
     )
+
+
+def test_paths_collapse_only_when_one_number_varies():
+    from kvmkit.tune.fixes import numbered_pattern
+
+    states = [f"/sys/devices/system/cpu/cpu{n}/cpuidle/state3/disable" for n in range(8)]
+    assert numbered_pattern(states) == "/sys/devices/system/cpu/cpuN/cpuidle/state3/disable (N = 0-7)"
+    mixed = [
+        "/sys/devices/system/cpu/cpu0/cpuidle/state2/disable",
+        "/sys/devices/system/cpu/cpu1/cpuidle/state3/disable",
+    ]
+    assert numbered_pattern(mixed) is None
+    assert numbered_pattern(states[:1]) is None

@@ -22,7 +22,7 @@ from kvmkit.tune import capture as capture_mod
 from kvmkit.tune.checks import CHECKS, read_all
 from kvmkit.tune.diff import diff as diff_readings
 from kvmkit.tune.evaluate import audit as audit_readings
-from kvmkit.tune.fixes import numbered_pattern
+from kvmkit.tune.fixes import shown_paths
 from kvmkit.tune.hostfs import LIVE_ROOT, HostView, Unreadable
 from kvmkit.tune.model import AuditReport, Reading, Status
 from kvmkit.tune.profiles import load_all, load_profile
@@ -184,7 +184,7 @@ def _grouped(changes: list[apply_mod.Change]) -> list[tuple[str, ...]]:
         groups.setdefault((c.check, c.old, c.new, c.outcome, c.error), []).append(c.path)
     rows = []
     for (check, old, new, outcome, error), paths in groups.items():
-        rows.append((check, numbered_pattern(paths), old, new, f"{outcome}: {error}" if error else outcome))
+        rows.append((check, shown_paths(paths), old, new, f"{outcome}: {error}" if error else outcome))
     return rows
 
 

@@ -270,32 +270,39 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
-def numbered_pattern(paths: list[str]) -> str:
-    """'/x/policy0/g', '/x/policy1/g' → '/x/policyN/g (N = 0-1)'; one path, or paths that differ otherwise, as is."""
-    patterns = {re.sub(r"\d+", "N", p) for p in paths}
-    if len(paths) < 2 or len(patterns) != 1 or any(len(re.findall(r"\d+", p)) != 1 for p in paths):
-        return ", ".join(paths)
-    numbers = [int(re.findall(r"\d+", p)[0]) for p in paths]
-    return f"{patterns.pop()} (N = {_ranges(numbers)})"
+def numbered_pattern(paths: list[str]) -> str | None:
+    """Paths that differ in exactly one number, as one pattern: '…/cpu0/cpuidle/state3/disable' ×8 →
+    '…/cpuN/cpuidle/state3/disable (N = 0-7)'. None when they differ in more than that."""
+    if len(paths) < 2:
+        return None
+    split = [re.split(r"(\d+)", p) for p in paths]
+    if len({len(parts) for parts in split}) != 1 or len({tuple(parts[0::2]) for parts in split}) != 1:
+        return None
+    varying = [i for i in range(1, len(split[0]), 2) if len({parts[i] for parts in split}) > 1]
+    if len(varying) != 1:
+        return None
+    where = varying[0]
+    pattern = "".join("N" if i == where else part for i, part in enumerate(split[0]))
+    return f"{pattern} (N = {_ranges([int(parts[where]) for parts in split])})"
+
+
+def shown_paths(paths: list[str]) -> str:
+    return numbered_pattern(paths) or ", ".join(paths)
 
 
 def runtime_text(writes: list[Write]) -> str:
     """The writes apply would make, as commands an operator can read (never executed as a string). Writes of one
     value to files that differ only by a number (policy0..7, cpu0..63) collapse into one line with N."""
-    groups: dict[tuple[str, str], list[Write]] = {}
+    by_value: dict[str, list[str]] = {}
     for write in writes:
-        single_number = len(re.findall(r"\d+", write.path)) == 1
-        pattern = re.sub(r"\d+", "N", write.path) if single_number else write.path
-        groups.setdefault((write.value, pattern), []).append(write)
+        by_value.setdefault(write.value, []).append(write.path)
     shown = []
-    for (value, pattern), members in groups.items():
-        if pattern.startswith("/proc/sys/"):
-            shown.append(f"sysctl -w {pattern[len('/proc/sys/') :].replace('/', '.')}={value}")
-        elif len(members) > 1:
-            numbers = [int(re.findall(r"\d+", w.path)[0]) for w in members]
-            shown.append(f"echo {value} > {pattern} (N = {_ranges(numbers)})")
-        else:
-            shown.append(f"echo {value} > {members[0].path}")
+    for value, paths in by_value.items():
+        sysctl = [p for p in paths if p.startswith("/proc/sys/")]
+        shown += [f"sysctl -w {p[len('/proc/sys/') :].replace('/', '.')}={value}" for p in sysctl]
+        files = [p for p in paths if p not in sysctl]
+        pattern = numbered_pattern(files)
+        shown += [f"echo {value} > {pattern}"] if pattern else [f"echo {value} > {p}" for p in files]
     return "; ".join(shown)
 
 
