@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
-from tests.plan.conftest import EXAMPLE
 from typer.testing import CliRunner
 
 from kvmkit.errors import InvalidInput
 from kvmkit.plan.cli import app
+from tests.plan.conftest import EXAMPLE
 
 runner = CliRunner()
 
@@ -92,3 +94,22 @@ def test_bench_reports_a_ratio_against_the_loop_in_the_same_process():
     assert data["max_abs_difference"] < 1e-6  # the two paths computed the same numbers
     assert data["ratio"] == pytest.approx(data["vectorised_configs_per_s"] / data["loop_configs_per_s"], rel=0.01)
     assert data["ratio"] > 1 and data["peak_rss_mb"] > 0 and data["fleet_vms"] == 10_000
+
+
+def test_fleet_json_on_a_real_stdout_is_pure_json():
+    """HiGHS writes to file descriptor 1 directly; CliRunner would not see it, a real process does."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kvmkit.plan", "fleet", str(EXAMPLE), "--months", "60", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total_nodes"] > 0
+
+
+def test_module_entry_point_prints_one_line_errors(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(EXAMPLE.read_text().replace("pue = 1.4", "pue = 0.4"))
+    result = subprocess.run([sys.executable, "-m", "kvmkit.plan", "evaluate", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"kvmkit: error: {path}:") and result.stderr.count("\n") == 1

@@ -6,10 +6,10 @@ import math
 from dataclasses import replace
 
 import pytest
-from tests.plan.conftest import hand_plan, hand_spec
 
 from kvmkit.plan.costmodel import evaluate_node, licence_units, nodes_per_rack, vms_that_fit
 from kvmkit.plan.inputs import Licence, VmShape
+from tests.plan.conftest import hand_plan, hand_spec
 
 
 def _node(**site):

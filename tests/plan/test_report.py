@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tests.plan.conftest import EXAMPLE
 from typer.testing import CliRunner
 
 from kvmkit.plan.cli import app
+from tests.plan.conftest import EXAMPLE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHARTS = ("chart-breakdown", "chart-resources", "chart-fleet", "chart-tornado")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from tests.plan.conftest import hand_plan
-
 from kvmkit.plan.inputs import Chassis, Cpu, Dimm, Drive, PlanInput, cpu_fits
 from kvmkit.plan.space import enumerate_space
+from tests.plan.conftest import hand_plan
 
 
 def tiny_plan() -> PlanInput:

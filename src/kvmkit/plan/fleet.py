@@ -25,8 +25,14 @@ for the result. `exact_placement` keeps y integer in one solve: slower; the brut
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -43,6 +49,7 @@ from kvmkit.plan.vectorised import Evaluation, vms_of_shape
 # Phase 2 looks for whole-VM placements within this many nodes of phase 1's count for each type: enough to
 # absorb rounding (at most one VM per type and shape moves), small enough to keep the second MILP quick.
 NEAR = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,27 @@ def solve(
     )  # fmt: skip
 
 
+@contextmanager
+def _solver_chatter_to_log() -> Iterator[None]:
+    """HiGHS (scipy 1.17) writes debug lines straight to file descriptor 1, which would corrupt --json.
+
+    Point fd 1 at a temporary file for the solve and pass whatever was written to the debug log.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            chatter = sink.read().decode(errors="replace").strip()
+            if chatter:
+                log.debug("HiGHS: %s", chatter)
+
+
 def _priced(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> tuple:
     """(nodes, placement, monthly cost, racks) with the fewest racks that hold the nodes."""
     racks = max(math.ceil(float(problem.u @ nodes) / problem.rack_u - 1e-9),
@@ -204,11 +232,12 @@ def _run_milp(
     integrality = np.ones(n_vars)
     if not integer_placement:
         integrality[n_x:r_col] = 0
-    result = milp(
-        cost, integrality=integrality, bounds=Bounds(var_lo, var_hi),
-        constraints=LinearConstraint(matrix, lower, upper),
-        options={"time_limit": time_limit_s, "mip_rel_gap": gap},
-    )  # fmt: skip
+    with _solver_chatter_to_log():
+        result = milp(
+            cost, integrality=integrality, bounds=Bounds(var_lo, var_hi),
+            constraints=LinearConstraint(matrix, lower, upper),
+            options={"time_limit": time_limit_s, "mip_rel_gap": gap},
+        )  # fmt: skip
     if result.x is None:
         if nodes_near is not None:  # phase 2 is an improvement attempt; phase 1's rounded plan stands
             return None, None, math.inf
@@ -258,12 +287,16 @@ def shape_needs(vm: VmShape) -> np.ndarray:
 
 
 def candidate_rows(plan: PlanInput, ev: Evaluation, months: int, per_shape: int) -> np.ndarray:
-    """The `per_shape` cheapest configurations for each demand shape and for the reference VM."""
+    """The `per_shape` cheapest configurations for each demand shape, for the reference VM, and for the
+    whole demand on one configuration (closed form over every configuration, so --single-type is exact)."""
     usable = np.flatnonzero((ev.space.months == months) & (ev.nodes_per_rack >= 1))
     capacities = ev.capacities()[usable]
     chosen: set[int] = set()
+    hosts_every_shape = np.ones(len(usable), dtype=bool)
     for index, vm in enumerate([*plan.demand, plan.policy.reference_vm]):
         vms, _ = vms_of_shape(capacities, vm)
+        if index < len(plan.demand):
+            hosts_every_shape &= vms >= 1
         fitting = np.flatnonzero(vms >= 1)
         if not len(fitting) and index < len(plan.demand):
             best = capacities.max(axis=0) if len(capacities) else np.zeros(4)
@@ -276,6 +309,16 @@ def candidate_rows(plan: PlanInput, ev: Evaluation, months: int, per_shape: int)
         per_vm = ev.monthly_cost[usable[fitting]] / vms[fitting]
         keep = usable[fitting[np.argsort(per_vm, kind="stable")[:per_shape]]]
         chosen.update(int(r) for r in keep)
+    alone = np.flatnonzero(hosts_every_shape)
+    if len(alone):
+        rows = usable[alone]
+        problem = problem_for(plan, ev, rows, months)
+        load = problem.demand @ problem.needs  # (4,) everything on one type: pooled capacity
+        nodes = np.ceil(np.max(np.where(load > 0, load / np.maximum(problem.capacity, 1e-12), 0.0), axis=1) - 1e-9)
+        racks = np.maximum(np.ceil(nodes * problem.u / problem.rack_u - 1e-9),
+                           np.ceil(nodes * problem.peak_w / problem.rack_w - 1e-9))  # fmt: skip
+        cost = problem.node_cost * nodes + problem.rack_cost * racks
+        chosen.update(int(r) for r in rows[np.argsort(cost, kind="stable")[:per_shape]])
     return np.array(sorted(chosen), dtype=np.int64)
 
 
@@ -325,7 +368,13 @@ def plan_fleet(
     time_limit_s: float = 10.0,
     exact_placement: bool = False,
 ) -> FleetPlan:
-    """The cheapest fleet for plan.demand over one lifetime; raises PlanProblem if a shape fits nowhere."""
+    """The cheapest fleet for plan.demand over one lifetime; raises PlanProblem if a shape fits nowhere.
+
+    With single_type the MILP is small (one binary per candidate), so it is solved with whole-VM placement
+    to a proven optimum whatever `gap` and `exact_placement` say.
+    """
+    if single_type:
+        gap, exact_placement = 0.0, True
     if not plan.demand:
         raise PlanProblem(("demand",), "the plan file has no [[demand]] entries to plan a fleet for")
     rows = candidate_rows(plan, ev, months, per_shape)
