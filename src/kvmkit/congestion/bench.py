@@ -5,8 +5,9 @@ ground truths, neither taken from schedstat:
   * the clock-gap truth: each spinning thread adds up the jumps of its own clock (time it was not running,
     as a guest sees steal) into shared memory; valid whatever else runs on those cores. It also counts time
     the core itself lost to interrupts and to the hypervisor under this host (steal in /proc/stat), which no
-    task is charged with and schedstat cannot show; that loss is read per core from /proc/stat, the part
-    that fell on our threads subtracted, and reported (`core_lost_pct`): on a nested host it is large;
+    task is charged with and schedstat cannot show. /proc/stat gives that loss per core but not whom it hit,
+    so the mean truth is a bracket: [mean gap − loss·c/k, mean gap]; the per-thread truth assumes an even
+    split and is only meaningful when the loss is small (`core_lost_pct`; on a nested host it is not);
   * the fair-share truth max(0, 1 − c/k): valid only when nothing else runs on those cores, so the busy share
     of the cores not explained by our threads (/proc/stat) is reported next to it.
 On one core every thread is compared; over several cores the balancer may favour threads for seconds, so the
@@ -49,7 +50,10 @@ class AccuracyCase(BaseModel):
     cores: list[int]
     threads: list[ThreadAccuracy]
     max_error_pp: float  # worst thread against its truth (loss split evenly: see core_lost_pct)
-    mean_error_pp: float  # mean of threads against mean truth: exact however the loss was split
+    mean_error_pp: float  # mean of threads against mean truth (loss split evenly)
+    mean_truth_low_pct: float  # the mean truth lies in [low, high] however the core's loss was split
+    mean_truth_high_pct: float
+    outside_bracket_pp: float  # how far the measured mean lies outside that bracket (0: inside)
     fair_share_pct: float  # max(0, 1 - c/k): the truth when the cores hold nothing else
     measured_mean_pct: float
     fair_share_error_pp: float  # worst thread (one core) or the mean (several cores) against the fair share
@@ -69,7 +73,8 @@ class CostResult(BaseModel):
 class BenchResult(BaseModel):
     accuracy: list[AccuracyCase]
     max_error_pp: float  # worst thread of all cases against its truth
-    max_mean_error_pp: float  # worst case mean against its mean truth
+    max_mean_error_pp: float  # worst case mean against its mean truth (loss split evenly)
+    max_outside_bracket_pp: float  # worst distance of a case mean outside its truth bracket
     cost: CostResult | None
 
 
@@ -147,7 +152,7 @@ def accuracy_case(busy_threads: int, cores: Sequence[int], seconds: float = 2.0)
     warmup = 0.3
     with spinners(busy_threads, cores, warmup + seconds + 2.0) as counters:
         time.sleep(warmup)  # let the balancer settle the pinned threads
-        collector = Collector(ProcReader(pids=counters))
+        collector = Collector(ProcReader(pids=counters))  # closed with the reader's __del__ at return
         collector.sample()
         gaps0 = {pid: _stolen_ns(c) for pid, c in counters.items()}
         ticks0 = _cpu_ticks(cores)
@@ -177,12 +182,17 @@ def accuracy_case(busy_threads: int, cores: Sequence[int], seconds: float = 2.0)
     fair = 100.0 * max(0.0, 1 - len(cores) / busy_threads)
     mean = sum(t.measured_pct for t in threads) / len(threads)
     worst = max(abs(t.measured_pct - fair) for t in threads)
+    high = sum(t.clock_gap_pct for t in threads) / len(threads)
+    low = max(0.0, high - lost_pct * len(cores) / busy_threads)
     return AccuracyCase(
         busy_threads=busy_threads,
         cores=list(cores),
         threads=threads,
         max_error_pp=max(t.error_pp for t in threads),
         mean_error_pp=round(abs(mean - sum(t.truth_pct for t in threads) / len(threads)), 3),
+        mean_truth_low_pct=round(low, 3),
+        mean_truth_high_pct=round(high, 3),
+        outside_bracket_pp=round(max(0.0, low - mean, mean - high), 3),
         fair_share_pct=round(fair, 3),
         measured_mean_pct=round(mean, 3),
         fair_share_error_pp=round(worst if len(cores) == 1 else abs(mean - fair), 3),
@@ -196,8 +206,9 @@ def sampling_cost(threads: int = 500, samples: int = 5, interval_s: float = 1.0)
     """CPU time the collector spends per sample with `threads` QEMU-like threads on the host."""
     if threads < 3 or samples < 1:
         raise InvalidInput("cost needs at least 3 threads and 1 sample")
-    with loadgen("bench-cost", threads - 2, 0, None, samples * interval_s + 5):
-        collector = Collector()
+    with ExitStack() as stack:
+        stack.enter_context(loadgen("bench-cost", threads - 2, 0, None, samples * interval_s + 5))
+        collector = stack.enter_context(Collector())
         collector.sample()
         spent: list[float] = []
         seen = 0
@@ -232,5 +243,6 @@ def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, 
         accuracy=cases,
         max_error_pp=max(c.max_error_pp for c in cases),
         max_mean_error_pp=max(c.mean_error_pp for c in cases),
+        max_outside_bracket_pp=max(c.outside_bracket_pp for c in cases),
         cost=cost,
     )

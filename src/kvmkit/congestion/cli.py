@@ -88,13 +88,15 @@ def serve(
     """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted."""
     if not 0 < port < 65536:
         raise InvalidInput(f"--port {port}: not a TCP port")
-    server, _ = exporter.start(address, port)
+    reader = ProcReader()
+    server, _ = exporter.start(address, port, reader)
     typer.echo(f"serving kvmkit congestion metrics on http://{address}:{server.server_port}/metrics")
     try:
         threading.Event().wait()
     finally:
         server.shutdown()
         server.server_close()
+        reader.close()
 
 
 def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[IntervalReport]:

@@ -25,6 +25,15 @@ class Collector:
     def reader(self) -> ProcReader:
         return self._reader
 
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self) -> Reading:
         """A fresh reading without touching the baseline (the exporter wants raw counters)."""
         return self._reader.read()

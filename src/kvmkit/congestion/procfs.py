@@ -3,14 +3,15 @@
 Everything here can vanish under our feet (a VM stops, a thread exits) or be unreadable (permissions, a
 kernel without PSI or schedstat). Each such case becomes a `Skip` with a reason and the reading goes on.
 
-Cost matters (500 threads at 1 Hz must stay under 1 % of a core), so: files are read with os.open/os.read,
-thread names are cached per (pid, tid) and pruned to the live threads each round, process names per pid
-likewise; nothing else is kept between rounds.
+Cost matters (500 threads at 1 Hz must stay under 1 % of a core), so: thread names are cached per (pid,
+tid), the schedstat file of each named thread is kept open and re-read with one pread, process names are
+cached per pid; all of it is pruned to the live tasks every round, and nothing else is kept between rounds.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -151,14 +152,17 @@ class ProcReader:
         self._comm: dict[int, str] = {}  # every live pid → comm (discovery), pruned each round
         self._domain: dict[int, str] = {}  # QEMU pid → domain name
         self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
+        self._fds: dict[tuple[int, int], int] = {}  # kept schedstat descriptors of named threads
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._max_fds = max(0, soft // 2 - 64)  # leave room for everything else the process opens
         self._mounts = self._read_mounts()
         self._nodes = self._read_numa()
         self._has_schedstat = os.path.exists(f"{proc}/self/schedstat")
 
     @property
     def cached_threads(self) -> int:
-        """Thread-name cache entries: bounded by the live threads of QEMU processes (tests check it)."""
-        return len(self._thread)
+        """Thread-name cache entries and kept descriptors: bounded by the live QEMU threads (tests check)."""
+        return max(len(self._thread), len(self._fds))
 
     def _read_mounts(self) -> CgroupMounts:
         try:
@@ -253,7 +257,7 @@ class ProcReader:
                         self._thread[key] = (name, cls)
                 else:
                     name, cls = cached
-                run, wait = _schedstat(read_small(f"{path}/schedstat"))
+                run, wait = _schedstat(self._read_schedstat(key, f"{path}/schedstat", cached is not None))
                 numa = self._nodes and cls.kind is ThreadKind.VCPU
                 cpu = _last_cpu(read_small(f"{path}/stat")) if numa else None
             except _GONE:
@@ -264,6 +268,39 @@ class ProcReader:
                 continue
             out.append(ThreadReading(tid, name, cls, run, wait, cpu))
         return tuple(out)
+
+    def _read_schedstat(self, key: tuple[int, int], path: str, stable: bool) -> str:
+        """schedstat through a descriptor kept open per named thread: one pread instead of open+read+close.
+
+        procfs regenerates the file on every read at offset 0; once the thread is gone the read fails with
+        ESRCH, even if its tid was reused, so a kept descriptor never reads someone else's counters.
+        """
+        fd = self._fds.get(key)
+        if fd is None:
+            if not stable or len(self._fds) >= self._max_fds:
+                return read_small(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[key] = fd
+        try:
+            return os.pread(fd, 256, 0).decode()
+        except OSError:
+            os.close(self._fds.pop(key))
+            raise
+
+    def close(self) -> None:
+        """Close the kept schedstat descriptors (a long-lived exporter keeps them; tests and CLI close)."""
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:  # a reader dropped without close() must not leak descriptors
+        self.close()
+
+    def __enter__(self) -> ProcReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _cgroup(self, pid: int, domain: str, skipped: list[Skip]) -> CgroupReading | None:
         try:
@@ -318,4 +355,6 @@ class ProcReader:
             vms.append(VmReading(pid, domain, threads, self._cgroup(pid, domain, skipped)))
         for key in self._thread.keys() - live_keys:
             del self._thread[key]
+        for key in self._fds.keys() - live_keys:
+            os.close(self._fds.pop(key))
         return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped))

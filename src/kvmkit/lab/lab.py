@@ -155,7 +155,7 @@ def _disk_layout(storage: Storage, count: int) -> dict[str, int]:
 
 
 def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_mib: int = 1024,
-           memory_mib: int = 128, with_fio: bool = False, start: bool = True,
+           memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True, start: bool = True,
            progress: Progress = lambda _m: None) -> LabVm:
     """Define one lab VM (its disks made fresh); the caller holds the lab lock or owns the state."""
     check_vm_name(name)
@@ -187,10 +187,13 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
         image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
         console_log = state.dir / "log" / f"{name}.console.log"
         console_log.parent.mkdir(parents=True, exist_ok=True)
+        if not agent_running:
+            image = guest.GuestImage(image.kernel, image.initrd, image.cmdline + " kvmkit_noagent")
         spec = domain.VmSpec(name=name, image=image, console_log=console_log, disks=tuple(specs),
                              memory_mib=memory_mib, domain_type="kvm" if state.accel == "kvm" else "qemu")
         conn.defineXML(domain.domain_xml(spec))
-    vm = LabVm(name=name, disks=lab_disks, memory_mib=memory_mib, with_fio=with_fio, console_log=console_log)
+    vm = LabVm(name=name, disks=lab_disks, memory_mib=memory_mib, with_fio=with_fio, agent=agent_running,
+               console_log=console_log)
     state.vms.append(vm)
     save(state)
     if start:
@@ -215,7 +218,8 @@ def start_vms(state: LabState, names: list[str], progress: Progress = lambda _m:
             doms[name] = dom
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool_:
-            waits = {name: pool_.submit(wait_for_agent, dom, state.vm(name)) for name, dom in doms.items()}
+            waits = {name: pool_.submit(wait_for_agent, dom, state.vm(name)) for name, dom in doms.items()
+                     if (vm := state.vm(name)) is None or vm.agent}
             for name, fut in waits.items():
                 fut.result()
                 progress(f"{name}: agent ready ({time.monotonic() - t0:.1f} s)")

@@ -29,6 +29,7 @@ class LabVm(BaseModel):
     disks: list[LabDisk]
     memory_mib: int = 128
     with_fio: bool = False
+    agent: bool = True  # False: the guest runs no qemu-ga (for crash-consistent and no-agent tests)
     console_log: Path
 
 

@@ -96,11 +96,15 @@ class Catalog:
         with self.tx() as db:
             db.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
 
-    def get(self, vm_uuid: str, name: str, vm_label: str | None = None) -> Snapshot:
+    def find(self, vm_uuid: str, name: str) -> Snapshot | None:
         row = self.db.execute("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name)).fetchone()
-        if row is None:
+        return None if row is None else _row(row)
+
+    def get(self, vm_uuid: str, name: str, vm_label: str | None = None) -> Snapshot:
+        snap = self.find(vm_uuid, name)
+        if snap is None:
             raise NotFound(f"VM {vm_label or vm_uuid} has no snapshot named {name!r}")
-        return _row(row)
+        return snap
 
     def list(self, vm_uuid: str | None = None, states: tuple[State, ...] | None = None) -> list[Snapshot]:
         sql, args = "SELECT * FROM snapshots", []

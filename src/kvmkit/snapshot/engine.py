@@ -68,6 +68,8 @@ class Engine:
             vm_uuid = dom.UUIDString()
             with vm_lock(self.state_dir, vm_uuid, vm, wait_s):
                 failpoint("after-lock")
+                if self.catalog.find(vm_uuid, name) is not None:
+                    raise Conflict(f"VM {vm} already has a snapshot named {name!r}")
                 disks = live_disks(dom)
                 if not disks:
                     raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")

@@ -112,6 +112,8 @@ def _print_report(report: AuditReport) -> None:
         console.print("\n[bold]How to fix[/]")
     for f in to_fix:
         console.print(f"[{STATUS_STYLE[f.status]}]{f.status.value}[/] [bold]{escape(f.check)}[/]: {escape(f.why)}")
+        if f.detail:
+            console.print(f"    seen:   {escape(f.detail)}")
         console.print(f"    source: {escape(f.source)}", style="dim")
         for remedy in f.fixes:
             console.print(f"    {remedy.kind + ':':<11} {escape(remedy.text)}")

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmkit.lab import lab
+from kvmkit.lab.state import load
+
+
+@pytest.fixture(scope="session")
+def snap_env(lab_state, tmp_path_factory) -> dict[str, str]:
+    """Environment for kvmkit processes: the test lab's libvirt and a private state dir (catalog, locks)."""
+    state_dir = tmp_path_factory.mktemp("kvmkit-state")
+    os.environ["KVMKIT_STATE_DIR"] = str(state_dir)
+    return {**os.environ, "KVMKIT_STATE_DIR": str(state_dir), "KVMKIT_LAB_DIR": str(lab_state.dir)}
+
+
+@pytest.fixture(scope="session")
+def file_vm(lab_state, snap_env) -> str:
+    """A running VM with two ext4 raw disks on the XFS pool."""
+    state = load(lab_state.dir)
+    if state.vm("tlab-file") is None:
+        lab.add_vm(state, "tlab-file", file_disks=2, rbd_disks=0, size_mib=256)
+    return "tlab-file"
+
+
+@pytest.fixture(scope="session")
+def noagent_vm(lab_state, snap_env) -> str:
+    state = load(lab_state.dir)
+    if state.vm("tlab-noagent2") is None:
+        lab.add_vm(state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
+    return "tlab-noagent2"
+
+
+@pytest.fixture()
+def engine(snap_env):
+    from kvmkit.snapshot.engine import Engine
+
+    return Engine.from_config("qemu:///system")
+
+
+def kvmkit(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmkit", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def disk_paths(conn, vm: str) -> list[Path]:
+    from kvmkit.virt.connection import live_disks
+
+    return [Path(d.source) for d in live_disks(conn.lookupByName(vm)) if d.kind == "file"]
