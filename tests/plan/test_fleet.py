@@ -1,128 +1,23 @@
-"""The fleet MILP against brute force on small demands, and its plans checked for feasibility."""
+"""The fleet for the example's 10,000 VMs: demand met, candidates, single type exact, errors located."""
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import numpy as np
 import pytest
 
-from kvmkit.plan.fleet import FleetProblem, FleetSolution, plan_fleet, single_type_bound, solve
+from kvmkit.plan.fleet import candidate_rows, plan_fleet, problem_for
 from kvmkit.plan.problems import PlanProblem
 from kvmkit.plan.space import enumerate_space
 from kvmkit.plan.vectorised import evaluate_space
 
 
-def random_problem(seed: int) -> FleetProblem:
-    """2–3 node types, 1–2 shapes, at most 6 VMs each: small enough to enumerate every plan."""
-    rng = np.random.default_rng(seed)
-    types = int(rng.integers(2, 4))
-    shapes = int(rng.integers(1, 3))
-    capacity = rng.integers(2, 9, size=(types, 4)).astype(float)
-    needs = rng.integers(1, 4, size=(shapes, 4)).astype(float)
-    return FleetProblem(
-        node_cost=rng.integers(50, 200, size=types).astype(float), u=rng.integers(1, 3, size=types).astype(float),
-        peak_w=rng.integers(200, 900, size=types).astype(float), capacity=capacity, needs=needs,
-        demand=rng.integers(1, 7, size=shapes).astype(float), rack_u=int(rng.integers(2, 6)),
-        rack_w=float(rng.integers(1000, 3000)), rack_cost=float(rng.integers(10, 400)),
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def ev60(example_plan):
+    return evaluate_space(example_plan, enumerate_space(example_plan, [60]))
 
 
-def _placements(problem: FleetProblem):
-    """Every way to split each shape's VMs over the types it fits."""
-    fits = problem.fits()
-    per_shape = []
-    for s, count in enumerate(problem.demand.astype(int)):
-        allowed = [j for j in range(len(problem.node_cost)) if fits[j, s]]
-        splits = []
-        for cut in itertools.combinations_with_replacement(allowed, count):
-            column = np.zeros(len(problem.node_cost), dtype=int)
-            for j in cut:
-                column[j] += 1
-            splits.append(column)
-        per_shape.append(splits)
-    for combo in itertools.product(*per_shape):
-        yield np.column_stack(combo)
-
-
-def brute_force(problem: FleetProblem, single_type: bool = False) -> float:
-    """Cheapest plan by trying every placement; nodes and racks then follow in closed form."""
-    best = math.inf
-    for placement in _placements(problem):
-        if single_type and np.count_nonzero(placement.sum(axis=1)) > 1:
-            continue
-        load = placement @ problem.needs
-        nodes = np.ceil(np.max(np.where(load > 0, load / problem.capacity, 0), axis=1) - 1e-9)
-        racks = max(math.ceil(problem.u @ nodes / problem.rack_u - 1e-9),
-                    math.ceil(problem.peak_w @ nodes / problem.rack_w - 1e-9))  # fmt: skip
-        best = min(best, float(problem.node_cost @ nodes + problem.rack_cost * racks))
-    return best
-
-
-def assert_valid(problem: FleetProblem, solution: FleetSolution) -> None:
-    assert np.array_equal(solution.placement.sum(axis=0), problem.demand.astype(int))
-    assert np.all(solution.placement[~problem.fits()] == 0)
-    assert np.all(solution.placement @ problem.needs <= solution.nodes[:, None] * problem.capacity + 1e-9)
-    assert problem.u @ solution.nodes <= solution.racks * problem.rack_u
-    assert problem.peak_w @ solution.nodes <= solution.racks * problem.rack_w + 1e-9
-    cost = problem.node_cost @ solution.nodes + problem.rack_cost * solution.racks
-    assert solution.total_monthly_cost == pytest.approx(cost)
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_exact_milp_equals_brute_force(seed):
-    problem = random_problem(seed)
-    if not problem.fits().any(axis=0).all():
-        pytest.skip("a shape fits no type in this draw")  # keeps the seeds fixed; most draws fit
-    solution = solve(problem, gap=0.0, exact_placement=True)
-    assert_valid(problem, solution)
-    assert solution.total_monthly_cost == pytest.approx(brute_force(problem))
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_default_two_phase_plan_is_valid_and_bounded_by_the_optimum(seed):
-    problem = random_problem(seed)
-    if not problem.fits().any(axis=0).all():
-        pytest.skip("a shape fits no type in this draw")
-    optimum = brute_force(problem)
-    solution = solve(problem, gap=0.0)
-    assert_valid(problem, solution)
-    assert solution.lower_bound <= optimum + 1e-6 <= solution.total_monthly_cost + 2e-6
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_single_type_equals_brute_force_and_the_closed_form(seed):
-    problem = random_problem(seed)
-    if not problem.fits().all(axis=1).any():
-        pytest.skip("no single type fits every shape in this draw")
-    solution = solve(problem, single_type=True, gap=0.0, exact_placement=True)
-    assert_valid(problem, solution)
-    assert np.count_nonzero(solution.nodes) == 1
-    closed_form = min(single_type_bound(problem, j) for j in range(len(problem.node_cost)))
-    assert solution.total_monthly_cost == pytest.approx(brute_force(problem, single_type=True))
-    assert solution.total_monthly_cost == pytest.approx(closed_form)
-
-
-def test_rack_power_makes_a_mix_cheaper_than_the_cheapest_type_alone():
-    # Type 0: 10 VMs, 1,000 W, 100/month. Type 1: 4 VMs, 250 W, 60/month. Racks: 10 U, 3,500 W, 1,000/month.
-    # 38 VMs: 4 × type 0 = 4,000 W → 2 racks → 400 + 2,000 = 2,400
-    #         3 × type 0 + 2 × type 1 = 38 VMs, 3,500 W, 5 U → 1 rack → 300 + 120 + 1,000 = 1,420 (best)
-    #         2 × type 0 + 5 × type 1 → 200 + 300 + 1,000 = 1,500 ; 10 × type 1 → 600 + 1,000 = 1,600
-    problem = FleetProblem(
-        node_cost=np.array([100.0, 60.0]), u=np.array([1.0, 1.0]), peak_w=np.array([1000.0, 250.0]),
-        capacity=np.array([[10.0, 10, 10, 10], [4.0, 4, 4, 4]]), needs=np.array([[1.0, 1, 1, 1]]),
-        demand=np.array([38.0]), rack_u=10, rack_w=3500.0, rack_cost=1000.0,
-    )  # fmt: skip
-    solution = solve(problem, gap=0.0, exact_placement=True)
-    assert (solution.nodes.tolist(), solution.racks) == ([3, 2], 1)
-    assert solution.total_monthly_cost == pytest.approx(1420.0)
-    assert brute_force(problem) == pytest.approx(1420.0)
-
-
-def test_example_fleet_of_10000_vms_meets_demand(example_plan):
-    ev = evaluate_space(example_plan, enumerate_space(example_plan, [60]))
-    fleet = plan_fleet(example_plan, ev, 60)
+def test_example_fleet_of_10000_vms_meets_demand(example_plan, ev60):
+    fleet = plan_fleet(example_plan, ev60, 60)
     placed = {d.name: 0 for d in example_plan.demand}
     for node in fleet.nodes:
         for name, count in node.vms.items():
@@ -142,3 +37,25 @@ def test_a_demand_no_configuration_can_meet_names_the_shape(example_plan):
         plan_fleet(plan, ev, 60)
     assert caught.value.loc == ("demand", 4)
     assert "whale" in str(caught.value) and "100000 vCPU" in str(caught.value)
+
+
+def test_single_type_is_the_cheapest_over_every_configuration(example_plan, ev60):
+    fleet = plan_fleet(example_plan, ev60, 60, single_type=True)
+    assert len(fleet.nodes) == 1 and fleet.lower_bound == pytest.approx(fleet.total_monthly_cost)
+    # Closed form over *all* 192,600 configurations, not only the candidates: every shape on one type.
+    rows = np.flatnonzero(ev60.nodes_per_rack >= 1)
+    problem = problem_for(example_plan, ev60, rows, 60)
+    hosts_all = problem.fits().all(axis=1)
+    load = problem.demand @ problem.needs
+    nodes = np.ceil(np.max(load / problem.capacity[hosts_all], axis=1) - 1e-9)
+    racks = np.maximum(np.ceil(nodes * problem.u[hosts_all] / problem.rack_u - 1e-9),
+                       np.ceil(nodes * problem.peak_w[hosts_all] / problem.rack_w - 1e-9))  # fmt: skip
+    cheapest = np.min(problem.node_cost[hosts_all] * nodes + problem.rack_cost * racks)
+    assert fleet.total_monthly_cost == pytest.approx(cheapest)
+
+
+def test_candidates_include_each_shapes_cheapest(example_plan, ev60):
+    rows = candidate_rows(example_plan, ev60, 60, per_shape=3)
+    assert 3 <= len(rows) <= 3 * (len(example_plan.demand) + 2)
+    assert set(ev60.space.months[rows].tolist()) == {60}
+    assert ev60.ranking(1)[0] in rows  # the reference VM's winner is always a candidate
