@@ -92,3 +92,15 @@ def test_listing_commands_json(command):
 def test_from_and_root_together_are_rejected(xeon_folder: Path):
     result = runner.invoke(app, ["audit", "--from", str(XEON), "--root", str(xeon_folder)])
     assert isinstance(result.exception, InvalidInput)
+
+
+@pytest.mark.parametrize("goal", ["balanced", "latency", "throughput", "per-core", "per-watt"])
+def test_live_audit_of_this_machine_runs_for_every_goal(goal):
+    result = runner.invoke(app, ["audit", "--goal", goal, "--json"])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout)
+    assert report["origin"] == "live" and report["goal"] == goal
+    assert result.exit_code == (1 if report["counts"]["FAIL"] else 0)
+    for finding in report["findings"]:
+        if finding["status"] == "UNKNOWN":
+            assert finding["detail"], f"{finding['check']}: UNKNOWN without a reason"
