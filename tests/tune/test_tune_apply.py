@@ -271,3 +271,26 @@ def test_view_of_plain_tree_is_writable_for_apply(tmp_path: Path):
     host = view_of(tmp_path)
     result = _plan_and_apply(host, "latency", tmp_path / "rb.json")
     assert [(c.check, c.new) for c in result.changes] == [("swappiness", "10")]
+
+
+def test_value_the_kernel_did_not_keep_fails_and_is_put_back(xeon, tmp_path: Path, monkeypatch):
+    """sysfs can accept a write and keep something else: that is a failure, and the file still goes back."""
+    before = _values(xeon)
+    real_write = tune_apply._write
+
+    def stubborn(host, path, value):
+        real_write(host, path, "99" if path == "/proc/sys/vm/swappiness" and value == "10" else value)
+
+    monkeypatch.setattr(tune_apply, "_write", stubborn)
+    with pytest.raises(OperationFailed, match=r"swappiness /proc/sys/vm/swappiness: the kernel kept '99'"):
+        _plan_and_apply(xeon, "latency", tmp_path / "rb.json")
+    assert _values(xeon) == before
+
+
+def test_rollback_from_another_working_folder_matches_the_root(xeon_folder: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(xeon_folder.parent)
+    relative = view_of(Path(xeon_folder.name))
+    _plan_and_apply(relative, "latency", tmp_path / "rb.json", {"swappiness"})
+    monkeypatch.chdir(tmp_path)
+    tune_apply.rollback(view_of(xeon_folder), tmp_path / "rb.json")
+    assert (xeon_folder / "root/proc/sys/vm/swappiness").read_text() == "60"

@@ -66,8 +66,10 @@ def test_apply_and_rollback_on_a_tree(xeon_folder: Path, tmp_path: Path):
     changed = {c["check"] for c in json.loads(applied.stdout)["changes"]}
     assert changed == {"cpufreq_governor", "swappiness", "io_scheduler"}
     assert (xeon_folder / "root/sys/block/nvme1n1/queue/scheduler").read_text() == "none"
-    rolled = runner.invoke(app, ["rollback", *args])
+    rolled = runner.invoke(app, ["rollback", *args], env={"COLUMNS": "200"})
     assert rolled.exit_code == 0, rolled.output
+    row = next(line for line in rolled.stdout.splitlines() if "swappiness" in line)
+    assert [cell.strip() for cell in row.split("│")[3:5]] == ["60", "10"]  # restored, was
     assert (xeon_folder / "root/sys/block/nvme1n1/queue/scheduler").read_text() == "mq-deadline"
 
 

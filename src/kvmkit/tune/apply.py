@@ -72,6 +72,11 @@ def _write(host: HostView, path: str, value: str) -> None:
         os.close(fd)
 
 
+def _root_id(host: HostView) -> str:
+    """The root as an absolute path, so a rollback from another working folder still matches."""
+    return str(host.root.resolve())
+
+
 def _error(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
@@ -167,18 +172,22 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
         return result.model_copy(update={"rollback_file": None})
     record = RollbackRecord(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        root=str(host.root),
+        root=_root_id(host),
         goal=planned.goal,
         changes=pending,
     )
     _save(record, rollback_file, exclusive=True)
     done: list[Change] = []
+    touched: list[Change] = []  # written, even if the kernel then kept another value: all of these go back
     for change in pending:
         try:
             _write(host, change.path, change.new)
+            touched.append(change)
             kept = current_value(host, change.path)
             if kept != change.new:
-                raise OSError(0, f"the kernel kept {kept!r}")
+                change.outcome, change.error = "failed", f"the kernel kept {kept!r}"
+                failed.append(change)
+                continue
             change.outcome = "done"
             done.append(change)
             log.info(
@@ -189,7 +198,7 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
             change.outcome, change.error = "failed", _error(exc)
             failed.append(change)
     if failed:
-        stuck = _restore(host, done)
+        stuck = _restore(host, touched)
         what = "; ".join(f"{c.check} {c.path}: {c.error}" for c in failed[:3])
         if stuck:
             _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)
@@ -206,8 +215,8 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
 def rollback(host: HostView, rollback_file: Path) -> list[Change]:
     """Restore what the last apply changed; the file goes away only when everything was restored."""
     record = _load(rollback_file)
-    if Path(record.root) != host.root:
-        raise InvalidInput(f"rollback file {rollback_file} was written for root {record.root}, not {host.root}")
+    if record.root != _root_id(host):
+        raise InvalidInput(f"rollback file {rollback_file} was written for root {record.root}, not {_root_id(host)}")
     changes = [c.model_copy(update={"outcome": "done"}) for c in record.changes]
     stuck = _restore(host, changes)
     if stuck:

@@ -206,7 +206,7 @@ def rollback(
     print_table(
         f"kvmkit tune rollback — {path}",
         ["check", "path", "restored", "was"],
-        _plain([(check, path, new, old) for check, path, old, new, _outcome in _grouped(changes)]),
+        _plain([(check, path, old, new) for check, path, old, new, _outcome in _grouped(changes)]),
     )
 
 
