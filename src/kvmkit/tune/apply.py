@@ -154,7 +154,7 @@ def _restore(host: HostView, changes: list[Change]) -> list[Change]:
     for change in reversed(changes):
         try:
             _write(host, change.path, change.old)
-            change.outcome, change.error = "restored", ""
+            change.outcome = "restored"
         except OSError as exc:
             change.outcome, change.error = "not-restored", _error(exc)
             stuck.append(change)
@@ -198,8 +198,8 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
             change.outcome, change.error = "failed", _error(exc)
             failed.append(change)
     if failed:
-        stuck = _restore(host, touched)
         what = "; ".join(f"{c.check} {c.path}: {c.error}" for c in failed[:3])
+        stuck = _restore(host, touched)
         if stuck:
             _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)
             raise OperationFailed(
