@@ -6,11 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from kvmkit.congestion.bench import accuracy_case, loadgen, sampling_cost, spinners
+from kvmkit.congestion.bench import CostResult, accuracy_case, loadgen, spinners
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import ThreadKind
 from kvmkit.congestion.procfs import ProcReader
@@ -19,15 +20,20 @@ QUIET_PCT = 2.0  # above this much other load or irq/steal loss on the core, a p
 
 
 @pytest.mark.parametrize("busy", [1, 2, 3])
-def test_mean_congestion_matches_the_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
+def test_mean_congestion_lies_in_the_clock_gap_truth_bracket(busy: int, quiet_core: int):
+    """Always checkable: the host's irq/steal loss widens the bracket, but never hides a wrong figure."""
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
     assert len(case.threads) == busy
-    assert case.mean_error_pp <= 2.0, case
+    assert case.mean_truth_low_pct - 2.0 <= case.measured_mean_pct <= case.mean_truth_high_pct + 2.0, case
+
+
+@pytest.mark.parametrize("busy", [1, 2, 3])
+def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
+    case = accuracy_case(busy, [quiet_core], seconds=1.5)
     if case.core_lost_pct > QUIET_PCT:
-        pytest.skip(f"core lost {case.core_lost_pct} % to irq/steal: per-thread split unknown (mean checked)")
+        pytest.skip(f"core lost {case.core_lost_pct} % to irq/steal: per-thread truth undefined (bracket checked)")
     for thread in case.threads:
         assert thread.error_pp <= 2.0, case
-        assert thread.truth_pct == pytest.approx(thread.clock_gap_pct, abs=QUIET_PCT)
 
 
 @pytest.mark.parametrize("busy", [2, 4])
@@ -73,7 +79,10 @@ def test_threads_that_end_leave_no_trace_in_the_collector():
 
 
 def test_sampling_500_threads_at_1hz_costs_at_most_1_percent_of_a_core():
-    cost = sampling_cost(threads=500, samples=2, interval_s=1.0)
+    # In its own interpreter, as `sample`/`serve` run: pytest's large heap would bill its GC to the sampler.
+    code = "from kvmkit.congestion.bench import sampling_cost; print(sampling_cost(500, 3).model_dump_json())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    cost = CostResult.model_validate_json(out.stdout)
     assert cost.threads >= 500
     assert cost.core_pct <= 1.0, cost
 

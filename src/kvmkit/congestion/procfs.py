@@ -257,7 +257,7 @@ class ProcReader:
                         self._thread[key] = (name, cls)
                 else:
                     name, cls = cached
-                run, wait = _schedstat(self._read_schedstat(key, f"{path}/schedstat", cached is not None))
+                run, wait = _schedstat(self._read_schedstat(key, f"{path}/schedstat", key in self._thread))
                 numa = self._nodes and cls.kind is ThreadKind.VCPU
                 cpu = _last_cpu(read_small(f"{path}/stat")) if numa else None
             except _GONE:
