@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -21,6 +18,7 @@ from typing import Protocol
 
 from kvmkit.bench.probe import probe_host
 from kvmkit.bench.schema import Machine
+from kvmkit.bench.spawn import spawn
 from kvmkit.errors import EnvironmentProblem, OperationFailed
 
 OWNER_XATTR = "user.kvmkit.bench"  # set on files kvmkit created: they may be overwritten without --destructive
@@ -85,24 +83,6 @@ class Runner(Protocol):
     def remove(self, path: str) -> None: ...  # delete a file kvmkit created
 
 
-def _wait_with_rusage(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, int, bool]:
-    """wait4() instead of wait(): the kernel hands back the child's peak RSS with its exit status."""
-    timed_out = threading.Event()
-
-    def _kill() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout_s, _kill)
-    timer.start()
-    try:
-        _, status, rusage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, rusage.ru_maxrss, timed_out.is_set()
-
-
 class HostRunner:
     """fio as a subprocess of kvmkit, on this machine."""
 
@@ -138,18 +118,10 @@ class HostRunner:
         if shutil.which(argv[0]) is None:
             hint = ": install fio (Debian: apt-get install fio)" if "fio" in os.path.basename(argv[0]) else ""
             raise EnvironmentProblem(f"{argv[0]} not found on this host{hint}")
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            started = time.monotonic()
-            # Output goes to files, not pipes: nobody has to drain them while we block in wait4.
-            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-            code, peak_kib, timed_out = _wait_with_rusage(proc, timeout_s)
-            wall = time.monotonic() - started
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        if timed_out:
+        done = spawn(argv, timeout_s)
+        if done.timed_out:
             raise OperationFailed(f"{argv[0]} did not finish within {timeout_s:.0f} s and was killed")
-        return Completed(argv, code, stdout, stderr, wall, peak_kib)
+        return Completed(argv, done.returncode, done.stdout, done.stderr, done.wall_s, done.peak_rss_kib)
 
     def read_lines(self, path: str) -> Iterator[str]:
         try:
