@@ -106,3 +106,11 @@ def test_live_audit_of_this_machine_runs_for_every_goal(goal):
     for finding in report["findings"]:
         if finding["status"] == "UNKNOWN":
             assert finding["detail"], f"{finding['check']}: UNKNOWN without a reason"
+
+
+def test_capture_of_an_unpacked_capture_keeps_its_probes(xeon_folder: Path, tmp_path: Path):
+    out = tmp_path / "again.tar.gz"
+    result = runner.invoke(app, ["capture", "--root", str(xeon_folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    same = runner.invoke(app, ["diff", str(out), str(XEON), "--json"])
+    assert json.loads(same.stdout)["differences"] == []

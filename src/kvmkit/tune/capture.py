@@ -37,8 +37,10 @@ CAPTURE_FORMAT = 1
 class RecordingView(HostView):
     """A live HostView that remembers every answer it gave, for the capture."""
 
-    def __init__(self, root: Path = Path("/"), probe_dir: Path | None = None) -> None:
-        super().__init__(root, probe_dir)
+    def __init__(
+        self, root: Path = Path("/"), probe_dir: Path | None = None, recorded_errors: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(root, probe_dir, recorded_errors)
         self.files: dict[str, str] = {}
         self.folders: dict[str, list[str]] = {}
         self.present: set[str] = set()
@@ -47,7 +49,7 @@ class RecordingView(HostView):
 
     def _failed(self, key: str, exc: Unreadable) -> None:
         if "does not exist" not in exc.reason:
-            self.errors[key] = exc.reason.split(": ", 1)[-1] if key.startswith("/") else exc.reason
+            self.errors[key] = exc.reason.removeprefix(f"{key}: ")
 
     def read(self, host_path: str) -> str:
         try:
@@ -91,9 +93,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mtime: float) -> N
         tar.addfile(info, io.BytesIO(data))
 
 
-def capture(root: Path = Path("/"), probe_dir: Path | None = None) -> bytes:
+def capture(
+    root: Path = Path("/"), probe_dir: Path | None = None, recorded_errors: dict[str, str] | None = None
+) -> bytes:
     """Read every check on the live host (or a tree with saved probes) and return the tar.gz bytes."""
-    view = RecordingView(root, probe_dir)
+    view = RecordingView(root, probe_dir, recorded_errors)
     read_all(view)
     for extra in ("/proc/sys/kernel/hostname", "/proc/sys/kernel/osrelease"):
         try:

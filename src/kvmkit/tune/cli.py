@@ -218,7 +218,11 @@ def capture(
     """Write a tar.gz of everything the checks read (`kvmkit tune capture > host.tar.gz`)."""
     if output is None and sys.stdout.isatty():
         raise InvalidInput("refusing to write a tar.gz to a terminal: redirect stdout or use --output FILE")
-    data = capture_mod.capture(root)
+    if root == LIVE_ROOT:
+        data = capture_mod.capture()
+    else:  # a tree, or an unpacked capture (re-capturing it keeps its probes and recorded errors)
+        tree = capture_mod.view_of(root)
+        data = capture_mod.capture(tree.root, tree.probe_dir, tree.recorded_errors)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
