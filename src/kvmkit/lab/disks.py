@@ -11,12 +11,14 @@ from kvmkit.lab import procs
 CHUNK = 4 << 20
 
 
-def make_file_disk(path: Path, size_mib: int) -> None:
+def make_file_disk(path: Path, size_mib: int, filesystem: bool = True) -> None:
+    """A sparse raw file, ext4-formatted unless filesystem=False (then the guest sees a blank disk)."""
     tmp = path.with_suffix(".new")
     with tmp.open("wb") as fh:
         fh.truncate(size_mib << 20)
-    procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-               "-L", path.stem[:16], str(tmp)], "mkfs.ext4")
+    if filesystem:
+        procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                   "-L", path.stem[:16], str(tmp)], "mkfs.ext4")
     tmp.replace(path)
 
 

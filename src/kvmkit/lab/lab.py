@@ -156,7 +156,7 @@ def _disk_layout(storage: Storage, count: int) -> dict[str, int]:
 
 def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_mib: int = 1024,
            memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True, start: bool = True,
-           progress: Progress = lambda _m: None) -> LabVm:
+           filesystems: Literal["every", "first"] = "every", progress: Progress = lambda _m: None) -> LabVm:
     """Define one lab VM (its disks made fresh); the caller holds the lab lock or owns the state."""
     check_vm_name(name)
     if rbd_disks and state.ceph is None:
@@ -175,7 +175,7 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
             target = domain.disk_target(index)
             if index < file_disks:
                 path = state.pool.path / f"{name}-{target}.raw"
-                disks.make_file_disk(path, size_mib)
+                disks.make_file_disk(path, size_mib, filesystem=filesystems == "every" or index == 0)
                 lab_disks.append(LabDisk(target=target, kind="file", source=str(path), size_mib=size_mib))
                 specs.append(domain.FileDisk(path))
             else:

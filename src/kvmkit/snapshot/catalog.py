@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
   freeze_ms REAL,
   pause_ms REAL,
   total_ms REAL,
+  storage_ms REAL,
   error TEXT,
   disks TEXT NOT NULL,
   UNIQUE (vm_uuid, name)
@@ -76,9 +77,10 @@ class Catalog:
             with self.tx() as db:
                 cur = db.execute(
                     "INSERT INTO snapshots (vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms,"
-                    " error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " storage_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (snap.vm_uuid, snap.vm, snap.name, snap.created.isoformat(), snap.mode.value, snap.state.value,
-                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.error, _dump_disks(snap.disks)),
+                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.error,
+                     _dump_disks(snap.disks)),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"VM {snap.vm} already has a snapshot named {snap.name!r}") from None
@@ -87,8 +89,9 @@ class Catalog:
     def update(self, snap: Snapshot) -> None:
         with self.tx() as db:
             db.execute(
-                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, error=?, disks=?, mode=? WHERE id=?",
-                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.error,
+                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, error=?, disks=?, mode=?"
+                " WHERE id=?",
+                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.error,
                  _dump_disks(snap.disks), snap.mode.value, snap.id),
             )
 
@@ -144,9 +147,9 @@ def _dump_disks(disks: list[DiskSnapshot]) -> str:
 
 
 def _row(row: tuple) -> Snapshot:
-    (id_, vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms, error, disks) = row
+    (id_, vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms, storage_ms, error, disks) = row
     return Snapshot(
         id=id_, vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.fromisoformat(created), mode=Mode(mode),
-        state=State(state), freeze_ms=freeze_ms, pause_ms=pause_ms, total_ms=total_ms, error=error,
+        state=State(state), freeze_ms=freeze_ms, pause_ms=pause_ms, total_ms=total_ms, storage_ms=storage_ms, error=error,
         disks=[DiskSnapshot.model_validate(d) for d in json.loads(disks)],
     )

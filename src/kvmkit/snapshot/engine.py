@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,7 @@ class Engine:
                         raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
                     raise
                 snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
+                snap.storage_ms = taken.storage_ms
                 snap.state = State.READY
                 snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
                 self.catalog.update(snap)
@@ -115,20 +117,24 @@ class Engine:
         if mode is Mode.GROUP:
             group_driver = drivers[0]
             assert isinstance(group_driver, GroupSnapshots)
-            return _Taken(group_driver.group_snapshot(planned, dom.UUIDString(), name), freeze_ms=0.0)
+            t0 = time.perf_counter()
+            disks = group_driver.group_snapshot(planned, dom.UUIDString(), name)
+            return _Taken(disks, freeze_ms=0.0, storage_ms=_ms_since(t0))
         if mode is Mode.OFFLINE:
-            return _Taken(_snapshot_all(drivers, planned))
+            t0 = time.perf_counter()
+            disks = _snapshot_all(drivers, planned)
+            return _Taken(disks, storage_ms=_ms_since(t0))
         if mode is Mode.QUIESCED:
             stop, start, action = (lambda: agent.freeze(dom)), (lambda: agent.thaw(dom)), "thaw"
         else:
             stop, start, action = dom.suspend, dom.resume, "resume"
         watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
                             self.state_dir / "log" / "watchdog.log")
-        window_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned)
+        window_ms, storage_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned)
         failpoint("after-thaw")
         if mode is Mode.QUIESCED:
-            return _Taken(disks, freeze_ms=window_ms)
-        return _Taken(disks, pause_ms=window_ms)
+            return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms)
+        return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms)
 
     def _discard(self, snap: Snapshot) -> str:
         """Delete whatever part of a snapshot exists and drop its row; says what it did."""
@@ -231,6 +237,7 @@ class _Taken:
     disks: list[DiskSnapshot]
     freeze_ms: float | None = None
     pause_ms: float | None = None
+    storage_ms: float | None = None
 
 
 def _revert_record(name: str, phase: str, staged: list[StagedRevert]) -> dict:
@@ -268,16 +275,19 @@ def _one(driver: StorageDriver, disk_snap: DiskSnapshot, index: int) -> DiskSnap
 
 
 def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callable[[], object],
-                  drivers: list[StorageDriver], planned: list[DiskSnapshot]) -> tuple[float, list[DiskSnapshot]]:
-    """Freeze (or pause), snapshot all, thaw (or resume) — in every path — and time the window in ms."""
-    pool = ThreadPoolExecutor(max_workers=max(1, len(planned)))
+                  drivers: list[StorageDriver], planned: list[DiskSnapshot]
+                  ) -> tuple[float, float, list[DiskSnapshot]]:
+    """Freeze (or pause), snapshot all, thaw (or resume) — in every path; time the window and the storage part."""
+    pool = _warm_pool(len(planned))
     try:
         watchdog.arm()
         t0 = time.perf_counter()
         try:
             stop()
             failpoint("after-freeze")
+            t_storage = time.perf_counter()
             disks = _snapshot_all(drivers, planned, pool)
+            storage_ms = _ms_since(t_storage)
         finally:
             try:
                 start()
@@ -291,7 +301,20 @@ def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callabl
     if not in_time:
         raise OperationFailed(f"the snapshot outlasted the {watchdog.deadline_s:g} s freeze deadline; the watchdog "
                               "thawed the guest first, so the snapshot was discarded")
-    return window_ms, disks
+    return window_ms, storage_ms, disks
+
+
+def _warm_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool whose threads already exist: spawning them inside the freeze would lengthen the window."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    barrier = threading.Barrier(max(1, workers))
+    for fut in [pool.submit(barrier.wait) for _ in range(max(1, workers))]:
+        fut.result()
+    return pool
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
 
 
 def _power_off(dom: libvirt.virDomain, timeout_s: float) -> None:

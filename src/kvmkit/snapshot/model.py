@@ -47,6 +47,7 @@ class Snapshot(BaseModel):
     state: State
     freeze_ms: float | None = None  # freeze call start → thaw call end (0 for group mode)
     pause_ms: float | None = None  # crash mode: suspend → resume
+    storage_ms: float | None = None  # the concurrent per-disk snapshots alone (inside the window)
     total_ms: float | None = None
     error: str | None = None
     disks: list[DiskSnapshot] = []

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import libvirt
 
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.virt import events
 from kvmkit.virt.disks import Disk, parse_disks
 
 # libvirt accepts almost anything as a name; kvmkit takes the portable subset every management stack uses.
@@ -26,6 +27,7 @@ def check_vm_name(name: str) -> str:
 
 
 def open_connection(uri: str) -> libvirt.virConnect:
+    events.ensure_loop()  # block-job waits need events, and libvirt only sends them to later connections
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
