@@ -40,6 +40,17 @@ def test_half_busy_vcpus_allow_about_twice_the_ratio():
     assert result.observed_oversubscription == 1 and result.mean_vcpu_demand_pct == 50
 
 
+def test_load_outside_qemu_and_steal_shrink_the_capacity_left_for_vms():
+    # half of each CPU taken by other load and steal: max(0, 0.5 - 0.5/R) <= 5 %  ⇔  R <= 0.5/0.45 = 1.11
+    busy_host = []
+    for t in range(100):
+        report = _report(t, 4, 4, 50, 0)
+        report.host.other_load_pct, report.host.steal_pct = 30.0, 20.0
+        busy_host.append(report)
+    result = advise(busy_host, slo_congestion_pct=5)
+    assert result.max_oversubscription == 1.1 and result.mean_capacity_pct == 50
+
+
 def test_measured_burst_congestion_counts_against_the_slo():
     # 3 % congestion measured at ratio 1 with no saturation: residual 3 %, grows ∝ R → 5 % at R ≈ 1.65
     result = advise([_report(t, 4, 4, 20, 3) for t in range(100)], slo_congestion_pct=5)

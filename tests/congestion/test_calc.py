@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from kvmkit.congestion.calc import interval_report, numa_breakdown, percentile
 from kvmkit.congestion.classify import classify_thread
-from kvmkit.congestion.model import CgroupReading, PsiReading, Reading, Skip, ThreadReading, VmReading
+from kvmkit.congestion.model import CgroupReading, CpuTimes, PsiReading, Reading, Skip, ThreadReading, VmReading
 
 S = 1_000_000_000
 
@@ -104,3 +104,14 @@ def test_percentile_of_nothing_is_zero_and_bad_q_is_refused():
     assert percentile([], 95) == 0.0
     with pytest.raises(ValueError):
         percentile([1.0], 101)
+
+
+def test_host_load_splits_into_qemu_other_and_steal():
+    t0 = (_thread(11, "CPU 0/KVM", 0, 0), _thread(13, "worker", 0, 0))
+    t1 = (_thread(11, "CPU 0/KVM", S, 0), _thread(13, "worker", S // 2, 0))  # 1.5 CPU-seconds of QEMU in 1 s
+    before = Reading(0, 0.0, 4, {}, None, (VmReading(1, "a", t0, None),), (), CpuTimes(busy=0, steal=0, total=0))
+    after = Reading(S, 1.0, 4, {}, None, (VmReading(1, "a", t1, None),), (), CpuTimes(busy=200, steal=40, total=400))
+    host = interval_report(before, after).host
+    assert (host.qemu_load_pct, host.other_load_pct, host.steal_pct) == (37.5, 12.5, 10)
+    no_stat = interval_report(_reading(0, []), _reading(1, [])).host
+    assert no_stat.steal_pct is None and no_stat.other_load_pct is None

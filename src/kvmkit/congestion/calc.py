@@ -89,6 +89,7 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
     skipped = [SkipReport(what=s.what, reason=s.reason) for s in cur.skipped]
     vms: list[VmReport] = []
     all_vcpus: list[tuple[VcpuReport, ThreadReading, int, int]] = []
+    qemu_run_ns = 0
     vcpus_allocated = 0
     for vm in cur.vms:
         vcpu_threads = [t for t in vm.threads if t.cls.kind is ThreadKind.VCPU]
@@ -104,6 +105,7 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
             if delta is None:
                 continue
             groups[thread.cls.kind].append(delta)
+            qemu_run_ns += delta[0]
             if thread.cls.kind is ThreadKind.VCPU:
                 report = VcpuReport(
                     vcpu=thread.cls.vcpu or 0,
@@ -146,10 +148,29 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
         psi_some_avg10=cur.host_psi.some_avg10 if cur.host_psi else None,
         psi_full_avg10=cur.host_psi.full_avg10 if cur.host_psi else None,
         psi_some_pct=psi_some_pct,
+        **_host_load(prev, cur, qemu_run_ns, dt_ns),
         numa=numa_breakdown(cur.numa_nodes, [(t.cpu, v.congestion_pct) for v, t, *_ in all_vcpus]),
     )
     interval_s = round(dt_ns / 1e9, 6)
     return IntervalReport(time=cur.wall, interval_s=interval_s, host=host, vms=vms, skipped=skipped)
+
+
+def _host_load(prev: Reading, cur: Reading, qemu_run_ns: int, dt_ns: int) -> dict[str, float]:
+    """QEMU's share of the host's CPUs, the rest of the host's load, and steal from the layer below.
+
+    The first two come from different clocks (schedstat ns, /proc/stat ticks of 1/USER_HZ s), so their
+    difference is only good to about a tick per CPU per interval; it is floored at 0.
+    """
+    if prev.cpu is None or cur.cpu is None or cur.cpu.total <= prev.cpu.total or not cur.pcpus:
+        return {}
+    total = cur.cpu.total - prev.cpu.total
+    qemu = 100.0 * qemu_run_ns / (dt_ns * cur.pcpus)
+    busy = 100.0 * (cur.cpu.busy - prev.cpu.busy) / total
+    return {
+        "qemu_load_pct": round(qemu, 3),
+        "other_load_pct": round(max(0.0, busy - qemu), 3),
+        "steal_pct": round(100.0 * (cur.cpu.steal - prev.cpu.steal) / total, 3),
+    }
 
 
 def numa_breakdown(nodes: dict[int, frozenset[int]], vcpus: Sequence[tuple[int | None, float]]) -> list[NumaReport]:

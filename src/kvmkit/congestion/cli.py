@@ -215,7 +215,8 @@ def advise(
     best = "none (not even 0.25)" if result.max_oversubscription is None else f"{result.max_oversubscription:g}"
     typer.echo(f"{result.intervals} intervals · observed oversubscription {result.observed_oversubscription:g}"
                f" · observed p{percentile:g} congestion {result.observed_congestion_pct:g} %"
-               f" · mean vCPU demand {result.mean_vcpu_demand_pct:g} %")  # fmt: skip
+               f" · mean vCPU demand {result.mean_vcpu_demand_pct:g} %"
+               f" · CPU left for VMs {result.mean_capacity_pct:g} %")  # fmt: skip
     typer.echo(f"highest oversubscription keeping p{percentile:g} ≤ {slo_pct:g} %: {best}")
     print_table("predicted", ["vCPUs per CPU", f"p{percentile:g} congestion %"],
                 [[p.oversubscription, p.congestion_pct] for p in result.predictions])  # fmt: skip

@@ -71,6 +71,15 @@ class VmReading:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """The host's `cpu` line of /proc/stat, in USER_HZ ticks over all CPUs."""
+
+    busy: int  # user + nice + system + irq + softirq (not idle, iowait or steal)
+    steal: int  # time the hypervisor under this host ran something else (nested or cloud hosts)
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
 class Skip:
     """Something that could not be measured and why: printed, exported, never raised."""
 
@@ -87,6 +96,7 @@ class Reading:
     host_psi: PsiReading | None
     vms: tuple[VmReading, ...]
     skipped: tuple[Skip, ...]
+    cpu: CpuTimes | None = None
 
 
 # ---- reports --------------------------------------------------------------------------------
@@ -152,6 +162,9 @@ class HostReport(BaseModel):
     psi_some_avg10: float | None
     psi_full_avg10: float | None
     psi_some_pct: float | None  # over this interval, from the PSI total
+    qemu_load_pct: float | None = None  # Σ run of all QEMU threads (vCPU, emulator, io, vhost), % of host CPUs
+    other_load_pct: float | None = None  # host CPU busy outside QEMU (from /proc/stat), % of host CPUs
+    steal_pct: float | None = None  # host CPUs taken by the hypervisor under this host, % of host CPUs
     numa: list[NumaReport] = Field(default_factory=list)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from kvmkit.congestion.classify import classify_thread, domain_from_cmdline, is_qemu, vhost_owner
 from kvmkit.congestion.model import (
     CgroupReading,
+    CpuTimes,
     PsiReading,
     Reading,
     Skip,
@@ -330,6 +331,16 @@ class ProcReader:
         periods, throttled, throttled_ns = counters or (None, None, None)
         return CgroupReading(path, psi, periods, throttled, throttled_ns)
 
+    def _cpu_times(self, skipped: list[Skip]) -> CpuTimes | None:
+        try:
+            first = read_small(f"{self._proc}/stat").split("\n", 1)[0].split()
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+        except (OSError, ValueError, IndexError) as exc:
+            skipped.append(Skip("host CPU times", f"/proc/stat unreadable: {exc}"))
+            return None
+        busy = user + nice + system + irq + softirq
+        return CpuTimes(busy, steal, busy + idle + iowait + steal)
+
     def read(self) -> Reading:
         mono, wall = time.monotonic_ns(), time.time()
         skipped: list[Skip] = []
@@ -339,9 +350,10 @@ class ProcReader:
             host_psi = None
             skipped.append(Skip("host PSI", f"/proc/pressure/cpu unreadable ({exc}); kernel without PSI?"))
         vms: list[VmReading] = []
+        cpu = self._cpu_times(skipped)
         if not self._has_schedstat:
             skipped.append(Skip("all VMs", "no /proc/*/schedstat: kernel built without CONFIG_SCHED_INFO"))
-            return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, (), tuple(skipped))
+            return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, (), tuple(skipped), cpu)
         qemu, vhost = self._discover(skipped)
         live_keys: set[tuple[int, int]] = set()
         for pid in qemu:
@@ -357,4 +369,4 @@ class ProcReader:
             del self._thread[key]
         for key in self._fds.keys() - live_keys:
             os.close(self._fds.pop(key))
-        return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped))
+        return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped), cpu)
