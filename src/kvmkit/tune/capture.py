@@ -195,16 +195,21 @@ def view_of(folder: Path) -> HostView:
         return HostView(folder)
     try:
         errors = json.loads((folder / "errors.json").read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         errors = {}
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{folder}/errors.json: not readable JSON ({exc})") from None
+    if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
+        raise InvalidInput(f"{folder}/errors.json: expected a map of path → reason")
     return HostView(folder / "root", probe_dir=folder / "probes", recorded_errors=errors)
 
 
 def meta_of(folder: Path) -> dict:
     try:
-        return json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 @contextmanager

@@ -7,6 +7,7 @@ capture or rollback file; 4 a rollback file is pending; 6 writes failed (what su
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -75,7 +76,7 @@ def _hostname(host: HostView) -> str:
 
 
 @contextmanager
-def _source(capture_file: Path | None, root: Path):
+def _source(capture_file: Path | None, root: Path) -> Iterator[tuple[HostView, str]]:
     """(HostView, origin) for a capture file, a tree, or the live host."""
     if capture_file is not None:
         if root != LIVE_ROOT:
