@@ -42,12 +42,15 @@ def test_a_demand_no_configuration_can_meet_names_the_shape(example_plan):
 def test_single_type_is_the_cheapest_over_every_configuration(example_plan, ev60):
     fleet = plan_fleet(example_plan, ev60, 60, single_type=True)
     assert len(fleet.nodes) == 1 and fleet.lower_bound == pytest.approx(fleet.total_monthly_cost)
-    # Closed form over *all* 192,600 configurations, not only the candidates: every shape on one type.
+    # Closed form over *all* 192,600 configurations, not only the candidates: every shape on one type,
+    # pooled resources, and per shape no more VMs than fit node by node.
     rows = np.flatnonzero(ev60.nodes_per_rack >= 1)
     problem = problem_for(example_plan, ev60, rows, 60)
     hosts_all = problem.fits().all(axis=1)
-    load = problem.demand @ problem.needs
-    nodes = np.ceil(np.max(load / problem.capacity[hosts_all], axis=1) - 1e-9)
+    capacity = problem.capacity[hosts_all]
+    pooled = np.max((problem.demand @ problem.needs) / capacity, axis=1)
+    per_node = np.floor(np.min(capacity[:, None, :] / problem.needs[None, :, :], axis=2))
+    nodes = np.ceil(np.maximum(pooled, np.max(problem.demand / per_node, axis=1)) - 1e-9)
     racks = np.maximum(np.ceil(nodes * problem.u[hosts_all] / problem.rack_u - 1e-9),
                        np.ceil(nodes * problem.peak_w[hosts_all] / problem.rack_w - 1e-9))  # fmt: skip
     cheapest = np.min(problem.node_cost[hosts_all] * nodes + problem.rack_cost * racks)

@@ -50,7 +50,11 @@ def brute_force(problem: FleetProblem, single_type: bool = False) -> float:
         if single_type and np.count_nonzero(placement.sum(axis=1)) > 1:
             continue
         load = placement @ problem.needs
-        nodes = np.ceil(np.max(np.where(load > 0, load / problem.capacity, 0), axis=1) - 1e-9)
+        pooled = np.max(np.where(load > 0, load / problem.capacity, 0), axis=1)
+        # no VM straddles two nodes: at most ⌊min_k capacity_jk / need_sk⌋ VMs of shape s per node of type j
+        per_node = np.floor(np.min(problem.capacity[:, None, :] / problem.needs[None, :, :], axis=2))
+        by_count = np.max(np.where(placement > 0, placement / np.maximum(per_node, 1), 0), axis=1)
+        nodes = np.ceil(np.maximum(pooled, by_count) - 1e-9)
         racks = max(math.ceil(problem.u @ nodes / problem.rack_u - 1e-9),
                     math.ceil(problem.peak_w @ nodes / problem.rack_w - 1e-9))  # fmt: skip
         best = min(best, float(problem.node_cost @ nodes + problem.rack_cost * racks))
@@ -61,6 +65,7 @@ def assert_valid(problem: FleetProblem, solution: FleetSolution) -> None:
     assert np.array_equal(solution.placement.sum(axis=0), problem.demand.astype(int))
     assert np.all(solution.placement[~problem.fits()] == 0)
     assert np.all(solution.placement @ problem.needs <= solution.nodes[:, None] * problem.capacity + 1e-9)
+    assert np.all(solution.placement <= problem.per_node() * solution.nodes[:, None])
     assert problem.u @ solution.nodes <= solution.racks * problem.rack_u
     assert problem.peak_w @ solution.nodes <= solution.racks * problem.rack_w + 1e-9
     cost = problem.node_cost @ solution.nodes + problem.rack_cost * solution.racks
@@ -115,3 +120,15 @@ def test_rack_power_makes_a_mix_cheaper_than_the_cheapest_type_alone():
     assert (solution.nodes.tolist(), solution.racks) == ([3, 2], 1)
     assert solution.total_monthly_cost == pytest.approx(1420.0)
     assert brute_force(problem) == pytest.approx(1420.0)
+
+
+def test_a_vm_never_straddles_two_nodes():
+    # Nodes of 64 vCPU; VMs of 48 vCPU: pooled capacity would put 4 VMs on 3 nodes (192 ≥ 4 × 48),
+    # but each node holds one such VM → 4 nodes.
+    problem = FleetProblem(
+        node_cost=np.array([100.0]), u=np.array([1.0]), peak_w=np.array([100.0]),
+        capacity=np.array([[64.0, 512, 1000, 1000]]), needs=np.array([[48.0, 64, 10, 10]]),
+        demand=np.array([4.0]), rack_u=40, rack_w=10_000.0, rack_cost=0.0,
+    )  # fmt: skip
+    for exact in (True, False):
+        assert solve(problem, gap=0.0, exact_placement=exact).nodes.tolist() == [4]

@@ -27,11 +27,11 @@ def candidate_rows(plan: PlanInput, ev: Evaluation, months: int, per_shape: int)
     usable = np.flatnonzero((ev.space.months == months) & (ev.nodes_per_rack >= 1))
     capacities = ev.capacities()[usable]
     chosen: set[int] = set()
-    hosts_every_shape = np.ones(len(usable), dtype=bool)
+    per_node = []  # whole VMs of each demand shape per node, per usable row
     for index, vm in enumerate([*plan.demand, plan.policy.reference_vm]):
         vms, _ = vms_of_shape(capacities, vm)
         if index < len(plan.demand):
-            hosts_every_shape &= vms >= 1
+            per_node.append(vms)
         fitting = np.flatnonzero(vms >= 1)
         if not len(fitting) and index < len(plan.demand):
             best = capacities.max(axis=0) if len(capacities) else np.zeros(4)
@@ -42,19 +42,39 @@ def candidate_rows(plan: PlanInput, ev: Evaluation, months: int, per_shape: int)
                 f"{best[0]:g} vCPU, {best[1]:g} GB, {best[2]:g} GB disk, {best[3]:g} IOPS)",
             )
         per_vm = ev.monthly_cost[usable[fitting]] / vms[fitting]
-        keep = usable[fitting[np.argsort(per_vm, kind="stable")[:per_shape]]]
-        chosen.update(int(r) for r in keep)
-    alone = np.flatnonzero(hosts_every_shape)
+        chosen.update(int(r) for r in usable[fitting[_smallest(per_vm, per_shape)]])
+    vms_per_node = np.column_stack(per_node)
+    alone = np.flatnonzero(np.all(vms_per_node >= 1, axis=1))
     if len(alone):
-        rows = usable[alone]
-        problem = problem_for(plan, ev, rows, months)
-        load = problem.demand @ problem.needs  # (4,) everything on one type: pooled capacity
-        nodes = np.ceil(np.max(np.where(load > 0, load / np.maximum(problem.capacity, 1e-12), 0.0), axis=1) - 1e-9)
-        racks = np.maximum(np.ceil(nodes * problem.u / problem.rack_u - 1e-9),
-                           np.ceil(nodes * problem.peak_w / problem.rack_w - 1e-9))  # fmt: skip
-        cost = problem.node_cost * nodes + problem.rack_cost * racks
-        chosen.update(int(r) for r in rows[np.argsort(cost, kind="stable")[:per_shape]])
+        cost = _cost_alone(plan, ev, usable[alone], capacities[alone], vms_per_node[alone])
+        chosen.update(int(r) for r in usable[alone[_smallest(cost, per_shape)]])
     return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _smallest(values: np.ndarray, count: int) -> np.ndarray:
+    """Indexes of the `count` smallest values, smallest first (argpartition: no full sort of 200k rows)."""
+    part = np.argpartition(values, count - 1)[:count] if count < len(values) else np.arange(len(values))
+    return part[np.lexsort((part, values[part]))]
+
+
+def _cost_alone(
+    plan: PlanInput, ev: Evaluation, rows: np.ndarray, capacities: np.ndarray, vms_per_node: np.ndarray
+) -> np.ndarray:
+    """Monthly cost of hosting the whole demand on each row's configuration alone, in closed form:
+    nodes = max(pooled load / capacity, per shape demand / VMs per node), racks by U and by peak W."""
+    site = plan.site
+    needs = np.array([shape_needs(d) for d in plan.demand])
+    demand = np.array([d.count for d in plan.demand], dtype=np.float64)
+    load = demand @ needs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = np.max(np.where(load > 0, load / capacities, 0.0), axis=1)
+    by_count = np.max(demand / vms_per_node, axis=1)
+    nodes = np.ceil(np.maximum(pooled, by_count) - 1e-9)
+    rack_w = site.rack_power_limit_kw * 1000.0
+    racks = np.maximum(np.ceil(nodes * ev.u[rows] / site.rack_usable_u - 1e-9),
+                       np.ceil(nodes * ev.peak_w[rows] / rack_w - 1e-9))  # fmt: skip
+    node_cost = ev.monthly_cost[rows] - ev.breakdown["rack"][rows] - ev.breakdown["rack_network"][rows]
+    return node_cost * nodes + (site.rack_monthly_cost + site.rack_network_cost / ev.space.months[rows]) * racks
 
 
 class FleetNodes(BaseModel):

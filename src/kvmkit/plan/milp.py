@@ -6,12 +6,14 @@ r racks (integer) and, with --single-type, z_j binary "type j is the one used".
     minimise   sum_j node_cost_j x_j + rack_cost r        (node cost here excludes the rack share)
     subject to sum_j y_js >= demand_s                                  every VM placed
                sum_s need_sk y_js <= capacity_jk x_j   for k in cpu, ram, disk, iops   per node type
+               y_js <= per_node_js x_j      per_node_js: whole VMs of shape s one node of type j holds
                sum_j u_j x_j <= rack_u r ;  sum_j peak_w_j x_j <= rack_w r             racks shared by all types
                x_j <= ub_j z_j ; sum_j z_j = 1                                       only with --single-type
     y_js = 0 where one VM of shape s does not fit a node of type j.
 
 Capacity is pooled per node type (the VMs on type j fit the sum of type j's nodes), the usual
-capacity-planning assumption; per-node bin packing of mixed shapes is not modelled. The node types are
+capacity-planning assumption, tightened so that no VM straddles two nodes (the per_node rows); exact
+per-node bin packing of *mixed* shapes is not modelled. The node types are
 the candidates fleet.py picks, so the optimum is over those.
 
 Near-identical candidates make proving the last 0.5 % of optimality slow (many mixes cost the same within
@@ -44,6 +46,9 @@ from kvmkit.errors import OperationFailed
 # Phase 2 looks for whole-VM placements within this many nodes of phase 1's count for each type: enough to
 # absorb rounding (at most one VM per type and shape moves), small enough to keep the second MILP quick.
 NEAR = 2
+# Phase 1 is solved to half the requested gap: rounding to whole VMs costs up to about half a percent on
+# realistic demands, and the final plan must still be within `gap` of phase 1's lower bound.
+PHASE1 = 0.5
 log = logging.getLogger(__name__)
 
 
@@ -70,13 +75,26 @@ class FleetProblem:
         """(J, S) one VM of shape s fits an empty node of type j."""
         return np.all(self.needs[None, :, :] <= self.capacity[:, None, :] + 1e-9, axis=2)
 
+    def per_node(self) -> np.ndarray:
+        """(J, S) whole VMs of shape s one node of type j holds when it holds nothing else."""
+        needs = self.needs[None, :, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limits = np.where(needs > 0, self.capacity[:, None, :] / np.where(needs > 0, needs, 1.0), np.inf)
+        return np.floor(limits.min(axis=2) + 1e-9).astype(np.int64)
+
+    def nodes_needed(self, placement: np.ndarray) -> np.ndarray:
+        """(J,) nodes each type needs for a (J, S) placement: pooled resources, and no more VMs of a shape
+        than fit node by node (a 48-vCPU VM cannot straddle two 32-vCPU nodes)."""
+        load = placement @ self.needs  # (J, 4)
+        per_node = self.per_node()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pooled = np.where(load > 0, load / np.where(self.capacity > 0, self.capacity, 1.0), 0.0).max(axis=1)
+            by_count = np.where(placement > 0, placement / np.maximum(per_node, 1), 0.0).max(axis=1)
+        return np.ceil(np.maximum(pooled, by_count) - 1e-9).astype(np.int64)
+
     def node_bounds(self) -> np.ndarray:
         """Upper bound on x_j: the nodes of type j that would host, alone, every shape it can."""
-        fits = self.fits()
-        load = (fits * self.demand[None, :]) @ self.needs  # (J, 4)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(load > 0, load / np.where(self.capacity > 0, self.capacity, 1.0), 0.0)
-        return np.ceil(ratio.max(axis=1) - 1e-9).astype(np.int64)
+        return self.nodes_needed(self.fits() * self.demand[None, :])
 
 
 @dataclass(frozen=True)
@@ -99,7 +117,7 @@ def solve(
 ) -> FleetSolution:
     """Cheapest nodes, placement and racks; see the module docstring for the model and the two phases."""
     started = time.perf_counter()
-    nodes, placement, bound = _run_milp(problem, single_type, gap, time_limit_s, exact_placement)
+    nodes, placement, bound = _run_milp(problem, single_type, gap * PHASE1, time_limit_s, exact_placement)
     assert nodes is not None and placement is not None  # phase 1 raises rather than return nothing
     if exact_placement:
         best = _priced(problem, nodes, placement.astype(np.int64))
@@ -108,7 +126,7 @@ def solve(
         # chosen types, node counts within NEAR of phase 1's: a small MILP) often a cheaper one.
         # Phase 1's bound stays a valid lower bound for both.
         whole = _place_whole_vms(problem, nodes, placement)
-        best = _priced(problem, np.maximum(nodes, _nodes_for(problem, whole)), whole)
+        best = _priced(problem, np.maximum(nodes, problem.nodes_needed(whole)), whole)
         used = np.flatnonzero(nodes)
         remaining = time_limit_s - (time.perf_counter() - started)
         if remaining > 0 and len(used) and best[2] - bound > gap * best[2]:
@@ -172,6 +190,7 @@ def _run_milp(
     """
     n_types, n_shapes = problem.capacity.shape[0], problem.needs.shape[0]
     fits = problem.fits()
+    per_node = problem.per_node()
     ub = problem.node_bounds()
     n_x, n_y = n_types, n_types * n_shapes
     n_z = n_types if single_type else 0
@@ -204,6 +223,8 @@ def _run_milp(
                        if fits[j, s] and problem.needs[s, k] > 0]  # fmt: skip
             if entries:
                 add_row([*entries, (j, -float(problem.capacity[j, k]))], -np.inf, 0.0)
+        for s in np.flatnonzero(fits[j]):  # whole VMs per node: y_js <= per_node_js x_j
+            add_row([(y_col(j, int(s)), 1.0), (j, -float(per_node[j, s]))], -np.inf, 0.0)
     add_row([*((j, float(problem.u[j])) for j in range(n_types)), (r_col, -float(problem.rack_u))], -np.inf, 0)
     add_row([*((j, float(problem.peak_w[j])) for j in range(n_types)), (r_col, -problem.rack_w)], -np.inf, 0)
     if single_type:
@@ -254,6 +275,7 @@ def _place_whole_vms(problem: FleetProblem, nodes: np.ndarray, placement: np.nda
     """
     whole = np.floor(placement + 1e-6).astype(np.int64)
     fits = problem.fits()
+    per_node = problem.per_node()
     for s in range(placement.shape[1]):
         surplus = int(whole[:, s].sum() - problem.demand[s])
         for j in np.argsort(-whole[:, s], kind="stable"):  # solver placed more than asked: take back
@@ -262,19 +284,13 @@ def _place_whole_vms(problem: FleetProblem, nodes: np.ndarray, placement: np.nda
             surplus -= take
         for _ in range(-surplus):
             spare = nodes[:, None] * problem.capacity - whole @ problem.needs  # (J, 4)
-            room = fits[:, s] & np.all(spare >= problem.needs[s] - 1e-9, axis=1)
+            room = (
+                fits[:, s] & np.all(spare >= problem.needs[s] - 1e-9, axis=1) & (whole[:, s] < per_node[:, s] * nodes)
+            )
             pool = np.flatnonzero(room) if room.any() else np.flatnonzero(fits[:, s])
             j = pool[np.argmin(problem.node_cost[pool])]
             whole[j, s] += 1
     return whole
-
-
-def _nodes_for(problem: FleetProblem, placement: np.ndarray) -> np.ndarray:
-    """Nodes of each type its placed VMs need under pooled capacity."""
-    load = placement @ problem.needs  # (J, 4)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(load > 0, load / np.where(problem.capacity > 0, problem.capacity, 1.0), 0.0)
-    return np.ceil(ratio.max(axis=1) - 1e-9).astype(np.int64)
 
 
 def single_type_bound(problem: FleetProblem, j: int) -> float:
