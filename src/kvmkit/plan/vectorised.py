@@ -45,7 +45,8 @@ class Evaluation:
     def cost_per(self, amount: np.ndarray) -> np.ndarray:
         """Monthly cost per unit delivered; +inf where nothing is delivered (never negative)."""
         out = np.full(len(self), np.inf)
-        np.divide(self.monthly_cost, amount, out=out, where=amount > 0)
+        with np.errstate(over="ignore"):  # a vanishing amount (1e-300 IOPS) is a price of +inf, as intended
+            np.divide(self.monthly_cost, amount, out=out, where=amount > 0)
         return out
 
     @property
