@@ -14,8 +14,10 @@ from kvmkit.lab.cli import app as lab_app
 from kvmkit.snapshot.cli import app as snapshot_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-app.add_typer(lab_app, name="lab", help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
-app.add_typer(snapshot_app, name="snapshot", help="Storage-based live VM snapshots: create, list, revert, delete, recover.")
+app.add_typer(lab_app, name="lab",
+              help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
+app.add_typer(snapshot_app, name="snapshot",
+              help="Storage-based live VM snapshots: create, list, revert, delete, recover.")
 
 _debug = False
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get whole tables
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 def to_jsonable(obj: Any) -> Any:

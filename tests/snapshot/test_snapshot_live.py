@@ -117,7 +117,7 @@ def test_duplicate_name_is_refused(engine, file_vm):
 
 
 def test_no_agent_without_crash_consistent_is_refused_and_changes_nothing(engine, conn, noagent_vm):
-    with pytest.raises(EnvironmentProblem, match="no guest agent answers.*install qemu-guest-agent"):
+    with pytest.raises(EnvironmentProblem, match=r"no guest agent answers.*install qemu-guest-agent"):
         engine.create(noagent_vm, "na1")
     assert engine.catalog.list(conn.lookupByName(noagent_vm).UUIDString()) == []
     assert not list(disk_paths(conn, noagent_vm)[0].parent.glob("*@na1.kvmkit"))

@@ -32,7 +32,10 @@ def up(
     """Bring the lab up (idempotent: running twice is safe)."""
     lab_dir, uri = _settings(connect)
     t0 = time.monotonic()
-    say = (lambda m: err_console.print(f"[dim]lab:[/] {m}")) if json_out else (lambda m: console.print(f"[dim]lab:[/] {m}"))
+    out = err_console if json_out else console
+
+    def say(message: str) -> None:
+        out.print(f"[dim]lab:[/] {message}")
     lab.up(lab_dir, uri, vms=vms, disks_per_vm=disks, with_ceph=ceph, storage=storage, disk_size_mib=disk_size,
            progress=say)
     say(f"up in {time.monotonic() - t0:.1f} s")
@@ -68,3 +71,24 @@ def _show(st: lab.LabStatus, json_out: bool) -> None:
         console.print(f"pool: {st.pool['kind']} at {st.pool['path']}")
     if st.ceph:
         console.print(f"ceph: {st.ceph.health}, pool {st.ceph.pool}, conf {st.ceph.conf}")
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    vm: str,
+    argv: list[str] = typer.Argument(..., help="Program and arguments to run in the guest (after --)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the program."),
+    connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
+) -> None:
+    """Run a program in a VM through its guest agent; prints its output and exits with its exit code."""
+    import sys
+
+    from kvmkit.virt import agent
+    from kvmkit.virt.connection import connection, lookup
+
+    _, uri = _settings(connect)
+    with connection(uri) as conn:
+        result = agent.guest_exec(lookup(conn, vm), argv, timeout_s=timeout)
+    sys.stdout.write(result.stdout.decode(errors="replace"))
+    sys.stderr.write(result.stderr.decode(errors="replace"))
+    raise typer.Exit(result.exit_code)

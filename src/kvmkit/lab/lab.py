@@ -182,7 +182,8 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
                 assert state.ceph is not None
                 image = f"{name}-{target}"
                 disks.make_rbd_disk(state.ceph.conf, state.ceph.pool, image, size_mib)
-                lab_disks.append(LabDisk(target=target, kind="rbd", source=f"{state.ceph.pool}/{image}", size_mib=size_mib))
+                lab_disks.append(LabDisk(target=target, kind="rbd", source=f"{state.ceph.pool}/{image}",
+                                         size_mib=size_mib))
                 specs.append(domain.RbdDisk(state.ceph.pool, image, "127.0.0.1", state.ceph.port, state.ceph.conf))
         image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
         console_log = state.dir / "log" / f"{name}.console.log"

@@ -117,7 +117,8 @@ def _bench_count(state: LabState, engine: Engine, count: int, rounds: int, size_
     name = f"{state.dir.name}-bench-d{count}"
     if state.vm(name) is not None:
         lab.remove_vm(state, name)
-    lab.add_vm(state, name, file_disks=count, rbd_disks=0, size_mib=size_mib, filesystems=filesystems)  # type: ignore[arg-type]
+    lab.add_vm(state, name, file_disks=count, rbd_disks=0, size_mib=size_mib,
+               filesystems=filesystems)  # type: ignore[arg-type]
     kvmkit_ms: list[float] = []
     storage_ms: list[float] = []
     libvirt_ms: list[float] = []
@@ -138,7 +139,8 @@ def _bench_count(state: LabState, engine: Engine, count: int, rounds: int, size_
     finally:
         lab.remove_vm(state, name)
     k_med, l_med = statistics.median(kvmkit_ms), statistics.median(libvirt_ms)
-    return BenchRow(disks=count, rounds=rounds, kvmkit_median_ms=round(k_med, 1), kvmkit_max_ms=round(max(kvmkit_ms), 1),
+    return BenchRow(disks=count, rounds=rounds, kvmkit_median_ms=round(k_med, 1),
+                    kvmkit_max_ms=round(max(kvmkit_ms), 1),
                     kvmkit_storage_median_ms=round(statistics.median(storage_ms), 2),
                     libvirt_median_ms=round(l_med, 1), libvirt_max_ms=round(max(libvirt_ms), 1),
                     ratio_vs_libvirt=round(k_med / l_med, 2))

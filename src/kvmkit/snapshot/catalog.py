@@ -50,13 +50,21 @@ class Catalog:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         os.chmod(path, 0o600)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
         for side in ("-wal", "-shm"):
             side_path = Path(f"{path}{side}")
             if side_path.exists():
                 os.chmod(side_path, 0o600)
+
+    def _migrate(self) -> None:
+        """Columns added after a catalog was first created (SQLite has no IF NOT EXISTS for columns)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(snapshots)")}
+        if "storage_ms" not in columns:
+            self.db.execute("ALTER TABLE snapshots ADD COLUMN storage_ms REAL")
 
     def close(self) -> None:
         self.db.close()
@@ -89,8 +97,8 @@ class Catalog:
     def update(self, snap: Snapshot) -> None:
         with self.tx() as db:
             db.execute(
-                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, error=?, disks=?, mode=?"
-                " WHERE id=?",
+                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, error=?, disks=?,"
+                " mode=? WHERE id=?",
                 (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.error,
                  _dump_disks(snap.disks), snap.mode.value, snap.id),
             )
@@ -139,17 +147,17 @@ class Catalog:
 
     def journal(self, vm_uuid: str | None = None) -> list[tuple[int, str, str, dict]]:
         rows = self.db.execute("SELECT id, vm_uuid, op, data FROM journal ORDER BY id").fetchall()
-        return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows if vm_uuid is None or r[1] == vm_uuid]
+        return [(r["id"], r["vm_uuid"], r["op"], json.loads(r["data"])) for r in rows
+                if vm_uuid is None or r["vm_uuid"] == vm_uuid]
 
 
 def _dump_disks(disks: list[DiskSnapshot]) -> str:
     return json.dumps([d.model_dump() for d in disks])
 
 
-def _row(row: tuple) -> Snapshot:
-    (id_, vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms, storage_ms, error, disks) = row
+def _row(row: sqlite3.Row) -> Snapshot:
+    fields = {key: row[key] for key in row if key not in ("created", "mode", "state", "disks")}
     return Snapshot(
-        id=id_, vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.fromisoformat(created), mode=Mode(mode),
-        state=State(state), freeze_ms=freeze_ms, pause_ms=pause_ms, total_ms=total_ms, storage_ms=storage_ms, error=error,
-        disks=[DiskSnapshot.model_validate(d) for d in json.loads(disks)],
+        **fields, created=datetime.fromisoformat(row["created"]), mode=Mode(row["mode"]), state=State(row["state"]),
+        disks=[DiskSnapshot.model_validate(d) for d in json.loads(row["disks"])],
     )

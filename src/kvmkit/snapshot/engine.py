@@ -189,11 +189,14 @@ class Engine:
                 was_running = is_running(dom)
                 if was_running and not force_stop:
                     raise Conflict(f"VM {vm} is running; shut it down first or pass --force-stop")
+                had_agent = was_running and agent.ping(dom)
                 if was_running:
                     _power_off(dom, stop_timeout_s)
                 self._swap_all(vm_uuid, snap, current)
                 if was_running:
                     dom.create()
+                    if had_agent:
+                        _wait_agent(dom, timeout_s=120)
                 return snap
 
     def _swap_all(self, vm_uuid: str, snap: Snapshot, current: dict[str, Disk]) -> None:
@@ -315,6 +318,16 @@ def _warm_pool(workers: int) -> ThreadPoolExecutor:
 
 def _ms_since(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _wait_agent(dom: libvirt.virDomain, timeout_s: float) -> None:
+    """After a --force-stop revert: the VM is back when its agent answers again (the agent has no ready event)."""
+    deadline = time.monotonic() + timeout_s
+    while not agent.ping(dom, timeout_s=1):
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"VM {dom.name()} was reverted and started, but its agent did not answer "
+                                  f"within {timeout_s:.0f} s")
+        time.sleep(0.25)
 
 
 def _power_off(dom: libvirt.virDomain, timeout_s: float) -> None:

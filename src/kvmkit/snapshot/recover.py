@@ -49,7 +49,7 @@ def recover(engine: Engine, *, full: bool = False) -> list[RecoverAction]:
         if full:
             actions += _full_pass(engine, conn)
     for action in actions:
-        log.warning("recover: %s %s: %s", action.vm, action.action, action.detail)
+        log.info("recover: %s %s: %s", action.vm, action.action, action.detail)
     return actions
 
 
@@ -106,7 +106,7 @@ def _unstick_guest(conn: libvirt.virConnect, vm_uuid: str, label: str) -> list[R
 
 
 def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
-    actions = []
+    actions = _vanished_vms(engine, conn)
     for dom in conn.listAllDomains():
         vm_uuid = dom.UUIDString()
         try:
@@ -138,7 +138,28 @@ def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
     return actions
 
 
-def _orphan(disk, driver_name: str, handle: str):  # noqa: ANN001, ANN202
+def _vanished_vms(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
+    """Rows of VMs no longer defined: kept while any of their snapshots still exists (it may be all that is left
+    of the VM), dropped when none does."""
+    actions = []
+    present = {dom.UUIDString() for dom in conn.listAllDomains()}
+    for snap in engine.catalog.list(states=(State.READY, State.ERROR)):
+        if snap.vm_uuid in present:
+            continue
+        try:
+            alive = any(by_name(d.driver, engine.drivers).exists(d) for d in snap.disks)
+        except KvmkitError as exc:
+            actions.append(RecoverAction(vm=snap.vm, action="skipped", detail=str(exc)))
+            continue
+        if not alive:
+            assert snap.id is not None
+            engine.catalog.remove(snap.id)
+            actions.append(RecoverAction(vm=snap.vm, action="dropped dangling row",
+                                         detail=f"snapshot {snap.name}: VM {snap.vm_uuid} and its snapshots are gone"))
+    return actions
+
+
+def _orphan(disk, driver_name: str, handle: str):
     from kvmkit.snapshot.model import DiskSnapshot
 
     return DiskSnapshot(target=disk.target, driver=driver_name, source=disk.source, handle=handle)

@@ -16,7 +16,7 @@ import sys
 import time
 
 
-def _act(dom, action: str) -> str:  # noqa: ANN001 - libvirt objects are untyped
+def _act(dom, action: str) -> str:
     import libvirt
 
     deadline = time.monotonic() + 30

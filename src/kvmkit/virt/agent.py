@@ -103,6 +103,7 @@ def guest_shell(dom: libvirt.virDomain, script: str, timeout_s: float = 60.0) ->
     result = guest_exec(dom, ["/bin/sh", "-c", script], timeout_s=timeout_s)
     if result.exit_code != 0:
         raise OperationFailed(
-            f"VM {dom.name()}: guest command failed ({result.exit_code}): {result.stderr.decode(errors='replace')[:200]}"
+            f"VM {dom.name()}: guest command failed ({result.exit_code}): "
+            f"{result.stderr.decode(errors='replace')[:200]}"
         )
     return result.stdout.decode(errors="replace")

@@ -18,7 +18,7 @@ class _JobWatch:
         self.status: dict[str, int] = {}
         uuid = dom.UUIDString()
 
-        def callback(_conn, d, disk, _type, status, _opaque) -> None:  # noqa: ANN001
+        def callback(_conn, d, disk, _type, status, _opaque) -> None:
             if d.UUIDString() != uuid:
                 return
             with self.cond:

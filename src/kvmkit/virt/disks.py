@@ -43,10 +43,11 @@ def parse_disks(xml: str) -> list[Disk]:
         fmt = driver.get("type", "raw") if driver is not None else "raw"
         backing = el.find("backingStore")
         has_backing = backing is not None and backing.find("source") is not None
+        dev = target.get("dev", "")
         if kind == "file" and source.get("file"):
-            disks.append(Disk(target.get("dev", ""), "file", fmt, source.get("file", ""), has_backing_chain=has_backing))
+            disks.append(Disk(dev, "file", fmt, source.get("file", ""), has_backing_chain=has_backing))
         elif kind == "block" and source.get("dev"):
-            disks.append(Disk(target.get("dev", ""), "block", fmt, source.get("dev", ""), has_backing_chain=has_backing))
+            disks.append(Disk(dev, "block", fmt, source.get("dev", ""), has_backing_chain=has_backing))
         elif kind == "network" and source.get("name"):
             hosts = tuple((h.get("name", ""), int(h.get("port", "6789"))) for h in source.findall("host"))
             config = source.find("config")

@@ -91,7 +91,8 @@ class FileDriver:
         try:
             reflink(Path(planned.source), Path(planned.handle))
         except OSError as exc:
-            raise OperationFailed(f"disk {planned.target}: reflink to {planned.handle} failed: {exc.strerror}") from None
+            raise OperationFailed(
+                f"disk {planned.target}: reflink to {planned.handle} failed: {exc.strerror}") from None
         return planned
 
     def exists(self, snap: DiskSnapshot) -> bool:
