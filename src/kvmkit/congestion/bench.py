@@ -127,7 +127,10 @@ def quietest_core(window_s: float = 0.3) -> int:
 def spinners(count: int, cores: Sequence[int], seconds: float) -> Iterator[dict[int, mmap.mmap]]:
     """`count` one-spinning-vCPU loadgens, all ready when the block starts: pid → its clock-gap counter."""
     with ExitStack() as stack:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvmkit-bench-")))
+        # tmpfs: a page-cache file would let dirty-page throttling (other tenants' I/O) put the spinning
+        # writer to sleep, which its clock would count as waiting for a CPU
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvmkit-bench-", dir=shm)))
         counters: dict[int, mmap.mmap] = {}
         for i in range(count):
             path = folder / f"truth-{i}"

@@ -237,10 +237,13 @@ def bench(
     if as_json:
         print_json(result)
         return
-    print_table("accuracy", ["busy", "cores", "measured mean %", "worst error pp (clock gap)",
-                             "fair share %", "error pp (fair)", "other load %"],
-                [[c.busy_threads, ",".join(map(str, c.cores)), c.measured_mean_pct, c.max_error_pp,
-                  c.fair_share_pct, c.fair_share_error_pp, c.other_load_pct] for c in result.accuracy])  # fmt: skip
+    print_table("accuracy (percent of the interval a spinning thread waited)",
+                ["busy", "cores", "measured mean %", "truth bracket % (clock gap)", "outside pp",
+                 "worst thread pp", "fair share %", "fair pp", "other load %", "irq+steal %"],
+                [[c.busy_threads, ",".join(map(str, c.cores)), c.measured_mean_pct,
+                  f"{c.mean_truth_low_pct:.2f}–{c.mean_truth_high_pct:.2f}", c.outside_bracket_pp, c.max_error_pp,
+                  c.fair_share_pct, c.fair_share_error_pp, c.other_load_pct, c.core_lost_pct]
+                 for c in result.accuracy])  # fmt: skip
     if result.cost:
         cost = result.cost
         typer.echo(f"sampling {cost.threads} threads every {cost.interval_s:g} s: "
