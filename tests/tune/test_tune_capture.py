@@ -11,7 +11,7 @@ import pytest
 
 from kvmkit.errors import InvalidInput, NotFound
 from kvmkit.tune.capture import TOP, capture, extract, opened
-from kvmkit.tune.checks import read_all
+from kvmkit.tune.checks import CHECKS_BY_ID, read_all, read_check
 from kvmkit.tune.diff import diff
 from kvmkit.tune.hostfs import HostView
 
@@ -103,3 +103,25 @@ def test_tar_without_meta_is_not_a_capture(tmp_path: Path):
 def test_missing_capture_is_not_found(tmp_path: Path):
     with pytest.raises(NotFound):
         extract(tmp_path / "nope.tar.gz", tmp_path / "out")
+
+
+def test_capture_keeps_only_name_and_memory_of_domain_xml(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB").mkdir(parents=True)
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("0\n")
+    (root / "etc/libvirt/qemu").mkdir(parents=True)
+    (root / "etc/libvirt/qemu/vm1.xml").write_text(
+        "<domain type='kvm'><name>vm1</name><memory unit='GiB'>4</memory>"
+        "<devices><graphics type='vnc' passwd='s3cret'/></devices></domain>"
+    )
+    (root / "etc/libvirt/qemu/zz-broken.xml").write_text("<domain><name>x</name><graphics passwd='s3cret'")
+    archive = tmp_path / "c.tar.gz"
+    archive.write_bytes(capture(root))
+    with tarfile.open(archive) as tar:
+        kept = tar.extractfile(f"{TOP}/root/etc/libvirt/qemu/vm1.xml").read().decode()
+        broken = tar.extractfile(f"{TOP}/root/etc/libvirt/qemu/zz-broken.xml").read().decode()
+    assert "s3cret" not in kept + broken
+    assert kept.strip() == '<domain><name>vm1</name><memory unit="GiB">4</memory></domain>'
+    with opened(archive) as (host, _):
+        reading = read_check(host, CHECKS_BY_ID["hugepages_coverage_pct"])
+    assert reading.unknown and "not valid XML" in reading.unknown  # the same verdict as on the host itself

@@ -33,7 +33,7 @@ KNOWN = {
     "halt_poll_ns": ({HOST: 200000}, {HOST: 200000}),
     "thp_enabled": ({HOST: "always"}, {HOST: "madvise"}),
     "thp_defrag": ({HOST: "madvise"}, {HOST: "madvise"}),
-    "hugepages_coverage_pct": ({HOST: 67}, None),  # 16 GiB reserved for 8 + 16 GiB of domains
+    "hugepages_coverage_pct": ({HOST: 67}, {HOST: 0}),  # Xeon: 16 GiB for 8 + 16 GiB; dev VM: 0 for the lab VM
     "numa_nodes": ({HOST: 2}, {HOST: 1}),
     "numa_balancing": ({HOST: 1}, {HOST: 0}),
     "ksm_run": ({HOST: 1}, {HOST: 0}),
@@ -52,6 +52,15 @@ KNOWN = {
     "mitigations": ({HOST: None}, {HOST: "auto,no_guest_host,no_guest_guest"}),
     "io_scheduler": ({"nvme0n1": "none", "nvme1n1": "mq-deadline"}, {"vda": "mq-deadline"}),
     "tuned_profile": ({HOST: "virtual-host"}, {HOST: "not installed"}),
+    "platform": (
+        {
+            "cpu": "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz",
+            "vendor": "Dell Inc.",
+            "product": "PowerEdge R750",
+            "bios": "1.10.2",
+        },
+        {"cpu": "AMD EPYC"},
+    ),
 }
 
 
@@ -90,7 +99,14 @@ def test_vulnerabilities_classified_per_bug(xeon_readings, dev_vm_readings):
 def test_unknown_reasons_name_the_cause(dev_vm_readings):
     assert "no cpufreq driver" in dev_vm_readings["cpufreq_governor"].unknown
     assert "driver none" in dev_vm_readings["cstate_exit_latency_us"].unknown
-    assert "/etc/libvirt/qemu" in dev_vm_readings["hugepages_coverage_pct"].unknown
+
+
+def test_hugepages_without_any_vm_is_unknown_with_reason(xeon_folder: Path):
+    for xml in (xeon_folder / "root/etc/libvirt/qemu").glob("*.xml"):
+        xml.unlink()
+    (xeon_folder / "probes/qemu_guests").write_text("")
+    reading = read_check(view_of(xeon_folder), CHECKS_BY_ID["hugepages_coverage_pct"])
+    assert "no libvirt domain definitions in /etc/libvirt/qemu and no running QEMU" in reading.unknown
 
 
 def test_sources_point_at_the_file_each_value_came_from(xeon_readings):

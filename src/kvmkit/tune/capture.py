@@ -5,7 +5,8 @@ need (no guessing a list of paths that drifts from the code). Layout inside the 
 
     kvmkit-capture/meta.json        format, hostname, kernel, time, kvmkit version
     kvmkit-capture/root/...         the files read, at their host paths; listed folders as (empty) dirs;
-                                    device nodes that were checked for existence as empty files
+                                    device nodes that were checked for existence as empty files; libvirt
+                                    domain XML cut down to <name> and <memory> (no passwords leave the host)
     kvmkit-capture/probes/NAME      probe outputs (cpu_dma_latency, irqbalance, dmidecode, tuned-adm)
     kvmkit-capture/errors.json      path or probe:NAME → why it was unreadable there (not "does not exist")
 
@@ -20,6 +21,7 @@ import json
 import tarfile
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from kvmkit import __version__
 from kvmkit.errors import InvalidInput, NotFound
 from kvmkit.tune.checks import read_all
+from kvmkit.tune.collect_host import LIBVIRT_DEFS
 from kvmkit.tune.hostfs import PROBE_NAMES, HostView, Unreadable
 
 TOP = "kvmkit-capture"
@@ -53,10 +56,14 @@ class RecordingView(HostView):
 
     def read(self, host_path: str) -> str:
         try:
-            self.files[host_path] = text = super().read(host_path)
+            text = super().read(host_path)
         except Unreadable as exc:
             self._failed(host_path, exc)
             raise
+        if host_path.startswith(f"{LIBVIRT_DEFS}/") and host_path.endswith(".xml"):
+            self.files[host_path] = _minimal_domain(text)  # domain XML can hold VNC passwords, auth, paths
+        else:
+            self.files[host_path] = text
         return text
 
     def listdir(self, host_path: str) -> list[str]:
@@ -80,6 +87,21 @@ class RecordingView(HostView):
             self.errors[f"probe:{name}"] = exc.reason
             raise
         return out
+
+
+def _minimal_domain(text: str) -> str:
+    """Only what the checks use from a libvirt definition: its name and memory. Unparseable stays unparseable."""
+    try:
+        domain = ET.fromstring(text)
+    except ET.ParseError:
+        return "<domain kvmkit-capture='unparseable at capture time'"
+    kept = ET.Element("domain")
+    for tag in ("name", "memory"):
+        element = domain.find(tag)
+        if element is not None:
+            copy = ET.SubElement(kept, tag, {k: v for k, v in element.attrib.items() if k == "unit"})
+            copy.text = element.text
+    return ET.tostring(kept, encoding="unicode")
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mtime: float) -> None:

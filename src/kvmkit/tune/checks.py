@@ -30,6 +30,7 @@ from kvmkit.tune.collect_host import (
     collect_irqbalance,
     collect_mitigations,
     collect_numa_nodes,
+    collect_platform,
     collect_tuned_profile,
     collect_vulnerabilities,
     device_present,
@@ -123,6 +124,7 @@ CHECKS: tuple[Check, ...] = (
     Check("cpu_vulnerabilities", "CPU vulnerabilities", "kernel", collect_vulnerabilities),
     Check("io_scheduler", "I/O scheduler (NVMe/virtio/SSD)", "io", collect_io_scheduler),
     Check("tuned_profile", "Active tuned profile", "kernel", collect_tuned_profile),
+    Check("platform", "CPU model, system vendor/product, BIOS version", "info", collect_platform),
 )
 CHECKS_BY_ID: dict[str, Check] = {c.id: c for c in CHECKS}
 

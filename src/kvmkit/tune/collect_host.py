@@ -189,3 +189,30 @@ def collect_tuned_profile(host: HostView) -> Observed:
         raise
     match = re.search(r"Current active profile:\s*(\S+)", out)
     return Observed({HOST: match.group(1) if match else "off"}, {}, out.splitlines()[0] if out else "")
+
+
+DMI = {"vendor": "sys_vendor", "product": "product_name", "bios": "bios_version"}
+
+
+def collect_platform(host: HostView) -> Observed:
+    """CPU model and, where the firmware exposes DMI, vendor/product/BIOS version: context for the BIOS advice
+    (item names differ per vendor) and, across a fleet, BIOS drift in `diff`. No goal judges it."""
+    values: dict[str, Scalar] = {}
+    sources: dict[str, str] = {}
+    try:
+        model = re.search(r"^model name\s*:\s*(.+)$", host.read("/proc/cpuinfo"), re.M)
+        if model:
+            values["cpu"] = model.group(1).strip()
+    except Unreadable:
+        pass
+    for field, name in DMI.items():
+        path = f"/sys/class/dmi/id/{name}"
+        try:
+            values[field] = host.read(path).strip()
+            sources[field] = path
+        except Unreadable:
+            continue
+    if not values:
+        raise Unreadable("no model name in /proc/cpuinfo and no /sys/class/dmi/id")
+    detail = "" if "bios" in values else "no DMI in sysfs (a VM, or firmware without SMBIOS)"
+    return Observed(values, sources, detail)
