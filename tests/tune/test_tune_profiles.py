@@ -155,3 +155,25 @@ def test_misspelt_key_is_named_rather_than_the_missing_one(tmp_path: Path):
     _write(tmp_path, "mine", 'description = "d"\n[checks.swappiness]\nexpect = { max = 5 }\nwhy = "x"\nsoruce = "y"\n')
     with pytest.raises(InvalidInput, match=r"checks.swappiness.soruce: Extra inputs are not permitted"):
         load_profile("mine", [tmp_path])
+
+
+def _kind(value) -> str:
+    return "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "text"
+
+
+@pytest.mark.parametrize("goal", GOALS)
+def test_rules_compare_values_of_the_type_their_check_reads(goal, xeon_readings, dev_vm_readings):
+    """A profile typo such as equals = "1" for an integer check would never match: catch it from the data."""
+    for check_id, rule in load_profile(goal).rules.items():
+        reading = xeon_readings[check_id] if xeon_readings[check_id].values else dev_vm_readings[check_id]
+        kinds = {_kind(v) for v in reading.values.values() if v is not None}
+        expect = rule.expect
+        if expect.unset is not None or not kinds:
+            continue
+        if expect.min is not None or expect.max is not None:
+            wanted = {"number"}
+        else:
+            wanted = {_kind(v) for v in (expect.one_of or expect.none_of or [expect.equals])}
+        assert kinds == wanted, f"{goal}: {check_id} reads {kinds} but the rule compares {wanted}"
+        if rule.target is not None:
+            assert {_kind(rule.target)} == kinds, f"{goal}: {check_id} target {rule.target!r}"
