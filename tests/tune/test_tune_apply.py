@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -194,8 +195,20 @@ def _custom_swappiness_profile(tmp_path: Path, target: int) -> Path:
     return path
 
 
+@pytest.fixture
+def live_lock():
+    """Serialise the tests that write the live vm.swappiness: two suites running at once would otherwise read
+    each other's temporary value as the original and leave it behind."""
+    with open("/tmp/kvmkit-tune-live-test.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="writing /proc/sys needs root")
-def test_live_round_trip_on_swappiness(tmp_path: Path):
+def test_live_round_trip_on_swappiness(tmp_path: Path, live_lock):
     """The one live write: vm.swappiness moves by one and is put back in the same test."""
     live = Path("/proc/sys/vm/swappiness")
     original = live.read_text().strip()
@@ -223,7 +236,7 @@ def shared_dir():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
-def test_live_apply_as_non_root_fails_and_changes_nothing(shared_dir: Path):
+def test_live_apply_as_non_root_fails_and_changes_nothing(shared_dir: Path, live_lock):
     tmp_path = shared_dir
     live = Path("/proc/sys/vm/swappiness")
     original = live.read_text().strip()
