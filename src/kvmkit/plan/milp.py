@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -117,7 +118,8 @@ def solve(
 ) -> FleetSolution:
     """Cheapest nodes, placement and racks; see the module docstring for the model and the two phases."""
     started = time.perf_counter()
-    nodes, placement, bound = _run_milp(problem, single_type, gap * PHASE1, time_limit_s, exact_placement)
+    first_gap = gap if exact_placement else gap * PHASE1
+    nodes, placement, bound = _run_milp(problem, single_type, first_gap, time_limit_s, exact_placement)
     assert nodes is not None and placement is not None  # phase 1 raises rather than return nothing
     if exact_placement:
         best = _priced(problem, nodes, placement.astype(np.int64))
@@ -129,7 +131,7 @@ def solve(
         best = _priced(problem, np.maximum(nodes, problem.nodes_needed(whole)), whole)
         used = np.flatnonzero(nodes)
         remaining = time_limit_s - (time.perf_counter() - started)
-        if remaining > 0 and len(used) and best[2] - bound > gap * best[2]:
+        if remaining > 0 and len(used) and best.cost - bound > gap * best.cost:
             sub = problem.restrict(used)
             sub_nodes, sub_placement, _ = _run_milp(
                 sub, single_type, gap, remaining, integer_placement=True, nodes_near=nodes[used]
@@ -140,11 +142,11 @@ def solve(
                 full_placement = np.zeros_like(whole)
                 full_placement[used] = sub_placement.astype(np.int64)
                 second = _priced(problem, full_nodes, full_placement)
-                best = min(best, second, key=lambda plan: plan[2])
-    nodes, placement, total, racks = best[0], best[1], best[2], best[3]
+                best = min(best, second, key=lambda plan: plan.cost)
     return FleetSolution(
-        nodes=nodes, placement=placement, racks=racks, total_monthly_cost=total, lower_bound=min(bound, total),
-        within_gap=total - bound <= gap * total + 1e-6, seconds=time.perf_counter() - started,
+        nodes=best.nodes, placement=best.placement, racks=best.racks, total_monthly_cost=best.cost,
+        lower_bound=min(bound, best.cost), within_gap=best.cost - bound <= gap * best.cost + 1e-6,
+        seconds=time.perf_counter() - started,
     )  # fmt: skip
 
 
@@ -169,11 +171,18 @@ def _solver_chatter_to_log() -> Iterator[None]:
                 log.debug("HiGHS: %s", chatter)
 
 
-def _priced(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> tuple:
-    """(nodes, placement, monthly cost, racks) with the fewest racks that hold the nodes."""
+class _Plan(NamedTuple):
+    nodes: np.ndarray
+    placement: np.ndarray
+    cost: float
+    racks: int
+
+
+def _priced(problem: FleetProblem, nodes: np.ndarray, placement: np.ndarray) -> _Plan:
+    """The plan's monthly cost with the fewest racks that hold its nodes."""
     racks = max(math.ceil(float(problem.u @ nodes) / problem.rack_u - 1e-9),
                 math.ceil(float(problem.peak_w @ nodes) / problem.rack_w - 1e-9), 0)  # fmt: skip
-    return nodes, placement, float(problem.node_cost @ nodes + problem.rack_cost * racks), racks
+    return _Plan(nodes, placement, float(problem.node_cost @ nodes + problem.rack_cost * racks), racks)
 
 
 def _run_milp(
