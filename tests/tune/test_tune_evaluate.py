@@ -135,3 +135,15 @@ def test_paths_collapse_only_when_one_number_varies():
     ]
     assert numbered_pattern(mixed) is None
     assert numbered_pattern(states[:1]) is None
+
+
+def test_hugepage_fix_names_the_page_counts(xeon_readings):
+    """16 GiB reserved (1 GiB pages) for 24 GiB of domains: 8 GiB more = 4096 × 2 MiB now, or 24 × 1 GiB at boot."""
+    finding = next(
+        f
+        for f in evaluate(load_profile("latency"), list(xeon_readings.values()))
+        if f.check == "hugepages_coverage_pct"
+    )
+    texts = {r.kind: r.text for r in finding.fixes}
+    assert texts["manual"].startswith("sysctl -w vm.nr_hugepages=4096 (+4096 × 2 MiB = 8192 MiB more")
+    assert "hugepagesz=1G hugepages=24," in texts["persistent"]

@@ -137,7 +137,13 @@ def read_check(host: HostView, check: Check) -> Reading:
         return Reading(check=check.id, unknown=exc.reason)
     except Exception as exc:  # a surprise in one host's sysfs must not hide the other checks
         return Reading(check=check.id, unknown=f"unexpected {type(exc).__name__}: {exc}")
-    return Reading(check=check.id, values=observed.values, sources=observed.sources, detail=observed.detail)
+    return Reading(
+        check=check.id,
+        values=observed.values,
+        sources=observed.sources,
+        detail=observed.detail,
+        facts=observed.facts,
+    )
 
 
 def read_all(host: HostView) -> list[Reading]:

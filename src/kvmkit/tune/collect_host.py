@@ -84,14 +84,17 @@ def collect_hugepages_coverage(host: HostView) -> Observed:
     """Reserved hugepage memory as % of the memory configured for VMs (100 = every guest can be backed)."""
     base = "/sys/kernel/mm/hugepages"
     reserved_mib = 0
+    pages_2m = 0
     for size_dir in host.listdir(base):
         match = re.fullmatch(r"hugepages-(\d+)kB", size_dir)
         if match:
             pages = parse_int(host.read(f"{base}/{size_dir}/nr_hugepages"), f"{base}/{size_dir}/nr_hugepages")
             reserved_mib += pages * int(match.group(1)) // 1024
+            pages_2m += pages if match.group(1) == "2048" else 0
     vm_mib, where = vm_memory_mib(host)
     pct = round(100 * reserved_mib / vm_mib) if vm_mib else 0
-    return Observed({HOST: pct}, {}, f"{reserved_mib} MiB reserved for {round(vm_mib)} MiB in {where}")
+    facts: dict[str, Scalar] = {"reserved_mib": reserved_mib, "vm_mib": round(vm_mib), "pages_2m": pages_2m}
+    return Observed({HOST: pct}, {}, f"{reserved_mib} MiB reserved for {round(vm_mib)} MiB in {where}", facts)
 
 
 def collect_numa_nodes(host: HostView) -> Observed:

@@ -12,6 +12,7 @@ The remedy texts are data for people; only `plan_writes` produces something that
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class Recipe:
     runtime_safe: bool = False  # apply may write reading.sources (or what `plan` returns)
     plan: Plan | None = None  # default: write the preferred value to each bad instance's source file
     runtime_hint: Text | None = None  # the runtime fix in words, when it is not "write the value to the source"
+    # (manual, persistent) texts computed from the reading's facts, when it has them (e.g. how many pages)
+    with_facts: Callable[[Scalar, dict[str, Scalar]], tuple[str, str]] | None = None
     manual: Text | None = None
     persistent: Text | None = None
     bios: Text | None = None
@@ -107,6 +110,22 @@ def _plan_cstates_enable(host: HostView, reading: Reading, bad: list[str], candi
     except Unreadable:
         return []
     return [Write(s.disable_path, "0") for s in states if s.cpu in bad and s.disabled]
+
+
+def _hugepage_fixes(target: Scalar, facts: dict[str, Scalar]) -> tuple[str, str]:
+    """Concrete page counts: 2 MiB pages to add now, 1 GiB pages to reserve at boot for all guests."""
+    pct = float(target) if isinstance(target, int | float) and not isinstance(target, bool) else 100.0
+    vm_mib, reserved_mib = int(facts.get("vm_mib") or 0), int(facts.get("reserved_mib") or 0)
+    need_mib = max(0, math.ceil(vm_mib * pct / 100) - reserved_mib)
+    add_2m = math.ceil(need_mib / 2)
+    total_2m = int(facts.get("pages_2m") or 0) + add_2m
+    gib = math.ceil(vm_mib * pct / 100 / 1024)
+    return (
+        f"sysctl -w vm.nr_hugepages={total_2m} (+{add_2m} × 2 MiB = {need_mib} MiB more; may fall short on a "
+        "fragmented host: reserve at boot)",
+        f"kernel command line: default_hugepagesz=1G hugepagesz=1G hugepages={gib}, and "
+        "<memoryBacking><hugepages/></memoryBacking> in each domain",
+    )
 
 
 def _sysctl_file(key: str) -> Text:
@@ -201,6 +220,7 @@ RECIPES: dict[str, Recipe] = {
             "kernel command line: default_hugepagesz=1G hugepagesz=1G hugepages=N, and "
             "<memoryBacking><hugepages/></memoryBacking> in each domain"
         ),
+        with_facts=lambda t, facts: _hugepage_fixes(t, facts),
     ),
     "numa_balancing": Recipe(runtime_safe=True, persistent=_sysctl_file("kernel.numa_balancing")),
     "ksm_run": Recipe(
@@ -327,10 +347,14 @@ def remedies(reading: Reading, bad: list[str], target: Scalar, bios_override: st
             writes = plan(None, reading, bad, [target])
             if writes:
                 found.append(Remedy(kind="runtime", text=runtime_text(writes)))
-    if recipe.manual:
-        found.append(Remedy(kind="manual", text=recipe.manual(target)))
-    if recipe.persistent:
-        found.append(Remedy(kind="persistent", text=recipe.persistent(target)))
+    manual = recipe.manual(target) if recipe.manual else None
+    persistent = recipe.persistent(target) if recipe.persistent else None
+    if recipe.with_facts and reading.facts:
+        manual, persistent = recipe.with_facts(target, reading.facts)
+    if manual:
+        found.append(Remedy(kind="manual", text=manual))
+    if persistent:
+        found.append(Remedy(kind="persistent", text=persistent))
     bios = bios_override or (recipe.bios(target) if recipe.bios else None)
     if bios:
         found.append(Remedy(kind="bios", text=bios))

@@ -34,6 +34,7 @@ class Reading(BaseModel):
     values: dict[str, Scalar] = {}
     sources: dict[str, str] = {}
     detail: str = ""
+    facts: dict[str, Scalar] = {}  # context a fix needs (e.g. MiB to reserve); never judged
     unknown: str | None = None  # the reason, when the value could not be read
 
     def display(self) -> str:

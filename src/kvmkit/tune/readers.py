@@ -25,6 +25,7 @@ class Observed:
     values: dict[str, Scalar]
     sources: dict[str, str] = field(default_factory=dict)
     detail: str = ""
+    facts: dict[str, Scalar] = field(default_factory=dict)  # context a fix needs; never judged
 
 
 def bracketed(text: str) -> str:
