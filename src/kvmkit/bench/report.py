@@ -28,14 +28,16 @@ PERCENTILES = (
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
-    return "" if value is None else f"{value:,.{digits}f}"
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.{digits}f}"
 
 
 def table_figure(runs: Sequence[BenchRun]) -> go.Figure:
     header = ["job"]
     columns: list[list[str]] = [[row.job for row in compare.rows(runs)]]
     for index, run in enumerate(runs):
-        header += [f"{run.label}<br>IOPS", "MiB/s", "p99 µs", "p99.9 µs", "CPU µs/IO"]
+        header += [f"<b>{html.escape(run.label)}</b><br>IOPS", "MiB/s", "p99 µs", "p99.9 µs", "CPU µs/IO"]
         if index:
             header.append("Δ IOPS %")
         values: list[list[str]] = [[], [], [], [], []] + ([[]] if index else [])
@@ -51,8 +53,18 @@ def table_figure(runs: Sequence[BenchRun]) -> go.Figure:
             for column, text in zip(values, parts, strict=True):
                 column.append(text)
         columns += values
-    fig = go.Figure(go.Table(header={"values": header}, cells={"values": columns}))
-    fig.update_layout(title="Side by side", height=120 + 28 * len(columns[0]))
+    widths = [3] + [1.6 if h.endswith("IOPS") else 1 for h in header[1:]]
+    fig = go.Figure(
+        go.Table(
+            columnwidth=widths,
+            header={"values": header, "height": 48, "align": "center"},
+            cells={"values": columns, "height": 26, "align": ["left"] + ["right"] * (len(columns) - 1)},
+        )
+    )
+    # Tall enough that every row shows without an inner scrollbar.
+    fig.update_layout(
+        title="Side by side", height=150 + 26 * len(columns[0]), margin={"l": 10, "r": 10, "t": 50, "b": 10}
+    )
     return fig
 
 
