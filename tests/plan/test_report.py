@@ -12,6 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kvmkit.plan.cli import app
+from kvmkit.plan.records import summarise
+from kvmkit.plan.report import breakdown_figure, tornado_figure
+from kvmkit.plan.sensitivity import Vary, sensitivity
+from kvmkit.plan.space import enumerate_space
+from kvmkit.plan.vectorised import evaluate_space
 from tests.plan.conftest import EXAMPLE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -71,3 +76,15 @@ def test_console_error_detection_can_fail(tmp_path):
     page.write_text("<html><body><script>undefinedFunction();</script></body></html>")
     result = chromium(page, tmp_path / "profile", "--dump-dom")
     assert console_errors(result.stderr)
+
+
+def test_breakdown_chart_stacks_to_the_cost_per_vm(example_plan):
+    summary = summarise(example_plan, evaluate_space(example_plan, enumerate_space(example_plan, [60])), 4)
+    fig = breakdown_figure(summary)
+    for column, config in enumerate(summary.configurations):
+        stacked = sum(trace.y[column] for trace in fig.data)
+        assert stacked == pytest.approx(config.cost_per_vm_month, rel=1e-5)
+    result = sensitivity(example_plan, [Vary("power_price", 0.1, 0.4)], 60, steps=2)
+    tornado = tornado_figure(result)
+    low, high = (trace.x[0] + trace.base for trace in tornado.data)
+    assert (low, high) == pytest.approx((result.parameters[0].cost_at_low, result.parameters[0].cost_at_high))
