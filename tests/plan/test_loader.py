@@ -123,3 +123,17 @@ def test_cpu_ratio_from_congestion_advice(tmp_path, example_text):
 
 def test_missing_file_is_one_line(tmp_path):
     assert "cannot read plan file" in error_of(tmp_path / "nope.toml")
+
+
+def test_every_price_line_of_the_example_is_located_when_negative(tmp_path, example_text):
+    """The TOML locator, exhaustively: each `price = …` line made negative is reported at that very line."""
+    lines = example_text.splitlines()
+    price_lines = [n for n, line in enumerate(lines) if line.startswith("price = ")]
+    assert len(price_lines) == 27  # 4 chassis + 10 CPUs + 5 DIMMs + 5 drives + 3 licences
+    for index in price_lines:
+        mutated = list(lines)
+        mutated[index] = mutated[index].replace("price = ", "price = -", 1)
+        path = write(tmp_path, "\n".join(mutated))
+        message = error_of(path)
+        assert message.startswith(f"{path}:{index + 1}: "), message
+        assert ".price: Input should be greater than or equal to 0" in message
