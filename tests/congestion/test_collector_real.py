@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from kvmkit.congestion import realqemu
 from kvmkit.congestion.bench import CostResult, accuracy_case, loadgen, spinners
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import ThreadKind
@@ -112,6 +113,17 @@ def test_a_real_qemu_is_found_and_its_threads_classified(tmp_path):
     finally:
         qemu.kill()
         qemu.wait()
+
+
+@pytest.mark.skipif(not realqemu.available(), reason="qemu-system-x86_64 not installed")
+def test_real_qemu_guests_spinning_on_one_core_each_wait_their_fair_share(quiet_core: int):
+    case = realqemu.fair_share_case(2, quiet_core, seconds=1.5)
+    assert case.runnable_pct >= 95  # the boot-sector loop keeps each vCPU thread runnable
+    disturbance = case.other_load_pct + case.core_lost_pct
+    if disturbance > 8:
+        pytest.skip(f"core {quiet_core}: {case.other_load_pct} % other load + {case.core_lost_pct} % irq/steal")
+    for measured in case.measured_pct:
+        assert measured == pytest.approx(50.0, abs=2.0 + disturbance), case
 
 
 @pytest.mark.lab

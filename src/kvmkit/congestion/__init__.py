@@ -8,6 +8,7 @@ measure; libvirt is only the way to act (scheduler parameters) and an optional w
 Modules, one concern each:
     classify   pure: is a process QEMU, its domain name, what each thread is (vCPU, iothread, vhost, emulator)
     model      records: raw readings (what /proc said) and interval reports (what the CLI prints as --json)
+    kernelfiles small parsers/readers of PSI, cpu lists, /proc/PID/cgroup, cgroup mounts and throttling, /proc/stat
     procfs     effects: /proc and cgroup files → readings; anything unreadable becomes a Skip, never a crash
     calc       pure: two readings → utilisation % and congestion %; percentiles
     collector  the only stateful piece: keeps the previous reading (one per thread) and emits reports
@@ -17,6 +18,7 @@ Modules, one concern each:
     advise     pure: the highest oversubscription ratio that would have kept the SLO, from a history
     exporter   Prometheus exporter (a custom collector: nothing grows between scrapes)
     loadgen    a process that looks like QEMU to the collector (comm, -name, thread names): real load
+    realqemu   real QEMU guests whose vCPU spins (boot sector `jmp $`): known demand without a guest OS
     bench      accuracy against controlled load, and the cost of sampling
     view       rich rendering for `top`
 """

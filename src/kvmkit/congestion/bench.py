@@ -33,8 +33,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from kvmkit.congestion import realqemu
 from kvmkit.congestion.collector import Collector
+from kvmkit.congestion.kernelfiles import core_ticks
 from kvmkit.congestion.procfs import ProcReader
+from kvmkit.congestion.realqemu import QemuCase
 from kvmkit.errors import EnvironmentProblem, InvalidInput
 
 
@@ -75,6 +78,7 @@ class BenchResult(BaseModel):
     max_error_pp: float  # worst thread of all cases against its truth
     max_mean_error_pp: float  # worst case mean against its mean truth (loss split evenly)
     max_outside_bracket_pp: float  # worst distance of a case mean outside its truth bracket
+    qemu: list[QemuCase] = []  # real QEMU guests spinning on one core (when qemu-system-x86_64 is installed)
     cost: CostResult | None
 
 
@@ -100,26 +104,12 @@ def loadgen(
         proc.wait()
 
 
-def _cpu_ticks(cores: Sequence[int]) -> tuple[int, int, int]:
-    """(busy, total, lost) USER_HZ ticks of the given cores from /proc/stat; lost = irq + softirq + steal."""
-    busy = total = lost = 0
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
-                user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-                total += user + nice + system + idle + iowait + irq + softirq + steal
-                busy += user + nice + system + irq + softirq + steal
-                lost += irq + softirq + steal
-    return busy, total, lost
-
-
 def quietest_core(window_s: float = 0.3) -> int:
     """The available core with the least busy time over a short window: where ground truth is cleanest."""
     cores = sorted(os.sched_getaffinity(0))
-    before = {c: _cpu_ticks([c]) for c in cores}
+    before = {c: core_ticks([c]) for c in cores}
     time.sleep(window_s)
-    busy = {c: _cpu_ticks([c])[0] - before[c][0] for c in cores}
+    busy = {c: core_ticks([c])[0] - before[c][0] for c in cores}
     return min(cores, key=lambda c: (busy[c], -c))
 
 
@@ -158,11 +148,11 @@ def accuracy_case(busy_threads: int, cores: Sequence[int], seconds: float = 2.0)
         collector = Collector(ProcReader(pids=counters))  # closed with the reader's __del__ at return
         collector.sample()
         gaps0 = {pid: _stolen_ns(c) for pid, c in counters.items()}
-        ticks0 = _cpu_ticks(cores)
+        ticks0 = core_ticks(cores)
         time.sleep(seconds)
         report = collector.sample()
         gaps1 = {pid: _stolen_ns(c) for pid, c in counters.items()}
-        ticks1 = _cpu_ticks(cores)
+        ticks1 = core_ticks(cores)
     assert report is not None
     vcpus = [(vm.pid, v) for vm in report.vms for v in vm.vcpus]
     if len(vcpus) != busy_threads:
@@ -241,8 +231,10 @@ def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, 
     cases = [accuracy_case(k, [core], seconds) for k in (1, 2, 3, 4)]
     if len(available) > 1:
         cases.append(accuracy_case(2 * len(available), available, seconds))
+    qemu = [realqemu.fair_share_case(k, core, seconds) for k in (2, 3)] if realqemu.available() else []
     cost = sampling_cost(cost_threads, cost_samples) if cost_samples > 0 else None
     return BenchResult(
+        qemu=qemu,
         accuracy=cases,
         max_error_pp=max(c.max_error_pp for c in cases),
         max_mean_error_pp=max(c.mean_error_pp for c in cases),

@@ -244,6 +244,11 @@ def bench(
                   f"{c.mean_truth_low_pct:.2f}–{c.mean_truth_high_pct:.2f}", c.outside_bracket_pp, c.max_error_pp,
                   c.fair_share_pct, c.fair_share_error_pp, c.other_load_pct, c.core_lost_pct]
                  for c in result.accuracy])  # fmt: skip
+    if result.qemu:
+        print_table("real QEMU guests spinning on one core (vCPU congestion %)",
+                    ["guests", "core", "measured %", "fair share %", "worst pp", "other load %", "irq+steal %"],
+                    [[q.guests, q.core, " ".join(f"{m:.2f}" for m in q.measured_pct), q.fair_share_pct,
+                      q.worst_error_pp, q.other_load_pct, q.core_lost_pct] for q in result.qemu])  # fmt: skip
     if result.cost:
         cost = result.cost
         typer.echo(f"sampling {cost.threads} threads every {cost.interval_s:g} s: "

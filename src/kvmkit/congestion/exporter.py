@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -178,10 +179,11 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood stderr."""
 
 
-def wsgi_app(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+def wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
+    """/metrics from the registry, a link at /, 404 elsewhere (prometheus_client alone serves any path)."""
     metrics = make_wsgi_app(registry)
 
-    def app(environ, start_response):  # type: ignore[no-untyped-def]
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics(environ, start_response)

@@ -14,13 +14,20 @@ import os
 import resource
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from kvmkit.congestion.classify import classify_thread, domain_from_cmdline, is_qemu, vhost_owner
+from kvmkit.congestion.kernelfiles import (
+    CgroupMounts,
+    parse_cpu_list,
+    parse_proc_cgroup,
+    parse_psi,
+    read_small,
+    throttling,
+    vm_cgroup,
+)
 from kvmkit.congestion.model import (
     CgroupReading,
     CpuTimes,
-    PsiReading,
     Reading,
     Skip,
     ThreadClass,
@@ -30,106 +37,6 @@ from kvmkit.congestion.model import (
 )
 
 _GONE = (FileNotFoundError, ProcessLookupError)
-
-
-def read_small(path: str) -> str:
-    """One small procfs/sysfs file; raises OSError subclasses as they come (callers decide what they mean)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536).decode(errors="replace")
-    finally:
-        os.close(fd)
-
-
-def parse_psi(text: str) -> PsiReading:
-    """`some avg10=… avg60=… avg300=… total=…` (+ an optional `full` line) → PsiReading."""
-    lines: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        lines[kind] = dict(field.split("=", 1) for field in rest.split())
-    some = lines["some"]
-    full = lines.get("full")
-    return PsiReading(
-        some_avg10=float(some["avg10"]),
-        some_avg60=float(some["avg60"]),
-        some_total_us=int(some["total"]),
-        full_avg10=float(full["avg10"]) if full else None,
-        full_total_us=int(full["total"]) if full else None,
-    )
-
-
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """`0-3,8,10-11` → {0, 1, 2, 3, 8, 10, 11}."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(cpus)
-
-
-def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
-    """/proc/PID/cgroup → (v2 path, v1 cpu-controller path)."""
-    v2 = v1_cpu = None
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            v2 = path
-        elif "cpu" in controllers.split(","):
-            v1_cpu = path
-    return v2, v1_cpu
-
-
-def vm_cgroup(path: str) -> str:
-    """libvirt puts the QEMU main thread in <vm>/emulator (vCPUs in <vm>/vcpuN): the VM is the parent."""
-    stripped = path.rstrip("/")
-    if stripped.rsplit("/", 1)[-1] == "emulator":
-        return stripped.rsplit("/", 1)[0] or "/"
-    return path
-
-
-@dataclass(frozen=True, slots=True)
-class CgroupMounts:
-    v2: str | None
-    v1_cpu: str | None
-
-    @classmethod
-    def from_mounts(cls, text: str) -> CgroupMounts:
-        v2 = v1 = None
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            if fields[2] == "cgroup2" and v2 is None:
-                v2 = fields[1]
-            elif fields[2] == "cgroup" and "cpu" in fields[3].split(","):
-                v1 = fields[1]
-        return cls(v2, v1)
-
-
-def _throttling(directory: str, key: str, ns_per_unit: int) -> tuple[int, int, int] | None:
-    """(periods, throttled periods, throttled ns) summed over the VM's cgroup and its children.
-
-    libvirt applies vcpu_quota in <vm>/vcpuN and emulator_quota in <vm>/emulator, and a cgroup's cpu.stat
-    counts only its own quota, so the VM's throttling is the sum over the folder and its sub-folders.
-    """
-    try:
-        folders = [directory] + [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return None
-    total = [0, 0, 0]
-    found = False
-    for folder in folders:
-        try:
-            stat = dict(line.split() for line in read_small(f"{folder}/cpu.stat").splitlines())
-            values = (int(stat["nr_periods"]), int(stat["nr_throttled"]), int(stat[key]) * ns_per_unit)
-        except (OSError, KeyError, ValueError):
-            continue  # v2 cpu.stat without the cpu controller, or a child that just went away
-        found = True
-        total = [t + v for t, v in zip(total, values, strict=True)]
-    return (total[0], total[1], total[2]) if found else None
 
 
 def _schedstat(text: str) -> tuple[int, int]:
@@ -186,7 +93,7 @@ class ProcReader:
         except OSError:
             return os.cpu_count() or 1
 
-    def _discover(self, skipped: list[Skip]) -> tuple[list[int], dict[int, list[int]]]:
+    def _discover(self) -> tuple[list[int], dict[int, list[int]]]:
         """QEMU pids, and kernel vhost threads (pre-6.4 kernels) by the QEMU pid they serve."""
         if self._pids is not None:
             return sorted(self._pids), {}
@@ -323,9 +230,9 @@ class ProcReader:
             psi = parse_psi(read_small(f"{directory}/cpu.pressure"))
         except (OSError, KeyError, ValueError) as exc:
             skipped.append(Skip(f"{domain} cpu.pressure", f"unreadable in {directory}: {exc}"))
-        counters = _throttling(directory, "throttled_usec", 1000)  # v2 with the cpu controller
+        counters = throttling(directory, "throttled_usec", 1000)  # v2 with the cpu controller
         if counters is None and v1 is not None and self._mounts.v1_cpu is not None:
-            counters = _throttling(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}", "throttled_time", 1)
+            counters = throttling(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}", "throttled_time", 1)
             if counters is None:
                 skipped.append(Skip(f"{domain} cpu.stat", "no throttling counters in cgroup v2 or v1"))
         periods, throttled, throttled_ns = counters or (None, None, None)
@@ -354,7 +261,7 @@ class ProcReader:
         if not self._has_schedstat:
             skipped.append(Skip("all VMs", "no /proc/*/schedstat: kernel built without CONFIG_SCHED_INFO"))
             return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, (), tuple(skipped), cpu)
-        qemu, vhost = self._discover(skipped)
+        qemu, vhost = self._discover()
         live_keys: set[tuple[int, int]] = set()
         for pid in qemu:
             threads = self._threads(pid, vhost.get(pid, []), skipped)
