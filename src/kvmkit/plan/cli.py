@@ -13,7 +13,7 @@ from kvmkit.errors import InvalidInput
 from kvmkit.output import err_console, print_json, print_table
 from kvmkit.plan import render
 from kvmkit.plan.bench import run_bench
-from kvmkit.plan.fleet import FleetPlan, plan_fleet
+from kvmkit.plan.fleet import DEFAULT_CANDIDATES, FleetPlan, plan_fleet
 from kvmkit.plan.inputs import PlanInput
 from kvmkit.plan.loader import KeyLines, load_plan_with_lines, locate
 from kvmkit.plan.problems import PlanProblem
@@ -90,7 +90,9 @@ def fleet(
     file: Path = FILE,
     months: int | None = typer.Option(None, "--months", help="Lifetime in months (default: the file's first)."),
     single_type: bool = typer.Option(False, "--single-type", help="One configuration for the whole fleet."),
-    candidates: int = typer.Option(5, "--candidates", help="Cheapest configurations per VM shape to consider."),
+    candidates: int = typer.Option(
+        DEFAULT_CANDIDATES, "--candidates", help="Cheapest configurations per VM shape to consider."
+    ),
     gap: float = typer.Option(0.01, "--gap", help="Stop when within this relative gap of the optimum."),
     time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds for the MILP solver."),
     exact_placement: bool = typer.Option(False, "--exact-placement", help="Integer VM placement in one MILP."),
@@ -147,7 +149,7 @@ def report(
     varies = [parse_vary(v) for v in vary] if vary else default_varies(plan)
     summary = summarise(plan, _evaluate(plan, list(plan.site.lifetimes_months)), top)
     with _located(file, keys):
-        fleet_plan = _fleet(plan, lifetime, False, 5, 0.01, 10.0, False) if plan.demand else None
+        fleet_plan = _fleet(plan, lifetime, False, DEFAULT_CANDIDATES, 0.01, 10.0, False) if plan.demand else None
     result = sensitivity(plan, varies, lifetime, 5)
     try:
         html.write_text(render_html(summary, fleet_plan, result, str(file)))

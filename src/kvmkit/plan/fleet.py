@@ -16,6 +16,10 @@ from kvmkit.plan.milp import FleetProblem, solve
 from kvmkit.plan.problems import PlanProblem
 from kvmkit.plan.vectorised import Evaluation, vms_of_shape
 
+# Cheapest configurations kept per VM shape. Measured on the example and the bench catalog: 4 kept every
+# plan within the 1 % gap in 0.3-0.7 s; 6 once ran into the 10 s limit (more near-identical mixes to rule out).
+DEFAULT_CANDIDATES = 4
+
 
 def shape_needs(vm: VmShape) -> np.ndarray:
     return np.array([vm.vcpu, vm.ram_gb, vm.disk_gb, vm.iops], dtype=np.float64)
@@ -118,7 +122,7 @@ def plan_fleet(
     ev: Evaluation,
     months: int,
     single_type: bool = False,
-    per_shape: int = 5,
+    per_shape: int = DEFAULT_CANDIDATES,
     gap: float = 0.01,
     time_limit_s: float = 10.0,
     exact_placement: bool = False,
