@@ -12,12 +12,14 @@ from kvmkit import __version__
 from kvmkit.errors import KvmkitError
 from kvmkit.lab.cli import app as lab_app
 from kvmkit.snapshot.cli import app as snapshot_app
+from kvmkit.tune.cli import app as tune_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(lab_app, name="lab",
               help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
 app.add_typer(snapshot_app, name="snapshot",
               help="Storage-based live VM snapshots: create, list, revert, delete, recover.")
+app.add_typer(tune_app, name="tune", help="Audit a KVM host's BIOS/OS settings against a goal; fix with rollback.")
 
 _debug = False
 
@@ -41,7 +43,10 @@ def root(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns typer.Exit's code instead of exiting: pass it on
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except KvmkitError as exc:
         if _debug:
             raise

@@ -156,7 +156,7 @@ def _dump_disks(disks: list[DiskSnapshot]) -> str:
 
 
 def _row(row: sqlite3.Row) -> Snapshot:
-    fields = {key: row[key] for key in row if key not in ("created", "mode", "state", "disks")}
+    fields = {key: row[key] for key in row.keys() if key not in ("created", "mode", "state", "disks")}  # noqa: SIM118 - sqlite3.Row iterates values
     return Snapshot(
         **fields, created=datetime.fromisoformat(row["created"]), mode=Mode(row["mode"]), state=State(row["state"]),
         disks=[DiskSnapshot.model_validate(d) for d in json.loads(row["disks"])],

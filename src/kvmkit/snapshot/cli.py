@@ -99,9 +99,11 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
 @app.command()
 def revert(vm: str, snapshot: str,
            force_stop: bool = typer.Option(False, "--force-stop", help="Shut the VM down, revert, start it again."),
+           rollback: bool = typer.Option(False, "--rollback",
+                                         help="RBD: rollback_to_snap (O(size)) instead of the O(1) clone."),
            wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop)."""
-    snap = _engine(connect).revert(vm, snapshot, force_stop=force_stop, wait_s=wait)
+    snap = _engine(connect).revert(vm, snapshot, force_stop=force_stop, wait_s=wait, rollback=rollback)
     if json_out:
         print_json(snapshot_json(snap))
     else:

@@ -24,7 +24,7 @@ import libvirt
 from kvmkit import config
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.drivers.base import GroupSnapshots, StagedRevert, StorageDriver
+from kvmkit.snapshot.drivers.base import GroupSnapshots, RevertOptions, StagedRevert, StorageDriver
 from kvmkit.snapshot.drivers.registry import by_name, default_drivers, driver_for
 from kvmkit.snapshot.guard import Watchdog, vm_lock
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_snapshot_name, default_name
@@ -75,26 +75,34 @@ class Engine:
                 if not disks:
                     raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")
                 pairs = [(disk, driver_for(disk, self.drivers)) for disk in disks]
-                mode = self._mode(dom, pairs, crash_consistent)
-                planned = [driver.plan(disk, name) for disk, driver in pairs]
-                snap = self.catalog.insert(Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.now(),
-                                                    mode=mode, state=State.CREATING, disks=planned))
-                failpoint("after-intent")
                 try:
-                    taken = self._take(dom, mode, pairs, planned, name)
-                except BaseException as exc:
-                    cleaned = self._discard(snap)
-                    if isinstance(exc, KvmkitError):
-                        raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
-                    raise
-                snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
-                snap.storage_ms = taken.storage_ms
-                snap.state = State.READY
-                snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
-                self.catalog.update(snap)
-                log.info("snapshot created", extra={"vm": vm, "snapshot": name, "mode": mode.value,
-                                                    "freeze_ms": snap.freeze_ms})
-                return snap
+                    return self._create_locked(dom, vm, vm_uuid, name, pairs, crash_consistent, t_start)
+                finally:
+                    for driver in {id(d): d for _, d in pairs}.values():
+                        driver.release()
+
+    def _create_locked(self, dom: libvirt.virDomain, vm: str, vm_uuid: str, name: str,
+                       pairs: list[tuple[Disk, StorageDriver]], crash_consistent: bool, t_start: float) -> Snapshot:
+        mode = self._mode(dom, pairs, crash_consistent)
+        planned = [driver.plan(disk, name) for disk, driver in pairs]
+        snap = self.catalog.insert(Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.now(),
+                                            mode=mode, state=State.CREATING, disks=planned))
+        failpoint("after-intent")
+        try:
+            taken = self._take(dom, mode, pairs, planned, name)
+        except BaseException as exc:
+            cleaned = self._discard(snap)
+            if isinstance(exc, KvmkitError):
+                raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
+            raise
+        snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
+        snap.storage_ms = taken.storage_ms
+        snap.state = State.READY
+        snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
+        self.catalog.update(snap)
+        log.info("snapshot created", extra={"vm": vm, "snapshot": name, "mode": mode.value,
+                                            "freeze_ms": snap.freeze_ms})
+        return snap
 
     def _mode(self, dom: libvirt.virDomain, pairs: list[tuple[Disk, StorageDriver]], crash: bool) -> Mode:
         if not is_running(dom):
@@ -118,7 +126,7 @@ class Engine:
             group_driver = drivers[0]
             assert isinstance(group_driver, GroupSnapshots)
             t0 = time.perf_counter()
-            disks = group_driver.group_snapshot(planned, dom.UUIDString(), name)
+            disks = group_driver.group_snapshot(planned, f"{dom.name()}-{dom.UUIDString()[:8]}", name)
             return _Taken(disks, freeze_ms=0.0, storage_ms=_ms_since(t0))
         if mode is Mode.OFFLINE:
             t0 = time.perf_counter()
@@ -173,7 +181,7 @@ class Engine:
 
     # revert -----------------------------------------------------------------------------------------------
     def revert(self, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
-               stop_timeout_s: float = 10.0) -> Snapshot:
+               stop_timeout_s: float = 10.0, rollback: bool = False) -> Snapshot:
         check_snapshot_name(name)
         with connection(self.uri) as conn:
             dom = lookup(conn, vm)
@@ -192,21 +200,21 @@ class Engine:
                 had_agent = was_running and agent.ping(dom)
                 if was_running:
                     _power_off(dom, stop_timeout_s)
-                self._swap_all(vm_uuid, snap, current)
+                self._swap_all(vm_uuid, snap, current, RevertOptions(rollback=rollback))
                 if was_running:
                     dom.create()
                     if had_agent:
                         _wait_agent(dom, timeout_s=120)
                 return snap
 
-    def _swap_all(self, vm_uuid: str, snap: Snapshot, current: dict[str, Disk]) -> None:
+    def _swap_all(self, vm_uuid: str, snap: Snapshot, current: dict[str, Disk], options: RevertOptions) -> None:
         """Stage every disk, swap them all, then commit: all-or-nothing across disks, journaled for recover."""
         staged: list[StagedRevert] = []
         entry = self.catalog.journal_add(vm_uuid, "revert", {"snapshot": snap.name, "phase": "staging", "staged": []})
         try:
             for disk_snap in snap.disks:
                 driver = by_name(disk_snap.driver, self.drivers)
-                staged.append(driver.stage_revert(current[disk_snap.target], disk_snap))
+                staged.append(driver.stage_revert(current[disk_snap.target], disk_snap, options))
                 self.catalog.journal_update(entry, _revert_record(snap.name, "staged", staged))
             swapped: list[StagedRevert] = []
             try:
@@ -226,7 +234,23 @@ class Engine:
         self.catalog.journal_update(entry, _revert_record(snap.name, "swapped", staged))
         for item in staged:
             by_name(item.driver, self.drivers).commit(item)
+        self._move_handles(vm_uuid, staged)
         self.catalog.journal_done(entry)
+
+    def _move_handles(self, vm_uuid: str, staged: list[StagedRevert]) -> None:
+        """A revert by clone leaves the older snapshots on a renamed base image: point their rows there."""
+        moves = {old: new for item in staged for old, new in item.data.get("moves", {}).items()}
+        if not moves:
+            return
+        for snap in self.catalog.list(vm_uuid):
+            changed = False
+            for disk_snap in snap.disks:
+                for old, new in moves.items():
+                    if disk_snap.handle.startswith(old):
+                        disk_snap.handle = new + disk_snap.handle.removeprefix(old)
+                        changed = True
+            if changed:
+                self.catalog.update(snap)
 
     def list(self, vm: str | None = None) -> list[Snapshot]:
         if vm is None:

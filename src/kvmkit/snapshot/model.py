@@ -35,6 +35,7 @@ class DiskSnapshot(BaseModel):
     handle: str  # the snapshot: file path, or pool/image@snap
     size_bytes: int = 0  # provisioned size of the disk at snapshot time
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
+    location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)
 
 
 class Snapshot(BaseModel):

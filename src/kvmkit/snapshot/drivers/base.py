@@ -8,6 +8,7 @@ clone beside the disk, then `swap` it in) so a revert of several disks is all-or
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -23,6 +24,12 @@ class StagedRevert:
     target: str
     driver: str
     data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RevertOptions:
+    rollback: bool = False  # RBD: rollback_to_snap (O(size)) instead of the O(1) clone
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per revert, shared by its disks
 
 
 class StorageDriver(Protocol):
@@ -48,7 +55,7 @@ class StorageDriver(Protocol):
         """Handles of the snapshots kvmkit made on this disk (by kvmkit's naming), catalogued or not."""
         ...
 
-    def stage_revert(self, disk: Disk, snap: DiskSnapshot) -> StagedRevert: ...
+    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert: ...
 
     def swap(self, staged: StagedRevert) -> None:
         """Point the disk at the staged image; the previous image is kept until `commit`."""
@@ -62,11 +69,17 @@ class StorageDriver(Protocol):
         """Drop the previous image: the revert is final."""
         ...
 
+    def release(self) -> None:
+        """Close what `plan` opened (images kept open so the freeze holds only the snapshot calls)."""
+        ...
+
 
 @runtime_checkable
 class GroupSnapshots(Protocol):
     """Optional: one atomic snapshot across several disks of one storage — crash-consistent with no freeze."""
 
-    def group_snapshot(self, planned: Sequence[DiskSnapshot], vm_uuid: str, tag: str) -> list[DiskSnapshot]: ...
+    def group_snapshot(self, planned: Sequence[DiskSnapshot], vm_label: str, tag: str) -> list[DiskSnapshot]:
+        """vm_label (`<vm>-<uuid8>`) names the storage-side group, so an operator can tell whose it is."""
+        ...
 
     def serves_as_group(self, disks: Sequence[Disk]) -> bool: ...

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
-from kvmkit.snapshot.drivers.base import StagedRevert
+from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
@@ -104,8 +104,11 @@ class FileDriver:
     def owned(self, disk: Disk) -> list[str]:
         return sorted(glob.glob(f"{glob.escape(disk.source)}@*{SUFFIX}"))
 
+    def release(self) -> None:
+        """Nothing is held open between plan and snapshot."""
+
     # revert: clone the snapshot to <disk>.kvmkit-new, hard-link the disk to <disk>.kvmkit-old, rename new → disk.
-    def stage_revert(self, disk: Disk, snap: DiskSnapshot) -> StagedRevert:
+    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
         source, handle = Path(disk.source), Path(snap.handle)
         if not handle.exists():
             raise NotFound(f"disk {disk.target}: snapshot file {handle} is missing")

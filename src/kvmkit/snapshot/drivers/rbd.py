@@ -1,0 +1,395 @@
+"""Ceph RBD driver on librbd's Python bindings (Debian's python3-rbd/python3-rados): no `rbd` CLI on the data path.
+
+* snapshot = `Image.create_snap("kvmkit-<name>")` on an image opened *before* the freeze, so the window holds only
+  the snapshot round trips, all issued concurrently by the engine;
+* group snapshot = one `rbd.Group.create_snap` across every image of the VM — atomic, crash-consistent, no freeze
+  and no pause. kvmkit keeps one group per VM, `kvmkit-<vm>-<uuid8>`;
+* revert by clone (default, O(1)): clone the snapshot to `<image>.kvmkit-new`, rename the image to
+  `<image>.kvmkit-base-<n>` (it keeps every older snapshot and is the clone's parent), rename the clone to the
+  image's name; or, with `--rollback`, `rollback_to_snap` (O(image size)) after a safety snapshot that makes it
+  undoable until every disk of the VM is reverted.
+Only snapshots named `kvmkit-*` (and groups named `kvmkit-*`) are kvmkit's: nothing else is ever deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import rados
+import rbd
+
+from kvmkit.config import CephSettings
+from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
+from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
+from kvmkit.snapshot.model import DiskSnapshot
+from kvmkit.virt.disks import Disk
+
+PREFIX = "kvmkit-"
+BASE_MARK = ".kvmkit-base-"
+NEW_SUFFIX = ".kvmkit-new"
+TIMEOUTS = {"client_mount_timeout": "10", "rados_osd_op_timeout": "15", "rados_mon_op_timeout": "10"}
+
+
+@dataclass(frozen=True)
+class ClusterKey:
+    conf: str | None
+    mon_host: str
+    client_id: str
+    keyring: str | None
+
+
+def split_handle(handle: str) -> tuple[str, str, str]:
+    """'pool/image@snap' → (pool, image, snap)."""
+    spec, _, snap = handle.partition("@")
+    pool, _, image = spec.partition("/")
+    return pool, image, snap
+
+
+class RbdDriver:
+    name = "rbd"
+
+    def __init__(self, ceph: CephSettings | None = None) -> None:
+        self._ceph = ceph
+        self._clusters: dict[ClusterKey, rados.Rados] = {}
+        self._keys: dict[str, ClusterKey] = {}  # pool/image and pool → its cluster, learned from the domain XML
+        self._open: dict[str, tuple[rados.Ioctx, rbd.Image]] = {}  # planned handle → opened before the freeze
+        self._rolled: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    # clusters -----------------------------------------------------------------------------------------
+    def _settings(self) -> CephSettings:
+        if self._ceph is None:
+            from kvmkit import config
+
+            self._ceph = config.load().ceph
+        return self._ceph
+
+    def _key(self, disk: Disk) -> ClusterKey:
+        ceph = self._settings()
+        conf = disk.config_file or (str(ceph.conf) if ceph.conf else None)
+        mon_host = ",".join(f"{h}:{p}" for h, p in disk.hosts)
+        return ClusterKey(conf, mon_host, disk.auth_username or ceph.client_id,
+                          str(ceph.keyring) if ceph.keyring else None)
+
+    def _cluster(self, key: ClusterKey) -> rados.Rados:
+        with self._lock:
+            cluster = self._clusters.get(key)
+            if cluster is None:
+                conf = dict(TIMEOUTS)
+                if key.mon_host:
+                    conf["mon_host"] = key.mon_host
+                if key.keyring:
+                    conf["keyring"] = key.keyring
+                cluster = rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
+                try:
+                    cluster.connect(timeout=10)
+                except rados.Error as exc:
+                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({key.mon_host or key.conf}): "
+                                             f"{exc}") from None
+                self._clusters[key] = cluster
+            return cluster
+
+    def _open_ioctx(self, pool: str, key: ClusterKey) -> rados.Ioctx:
+        try:
+            return self._cluster(key).open_ioctx(pool)
+        except rados.ObjectNotFound:
+            raise NotFound(f"Ceph pool {pool!r} does not exist") from None
+        except rados.Error as exc:
+            raise EnvironmentProblem(f"Ceph pool {pool!r}: {exc}") from None
+
+    @contextmanager
+    def _ioctx(self, pool: str, key: ClusterKey) -> Iterator[rados.Ioctx]:
+        ioctx = self._open_ioctx(pool, key)
+        try:
+            yield ioctx
+        finally:
+            ioctx.close()
+
+    def _key_for(self, handle_or_spec: str, location: dict[str, str] | None = None) -> ClusterKey:
+        if location:
+            return ClusterKey(location.get("conf") or None, location.get("mon_host", ""),
+                              location.get("client_id", "admin"), location.get("keyring") or None)
+        pool, image, _ = split_handle(handle_or_spec)
+        base = image.split(BASE_MARK)[0].removesuffix(NEW_SUFFIX)
+        key = self._keys.get(f"{pool}/{image}") or self._keys.get(f"{pool}/{base}") or self._keys.get(pool)
+        if key is None:  # e.g. recover after a restart: fall back to kvmkit's configured cluster
+            ceph = self._settings()
+            key = ClusterKey(str(ceph.conf) if ceph.conf else None, "", ceph.client_id,
+                             str(ceph.keyring) if ceph.keyring else None)
+        return key
+
+    def learn(self, disk: Disk) -> None:
+        key = self._key(disk)
+        self._keys[disk.source] = key
+        self._keys.setdefault(disk.rbd_pool_image[0], key)
+
+    def _learn_snap(self, snap: DiskSnapshot) -> None:
+        if snap.location:
+            key = self._key_for(snap.handle, snap.location)
+            pool, image, _ = split_handle(snap.handle)
+            self._keys.setdefault(f"{pool}/{image}", key)
+            self._keys.setdefault(pool, key)
+
+    def release(self) -> None:
+        for ioctx, image in self._open.values():
+            image.close()
+            ioctx.close()
+        self._open.clear()
+
+    # the contract -------------------------------------------------------------------------------------
+    def claims(self, disk: Disk) -> bool:
+        return disk.kind == "network" and disk.protocol == "rbd"
+
+    def plan(self, disk: Disk, tag: str) -> DiskSnapshot:
+        self.learn(disk)
+        pool, image_name = disk.rbd_pool_image
+        snap_name = PREFIX + tag
+        handle = f"{disk.source}@{snap_name}"
+        ioctx = self._open_ioctx(pool, self._key(disk))
+        try:
+            image = rbd.Image(ioctx, image_name)
+        except rbd.ImageNotFound:
+            ioctx.close()
+            raise NotFound(f"disk {disk.target}: RBD image {disk.source} does not exist") from None
+        self._open[handle] = (ioctx, image)  # kept open until release(): the freeze holds only create_snap
+        if any(s["name"] == snap_name for s in image.list_snaps()):
+            raise Conflict(f"disk {disk.target}: {handle} already exists; kvmkit will not overwrite it")
+        size = image.size()
+        key = self._key(disk)
+        location = {k: v for k, v in (("conf", key.conf), ("mon_host", key.mon_host), ("client_id", key.client_id),
+                                      ("keyring", key.keyring)) if v}
+        return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle, size_bytes=size,
+                            location=location)
+
+    def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
+        _, _, snap_name = split_handle(planned.handle)
+        opened = self._open.get(planned.handle)
+        try:
+            if opened is not None:
+                opened[1].create_snap(snap_name)
+            else:
+                with self._image(planned.handle) as img:
+                    img.create_snap(snap_name)
+        except rbd.Error as exc:
+            raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from None
+        return planned
+
+    @contextmanager
+    def _image(self, handle: str, read_only: bool = False) -> Iterator[rbd.Image]:
+        pool, image_name, _ = split_handle(handle)
+        with self._ioctx(pool, self._key_for(handle)) as ioctx, rbd.Image(ioctx, image_name, read_only=read_only) as img:
+            yield img
+
+    def exists(self, snap: DiskSnapshot) -> bool:
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            if snap.group:
+                return any(s["name"] == snap_name for s in self._group_snaps(snap.group))
+            with self._image(snap.handle, read_only=True) as img:
+                return any(s["name"] == snap_name for s in img.list_snaps())
+        except rbd.ImageNotFound:
+            return False
+        except rbd.Error as exc:
+            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from None
+
+    def delete(self, snap: DiskSnapshot) -> None:
+        self._learn_snap(snap)
+        pool, image_name, snap_name = split_handle(snap.handle)
+        if not snap_name.startswith(PREFIX):
+            raise Conflict(f"{snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
+        try:
+            with self._image(snap.handle) as img:
+                user = [s["name"] for s in img.list_snaps()]
+                if snap_name in user:
+                    if img.is_protected_snap(snap_name):
+                        img.unprotect_snap(snap_name)
+                    img.remove_snap(snap_name)
+                    remaining = len(user) - 1
+                else:
+                    group = snap.group or self._group_of(img)
+                    if group:
+                        self._remove_group_snap(group, snap_name)
+                    remaining = len(user)
+            if BASE_MARK in image_name and remaining == 0:
+                self._drop_base(pool, image_name, snap.handle)
+        except rbd.ImageNotFound:
+            return
+        except rbd.ImageBusy as exc:
+            raise Conflict(f"{snap.handle} is in use: {exc}") from None
+        except rbd.Error as exc:
+            raise OperationFailed(f"deleting {snap.handle}: {exc}") from None
+
+    def in_use(self, snap: DiskSnapshot) -> str | None:
+        """A snapshot with clone children (after a revert by clone) cannot go until they are flattened."""
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            with self._image(snap.handle, read_only=True) as img:
+                if snap_name not in [s["name"] for s in img.list_snaps()]:
+                    return None
+                img.set_snap(snap_name)
+                children = [f"{c['pool']}/{c['image']}" for c in img.list_children2()]
+        except rbd.ImageNotFound:
+            return None
+        return f"image(s) {', '.join(children)} were cloned from it by a revert; flatten them first" if children else None
+
+    def owned(self, disk: Disk) -> list[str]:
+        self.learn(disk)
+        handles = []
+        try:
+            with self._image(f"{disk.source}@", read_only=True) as img:
+                handles += [f"{disk.source}@{s['name']}" for s in img.list_snaps() if s["name"].startswith(PREFIX)]
+                group = self._group_of(img)
+            if group and group.split("/", 1)[1].startswith(PREFIX):
+                handles += [f"{disk.source}@{s['name']}" for s in self._group_snaps(group)
+                            if s["name"].startswith(PREFIX)]
+        except rbd.ImageNotFound:
+            return []
+        return sorted(handles)
+
+    # groups -------------------------------------------------------------------------------------------
+    def serves_as_group(self, disks: Sequence[Disk]) -> bool:
+        """One atomic group snapshot needs every disk in one cluster and one pool (RBD groups are per pool)."""
+        keys = {self._key(d) for d in disks}
+        pools = {d.rbd_pool_image[0] for d in disks}
+        return all(self.claims(d) for d in disks) and len(keys) == 1 and len(pools) == 1
+
+    def group_snapshot(self, planned: Sequence[DiskSnapshot], vm_label: str, tag: str) -> list[DiskSnapshot]:
+        pool = split_handle(planned[0].handle)[0]
+        images = [split_handle(p.handle)[1] for p in planned]
+        group_name = f"{PREFIX}{vm_label}"
+        snap_name = PREFIX + tag
+        self.release()  # group snapshots open the images themselves
+        with self._ioctx(pool, self._key_for(planned[0].handle)) as ioctx:
+            try:
+                rbd.RBD().group_create(ioctx, group_name)
+            except (rbd.ImageExists, rbd.ObjectExists):
+                pass
+            group = rbd.Group(ioctx, group_name)
+            members = {g["name"] for g in group.list_images()}
+            for image in images:
+                if image not in members:
+                    group.add_image(ioctx, image)
+            for stray in members - set(images):
+                group.remove_image(ioctx, stray)
+            try:
+                group.create_snap(snap_name)
+            except rbd.Error as exc:
+                raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from None
+        return [p.model_copy(update={"group": f"{pool}/{group_name}"}) for p in planned]
+
+    def _group_of(self, img: rbd.Image) -> str | None:
+        info = img.group()
+        return f"{info['pool']}/{info['name']}" if info and info.get("name") else None
+
+    def _group_snaps(self, group: str) -> list[dict]:
+        pool, name = group.split("/", 1)
+        with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
+            try:
+                return list(rbd.Group(ioctx, name).list_snaps())
+            except rbd.ObjectNotFound:
+                return []
+
+    def _remove_group_snap(self, group: str, snap_name: str) -> None:
+        pool, name = group.split("/", 1)
+        with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
+            try:
+                rbd.Group(ioctx, name).remove_snap(snap_name)
+            except rbd.ObjectNotFound:
+                pass
+
+    def _drop_base(self, pool: str, image_name: str, handle: str) -> None:
+        """A base image left by a revert by clone goes with its last snapshot, once no clone depends on it."""
+        with self._ioctx(pool, self._key_for(handle)) as ioctx:
+            try:
+                rbd.RBD().remove(ioctx, image_name)
+            except (rbd.ImageNotFound, rbd.ImageHasSnapshots, rbd.ImageBusy):
+                pass
+
+    # revert -------------------------------------------------------------------------------------------
+    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
+        self.learn(disk)
+        self._learn_snap(snap)
+        pool, image_name = disk.rbd_pool_image
+        _, _, snap_name = split_handle(snap.handle)
+        if not self.exists(snap):
+            raise NotFound(f"disk {disk.target}: snapshot {snap.handle} is missing")
+        data = {"pool": pool, "image": image_name, "snap": snap_name, "group": snap.group}
+        with self._ioctx(pool, self._key(disk)) as ioctx:
+            if options.rollback or snap.group:
+                # group snapshots are rolled back (librbd clones only from user snapshots); a safety snapshot
+                # makes the rollback undoable until every disk of the VM is done
+                safety = f"{PREFIX}prerevert-{int(time.time() * 1000)}"
+                with rbd.Image(ioctx, image_name) as img:
+                    img.create_snap(safety)
+                data.update(method="rollback", safety=safety, token=options.token)
+            else:
+                new = image_name + NEW_SUFFIX
+                try:
+                    rbd.RBD().remove(ioctx, new)  # ours by name: a leftover of an interrupted revert
+                except rbd.ImageNotFound:
+                    pass
+                with rbd.Image(ioctx, image_name, read_only=True) as img:
+                    features = img.features()
+                rbd.RBD().clone(ioctx, image_name, snap_name, ioctx, new, features=features)
+                base = f"{image_name}{BASE_MARK}{int(time.time() * 1000)}"
+                # after the swap the older snapshots live on the base image: the engine re-points their handles
+                data.update(method="clone", new=new, base=base, moves={f"{pool}/{image_name}@": f"{pool}/{base}@"})
+        return StagedRevert(disk.target, self.name, data)
+
+    def swap(self, staged: StagedRevert) -> None:
+        d = staged.data
+        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
+            if d["method"] == "rollback":
+                if d.get("group"):
+                    self._group_rollback_once(ioctx, d["group"], d["snap"], d["token"])
+                else:
+                    with rbd.Image(ioctx, d["image"]) as img:
+                        img.rollback_to_snap(d["snap"])
+                return
+            names = set(rbd.RBD().list(ioctx))
+            if d["base"] not in names:
+                rbd.RBD().rename(ioctx, d["image"], d["base"])
+            rbd.RBD().rename(ioctx, d["new"], d["image"])
+
+    def _group_rollback_once(self, ioctx: rados.Ioctx, group: str, snap_name: str, token: str) -> None:
+        # every disk of the group reports the same group snapshot: roll the group back once per revert
+        if (token, group, snap_name) not in self._rolled:
+            rbd.Group(ioctx, group.split("/", 1)[1]).rollback_to_snap(snap_name)
+            self._rolled.add((token, group, snap_name))
+
+    def undo(self, staged: StagedRevert) -> None:
+        d = staged.data
+        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
+            if d["method"] == "rollback":
+                with rbd.Image(ioctx, d["image"]) as img:
+                    if d["safety"] in [s["name"] for s in img.list_snaps()]:
+                        img.rollback_to_snap(d["safety"])
+                        img.remove_snap(d["safety"])
+                return
+            names = set(rbd.RBD().list(ioctx))
+            if d["base"] in names:
+                if d["image"] in names:
+                    rbd.RBD().rename(ioctx, d["image"], d["new"])
+                rbd.RBD().rename(ioctx, d["base"], d["image"])
+            if d["new"] in set(rbd.RBD().list(ioctx)):
+                rbd.RBD().remove(ioctx, d["new"])
+
+    def commit(self, staged: StagedRevert) -> None:
+        d = staged.data
+        if d["method"] == "rollback":
+            with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx, \
+                    rbd.Image(ioctx, d["image"]) as img:
+                if d["safety"] in [s["name"] for s in img.list_snaps()]:
+                    img.remove_snap(d["safety"])
+        # clone: the renamed base image stays as the clone's parent and keeps the older snapshots
+
+    def flatten(self, disk: Disk) -> None:
+        """Copy the parent's data into a clone so the base image (and its snapshots) can go: O(image size)."""
+        with self._image(f"{disk.source}@") as img:
+            img.flatten()
