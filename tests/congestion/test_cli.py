@@ -71,3 +71,10 @@ def test_bad_input_raises_the_one_line_kvmkit_error(args: list[str], error: type
     result = runner.invoke(app, args)
     assert isinstance(result.exception, error), result.output
     assert message in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_top_refreshes_and_stops_after_count():
+    with loadgen("top-vm", 2, 1, None, seconds=30) as proc:
+        result = runner.invoke(app, ["top", "--interval", "0.3", "--count", "2", "--pid", str(proc.pid)])
+    assert result.exit_code == 0, result.output
+    assert "top-vm" in result.output and "congestion" in result.output
