@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from kvmkit.bench.cli import app
 from kvmkit.bench.lint import lint_text
 from kvmkit.bench.schema import SCHEMA, load_run
-from kvmkit.errors import Conflict, InvalidInput
+from kvmkit.errors import Conflict, InvalidInput, OperationFailed
 
 SHORT = ["--size", "64M", "--runtime", "1", "--ramp", "0"]
 
@@ -91,3 +91,15 @@ def test_jobs_prints_a_job_file_fio_accepts_and_the_linter_passes(suite: str, tm
     assert lint_text(result.stdout, ram_bytes=1024**3) == []
     parsed = subprocess.run(["fio", "--parse-only", str(job_file)], capture_output=True, text=True, timeout=30)
     assert parsed.returncode == 0, parsed.stderr
+
+
+def test_fio_failure_is_a_failed_run_saved_with_its_error(disk_dir: Path):
+    out = disk_dir / "failed.json"
+    target = disk_dir / "t.dat"
+    args = ["run", "-s", "sweep", "-t", str(target), *SHORT, "--qd", "1", "--ioengine", "nosuchengine", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, OperationFailed)
+    assert "failed" in str(result.exception) and str(out) in str(result.exception)
+    saved = load_run(out)
+    assert saved.status == "failed" and "fio failed" in saved.error and saved.jobs == []
+    assert not target.exists(), "the file kvmkit created is removed on failure too"

@@ -92,7 +92,7 @@ def _execute(runner: Runner, inv: FioInvocation, ctx: SuiteContext, fio: str, ta
     return with_series
 
 
-def _purge(runner: Runner, step: Purge, fio: str) -> str | None:
+def _purge(runner: Runner, step: Purge) -> str | None:
     """Discard the target so preconditioning starts from a known state; a warning when it cannot."""
     argv = ["blkdiscard", step.path] if step.kind == "block" else ["truncate", "-s", "0", step.path]
     try:
@@ -101,6 +101,8 @@ def _purge(runner: Runner, step: Purge, fio: str) -> str | None:
         return f"purge skipped: {exc}"
     if done.returncode != 0:
         return f"purge not possible ({' '.join(argv)}: {done.stderr.strip()[:120]}); preconditioning only"
+    if step.kind == "file":
+        runner.claim(step.path, filled_bytes=0)  # emptied: the recorded fill no longer holds
     return None
 
 
@@ -168,7 +170,7 @@ def run_suite(suite: str, target: str, runner: Runner, options: BenchOptions | N
                 step = next(prog)
                 while True:
                     if isinstance(step, Purge):
-                        note = _purge(runner, step, opts.fio)
+                        note = _purge(runner, step)
                         warnings += [note] if note else []
                         step = prog.send([])
                         continue

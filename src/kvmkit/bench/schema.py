@@ -136,7 +136,7 @@ class BenchRun(_Record):
     schema_: str = Field(SCHEMA, alias="schema")
     label: str
     suite: str
-    status: Literal["ok", "failed", "partial"]
+    status: Literal["ok", "failed"]  # failed: error says why; jobs hold what was measured before
     error: str | None = None
     started_at: datetime
     finished_at: datetime
