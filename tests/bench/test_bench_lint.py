@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -129,3 +130,6 @@ def test_cli_lint_exit_codes_follow_severity():
     good = runner.invoke(app, ["lint", str(FIXTURES / "good" / "file-randrw-libaio.fio")])
     assert good.exit_code == 0, good.output
     assert "0 error(s)" in good.output
+    as_json = runner.invoke(app, ["lint", "--json", str(FIXTURES / "bad" / "zero-buffers.fio")])
+    assert as_json.exit_code == 1
+    assert [f["code"] for f in json.loads(as_json.stdout)] == ["KB104"]

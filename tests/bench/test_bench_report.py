@@ -150,3 +150,20 @@ def test_the_rendering_check_catches_script_errors_and_blank_pages(tmp_path: Pat
     assert any("Plotly is not defined" in line for line in bad.console)
     assert 'class="main-svg"' not in bad.dom
     assert ink_fraction(render(blank, tmp_path).png) < 0.001
+
+
+def test_notes_warn_about_other_machines_tcg_guests_and_failed_runs(quick_run: BenchRun):
+    guest = quick_run.model_copy(
+        update={"label": "in-guest", "machine": quick_run.machine.model_copy(update={"runner": "vm:lab1"})}
+    )
+    other = quick_run.model_copy(
+        update={
+            "label": "elsewhere",
+            "status": "failed",
+            "error": "VM gone",
+            "machine": quick_run.machine.model_copy(update={"hostname": "other"}),
+        }
+    )
+    assert compare.machine_notes([quick_run, quick_run]) == []
+    notes = " | ".join(compare.machine_notes([quick_run, guest, other]))
+    assert "2 machines" in notes and "TCG" in notes and "elsewhere: run failed (VM gone)" in notes

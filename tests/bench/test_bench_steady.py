@@ -78,3 +78,52 @@ def test_criteria_do_not_depend_on_units(values: list[float], scale: float):
     assert math.isclose(a.range_frac, b.range_frac, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(a.slope_frac, b.slope_frac, rel_tol=1e-9, abs_tol=1e-9)
     assert a.steady == b.steady or abs(a.range_frac - 0.2) < 1e-9 or abs(a.slope_frac - 0.1) < 1e-9
+
+
+def _drive_snia(iops_per_round: list[float], max_rounds: int):
+    """Feed the (pure) snia program synthetic round results; return the outcome and the rounds it asked for."""
+    from kvmkit.bench.schema import DirectionResult, JobResult, Percentiles
+    from kvmkit.bench.suites import Purge, SuiteContext, snia
+
+    def result(name: str, phase: str, iops: float) -> JobResult:
+        direction = DirectionResult(
+            iops=iops, bw_bytes=iops * 4096, ios=int(iops), latency=Percentiles(mean=1.0, max=2.0)
+        )
+        return JobResult(
+            name=name,
+            phase=phase,
+            rw="randrw",
+            bs=4096,
+            iodepth=32,
+            runtime_s=1.0,
+            write=direction,
+            usr_cpu_pct=1.0,
+            sys_cpu_pct=1.0,
+        )
+
+    program = snia(SuiteContext("/srv/t.dat", "file", 1 << 30, max_rounds=max_rounds, snia_matrix="tracking"))
+    rounds, step = 0, next(program)
+    try:
+        while True:
+            if isinstance(step, Purge) or step.jobs[0].phase == "precondition":
+                step = program.send([])
+                continue
+            value = iops_per_round[rounds]
+            rounds += 1
+            step = program.send([result(j.name, j.phase, value) for j in step.jobs])
+    except StopIteration as stop:
+        return stop.value, rounds
+
+
+def test_snia_stops_at_the_first_steady_round_and_reports_it():
+    outcome, rounds = _drive_snia([9000, 6000, 4000, 3000, 2000, 2000, 2010, 1990, 2000, 2000, 2000], 25)
+    assert rounds == 9 and outcome.steady_state.reached and outcome.steady_state.round == 9
+    assert outcome.steady_state.window == [2000, 2000, 2010, 1990, 2000]
+    assert not outcome.warnings
+
+
+def test_snia_gives_up_at_max_rounds_and_says_so():
+    outcome, rounds = _drive_snia([1000 * (1 + 0.3 * (i % 2)) for i in range(10)], 8)
+    assert rounds == 8 and not outcome.steady_state.reached and outcome.steady_state.round is None
+    assert outcome.steady_state.range_pct > 20
+    assert any("no steady state within 8 rounds" in w for w in outcome.warnings)
