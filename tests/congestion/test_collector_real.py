@@ -118,7 +118,9 @@ def test_a_real_qemu_is_found_and_its_threads_classified(tmp_path):
 @pytest.mark.skipif(not realqemu.available(), reason="qemu-system-x86_64 not installed")
 def test_real_qemu_guests_spinning_on_one_core_each_wait_their_fair_share(quiet_core: int):
     case = realqemu.fair_share_case(2, quiet_core, seconds=1.5)
-    assert case.runnable_pct >= 95  # the boot-sector loop keeps each vCPU thread runnable
+    # the boot-sector loop keeps each vCPU thread runnable; only time the core lost to irq/steal is charged
+    # to nobody and may be missing from run + wait
+    assert case.runnable_pct >= 95 - case.core_lost_pct, case
     disturbance = case.other_load_pct + case.core_lost_pct
     if disturbance > 8:
         pytest.skip(f"core {quiet_core}: {case.other_load_pct} % other load + {case.core_lost_pct} % irq/steal")

@@ -57,7 +57,7 @@ class ProcReader:
         self._proc = proc
         self._sys = sys
         self._pids = frozenset(pids) if pids is not None else None
-        self._comm: dict[int, str] = {}  # every live pid → comm (discovery), pruned each round
+        self._comm: dict[int, tuple[int, str]] = {}  # live pid → (inode of /proc/PID, comm), pruned each round
         self._domain: dict[int, str] = {}  # QEMU pid → domain name
         self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
         self._fds: dict[tuple[int, int], int] = {}  # kept schedstat descriptors of named threads
@@ -97,14 +97,16 @@ class ProcReader:
         """QEMU pids, and kernel vhost threads (pre-6.4 kernels) by the QEMU pid they serve."""
         if self._pids is not None:
             return sorted(self._pids), {}
-        live = {int(n) for n in os.listdir(self._proc) if n.isdigit()}
-        for pid in self._comm.keys() - live:
+        # The inode of /proc/PID changes when a pid is reused, so a recycled pid is looked at afresh.
+        with os.scandir(self._proc) as entries:
+            live = {int(e.name): e.inode() for e in entries if e.name.isdigit()}
+        for pid in [p for p, (ino, _) in self._comm.items() if live.get(p) != ino]:
             del self._comm[pid]
             self._domain.pop(pid, None)
         qemu: list[int] = []
         vhost: dict[int, list[int]] = {}
-        for pid in live:
-            comm = self._comm.get(pid)
+        for pid, ino in live.items():
+            comm = self._comm[pid][1] if pid in self._comm else None
             if comm is None:
                 try:
                     comm = read_small(f"{self._proc}/{pid}/comm").rstrip("\n")
@@ -117,7 +119,7 @@ class ProcReader:
                         exe = None  # kernel threads have no exe
                     if is_qemu(comm, exe):
                         comm = "qemu-system"  # renamed with -name process=…; remember it as QEMU
-                self._comm[pid] = comm
+                self._comm[pid] = (ino, comm)
             if is_qemu(comm):
                 qemu.append(pid)
             elif (owner := vhost_owner(comm)) is not None:
@@ -153,6 +155,7 @@ class ProcReader:
             skipped.append(Skip(f"pid {pid}", f"cannot list {base}: permission denied"))
             return None
         paths = [(tid, f"{base}/{tid}") for tid in tids] + [(tid, f"{self._proc}/{tid}") for tid in extra]
+        process_name = self._comm[pid][1] if pid in self._comm else self._process_name(pid)
         out: list[ThreadReading] = []
         for tid, path in paths:
             key = (pid, tid)
@@ -161,7 +164,7 @@ class ProcReader:
                 if cached is None:
                     name = read_small(f"{path}/comm").rstrip("\n")
                     cls = classify_thread(name)
-                    if name != self._comm.get(pid):  # not yet renamed by QEMU: look again next round
+                    if name != process_name:  # a thread QEMU has not named yet: look again next round
                         self._thread[key] = (name, cls)
                 else:
                     name, cls = cached
@@ -176,6 +179,13 @@ class ProcReader:
                 continue
             out.append(ThreadReading(tid, name, cls, run, wait, cpu))
         return tuple(out)
+
+    def _process_name(self, pid: int) -> str | None:
+        """comm of a process given by --pid (discovery caches it for the others)."""
+        try:
+            return read_small(f"{self._proc}/{pid}/comm").rstrip("\n")
+        except OSError:
+            return None
 
     def _read_schedstat(self, key: tuple[int, int], path: str, stable: bool) -> str:
         """schedstat through a descriptor kept open per named thread: one pread instead of open+read+close.
