@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from kvmkit.bench.command_runner import CommandRunner, LocalExec
 from kvmkit.bench.engine import BenchOptions, run_suite
 from kvmkit.bench.runner import HostRunner
-from kvmkit.errors import Conflict, EnvironmentProblem
+from kvmkit.errors import Conflict, EnvironmentProblem, OperationFailed
 
 MIB = 1024 * 1024
 
@@ -64,3 +65,48 @@ def test_a_suite_runs_end_to_end_through_exec_only(runner: CommandRunner, disk_d
 def test_fio_missing_there_is_an_environment_problem(runner: CommandRunner, disk_dir: Path):
     with pytest.raises(EnvironmentProblem, match="not found"):
         run_suite("quick", str(disk_dir / "t.dat"), runner, BenchOptions(fio="/nonexistent/fio"))
+
+
+class BusyboxExec:
+    """The lab guest's toolset: busybox-static applets only (no blkid in 1.35), plus fio itself."""
+
+    def __init__(self) -> None:
+        listing = subprocess.run(["busybox", "--list"], capture_output=True, text=True, check=True).stdout
+        self.applets = set(listing.split())
+        self.local = LocalExec()
+        self.calls: list[str] = []
+
+    def __call__(self, argv: list[str], timeout_s: float):
+        self.calls.append(argv[0])
+        if argv[0] in self.applets:
+            return self.local(["busybox", *argv], timeout_s)
+        if argv[0].endswith("fio"):
+            return self.local(argv, timeout_s)
+        raise OperationFailed(f"guest-exec: failed to execute {argv[0]}: no such file")  # what the agent says
+
+
+needs_busybox = pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
+
+
+@needs_busybox
+def test_busybox_only_probe_of_a_device_with_a_filesystem(loop_device: str):
+    subprocess.run(["mkfs.ext4", "-q", loop_device], check=True)
+    busybox = BusyboxExec()
+    probe = CommandRunner("vm:sim", busybox, tmp_root="/var/tmp").probe(loop_device)
+    assert (probe.kind, probe.size_bytes) == ("block", 64 * MIB)
+    assert probe.signature in ("ext4", "data"), "blkid if the applet exists, else non-zero first MiB"
+    with pytest.raises(Conflict):
+        run_suite("quick", loop_device, CommandRunner("vm:sim", busybox), BenchOptions(size_bytes=64 * MIB))
+
+
+@needs_busybox
+def test_busybox_only_toolset_runs_a_suite(disk_dir: Path):
+    busybox = BusyboxExec()
+    runner = CommandRunner("vm:sim", busybox, tmp_root="/var/tmp")
+    run = run_suite(
+        "sweep", str(disk_dir / "t.dat"), runner, BenchOptions(size_bytes=64 * MIB, runtime_s=1, ramp_s=0, qds=(4,))
+    )
+    assert run.status == "ok", run.error
+    assert all(j.latency_series for j in run.measured())
+    assert {"stat", "df", "mktemp", "cat", "rm", "touch"} <= set(busybox.calls)
+    assert list(disk_dir.iterdir()) == []

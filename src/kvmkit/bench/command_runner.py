@@ -5,10 +5,11 @@ That is exactly what qemu-ga's guest-exec offers, so fio inside a lab VM is:
     runner = CommandRunner("vm:lab1", functools.partial(kvmkit.virt.agent.guest_exec, dom))
     run_suite("quick", "/dev/vdb", runner, BenchOptions(destructive="/dev/vdb"))
 
-Everything — probing the target, scratch folders, latency logs — goes through plain commands that busybox
-has (stat, blockdev, blkid, df, cat, mktemp, rm, touch), never a shell string. What cannot be known that
-way is left unknown rather than guessed: peak RSS of fio (0), O_DIRECT support (None), earlier fills
-(a file is always filled again). Tested on the host with a subprocess-backed exec function.
+Everything — probing the target, scratch folders, latency logs — goes through plain commands that
+busybox-static has (stat, blockdev, df, cat, cmp, mktemp, rm, touch; blkid where present), never a shell
+string. What cannot be known that way is left unknown rather than guessed: peak RSS of fio (0), O_DIRECT
+support (None), earlier fills (a file is always filled again). Tested on the host with a subprocess exec
+function, once with the host's tools and once with busybox's applets only, as in the lab guest.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol
 
 from kvmkit.bench.runner import Completed, TargetProbe
 from kvmkit.bench.schema import Machine
-from kvmkit.errors import EnvironmentProblem, OperationFailed
+from kvmkit.errors import EnvironmentProblem, KvmkitError, OperationFailed
 
 
 class ExecOutput(Protocol):
@@ -42,7 +43,11 @@ class CommandRunner:
         self.tmp_root = tmp_root
 
     def _out(self, argv: list[str], timeout_s: float = 30) -> tuple[int, str]:
-        result = self.exec_fn(argv, timeout_s)
+        """Exit code and stdout; a tool the guest lacks (guest-exec refuses to start it) counts as exit 127."""
+        try:
+            result = self.exec_fn(argv, timeout_s)
+        except KvmkitError:
+            return 127, ""
         return result.exit_code, result.stdout.decode(errors="replace")
 
     def _must(self, argv: list[str]) -> str:
@@ -101,10 +106,7 @@ class CommandRunner:
         if kind_text.startswith("block"):
             size = int(self._must(["blockdev", "--getsize64", path]).strip())
             mounted = next((mp for src, mp, _ in self._mounts() if src == path or src.startswith(path)), None)
-            bcode, blk = self._out(["blkid", path])
-            signature = None
-            if bcode == 0 and 'TYPE="' in blk:
-                signature = blk.split('TYPE="', 1)[1].split('"', 1)[0]
+            signature = self._signature(path)
             return TargetProbe(path, "block", size_bytes=size, mounted_at=mounted, signature=signature, ram_bytes=ram)
         if not kind_text.startswith("regular"):
             return TargetProbe(path, "other", ram_bytes=ram)
@@ -119,6 +121,15 @@ class CommandRunner:
             owned=size == 0,
             ram_bytes=ram,
         )
+
+    def _signature(self, device: str) -> str | None:
+        """blkid's TYPE where blkid exists (busybox-static 1.35 has none), else "data" if the first MiB is not
+        all zeros (cmp against /dev/zero: exit 0 same, 1 differs); None when neither can tell."""
+        code, out = self._out(["blkid", device])
+        if code == 0 and 'TYPE="' in out:
+            return out.split('TYPE="', 1)[1].split('"', 1)[0]
+        code, _ = self._out(["cmp", "-n", str(1024 * 1024), device, "/dev/zero"])
+        return "data" if code == 1 else None
 
     def run(self, argv: Sequence[str], timeout_s: float) -> Completed:
         started = time.monotonic()
