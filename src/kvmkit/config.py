@@ -35,6 +35,7 @@ class BackupTarget(BaseModel):
     bucket: str | None = None
     access_key: str | None = Field(default=None, repr=False)
     secret_key: str | None = Field(default=None, repr=False)
+    compression: Literal["zlib", "none"] = "zlib"  # zlib level 1; chunks that do not compress are stored raw
 
 
 class Settings(BaseModel):

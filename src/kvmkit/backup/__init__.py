@@ -1,0 +1,1 @@
+"""Backup of snapshots to secondary storage: chunked, deduplicated, incremental, verified on restore."""

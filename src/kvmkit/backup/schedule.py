@@ -1,0 +1,165 @@
+"""`kvmkit schedule`: periodic snapshots (optionally backed up) with retention, driven by a clock you can replace.
+
+Schedules live in <state_dir>/schedules.json (0600, written atomically under a lock). `run_once(now)` takes the
+snapshots that are due at `now`, names them sched-<now>, backs them up when asked, then prunes the VM's
+scheduled snapshots and backups by the schedule's retention. Only snapshots named sched-… are ever pruned, so a
+hand-made snapshot is never touched; the newest snapshot and the newest good backup always stay.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from kvmkit.backup import manage, retention
+from kvmkit.config import Settings
+from kvmkit.errors import Conflict, InvalidInput, KvmkitError, NotFound
+
+log = logging.getLogger(__name__)
+EVERY_RE = re.compile(r"^(\d+)([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class Schedule(BaseModel):
+    vm: str
+    every_s: int
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    backup: bool = False
+    target: str | None = None
+    last_run: datetime | None = None
+
+    @property
+    def policy(self) -> retention.RetentionPolicy:
+        return retention.RetentionPolicy(self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly)
+
+
+class RunAction(BaseModel):
+    vm: str
+    action: str  # snapshot | backup | pruned snapshot | pruned backups | error
+    detail: str
+
+
+def parse_every(text: str) -> int:
+    match = EVERY_RE.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise InvalidInput(f"--every {text!r}: use a number and a unit, e.g. 90s, 15m, 1h, 1d, 1w")
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds < 60:
+        raise InvalidInput(f"--every {text!r}: at least 1m (a snapshot per second is no schedule)")
+    return seconds
+
+
+def due(schedule: Schedule, now: datetime) -> bool:
+    return schedule.last_run is None or now - schedule.last_run >= timedelta(seconds=schedule.every_s)
+
+
+def next_due(schedules: list[Schedule], now: datetime) -> datetime:
+    if not schedules:
+        return now + timedelta(minutes=1)
+    return min(now if s.last_run is None else s.last_run + timedelta(seconds=s.every_s) for s in schedules)
+
+
+class ScheduleBook:
+    """The schedules file; every change is read-modify-write under a lock, so `add` during `run` is safe."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "schedules.json"
+
+    @contextmanager
+    def edit(self) -> Iterator[list[Schedule]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            schedules = self.read()
+            yield schedules
+            tmp = self.path.with_suffix(".tmp")
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(out, "w") as fh:
+                fh.write("[" + ",".join(s.model_dump_json() for s in schedules) + "]")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[Schedule]:
+        if not self.path.exists():
+            return []
+        import json
+
+        try:
+            return [Schedule.model_validate(item) for item in json.loads(self.path.read_text())]
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{self.path} is not a valid schedules file: {exc}") from None
+
+
+def add(settings: Settings, schedule: Schedule) -> Schedule:
+    if schedule.policy.empty:
+        raise InvalidInput("give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly")
+    if schedule.backup and not settings.backup_targets:
+        raise InvalidInput("--backup needs a backup target in the config ([[backup_targets]])")
+    with ScheduleBook(settings.state_dir).edit() as schedules:
+        if any(s.vm == schedule.vm for s in schedules):
+            raise Conflict(f"VM {schedule.vm} already has a schedule; remove it first")
+        schedules.append(schedule)
+    return schedule
+
+
+def remove(settings: Settings, vm: str) -> Schedule:
+    with ScheduleBook(settings.state_dir).edit() as schedules:
+        found = next((s for s in schedules if s.vm == vm), None)
+        if found is None:
+            raise NotFound(f"VM {vm} has no schedule")
+        schedules.remove(found)
+    return found
+
+
+def run_once(settings: Settings, now: datetime, engine_factory: Callable[[], object]) -> list[RunAction]:
+    """Run every schedule due at `now`; a failing VM is reported and does not stop the others."""
+    book = ScheduleBook(settings.state_dir)
+    actions: list[RunAction] = []
+    for schedule in [s for s in book.read() if due(s, now)]:
+        try:
+            actions += _run_one(settings, schedule, now, engine_factory())
+        except KvmkitError as exc:
+            actions.append(RunAction(vm=schedule.vm, action="error", detail=str(exc)))
+        with book.edit() as schedules:  # mark it run even after an error: the next attempt is a period later
+            for item in schedules:
+                if item.vm == schedule.vm:
+                    item.last_run = now
+    return actions
+
+
+def _run_one(settings: Settings, schedule: Schedule, now: datetime, engine) -> list[RunAction]:
+    from kvmkit.backup.create import backup_snapshot
+
+    name = retention.SCHEDULED_PREFIX + now.strftime(retention.SCHEDULED_FORMAT)
+    snap = engine.create(schedule.vm, name)
+    actions = [RunAction(vm=schedule.vm, action="snapshot", detail=name)]
+    if schedule.backup:
+        manifest = backup_snapshot(settings, snap, schedule.target)
+        actions.append(RunAction(vm=schedule.vm, action="backup",
+                                 detail=f"{name} ({manifest.kind.value}, {manifest.written_bytes} bytes written)"))
+        removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)
+        if removal.deleted:
+            actions.append(RunAction(vm=schedule.vm, action="pruned backups", detail=", ".join(removal.deleted)))
+    scheduled = [s for s in engine.catalog.list(snap.vm_uuid) if s.name.startswith(retention.SCHEDULED_PREFIX)]
+    kept = retention.keep([retention.Item(s.name, retention.item_time(s.name, s.created)) for s in scheduled],
+                          schedule.policy)
+    for old in scheduled:
+        if old.name not in kept:
+            engine.delete(schedule.vm, old.name)
+            actions.append(RunAction(vm=schedule.vm, action="pruned snapshot", detail=old.name))
+    return actions

@@ -1,0 +1,275 @@
+"""A directory target (a local folder, or a mounted NFS export): content-addressed chunks and JSON manifests.
+
+Layout (everything 0600, folders 0700):
+    <root>/kvmkit-backup.json          format marker
+    <root>/chunks/ab/<sha256>          "KVB1" + codec byte + payload (codec 0 raw, 1 zlib)
+    <root>/manifests/<vm_uuid>/<snapshot>.json
+    <root>/incomplete/<vm_uuid>--<snapshot>.json   intent of a backup in progress (informational)
+    <root>/lock                        flock: backups share it, garbage collection takes it alone
+
+Every file appears by rename() after fsync, so a reader never sees half a chunk or half a manifest; a backup is
+good exactly when its manifest exists. Chunks a killed backup left behind are reused by the retried run (its
+writes skip chunks already present) or removed by the next garbage collection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kvmkit.backup.model import FORMAT_VERSION, BackupManifest
+from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+
+log = logging.getLogger(__name__)
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
+MAGIC = b"KVB1"
+RAW, ZLIB = 0, 1
+PROBE = 64 << 10  # compress this much first: incompressible chunks (random, encrypted, compressed) skip zlib
+PROBE_RATIO = 0.9
+
+
+class ChunkDamaged(Exception):
+    """A chunk that is missing, undecodable or whose content does not hash to its name."""
+
+    def __init__(self, digest: str, problem: str) -> None:
+        super().__init__(f"chunk {digest}: {problem}")
+        self.digest, self.problem = digest, problem
+
+
+def _probe(raw: bytes) -> bytes:
+    """Four slices spread over the chunk: a chunk that is half random, half text is still found compressible."""
+    if len(raw) <= PROBE:
+        return raw
+    step, part = len(raw) // 4, PROBE // 4
+    return b"".join(raw[i * step: i * step + part] for i in range(4))
+
+
+def encode(raw: bytes, compression: str) -> bytes:
+    if compression == "zlib":
+        probe = _probe(raw)
+        if len(zlib.compress(probe, 1)) < PROBE_RATIO * len(probe):
+            packed = zlib.compress(raw, 1)
+            if len(packed) < len(raw):
+                return MAGIC + bytes([ZLIB]) + packed
+    return MAGIC + bytes([RAW]) + raw
+
+
+def decode(digest: str, blob: bytes) -> bytes:
+    if blob[:4] != MAGIC or len(blob) < 5:
+        raise ChunkDamaged(digest, "undecodable (bad header)")
+    codec, payload = blob[4], blob[5:]
+    try:
+        raw = zlib.decompress(payload) if codec == ZLIB else payload if codec == RAW else None
+    except zlib.error:
+        raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
+    if raw is None:
+        raise ChunkDamaged(digest, f"undecodable (unknown codec {codec})")
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise ChunkDamaged(digest, "hash mismatch (content changed on the target)")
+    return raw
+
+
+class DirTarget:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name, self.root = name, root
+        if not root.is_dir():
+            raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
+        self._made_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+        marker = root / "kvmkit-backup.json"
+        if marker.exists():
+            try:
+                version = json.loads(marker.read_text()).get("format")
+            except (OSError, ValueError) as exc:
+                raise OperationFailed(f"backup target {name}: {marker} is unreadable: {exc}") from None
+            if version != FORMAT_VERSION:
+                raise InvalidInput(f"backup target {name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
+        else:
+            self._atomic_write(marker, json.dumps({"format": FORMAT_VERSION, "tool": "kvmkit"}).encode())
+
+    # paths ------------------------------------------------------------------------------------------------
+    def chunk_path(self, digest: str) -> Path:
+        return self.root / "chunks" / digest[:2] / digest
+
+    def manifest_path(self, vm_uuid: str, snapshot: str) -> Path:
+        return self.root / "manifests" / vm_uuid / f"{snapshot}.json"
+
+    def _dir(self, path: Path) -> Path:
+        if path not in self._made_dirs:
+            with self._dirs_lock:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._made_dirs.add(path)
+        return path
+
+    def _atomic_write(self, path: Path, data: bytes, durable: bool = True) -> None:
+        """Write beside, (fsync,) rename: the name appears only with its whole content. Chunks skip the fsync
+        (durable=False): one syncfs of the target before the manifest is written makes them all durable at once."""
+        folder = self._dir(path.parent)
+        tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OperationFailed(f"backup target {self.name} is full ({exc.strerror}) writing {path.name}; "
+                                      "the backup is not recorded, a rerun after freeing space resumes it") from None
+            raise OperationFailed(f"backup target {self.name}: writing {path}: {exc.strerror}") from None
+
+    def sync(self) -> None:
+        """Make every chunk written so far durable (syncfs of the target's filesystem, else fsync per folder),
+        so a power cut cannot leave a manifest naming chunks that never reached the disk."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                return
+            os.sync()
+        finally:
+            os.close(fd)
+
+    def sync_dirs(self) -> None:
+        """fsync the folders that got new names, so a power cut cannot lose a rename the manifest relies on."""
+        for folder in sorted(self._made_dirs):
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # chunks -----------------------------------------------------------------------------------------------
+    def has_chunk(self, digest: str) -> bool:
+        return self.chunk_path(digest).exists()
+
+    def put_chunk(self, digest: str, raw: bytes, compression: str) -> int:
+        """Store a chunk unless present; returns the bytes written (0 when it was already there)."""
+        path = self.chunk_path(digest)
+        if path.exists():
+            return 0
+        blob = encode(raw, compression)
+        self._atomic_write(path, blob, durable=False)
+        return len(blob)
+
+    def get_chunk(self, digest: str) -> bytes:
+        try:
+            blob = self.chunk_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ChunkDamaged(digest, "missing") from None
+        except OSError as exc:
+            raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
+        return decode(digest, blob)
+
+    def chunk_names(self) -> Iterator[tuple[str, Path]]:
+        chunks = self.root / "chunks"
+        if not chunks.is_dir():
+            return
+        for sub in sorted(chunks.iterdir()):
+            for entry in os.scandir(sub):
+                yield entry.name, Path(entry.path)
+
+    # manifests --------------------------------------------------------------------------------------------
+    def write_manifest(self, manifest: BackupManifest) -> int:
+        path = self.manifest_path(manifest.vm_uuid, manifest.snapshot)
+        data = manifest.model_dump_json().encode()
+        manifest.manifest_bytes = len(data)
+        data = manifest.model_dump_json().encode()  # again, now carrying its own size (± a digit)
+        self.sync()
+        self._atomic_write(path, data)
+        self.sync_dirs()
+        return len(data)
+
+    def read_manifest(self, path: Path) -> BackupManifest:
+        try:
+            return BackupManifest.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as exc:
+            raise OperationFailed(f"backup target {self.name}: manifest {path} is unreadable: "
+                                  f"{str(exc).splitlines()[0]}") from None
+
+    def manifests(self, vm_uuid: str | None = None) -> list[BackupManifest]:
+        """Good backups (those with a manifest), oldest snapshot first."""
+        base = self.root / "manifests"
+        folders = [base / vm_uuid] if vm_uuid else (sorted(base.iterdir()) if base.is_dir() else [])
+        out = [self.read_manifest(p) for folder in folders if folder.is_dir()
+               for p in folder.glob("*.json")]
+        return sorted(out, key=lambda m: (m.snapshot_created, m.snapshot))
+
+    def delete_manifest(self, manifest: BackupManifest) -> None:
+        self.manifest_path(manifest.vm_uuid, manifest.snapshot).unlink(missing_ok=True)
+
+    # in progress ------------------------------------------------------------------------------------------
+    def _intent_path(self, vm_uuid: str, snapshot: str) -> Path:
+        return self.root / "incomplete" / f"{vm_uuid}--{snapshot}.json"
+
+    def mark_incomplete(self, vm: str, vm_uuid: str, snapshot: str) -> None:
+        data = {"vm": vm, "vm_uuid": vm_uuid, "snapshot": snapshot, "pid": os.getpid(), "host": os.uname().nodename}
+        self._atomic_write(self._intent_path(vm_uuid, snapshot), json.dumps(data).encode())
+
+    def clear_incomplete(self, vm_uuid: str, snapshot: str) -> None:
+        self._intent_path(vm_uuid, snapshot).unlink(missing_ok=True)
+
+    def incomplete(self) -> list[dict]:
+        folder = self.root / "incomplete"
+        out = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    # locking ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
+        """Backups hold the lock shared; garbage collection alone, so it never sweeps chunks being written."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                raise EnvironmentProblem(f"backup target {self.name} is busy (another backup or prune)") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Remove chunks no manifest references, and temporary files of killed writers; (files, bytes) freed.
+        The caller holds the lock exclusively. Any unreadable manifest stops it: its chunks might be live."""
+        live: set[str] = set()
+        for manifest in self.manifests():
+            for disk in manifest.disks:
+                live.update(d for _, d in disk.chunks if d is not None)
+        removed = freed = 0
+        for name, path in self.chunk_names():
+            if name in live:
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed, freed = removed + 1, freed + size
+        return removed, freed
