@@ -1,15 +1,18 @@
-"""Against the lab's real libvirtd: a transient domain is found by name in /proc, and enforce/revert move its
-scheduler parameters through libvirt and back."""
+"""Against the lab's real libvirtd: a transient domain is found by name in /proc, `domains` maps it, and
+enforce/revert move its scheduler parameters through libvirt and back."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from kvmkit.congestion import control
-from kvmkit.congestion.model import ThreadKind
+from kvmkit.congestion.cli import app
+from kvmkit.congestion.model import ThreadKind, VmReading
 from kvmkit.congestion.policy import Action
 from kvmkit.congestion.procfs import ProcReader
 
@@ -22,13 +25,13 @@ DOMAIN_XML = f"""<domain type='qemu'>
 </domain>"""
 
 
-@pytest.mark.lab
-def test_enforce_and_revert_move_real_libvirt_scheduler_parameters(lab_state, tmp_path: Path):
+@pytest.fixture
+def transient_vm(lab_state) -> Iterator[tuple[str, VmReading]]:
+    """A 2-vCPU TCG domain without disks on the lab's libvirtd: (uri, its reading once both vCPUs exist)."""
     import libvirt
 
     conn = libvirt.open(lab_state.uri)
     domain = conn.createXML(DOMAIN_XML, 0)  # transient: gone when destroyed
-    backend = control.LibvirtScheduler(lab_state.uri)
     try:
         deadline = time.monotonic() + 10
         vm = None
@@ -37,7 +40,27 @@ def test_enforce_and_revert_move_real_libvirt_scheduler_parameters(lab_state, tm
             if found and sum(t.cls.kind is ThreadKind.VCPU for t in found[0].threads) == 2:
                 vm = found[0]
             time.sleep(0.05)
-        assert vm is not None and vm.cgroup is not None and "qemu" in vm.cgroup.path
+        assert vm is not None, "the domain's QEMU never showed two vCPU threads"
+        yield lab_state.uri, vm
+    finally:
+        domain.destroy()
+        conn.close()
+
+
+@pytest.mark.lab
+def test_domains_maps_libvirt_names_to_the_qemu_found_in_proc(transient_vm):
+    uri, vm = transient_vm
+    assert vm.cgroup is not None and "qemu" in vm.cgroup.path  # libvirt's cgroup, not the root
+    result = CliRunner().invoke(app, ["domains", "--uri", uri])
+    assert result.exit_code == 0, result.output
+    assert NAME in result.output and str(vm.pid) in result.output
+
+
+@pytest.mark.lab
+def test_enforce_and_revert_move_real_libvirt_scheduler_parameters(transient_vm, tmp_path: Path):
+    uri, _ = transient_vm
+    backend = control.LibvirtScheduler(uri)
+    try:
         before = backend.parameters(NAME)
         journal = control.Journal(tmp_path / "journal.jsonl")
         actions = [Action(NAME, "cpu_shares", before["cpu_shares"], before["cpu_shares"] * 2, "lab"),
@@ -50,5 +73,3 @@ def test_enforce_and_revert_move_real_libvirt_scheduler_parameters(lab_state, tm
         assert (after["cpu_shares"], after["vcpu_quota"]) == (before["cpu_shares"], before["vcpu_quota"])
     finally:
         backend.close()
-        domain.destroy()
-        conn.close()

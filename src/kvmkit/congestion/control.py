@@ -44,6 +44,8 @@ class LibvirtScheduler:
         except ImportError:
             raise EnvironmentProblem("python libvirt bindings are not installed (python3-libvirt)") from None
         self._libvirt = libvirt
+        # libvirt prints every error to stderr by default; ours are re-raised as one-line KvmkitErrors
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         try:
             self._conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
