@@ -115,3 +115,27 @@ def test_host_load_splits_into_qemu_other_and_steal():
     assert (host.qemu_load_pct, host.other_load_pct, host.steal_pct) == (37.5, 12.5, 10)
     no_stat = interval_report(_reading(0, []), _reading(1, [])).host
     assert no_stat.steal_pct is None and no_stat.other_load_pct is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10 * S), st.integers(0, 10 * S), st.integers(0, S), st.integers(0, S)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_random_counters_give_consistent_percentages(counters: list[tuple[int, int, int, int]]):
+    """For any monotone counters: percentages are Δ/Δt, VM and host figures are means of their vCPUs."""
+    before = [_thread(100 + i, f"CPU {i}/KVM", run, wait) for i, (run, wait, _, _) in enumerate(counters)]
+    after = [_thread(100 + i, f"CPU {i}/KVM", run + dr, wait + dw) for i, (run, wait, dr, dw) in enumerate(counters)]
+    report = interval_report(
+        _reading(0, [VmReading(1, "vm", tuple(before), None)]), _reading(2, [VmReading(1, "vm", tuple(after), None)])
+    )
+    (vm,) = report.vms
+    expected = [100 * dw / (2 * S) for *_, dw in counters]
+    assert [v.congestion_pct for v in vm.vcpus] == pytest.approx(expected, abs=1e-3)
+    assert vm.congestion_pct == pytest.approx(sum(expected) / len(expected), abs=1e-3)
+    assert report.host.congestion_pct == pytest.approx(vm.congestion_pct, abs=1e-3)
+    assert vm.congestion_max_pct == pytest.approx(max(expected), abs=1e-3)
+    assert 0 <= report.host.congestion_p95_pct <= vm.congestion_max_pct + 1e-9
+    assert report.host.vcpu_demand == pytest.approx(sum(dr + dw for *_, dr, dw in counters) / (2 * S), abs=1e-3)
