@@ -146,15 +146,25 @@ def bench(
     rounds: int = typer.Option(5, "--rounds", help="Measured rounds per disk count (after one warm-up)."),
     filesystems: str = typer.Option("every", "--filesystems",
                                     help="every: each disk has a mounted ext4 to freeze; first: only the first."),
+    storage: str = typer.Option("file", "--storage", help="file (vs libvirt) or rbd (concurrency, groups, revert)."),
+    revert_sizes: str = typer.Option("1,8", "--revert-sizes", help="rbd: image sizes in GiB for the revert timing."),
+    paxos_interval: float = typer.Option(1.0, "--paxos-interval",
+                                         help="rbd: mon paxos_propose_interval during the run (1 s = production)."),
     connect: str | None = CONNECT,
     json_out: bool = JSON,
 ) -> None:
-    """Freeze window of kvmkit vs libvirt's quiesced disk-only snapshot, on lab VMs, in one run."""
+    """Measure snapshot freeze windows on lab VMs, against an anchor run in the same process."""
     from kvmkit import config
     from kvmkit.snapshot import bench as bench_mod
 
     settings = config.load()
     say = err_console.print if json_out else console.print
+    if storage == "rbd":
+        _bench_rbd(settings.lab_path, connect or settings.libvirt_uri, disks, rounds, revert_sizes, paxos_interval,
+                   json_out, say)
+        return
+    if storage != "file":
+        raise InvalidInput("--storage must be 'file' or 'rbd'")
     if filesystems not in ("every", "first"):
         raise InvalidInput("--filesystems must be 'every' or 'first'")
     result = bench_mod.run(settings.lab_path, connect or settings.libvirt_uri, bench_mod.parse_counts(disks), rounds,
@@ -172,4 +182,28 @@ def bench(
         most = max(r.disks for r in result.results)
         console.print(f"kvmkit {most} disks vs 1 disk: window {result.scaling_max_vs_1_disk:.2f}×, "
                       f"disk-snapshot phase {result.storage_scaling_max_vs_1_disk:.2f}×")
+    console.print(f"peak RSS {result.peak_rss_mib} MiB, {result.seconds} s")
+
+
+def _bench_rbd(lab_path, uri: str, disks: str, rounds: int, revert_sizes: str, paxos: float,
+               json_out: bool, say) -> None:
+    from kvmkit.snapshot import bench_rbd
+    from kvmkit.snapshot.bench import parse_counts
+
+    sizes = parse_counts(revert_sizes)
+    result = bench_rbd.run(lab_path, uri, parse_counts(disks), rounds, sizes,
+                           progress=lambda m: say(f"[dim]bench:[/] {m}"), paxos_interval_s=paxos)
+    if json_out:
+        print_json(result)
+        return
+    print_table(f"RBD snapshots (median of {rounds}; mon paxos_propose_interval {paxos:g} s)",
+                ["disks", "one create_snap", "freeze: concurrent", "(of which snaps)", "freeze: sequential",
+                 "(of which snaps)", "group, no freeze", "snaps / one create_snap"],
+                [(r.disks, f"{r.one_create_snap_ms} ms", f"{r.concurrent_freeze_median_ms} ms",
+                  f"{r.concurrent_storage_median_ms} ms", f"{r.sequential_freeze_median_ms} ms",
+                  f"{r.sequential_storage_median_ms} ms", f"{r.group_wall_median_ms} ms",
+                  f"{r.storage_vs_one_create_snap:.2f}×") for r in result.results])
+    print_table("RBD revert", ["image", "by clone", "by rollback", "rollback / clone"],
+                [(f"{r.size_gib} GiB", f"{r.clone_ms} ms", f"{r.rollback_ms} ms", f"{r.rollback_vs_clone}×")
+                 for r in result.revert])
     console.print(f"peak RSS {result.peak_rss_mib} MiB, {result.seconds} s")

@@ -52,6 +52,7 @@ class Engine:
     catalog: Catalog
     freeze_timeout_s: float = 10.0
     drivers: list[StorageDriver] = field(default_factory=default_drivers)
+    sequential: bool = False  # benchmarks only: snapshot disks one after another, to show what concurrency buys
 
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
@@ -138,7 +139,7 @@ class Engine:
             stop, start, action = dom.suspend, dom.resume, "resume"
         watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
                             self.state_dir / "log" / "watchdog.log")
-        window_ms, storage_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned)
+        window_ms, storage_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned, self.sequential)
         failpoint("after-thaw")
         if mode is Mode.QUIESCED:
             return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms)
@@ -302,7 +303,7 @@ def _one(driver: StorageDriver, disk_snap: DiskSnapshot, index: int) -> DiskSnap
 
 
 def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callable[[], object],
-                  drivers: list[StorageDriver], planned: list[DiskSnapshot]
+                  drivers: list[StorageDriver], planned: list[DiskSnapshot], sequential: bool = False
                   ) -> tuple[float, float, list[DiskSnapshot]]:
     """Freeze (or pause), snapshot all, thaw (or resume) — in every path; time the window and the storage part."""
     pool = _warm_pool(len(planned))
@@ -313,7 +314,8 @@ def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callabl
             stop()
             failpoint("after-freeze")
             t_storage = time.perf_counter()
-            disks = _snapshot_all(drivers, planned, pool)
+            disks = ([_one(d, p, i) for i, (d, p) in enumerate(zip(drivers, planned, strict=True))] if sequential
+                     else _snapshot_all(drivers, planned, pool))
             storage_ms = _ms_since(t_storage)
         finally:
             try:
