@@ -33,8 +33,10 @@ def test_recorded_report_parses_mixed_and_read_only_jobs():
     assert read.cpu_us_per_io == pytest.approx(expected_cpu)
 
 
-def test_warning_lines_before_the_json_are_skipped():
+def test_warning_lines_around_the_json_are_skipped():
     text = "fio: this platform does not support process shared mutexes\n" + RECORDED.read_text()
+    assert len(parse_report(load_report(text))) == 2
+    text = RECORDED.read_text() + "fio: file hash not empty on exit\n"
     assert len(parse_report(load_report(text))) == 2
 
 

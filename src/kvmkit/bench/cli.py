@@ -111,7 +111,7 @@ def run_cmd(
         keep_file=keep_file,
         label=label,
     )
-    result = run_suite(suite, target, HostRunner(tmp_root=os.environ.get("KVMKIT_BENCH_TMP")), options)
+    result = run_suite(suite, target, HostRunner(), options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]WARNING[/]: {warning}", highlight=False)
     if out is not None:

@@ -2,7 +2,7 @@
 
 fio's JSON layout (3.x): jobs[i].{jobname, error, job_runtime (ms), usr_cpu, sys_cpu (% of one CPU),
 read|write: {iops, bw_bytes, total_ios, lat_ns|clat_ns: {mean, max, percentile{"99.000000": ns}}}}.
-fio may print warnings ("fio: ...") on stdout before the JSON, so the report is taken from the first '{'.
+fio may print warnings ("fio: ...") on stdout around the JSON, so the report is the object at the first '{'.
 Latency logs are "time_ms, value_ns, ddir, bs, offset[, prio]" lines; they are read as a stream and folded
 into a fixed number of buckets, so a long run never holds the whole log in memory.
 """
@@ -44,7 +44,8 @@ def load_report(stdout: str) -> dict[str, Any]:
     if start < 0:
         raise OperationFailed(f"fio printed no JSON report: {stdout.strip()[:200]!r}")
     try:
-        report = json.loads(stdout[start:])
+        # raw_decode: fio can also print lines *after* the report ("fio: file hash not empty on exit").
+        report, _ = json.JSONDecoder().raw_decode(stdout, start)
     except json.JSONDecodeError as exc:
         raise OperationFailed(f"fio's JSON report is malformed: {exc}") from None
     if "jobs" not in report and "client_stats" not in report:
