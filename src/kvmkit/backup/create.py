@@ -25,6 +25,7 @@ from kvmkit.backup.store import DirTarget
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
+from kvmkit.snapshot.engine import failpoint
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Backup:
                 created=datetime.now(), parent=parent.snapshot if parent and not all(d.full for d in disks) else None,
                 target=self.target.name, chunk_size=self.chunk_size, compression=self.compression, disks=disks,
                 seconds=round(time.perf_counter() - t0, 3))
+            failpoint("backup-before-manifest")
             self.target.write_manifest(manifest)
             self.target.clear_incomplete(snapshot.vm_uuid, snapshot.name)
         log.info("backup written", extra={"vm": snapshot.vm, "snapshot": snapshot.name, "kind": manifest.kind.value,

@@ -110,7 +110,9 @@ class DirTarget:
     def _dir(self, path: Path) -> Path:
         if path not in self._made_dirs:
             with self._dirs_lock:
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                missing = [p for p in (path, *path.parents) if not p.exists()]
+                for folder in reversed(missing):  # mkdir(parents=True) would give the parents umask modes
+                    folder.mkdir(mode=0o700, exist_ok=True)
                 self._made_dirs.add(path)
         return path
 

@@ -1,0 +1,61 @@
+"""Helpers for backup tests: settings with a directory target, and snapshot records of real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from kvmkit.config import BackupTarget, Settings
+from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
+
+MiB = 1 << 20
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    (tmp_path / "target").mkdir()
+    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target")])
+
+
+def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:
+    return Snapshot(vm_uuid=f"uuid-{vm}", vm=vm, name=name, created=when or datetime.now(), mode=Mode.OFFLINE,
+                    state=State.READY,
+                    disks=[DiskSnapshot(target=t, driver="file", source=str(p.with_suffix(".disk")), handle=str(p),
+                                        size_bytes=p.stat().st_size) for t, p in files.items()])
+
+
+def sparse_file(path: Path, size: int, writes: list[tuple[int, bytes]]) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(size)
+        for offset, data in writes:
+            fh.seek(offset)
+            fh.write(data)
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def changed_bytes(a: Path, b: Path, block: int = 4096) -> int:
+    """Ground truth for incrementals: bytes of the 4 KiB blocks that differ between two images."""
+    fa, fb = a.open("rb"), b.open("rb")
+    total = 0
+    with fa, fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if not x and not y:
+                return total
+            total += block if x != y else 0
+
+
+def later(snapshot: Snapshot, hours: int = 1) -> datetime:
+    return snapshot.created + timedelta(hours=hours)
+
+
+def randbytes(n: int) -> bytes:
+    return os.urandom(n)

@@ -1,0 +1,189 @@
+"""Backups of real (sparse) image files into a real directory target: full, incremental, restore, verify,
+damaged and missing chunks, kill -9, delete with dependants, prune."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmkit.backup import manage, restore
+from kvmkit.backup.create import backup_snapshot
+from kvmkit.backup.retention import RetentionPolicy
+from kvmkit.errors import Conflict, InvalidInput, NotFound, OperationFailed
+from tests.backup.conftest import MiB, changed_bytes, file_snapshot, later, randbytes, sha, sparse_file
+
+
+def two_snapshots(tmp_path: Path, settings):
+    base = [(3 * MiB + 100, randbytes(2 * MiB)), (20 * MiB, b"text " * 50000)]
+    s1 = sparse_file(tmp_path / "vda@s1", 32 * MiB, base)
+    b1 = sparse_file(tmp_path / "vdb@s1", 16 * MiB, [(0, randbytes(MiB))])
+    snap1 = file_snapshot("s1", {"vda": s1, "vdb": b1})
+    m1 = backup_snapshot(settings, snap1)
+    s2 = sparse_file(tmp_path / "vda@s2", 32 * MiB, [*base, (10 * MiB, randbytes(3 * MiB))])
+    b2 = sparse_file(tmp_path / "vdb@s2", 16 * MiB, [(0, randbytes(MiB))])
+    snap2 = file_snapshot("s2", {"vda": s2, "vdb": b2}, when=later(snap1))
+    m2 = backup_snapshot(settings, snap2)
+    return (s1, b1, m1), (s2, b2, m2)
+
+
+def test_full_then_incremental_writes_only_changed_bytes_and_restores_both(tmp_path, settings):
+    (s1, b1, m1), (s2, b2, m2) = two_snapshots(tmp_path, settings)
+    assert m1.kind.value == "full" and m1.parent is None
+    assert m1.read_bytes == 5 * MiB  # only chunks holding data were read: holes are skipped
+    assert m2.kind.value == "incremental" and m2.parent == "s1"
+    truth = changed_bytes(s1, s2) + changed_bytes(b1, b2)
+    assert truth == 4 * MiB
+    assert m2.written_bytes <= 1.05 * truth + m2.manifest_bytes
+    assert m2.written_bytes >= 4 * MiB  # random data does not compress: the new chunks really were written
+    for snap, (vda, vdb) in (("s1", (s1, b1)), ("s2", (s2, b2))):
+        out = tmp_path / f"restore-{snap}"
+        out.mkdir()
+        restore.restore(settings, "vm1", snap, to=[f"vda={out / 'a'}", f"vdb={out / 'b'}"])
+        assert sha(out / "a") == sha(vda) and sha(out / "b") == sha(vdb)
+        assert os.stat(out / "a").st_blocks * 512 < 16 * MiB  # restored sparse: zero chunks never written
+    assert [m.snapshot for m in manage.list_backups(settings, "vm1")] == ["s1", "s2"]
+
+
+def test_verify_names_a_damaged_chunk_and_every_disk_that_needs_it(tmp_path, settings):
+    shared = randbytes(MiB)
+    a = sparse_file(tmp_path / "a", 4 * MiB, [(0, shared), (2 * MiB, randbytes(MiB))])
+    b = sparse_file(tmp_path / "b", 4 * MiB, [(MiB, shared)])
+    backup_snapshot(settings, file_snapshot("s1", {"vda": a, "vdb": b}))
+    digest = __import__("hashlib").sha256(shared).hexdigest()
+    chunk = settings.backup_targets[0].path / "chunks" / digest[:2] / digest
+    blob = bytearray(chunk.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+    report = restore.verify(settings, "vm1")
+    assert [(d.chunk, d.problem.split(" (")[0], d.disks) for d in report.damaged] == [
+        (digest, "hash mismatch", ["s1:vda", "s1:vdb"])]
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"precious")
+    with pytest.raises(OperationFailed, match=rf"chunk {digest} is damaged .* needed by disk\(s\) s1:vda, s1:vdb"):
+        restore.restore(settings, "vm1", "s1", to=[f"vda={dest}", f"vdb={tmp_path / 'other'}"], replace=True)
+    assert dest.read_bytes() == b"precious"  # never a silently wrong disk
+    assert not list(tmp_path.glob("*.kvmkit-restore")) and not (tmp_path / "other").exists()
+
+
+def test_a_missing_chunk_is_reported_by_verify(tmp_path, settings):
+    a = sparse_file(tmp_path / "a", 2 * MiB, [(0, randbytes(10))])
+    m = backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
+    digest = m.disks[0].chunks[0][1]
+    (settings.backup_targets[0].path / "chunks" / digest[:2] / digest).unlink()
+    report = restore.verify(settings, "vm1", "s1")
+    assert not report.ok and report.damaged[0].problem == "missing" and report.damaged[0].disks == ["s1:vda"]
+
+
+def test_kill_9_before_the_manifest_is_never_listed_and_the_rerun_resumes(tmp_path, settings):
+    a = sparse_file(tmp_path / "a", 8 * MiB, [(0, randbytes(6 * MiB))])
+    target = settings.backup_targets[0].path
+    code = f"""
+from pathlib import Path
+from kvmkit.backup.create import backup_snapshot
+from kvmkit.config import BackupTarget, Settings
+from tests.backup.conftest import file_snapshot
+backup_snapshot(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]),
+                file_snapshot("s1", {{"vda": Path({str(a)!r})}}))
+"""
+    env = {**os.environ, "KVMKIT_FAILPOINT": "backup-before-manifest"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(list((target / "chunks").rglob("*"))) > 6  # the chunks were written …
+    assert manage.list_backups(settings) == []  # … but a partial backup is never listed
+    m = backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
+    assert m.disks[0].new_chunks == 0 and m.written_bytes == 0  # resumed: nothing written twice
+    assert restore.verify(settings, "vm1").ok
+
+
+def test_delete_refuses_while_incrementals_depend_unless_with_dependants(tmp_path, settings):
+    (_, _, _), (_, _, _) = two_snapshots(tmp_path, settings)
+    with pytest.raises(Conflict, match="base of incremental backup\\(s\\) s2; pass --with-dependants"):
+        manage.delete(settings, "vm1", "s1")
+    assert len(manage.list_backups(settings)) == 2
+    removal = manage.delete(settings, "vm1", "s1", with_dependants=True)
+    assert removal.deleted == ["s2", "s1"] and removal.chunks_removed > 0
+    assert not list((settings.backup_targets[0].path / "chunks").rglob("*/*"))
+
+
+def test_prune_keeps_the_newest_and_the_chain_it_needs(tmp_path, settings):
+    snaps = []
+    for i in range(4):
+        f = sparse_file(tmp_path / f"a{i}", 4 * MiB, [(0, randbytes(MiB)), (MiB, bytes([i + 1]) * 10)])
+        snap = file_snapshot(f"s{i}", {"vda": f}, when=later(snaps[-1]) if snaps else None)
+        snaps.append(snap)
+        backup_snapshot(settings, snap)
+    removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=1))
+    assert removal.deleted == []  # s3 is incremental on s2 on s1 on s0: the whole chain stays
+    b = sparse_file(tmp_path / "b", 8 * MiB, [(0, b"x")])  # a different disk size: the next backup is full
+    snap = file_snapshot("s4", {"vda": b}, when=later(snaps[-1]))
+    assert backup_snapshot(settings, snap).kind.value == "full"
+    removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=1))
+    assert removal.deleted == ["s3", "s2", "s1", "s0"] and removal.bytes_freed > 4 * MiB
+    assert restore.verify(settings, "vm1").ok
+
+
+def test_kill_9_during_prune_loses_nothing_that_is_kept(tmp_path, settings):
+    for i in range(3):
+        f = sparse_file(tmp_path / f"a{i}", 4 * MiB, [(0, randbytes(MiB))])
+        backup_snapshot(settings, file_snapshot(f"s{i}", {"vda": f}, vm=f"vm{i}"))
+    target = settings.backup_targets[0].path
+    code = f"""
+from pathlib import Path
+from kvmkit.backup.manage import delete
+from kvmkit.config import BackupTarget, Settings
+delete(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]), "vm0", "s0")
+"""
+    env = {**os.environ, "KVMKIT_FAILPOINT": "prune-mid-delete"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert [m.vm for m in manage.list_backups(settings)] == ["vm1", "vm2"]
+    assert restore.verify(settings, "vm1").ok and restore.verify(settings, "vm2").ok
+
+
+def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, settings):
+    a = sparse_file(tmp_path / "a", MiB, [(0, b"x")])
+    b = sparse_file(tmp_path / "b", MiB, [(0, b"y")])
+    backup_snapshot(settings, file_snapshot("s1", {"vda": a, "vdb": b}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cases = [
+        (lambda: backup_snapshot(settings, file_snapshot("s1", {"vda": a})), Conflict, "already backed up"),
+        (lambda: backup_snapshot(settings, file_snapshot("s9", {"vda": a}), "nope"), NotFound,
+         "no backup target named"),
+        (lambda: restore.restore(settings, "vm1", "s9"), NotFound, "has no backup of snapshot 's9'"),
+        (lambda: restore.restore(settings, "ghost", "s1"), NotFound, "VM ghost has no backups"),
+        (lambda: restore.restore(settings, "vm1", "s1", to=[str(tmp_path / "x")]), InvalidInput, "use --to DISK=DEST"),
+        (lambda: restore.restore(settings, "vm1", "s1", to=[f"vdz={tmp_path}/x"]), InvalidInput, "no disk 'vdz'"),
+        (lambda: restore.restore(settings, "vm1", "s1", to=[f"vda={a}", f"vdb={tmp_path}/new"]), Conflict,
+         "exists; pass --force"),
+        (lambda: manage.delete(settings, "vm1", "nope"), NotFound, "no backup of snapshot 'nope'"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_no_target_and_s3_targets_are_clear_errors(tmp_path):
+    from kvmkit.config import BackupTarget, Settings
+    from kvmkit.errors import EnvironmentProblem
+
+    a = sparse_file(tmp_path / "a", MiB, [(0, b"x")])
+    with pytest.raises(InvalidInput, match="no backup target configured"):
+        backup_snapshot(Settings(), file_snapshot("s1", {"vda": a}))
+    s3 = Settings(backup_targets=[BackupTarget(name="s3", kind="s3", bucket="b", secret_key="SECRET")])
+    with pytest.raises(EnvironmentProblem, match="S3 targets are not supported yet") as info:
+        backup_snapshot(s3, file_snapshot("s1", {"vda": a}))
+    assert "SECRET" not in str(info.value)
+
+
+def test_state_files_on_the_target_are_private(tmp_path, settings):
+    a = sparse_file(tmp_path / "a", MiB, [(0, b"x")])
+    backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
+    for path in settings.backup_targets[0].path.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path
