@@ -110,21 +110,28 @@ def test_delete_refuses_while_incrementals_depend_unless_with_dependants(tmp_pat
     assert not list((settings.backup_targets[0].path / "chunks").rglob("*/*"))
 
 
-def test_prune_keeps_the_newest_and_the_chain_it_needs(tmp_path, settings):
-    snaps = []
+def test_prune_rebases_a_kept_incremental_instead_of_keeping_its_whole_chain(tmp_path, settings):
+    snaps, files = [], []
     for i in range(4):
         f = sparse_file(tmp_path / f"a{i}", 4 * MiB, [(0, randbytes(MiB)), (MiB, bytes([i + 1]) * 10)])
         snap = file_snapshot(f"s{i}", {"vda": f}, when=later(snaps[-1]) if snaps else None)
         snaps.append(snap)
-        backup_snapshot(settings, snap)
-    removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=1))
-    assert removal.deleted == []  # s3 is incremental on s2 on s1 on s0: the whole chain stays
-    b = sparse_file(tmp_path / "b", 8 * MiB, [(0, b"x")])  # a different disk size: the next backup is full
-    snap = file_snapshot("s4", {"vda": b}, when=later(snaps[-1]))
-    assert backup_snapshot(settings, snap).kind.value == "full"
-    removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=1))
-    assert removal.deleted == ["s3", "s2", "s1", "s0"] and removal.bytes_freed > 4 * MiB
+        files.append(f)
+        assert backup_snapshot(settings, snap).kind.value == ("full" if i == 0 else "incremental")
+    dry = manage.prune(settings, "vm1", RetentionPolicy(keep_last=2), dry_run=True)
+    assert dry.deleted == ["s1", "s0"] and len(manage.list_backups(settings)) == 4
+    removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=2))
+    assert removal.deleted == ["s1", "s0"] and removal.rebased == ["s2"]
+    assert removal.chunks_removed == 4 and removal.bytes_freed > 2 * MiB  # s0's and s1's own random MiB + tails
+    kept = {m.snapshot: m for m in manage.list_backups(settings)}
+    assert kept["s2"].parent is None and kept["s2"].kind.value == "full" and kept["s3"].parent == "s2"
     assert restore.verify(settings, "vm1").ok
+    restore.restore(settings, "vm1", "s3", to=[str(tmp_path / "r3")])
+    assert sha(tmp_path / "r3") == sha(files[3])
+    removal = manage.prune(settings, "vm1", RetentionPolicy())  # no rule: the newest stays regardless
+    assert removal.deleted == ["s2"] and [m.snapshot for m in manage.list_backups(settings)] == ["s3"]
+    restore.restore(settings, "vm1", "s3", to=[str(tmp_path / "r3b")])
+    assert sha(tmp_path / "r3b") == sha(files[3])
 
 
 def test_kill_9_during_prune_loses_nothing_that_is_kept(tmp_path, settings):

@@ -1,12 +1,12 @@
 """Listing, deleting and pruning backups. Deletion removes manifests (newest first), then sweeps chunks no
 remaining manifest names, all under the target's exclusive lock: a kill -9 at any point leaves every remaining
-manifest whole, and at worst unreferenced chunks that the next sweep removes."""
+manifest whole (rewrites are atomic renames), and at worst unreferenced chunks that the next sweep removes."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-from kvmkit.backup import retention
+from kvmkit.backup import chunking, retention
 from kvmkit.backup.model import BackupManifest
 from kvmkit.backup.restore import find_backup, vm_manifests
 from kvmkit.backup.targets import open_target
@@ -19,6 +19,7 @@ class Removal(BaseModel):
     vm: str
     deleted: list[str]  # snapshot names whose backups were deleted
     kept: dict[str, str] = {}  # snapshot name → why it was kept (prune)
+    rebased: list[str] = []  # kept incrementals rewritten as full because their parent was pruned
     chunks_removed: int = 0
     bytes_freed: int = 0
 
@@ -54,22 +55,37 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
 
 def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target_name: str | None = None,
           dry_run: bool = False, scheduled_only: bool = False) -> Removal:
-    """Delete the VM's backups no rule keeps; the newest and every kept backup's ancestors always stay.
+    """Delete the VM's backups no rule keeps; the newest always stays. A kept incremental whose parent goes is
+    first rewritten as a full manifest (its resolved chunk map: no data moves), so retention is never blocked
+    by a chain and no kept backup ever loses a chunk.
     scheduled_only: the rules see (and may delete) only backups of sched-… snapshots, as a schedule does."""
     target = open_target(settings, target_name)
     with target.locked(exclusive=True):
         manifests = vm_manifests(target, vm)
         all_items = items(manifests)
         candidates = [i for i in all_items if not scheduled_only or i.name.startswith(retention.SCHEDULED_PREFIX)]
-        kept = retention.with_ancestors(retention.keep(candidates, policy), all_items)
+        kept = retention.keep(candidates, policy)
         kept.update({i.name: "not scheduled" for i in all_items if i not in candidates})
         doomed = sorted((m for m in manifests if m.snapshot not in kept),
                         key=lambda m: (m.snapshot_created, m.snapshot), reverse=True)
+        rebase = [m for m in manifests if m.snapshot in kept and m.parent is not None and m.parent not in kept]
         removed = freed = 0
         if not dry_run:
+            by_name = {m.snapshot: m for m in manifests}
+            rebased = [as_full(m, chunking.chain(m, by_name)) for m in rebase]  # all resolved before any change
+            for manifest in rebased:
+                target.write_manifest(manifest)
+                failpoint("prune-mid-rebase")
             for manifest in doomed:
                 target.delete_manifest(manifest)
                 failpoint("prune-mid-delete")
             removed, freed = target.collect_garbage()
-    return Removal(vm=manifests[0].vm, deleted=[m.snapshot for m in doomed], kept=kept, chunks_removed=removed,
-                   bytes_freed=freed)
+    return Removal(vm=manifests[0].vm, deleted=[m.snapshot for m in doomed], kept=kept,
+                   rebased=[m.snapshot for m in rebase], chunks_removed=removed, bytes_freed=freed)
+
+
+def as_full(manifest: BackupManifest, chain: list[BackupManifest]) -> BackupManifest:
+    """The same backup with every disk's whole chunk map and no parent."""
+    disks = [disk.model_copy(update={"full": True, "chunks": sorted(chunking.resolve(disk.target, chain)[1].items())})
+             for disk in manifest.disks]
+    return manifest.model_copy(update={"parent": None, "disks": disks})
