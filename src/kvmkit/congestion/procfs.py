@@ -157,20 +157,20 @@ class ProcReader:
         paths = [(tid, f"{base}/{tid}") for tid in tids] + [(tid, f"{self._proc}/{tid}") for tid in extra]
         process_name = self._comm[pid][1] if pid in self._comm else self._process_name(pid)
         out: list[ThreadReading] = []
+        names, numa = self._thread, bool(self._nodes)  # locals: this loop runs for every thread every round
         for tid, path in paths:
             key = (pid, tid)
             try:
-                cached = self._thread.get(key)
+                cached = names.get(key)
                 if cached is None:
                     name = read_small(f"{path}/comm").rstrip("\n")
                     cls = classify_thread(name)
                     if name != process_name:  # a thread QEMU has not named yet: look again next round
-                        self._thread[key] = (name, cls)
+                        names[key] = (name, cls)
                 else:
                     name, cls = cached
-                run, wait = _schedstat(self._read_schedstat(key, f"{path}/schedstat", key in self._thread))
-                numa = self._nodes and cls.kind is ThreadKind.VCPU
-                cpu = _last_cpu(read_small(f"{path}/stat")) if numa else None
+                run, wait = _schedstat(self._read_schedstat(key, path, key in names))
+                cpu = _last_cpu(read_small(f"{path}/stat")) if numa and cls.kind is ThreadKind.VCPU else None
             except _GONE:
                 skipped.append(Skip(f"pid {pid} tid {tid}", "thread exited during the reading"))
                 continue
@@ -187,7 +187,7 @@ class ProcReader:
         except OSError:
             return None
 
-    def _read_schedstat(self, key: tuple[int, int], path: str, stable: bool) -> str:
+    def _read_schedstat(self, key: tuple[int, int], task_dir: str, stable: bool) -> str:
         """schedstat through a descriptor kept open per named thread: one pread instead of open+read+close.
 
         procfs regenerates the file on every read at offset 0; once the thread is gone the read fails with
@@ -195,6 +195,7 @@ class ProcReader:
         """
         fd = self._fds.get(key)
         if fd is None:
+            path = f"{task_dir}/schedstat"
             if not stable or len(self._fds) >= self._max_fds:
                 return read_small(path)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
