@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -145,6 +146,7 @@ def test_kept_file_is_reused_without_refill_or_destructive(disk_dir: Path):
     opts = BenchOptions(**SHORT, qds=(4,), keep_file=True)
     first = run_suite("sweep", target, HostRunner(), opts)
     assert first.jobs[0].phase == "fill" and Path(target).stat().st_size == SHORT["size_bytes"]
+    assert os.getxattr(target, "user.kvmkit.bench") == str(SHORT["size_bytes"]).encode(), "owned and filled"
     second = run_suite("sweep", target, HostRunner(), opts)
     assert second.status == "ok" and all(j.phase == "measure" for j in second.jobs), "filled once is enough"
     assert Path(target).exists(), "an existing file is never removed"

@@ -1,8 +1,8 @@
 """Where fio runs. The engine talks to a `Runner` only; `HostRunner` runs fio as a local subprocess.
 
-A lab VM runner (fio inside a guest through the guest agent's guest-exec) implements the same five methods:
-`run` ≈ guest-exec + guest-exec-status, `read_lines` ≈ guest-file-open/read in chunks, `probe` ≈ a few
-guest-exec'd commands (stat, blockdev, findmnt). Nothing above this seam knows where fio ran.
+A lab VM runs fio through the guest agent: `command_runner.CommandRunner` implements this protocol on top of
+nothing but "exec this argv there" (guest-exec), probing with stat/blockdev/df/cmp and reading logs with cat.
+Nothing above this seam knows where fio ran.
 """
 
 from __future__ import annotations
@@ -68,17 +68,7 @@ class Runner(Protocol):
 
     def scratch(self) -> AbstractContextManager[str]: ...  # a temporary directory there, removed on exit
 
-    def claim(self, path: str, filled_bytes: int | None = None) -> None:
-        """Create the file if needed and record in an xattr that it is kvmkit's and how much is filled."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            if filled_bytes is None and _get_xattr(fd) is not None:
-                return  # already ours: keep the recorded fill
-            os.setxattr(fd, OWNER_XATTR, str(filled_bytes or 0).encode())
-        except OSError:
-            pass  # no user xattrs on this filesystem: the next run will have to say --destructive
-        finally:
-            os.close(fd)
+    def claim(self, path: str, filled_bytes: int | None = None) -> None: ...  # mark a file as kvmkit's
 
     def remove(self, path: str) -> None: ...  # delete a file kvmkit created
 
@@ -88,9 +78,8 @@ class HostRunner:
 
     name = "host"
 
-    def __init__(self, fio: str = "fio", tmp_root: str | None = None) -> None:
-        self.fio = fio
-        self.tmp_root = tmp_root
+    def __init__(self, tmp_root: str | None = None) -> None:
+        self.tmp_root = tmp_root  # where fio's latency logs go for a run; default: $TMPDIR
 
     def machine(self) -> Machine:
         cpu_model = platform.processor() or "unknown"
@@ -136,15 +125,14 @@ class HostRunner:
             yield path
 
     def claim(self, path: str, filled_bytes: int | None = None) -> None:
+        """Create the file if needed and record in an xattr that it is kvmkit's and how much is filled."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            value = b"1" if filled_bytes is None else str(filled_bytes).encode()
-            try:
-                if filled_bytes is None and OWNER_XATTR.encode() and _get_xattr(fd) is not None:
-                    return
-                os.setxattr(fd, OWNER_XATTR, value)
-            except OSError:
-                pass  # no user xattrs here: the file is still used, the next run will ask for --destructive
+            if filled_bytes is None and _get_xattr(fd) is not None:
+                return  # already ours: keep the recorded fill
+            os.setxattr(fd, OWNER_XATTR, str(filled_bytes or 0).encode())
+        except OSError:
+            pass  # no user xattrs on this filesystem: the next run will have to say --destructive
         finally:
             os.close(fd)
 
