@@ -133,3 +133,10 @@ def test_cli_lint_exit_codes_follow_severity():
     as_json = runner.invoke(app, ["lint", "--json", str(FIXTURES / "bad" / "zero-buffers.fio")])
     assert as_json.exit_code == 1
     assert [f["code"] for f in json.loads(as_json.stdout)] == ["KB104"]
+
+
+def test_percentiles_count_as_on_when_either_kind_is_on():
+    base = "[a]\nfilename=/x\nsize=100g\ndirect=1\nioengine=io_uring\nrw=randread\n"
+    assert lint_text(base + "lat_percentiles=0\n", ram_bytes=GIB) == []
+    assert lint_text(base + "clat_percentiles=0\nlat_percentiles=1\n", ram_bytes=GIB) == []
+    assert [f.code for f in lint_text(base + "clat_percentiles=0\n", ram_bytes=GIB)] == ["KB110"]

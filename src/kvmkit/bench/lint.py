@@ -167,7 +167,7 @@ def check_job(job: JobSection, earlier_write: bool, ram_bytes: int) -> list[Find
             "size" if "size" in opts else "filesize",
             f"working set {format_size(size)} < 2 × RAM ({format_size(2 * ram_bytes)}): a cache can hold it",
         )
-    if opts.get("clat_percentiles", "1") in ("0", "false") or opts.get("lat_percentiles") in ("0", "false"):
+    if opts.get("clat_percentiles", "1") in ("0", "false") and not _is(opts, "lat_percentiles"):
         flag(
             "KB110",
             "warning",
