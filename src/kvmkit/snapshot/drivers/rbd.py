@@ -181,7 +181,8 @@ class RbdDriver:
     @contextmanager
     def _image(self, handle: str, read_only: bool = False) -> Iterator[rbd.Image]:
         pool, image_name, _ = split_handle(handle)
-        with self._ioctx(pool, self._key_for(handle)) as ioctx, rbd.Image(ioctx, image_name, read_only=read_only) as img:
+        with (self._ioctx(pool, self._key_for(handle)) as ioctx,
+              rbd.Image(ioctx, image_name, read_only=read_only) as img):
             yield img
 
     def exists(self, snap: DiskSnapshot) -> bool:
@@ -236,7 +237,9 @@ class RbdDriver:
                 children = [f"{c['pool']}/{c['image']}" for c in img.list_children2()]
         except rbd.ImageNotFound:
             return None
-        return f"image(s) {', '.join(children)} were cloned from it by a revert; flatten them first" if children else None
+        if not children:
+            return None
+        return f"image(s) {', '.join(children)} were cloned from it by a revert; flatten them first"
 
     def owned(self, disk: Disk) -> list[str]:
         self.learn(disk)
