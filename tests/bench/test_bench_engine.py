@@ -94,6 +94,9 @@ def test_snia_preconditions_then_rounds_until_steady_or_the_cap(disk_dir: Path):
     steady = run.steady_state
     assert steady is not None and len(steady.rounds) == 5
     assert steady.rounds == [j.iops for j in run.jobs[1:]]
+    (cell,) = steady.cells
+    assert cell.cell == "4k-w100" and cell.iops == pytest.approx(sum(steady.rounds) / 5)
+    assert cell.p99_ns is not None and cell.p99_ns > 0
     if steady.reached:
         assert steady.round == len(steady.rounds) and steady.range_pct <= 20 and steady.slope_pct <= 10
     else:

@@ -80,7 +80,7 @@ def test_criteria_do_not_depend_on_units(values: list[float], scale: float):
     assert a.steady == b.steady or abs(a.range_frac - 0.2) < 1e-9 or abs(a.slope_frac - 0.1) < 1e-9
 
 
-def _drive_snia(iops_per_round: list[float], max_rounds: int):
+def _drive_snia(iops_per_round: list[float], max_rounds: int, matrix: str = "tracking"):
     """Feed the (pure) snia program synthetic round results; return the outcome and the rounds it asked for."""
     from kvmkit.bench.schema import DirectionResult, JobResult, Percentiles
     from kvmkit.bench.suites import Purge, SuiteContext, snia
@@ -101,7 +101,7 @@ def _drive_snia(iops_per_round: list[float], max_rounds: int):
             sys_cpu_pct=1.0,
         )
 
-    program = snia(SuiteContext("/srv/t.dat", "file", 1 << 30, max_rounds=max_rounds, snia_matrix="tracking"))
+    program = snia(SuiteContext("/srv/t.dat", "file", 1 << 30, max_rounds=max_rounds, snia_matrix=matrix))
     rounds, step = 0, next(program)
     try:
         while True:
@@ -119,6 +119,8 @@ def test_snia_stops_at_the_first_steady_round_and_reports_it():
     outcome, rounds = _drive_snia([9000, 6000, 4000, 3000, 2000, 2000, 2010, 1990, 2000, 2000, 2000], 25)
     assert rounds == 9 and outcome.steady_state.reached and outcome.steady_state.round == 9
     assert outcome.steady_state.window == [2000, 2000, 2010, 1990, 2000]
+    (cell,) = outcome.steady_state.cells
+    assert cell.cell == "4k-w100" and cell.iops == pytest.approx(2000.0)
     assert not outcome.warnings
 
 
@@ -127,3 +129,10 @@ def test_snia_gives_up_at_max_rounds_and_says_so():
     assert rounds == 8 and not outcome.steady_state.reached and outcome.steady_state.round is None
     assert outcome.steady_state.range_pct > 20
     assert any("no steady state within 8 rounds" in w for w in outcome.warnings)
+
+
+def test_snia_reduced_matrix_reports_every_cell_over_the_window():
+    outcome, rounds = _drive_snia([1000.0] * 5, 25, matrix="reduced")
+    assert rounds == 5 and outcome.steady_state.round == 5
+    cells = {c.cell for c in outcome.steady_state.cells}
+    assert cells == {f"{bs}k-w{w}" for bs in (4, 64) for w in (100, 65, 0)}

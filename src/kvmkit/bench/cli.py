@@ -70,6 +70,12 @@ def print_run(run: BenchRun) -> None:
             f"steady state ({s.tracking}): {state}; range {s.range_pct or 0:.1f} % (≤ 20), "
             f"slope {s.slope_pct or 0:.1f} % (≤ 10)"
         )
+        if s.cells:
+            print_table(
+                "steady-state window averages" if s.reached else "last window averages (NOT steady)",
+                ["cell", "IOPS", "p99 µs"],
+                [[c.cell, f"{c.iops:,.0f}", _us(c.p99_ns / 1000 if c.p99_ns else None)] for c in s.cells],
+            )
     r = run.resources
     console.print(
         f"time {r.wall_s:.1f} s (fio {r.fio_wall_s:.1f} s) · peak RSS "

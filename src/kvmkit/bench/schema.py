@@ -104,6 +104,15 @@ class TargetInfo(_Record):
     destructive: bool = False
 
 
+class WindowCell(_Record):
+    """One cell of the round matrix (block size × write share), averaged over the reported window: what the
+    PTS tabulates as the steady-state result."""
+
+    cell: str  # "4k-w100" …
+    iops: float
+    p99_ns: float | None
+
+
 class SteadyState(_Record):
     """SNIA PTS steady state over the tracking variable (4k random write IOPS)."""
 
@@ -115,6 +124,7 @@ class SteadyState(_Record):
     range_pct: float | None = None  # (max-min) / avg × 100, must be ≤ 20
     slope_pct: float | None = None  # |slope| × (n-1) / avg × 100, must be ≤ 10
     rounds: list[float] = []
+    cells: list[WindowCell] = []  # averages over the window (the steady one, else the last)
 
 
 class Resources(_Record):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from kvmkit.bench.jobs import FioInvocation, FioJob, global_options, job, timed
-from kvmkit.bench.schema import JobResult, SteadyState
+from kvmkit.bench.schema import JobResult, SteadyState, WindowCell
 from kvmkit.bench.steady import WINDOW, first_steady_window, latest_window
 from kvmkit.errors import InvalidInput
 
@@ -143,6 +143,23 @@ def _round_jobs(ctx: SuiteContext, number: int) -> list[FioJob]:
     return jobs
 
 
+def _window_cells(rounds: list[list[JobResult]]) -> list[WindowCell]:
+    """Average each matrix cell over the window's rounds (cell = job name without its round prefix)."""
+    by_cell: dict[str, list[JobResult]] = {}
+    for results in rounds:
+        for result in results:
+            by_cell.setdefault(result.name.split("-", 1)[1], []).append(result)
+    cells = []
+    for cell, jobs in by_cell.items():
+        p99s = [d.latency.p99 for j in jobs if (d := j.main_direction()) and d.latency.p99 is not None]
+        cells.append(
+            WindowCell(
+                cell=cell, iops=sum(j.iops for j in jobs) / len(jobs), p99_ns=sum(p99s) / len(p99s) if p99s else None
+            )
+        )
+    return cells
+
+
 def snia(ctx: SuiteContext) -> Program:
     """SNIA SSS PTS IOPS-style: purge, workload-independent preconditioning, rounds until steady state."""
     outcome = SuiteOutcome()
@@ -157,8 +174,10 @@ def snia(ctx: SuiteContext) -> Program:
         [job("precondition", "write", 128 * KIB, 32, (("io_size", str(pre_bytes)),), phase="precondition")],
     )
     tracking: list[float] = []
+    per_round: list[list[JobResult]] = []
     for number in range(1, ctx.max_rounds + 1):
         results = yield _invocation(ctx, _round_jobs(ctx, number))
+        per_round.append(results)
         tracked = next(r for r in results if r.name == f"r{number}-4k-w100")
         tracking.append(tracked.iops)
         if first_steady_window(tracking[-WINDOW:]) is not None:
@@ -174,6 +193,7 @@ def snia(ctx: SuiteContext) -> Program:
         range_pct=check.range_frac * 100 if check else None,
         slope_pct=check.slope_frac * 100 if check else None,
         rounds=tracking,
+        cells=_window_cells(per_round[check.start : check.start + WINDOW]) if check else [],
     )
     if found is None:
         outcome.warnings.append(f"no steady state within {len(tracking)} rounds: results are not PTS steady-state")
