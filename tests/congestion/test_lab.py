@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from kvmkit.congestion import control
 from kvmkit.congestion.cli import app
+from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import ThreadKind, VmReading
 from kvmkit.congestion.policy import Action
 from kvmkit.congestion.procfs import ProcReader
@@ -73,3 +74,97 @@ def test_enforce_and_revert_move_real_libvirt_scheduler_parameters(transient_vm,
         assert (after["cpu_shares"], after["vcpu_quota"]) == (before["cpu_shares"], before["vcpu_quota"])
     finally:
         backend.close()
+
+
+def _share_one_core_with_a_hog(conn, dom, name: str) -> tuple[float, float, float, float, float, float]:
+    """Pin the domain's vCPU 0 and a spinning host process to the quietest core for 2 s.
+
+    Returns (vCPU run %, vCPU wait %, hog run %, hog wait %, hog clock-gap %, disturbance %) and restores the
+    pinning; disturbance = the core's busy time (incl. irq and steal, /proc/stat) not run by the two.
+    Two always-runnable threads alone on a core wait exactly while the other runs, whatever their weights
+    (libvirt's cgroups give the VM less than half when its group also has load elsewhere), so the checks are
+    vCPU wait ≈ hog run and hog wait ≈ the hog's own clock-gap count, not a fixed 50 %.
+    """
+    import libvirt
+
+    from kvmkit.congestion.bench import quietest_core, spinners
+    from kvmkit.congestion.kernelfiles import core_ticks
+
+    core = quietest_core()
+    original = dom.vcpuPinInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE)[0]
+    dom.pinVcpuFlags(0, tuple(i == core for i in range(conn.getInfo()[2])), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    try:
+        with spinners(1, [core], 8) as counters:
+            ((hog_pid, counter),) = counters.items()
+            time.sleep(0.5)  # both spinning
+            vm_pid = next(v.pid for v in ProcReader().read().vms if v.domain == name)
+            with Collector(ProcReader(pids=[vm_pid, hog_pid])) as collector:
+                collector.sample()
+                gap0, ticks0 = int.from_bytes(counter[:8], "little", signed=True), core_ticks([core])
+                time.sleep(2)
+                report = collector.sample()
+                gap1, ticks1 = int.from_bytes(counter[:8], "little", signed=True), core_ticks([core])
+    finally:
+        dom.pinVcpuFlags(0, original, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert report is not None
+    vcpus = {vm.pid: vm.vcpus[0] for vm in report.vms}
+    vcpu, hog = vcpus[vm_pid], vcpus[hog_pid]
+    gap_pct = 100 * (gap1 - gap0) / (report.interval_s * 1e9)
+    busy_pct = 100 * (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
+    disturbance = max(0.0, busy_pct - vcpu.utilisation_pct - hog.utilisation_pct)
+    if disturbance > 15:
+        pytest.skip(f"core {core}: {disturbance:.1f} % taken by other load, irq or steal")
+    return vcpu.utilisation_pct, vcpu.congestion_pct, hog.utilisation_pct, hog.congestion_pct, gap_pct, disturbance
+
+
+SPIN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{disk}'/>
+      <target dev='hda' bus='ide'/></disk></devices>
+</domain>"""
+
+
+@pytest.mark.lab
+def test_a_spinning_libvirt_guest_and_a_host_hog_wait_for_each_other(lab_state, tmp_path: Path):
+    import libvirt
+
+    from kvmkit.congestion.realqemu import SPIN_SECTOR
+
+    disk = tmp_path / "spin.img"
+    disk.write_bytes(SPIN_SECTOR)
+    disk.chmod(0o644)
+    tmp_path.chmod(0o755)  # libvirt's QEMU may run as another user
+    name = "kvmkit-congestion-spin"
+    conn = libvirt.open(lab_state.uri)
+    dom = conn.createXML(SPIN_XML.format(name=name, disk=disk), 0)
+    try:
+        vcpu_run, vcpu_wait, hog_run, hog_wait, hog_gap, other = _share_one_core_with_a_hog(conn, dom, name)
+    finally:
+        dom.destroy()
+        conn.close()
+    assert vcpu_run + vcpu_wait >= 90 - other  # the boot-sector loop kept the vCPU runnable
+    assert vcpu_wait == pytest.approx(hog_run, abs=3.0 + other)
+    assert hog_wait == pytest.approx(vcpu_run, abs=3.0 + other)
+    assert hog_wait == pytest.approx(hog_gap, abs=3.0 + other)
+
+
+@pytest.mark.lab
+def test_busy_loop_in_the_lab_guest_via_guest_exec_waits_while_a_host_hog_runs(lab_state, conn):
+    """The issue's lab ground truth: a busy loop started in the guest through the agent, plus a host hog."""
+    import threading
+
+    from kvmkit.virt import agent
+
+    name = lab_state.vms[0].name
+    dom = conn.lookupByName(name)
+    loop = "busybox timeout 6 sh -c 'while :; do :; done' || true"  # fixed script, no user input
+    guest = threading.Thread(target=agent.guest_shell, args=(dom, loop, 30.0))
+    guest.start()
+    try:
+        vcpu_run, vcpu_wait, hog_run, hog_wait, hog_gap, other = _share_one_core_with_a_hog(conn, dom, name)
+    finally:
+        guest.join(30)
+    assert vcpu_run + vcpu_wait >= 90 - other  # the guest's loop kept its vCPU runnable
+    assert vcpu_wait == pytest.approx(hog_run, abs=3.0 + other)
+    assert hog_wait == pytest.approx(hog_gap, abs=3.0 + other)
