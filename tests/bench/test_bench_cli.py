@@ -30,7 +30,7 @@ def test_run_json_prints_and_saves_the_versioned_result(disk_dir: Path):
             str(target),
             *SHORT,
             "--qd",
-            "2,8",
+            "8",
             "--json",
             "--out",
             str(out),
@@ -42,7 +42,7 @@ def test_run_json_prints_and_saves_the_versioned_result(disk_dir: Path):
     printed = json.loads(result.stdout)
     assert printed["schema"] == SCHEMA and printed["label"] == "cli"
     saved = load_run(out)
-    assert [j.iodepth for j in saved.measured()] == [2, 8, 2, 8]
+    assert [(j.rw, j.iodepth) for j in saved.measured()] == [("randread", 8), ("randwrite", 8)]
     assert "2 × RAM" in result.stderr, "the small working set is warned about loudly"
     assert not target.exists()
 
