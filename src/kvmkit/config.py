@@ -45,6 +45,8 @@ class Settings(BaseModel):
     catalog: Path | None = None  # default: <state_dir>/catalog.sqlite
     lab_dir: Path | None = None  # default: <state_dir>/lab
     freeze_timeout_s: float = Field(default=10.0, gt=0, le=600)  # watchdog deadline: thaw no later than this
+    # file disks with more extents than this get the O(1) overlay barrier instead of a reflink inside the freeze
+    reflink_extent_limit: int = Field(default=2048, ge=0)
     ceph: CephSettings = CephSettings()
     backup_to_secondary: bool = False
     backup_targets: list[BackupTarget] = []
@@ -59,7 +61,8 @@ class Settings(BaseModel):
 
 
 def _env_overrides(env: dict[str, str]) -> dict[str, str]:
-    scalar = {"state_dir", "libvirt_uri", "catalog", "lab_dir", "freeze_timeout_s", "backup_to_secondary"}
+    scalar = {"state_dir", "libvirt_uri", "catalog", "lab_dir", "freeze_timeout_s", "backup_to_secondary",
+              "reflink_extent_limit"}
     return {name: env[f"KVMKIT_{name.upper()}"] for name in scalar if f"KVMKIT_{name.upper()}" in env}
 
 

@@ -84,3 +84,36 @@ def purge_rbd_image(conf: Path, pool: str, image: str) -> None:
                 pass
     finally:
         cluster.shutdown()
+
+
+def fragment(path: Path, target_extents: int, block: int = 4096) -> None:
+    """Fragment a disk file without changing what it holds: write zero blocks every other block inside its holes.
+
+    Holes read as zeros, so the guest's data and filesystem are untouched, but every write becomes its own extent
+    — the state of a long-lived VM disk that makes reflinks slow (LAB-FACTS)."""
+    zeros = bytes(block)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = os.fstat(fd).st_size
+        written = 0
+        offset = 0
+        while offset < size and written < target_extents:
+            try:
+                hole = os.lseek(fd, offset, os.SEEK_HOLE)
+            except OSError:
+                break
+            if hole >= size:
+                break
+            try:
+                data = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError:
+                data = size
+            pos = (hole + block - 1) // block * block + block  # leave a gap after the data before the hole
+            while pos + block <= data - block and written < target_extents:
+                os.pwrite(fd, zeros, pos)
+                written += 1
+                pos += 2 * block
+            offset = data
+        os.fsync(fd)
+    finally:
+        os.close(fd)

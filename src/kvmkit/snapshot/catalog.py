@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
   pause_ms REAL,
   total_ms REAL,
   storage_ms REAL,
+  after_thaw_ms REAL,
   error TEXT,
   disks TEXT NOT NULL,
   UNIQUE (vm_uuid, name)
@@ -63,8 +64,9 @@ class Catalog:
     def _migrate(self) -> None:
         """Columns added after a catalog was first created (SQLite has no IF NOT EXISTS for columns)."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(snapshots)")}
-        if "storage_ms" not in columns:
-            self.db.execute("ALTER TABLE snapshots ADD COLUMN storage_ms REAL")
+        for column in ("storage_ms", "after_thaw_ms"):
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} REAL")
 
     def close(self) -> None:
         self.db.close()
@@ -85,9 +87,9 @@ class Catalog:
             with self.tx() as db:
                 cur = db.execute(
                     "INSERT INTO snapshots (vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms,"
-                    " storage_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " storage_ms, after_thaw_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (snap.vm_uuid, snap.vm, snap.name, snap.created.isoformat(), snap.mode.value, snap.state.value,
-                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.error,
+                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms, snap.error,
                      _dump_disks(snap.disks)),
                 )
         except sqlite3.IntegrityError:
@@ -97,9 +99,10 @@ class Catalog:
     def update(self, snap: Snapshot) -> None:
         with self.tx() as db:
             db.execute(
-                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, error=?, disks=?,"
-                " mode=? WHERE id=?",
-                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.error,
+                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, after_thaw_ms=?,"
+                " error=?, disks=?, mode=? WHERE id=?",
+                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms,
+                 snap.error,
                  _dump_disks(snap.disks), snap.mode.value, snap.id),
             )
 

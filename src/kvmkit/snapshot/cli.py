@@ -40,6 +40,8 @@ def create(
     crash_consistent: bool = typer.Option(False, "--crash-consistent",
                                           help="No agent: pause the VM, or a storage group snapshot with no pause."),
     all_vms: bool = typer.Option(False, "--all", help="Every running VM on the connection."),
+    allow_full_copy: bool = typer.Option(False, "--allow-full-copy",
+                                         help="File disks without reflink: overlay in the freeze, full copy after."),
     wait: float = WAIT,
     connect: str | None = CONNECT,
     json_out: bool = JSON,
@@ -57,8 +59,9 @@ def create(
 
     def one(vm: str) -> Snapshot | KvmkitError:
         try:
-            return Engine(engine.uri, engine.state_dir, engine.catalog, engine.freeze_timeout_s).create(
-                vm, name, crash_consistent=crash_consistent, wait_s=wait)
+            return Engine(engine.uri, engine.state_dir, engine.catalog, engine.freeze_timeout_s,
+                          extent_limit=engine.extent_limit).create(
+                vm, name, crash_consistent=crash_consistent, wait_s=wait, allow_full_copy=allow_full_copy)
         except KvmkitError as exc:
             return exc
 

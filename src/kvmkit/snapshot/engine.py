@@ -23,8 +23,9 @@ import libvirt
 
 from kvmkit import config
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
+from kvmkit.snapshot import overlay
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.drivers.base import GroupSnapshots, RevertOptions, StagedRevert, StorageDriver
+from kvmkit.snapshot.drivers.base import GroupSnapshots, PlanOptions, RevertOptions, StagedRevert, StorageDriver
 from kvmkit.snapshot.drivers.registry import by_name, default_drivers, driver_for
 from kvmkit.snapshot.guard import Watchdog, vm_lock
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_snapshot_name, default_name
@@ -53,16 +54,18 @@ class Engine:
     freeze_timeout_s: float = 10.0
     drivers: list[StorageDriver] = field(default_factory=default_drivers)
     sequential: bool = False  # benchmarks only: snapshot disks one after another, to show what concurrency buys
+    extent_limit: int = 2048  # file disks with more extents get the O(1) overlay barrier instead (see overlay.py)
 
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
         settings = config.load()
         return cls(uri=uri or settings.libvirt_uri, state_dir=settings.state_dir,
-                   catalog=Catalog(settings.catalog_path), freeze_timeout_s=settings.freeze_timeout_s)
+                   catalog=Catalog(settings.catalog_path), freeze_timeout_s=settings.freeze_timeout_s,
+                   extent_limit=settings.reflink_extent_limit)
 
     # create -----------------------------------------------------------------------------------------------
     def create(self, vm: str, name: str | None = None, *, crash_consistent: bool = False,
-               wait_s: float = 0.0) -> Snapshot:
+               wait_s: float = 0.0, allow_full_copy: bool = False) -> Snapshot:
         name = check_snapshot_name(name) if name else default_name(datetime.now())
         t_start = time.perf_counter()
         with connection(self.uri) as conn:
@@ -77,15 +80,17 @@ class Engine:
                     raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")
                 pairs = [(disk, driver_for(disk, self.drivers)) for disk in disks]
                 try:
-                    return self._create_locked(dom, vm, vm_uuid, name, pairs, crash_consistent, t_start)
+                    options = PlanOptions(allow_full_copy=allow_full_copy, extent_limit=self.extent_limit)
+                    return self._create_locked(dom, vm, vm_uuid, name, pairs, crash_consistent, t_start, options)
                 finally:
                     for driver in {id(d): d for _, d in pairs}.values():
                         driver.release()
 
     def _create_locked(self, dom: libvirt.virDomain, vm: str, vm_uuid: str, name: str,
-                       pairs: list[tuple[Disk, StorageDriver]], crash_consistent: bool, t_start: float) -> Snapshot:
+                       pairs: list[tuple[Disk, StorageDriver]], crash_consistent: bool, t_start: float,
+                       options: PlanOptions) -> Snapshot:
         mode = self._mode(dom, pairs, crash_consistent)
-        planned = [driver.plan(disk, name) for disk, driver in pairs]
+        planned = [driver.plan(disk, name, options) for disk, driver in pairs]
         snap = self.catalog.insert(Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=datetime.now(),
                                             mode=mode, state=State.CREATING, disks=planned))
         failpoint("after-intent")
@@ -97,7 +102,7 @@ class Engine:
                 raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
             raise
         snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
-        snap.storage_ms = taken.storage_ms
+        snap.storage_ms, snap.after_thaw_ms = taken.storage_ms, taken.after_thaw_ms
         snap.state = State.READY
         snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
         self.catalog.update(snap)
@@ -137,13 +142,45 @@ class Engine:
             stop, start, action = (lambda: agent.freeze(dom)), (lambda: agent.thaw(dom)), "thaw"
         else:
             stop, start, action = dom.suspend, dom.resume, "resume"
+        direct = [(d, p) for d, p in zip(drivers, planned, strict=True) if p.method == "direct"]
+        barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method == "overlay"]
+        entry = None
+        if barriered:
+            entry = self.catalog.journal_add(dom.UUIDString(), "overlay", {
+                "tag": name, "disks": [{"target": disk.target, "source": disk.source, "format": disk.format}
+                                       for disk, _, _ in barriered]})
+            targets = [disk.target for disk in live_disks(dom)]
+
+            def barrier() -> None:
+                overlay.barrier(dom, [disk for disk, _, _ in barriered], targets, name)
         watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
                             self.state_dir / "log" / "watchdog.log")
-        window_ms, storage_ms, disks = _quiet_window(watchdog, stop, start, drivers, planned, self.sequential)
+        window_ms, storage_ms, done = _quiet_window(watchdog, stop, start, [d for d, _ in direct],
+                                                    [p for _, p in direct], self.sequential,
+                                                    barrier if barriered else None)
         failpoint("after-thaw")
+        after_ms = None
+        if barriered:
+            t_after = time.perf_counter()
+            done += self._complete_overlays(dom, barriered, name, entry)
+            after_ms = _ms_since(t_after)
+        order = {p.target: i for i, p in enumerate(planned)}
+        disks = sorted(done, key=lambda p: order[p.target])
         if mode is Mode.QUIESCED:
-            return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms)
-        return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms)
+            return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
+        return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
+
+    def _complete_overlays(self, dom: libvirt.virDomain, barriered: list[tuple[Disk, StorageDriver, DiskSnapshot]],
+                           tag: str, entry: int | None) -> list[DiskSnapshot]:
+        """After the thaw: clone (or copy) the quiet base files, then commit the overlays back — in every path."""
+        try:
+            made = _snapshot_all([d for _, d, _ in barriered], [p for _, _, p in barriered])
+            failpoint("overlay-before-commit")
+        finally:
+            overlay.commit_back(dom.connect(), dom, [disk for disk, _, _ in barriered], tag)
+            if entry is not None:
+                self.catalog.journal_done(entry)
+        return made
 
     def _discard(self, snap: Snapshot) -> str:
         """Delete whatever part of a snapshot exists and drop its row; says what it did."""
@@ -266,6 +303,7 @@ class _Taken:
     freeze_ms: float | None = None
     pause_ms: float | None = None
     storage_ms: float | None = None
+    after_thaw_ms: float | None = None
 
 
 def _revert_record(name: str, phase: str, staged: list[StagedRevert]) -> dict:
@@ -274,7 +312,8 @@ def _revert_record(name: str, phase: str, staged: list[StagedRevert]) -> dict:
 
 
 def _snapshot_all(drivers: list[StorageDriver], planned: list[DiskSnapshot],
-                  pool: ThreadPoolExecutor | None = None) -> list[DiskSnapshot]:
+                  pool: ThreadPoolExecutor | None = None,
+                  alongside: Callable[[], None] | None = None) -> list[DiskSnapshot]:
     """Every disk at once: the window is the slowest disk, not the sum. All finish before any error is raised."""
     own = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=max(1, len(planned)))
@@ -282,6 +321,11 @@ def _snapshot_all(drivers: list[StorageDriver], planned: list[DiskSnapshot],
         futures = [pool.submit(_one, driver, disk_snap, i) for i, (driver, disk_snap) in
                    enumerate(zip(drivers, planned, strict=True))]
         results, errors = [], []
+        if alongside is not None:  # the overlay barrier runs on this thread while the pool clones the rest
+            try:
+                alongside()
+            except Exception as exc:
+                errors.append(exc)
         for fut in futures:
             try:
                 results.append(fut.result())
@@ -303,8 +347,8 @@ def _one(driver: StorageDriver, disk_snap: DiskSnapshot, index: int) -> DiskSnap
 
 
 def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callable[[], object],
-                  drivers: list[StorageDriver], planned: list[DiskSnapshot], sequential: bool = False
-                  ) -> tuple[float, float, list[DiskSnapshot]]:
+                  drivers: list[StorageDriver], planned: list[DiskSnapshot], sequential: bool = False,
+                  barrier: Callable[[], None] | None = None) -> tuple[float, float, list[DiskSnapshot]]:
     """Freeze (or pause), snapshot all, thaw (or resume) — in every path; time the window and the storage part."""
     pool = _warm_pool(len(planned))
     try:
@@ -314,8 +358,10 @@ def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callabl
             stop()
             failpoint("after-freeze")
             t_storage = time.perf_counter()
-            disks = ([_one(d, p, i) for i, (d, p) in enumerate(zip(drivers, planned, strict=True))] if sequential
-                     else _snapshot_all(drivers, planned, pool))
+            if sequential:
+                disks = [_one(d, p, i) for i, (d, p) in enumerate(zip(drivers, planned, strict=True))]
+            else:
+                disks = _snapshot_all(drivers, planned, pool, alongside=barrier)
             storage_ms = _ms_since(t_storage)
         finally:
             try:

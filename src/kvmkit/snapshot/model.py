@@ -36,6 +36,8 @@ class DiskSnapshot(BaseModel):
     size_bytes: int = 0  # provisioned size of the disk at snapshot time
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
     location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)
+    method: str = "direct"  # "direct": snapshotted inside the freeze; "overlay": barrier inside, clone/copy after
+    extents: int | None = None  # file disks: extent count read before the freeze (what a reflink costs)
 
 
 class Snapshot(BaseModel):
@@ -49,6 +51,7 @@ class Snapshot(BaseModel):
     freeze_ms: float | None = None  # freeze call start → thaw call end (0 for group mode)
     pause_ms: float | None = None  # crash mode: suspend → resume
     storage_ms: float | None = None  # the concurrent per-disk snapshots alone (inside the window)
+    after_thaw_ms: float | None = None  # overlay path: clone/copy of the quiet bases + commit back, after the thaw
     total_ms: float | None = None
     error: str | None = None
     disks: list[DiskSnapshot] = []

@@ -68,6 +68,10 @@ def _repair_vm(engine: Engine, conn: libvirt.virConnect, vm_uuid: str, label: st
         actions.append(RecoverAction(vm=snap.vm, action=verb, detail=f"snapshot {snap.name}: {removed} disk "
                                                                      f"snapshot(s) removed, row dropped"))
     for entry_id, _uuid, op, data in engine.catalog.journal(vm_uuid):
+        if op == "overlay":
+            actions.append(_finish_overlay(conn, vm_uuid, label, data))
+            engine.catalog.journal_done(entry_id)
+            continue
         if op != "revert":
             continue
         staged = [StagedRevert(s["target"], s["driver"], s["data"]) for s in data["staged"]]
@@ -83,6 +87,23 @@ def _repair_vm(engine: Engine, conn: libvirt.virConnect, vm_uuid: str, label: st
         actions.append(RecoverAction(vm=label, action=f"revert to {data['snapshot']}", detail=detail))
     actions += _unstick_guest(conn, vm_uuid, label)
     return actions
+
+
+def _finish_overlay(conn: libvirt.virConnect, vm_uuid: str, label: str, data: dict) -> RecoverAction:
+    """A crash between the overlay barrier and the commit: merge the overlays back so one image per disk remains."""
+    from kvmkit.snapshot import overlay
+    from kvmkit.virt.disks import Disk
+
+    dom = conn.lookupByUUIDString(vm_uuid)
+    disks = [Disk(target=d["target"], kind="file", format=d.get("format", "raw"), source=d["source"])
+             for d in data["disks"]]
+    _unstick_guest(conn, vm_uuid, label)  # a block commit needs a running, not paused, guest
+    if dom.isActive():
+        overlay.commit_back(conn, dom, disks, data["tag"])
+        return RecoverAction(vm=label, action="committed overlays",
+                             detail=f"{len(disks)} overlay(s) of snapshot {data['tag']} merged back; one image a disk")
+    leftovers = overlay.commit_offline(conn, dom, disks, data["tag"])
+    return RecoverAction(vm=label, action="committed overlays offline", detail=f"{leftovers} overlay(s) merged")
 
 
 def _unstick_guest(conn: libvirt.virConnect, vm_uuid: str, label: str) -> list[RecoverAction]:

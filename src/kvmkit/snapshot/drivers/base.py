@@ -27,6 +27,12 @@ class StagedRevert:
 
 
 @dataclass(frozen=True)
+class PlanOptions:
+    allow_full_copy: bool = False  # file disks without reflink: overlay barrier + full sparse copy after the thaw
+    extent_limit: int = 2048  # file disks with more extents take the overlay barrier instead of a reflink in the freeze
+
+
+@dataclass(frozen=True)
 class RevertOptions:
     rollback: bool = False  # RBD: rollback_to_snap (O(size)) instead of the O(1) clone
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per revert, shared by its disks
@@ -37,7 +43,7 @@ class StorageDriver(Protocol):
 
     def claims(self, disk: Disk) -> bool: ...
 
-    def plan(self, disk: Disk, tag: str) -> DiskSnapshot:
+    def plan(self, disk: Disk, tag: str, options: PlanOptions) -> DiskSnapshot:
         """The handle `snapshot` will create; raises if the storage cannot or the name is taken. Touches nothing."""
         ...
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
-from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
@@ -62,6 +62,38 @@ def supports_reflink(directory: Path) -> bool:
     return _reflink_ok[dev]
 
 
+def sparse_copy(src: Path, dst: Path, chunk: int = 64 << 20) -> None:
+    """Copy only the allocated extents (SEEK_DATA/SEEK_HOLE), in bounded chunks; holes stay holes."""
+    size = src.stat().st_size
+    fd_src = os.open(src, os.O_RDONLY)
+    try:
+        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(fd_src, offset, os.SEEK_DATA)
+                except OSError:
+                    break  # no data after offset
+                end = os.lseek(fd_src, start, os.SEEK_HOLE)
+                pos = start
+                while pos < end:
+                    n = os.copy_file_range(fd_src, fd_dst, min(chunk, end - pos), pos, pos)
+                    if n == 0:
+                        break
+                    pos += n
+                offset = end
+            os.ftruncate(fd_dst, size)
+            os.fsync(fd_dst)
+        except BaseException:
+            os.close(fd_dst)
+            dst.unlink(missing_ok=True)
+            raise
+        os.close(fd_dst)
+    finally:
+        os.close(fd_src)
+
+
 class FileDriver:
     name = "file"
 
@@ -71,25 +103,37 @@ class FileDriver:
     def handle_for(self, disk: Disk, tag: str) -> Path:
         return Path(f"{disk.source}@{tag}{SUFFIX}")
 
-    def plan(self, disk: Disk, tag: str) -> DiskSnapshot:
+    def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
+        from kvmkit.snapshot.overlay import extent_count, overlay_path
+
+        options = options or PlanOptions()
         source = Path(disk.source)
         if not source.exists():
             raise NotFound(f"disk {disk.target}: {source} does not exist")
-        if not supports_reflink(source.parent):
+        reflink_ok = supports_reflink(source.parent)
+        if not reflink_ok and not options.allow_full_copy:
             raise EnvironmentProblem(
                 f"disk {disk.target}: the filesystem of {source.parent} cannot reflink (FICLONE unsupported), so a "
                 "snapshot would be a full copy; use XFS (mkfs.xfs -m reflink=1), btrfs or NFS 4.2, "
                 "or pass --allow-full-copy"
             )
         handle = self.handle_for(disk, tag)
-        if handle.exists():
-            raise Conflict(f"disk {disk.target}: {handle} already exists; kvmkit will not overwrite it")
+        for taken in (handle, overlay_path(disk.source, tag)):
+            if taken.exists():
+                raise Conflict(f"disk {disk.target}: {taken} already exists; kvmkit will not overwrite it")
+        extents = extent_count(source) if reflink_ok else None
+        direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
-                            size_bytes=source.stat().st_size)
+                            size_bytes=source.stat().st_size, method="direct" if direct else "overlay",
+                            extents=extents)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
+        """Reflink the disk; on a filesystem without reflink (only ever outside the freeze) copy it sparsely."""
         try:
-            reflink(Path(planned.source), Path(planned.handle))
+            if supports_reflink(Path(planned.source).parent):
+                reflink(Path(planned.source), Path(planned.handle))
+            else:
+                sparse_copy(Path(planned.source), Path(planned.handle))
         except OSError as exc:
             raise OperationFailed(
                 f"disk {planned.target}: reflink to {planned.handle} failed: {exc.strerror}") from None

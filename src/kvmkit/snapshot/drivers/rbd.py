@@ -24,7 +24,7 @@ import rbd
 
 from kvmkit.config import CephSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
-from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
@@ -144,7 +144,7 @@ class RbdDriver:
     def claims(self, disk: Disk) -> bool:
         return disk.kind == "network" and disk.protocol == "rbd"
 
-    def plan(self, disk: Disk, tag: str) -> DiskSnapshot:
+    def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
         self.learn(disk)
         pool, image_name = disk.rbd_pool_image
         snap_name = PREFIX + tag

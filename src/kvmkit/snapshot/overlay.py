@@ -1,0 +1,118 @@
+"""The O(1) consistency barrier for file disks whose reflink would hold the freeze too long.
+
+FICLONE costs time per extent, not per byte (LAB-FACTS: 0.1 ms for a 1-extent file, 0.26 s at 16k extents,
+4-6 s at 262k on XFS), and real VM disks are fragmented. So a file disk with more extents than
+`extent_limit` (or on a filesystem without reflink, with --allow-full-copy) is not cloned inside the freeze.
+Instead the freeze holds one libvirt disk-only, atomic external snapshot of those disks — a qcow2 overlay per disk,
+constant time — and after the thaw the now-quiet base file is cloned (or copied), then the overlay is committed
+back with an active block commit + pivot, so the VM never keeps an overlay chain. Each step is journaled:
+`recover` commits or discards overlays a crash left behind.
+
+Why not always the overlay: on an unfragmented disk a reflink takes well under a millisecond, while the
+overlay transaction costs tens of milliseconds inside the freeze plus a block commit afterwards. The extent count
+(FIEMAP, read before the freeze) picks the cheaper path per disk.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import struct
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import libvirt
+
+from kvmkit.errors import OperationFailed
+from kvmkit.virt.blockjob import commit_active
+from kvmkit.virt.disks import Disk
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_FLAG_SYNC = 0x1
+OVERLAY_MARK = ".kvmkit-overlay-"
+BARRIER_FLAGS = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+
+
+def extent_count(path: Path) -> int:
+    """Number of extents of a file (FIEMAP with no extent buffer: the kernel only counts)."""
+    header = struct.pack("=QQIIII", 0, 0xFFFFFFFFFFFFFFFF, FIEMAP_FLAG_SYNC, 0, 0, 0)
+    buf = array.array("B", header)
+    with path.open("rb") as fh:
+        fcntl.ioctl(fh.fileno(), FS_IOC_FIEMAP, buf, True)
+    return struct.unpack("=QQIIII", buf.tobytes())[3]
+
+
+def overlay_path(disk_source: str, tag: str) -> Path:
+    return Path(f"{disk_source}{OVERLAY_MARK}{tag}")
+
+
+def barrier(dom: libvirt.virDomain, disks: list[Disk], all_targets: list[str], tag: str) -> None:
+    """One atomic external snapshot of `disks` (others untouched): the VM writes to overlays from now on."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = f"kvmkit-barrier-{tag}"
+    disks_el = ET.SubElement(root, "disks")
+    chosen = {d.target: d for d in disks}
+    for target in all_targets:
+        if target in chosen:
+            el = ET.SubElement(disks_el, "disk", name=target, snapshot="external")
+            ET.SubElement(el, "driver", type="qcow2")
+            ET.SubElement(el, "source", file=str(overlay_path(chosen[target].source, tag)))
+        else:
+            ET.SubElement(disks_el, "disk", name=target, snapshot="no")
+    try:
+        dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), BARRIER_FLAGS)
+    except libvirt.libvirtError as exc:
+        raise OperationFailed(f"VM {dom.name()}: overlay barrier failed: {exc.get_error_message()}") from None
+
+
+def commit_back(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
+    """Merge each overlay into its base and pivot back; then the overlay files go."""
+    live = {d.target: d for d in _parse(dom)}
+    active = [d.target for d in disks
+              if live.get(d.target) and live[d.target].source == str(overlay_path(d.source, tag))]
+    if active:
+        commit_active(conn, dom, active)
+    for disk in disks:
+        overlay_path(disk.source, tag).unlink(missing_ok=True)
+
+
+def _parse(dom: libvirt.virDomain) -> list[Disk]:
+    from kvmkit.virt.disks import parse_disks
+
+    return parse_disks(dom.XMLDesc(0))
+
+
+def commit_offline(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> int:
+    """The VM stopped while on overlays: `qemu-img commit` each into its base and point the definition back."""
+    import subprocess
+
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    merged = 0
+    for disk in disks:
+        path = overlay_path(disk.source, tag)
+        if path.exists():
+            done = subprocess.run(["qemu-img", "commit", "-q", str(path)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise OperationFailed(f"qemu-img commit {path}: {done.stderr.strip()}")
+            path.unlink()
+            merged += 1
+        xml = _point_back(xml, disk.target, disk.source, disk.format)
+    conn.defineXML(xml)
+    return merged
+
+
+def _point_back(xml: str, target: str, base: str, base_format: str) -> str:
+    root = ET.fromstring(xml)
+    for el in root.findall("./devices/disk"):
+        tgt = el.find("target")
+        if tgt is None or tgt.get("dev") != target:
+            continue
+        source, driver, backing = el.find("source"), el.find("driver"), el.find("backingStore")
+        if source is not None:
+            source.set("file", base)
+        if driver is not None:
+            driver.set("type", base_format)
+        if backing is not None:
+            el.remove(backing)
+    return ET.tostring(root, encoding="unicode")
