@@ -130,24 +130,29 @@ def test_real_qemu_guests_spinning_on_one_core_each_wait_their_fair_share(quiet_
 
 @pytest.mark.lab
 def test_lab_vms_are_mapped_to_domains_and_measured():
-    """Every running libvirt domain is found in /proc by name alone, with its vCPUs measured."""
+    """Every libvirt domain running throughout the sample is found in /proc by name alone, vCPUs measured.
+    (Other suites start and stop domains meanwhile: only those with the same id before and after count.)"""
     import libvirt
 
     from kvmkit import config
 
-    conn = libvirt.openReadOnly(config.load().libvirt_uri)
-    try:
-        running = {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
-    finally:
-        conn.close()
-    if not running:
+    def running() -> set[tuple[str, int]]:
+        conn = libvirt.openReadOnly(config.load().libvirt_uri)
+        try:
+            return {(d.name(), d.ID()) for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        finally:
+            conn.close()
+
+    before = running()
+    if not before:
         pytest.skip("no running libvirt domain (the lab fixture brings VMs up)")
     collector = Collector(ProcReader())
     collector.sample()
     time.sleep(1)
     report = collector.sample()
-    assert report is not None
+    steady = {name for name, _ in before & running()}
+    assert report is not None and steady
     measured = {vm.domain: vm for vm in report.vms}
-    for name in running:
+    for name in steady:
         assert name in measured, f"{name} not found in /proc: {report.skipped}"
         assert measured[name].vcpus, f"{name}: no vCPU measured"

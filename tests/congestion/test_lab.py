@@ -126,15 +126,19 @@ SPIN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memo
 
 
 @pytest.mark.lab
-def test_a_spinning_libvirt_guest_and_a_host_hog_wait_for_each_other(lab_state, tmp_path: Path):
+def test_a_spinning_libvirt_guest_and_a_host_hog_wait_for_each_other(lab_state):
+    import tempfile
+
     import libvirt
 
     from kvmkit.congestion.realqemu import SPIN_SECTOR
 
-    disk = tmp_path / "spin.img"
+    # not pytest's tmp_path: its parents are 0700 and libvirt's QEMU may run as another user
+    folder = Path(tempfile.mkdtemp(prefix="kvmkit-spin-", dir="/tmp"))
+    folder.chmod(0o755)
+    disk = folder / "spin.img"
     disk.write_bytes(SPIN_SECTOR)
     disk.chmod(0o644)
-    tmp_path.chmod(0o755)  # libvirt's QEMU may run as another user
     name = "kvmkit-congestion-spin"
     conn = libvirt.open(lab_state.uri)
     dom = conn.createXML(SPIN_XML.format(name=name, disk=disk), 0)
@@ -143,6 +147,8 @@ def test_a_spinning_libvirt_guest_and_a_host_hog_wait_for_each_other(lab_state, 
     finally:
         dom.destroy()
         conn.close()
+        disk.unlink()
+        folder.rmdir()
     assert vcpu_run + vcpu_wait >= 90 - other  # the boot-sector loop kept the vCPU runnable
     assert vcpu_wait == pytest.approx(hog_run, abs=3.0 + other)
     assert hog_wait == pytest.approx(vcpu_run, abs=3.0 + other)
