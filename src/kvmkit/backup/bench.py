@@ -42,6 +42,7 @@ print(json.dumps({"seconds": m.seconds, "read": m.read_bytes, "written": m.writt
 
 class BenchResult(BaseModel):
     source: str
+    target: str
     compression: str
     size_bytes: int
     data_bytes: int
@@ -117,14 +118,17 @@ def backup_child(src: Path, target: Path, compression: str) -> tuple[dict, float
 
 
 def run(folder: Path, size_mib: int, sparse_gib: int = 0, stride: int = 16, compression: str = "zlib",
-        progress=lambda _m: None) -> BenchResult:
+        target_folder: Path | None = None, progress=lambda _m: None) -> BenchResult:
     if compression not in ("zlib", "none"):
         raise InvalidInput("--compression must be zlib or none")
     if size_mib <= 0 or sparse_gib < 0:
         raise InvalidInput("--size must be > 0 MiB and --sparse-gib ≥ 0")
     work = folder / "kvmkit-backup-bench"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "target").mkdir(parents=True)
+    target = (target_folder or folder) / "kvmkit-backup-bench-target"
+    for old in (work, target):
+        shutil.rmtree(old, ignore_errors=True)
+    work.mkdir(parents=True)
+    target.mkdir(parents=True)
     src = work / "source.raw"
     try:
         if sparse_gib:
@@ -135,17 +139,18 @@ def run(folder: Path, size_mib: int, sparse_gib: int = 0, stride: int = 16, comp
             progress(f"source: {size_mib} MiB (each MiB half random, half text)")
         dd_s = dd_read(src)
         progress(f"dd: {dd_s:.2f} s")
-        stats, rss = backup_child(src, work / "target", compression)
+        stats, rss = backup_child(src, target, compression)
         progress(f"backup: {stats['seconds']:.2f} s, peak RSS {rss:.0f} MiB")
         size = src.stat().st_size
         # dd reads holes too (fast, from no disk); compare like with like: bytes each read per second of wall time
         dd_mb_s = size / dd_s / 1e6
         backup_mb_s = size / stats["seconds"] / 1e6
-        return BenchResult(source=str(src), compression=compression, size_bytes=size, data_bytes=data,
-                           dd_seconds=round(dd_s, 3),
+        return BenchResult(source=str(src), target=str(target), compression=compression, size_bytes=size,
+                           data_bytes=data, dd_seconds=round(dd_s, 3),
                            dd_mb_s=round(dd_mb_s, 1), backup_seconds=stats["seconds"],
                            backup_mb_s=round(backup_mb_s, 1), ratio_vs_dd=round(backup_mb_s / dd_mb_s, 3),
                            written_bytes=stats["written"], manifest_bytes=stats["manifest"],
                            chunks=stats["chunks"], peak_rss_mib=round(rss, 1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)

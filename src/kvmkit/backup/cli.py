@@ -174,7 +174,8 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
                                          help="Instead: a sparse disk of this many GiB with data in every chunk."),
           stride: int = typer.Option(16, "--stride", help="With --sparse-gib: data in every N-th 1 MiB chunk."),
           compression: str = typer.Option("zlib", "--compression", help="zlib or none."),
-          folder: str = typer.Option("/var/tmp", "--dir", help="Where to put the source and the target."),
+          folder: str = typer.Option("/var/tmp", "--dir", help="Source folder (e.g. the lab's XFS pool)."),
+          target_folder: str | None = typer.Option(None, "--target-dir", help="Target folder (default: --dir)."),
           json_out: bool = JSON) -> None:
     """Throughput of a full backup vs dd reading the same source, in one run, with peak RSS."""
     from pathlib import Path
@@ -183,11 +184,13 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
 
     say = err_console.print if json_out else console.print
     result = bench_mod.run(Path(folder), size_mib, sparse_gib, stride, compression,
+                           Path(target_folder) if target_folder else None,
                            progress=lambda m: say(f"[dim]bench:[/] {m}"))
     if json_out:
         print_json(result)
         return
-    print_table(f"backup bench: {result.source}, compression {result.compression}", ["measure", "value"], result.rows())
+    print_table(f"backup bench: {result.source} → {result.target}, compression {result.compression}",
+                ["measure", "value"], result.rows())
 
 
 # schedules ------------------------------------------------------------------------------------------------------

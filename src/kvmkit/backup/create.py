@@ -31,7 +31,7 @@ from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 log = logging.getLogger(__name__)
 Advance = Callable[[int], None]  # progress: bytes examined
 MAX_CHAIN = 32  # after this many incrementals the next backup is full again (cheap: dedup skips known chunks)
-WORKERS = 3
+WORKERS = 4  # hashing and zlib release the GIL: measured 361 / 479 / 555 MiB/s with 2 / 3 / 4 on 2 cores
 
 
 def backup_snapshot(settings: Settings, snapshot: Snapshot, target_name: str | None = None,

@@ -16,9 +16,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kvmkit.backup import chunking
+from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import BackupManifest, DamagedChunk, VerifyReport
 from kvmkit.backup.sources import Ceph, DiskWriter, FileWriter, RbdWriter
-from kvmkit.backup.store import ChunkDamaged, DirTarget
+from kvmkit.backup.store import DirTarget
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed

@@ -2,7 +2,7 @@
 
 Layout (everything 0600, folders 0700):
     <root>/kvmkit-backup.json          format marker
-    <root>/chunks/ab/<sha256>          "KVB1" + codec byte + payload (codec 0 raw, 1 zlib)
+    <root>/chunks/ab/<sha256>          see codec.py (raw or zlib frames; named by the sha256 of the raw bytes)
     <root>/manifests/<vm_uuid>/<snapshot>.json
     <root>/incomplete/<vm_uuid>--<snapshot>.json   intent of a backup in progress (informational)
     <root>/lock                        flock: backups share it, garbage collection takes it alone
@@ -18,68 +18,22 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from kvmkit.backup.codec import ChunkDamaged, decode, encode
 from kvmkit.backup.model import FORMAT_VERSION, BackupManifest
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 
 log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
-MAGIC = b"KVB1"
-RAW, ZLIB = 0, 1
-PROBE = 64 << 10  # compress this much first: incompressible chunks (random, encrypted, compressed) skip zlib
-PROBE_RATIO = 0.9
-
-
-class ChunkDamaged(Exception):
-    """A chunk that is missing, undecodable or whose content does not hash to its name."""
-
-    def __init__(self, digest: str, problem: str) -> None:
-        super().__init__(f"chunk {digest}: {problem}")
-        self.digest, self.problem = digest, problem
-
-
-def _probe(raw: bytes) -> bytes:
-    """Four slices spread over the chunk: a chunk that is half random, half text is still found compressible."""
-    if len(raw) <= PROBE:
-        return raw
-    step, part = len(raw) // 4, PROBE // 4
-    return b"".join(raw[i * step: i * step + part] for i in range(4))
-
-
-def encode(raw: bytes, compression: str) -> bytes:
-    if compression == "zlib":
-        probe = _probe(raw)
-        if len(zlib.compress(probe, 1)) < PROBE_RATIO * len(probe):
-            packed = zlib.compress(raw, 1)
-            if len(packed) < len(raw):
-                return MAGIC + bytes([ZLIB]) + packed
-    return MAGIC + bytes([RAW]) + raw
-
-
-def decode(digest: str, blob: bytes) -> bytes:
-    if blob[:4] != MAGIC or len(blob) < 5:
-        raise ChunkDamaged(digest, "undecodable (bad header)")
-    codec, payload = blob[4], blob[5:]
-    try:
-        raw = zlib.decompress(payload) if codec == ZLIB else payload if codec == RAW else None
-    except zlib.error:
-        raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
-    if raw is None:
-        raise ChunkDamaged(digest, f"undecodable (unknown codec {codec})")
-    if hashlib.sha256(raw).hexdigest() != digest:
-        raise ChunkDamaged(digest, "hash mismatch (content changed on the target)")
-    return raw
 
 
 class DirTarget:
