@@ -10,6 +10,8 @@ import typer
 
 from kvmkit import __version__
 from kvmkit.errors import KvmkitError
+from kvmkit.bench.cli import app as bench_app
+from kvmkit.congestion.cli import app as congestion_app
 from kvmkit.lab.cli import app as lab_app
 from kvmkit.plan.cli import app as plan_app
 from kvmkit.snapshot.cli import app as snapshot_app
@@ -20,6 +22,8 @@ app.add_typer(lab_app, name="lab",
               help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
 app.add_typer(snapshot_app, name="snapshot",
               help="Storage-based live VM snapshots: create, list, revert, delete, recover.")
+app.add_typer(congestion_app, name="congestion", help="Per-VM CPU congestion: live view, exporter, SLO control.")
+app.add_typer(bench_app, name="bench", help="Storage benchmarks done right (fio): suites, lint, compare.")
 app.add_typer(plan_app, name="plan", help="Hardware by total cost per delivered resource; fleet MILP; HTML report.")
 app.add_typer(tune_app, name="tune", help="Audit a KVM host's BIOS/OS settings against a goal; fix with rollback.")
 

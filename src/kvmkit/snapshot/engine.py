@@ -150,14 +150,22 @@ class Engine:
                 "tag": name, "disks": [{"target": disk.target, "source": disk.source, "format": disk.format}
                                        for disk, _, _ in barriered]})
             targets = [disk.target for disk in live_disks(dom)]
+            overlay.prepare([disk for disk, _, _ in barriered], name)
 
             def barrier() -> None:
                 overlay.barrier(dom, [disk for disk, _, _ in barriered], targets, name)
-        watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
-                            self.state_dir / "log" / "watchdog.log")
-        window_ms, storage_ms, done = _quiet_window(watchdog, stop, start, [d for d, _ in direct],
-                                                    [p for _, p in direct], self.sequential,
-                                                    barrier if barriered else None)
+        try:
+            watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
+                                self.state_dir / "log" / "watchdog.log")
+            window_ms, storage_ms, done = _quiet_window(watchdog, stop, start, [d for d, _ in direct],
+                                                        [p for _, p in direct], self.sequential,
+                                                        barrier if barriered else None)
+        except BaseException:
+            if barriered:  # the VM may already write to overlays: merge them back before reporting the failure
+                overlay.commit_back(dom.connect(), dom, [disk for disk, _, _ in barriered], name)
+                if entry is not None:
+                    self.catalog.journal_done(entry)
+            raise
         failpoint("after-thaw")
         after_ms = None
         if barriered:
