@@ -9,9 +9,9 @@ import libvirt
 import typer
 
 from kvmkit import __version__
-from kvmkit.errors import KvmkitError
 from kvmkit.bench.cli import app as bench_app
 from kvmkit.congestion.cli import app as congestion_app
+from kvmkit.errors import KvmkitError
 from kvmkit.lab.cli import app as lab_app
 from kvmkit.plan.cli import app as plan_app
 from kvmkit.snapshot.cli import app as snapshot_app
