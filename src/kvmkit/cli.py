@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -9,23 +10,30 @@ import libvirt
 import typer
 
 from kvmkit import __version__
-from kvmkit.bench.cli import app as bench_app
-from kvmkit.congestion.cli import app as congestion_app
 from kvmkit.errors import KvmkitError
-from kvmkit.lab.cli import app as lab_app
-from kvmkit.plan.cli import app as plan_app
-from kvmkit.snapshot.cli import app as snapshot_app
-from kvmkit.tune.cli import app as tune_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-app.add_typer(lab_app, name="lab",
-              help="A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph.")
-app.add_typer(snapshot_app, name="snapshot",
-              help="Storage-based live VM snapshots: create, list, revert, delete, recover.")
-app.add_typer(congestion_app, name="congestion", help="Per-VM CPU congestion: live view, exporter, SLO control.")
-app.add_typer(bench_app, name="bench", help="Storage benchmarks done right (fio): suites, lint, compare.")
-app.add_typer(plan_app, name="plan", help="Hardware by total cost per delivered resource; fleet MILP; HTML report.")
-app.add_typer(tune_app, name="tune", help="Audit a KVM host's BIOS/OS settings against a goal; fix with rollback.")
+
+# (name, module, help): a sub-app is imported only when used, so `kvmkit snapshot …` does not pay for SciPy.
+SUBCOMMANDS = [
+    ("lab", "kvmkit.lab.cli", "A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph."),
+    ("snapshot", "kvmkit.snapshot.cli", "Storage-based live VM snapshots: create, list, revert, delete, recover."),
+    ("backup", "kvmkit.backup.cli", "Back snapshots up to secondary storage: full, incremental, verified restore."),
+    ("congestion", "kvmkit.congestion.cli", "Per-VM CPU congestion: live view, exporter, SLO control."),
+    ("bench", "kvmkit.bench.cli", "Storage benchmarks done right (fio): suites, lint, compare."),
+    ("plan", "kvmkit.plan.cli", "Hardware by total cost per delivered resource; fleet MILP; HTML report."),
+    ("tune", "kvmkit.tune.cli", "Audit a KVM host's BIOS/OS settings against a goal; fix with rollback."),
+]
+
+
+def mount(argv: list[str]) -> None:
+    """Mount the sub-app the command line names, or all of them (for --help and for unknown names)."""
+    names = {name for name, _, _ in SUBCOMMANDS}
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module, help_text in SUBCOMMANDS:
+        if wanted not in names or wanted == name:
+            app.add_typer(importlib.import_module(module).app, name=name, help=help_text)
+
 
 _debug = False
 
@@ -49,6 +57,7 @@ def root(
 
 def main() -> None:
     try:
+        mount(sys.argv[1:])
         # without standalone mode click returns typer.Exit's code instead of exiting: pass it on
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
