@@ -1,0 +1,131 @@
+"""Fragmented file disks take the O(1) overlay barrier; filesystems without reflink need --allow-full-copy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmkit.errors import EnvironmentProblem
+from kvmkit.lab import disks, lab
+from kvmkit.lab.state import load
+from kvmkit.snapshot.engine import Engine
+from kvmkit.snapshot.overlay import OVERLAY_MARK, extent_count
+from kvmkit.virt import agent
+from kvmkit.virt.connection import live_disks
+from tests.snapshot.conftest import kvmkit
+
+pytestmark = pytest.mark.lab
+EXTENTS = 12_000  # a reflink of this many extents costs ~0.2 s here: enough to prove the path, quick to make
+
+
+@pytest.fixture(scope="module")
+def frag_vm(lab_state, snap_env) -> str:
+    state = load(lab_state.dir)
+    name = "tlab-frag"
+    if state.vm(name) is None:
+        lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=256, start=False)
+        disks.fragment(Path(state.vm(name).disks[0].source), EXTENTS)
+        lab.start_vms(state, [name])
+    return name
+
+
+def single_images(conn, vm: str) -> list[Path]:
+    sources = [Path(d.source) for d in live_disks(conn.lookupByName(vm))]
+    for source in sources:
+        assert OVERLAY_MARK not in source.name
+        assert not list(source.parent.glob(f"{source.name}{OVERLAY_MARK}*")), "overlay files left behind"
+    return sources
+
+
+def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data(engine, conn, lab_state, frag_vm):
+    engine.extent_limit = 1000
+    disk = single_images(conn, frag_vm)[0]
+    assert extent_count(disk) >= EXTENTS
+    dom = conn.lookupByName(frag_vm)
+    before = agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/d bs=64k count=32 2>/dev/null && sync && "
+                                    "sha256sum /mnt/vda/d").split()[0]
+    snap = engine.create(frag_vm, "fr1")
+    assert snap.disks[0].method == "overlay" and snap.disks[0].extents >= EXTENTS
+    assert snap.after_thaw_ms > 0
+    single_images(conn, frag_vm)
+    assert dom.XMLDesc(0).count("<backingStore") <= 1 and "kvmkit-overlay" not in dom.XMLDesc(0)
+    agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/d bs=64k count=32 2>/dev/null && sync")
+    engine.revert(frag_vm, "fr1", force_stop=True)
+    dom = conn.lookupByName(frag_vm)
+    assert agent.guest_shell(dom, "sha256sum /mnt/vda/d").split()[0] == before
+    engine.delete(frag_vm, "fr1")
+
+
+def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn, frag_vm):
+    env = {**snap_env, "KVMKIT_FAILPOINT": "overlay-before-commit", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000"}
+    out = kvmkit(env, "snapshot", "create", frag_vm, "--name", "frkill")
+    assert out.returncode == -signal.SIGKILL
+    live = live_disks(conn.lookupByName(frag_vm))
+    assert OVERLAY_MARK in live[0].source  # the VM is left running on the overlay
+    rec = kvmkit(snap_env, "snapshot", "recover", "--json")
+    assert rec.returncode == 0, rec.stderr
+    assert single_images(conn, frag_vm)
+    assert agent.freeze_status(conn.lookupByName(frag_vm)) == "thawed"
+    assert not list(Path(live[0].source).parent.glob("*@frkill.kvmkit"))
+    assert kvmkit(snap_env, "snapshot", "list", frag_vm, "--json").stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def ext4_vm(lab_state, snap_env, tmp_path_factory) -> str:
+    """A VM whose disk sits on ext4 (no reflink): a loop-mounted ext4 image beside the test lab."""
+    mnt = lab_state.dir.parent / "tlab-ext4"
+    image = lab_state.dir.parent / "tlab-ext4.img"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    state = load(lab_state.dir)
+    name = "tlab-ext4"
+    lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=128, start=False)
+    old = Path(state.vm(name).disks[0].source)
+    new = mnt / old.name
+    subprocess.run(["cp", "--sparse=always", str(old), str(new)], check=True)  # shutil.move would fill the holes
+    old.unlink()
+    dom = conn_define(lab_state.uri, name, str(old), str(new))
+    lab.start_vms(state, [name])
+    yield name
+    dom.destroy()
+    lab.remove_vm(state, name)
+    subprocess.run(["umount", str(mnt)], check=False)
+    image.unlink(missing_ok=True)
+
+
+def conn_define(uri: str, name: str, old: str, new: str):
+    from kvmkit.virt.connection import open_connection
+
+    conn = open_connection(uri)
+    conn.defineXML(conn.lookupByName(name).XMLDesc(0).replace(old, new))
+    return conn.lookupByName(name)
+
+
+def test_no_reflink_is_refused_with_the_reason_and_nothing_changes(engine, ext4_vm, conn):
+    with pytest.raises(EnvironmentProblem, match=r"cannot reflink .* or pass --allow-full-copy"):
+        engine.create(ext4_vm, "nr1")
+    disk = Path(live_disks(conn.lookupByName(ext4_vm))[0].source)
+    assert sorted(p.name for p in disk.parent.iterdir() if p.name != "lost+found") == [disk.name]
+
+
+def test_allow_full_copy_freezes_briefly_copies_after_and_leaves_no_overlay(snap_env, ext4_vm, conn):
+    out = kvmkit(snap_env, "snapshot", "create", ext4_vm, "--name", "fc1", "--allow-full-copy", "--json")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    disk = snap["disks"][0]
+    assert disk["method"] == "overlay" and disk["extents"] is None
+    copy, source = Path(disk["snapshot"]), Path(disk["source"])
+    assert copy.exists() and copy.stat().st_size == source.stat().st_size
+    assert copy.stat().st_blocks < copy.stat().st_size // 512 // 2  # sparse: the holes stayed holes
+    fsck = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout  # the copy taken after the thaw is a consistent filesystem
+    single_images(conn, ext4_vm)
+    engine = Engine.from_config()
+    engine.delete(ext4_vm, "fc1")
+    assert not copy.exists()
