@@ -99,6 +99,9 @@ def run_cmd(
     keep_file: Annotated[bool, typer.Option(help="Keep a file kvmkit created, filled, for reuse.")] = False,
     label: Annotated[str | None, typer.Option(help="Name of this run in comparisons.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result JSON here.")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="Run fio inside this VM (guest agent); the target is "
+                                                        "a path in the guest.")] = None,
+    connect: Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI for --vm.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run a suite against a target; prints a table (or --json) with tails, CPU per I/O, time and peak RSS."""
@@ -117,7 +120,10 @@ def run_cmd(
         keep_file=keep_file,
         label=label,
     )
-    result = run_suite(suite, target, HostRunner(), options)
+    if vm is None:
+        result = run_suite(suite, target, HostRunner(), options)
+    else:
+        result = _run_in_vm(vm, connect, suite, target, options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]WARNING[/]: {warning}", highlight=False)
     if out is not None:
@@ -225,3 +231,19 @@ def suites_cmd() -> None:
     """List the suites and what each measures."""
     for name, build in SUITES.items():
         typer.echo(f"{name:20} {(build.__doc__ or '').strip().splitlines()[0]}")
+
+
+def _run_in_vm(vm: str, connect: str | None, suite: str, target: str, options: BenchOptions) -> BenchRun:
+    """The same suite inside a VM: fio runs in the guest through qemu-guest-agent's guest-exec."""
+    from kvmkit import config
+    from kvmkit.bench.command_runner import CommandRunner
+    from kvmkit.virt import agent
+    from kvmkit.virt.connection import connection, lookup
+
+    with connection(connect or config.load().libvirt_uri) as conn:
+        dom = lookup(conn, vm)
+
+        def exec_fn(argv: list[str], timeout_s: float) -> agent.ExecResult:
+            return agent.guest_exec(dom, argv, timeout_s=timeout_s)
+
+        return run_suite(suite, target, CommandRunner(f"vm:{vm}", exec_fn), options)

@@ -26,6 +26,7 @@ def up(
     ceph: bool = typer.Option(False, "--ceph", help="Start a one-node Ceph; VMs get RBD data disks."),
     storage: lab.Storage | None = typer.Option(None, "--storage", help="file, rbd or mixed (1 file + rest RBD)."),
     disk_size: int = typer.Option(1024, "--disk-size", help="Size of each data disk in MiB."),
+    fio: bool = typer.Option(False, "--fio", help="Guests carry fio (for kvmkit bench --vm); 384 MiB RAM each."),
     connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab status as JSON."),
 ) -> None:
@@ -37,7 +38,7 @@ def up(
     def say(message: str) -> None:
         out.print(f"[dim]lab:[/] {message}")
     lab.up(lab_dir, uri, vms=vms, disks_per_vm=disks, with_ceph=ceph, storage=storage, disk_size_mib=disk_size,
-           progress=say)
+           with_fio=fio, progress=say)
     say(f"up in {time.monotonic() - t0:.1f} s")
     _show(lab.status(lab_dir), json_out)
 

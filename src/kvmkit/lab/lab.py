@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 Storage = Literal["file", "rbd", "mixed"]
 Progress = Callable[[str], None]
 AGENT_TIMEOUT_S = 90.0
+FIO_GUEST_MIB = 384  # the fio initramfs is ~90 MB (fio links librbd, ICU …) and lives in guest RAM
 
 
 def vm_name(lab_dir: Path, index: int) -> str:
@@ -37,7 +38,8 @@ def _guest_dir(lab_dir: Path) -> Path:
 
 
 def up(lab_dir: Path, uri: str, *, vms: int = 1, disks_per_vm: int = 2, with_ceph: bool = False,
-       storage: Storage | None = None, disk_size_mib: int = 1024, progress: Progress = lambda _m: None) -> LabState:
+       storage: Storage | None = None, disk_size_mib: int = 1024, with_fio: bool = False,
+       progress: Progress = lambda _m: None) -> LabState:
     """Idempotent: what already runs is kept, what is missing is made. On failure, what this call started stops."""
     if not 0 <= vms <= 16 or not 0 <= disks_per_vm <= 26:
         raise InvalidInput("--vms must be 0-16 and --disks 0-26")
@@ -48,7 +50,7 @@ def up(lab_dir: Path, uri: str, *, vms: int = 1, disks_per_vm: int = 2, with_cep
         state = load(lab_dir) or LabState(dir=lab_dir, uri=uri)
         made: _Made = _Made()
         try:
-            _up(state, made, vms, disks_per_vm, with_ceph, storage, disk_size_mib, progress)
+            _up(state, made, vms, disks_per_vm, with_ceph, storage, disk_size_mib, with_fio, progress)
         except BaseException:
             _undo(state, made)
             raise
@@ -66,7 +68,7 @@ class _Made:
 
 
 def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bool, storage: Storage,
-        disk_size_mib: int, progress: Progress) -> None:
+        disk_size_mib: int, with_fio: bool, progress: Progress) -> None:
     lab_dir = state.dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     lab_dir.chmod(0o755)
@@ -96,7 +98,8 @@ def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bo
     for name in wanted:
         if state.vm(name) is None:
             made.vms.append(name)
-            add_vm(state, name, **_disk_layout(storage, disks_per_vm), size_mib=disk_size_mib, start=False)
+            add_vm(state, name, **_disk_layout(storage, disks_per_vm), size_mib=disk_size_mib, start=False,
+                   with_fio=with_fio, memory_mib=FIO_GUEST_MIB if with_fio else 128)
             progress(f"{name}: defined with {disks_per_vm} {storage} disk(s)")
     start_vms(state, wanted, progress)
 

@@ -1,0 +1,38 @@
+"""The same fio suite inside a lab VM, through the guest agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvmkit.lab import lab
+from kvmkit.lab.state import load
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def fio_vm(lab_state) -> str:
+    state = load(lab_state.dir)
+    if state.vm("tlab-fio") is None:
+        lab.add_vm(state, "tlab-fio", file_disks=1, rbd_disks=0, size_mib=256, with_fio=True,
+                   memory_mib=lab.FIO_GUEST_MIB)
+    return "tlab-fio"
+
+
+def test_quick_suite_runs_fio_in_the_guest(lab_state, fio_vm):
+    env = {**os.environ, "KVMKIT_LAB_DIR": str(lab_state.dir)}
+    out = subprocess.run([sys.executable, "-m", "kvmkit", "bench", "run", "--suite", "quick", "--vm", fio_vm,
+                          "--target", "/mnt/vda/fio.dat", "--size", "32M", "--runtime", "1", "--ramp", "0", "--json"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    assert run["status"] == "ok"
+    measured = [j for j in run["jobs"] if j.get("phase") == "measure"]
+    assert len(measured) >= 7
+    assert all(sum((j[d] or {}).get("iops", 0) for d in ("read", "write")) > 0 for j in measured)
+    assert "vm:tlab-fio" in out.stdout  # the machine/runner recorded is the guest, not the host
