@@ -194,3 +194,34 @@ def test_state_files_on_the_target_are_private(tmp_path, settings):
     backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
     for path in settings.backup_targets[0].path.rglob("*"):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+@pytest.fixture()
+def small_target(tmp_path):
+    """A 4 MiB tmpfs as the target, so the disk really fills up mid-backup."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_target_full_mid_backup_is_a_clear_error_and_the_retry_resumes(tmp_path, small_target):
+    from kvmkit.config import BackupTarget, Settings
+
+    settings = Settings(backup_targets=[BackupTarget(name="small", path=small_target)])
+    a = sparse_file(tmp_path / "a", 8 * MiB, [(0, randbytes(6 * MiB))])
+    with pytest.raises(OperationFailed, match=r"backup target small is full .* the backup is not recorded, a rerun "
+                                              r"after freeing space resumes it"):
+        backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
+    assert manage.list_backups(settings) == []
+    assert not list(small_target.rglob("*.tmp"))  # no half-written chunk left behind
+    stored = {p.name for p in (small_target / "chunks").rglob("*") if p.is_file()}
+    assert 0 < len(stored) < 6
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_target)], check=True)
+    m = backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
+    assert m.disks[0].new_chunks == 6 - len(stored)  # resumed: the chunks stored before were not written again
+    assert restore.verify(settings, "vm1").ok

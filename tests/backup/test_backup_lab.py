@@ -167,3 +167,27 @@ def test_schedule_on_a_fake_clock_prunes_real_snapshots_and_backups(lab_settings
     assert backups["sched-20261102-120000"].parent is None  # rebased: its parents were pruned
     assert restore.verify(lab_settings, file_vm).ok
     assert engine.catalog.find(vm_uuid, manual.name) is not None
+
+
+def test_backup_create_by_cli_then_verify(lab_settings, engine, file_vm, tmp_path):
+    import json
+    import os
+
+    from tests.backup.test_backup_cli import kvmkit
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{lab_settings.state_dir}"\nlab_dir = "{lab_settings.lab_dir}"\n'
+                      f'libvirt_uri = "{lab_settings.libvirt_uri}"\n[[backup_targets]]\nname = "secondary"\n'
+                      f'path = "{lab_settings.backup_targets[0].path}"\n')
+    env = {**os.environ, "KVMKIT_CONFIG": str(config)}
+    engine.create(file_vm, "cli1")
+    out = kvmkit(env, "backup", "create", file_vm, "cli1", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["snapshot"] == "cli1" and data["vm"] == file_vm and {d["target"] for d in data["disks"]} == {"vda",
+                                                                                                          "vdb"}
+    again = kvmkit(env, "backup", "create", file_vm, "cli1")
+    assert again.returncode == 4 and "already backed up" in again.stderr
+    missing = kvmkit(env, "backup", "create", file_vm, "never-taken")
+    assert missing.returncode == 3 and "has no snapshot named 'never-taken'" in missing.stderr
+    assert kvmkit(env, "backup", "verify", file_vm, "cli1").returncode == 0

@@ -118,7 +118,10 @@ def add(settings: Settings, schedule: Schedule) -> Schedule:
 
 
 def remove(settings: Settings, vm: str) -> Schedule:
-    with ScheduleBook(settings.state_dir).edit() as schedules:
+    book = ScheduleBook(settings.state_dir)
+    if not any(s.vm == vm for s in book.read()):  # before edit(), which makes the state folder and lock file
+        raise NotFound(f"VM {vm} has no schedule")
+    with book.edit() as schedules:
         found = next((s for s in schedules if s.vm == vm), None)
         if found is None:
             raise NotFound(f"VM {vm} has no schedule")

@@ -1,0 +1,119 @@
+"""The CLI as mounted (`kvmkit backup …`, `kvmkit schedule …`), in a real process with a real config:
+--json output, one-line errors with the documented exit codes, private state files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmkit.backup.create import backup_snapshot
+from kvmkit.config import BackupTarget, Settings
+from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sparse_file
+
+# `kvmkit backup` is mounted by kvmkit.cli; `kvmkit schedule` is mounted here the same way until kvmkit.cli does.
+MOUNT_SCHEDULE = """
+from kvmkit import cli
+from kvmkit.backup.cli import schedule_app
+cli.app.add_typer(schedule_app, name="schedule")
+cli.main()
+"""
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "target").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                      f'[[backup_targets]]\nname = "nfs1"\npath = "{tmp_path / "target"}"\n'
+                      f'[[backup_targets]]\nname = "s3"\nkind = "s3"\nbucket = "b"\nsecret_key = "TOPSECRET"\n')
+    return {**os.environ, "KVMKIT_CONFIG": str(config)}
+
+
+def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "kvmkit"] if args[0] != "schedule" else [sys.executable, "-c", MOUNT_SCHEDULE]
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[2])
+
+
+def two_backups(tmp_path: Path) -> Settings:
+    settings = Settings(backup_targets=[BackupTarget(name="nfs1", path=tmp_path / "target")])
+    a = sparse_file(tmp_path / "a", 4 * MiB, [(0, randbytes(MiB))])
+    s1 = file_snapshot("s1", {"vda": a})
+    backup_snapshot(settings, s1, "nfs1")
+    b = sparse_file(tmp_path / "b", 4 * MiB, [(0, randbytes(MiB))])
+    backup_snapshot(settings, file_snapshot("s2", {"vda": b}, when=later(s1)), "nfs1")
+    return settings
+
+
+def test_list_verify_prune_json(env, tmp_path):
+    two_backups(tmp_path)
+    out = kvmkit(env, "backup", "list", "vm1", "--target", "nfs1", "--json")
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert [(b["snapshot"], b["kind"], b["parent"]) for b in listed] == [("s1", "full", None),
+                                                                         ("s2", "incremental", "s1")]
+    assert all("chunks" not in d for b in listed for d in b["disks"])
+    out = kvmkit(env, "backup", "verify", "vm1", "-t", "nfs1", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"] is True
+    out = kvmkit(env, "backup", "prune", "vm1", "-t", "nfs1", "--keep-last", "1", "--dry-run", "--json")
+    assert json.loads(out.stdout)["deleted"] == ["s1"]
+    assert len(json.loads(kvmkit(env, "backup", "list", "-t", "nfs1", "--json").stdout)) == 2
+
+
+def test_restore_by_cli_writes_the_disk(env, tmp_path):
+    two_backups(tmp_path)
+    out = kvmkit(env, "backup", "restore", "vm1", "s2", "-t", "nfs1", "--to", str(tmp_path / "r"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["disks"][0]["destination"] == str(tmp_path / "r")
+    assert (tmp_path / "r").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["backup", "list"], 2, "several backup targets are configured (nfs1, s3): name one with --target"),
+    (["backup", "list", "-t", "nope"], 3, "no backup target named 'nope'"),
+    (["backup", "list", "-t", "s3"], 5, "S3 targets are not supported yet"),
+    (["backup", "verify", "ghost", "-t", "nfs1"], 3, "VM ghost has no backups on target nfs1"),
+    (["backup", "delete", "vm1", "s1", "-t", "nfs1"], 4, "pass --with-dependants"),
+    (["backup", "restore", "vm1", "s1", "-t", "nfs1", "--to", "vdq=/tmp/x"], 2, "has no disk 'vdq'"),
+    (["backup", "prune", "vm1", "-t", "nfs1"], 2, "give at least one --keep-* rule"),
+    (["backup", "prune", "vm1", "-t", "nfs1", "--keep-last", "-1"], 2, "--keep-last must be"),
+    (["schedule", "add", "vm1", "--every", "5x", "--keep-last", "3"], 2, "--every '5x'"),
+    (["schedule", "add", "vm1", "--every", "1h"], 2, "give at least one of --keep-last"),
+    (["schedule", "remove", "vm1"], 3, "VM vm1 has no schedule"),
+])
+def test_bad_input_is_one_line_with_its_exit_code_and_changes_nothing(env, tmp_path, args, code, message):
+    two_backups(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    out = kvmkit(env, *args)
+    assert out.returncode == code, out.stderr
+    assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "TOPSECRET" not in out.stderr + out.stdout
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_verify_exit_code_and_message_name_the_damaged_chunk(env, tmp_path):
+    two_backups(tmp_path)
+    chunk = next(p for p in (tmp_path / "target" / "chunks").rglob("*") if p.is_file())
+    chunk.write_bytes(b"KVB1\x00garbage")
+    out = kvmkit(env, "backup", "verify", "vm1", "-t", "nfs1")
+    assert out.returncode == 6
+    assert f"chunk {chunk.name} (hash mismatch" in out.stderr and "needed by s" in out.stderr
+    assert chunk.name in out.stdout  # the table of damaged chunks
+
+
+def test_schedule_add_list_remove_and_the_file_is_private(env, tmp_path):
+    out = kvmkit(env, "schedule", "add", "vm1", "--every", "1h", "--keep-last", "24", "--keep-daily", "7",
+                 "--backup", "--target", "nfs1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["every_s"] == 3600
+    assert kvmkit(env, "schedule", "add", "vm1", "--every", "1h", "--keep-last", "1").returncode == 4
+    listed = json.loads(kvmkit(env, "schedule", "list", "--json").stdout)
+    assert [(s["vm"], s["keep_last"], s["keep_daily"], s["backup"]) for s in listed] == [("vm1", 24, 7, True)]
+    assert (tmp_path / "state" / "schedules.json").stat().st_mode & 0o777 == 0o600
+    assert kvmkit(env, "schedule", "remove", "vm1").returncode == 0
+    assert json.loads(kvmkit(env, "schedule", "list", "--json").stdout) == []
