@@ -134,7 +134,7 @@ def test_prune_rebases_a_kept_incremental_instead_of_keeping_its_whole_chain(tmp
     assert sha(tmp_path / "r3b") == sha(files[3])
 
 
-def test_kill_9_during_prune_loses_nothing_that_is_kept(tmp_path, settings):
+def test_kill_9_during_delete_loses_nothing_that_is_kept(tmp_path, settings):
     for i in range(3):
         f = sparse_file(tmp_path / f"a{i}", 4 * MiB, [(0, randbytes(MiB))])
         backup_snapshot(settings, file_snapshot(f"s{i}", {"vda": f}, vm=f"vm{i}"))
@@ -150,6 +150,34 @@ delete(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r
     assert proc.returncode == -signal.SIGKILL
     assert [m.vm for m in manage.list_backups(settings)] == ["vm1", "vm2"]
     assert restore.verify(settings, "vm1").ok and restore.verify(settings, "vm2").ok
+
+
+@pytest.mark.parametrize("step", ["prune-mid-rebase", "prune-mid-delete"])
+def test_kill_9_during_prune_keeps_every_kept_backup_restorable(tmp_path, settings, step):
+    files, snaps = [], []
+    for i in range(4):
+        f = sparse_file(tmp_path / f"a{i}", 4 * MiB, [(0, randbytes(MiB)), (2 * MiB, bytes([i + 1]) * 100)])
+        snaps.append(file_snapshot(f"s{i}", {"vda": f}, when=later(snaps[-1]) if snaps else None))
+        files.append(f)
+        backup_snapshot(settings, snaps[-1])
+    target = settings.backup_targets[0].path
+    code = f"""
+from pathlib import Path
+from kvmkit.backup.manage import prune
+from kvmkit.backup.retention import RetentionPolicy
+from kvmkit.config import BackupTarget, Settings
+settings = Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))])
+prune(settings, "vm1", RetentionPolicy(keep_last=2))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KVMKIT_FAILPOINT": step},
+                          cwd=Path(__file__).parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    for name, f in (("s2", files[2]), ("s3", files[3])):
+        restore.restore(settings, "vm1", name, to=[str(tmp_path / f"r-{name}")])
+        assert sha(tmp_path / f"r-{name}") == sha(f)
+    assert restore.verify(settings, "vm1").ok
+    assert manage.prune(settings, "vm1", RetentionPolicy(keep_last=2)).deleted  # the rerun finishes the job
+    assert [m.snapshot for m in manage.list_backups(settings)] == ["s2", "s3"]
 
 
 def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, settings):

@@ -12,6 +12,7 @@ import pytest
 from kvmkit.backup import manage, restore, schedule
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
+from kvmkit.errors import Conflict
 from kvmkit.lab import lab
 from kvmkit.lab.disks import purge_rbd_image
 from kvmkit.lab.state import load
@@ -78,6 +79,8 @@ def test_file_disks_full_incremental_destroy_restore_checksums_match(lab_setting
           f"{m2.manifest_bytes} B = {m2.written_bytes / truth:.3f}×")
     assert m2.written_bytes <= 1.05 * truth + m2.manifest_bytes
 
+    with pytest.raises(Conflict, match=f"VM {file_vm} is running and uses .*; shut it down first"):
+        restore.restore(lab_settings, file_vm, "bk1", replace=True)
     dom.destroy()
     for disk in s2.disks:
         Path(disk.source).unlink()  # the VM's disks are gone; the snapshots beside them do not matter here

@@ -79,11 +79,33 @@ def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
     return dests
 
 
+def refuse_if_in_use(uri: str, manifest: BackupManifest, dests: set[str]) -> None:
+    """A running VM that uses a destination would see its disk change under it: refuse. A VM that no longer
+    exists, or a host where libvirt is not running (restore onto a fresh host), has nothing to protect."""
+    import libvirt
+
+    from kvmkit.errors import Conflict, EnvironmentProblem
+    from kvmkit.virt.connection import connection, is_running, live_disks
+
+    try:
+        with connection(uri) as conn:
+            try:
+                dom = conn.lookupByUUIDString(manifest.vm_uuid)
+            except libvirt.libvirtError:
+                return
+            busy = sorted(d.source for d in live_disks(dom) if d.source in dests) if is_running(dom) else []
+    except EnvironmentProblem:
+        return
+    if busy:
+        raise Conflict(f"VM {manifest.vm} is running and uses {', '.join(busy)}; shut it down first")
+
+
 def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None = None, to: list[str] | None = None,
             replace: bool = False, advance: Advance = lambda _n: None) -> RestoreResult:
     target = open_target(settings, target_name)
     manifest, chain = find_backup(target, vm, snapshot)
     dests = destinations(manifest, to or [])
+    refuse_if_in_use(settings.libvirt_uri, manifest, set(dests.values()))
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
     t0 = time.perf_counter()
     with ExitStack() as stack:
