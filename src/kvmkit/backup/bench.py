@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -30,8 +31,8 @@ from kvmkit.backup.create import Backup
 from kvmkit.backup.store import DirTarget
 from kvmkit.config import Settings
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
-src, target, compression = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-snap = Snapshot(vm_uuid="bench", vm="bench", name="bench", created=datetime.now(), mode=Mode.OFFLINE,
+src, target, compression, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+snap = Snapshot(vm_uuid="bench", vm="bench", name=name, created=datetime.now(), mode=Mode.OFFLINE,
                 state=State.READY, disks=[DiskSnapshot(target="vda", driver="file", source=str(src),
                 handle=str(src), size_bytes=src.stat().st_size)])
 m = Backup(Settings(), DirTarget("bench", target), compression, lambda _n: None).run(snap)
@@ -44,6 +45,7 @@ class BenchResult(BaseModel):
     source: str
     target: str
     compression: str
+    rounds: int
     size_bytes: int
     data_bytes: int
     dd_seconds: float
@@ -52,6 +54,9 @@ class BenchResult(BaseModel):
     backup_mb_s: float  # bytes the backup read / its wall time
     ratio_vs_dd: float
     written_bytes: int
+    target_write_mb_s: float  # dd conv=fsync of the same byte count into the target folder
+    unchanged_mb_s: float  # a second backup of the same source: read + hash only, every chunk already stored
+    unchanged_written: int
     manifest_bytes: int
     chunks: int
     peak_rss_mib: float
@@ -59,10 +64,13 @@ class BenchResult(BaseModel):
     def rows(self) -> list[tuple[str, str]]:
         return [("disk size", f"{self.size_bytes / 2**30:.2f} GiB"),
                 ("data in it", f"{self.data_bytes / 2**20:.0f} MiB"),
-                ("dd read", f"{self.dd_mb_s:.0f} MB/s ({self.dd_seconds:.2f} s)"),
-                ("backup read", f"{self.backup_mb_s:.0f} MB/s ({self.backup_seconds:.2f} s)"),
+                ("dd read (median)", f"{self.dd_mb_s:.0f} MB/s ({self.dd_seconds:.2f} s)"),
+                ("backup (median)", f"{self.backup_mb_s:.0f} MB/s ({self.backup_seconds:.2f} s)"),
                 ("backup / dd", f"{self.ratio_vs_dd:.2f}×"),
                 ("written to target", f"{self.written_bytes / 2**20:.1f} MiB"),
+                ("dd write to target", f"{self.target_write_mb_s:.0f} MB/s (fsync'd; the write bound)"),
+                ("unchanged re-run", f"{self.unchanged_mb_s:.0f} MB/s ({self.unchanged_mb_s / self.dd_mb_s:.2f}× dd), "
+                                     f"wrote {self.unchanged_written} B"),
                 ("chunks in manifest", str(self.chunks)), ("manifest", f"{self.manifest_bytes / 1024:.0f} KiB"),
                 ("backup peak RSS", f"{self.peak_rss_mib:.0f} MiB")]
 
@@ -104,10 +112,10 @@ def dd_read(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def backup_child(src: Path, target: Path, compression: str) -> tuple[dict, float]:
+def backup_child(src: Path, target: Path, compression: str, name: str = "full") -> tuple[dict, float]:
     drop_cache(src)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(target), compression], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(target), compression, name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read() if proc.stdout else b""
     err = proc.stderr.read() if proc.stderr else b""
     _, status, usage = os.wait4(proc.pid, 0)
@@ -117,18 +125,30 @@ def backup_child(src: Path, target: Path, compression: str) -> tuple[dict, float
     return json.loads(out), usage.ru_maxrss / 1024
 
 
+def dd_write(target: Path, nbytes: int) -> float:
+    """How fast the target takes the same number of bytes the backup wrote (fsync'd): the backup's write bound."""
+    path = target / "dd-write.probe"
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=4M", f"count={max(1, nbytes >> 22)}", "conv=fsync"],
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - t0
+    path.unlink()
+    return seconds
+
+
 def run(folder: Path, size_mib: int, sparse_gib: int = 0, stride: int = 16, compression: str = "zlib",
-        target_folder: Path | None = None, progress=lambda _m: None) -> BenchResult:
+        target_folder: Path | None = None, rounds: int = 3, progress=lambda _m: None) -> BenchResult:
+    """dd and the backup alternate `rounds` times on the same cold source (medians reported): one run of each
+    is at the mercy of whatever else the shared machine does at that moment."""
     if compression not in ("zlib", "none"):
         raise InvalidInput("--compression must be zlib or none")
-    if size_mib <= 0 or sparse_gib < 0:
-        raise InvalidInput("--size must be > 0 MiB and --sparse-gib ≥ 0")
+    if size_mib <= 0 or sparse_gib < 0 or rounds < 1:
+        raise InvalidInput("--size must be > 0 MiB, --sparse-gib ≥ 0, --rounds ≥ 1")
     work = folder / "kvmkit-backup-bench"
     target = (target_folder or folder) / "kvmkit-backup-bench-target"
     for old in (work, target):
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True)
-    target.mkdir(parents=True)
     src = work / "source.raw"
     try:
         if sparse_gib:
@@ -137,20 +157,32 @@ def run(folder: Path, size_mib: int, sparse_gib: int = 0, stride: int = 16, comp
         else:
             data = make_dense(src, size_mib)
             progress(f"source: {size_mib} MiB (each MiB half random, half text)")
-        dd_s = dd_read(src)
-        progress(f"dd: {dd_s:.2f} s")
-        stats, rss = backup_child(src, target, compression)
-        progress(f"backup: {stats['seconds']:.2f} s, peak RSS {rss:.0f} MiB")
+        dd_runs, backup_runs = [], []
+        for attempt in range(rounds):
+            dd_runs.append(dd_read(src))
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            backup_runs.append(backup_child(src, target, compression))
+            progress(f"round {attempt + 1}: dd {dd_runs[-1]:.2f} s, backup {backup_runs[-1][0]['seconds']:.2f} s, "
+                     f"peak RSS {backup_runs[-1][1]:.0f} MiB")
+        dd_s = statistics.median(dd_runs)
+        stats = sorted(backup_runs, key=lambda r: r[0]["seconds"])[len(backup_runs) // 2][0]
+        rss = max(r[1] for r in backup_runs)
+        write_s = dd_write(target, stats["written"])
+        again, again_rss = backup_child(src, target, compression, "unchanged")  # every chunk already stored
+        progress(f"unchanged re-run: {again['seconds']:.2f} s, wrote {again['written']} B")
         size = src.stat().st_size
-        # dd reads holes too (fast, from no disk); compare like with like: bytes each read per second of wall time
+        # dd reads holes too (fast, from no disk); compare like with like: disk bytes per second of wall time
         dd_mb_s = size / dd_s / 1e6
         backup_mb_s = size / stats["seconds"] / 1e6
-        return BenchResult(source=str(src), target=str(target), compression=compression, size_bytes=size,
-                           data_bytes=data, dd_seconds=round(dd_s, 3),
-                           dd_mb_s=round(dd_mb_s, 1), backup_seconds=stats["seconds"],
-                           backup_mb_s=round(backup_mb_s, 1), ratio_vs_dd=round(backup_mb_s / dd_mb_s, 3),
-                           written_bytes=stats["written"], manifest_bytes=stats["manifest"],
-                           chunks=stats["chunks"], peak_rss_mib=round(rss, 1))
+        return BenchResult(source=str(src), target=str(target), compression=compression, rounds=rounds,
+                           size_bytes=size, data_bytes=data, dd_seconds=round(dd_s, 3), dd_mb_s=round(dd_mb_s, 1),
+                           backup_seconds=stats["seconds"], backup_mb_s=round(backup_mb_s, 1),
+                           ratio_vs_dd=round(backup_mb_s / dd_mb_s, 3), written_bytes=stats["written"],
+                           target_write_mb_s=round(stats["written"] / write_s / 1e6, 1),
+                           manifest_bytes=stats["manifest"], chunks=stats["chunks"],
+                           peak_rss_mib=round(max(rss, again_rss), 1),
+                           unchanged_mb_s=round(size / again["seconds"] / 1e6, 1), unchanged_written=again["written"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)

@@ -174,6 +174,7 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
                                          help="Instead: a sparse disk of this many GiB with data in every chunk."),
           stride: int = typer.Option(16, "--stride", help="With --sparse-gib: data in every N-th 1 MiB chunk."),
           compression: str = typer.Option("zlib", "--compression", help="zlib or none."),
+          rounds: int = typer.Option(3, "--rounds", help="dd and backup alternate this many times (medians)."),
           folder: str = typer.Option("/var/tmp", "--dir", help="Source folder (e.g. the lab's XFS pool)."),
           target_folder: str | None = typer.Option(None, "--target-dir", help="Target folder (default: --dir)."),
           json_out: bool = JSON) -> None:
@@ -184,13 +185,14 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
 
     say = err_console.print if json_out else console.print
     result = bench_mod.run(Path(folder), size_mib, sparse_gib, stride, compression,
-                           Path(target_folder) if target_folder else None,
+                           Path(target_folder) if target_folder else None, rounds,
                            progress=lambda m: say(f"[dim]bench:[/] {m}"))
     if json_out:
         print_json(result)
         return
-    print_table(f"backup bench: {result.source} → {result.target}, compression {result.compression}",
-                ["measure", "value"], result.rows())
+    console.print(f"source {result.source} → target {result.target}, compression {result.compression}, "
+                  f"medians of {result.rounds}")
+    print_table(None, ["measure", "value"], result.rows())
 
 
 # schedules ------------------------------------------------------------------------------------------------------
