@@ -36,3 +36,16 @@ def test_quick_suite_runs_fio_in_the_guest(lab_state, fio_vm):
     assert len(measured) >= 7
     assert all(sum((j[d] or {}).get("iops", 0) for d in ("read", "write")) > 0 for j in measured)
     assert "vm:tlab-fio" in out.stdout  # the machine/runner recorded is the guest, not the host
+
+
+def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
+    from kvmkit.bench import paths
+
+    result = paths.run(lab_state.dir, lab_state.uri, size_mib=32, runtime_s=1,
+                       only=["host", "virtio-blk native", "vhost-user-blk"])
+    assert [r.path for r in result.rows] == ["host", "virtio-blk native", "vhost-user-blk (qemu-storage-daemon)"]
+    assert all(r.status == "ok" and r.randread_4k_qd32_iops > 0 for r in result.rows), result.rows
+    assert result.rows[0].vs_host_randread == 1.0
+    assert all(r.vs_host_randread > 0 for r in result.rows[1:])
+    assert "TCG" in result.note
+    assert not (lab_state.pool.path / "bench-paths.raw").exists()

@@ -247,3 +247,34 @@ def _run_in_vm(vm: str, connect: str | None, suite: str, target: str, options: B
             return agent.guest_exec(dom, argv, timeout_s=timeout_s)
 
         return run_suite(suite, target, CommandRunner(f"vm:{vm}", exec_fn), options)
+
+
+@app.command("paths")
+def paths_cmd(
+    size: Annotated[str, typer.Option(help="Size of the shared backing file.")] = "256M",
+    runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 3.0,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Only these paths (name or kind).")] = None,
+    connect: Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write every run's JSON here (a list).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Host vs virtio-blk (native, io_uring, threads, iothread) vs vhost-user-blk, same file, one run, on the lab."""
+    from kvmkit import config
+    from kvmkit.bench import paths
+
+    settings = config.load()
+    say = err_console.print if as_json else console.print
+    result = paths.run(settings.lab_path, connect or settings.libvirt_uri, size_mib=parse_size(size) >> 20,
+                       runtime_s=runtime, only=only, progress=lambda m: say(f"[dim]paths:[/] {m}"))
+    if out is not None:
+        out.write_text("[" + ",\n".join(r.to_json() for r in result.runs) + "]\n")
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2, exclude={"runs"}))
+        return
+    print_table(f"storage paths to one {size} file (quick suite, {runtime:g} s jobs)",
+                ["path", "randread 4k QD32", "randwrite 4k QD32", "randread QD1 p99 µs", "read 1M QD32 MiB/s",
+                 "CPU µs/IO", "vs host"],
+                [(r.path, r.randread_4k_qd32_iops, r.randwrite_4k_qd32_iops, r.randread_4k_qd1_p99_us,
+                  r.read_1m_qd32_mib_s, r.cpu_us_per_io_randread,
+                  f"{r.vs_host_randread:.3f}×" if r.vs_host_randread is not None else "") for r in result.rows])
+    console.print(f"[yellow]{result.note}[/]")
