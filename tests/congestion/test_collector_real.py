@@ -31,10 +31,10 @@ def test_mean_congestion_lies_in_the_clock_gap_truth_bracket(busy: int, quiet_co
 @pytest.mark.parametrize("busy", [1, 2, 3])
 def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
-    if case.core_lost_pct > QUIET_PCT:
-        pytest.skip(f"core lost {case.core_lost_pct} % to irq/steal: per-thread truth undefined (bracket checked)")
+    # 2 pp on a quiet core; time the host loses to irq/steal (measured) is charged to no thread and widens it
+    tolerance = 2.0 + max(0.0, case.core_lost_pct - QUIET_PCT)
     for thread in case.threads:
-        assert thread.error_pp <= 2.0, case
+        assert thread.error_pp <= tolerance, case
 
 
 @pytest.mark.parametrize("busy", [2, 4])
@@ -42,8 +42,6 @@ def test_k_threads_on_one_core_each_wait_k_minus_1_over_k(busy: int, quiet_core:
     """The fair share holds on a quiet core; what else ran there (measured) widens the 2 pp tolerance."""
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
     disturbance = case.other_load_pct + case.core_lost_pct
-    if disturbance > 8:
-        pytest.skip(f"core {quiet_core}: {case.other_load_pct} % other load + {case.core_lost_pct} % irq/steal")
     assert case.fair_share_pct == pytest.approx(100 * (busy - 1) / busy, abs=1e-3)
     for thread in case.threads:
         assert thread.measured_pct == pytest.approx(case.fair_share_pct, abs=2.0 + disturbance), case
@@ -121,15 +119,13 @@ def test_real_qemu_guests_spinning_on_one_core_each_wait_their_fair_share(quiet_
     # the boot-sector loop keeps each vCPU thread runnable; only time the core lost to irq/steal is charged
     # to nobody and may be missing from run + wait
     assert case.runnable_pct >= 95 - case.core_lost_pct, case
-    disturbance = case.other_load_pct + case.core_lost_pct
-    if disturbance > 8:
-        pytest.skip(f"core {quiet_core}: {case.other_load_pct} % other load + {case.core_lost_pct} % irq/steal")
+    disturbance = case.other_load_pct + case.core_lost_pct  # measured, so it widens the tolerance honestly
     for measured in case.measured_pct:
         assert measured == pytest.approx(50.0, abs=2.0 + disturbance), case
 
 
 @pytest.mark.lab
-def test_lab_vms_are_mapped_to_domains_and_measured():
+def test_lab_vms_are_mapped_to_domains_and_measured(lab_state):
     """Every libvirt domain running throughout the sample is found in /proc by name alone, vCPUs measured.
     (Other suites start and stop domains meanwhile: only those with the same id before and after count.)"""
     import libvirt
@@ -144,8 +140,7 @@ def test_lab_vms_are_mapped_to_domains_and_measured():
             conn.close()
 
     before = running()
-    if not before:
-        pytest.skip("no running libvirt domain (the lab fixture brings VMs up)")
+    assert before, "the lab fixture should have brought VMs up"
     collector = Collector(ProcReader())
     collector.sample()
     time.sleep(1)

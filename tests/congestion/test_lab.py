@@ -111,9 +111,7 @@ def _share_one_core_with_a_hog(conn, dom, name: str) -> tuple[float, float, floa
     vcpu, hog = vcpus[vm_pid], vcpus[hog_pid]
     gap_pct = 100 * (gap1 - gap0) / (report.interval_s * 1e9)
     busy_pct = 100 * (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
-    disturbance = max(0.0, busy_pct - vcpu.utilisation_pct - hog.utilisation_pct)
-    if disturbance > 15:
-        pytest.skip(f"core {core}: {disturbance:.1f} % taken by other load, irq or steal")
+    disturbance = max(0.0, busy_pct - vcpu.utilisation_pct - hog.utilisation_pct)  # callers widen by it
     return vcpu.utilisation_pct, vcpu.congestion_pct, hog.utilisation_pct, hog.congestion_pct, gap_pct, disturbance
 
 
