@@ -22,7 +22,7 @@ FICLONE = 0x40049409
 
 
 def test_vm_freezes_and_thaws_through_the_agent(lab_state, conn):
-    dom = conn.lookupByName("tlab1")
+    dom = conn.lookupByName(lab_state.vms[0].name)
     t0 = time.perf_counter()
     frozen = agent.freeze(dom)
     try:
@@ -35,7 +35,7 @@ def test_vm_freezes_and_thaws_through_the_agent(lab_state, conn):
 
 
 def test_guest_exec_writes_a_file_whose_checksum_the_host_predicts(lab_state, conn):
-    dom = conn.lookupByName("tlab1")
+    dom = conn.lookupByName(lab_state.vms[0].name)
     pattern = b"kvmkit\n" * (1 << 17)  # what busybox `yes kvmkit | head -c N` produces
     script = f"yes kvmkit | head -c {len(pattern)} > /mnt/vda/pattern && sync && sha256sum /mnt/vda/pattern"
     out = agent.guest_shell(dom, script)
@@ -43,7 +43,7 @@ def test_guest_exec_writes_a_file_whose_checksum_the_host_predicts(lab_state, co
 
 
 def test_guest_exec_reports_a_failing_command(lab_state, conn):
-    dom = conn.lookupByName("tlab1")
+    dom = conn.lookupByName(lab_state.vms[0].name)
     result = agent.guest_exec(dom, ["/bin/sh", "-c", "echo oops >&2; exit 3"])
     assert result.exit_code == 3
     assert result.stderr.strip() == b"oops"
@@ -92,7 +92,7 @@ def test_status_json_reports_vms_disks_agent_and_ceph(lab_state):
     out = subprocess.run([sys.executable, "-m", "kvmkit", "lab", "status", "--json"], env=env,
                          capture_output=True, text=True, check=True).stdout
     status = json.loads(out)
-    vm = next(v for v in status["vms"] if v["name"] == "tlab1")
+    vm = next(v for v in status["vms"] if v["name"] == lab_state.vms[0].name)
     assert vm["state"] == "running" and vm["agent_ready"] is True
     assert [(d["target"], d["driver"]) for d in vm["disks"]] == [("vda", "file"), ("vdb", "rbd")]
     assert Path(vm["disks"][0]["source"]).exists()
@@ -103,13 +103,13 @@ def test_status_json_reports_vms_disks_agent_and_ceph(lab_state):
 def test_up_twice_is_safe_and_keeps_the_running_vm(lab_state, conn):
     from kvmkit.lab.state import load
 
-    dom = conn.lookupByName("tlab1")
+    dom = conn.lookupByName(lab_state.vms[0].name)
     before = dom.ID()
     names_before = [vm.name for vm in load(lab_state.dir).vms]  # other tests add VMs of their own
     state = lab.up(lab_state.dir, lab_state.uri, vms=1, disks_per_vm=2, with_ceph=True, storage="mixed",
                    disk_size_mib=256)
-    assert [vm.name for vm in state.vms] == names_before and "tlab1" in names_before
-    assert conn.lookupByName("tlab1").ID() == before  # not restarted
+    assert [vm.name for vm in state.vms] == names_before and lab_state.vms[0].name in names_before
+    assert conn.lookupByName(lab_state.vms[0].name).ID() == before  # not restarted
     assert state.ceph.mon_pid == lab_state.ceph.mon_pid
 
 
@@ -133,3 +133,31 @@ def test_a_vm_whose_agent_never_answers_fails_with_the_console_tail(lab_state, c
     finally:
         lab.remove_vm(state, "tlab-noagent")
     assert state.vm("tlab-noagent") is None
+
+
+def test_lab_up_without_root_is_one_clear_line_and_starts_nothing(lab_state, tmp_path):
+    env = {**os.environ, "KVMKIT_LAB_DIR": str(tmp_path / "nolab"), "KVMKIT_STATE_DIR": str(tmp_path)}
+    before = subprocess.run(["pgrep", "-c", "ceph-mon"], capture_output=True, text=True).stdout
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                          "kvmkit", "lab", "up", "--ceph"], env=env, capture_output=True, text=True)
+    assert out.returncode == 5
+    assert out.stderr == "kvmkit: error: the lab needs root (it starts libvirtd, mounts a loop device and runs Ceph)\n"
+    assert not (tmp_path / "nolab").exists()
+    assert subprocess.run(["pgrep", "-c", "ceph-mon"], capture_output=True, text=True).stdout == before
+
+
+def test_a_taken_mon_port_is_skipped_not_fought_over():
+    import socket
+
+    from kvmkit.lab import procs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        assert not procs.port_free(taken)
+        assert procs.free_port(taken, taken + 50) != taken
+        from kvmkit.errors import EnvironmentProblem
+
+        with pytest.raises(EnvironmentProblem, match=f"no free TCP port on 127.0.0.1 in {taken}-{taken}"):
+            procs.free_port(taken, taken + 1)
