@@ -47,3 +47,8 @@ def test_damage_is_detected(damage):
     with pytest.raises(ChunkDamaged) as info:
         decode(digest, bytes(blob))
     assert info.value.digest == digest
+
+
+def test_a_block_that_starts_random_and_ends_in_zeros_is_compressed():
+    raw = os.urandom(4096) + bytes((1 << 20) - 4096)  # a small file at the start of an otherwise empty chunk
+    assert len(encode(raw, "zlib")) < 3 * 4096
