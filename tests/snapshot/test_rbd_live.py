@@ -120,6 +120,9 @@ def test_revert_restores_guest_data(engine, conn, lab_state, rbd_vm, rollback, c
             engine.delete(rbd_vm, name)
         kept = engine.catalog.get(dom.UUIDString(), name)
         assert all(".kvmkit-base-" in d.handle for d in kept.disks)
+        assert sorted(engine.flatten(rbd_vm)) == targets
+        engine.delete(rbd_vm, name)  # no clone depends on it any more
+        assert read_all(conn.lookupByName(rbd_vm), targets) == ["before"] * 3
 
 
 def test_mixed_vm_gets_one_freeze_and_one_record(engine, conn, mixed_vm):

@@ -123,6 +123,16 @@ def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CON
         console.print(f"{vm}: deleted snapshot [bold]{snapshot}[/] ({len(snap.disks)} disk snapshot(s))")
 
 
+@app.command()
+def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+    """RBD: detach disks a revert by clone left as clones (copies parent data, O(size)), freeing old snapshots."""
+    targets = _engine(connect).flatten(vm, wait_s=wait)
+    if json_out:
+        print_json({"vm": vm, "flattened": targets})
+    else:
+        console.print(f"{vm}: flattened {', '.join(targets) if targets else 'nothing (no disk is a clone)'}")
+
+
 @app.command("recover")
 def recover_(connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove orphans."""

@@ -298,6 +298,20 @@ class Engine:
             if changed:
                 self.catalog.update(snap)
 
+    def flatten(self, vm: str, wait_s: float = 0.0) -> list[str]:
+        """Copy parent data into disks that a revert by clone left as clones (O(size)): their base snapshots are
+        then free to delete. Returns the targets flattened."""
+        done = []
+        with connection(self.uri) as conn:
+            dom = lookup(conn, vm)
+            with vm_lock(self.state_dir, dom.UUIDString(), vm, wait_s):
+                for disk in live_disks(dom):
+                    driver = driver_for(disk, self.drivers)
+                    flatten = getattr(driver, "flatten_if_clone", None)
+                    if flatten is not None and flatten(disk):
+                        done.append(disk.target)
+        return done
+
     def list(self, vm: str | None = None) -> list[Snapshot]:
         if vm is None:
             return self.catalog.list()
