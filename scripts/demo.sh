@@ -1,35 +1,52 @@
 #!/usr/bin/env bash
-# `make demo`: bring the lab up and show a live snapshot of a running VM, a revert, and the freeze window.
+# `make demo`: bring the lab up and show what kvmkit does on it, with real output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=.venv/bin/kvmkit
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "kvmkit lab up  (libvirt + TCG VM with qemu-guest-agent, XFS reflink pool)"
-$K lab up --vms 1 --disks 2
+step "kvmkit lab up --ceph --storage mixed --disks 3   (TCG VM + qemu-guest-agent, XFS reflink pool, one-node Ceph)"
+$K lab down >/dev/null 2>&1 || true   # start from a known lab: lab1 = one file disk + two RBD disks
+$K lab up --ceph --storage mixed --disks 3
 
-step "write 4 MiB of random data in the guest and checksum it"
-$K lab exec lab1 -- /bin/sh -c 'dd if=/dev/urandom of=/mnt/vda/demo bs=1M count=4 2>/dev/null; sync; sha256sum /mnt/vda/demo' | tee /tmp/kvmkit-demo.before
+step "write 4 MiB of random data on every disk of the guest, checksum it"
+write='for d in vda vdb vdc; do dd if=/dev/urandom of=/mnt/$d/demo bs=1M count=4 2>/dev/null; done; sync; sha256sum /mnt/vd?/demo'
+$K lab exec lab1 -- /bin/sh -c "$write" | tee /tmp/kvmkit-demo.before
 
-step "kvmkit snapshot create lab1  (freeze → reflink every disk at once → thaw)"
+step "kvmkit snapshot create lab1   (one freeze; reflink for the file disk and create_snap for both RBD disks, concurrently)"
 name="demo-$(date +%H%M%S)"
 $K snapshot create lab1 --name "$name"
 
-step "overwrite the data in the guest"
-$K lab exec lab1 -- /bin/sh -c 'dd if=/dev/urandom of=/mnt/vda/demo bs=1M count=4 2>/dev/null; sync; sha256sum /mnt/vda/demo'
+step "kvmkit snapshot create lab1 --crash-consistent   (no agent needed: the VM is paused instead of frozen)"
+$K snapshot create lab1 --name "$name-crash" --crash-consistent
 
-step "kvmkit snapshot revert lab1 $name --force-stop  (stop, swap every disk atomically, start)"
+step "overwrite the data in the guest"
+$K lab exec lab1 -- /bin/sh -c "$write"
+
+step "kvmkit snapshot revert lab1 $name --force-stop   (stop; reflink swap + RBD clone, all-or-nothing; start)"
 $K snapshot revert lab1 "$name" --force-stop
 
-step "checksum after the revert (must equal the first one)"
-$K lab exec lab1 -- sha256sum /mnt/vda/demo | tee /tmp/kvmkit-demo.after
-if cmp -s /tmp/kvmkit-demo.before /tmp/kvmkit-demo.after; then echo "OK: data is back as it was at the snapshot"; else echo "MISMATCH"; exit 1; fi
+step "checksums after the revert (must equal the first ones)"
+$K lab exec lab1 -- /bin/sh -c 'sha256sum /mnt/vd?/demo' | tee /tmp/kvmkit-demo.after
+if cmp -s /tmp/kvmkit-demo.before /tmp/kvmkit-demo.after; then echo "OK: every disk is back as it was at the snapshot"
+else echo "MISMATCH"; exit 1; fi
 
 step "kvmkit snapshot list lab1"
 $K snapshot list lab1
 
-step "kvmkit snapshot delete lab1 $name"
+step "kvmkit snapshot flatten lab1 && kvmkit snapshot delete   (RBD disks reverted by clone are detached first)"
+$K snapshot flatten lab1
 $K snapshot delete lab1 "$name"
+$K snapshot delete lab1 "$name-crash"
+
+step "kvmkit congestion sample --interval 1 --count 1   (per-VM CPU congestion, not just oversubscription)"
+$K congestion sample --interval 1 --count 1
+
+step "kvmkit tune audit --goal latency   (last lines: the score of this host per goal)"
+$K tune audit --goal latency | tail -2 || true
+
+step "kvmkit plan evaluate examples/plan/example.toml --top 3   (cost per delivered resource, 36/60 months)"
+$K plan evaluate examples/plan/example.toml --top 3
 
 echo
-echo "The lab stays up for you to explore (kvmkit lab status, kvmkit snapshot bench); 'kvmkit lab down' removes it."
+echo "The lab stays up to explore: kvmkit lab status, kvmkit snapshot bench, kvmkit bench paths. 'kvmkit lab down' removes it."
