@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -129,3 +130,67 @@ def test_allow_full_copy_freezes_briefly_copies_after_and_leaves_no_overlay(snap
     engine = Engine.from_config()
     engine.delete(ext4_vm, "fc1")
     assert not copy.exists()
+
+
+@pytest.fixture(scope="module")
+def small_xfs_vm(lab_state, snap_env) -> tuple[str, Path]:
+    """A VM whose disk sits on a tiny XFS (reflink) that the test can fill up."""
+    mnt = lab_state.dir.parent / "tlab-small-xfs"
+    image = lab_state.dir.parent / "tlab-small-xfs.img"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["truncate", "-s", "320M", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    mnt.chmod(0o755)
+    state = load(lab_state.dir)
+    name = "tlab-small"
+    lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=64, start=False)
+    old = Path(state.vm(name).disks[0].source)
+    new = mnt / old.name
+    subprocess.run(["cp", "--sparse=always", str(old), str(new)], check=True)
+    old.unlink()
+    dom = conn_define(lab_state.uri, name, str(old), str(new))
+    lab.start_vms(state, [name])
+    yield name, mnt
+    dom.destroy()
+    lab.remove_vm(state, name)
+    subprocess.run(["umount", str(mnt)], check=False)
+    image.unlink(missing_ok=True)
+
+
+def test_storage_full_thaws_cleans_up_and_keeps_earlier_snapshots(engine, conn, small_xfs_vm):
+    from kvmkit.errors import OperationFailed
+
+    vm, mnt = small_xfs_vm
+    dom = conn.lookupByName(vm)
+    engine.create(vm, "before-full")
+    # the guest's writes first: on a full filesystem QEMU would pause the VM on its next allocating write
+    agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/x bs=64k count=64 2>/dev/null; sync")
+    filler = mnt / "filler"
+    fill(filler)
+    try:
+        with pytest.raises(OperationFailed, match=r"No space left on device.*guest thawed"):
+            engine.create(vm, "when-full")
+        assert agent.freeze_status(dom) == "thawed"
+        names = [s.name for s in engine.catalog.list(dom.UUIDString())]
+        assert names == ["before-full"]
+        assert not list(mnt.glob("*@when-full.kvmkit"))
+        assert Path(engine.catalog.get(dom.UUIDString(), "before-full").disks[0].handle).exists()
+    finally:
+        filler.unlink(missing_ok=True)
+        subprocess.run(["rm", "-rf", str(filler.with_suffix(".d"))], check=True)
+    engine.delete(vm, "before-full")
+
+
+def fill(folder_file: Path) -> None:
+    """Fill the filesystem to the last block: one big file, then 4 KiB files until ENOSPC."""
+    st = os.statvfs(folder_file.parent)
+    subprocess.run(["fallocate", "-l", str(max(0, st.f_bavail * st.f_frsize - (8 << 20))), str(folder_file)],
+                   check=True)
+    folder = folder_file.with_suffix(".d")
+    folder.mkdir()
+    for i in range(100_000):
+        try:
+            (folder / str(i)).write_bytes(b"x" * 4096)
+        except OSError:
+            return
