@@ -49,3 +49,25 @@ def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
     assert all(r.vs_host_randread > 0 for r in result.rows[1:])
     assert "TCG" in result.note
     assert not (lab_state.pool.path / "bench-paths.raw").exists()
+
+
+def test_two_vms_at_once_add_up_per_job(lab_state, fio_vm):
+    state = load(lab_state.dir)
+    if state.vm("tlab-fio2") is None:
+        lab.add_vm(state, "tlab-fio2", file_disks=1, rbd_disks=0, size_mib=256, with_fio=True,
+                   memory_mib=lab.FIO_GUEST_MIB)
+    env = {**os.environ, "KVMKIT_LAB_DIR": str(lab_state.dir)}
+    out = subprocess.run([sys.executable, "-m", "kvmkit", "bench", "run", "--suite", "quick", "--vm", fio_vm,
+                          "--vm", "tlab-fio2", "--target", "/mnt/vda/multi.dat", "--size", "32M", "--runtime", "1",
+                          "--ramp", "0", "--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["vms"] == [fio_vm, "tlab-fio2"]
+    by_name = {j["name"]: j for j in result["jobs"]}
+    for run in result["runs"]:
+        for job in (j for j in run["jobs"] if j["phase"] == "measure"):
+            assert by_name[job["name"]]["vms"] == 2
+    first = result["jobs"][0]
+    per_vm = [sum((j[d] or {}).get("iops", 0) for d in ("read", "write")) for r in result["runs"]
+              for j in r["jobs"] if j["name"] == first["name"] and j["phase"] == "measure"]
+    assert first["total_iops"] == pytest.approx(sum(per_vm), rel=1e-3)

@@ -99,8 +99,9 @@ def run_cmd(
     keep_file: Annotated[bool, typer.Option(help="Keep a file kvmkit created, filled, for reuse.")] = False,
     label: Annotated[str | None, typer.Option(help="Name of this run in comparisons.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result JSON here.")] = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="Run fio inside this VM (guest agent); the target is "
-                                                        "a path in the guest.")] = None,
+    vm: Annotated[list[str] | None, typer.Option("--vm", help="Run fio inside this VM (guest agent); the target "
+                                                              "is a path in the guest. Repeat for an aggregate "
+                                                              "over several VMs at once.")] = None,
     connect: Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI for --vm.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -120,10 +121,13 @@ def run_cmd(
         keep_file=keep_file,
         label=label,
     )
-    if vm is None:
+    if vm and len(vm) > 1:
+        _run_multi(vm, connect, suite, target, options, as_json)
+        return
+    if not vm:
         result = run_suite(suite, target, HostRunner(), options)
     else:
-        result = _run_in_vm(vm, connect, suite, target, options)
+        result = _run_in_vm(vm[0], connect, suite, target, options)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]WARNING[/]: {warning}", highlight=False)
     if out is not None:
@@ -278,3 +282,21 @@ def paths_cmd(
                   r.read_1m_qd32_mib_s, r.cpu_us_per_io_randread,
                   f"{r.vs_host_randread:.3f}×" if r.vs_host_randread is not None else "") for r in result.rows])
     console.print(f"[yellow]{result.note}[/]")
+
+
+def _run_multi(vms: list[str], connect: str | None, suite: str, target: str, options: BenchOptions,
+               as_json: bool) -> None:
+    from kvmkit import config
+    from kvmkit.bench import multi
+
+    result = multi.run(connect or config.load().libvirt_uri, vms, suite, target, options,
+                       progress=lambda m: err_console.print(f"[dim]multi:[/] {m}"))
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        print_table(f"{suite} in {len(vms)} VMs at once ({', '.join(vms)})",
+                    ["job", "VMs", "total IOPS", "total MiB/s", "worst p99 µs"],
+                    [(j.name, j.vms, f"{j.total_iops:,.0f}", j.total_mib_s, j.worst_p99_us) for j in result.jobs])
+    failed = [r for r in result.runs if r.status != "ok"]
+    if failed:
+        raise OperationFailed(f"{len(failed)} of {len(vms)} VM runs failed: {failed[0].error}")
