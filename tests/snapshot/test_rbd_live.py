@@ -158,3 +158,26 @@ def test_freeze_window_with_concurrent_rbd_snapshots_stays_near_one_create_snap(
     engine.delete(rbd_vm, "win1")
     # three create_snap calls in parallel cost about one; a loop would cost three (generous bound: shared CI box)
     assert snap.storage_ms < 2.5 * one_ms + 50, (snap.storage_ms, one_ms)
+
+
+@pytest.mark.parametrize("conf", ["absent.conf", "ceph.conf"], ids=["conf-missing", "mon-unreachable"])
+def test_unreachable_ceph_is_one_clear_error_and_nothing_changes(engine, conn, lab_state, conf):
+    from kvmkit.errors import EnvironmentProblem
+    from kvmkit.lab import domain
+    from kvmkit.lab.state import load as load_state
+
+    state = load_state(lab_state.dir)
+    image = state.vms[0]  # any lab VM: borrow its guest image files for a domain that is never started
+    xml = domain.domain_xml(domain.VmSpec(
+        name="tlab-deadceph", image=__import__("kvmkit.lab.guest", fromlist=["build"]).build(
+            lab_state.dir.parent / "guest-cache"), console_log=image.console_log,
+        disks=(domain.RbdDisk("rbd", "nowhere", "127.0.0.1", 9, lab_state.ceph.conf.parent / conf),)))
+    dom = conn.defineXML(xml)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EnvironmentProblem, match=r"cannot reach the Ceph cluster \(127\.0\.0\.1:9"):
+            engine.create("tlab-deadceph", "dead1")
+        assert time.monotonic() - t0 < 30
+        assert engine.catalog.list(dom.UUIDString()) == []
+    finally:
+        dom.undefine()

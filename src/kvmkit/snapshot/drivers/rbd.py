@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import rados
 import rbd
@@ -84,12 +85,15 @@ class RbdDriver:
                     conf["mon_host"] = key.mon_host
                 if key.keyring:
                     conf["keyring"] = key.keyring
-                cluster = rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
+                where = key.mon_host or key.conf or "default ceph.conf"
+                if key.conf and not Path(key.conf).exists():
+                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): its conf file {key.conf} "
+                                             "does not exist")
                 try:
+                    cluster = rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
                     cluster.connect(timeout=10)
                 except rados.Error as exc:
-                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({key.mon_host or key.conf}): "
-                                             f"{exc}") from None
+                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from None
                 self._clusters[key] = cluster
             return cluster
 
