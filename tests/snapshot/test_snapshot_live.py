@@ -202,3 +202,23 @@ def test_recover_deletes_orphan_snapshot_files_kvmkit_made(snap_env, conn, file_
 def test_invalid_input_raised_before_any_action(engine, file_vm):
     with pytest.raises(InvalidInput):
         engine.create(file_vm, "bad name")
+
+
+def test_backup_to_secondary_backs_up_after_the_thaw(snap_env, file_vm, tmp_path):
+    target = tmp_path / "secondary"
+    target.mkdir()
+    config = tmp_path / "kvmkit.toml"
+    config.write_text(f'backup_to_secondary = true\n[[backup_targets]]\nname = "sec"\nkind = "dir"\n'
+                      f'path = "{target}"\n')
+    env = {**snap_env, "KVMKIT_CONFIG": str(config)}
+    out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk1", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["state"] == "ready" and data["backup"]["target"] == "sec" and data["backup"]["parent"] is None
+    assert any(target.rglob("*")), "nothing was written to the secondary target"
+    out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk2", "--json")
+    assert json.loads(out.stdout)["backup"]["parent"] == "bk1"  # the second one is incremental
+    nob = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk3", "--no-backup", "--json")
+    assert "backup" not in json.loads(nob.stdout)
+    for name in ("bk1", "bk2", "bk3"):
+        kvmkit(env, "snapshot", "delete", file_vm, name)

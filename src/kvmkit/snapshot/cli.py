@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import typer
 
+from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, KvmkitError
 from kvmkit.output import console, err_console, print_json, print_table
 from kvmkit.snapshot.engine import Engine
@@ -26,6 +27,25 @@ def _engine(connect: str | None) -> Engine:
     return engine
 
 
+def _backup_all(settings: Settings, snaps: list[Snapshot], quiet: bool
+                ) -> tuple[dict[str, dict], list[tuple[str, KvmkitError]]]:
+    """`backup_to_secondary`: after the thaw, never inside the freeze; a failed backup leaves the snapshot ready."""
+    from kvmkit.backup.create import backup_snapshot
+
+    done, failures = {}, []
+    for snap in snaps:
+        try:
+            manifest = backup_snapshot(settings, snap)
+        except KvmkitError as exc:
+            failures.append((snap.vm, type(exc)(f"snapshot {snap.name} is ready, but its backup failed: {exc}")))
+            continue
+        done[snap.vm] = {"target": manifest.target, "parent": manifest.parent, "seconds": manifest.seconds}
+        if not quiet:
+            kind = f"incremental on {manifest.parent}" if manifest.parent else "full"
+            console.print(f"{snap.vm}: backed up {snap.name} to {manifest.target} ({kind}, {manifest.seconds:.1f} s)")
+    return done, failures
+
+
 def snapshot_json(snap: Snapshot) -> dict:
     data = snap.model_dump(mode="json")
     for disk in data["disks"]:
@@ -42,11 +62,17 @@ def create(
     all_vms: bool = typer.Option(False, "--all", help="Every running VM on the connection."),
     allow_full_copy: bool = typer.Option(False, "--allow-full-copy",
                                          help="File disks without reflink: overlay in the freeze, full copy after."),
+    backup: bool | None = typer.Option(None, "--backup/--no-backup",
+                                       help="Back the snapshot up to secondary storage after the thaw "
+                                            "(default: backup_to_secondary in the config)."),
     wait: float = WAIT,
     connect: str | None = CONNECT,
     json_out: bool = JSON,
 ) -> None:
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
+    from kvmkit import config
+
+    settings = config.load()
     engine = _engine(connect)
     names = list(vms or [])
     if all_vms:
@@ -69,8 +95,13 @@ def create(
         results = list(pool.map(one, names))
     failures = [(vm, r) for vm, r in zip(names, results, strict=True) if isinstance(r, KvmkitError)]
     snaps = [r for r in results if isinstance(r, Snapshot)]
+    backups: dict[str, dict] = {}
+    if snaps and (settings.backup_to_secondary if backup is None else backup):
+        backups, backup_failures = _backup_all(settings, snaps, quiet=json_out)
+        failures += backup_failures
     if json_out:
-        print_json(snapshot_json(snaps[0]) if len(names) == 1 and snaps else [snapshot_json(s) for s in snaps])
+        docs = [{**snapshot_json(s), **({"backup": backups[s.vm]} if s.vm in backups else {})} for s in snaps]
+        print_json(docs[0] if len(names) == 1 and docs else docs)
     else:
         for snap in snaps:
             window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
@@ -78,7 +109,7 @@ def create(
             console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
                           f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
     if failures:
-        if len(failures) == 1 and len(names) == 1:
+        if len(failures) == 1 and len(names) == 1 and not snaps:
             raise failures[0][1]
         for vm, exc in failures:
             err_console.print(f"kvmkit: error: {vm}: {exc}")
