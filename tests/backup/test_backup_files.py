@@ -70,6 +70,24 @@ def test_verify_names_a_damaged_chunk_and_every_disk_that_needs_it(tmp_path, set
     assert not list(tmp_path.glob("*.kvmkit-restore")) and not (tmp_path / "other").exists()
 
 
+def test_a_damaged_delta_base_is_named_with_the_disks_of_the_backups_that_need_it(tmp_path, settings):
+    base = randbytes(MiB)
+    a = sparse_file(tmp_path / "a", 2 * MiB, [(0, base)])
+    s1 = file_snapshot("s1", {"vda": a})
+    m1 = backup_snapshot(settings, s1)
+    b = sparse_file(tmp_path / "b", 2 * MiB, [(0, base), (8192, b"changed")])
+    m2 = backup_snapshot(settings, file_snapshot("s2", {"vda": b}, when=later(s1)))
+    assert m2.written_bytes < 8192  # one 4 KiB block of a 1 MiB chunk: a delta, not the chunk again
+    digest = m1.disks[0].chunks[0][1]
+    (settings.backup_targets[0].path / "chunks" / digest[:2] / digest).unlink()
+    report = restore.verify(settings, "vm1")
+    assert [(d.chunk, d.problem, d.disks) for d in report.damaged] == [(digest, "missing", ["s1:vda", "s2:vda"])]
+    with pytest.raises(OperationFailed, match=rf"chunk {digest} is damaged \(missing\); it is needed by disk\(s\) "
+                                              r"s2:vda; nothing was restored"):
+        restore.restore(settings, "vm1", "s2", to=[str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_missing_chunk_is_reported_by_verify(tmp_path, settings):
     a = sparse_file(tmp_path / "a", 2 * MiB, [(0, randbytes(10))])
     m = backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
@@ -122,7 +140,8 @@ def test_prune_rebases_a_kept_incremental_instead_of_keeping_its_whole_chain(tmp
     assert dry.deleted == ["s1", "s0"] and len(manage.list_backups(settings)) == 4
     removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=2))
     assert removal.deleted == ["s1", "s0"] and removal.rebased == ["s2"]
-    assert removal.chunks_removed == 4 and removal.bytes_freed > 2 * MiB  # s0's and s1's own random MiB + tails
+    # s0's and s1's random MiB go; their second chunks stay: s2's second chunk is a delta on s1's, s1's on s0's
+    assert removal.chunks_removed == 2 and removal.bytes_freed > 2 * MiB
     kept = {m.snapshot: m for m in manage.list_backups(settings)}
     assert kept["s2"].parent is None and kept["s2"].kind.value == "full" and kept["s3"].parent == "s2"
     assert restore.verify(settings, "vm1").ok

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kvmkit.backup.codec import ChunkDamaged, decode, encode
+from kvmkit.backup.codec import ChunkDamaged, base_of, decode, delta_or_none, depth, encode
 
 TEXT = (b"the quick brown fox jumps over the lazy dog; " * 30000)[: 1 << 20]
 
@@ -52,3 +52,24 @@ def test_damage_is_detected(damage):
 def test_a_block_that_starts_random_and_ends_in_zeros_is_compressed():
     raw = os.urandom(4096) + bytes((1 << 20) - 4096)  # a small file at the start of an otherwise empty chunk
     assert len(encode(raw, "zlib")) < 3 * 4096
+
+
+def test_a_delta_stores_only_the_changed_blocks_and_decodes_through_its_base():
+    base = os.urandom(1 << 20)
+    raw = bytearray(base)
+    raw[5000:5010] = b"0123456789"  # one 4 KiB block changed
+    raw = bytes(raw)
+    base_digest, digest = hashlib.sha256(base).hexdigest(), hashlib.sha256(raw).hexdigest()
+    blob = delta_or_none(raw, base_digest, base, 0, "zlib")
+    assert blob is not None and len(blob) < 4096 + 200
+    assert base_of(blob[:37]) == base_digest and depth(blob) == 1
+    assert decode(digest, blob, {base_digest: base}.__getitem__) == raw
+    with pytest.raises(ChunkDamaged, match="hash mismatch"):  # a wrong base is caught by the chunk's own hash
+        decode(digest, blob, lambda _d: os.urandom(1 << 20))
+
+
+def test_no_delta_when_too_much_changed_or_too_deep_or_lengths_differ():
+    base = os.urandom(1 << 20)
+    assert delta_or_none(os.urandom(1 << 20), "00" * 32, base, 0, "zlib") is None
+    assert delta_or_none(base[:-1] + b"x", "00" * 32, base, 4, "zlib") is None
+    assert delta_or_none(base[:1000], "00" * 32, base, 0, "zlib") is None

@@ -2,6 +2,12 @@
 
     codec 0  raw bytes
     codec 2  frames of at most 64 KiB: frame codec byte (0 raw, 1 zlib) + u32 length + bytes
+    codec 3  delta: base chunk sha256 (32 bytes), depth, chunk length, n, n × u32 indexes of the 4 KiB blocks
+             that differ from the base, then those blocks as a nested codec 0/2 container
+
+Deltas are what keep an incremental's writes at the changed bytes: a guest write seldom covers whole 1 MiB
+chunks, and the rest of a changed chunk (old data, often incompressible) would otherwise be stored again. A
+delta needs its base to decode; depth caps the chain (MAX_DEPTH), garbage collection keeps bases alive.
 
 Compression is decided per 64 KiB block from a 3 KiB sample (start, middle, end), because zlib manages only
 ~30 MB/s on data that does not compress (random, encrypted, already-compressed): a whole-chunk pass would make
@@ -14,13 +20,18 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Callable
 
 MAGIC = b"KVB1"
-RAW, ZLIB, BLOCKS = 0, 1, 2  # chunk codecs (RAW, BLOCKS) and frame codecs inside BLOCKS (RAW, ZLIB)
+RAW, ZLIB, BLOCKS, DELTA = 0, 1, 2, 3  # chunk codecs (RAW, BLOCKS, DELTA); frame codecs in BLOCKS (RAW, ZLIB)
 FRAME = struct.Struct("<BI")
 BLOCK = 64 << 10
 SAMPLE = 4 << 10
 SAMPLE_RATIO = 0.9
+DELTA_BLOCK = 4096
+DELTA_HEADER = struct.Struct("<32sBII")  # base digest, depth, chunk length, changed block count
+MAX_DEPTH = 4  # a delta of a delta … at most this deep; beyond it the chunk is stored whole
+DELTA_MAX_SHARE = 0.5  # a chunk that changed more than this is cheaper stored whole
 
 
 class ChunkDamaged(Exception):
@@ -29,6 +40,7 @@ class ChunkDamaged(Exception):
     def __init__(self, digest: str, problem: str) -> None:
         super().__init__(f"chunk {digest}: {problem}")
         self.digest, self.problem = digest, problem
+        self.needed_for: str | None = None  # the delta chunk that was being read, when this one is its base
 
 
 def _sample(block: memoryview) -> bytes:
@@ -76,18 +88,84 @@ def _unframe(digest: str, payload: bytes) -> bytes:
     return b"".join(out)
 
 
-def decode(digest: str, blob: bytes) -> bytes:
-    """The raw chunk, or ChunkDamaged when the container is broken or the content does not hash to its name."""
-    if blob[:4] != MAGIC or len(blob) < 5:
+def changed_blocks(raw: bytes, base: bytes) -> list[int]:
+    """Indexes of the 4 KiB blocks where raw and base (same length) differ."""
+    a, b = memoryview(raw), memoryview(base)
+    return [i for i, start in enumerate(range(0, len(raw), DELTA_BLOCK))
+            if a[start: start + DELTA_BLOCK] != b[start: start + DELTA_BLOCK]]
+
+
+def encode_delta(raw: bytes, base_digest: str, base_depth: int, blocks: list[int], compression: str) -> bytes:
+    view = memoryview(raw)
+    payload = b"".join(view[i * DELTA_BLOCK: (i + 1) * DELTA_BLOCK] for i in blocks)
+    return b"".join((MAGIC, bytes([DELTA]),
+                     DELTA_HEADER.pack(bytes.fromhex(base_digest), base_depth + 1, len(raw), len(blocks)),
+                     struct.pack(f"<{len(blocks)}I", *blocks), encode(payload, compression)))
+
+
+def delta_or_none(raw: bytes, base_digest: str, base_raw: bytes, base_depth: int, compression: str) -> bytes | None:
+    """A delta against the base when it is worth it (same length, shallow enough, few blocks changed)."""
+    if len(base_raw) != len(raw) or base_depth >= MAX_DEPTH:
+        return None
+    blocks = changed_blocks(raw, base_raw)
+    if len(blocks) * DELTA_BLOCK > DELTA_MAX_SHARE * len(raw):
+        return None
+    return encode_delta(raw, base_digest, base_depth, blocks, compression)
+
+
+def depth(blob: bytes) -> int:
+    return DELTA_HEADER.unpack_from(blob, 5)[1] if blob[4:5] == bytes([DELTA]) else 0
+
+
+def base_of(head: bytes) -> str | None:
+    """The base digest of a delta chunk, from its first 5 + 32 bytes; None for a whole chunk."""
+    if head[:4] != MAGIC or head[4:5] != bytes([DELTA]) or len(head) < 37:
+        return None
+    return head[5:37].hex()
+
+
+def _container(digest: str, blob: bytes | memoryview) -> bytes:
+    if bytes(blob[:4]) != MAGIC or len(blob) < 5:
         raise ChunkDamaged(digest, "undecodable (bad header)")
     codec, payload = blob[4], blob[5:]
+    if codec == RAW:
+        return bytes(payload)
+    if codec == BLOCKS:
+        return _unframe(digest, bytes(payload))
+    raise ChunkDamaged(digest, f"undecodable (unknown codec {codec})")
+
+
+def _undelta(digest: str, blob: bytes, fetch: Callable[[str], bytes]) -> bytes:
     try:
-        if codec == RAW:
-            raw = payload
-        elif codec == BLOCKS:
-            raw = _unframe(digest, payload)
+        base, _depth, length, count = DELTA_HEADER.unpack_from(blob, 5)
+        blocks = struct.unpack_from(f"<{count}I", blob, 5 + DELTA_HEADER.size)
+    except struct.error:
+        raise ChunkDamaged(digest, "undecodable (truncated delta header)") from None
+    payload = _container(digest, memoryview(blob)[5 + DELTA_HEADER.size + 4 * count:])
+    out = bytearray(fetch(base.hex()))
+    if len(out) != length:
+        raise ChunkDamaged(digest, "undecodable (base chunk has another length)")
+    position = 0
+    for index in blocks:
+        start = index * DELTA_BLOCK
+        size = min(DELTA_BLOCK, length - start)
+        if size <= 0 or position + size > len(payload):
+            raise ChunkDamaged(digest, "undecodable (delta blocks out of range)")
+        out[start: start + size] = payload[position: position + size]
+        position += size
+    return bytes(out)
+
+
+def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None) -> bytes:
+    """The raw chunk, or ChunkDamaged when the container is broken or the content does not hash to its name.
+    fetch(base digest) → raw base: needed for delta chunks (the store passes its own verified reader)."""
+    try:
+        if blob[4:5] == bytes([DELTA]) and blob[:4] == MAGIC:
+            if fetch is None:
+                raise ChunkDamaged(digest, "undecodable (delta chunk without a base reader)")
+            raw = _undelta(digest, blob, fetch)
         else:
-            raise ChunkDamaged(digest, f"undecodable (unknown codec {codec})")
+            raw = _container(digest, blob)
     except zlib.error:
         raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
     if hashlib.sha256(raw).hexdigest() != digest:

@@ -125,7 +125,7 @@ class Backup:
                 examine = chunking.touched_chunks(reader.data_extents(), size, self.chunk_size)
                 holes = set(parent_map) - set(examine)
                 examine = sorted(set(examine) | holes)
-            hashes = self._store_chunks(reader, size, examine, record)
+            hashes = self._store_chunks(reader, size, examine, record, parent_map)
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full
                              else chunking.delta(parent_map, examine, hashes))
             record.changed_bytes = sum(chunking.chunk_span(i, size, self.chunk_size)[1] for i, _ in record.chunks)
@@ -134,8 +134,8 @@ class Backup:
         finally:
             reader.close()
 
-    def _store_chunks(self, reader: SnapshotReader, size: int, indexes: Iterable[int],
-                      record: DiskBackup) -> dict[int, str | None]:
+    def _store_chunks(self, reader: SnapshotReader, size: int, indexes: Iterable[int], record: DiskBackup,
+                      parent_map: chunking.ChunkMap) -> dict[int, str | None]:
         """Read, hash and store the chunks concurrently, at most 2 × workers in flight (flat memory)."""
         zero = bytes(self.chunk_size)
         hashes: dict[int, str | None] = {}
@@ -146,7 +146,7 @@ class Backup:
             if raw == zero[:length]:
                 return index, None, length, 0
             digest = hashlib.sha256(raw).hexdigest()
-            return index, digest, length, self.target.put_chunk(digest, raw, self.compression)
+            return index, digest, length, self.target.put_chunk(digest, raw, self.compression, parent_map.get(index))
 
         def collect(done: set[Future]) -> None:
             for future in done:

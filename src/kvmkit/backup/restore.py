@@ -162,7 +162,8 @@ def _rebuild(target: DirTarget, manifest: BackupManifest, disk: str, maps: dict[
                 written += future.result()
             pending = set()
         except ChunkDamaged as exc:
-            users = [f"{manifest.snapshot}:{name}" for name, cmap in maps.items() if exc.digest in cmap.values()]
+            wanted = {exc.digest, exc.needed_for}
+            users = [f"{manifest.snapshot}:{name}" for name, cmap in maps.items() if wanted & set(cmap.values())]
             raise OperationFailed(f"chunk {exc.digest} is damaged ({exc.problem}); it is needed by disk(s) "
                                   f"{', '.join(users)}; nothing was restored") from None
         finally:
@@ -195,8 +196,12 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
 
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="verify") as pool:
         for digest, future in zip(users, pool.map(_safe(one), users), strict=True):
-            if isinstance(future, ChunkDamaged):
-                damaged.append(DamagedChunk(chunk=digest, problem=future.problem, disks=sorted(users[digest])))
+            if isinstance(future, ChunkDamaged):  # a delta's damaged base is reported as itself
+                found = next((d for d in damaged if d.chunk == future.digest), None)
+                if found is None:
+                    found = DamagedChunk(chunk=future.digest, problem=future.problem)
+                    damaged.append(found)
+                found.disks = sorted(set(found.disks) | set(users[digest]))
             else:
                 checked_bytes += future
                 advance(future)

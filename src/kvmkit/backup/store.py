@@ -28,7 +28,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kvmkit.backup.codec import ChunkDamaged, decode, encode
+from kvmkit.backup import codec
+from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import FORMAT_VERSION, BackupManifest
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 
@@ -120,23 +121,51 @@ class DirTarget:
     def has_chunk(self, digest: str) -> bool:
         return self.chunk_path(digest).exists()
 
-    def put_chunk(self, digest: str, raw: bytes, compression: str) -> int:
-        """Store a chunk unless present; returns the bytes written (0 when it was already there)."""
+    def put_chunk(self, digest: str, raw: bytes, compression: str, base: str | None = None) -> int:
+        """Store a chunk unless present, as a delta against `base` (the parent's chunk at the same place) when
+        that is smaller; returns the bytes written (0 when it was already there)."""
         path = self.chunk_path(digest)
         if path.exists():
             return 0
-        blob = encode(raw, compression)
+        blob = None
+        if base is not None and base != digest:
+            try:
+                base_raw, base_depth = self.read_chunk(base)
+                blob = codec.delta_or_none(raw, base, base_raw, base_depth, compression)
+            except ChunkDamaged:
+                blob = None  # a damaged base: store this chunk whole, verify reports the base
+        if blob is None:
+            blob = codec.encode(raw, compression)
         self._atomic_write(path, blob, durable=False)
         return len(blob)
 
-    def get_chunk(self, digest: str) -> bytes:
+    def read_chunk(self, digest: str, _level: int = 0) -> tuple[bytes, int]:
+        """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way."""
+        if _level > codec.MAX_DEPTH + 1:
+            raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
         try:
             blob = self.chunk_path(digest).read_bytes()
         except FileNotFoundError:
             raise ChunkDamaged(digest, "missing") from None
         except OSError as exc:
             raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
-        return decode(digest, blob)
+        raw = codec.decode(digest, blob, lambda base: self.read_chunk(base, _level + 1)[0])
+        return raw, codec.depth(blob)
+
+    def get_chunk(self, digest: str) -> bytes:
+        try:
+            return self.read_chunk(digest)[0]
+        except ChunkDamaged as exc:
+            if exc.digest != digest:
+                exc.needed_for = digest
+            raise
+
+    def base_of(self, digest: str) -> str | None:
+        try:
+            with self.chunk_path(digest).open("rb") as fh:
+                return codec.base_of(fh.read(37))
+        except OSError:
+            return None
 
     def chunk_names(self) -> Iterator[tuple[str, Path]]:
         chunks = self.root / "chunks"
@@ -218,6 +247,12 @@ class DirTarget:
         for manifest in self.manifests():
             for disk in manifest.disks:
                 live.update(d for _, d in disk.chunks if d is not None)
+        frontier = list(live)
+        while frontier:  # the bases of live delta chunks are live too
+            base = self.base_of(frontier.pop())
+            if base is not None and base not in live:
+                live.add(base)
+                frontier.append(base)
         removed = freed = 0
         for name, path in self.chunk_names():
             if name in live:
