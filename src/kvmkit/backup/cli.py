@@ -161,10 +161,13 @@ def prune(vm: str, keep_last: int = KEEP_LAST, keep_hourly: int = KEEP_HOURLY, k
     if json_out:
         print_json(removal)
         return
-    verb = "would delete" if dry_run else "deleted"
     print_table(f"{removal.vm}: kept", ["snapshot", "why"], sorted(removal.kept.items()))
-    console.print(f"{removal.vm}: {verb} {len(removal.deleted)} backup(s){': ' if removal.deleted else ''}"
-                  f"{', '.join(removal.deleted)}; freed {removal.chunks_removed} chunk(s), "
+    listed = f"{len(removal.deleted)} backup(s){': ' if removal.deleted else ''}{', '.join(removal.deleted)}"
+    if dry_run:
+        console.print(f"{removal.vm}: would delete {listed}")
+        return
+    rebased = f"; rewrote {', '.join(removal.rebased)} as full (its parent went)" if removal.rebased else ""
+    console.print(f"{removal.vm}: deleted {listed}{rebased}; freed {removal.chunks_removed} chunk(s), "
                   f"{_human(removal.bytes_freed)}")
 
 
@@ -211,7 +214,8 @@ def schedule_add(vm: str, every: str = typer.Option(..., "--every", help="Period
     if json_out:
         print_json(item)
     else:
-        console.print(f"{vm}: every {every}, keep {policy.__dict__}{', backed up' if backup else ''}")
+        rules = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in policy.__dict__.items() if v)
+        console.print(f"{vm}: snapshot every {_period(item.every_s)}, {rules}{', backed up' if backup else ''}")
 
 
 @schedule_app.command("list")
@@ -221,9 +225,17 @@ def schedule_list(json_out: bool = JSON) -> None:
     if json_out:
         print_json(items)
         return
-    print_table(None, ["VM", "every", "last", "hourly", "daily", "weekly", "backup", "last run"],
-                [(s.vm, f"{s.every_s}s", s.keep_last, s.keep_hourly, s.keep_daily, s.keep_weekly,
-                  s.target or ("yes" if s.backup else "no"), s.last_run or "never") for s in items])
+    print_table(None, ["VM", "every", "keep last", "keep hourly", "keep daily", "keep weekly", "backup", "last run"],
+                [(s.vm, _period(s.every_s), s.keep_last, s.keep_hourly, s.keep_daily, s.keep_weekly,
+                  s.target or ("yes" if s.backup else "no"),
+                  s.last_run.strftime("%Y-%m-%d %H:%M:%S") if s.last_run else "never") for s in items])
+
+
+def _period(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @schedule_app.command("remove")
