@@ -41,8 +41,8 @@ def engine(lab_settings) -> Engine:
 
 @pytest.fixture(scope="module")
 def file_vm(lab_state) -> str:
-    """Named after the lab folder (blab-bk, tlab-bk …): labs of parallel test sessions share one libvirt."""
-    name = f"{lab_state.dir.name}-bk"
+    """Named after the lab folder (blab-bkf, tlab-bkf …): labs of parallel test sessions share one libvirt."""
+    name = f"{lab_state.dir.name}-bkf"
     state = load(lab_state.dir)
     if state.vm(name) is None:
         lab.add_vm(state, name, file_disks=2, rbd_disks=0, size_mib=64)

@@ -31,7 +31,7 @@ SAMPLE_RATIO = 0.9
 DELTA_BLOCK = 4096
 DELTA_HEADER = struct.Struct("<32sBII")  # base digest, depth, chunk length, changed block count
 MAX_DEPTH = 4  # a delta of a delta … at most this deep; beyond it the chunk is stored whole
-DELTA_MAX_SHARE = 0.5  # a chunk that changed more than this is cheaper stored whole
+DELTA_MAX_SHARE = 0.95  # above this a chunk is stored whole: the delta saves < 5 % and would lengthen chains
 
 
 class ChunkDamaged(Exception):
