@@ -64,6 +64,8 @@ ms bind port max = 7300
 
 [mon]
 paxos propose interval = 0.01
+# the lab runs no mgr on purpose (no rbd operation needs it): don't report MGR_DOWN after the 120 s grace
+mon mgr mkfs grace = 31536000
 mon data avail crit = 1
 mon data avail warn = 2
 
