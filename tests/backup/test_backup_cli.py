@@ -117,3 +117,15 @@ def test_schedule_add_list_remove_and_the_file_is_private(env, tmp_path):
     assert (tmp_path / "state" / "schedules.json").stat().st_mode & 0o777 == 0o600
     assert kvmkit(env, "schedule", "remove", "vm1").returncode == 0
     assert json.loads(kvmkit(env, "schedule", "list", "--json").stdout) == []
+
+
+def test_schedule_run_loops_until_sigterm_and_exits_cleanly(env):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", MOUNT_SCHEDULE, "schedule", "run"], env=env,
+                            cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert proc.poll() is None  # a long-running loop, as a systemd unit expects
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0, proc.stderr.read()
