@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     ("lab", "kvmkit.lab.cli", "A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph."),
     ("snapshot", "kvmkit.snapshot.cli", "Storage-based live VM snapshots: create, list, revert, delete, recover."),
     ("backup", "kvmkit.backup.cli", "Back snapshots up to secondary storage: full, incremental, verified restore."),
+    ("schedule", "kvmkit.backup.cli:schedule_app", "Scheduled snapshots and backups with retention."),
     ("congestion", "kvmkit.congestion.cli", "Per-VM CPU congestion: live view, exporter, SLO control."),
     ("bench", "kvmkit.bench.cli", "Storage benchmarks done right (fio): suites, lint, compare."),
     ("plan", "kvmkit.plan.cli", "Hardware by total cost per delivered resource; fleet MILP; HTML report."),
@@ -32,7 +33,9 @@ def mount(argv: list[str]) -> None:
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, module, help_text in SUBCOMMANDS:
         if wanted not in names or wanted == name:
-            app.add_typer(importlib.import_module(module).app, name=name, help=help_text)
+            module_name, _, attr = module.partition(":")
+            sub = getattr(importlib.import_module(module_name), attr or "app")
+            app.add_typer(sub, name=name, help=help_text)
 
 
 _debug = False
