@@ -129,9 +129,12 @@ def _unstick_guest(conn: libvirt.virConnect, vm_uuid: str, label: str) -> list[R
 def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
     actions = _vanished_vms(engine, conn)
     for dom in conn.listAllDomains():
-        vm_uuid = dom.UUIDString()
         try:
-            with vm_lock(engine.state_dir, vm_uuid, dom.name()):
+            vm_uuid, vm_name = dom.UUIDString(), dom.name()
+        except libvirt.libvirtError:
+            continue
+        try:
+            with vm_lock(engine.state_dir, vm_uuid, vm_name):
                 snaps = engine.catalog.list(vm_uuid)
                 known = {d.handle for s in snaps for d in s.disks}
                 for disk in live_disks(dom):
@@ -142,7 +145,7 @@ def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
                     for handle in driver.owned(disk):
                         if handle not in known:
                             driver.delete(_orphan(disk, driver.name, handle))
-                            actions.append(RecoverAction(vm=dom.name(), action="deleted orphan", detail=handle))
+                            actions.append(RecoverAction(vm=vm_name, action="deleted orphan", detail=handle))
                 for snap in snaps:
                     missing = [d.handle for d in snap.disks if not by_name(d.driver, engine.drivers).exists(d)]
                     if missing:
@@ -150,12 +153,14 @@ def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
                             by_name(d.driver, engine.drivers).delete(d)
                         assert snap.id is not None
                         engine.catalog.remove(snap.id)
-                        actions.append(RecoverAction(vm=dom.name(), action="dropped dangling row",
+                        actions.append(RecoverAction(vm=vm_name, action="dropped dangling row",
                                                      detail=f"snapshot {snap.name}: missing {', '.join(missing)}"))
         except Conflict:
             continue
+        except libvirt.libvirtError:
+            continue  # the domain went away while we looked (transient VMs come and go)
         except KvmkitError as exc:  # e.g. its storage unreachable: leave it for the next run
-            actions.append(RecoverAction(vm=dom.name(), action="skipped", detail=str(exc)))
+            actions.append(RecoverAction(vm=vm_name, action="skipped", detail=str(exc)))
     return actions
 
 
