@@ -13,9 +13,12 @@ step "write 4 MiB of random data on every disk of the guest, checksum it"
 write='for d in vda vdb vdc; do dd if=/dev/urandom of=/mnt/$d/demo bs=1M count=4 2>/dev/null; done; sync; sha256sum /mnt/vd?/demo'
 $K lab exec lab1 -- /bin/sh -c "$write" | tee /tmp/kvmkit-demo.before
 
-step "kvmkit snapshot create lab1   (one freeze; reflink for the file disk and create_snap for both RBD disks, concurrently)"
+step "kvmkit snapshot create lab1 --backup   (one freeze; reflink + 2 × create_snap concurrently; backup after the thaw)"
 name="demo-$(date +%H%M%S)"
-$K snapshot create lab1 --name "$name"
+export KVMKIT_CONFIG=examples/kvmkit.toml   # a backup target in /var/lib/kvmkit/demo-backups
+rm -rf /var/lib/kvmkit/demo-backups && mkdir -p /var/lib/kvmkit/demo-backups  # the demo's own target, fresh
+$K snapshot create lab1 --name "$name" --backup
+$K backup verify lab1 "$name"
 
 step "kvmkit snapshot create lab1 --crash-consistent   (no agent needed: the VM is paused instead of frozen)"
 $K snapshot create lab1 --name "$name-crash" --crash-consistent
@@ -38,6 +41,7 @@ step "kvmkit snapshot flatten lab1 && kvmkit snapshot delete   (RBD disks revert
 $K snapshot flatten lab1
 $K snapshot delete lab1 "$name"
 $K snapshot delete lab1 "$name-crash"
+$K backup list lab1
 
 step "kvmkit congestion sample --interval 1 --count 1   (per-VM CPU congestion, not just oversubscription)"
 $K congestion sample --interval 1 --count 1

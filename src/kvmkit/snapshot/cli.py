@@ -95,6 +95,12 @@ def create(
         results = list(pool.map(one, names))
     failures = [(vm, r) for vm, r in zip(names, results, strict=True) if isinstance(r, KvmkitError)]
     snaps = [r for r in results if isinstance(r, Snapshot)]
+    if not json_out:
+        for snap in snaps:
+            window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
+                      else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
+            console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
+                          f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
     backups: dict[str, dict] = {}
     if snaps and (settings.backup_to_secondary if backup is None else backup):
         backups, backup_failures = _backup_all(settings, snaps, quiet=json_out)
@@ -102,12 +108,6 @@ def create(
     if json_out:
         docs = [{**snapshot_json(s), **({"backup": backups[s.vm]} if s.vm in backups else {})} for s in snaps]
         print_json(docs[0] if len(names) == 1 and docs else docs)
-    else:
-        for snap in snaps:
-            window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
-                      else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
-            console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
-                          f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
     if failures:
         if len(failures) == 1 and len(names) == 1 and not snaps:
             raise failures[0][1]
