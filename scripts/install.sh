@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients python3-libvirt
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados
   fio xfsprogs busybox-static linux-image-amd64 kmod
-  python3-venv python3-pip util-linux e2fsprogs chromium
+  python3-venv python3-pip util-linux e2fsprogs chromium prometheus
 )
 STAMP=.venv/.installed
 missing=()
