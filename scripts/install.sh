@@ -21,9 +21,14 @@ if ((${#missing[@]})); then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d keeps Debian's maintainer scripts from trying to start daemons (no init system here).
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  # policy-rc.d keeps Debian's maintainer scripts from starting daemons (no init system here; the lab starts its
+  # own); it is removed again unless it was there before.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import libvirt, rbd, rados' 2>/dev/null; then
