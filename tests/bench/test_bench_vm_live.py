@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -71,3 +72,36 @@ def test_two_vms_at_once_add_up_per_job(lab_state, fio_vm):
     per_vm = [sum((j[d] or {}).get("iops", 0) for d in ("read", "write")) for r in result["runs"]
               for j in r["jobs"] if j["name"] == first["name"] and j["phase"] == "measure"]
     assert first["total_iops"] == pytest.approx(sum(per_vm), rel=1e-3)
+
+
+def test_a_vm_that_disappears_mid_run_marks_the_run_failed_and_keeps_what_was_measured(lab_state):
+    from kvmkit.bench.command_runner import CommandRunner
+    from kvmkit.bench.engine import BenchOptions, run_suite
+    from kvmkit.virt import agent
+    from kvmkit.virt.connection import connection
+
+    state = load(lab_state.dir)
+    name = "tlab-fio-gone"
+    lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=128, with_fio=True, memory_mib=lab.FIO_GUEST_MIB)
+    fio_runs = 0
+    try:
+        with connection(lab_state.uri) as conn:
+            dom = conn.lookupByName(name)
+
+            def exec_fn(argv, timeout_s):
+                nonlocal fio_runs
+                if argv[0] == "fio" and "--output-format=json" in argv:
+                    fio_runs += 1
+                    if fio_runs == 1:  # the VM goes away 3 s into the suite's fio run
+                        threading.Timer(3.0, dom.destroy).start()
+                return agent.guest_exec(dom, argv, timeout_s=timeout_s)
+
+            run = run_suite("quick", "/mnt/vda/gone.dat", CommandRunner(f"vm:{name}", exec_fn),
+                            BenchOptions(size_bytes=16 << 20, runtime_s=1, ramp_s=0, label="gone"))
+        assert fio_runs == 1
+        assert run.status == "failed" and name in run.error
+        assert run.machine.hostname and run.fio_version  # what was learnt before is kept in the record
+        assert json.loads(run.to_json())["status"] == "failed"
+        assert run.label == "gone"
+    finally:
+        lab.remove_vm(state, name)
