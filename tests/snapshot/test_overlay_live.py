@@ -42,8 +42,11 @@ def single_images(conn, vm: str) -> list[Path]:
     return sources
 
 
-def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data(engine, conn, lab_state, frag_vm):
+@pytest.mark.parametrize("barrier", ["libvirt", "qmp"])
+def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data(engine, conn, lab_state, frag_vm,
+                                                                                 barrier):
     engine.extent_limit = 1000
+    engine.overlay_barrier = barrier
     disk = single_images(conn, frag_vm)[0]
     assert extent_count(disk) >= EXTENTS
     dom = conn.lookupByName(frag_vm)
@@ -54,6 +57,11 @@ def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data
     assert snap.after_thaw_ms > 0
     single_images(conn, frag_vm)
     assert dom.XMLDesc(0).count("<backingStore") <= 1 and "kvmkit-overlay" not in dom.XMLDesc(0)
+    if barrier == "qmp":  # QEMU's own graph is back on libvirt's node, the overlay node gone
+        from kvmkit.snapshot.overlay import qmp
+
+        nodes = {n["node-name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True})}
+        assert not any(n.startswith("kvmkit-ov-") for n in nodes), nodes
     agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/d bs=64k count=32 2>/dev/null && sync")
     engine.revert(frag_vm, "fr1", force_stop=True)
     dom = conn.lookupByName(frag_vm)
@@ -61,12 +69,20 @@ def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data
     engine.delete(frag_vm, "fr1")
 
 
-def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn, frag_vm):
-    env = {**snap_env, "KVMKIT_FAILPOINT": "overlay-before-commit", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000"}
+@pytest.mark.parametrize("barrier", ["libvirt", "qmp"])
+def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn, frag_vm, barrier):
+    env = {**snap_env, "KVMKIT_FAILPOINT": "overlay-before-commit", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000",
+           "KVMKIT_OVERLAY_BARRIER": barrier}
     out = kvmkit(env, "snapshot", "create", frag_vm, "--name", "frkill")
     assert out.returncode == -signal.SIGKILL
     live = live_disks(conn.lookupByName(frag_vm))
-    assert OVERLAY_MARK in live[0].source  # the VM is left running on the overlay
+    if barrier == "libvirt":
+        assert OVERLAY_MARK in live[0].source  # the VM is left running on the overlay
+    else:
+        from kvmkit.snapshot.overlay import qmp
+
+        tops = [b["inserted"]["node-name"] for b in qmp(conn.lookupByName(frag_vm), "query-block") if "inserted" in b]
+        assert any(t.startswith("kvmkit-ov-") for t in tops)  # QEMU writes to the overlay; libvirt does not know
     rec = kvmkit(snap_env, "snapshot", "recover", "--json")
     assert rec.returncode == 0, rec.stderr
     assert single_images(conn, frag_vm)

@@ -55,13 +55,14 @@ class Engine:
     drivers: list[StorageDriver] = field(default_factory=default_drivers)
     sequential: bool = False  # benchmarks only: snapshot disks one after another, to show what concurrency buys
     extent_limit: int = 2048  # file disks with more extents get the O(1) overlay barrier instead (see overlay.py)
+    overlay_barrier: str = "libvirt"  # or "qmp": pre-opened overlay node, one QMP transaction in the freeze
 
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
         settings = config.load()
         return cls(uri=uri or settings.libvirt_uri, state_dir=settings.state_dir,
                    catalog=Catalog(settings.catalog_path), freeze_timeout_s=settings.freeze_timeout_s,
-                   extent_limit=settings.reflink_extent_limit)
+                   extent_limit=settings.reflink_extent_limit, overlay_barrier=settings.overlay_barrier)
 
     # create -----------------------------------------------------------------------------------------------
     def create(self, vm: str, name: str | None = None, *, crash_consistent: bool = False,
@@ -146,14 +147,21 @@ class Engine:
         barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method == "overlay"]
         entry = None
         if barriered:
+            bdisks = [disk for disk, _, _ in barriered]
             entry = self.catalog.journal_add(dom.UUIDString(), "overlay", {
-                "tag": name, "disks": [{"target": disk.target, "source": disk.source, "format": disk.format}
-                                       for disk, _, _ in barriered]})
-            targets = [disk.target for disk in live_disks(dom)]
-            overlay.prepare([disk for disk, _, _ in barriered], name)
+                "tag": name, "mode": self.overlay_barrier,
+                "disks": [{"target": d.target, "source": d.source, "format": d.format} for d in bdisks]})
+            if self.overlay_barrier == "qmp":
+                tops = overlay.qmp_prepare(dom, bdisks, name)
 
-            def barrier() -> None:
-                overlay.barrier(dom, [disk for disk, _, _ in barriered], targets, name)
+                def barrier() -> None:
+                    overlay.qmp_barrier(dom, tops)
+            else:
+                targets = [disk.target for disk in live_disks(dom)]
+                overlay.prepare(bdisks, name)
+
+                def barrier() -> None:
+                    overlay.barrier(dom, bdisks, targets, name)
         try:
             watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
                                 self.state_dir / "log" / "watchdog.log")
@@ -162,7 +170,7 @@ class Engine:
                                                         barrier if barriered else None)
         except BaseException:
             if barriered:  # the VM may already write to overlays: merge them back before reporting the failure
-                overlay.commit_back(dom.connect(), dom, [disk for disk, _, _ in barriered], name)
+                self._commit_back(dom, [disk for disk, _, _ in barriered], name)
                 if entry is not None:
                     self.catalog.journal_done(entry)
             raise
@@ -178,6 +186,12 @@ class Engine:
             return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
         return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
 
+    def _commit_back(self, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
+        if self.overlay_barrier == "qmp":
+            overlay.qmp_commit_back(dom, disks, tag)
+        else:
+            overlay.commit_back(dom.connect(), dom, disks, tag)
+
     def _complete_overlays(self, dom: libvirt.virDomain, barriered: list[tuple[Disk, StorageDriver, DiskSnapshot]],
                            tag: str, entry: int | None) -> list[DiskSnapshot]:
         """After the thaw: clone (or copy) the quiet base files, then commit the overlays back — in every path."""
@@ -185,7 +199,7 @@ class Engine:
             made = _snapshot_all([d for _, d, _ in barriered], [p for _, _, p in barriered])
             failpoint("overlay-before-commit")
         finally:
-            overlay.commit_back(dom.connect(), dom, [disk for disk, _, _ in barriered], tag)
+            self._commit_back(dom, [disk for disk, _, _ in barriered], tag)
             if entry is not None:
                 self.catalog.journal_done(entry)
         return made

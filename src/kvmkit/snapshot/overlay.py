@@ -130,3 +130,100 @@ def _point_back(xml: str, target: str, base: str, base_format: str) -> str:
         if backing is not None:
             el.remove(backing)
     return ET.tostring(root, encoding="unicode")
+
+
+# --- the QMP barrier (opt-in: overlay_barrier = "qmp") ---------------------------------------------------------
+# The overlay node is added to QEMU's block graph *before* the freeze, so the freeze holds one QMP `transaction`
+# of `blockdev-snapshot` actions (measured here: ~2.5 ms instead of libvirt's ~17-35 ms). It goes behind
+# libvirt's back: libvirt marks the domain tainted (custom-monitor) and, until the commit, still believes the disk
+# is the base file. If kvmkit died in that window *and* the VM were then shut down and started by someone else
+# before `kvmkit snapshot recover`, the guest's writes since the barrier would be left in the overlay file. That
+# is why the libvirt barrier stays the default.
+
+def qmp(dom: libvirt.virDomain, execute: str, arguments: dict | None = None) -> object:
+    import json
+
+    import libvirt_qemu
+
+    payload: dict = {"execute": execute}
+    if arguments is not None:
+        payload["arguments"] = arguments
+    try:
+        reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(payload), 0))
+    except libvirt.libvirtError as exc:
+        raise OperationFailed(f"VM {dom.name()}: QMP {execute}: {exc.get_error_message()}") from None
+    if "error" in reply:
+        raise OperationFailed(f"VM {dom.name()}: QMP {execute}: {reply['error'].get('desc')}")
+    return reply.get("return")
+
+
+def overlay_node(target: str) -> str:
+    return f"kvmkit-ov-{target}"
+
+
+def _top_nodes(dom: libvirt.virDomain) -> dict[str, str]:
+    """disk target → the node QEMU writes to now (via the device alias in the live XML)."""
+    aliases = {}
+    for el in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
+        tgt, alias = el.find("target"), el.find("alias")
+        if tgt is not None and alias is not None:
+            aliases[f"/machine/peripheral/{alias.get('name')}/virtio-backend"] = tgt.get("dev", "")
+    nodes = {}
+    for block in qmp(dom, "query-block") or []:  # type: ignore[union-attr]
+        target = aliases.get(block.get("qdev", ""))
+        if target and "inserted" in block:
+            nodes[target] = block["inserted"]["node-name"]
+    return nodes
+
+
+def qmp_prepare(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> dict[str, str]:
+    """Overlays created and opened by QEMU (not yet in use): returns target → the node they will go on top of."""
+    import os
+
+    tops = _top_nodes(dom)
+    prepare(disks, tag)
+    for disk in disks:
+        path = overlay_path(disk.source, tag)
+        st = os.stat(disk.source)
+        os.chown(path, st.st_uid, st.st_gid)  # QEMU opens it as the disk's owner (libvirt-qemu)
+        qmp(dom, "blockdev-add", {"driver": "qcow2", "node-name": overlay_node(disk.target), "backing": None,
+                                  "file": {"driver": "file", "filename": str(path)}})
+    return {disk.target: tops[disk.target] for disk in disks}
+
+
+def qmp_barrier(dom: libvirt.virDomain, tops: dict[str, str]) -> None:
+    qmp(dom, "transaction", {"actions": [
+        {"type": "blockdev-snapshot", "data": {"node": node, "overlay": overlay_node(target)}}
+        for target, node in tops.items()]})
+
+
+def qmp_commit_back(dom: libvirt.virDomain, disks: list[Disk], tag: str, timeout_s: float = 600.0) -> None:
+    """Commit every kvmkit overlay that is on top back into its base and drop it; remove the overlay files."""
+    import time
+
+    active = {t: n for t, n in _top_nodes(dom).items() if n.startswith("kvmkit-ov-")}
+    for target in active:
+        qmp(dom, "block-commit", {"job-id": f"kvmkit-commit-{target}", "device": overlay_node(target)})
+    deadline = time.monotonic() + timeout_s
+    pending = {f"kvmkit-commit-{t}" for t in active}
+    while pending:  # QMP events go to libvirt, not to us: poll the jobs, briefly
+        jobs = {j["id"]: j["status"] for j in qmp(dom, "query-jobs") or []}  # type: ignore[union-attr]
+        for job_id in list(pending):
+            status = jobs.get(job_id)
+            if status == "ready":
+                qmp(dom, "job-complete", {"id": job_id})
+            elif status is None:
+                pending.discard(job_id)
+            elif status in ("aborting", "concluded") and job_id in jobs:
+                qmp(dom, "job-dismiss", {"id": job_id}) if status == "concluded" else None
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"VM {dom.name()}: committing the overlays did not finish in {timeout_s:.0f} s")
+        time.sleep(0.01)
+    still = [t for t, n in _top_nodes(dom).items() if n.startswith("kvmkit-ov-")]
+    if still:
+        raise OperationFailed(f"VM {dom.name()}: the overlay of {', '.join(still)} could not be committed back")
+    present = {n["node-name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True}) or []}  # type: ignore[union-attr]
+    for disk in disks:
+        if overlay_node(disk.target) in present:
+            qmp(dom, "blockdev-del", {"node-name": overlay_node(disk.target)})
+        overlay_path(disk.source, tag).unlink(missing_ok=True)

@@ -99,7 +99,10 @@ def _finish_overlay(conn: libvirt.virConnect, vm_uuid: str, label: str, data: di
              for d in data["disks"]]
     _unstick_guest(conn, vm_uuid, label)  # a block commit needs a running, not paused, guest
     if dom.isActive():
-        overlay.commit_back(conn, dom, disks, data["tag"])
+        if data.get("mode") == "qmp":
+            overlay.qmp_commit_back(dom, disks, data["tag"])
+        else:
+            overlay.commit_back(conn, dom, disks, data["tag"])
         return RecoverAction(vm=label, action="committed overlays",
                              detail=f"{len(disks)} overlay(s) of snapshot {data['tag']} merged back; one image a disk")
     leftovers = overlay.commit_offline(conn, dom, disks, data["tag"])
