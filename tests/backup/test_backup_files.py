@@ -251,7 +251,7 @@ def small_target(tmp_path):
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
                           capture_output=True, text=True)
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=True)
 

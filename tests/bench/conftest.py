@@ -58,7 +58,7 @@ def sweep_run() -> Iterator[BenchRun]:
 @pytest.fixture
 def loop_device(disk_dir: Path) -> Iterator[str]:
     if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("needs root and losetup")
+        pytest.fail("needs root and losetup: run the suite as root (make test installs util-linux)")
     backing = disk_dir / "loop.img"
     with open(backing, "wb") as f:
         f.truncate(64 * MIB)
@@ -66,7 +66,7 @@ def loop_device(disk_dir: Path) -> Iterator[str]:
         ["losetup", "--find", "--show", "--direct-io=on", str(backing)], capture_output=True, text=True
     )
     if made.returncode != 0:
-        pytest.skip(f"no loop device: {made.stderr.strip()}")
+        pytest.fail(f"no loop device: {made.stderr.strip()}")
     device = made.stdout.strip()
     try:
         yield device

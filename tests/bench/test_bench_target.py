@@ -117,7 +117,7 @@ def test_block_device_with_a_filesystem_is_refused_then_mounted_one_even_with_de
     mnt = disk_dir / "mnt"
     mnt.mkdir()
     if subprocess.run(["mount", loop_device, str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount here")
+        pytest.fail("cannot mount the loop device here")
     try:
         opts = BenchOptions(size_bytes=64 * MIB, runtime_s=1, ramp_s=0, destructive=loop_device)
         with pytest.raises(Conflict, match="mounted"):

@@ -136,18 +136,18 @@ def test_failed_write_rolls_back_the_successful_ones(xeon, tmp_path: Path, monke
 
 @pytest.fixture
 def read_only(tmp_path: Path):
-    """Bind-mount one file read-only, like a read-only /sys; skipped where mounting is not allowed."""
+    """Bind-mount one file read-only, like a read-only /sys (the suite runs as root, so mounting is allowed)."""
     mounted: list[Path] = []
 
     def make(path: Path) -> None:
         if os.geteuid() != 0:
-            pytest.skip("bind mounts need root")
+            pytest.fail("bind mounts need root: run the suite as root (make test does)")
         for argv in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,bind,ro", str(path)]):
             proc = subprocess.run(argv, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 if mounted:
                     subprocess.run(["umount", str(path)], check=False)
-                pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+                pytest.fail(f"cannot bind-mount here: {proc.stderr.strip()}")
             if not mounted or mounted[-1] != path:
                 mounted.append(path)
 
