@@ -30,3 +30,14 @@ def conn(lab_state) -> Iterator:
 
     with connection(lab_state.uri) as c:
         yield c
+
+
+def lab_vm(lab_state, name: str, **spec) -> str:
+    """The test lab's VM `name`, defined and started with `spec` (lab.add_vm) the first time it is asked for."""
+    from kvmkit.lab import lab
+    from kvmkit.lab.state import load
+
+    state = load(lab_state.dir)
+    if state.vm(name) is None:
+        lab.add_vm(state, name, **spec)
+    return name

@@ -12,17 +12,15 @@ import pytest
 
 from kvmkit.lab import lab
 from kvmkit.lab.state import load
+from tests.conftest import lab_vm
 
 pytestmark = pytest.mark.lab
+FIO_VM = {"file_disks": 1, "rbd_disks": 0, "size_mib": 256, "with_fio": True, "memory_mib": lab.FIO_GUEST_MIB}
 
 
 @pytest.fixture(scope="module")
 def fio_vm(lab_state) -> str:
-    state = load(lab_state.dir)
-    if state.vm("tlab-fio") is None:
-        lab.add_vm(state, "tlab-fio", file_disks=1, rbd_disks=0, size_mib=256, with_fio=True,
-                   memory_mib=lab.FIO_GUEST_MIB)
-    return "tlab-fio"
+    return lab_vm(lab_state, "tlab-fio", **FIO_VM)
 
 
 def test_quick_suite_runs_fio_in_the_guest(lab_state, fio_vm):
@@ -53,10 +51,7 @@ def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
 
 
 def test_two_vms_at_once_add_up_per_job(lab_state, fio_vm):
-    state = load(lab_state.dir)
-    if state.vm("tlab-fio2") is None:
-        lab.add_vm(state, "tlab-fio2", file_disks=1, rbd_disks=0, size_mib=256, with_fio=True,
-                   memory_mib=lab.FIO_GUEST_MIB)
+    lab_vm(lab_state, "tlab-fio2", **FIO_VM)
     env = {**os.environ, "KVMKIT_LAB_DIR": str(lab_state.dir)}
     out = subprocess.run([sys.executable, "-m", "kvmkit", "bench", "run", "--suite", "quick", "--vm", fio_vm,
                           "--vm", "tlab-fio2", "--target", "/mnt/vda/multi.dat", "--size", "32M", "--runtime", "1",

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.lab import lab
-from kvmkit.lab.state import load
+from tests.conftest import lab_vm
 
 
 @pytest.fixture(scope="session")
@@ -22,18 +21,12 @@ def snap_env(lab_state, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def file_vm(lab_state, snap_env) -> str:
     """A running VM with two ext4 raw disks on the XFS pool."""
-    state = load(lab_state.dir)
-    if state.vm("tlab-file") is None:
-        lab.add_vm(state, "tlab-file", file_disks=2, rbd_disks=0, size_mib=256)
-    return "tlab-file"
+    return lab_vm(lab_state, "tlab-file", file_disks=2, rbd_disks=0, size_mib=256)
 
 
 @pytest.fixture(scope="session")
 def noagent_vm(lab_state, snap_env) -> str:
-    state = load(lab_state.dir)
-    if state.vm("tlab-noagent2") is None:
-        lab.add_vm(state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
-    return "tlab-noagent2"
+    return lab_vm(lab_state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
 
 
 @pytest.fixture()

@@ -10,28 +10,21 @@ import rados
 import rbd
 
 from kvmkit.errors import Conflict
-from kvmkit.lab import lab
-from kvmkit.lab.state import load
 from kvmkit.snapshot.model import Mode
 from kvmkit.virt import agent
+from tests.conftest import lab_vm
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def rbd_vm(lab_state, snap_env) -> str:
-    state = load(lab_state.dir)
-    if state.vm("tlab-rbd") is None:
-        lab.add_vm(state, "tlab-rbd", file_disks=0, rbd_disks=3, size_mib=128)
-    return "tlab-rbd"
+    return lab_vm(lab_state, "tlab-rbd", file_disks=0, rbd_disks=3, size_mib=128)
 
 
 @pytest.fixture(scope="module")
 def mixed_vm(lab_state, snap_env) -> str:
-    state = load(lab_state.dir)
-    if state.vm("tlab-mixed") is None:
-        lab.add_vm(state, "tlab-mixed", file_disks=1, rbd_disks=2, size_mib=128)
-    return "tlab-mixed"
+    return lab_vm(lab_state, "tlab-mixed", file_disks=1, rbd_disks=2, size_mib=128)
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from kvmkit import config
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.sparse import data_extents
 
 Extent = tuple[int, int]
 
@@ -40,17 +41,8 @@ class DiskWriter(Protocol):
 
 
 def file_data_extents(fd: int, size: int) -> list[Extent]:
-    """Allocated regions of a (sparse) file through SEEK_DATA/SEEK_HOLE: holes read as zeros and are skipped."""
-    extents, offset = [], 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end - start))
-        offset = end
-    return extents
+    """Allocated regions of a (sparse) file: holes read as zeros and are skipped."""
+    return list(data_extents(fd, size))
 
 
 def pread_full(fd: int, offset: int, length: int) -> bytes:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from kvmkit.lab import procs
+from kvmkit.sparse import data_extents
 
 CHUNK = 4 << 20
 
@@ -20,19 +21,6 @@ def make_file_disk(path: Path, size_mib: int, filesystem: bool = True) -> None:
         procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
                    "-L", path.stem[:16], str(tmp)], "mkfs.ext4")
     tmp.replace(path)
-
-
-def data_extents(fd: int, size: int):
-    """(offset, length) of the allocated regions of a sparse file, via SEEK_DATA/SEEK_HOLE."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:
-            return
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end - start
-        offset = end
 
 
 def make_rbd_disk(conf: Path, pool: str, image: str, size_mib: int) -> None:

@@ -98,7 +98,10 @@ class Engine:
         try:
             taken = self._take(dom, mode, pairs, planned, name)
         except BaseException as exc:
-            cleaned = self._discard(snap)
+            try:
+                cleaned = f"removed {self.discard(snap)} partial disk snapshot(s)"
+            except KvmkitError as cleanup_exc:
+                cleaned = f"cleanup incomplete ({cleanup_exc}); `kvmkit snapshot recover` will finish it"
             if isinstance(exc, KvmkitError):
                 raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
             raise
@@ -204,20 +207,18 @@ class Engine:
                 self.catalog.journal_done(entry)
         return made
 
-    def _discard(self, snap: Snapshot) -> str:
-        """Delete whatever part of a snapshot exists and drop its row; says what it did."""
+    def discard(self, snap: Snapshot) -> int:
+        """Delete whatever part of a snapshot exists, then drop its row; how many disk snapshots it removed.
+        A storage error leaves the row (the intent) in place for `recover`."""
         removed = 0
         for disk_snap in snap.disks:
             driver = by_name(disk_snap.driver, self.drivers)
-            try:
-                if driver.exists(disk_snap):
-                    driver.delete(disk_snap)
-                    removed += 1
-            except KvmkitError as exc:
-                return f"cleanup incomplete ({exc}); `kvmkit snapshot recover` will finish it"
+            if driver.exists(disk_snap):
+                driver.delete(disk_snap)
+                removed += 1
         assert snap.id is not None
         self.catalog.remove(snap.id)
-        return f"removed {removed} partial disk snapshot(s)"
+        return removed
 
     # delete -----------------------------------------------------------------------------------------------
     def delete(self, vm: str, name: str, wait_s: float = 0.0) -> Snapshot:

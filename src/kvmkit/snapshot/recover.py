@@ -56,14 +56,7 @@ def recover(engine: Engine, *, full: bool = False) -> list[RecoverAction]:
 def _repair_vm(engine: Engine, conn: libvirt.virConnect, vm_uuid: str, label: str) -> list[RecoverAction]:
     actions = []
     for snap in engine.catalog.list(vm_uuid, states=(State.CREATING, State.DELETING)):
-        removed = 0
-        for disk_snap in snap.disks:
-            driver = by_name(disk_snap.driver, engine.drivers)
-            if driver.exists(disk_snap):
-                driver.delete(disk_snap)
-                removed += 1
-        assert snap.id is not None
-        engine.catalog.remove(snap.id)
+        removed = engine.discard(snap)
         verb = "discarded half-made" if snap.state is State.CREATING else "finished deleting"
         actions.append(RecoverAction(vm=snap.vm, action=verb, detail=f"snapshot {snap.name}: {removed} disk "
                                                                      f"snapshot(s) removed, row dropped"))
@@ -151,11 +144,8 @@ def _full_pass(engine: Engine, conn: libvirt.virConnect) -> list[RecoverAction]:
                             actions.append(RecoverAction(vm=vm_name, action="deleted orphan", detail=handle))
                 for snap in snaps:
                     missing = [d.handle for d in snap.disks if not by_name(d.driver, engine.drivers).exists(d)]
-                    if missing:
-                        for d in snap.disks:
-                            by_name(d.driver, engine.drivers).delete(d)
-                        assert snap.id is not None
-                        engine.catalog.remove(snap.id)
+                    if missing:  # a snapshot missing a disk is no snapshot: drop the rest of it too
+                        engine.discard(snap)
                         actions.append(RecoverAction(vm=vm_name, action="dropped dangling row",
                                                      detail=f"snapshot {snap.name}: missing {', '.join(missing)}"))
         except Conflict:

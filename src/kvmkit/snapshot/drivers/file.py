@@ -11,11 +11,14 @@ import errno
 import fcntl
 import glob
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.model import DiskSnapshot
+from kvmkit.sparse import data_extents
 from kvmkit.virt.disks import Disk
 
 FICLONE = 0x40049409
@@ -23,13 +26,14 @@ SUFFIX = ".kvmkit"
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS)
 
 
-def reflink(src: Path, dst: Path, mode: int = 0o600) -> None:
-    """Clone src to a new file dst (O_EXCL: never overwrite). Raises OSError; dst is removed on failure."""
+@contextmanager
+def _new_file_from(src: Path, dst: Path, mode: int = 0o600) -> Iterator[tuple[int, int]]:
+    """(src fd, dst fd) for a dst that must not exist yet (O_EXCL: never overwrite); dst is removed on failure."""
     fd_src = os.open(src, os.O_RDONLY)
     try:
         fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            fcntl.ioctl(fd_dst, FICLONE, fd_src)
+            yield fd_src, fd_dst
         except BaseException:
             os.close(fd_dst)
             dst.unlink(missing_ok=True)
@@ -37,6 +41,12 @@ def reflink(src: Path, dst: Path, mode: int = 0o600) -> None:
         os.close(fd_dst)
     finally:
         os.close(fd_src)
+
+
+def reflink(src: Path, dst: Path, mode: int = 0o600) -> None:
+    """Clone src to a new file dst. Raises OSError; dst is removed on failure."""
+    with _new_file_from(src, dst, mode) as (fd_src, fd_dst):
+        fcntl.ioctl(fd_dst, FICLONE, fd_src)
 
 
 _reflink_ok: dict[int, bool] = {}
@@ -63,35 +73,18 @@ def supports_reflink(directory: Path) -> bool:
 
 
 def sparse_copy(src: Path, dst: Path, chunk: int = 64 << 20) -> None:
-    """Copy only the allocated extents (SEEK_DATA/SEEK_HOLE), in bounded chunks; holes stay holes."""
+    """Copy only the allocated extents, in bounded chunks; holes stay holes."""
     size = src.stat().st_size
-    fd_src = os.open(src, os.O_RDONLY)
-    try:
-        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            offset = 0
-            while offset < size:
-                try:
-                    start = os.lseek(fd_src, offset, os.SEEK_DATA)
-                except OSError:
-                    break  # no data after offset
-                end = os.lseek(fd_src, start, os.SEEK_HOLE)
-                pos = start
-                while pos < end:
-                    n = os.copy_file_range(fd_src, fd_dst, min(chunk, end - pos), pos, pos)
-                    if n == 0:
-                        break
-                    pos += n
-                offset = end
-            os.ftruncate(fd_dst, size)
-            os.fsync(fd_dst)
-        except BaseException:
-            os.close(fd_dst)
-            dst.unlink(missing_ok=True)
-            raise
-        os.close(fd_dst)
-    finally:
-        os.close(fd_src)
+    with _new_file_from(src, dst) as (fd_src, fd_dst):
+        for start, length in data_extents(fd_src, size):
+            pos, end = start, start + length
+            while pos < end:
+                n = os.copy_file_range(fd_src, fd_dst, min(chunk, end - pos), pos, pos)
+                if n == 0:
+                    break
+                pos += n
+        os.ftruncate(fd_dst, size)
+        os.fsync(fd_dst)
 
 
 class FileDriver:
