@@ -19,7 +19,7 @@ from kvmkit.backup import chunking
 from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import BackupManifest, DamagedChunk, VerifyReport
 from kvmkit.backup.sources import Ceph, DiskWriter, FileWriter, RbdWriter
-from kvmkit.backup.store import DirTarget
+from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
@@ -28,7 +28,7 @@ Advance = Callable[[int], None]
 WORKERS = 3
 
 
-def vm_manifests(target: DirTarget, vm: str) -> list[BackupManifest]:
+def vm_manifests(target: ChunkStore, vm: str) -> list[BackupManifest]:
     """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
     found = [m for m in target.manifests() if vm in (m.vm, m.vm_uuid)]
     uuids = sorted({m.vm_uuid for m in found})
@@ -40,7 +40,7 @@ def vm_manifests(target: DirTarget, vm: str) -> list[BackupManifest]:
     return found
 
 
-def find_backup(target: DirTarget, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
+def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
     """The backup and its chain (newest first)."""
     manifests = vm_manifests(target, vm)
     by_name = {m.snapshot: m for m in manifests}
@@ -134,7 +134,7 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     return RestoreResult(vm=manifest.vm, snapshot=snapshot, disks=done, seconds=round(time.perf_counter() - t0, 3))
 
 
-def _rebuild(target: DirTarget, manifest: BackupManifest, disk: str, maps: dict[str, chunking.ChunkMap],
+def _rebuild(target: ChunkStore, manifest: BackupManifest, disk: str, maps: dict[str, chunking.ChunkMap],
              writer: DiskWriter, advance: Advance) -> int:
     size = manifest.disk(disk).size_bytes  # type: ignore[union-attr]
     chunk_map = maps[disk]

@@ -1,15 +1,19 @@
-"""A directory target (a local folder, or a mounted NFS export): content-addressed chunks and JSON manifests.
+"""Backup targets: content-addressed chunks and JSON manifests, on a folder (here) or in an S3 bucket (s3.py).
 
-Layout (everything 0600, folders 0700):
-    <root>/kvmkit-backup.json          format marker
-    <root>/chunks/ab/<sha256>          see codec.py (raw or zlib frames; named by the sha256 of the raw bytes)
-    <root>/manifests/<vm_uuid>/<snapshot>.json
-    <root>/incomplete/<vm_uuid>--<snapshot>.json   intent of a backup in progress (informational)
-    <root>/lock                        flock: backups share it, garbage collection takes it alone
+Layout (the same names as folders/files or as object keys):
+    kvmkit-backup.json                      format marker
+    chunks/ab/<sha256>                      see codec.py (raw, zlib frames or a delta; named by the raw bytes' sha256)
+    manifests/<vm_uuid>/<snapshot>.json     one per good backup
+    incomplete/<vm_uuid>--<snapshot>.json   intent of a backup in progress (informational)
+    lock                                    dir: flock file; s3: the record of an exclusive holder (see s3.py)
 
-Every file appears by rename() after fsync, so a reader never sees half a chunk or half a manifest; a backup is
-good exactly when its manifest exists. Chunks a killed backup left behind are reused by the retried run (its
-writes skip chunks already present) or removed by the next garbage collection.
+`ChunkStore` holds everything that does not depend on where the bytes live — the delta decision, decoding and
+verifying chunks (and their bases), manifests, intents, the format check, garbage collection — over six storage
+primitives (`_put`, `_get`, `_get_head`, `_exists`, `_list`, `_delete`) that `DirTarget` and `S3Target` implement.
+A name appears only with its whole content (dir: rename after write; S3: a PUT is atomic), so a reader never sees
+half a chunk or half a manifest; a backup is good exactly when its manifest exists. Chunks a killed backup left
+behind are reused by the retried run (its writes skip chunks already present) or removed by the next garbage
+collection.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,32 +40,249 @@ from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationF
 
 log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
+MARKER = "kvmkit-backup.json"
+DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1000 keys; GC never holds more dead names than this
 
 
-class DirTarget:
+def chunk_key(digest: str) -> str:
+    return f"chunks/{digest[:2]}/{digest}"
+
+
+def manifest_key(vm_uuid: str, snapshot: str) -> str:
+    return f"manifests/{vm_uuid}/{snapshot}.json"
+
+
+def intent_key(vm_uuid: str, snapshot: str) -> str:
+    return f"incomplete/{vm_uuid}--{snapshot}.json"
+
+
+class ChunkStore(ABC):
+    """What a backup target is to create/restore/manage: chunks, manifests, intents, a lock, garbage collection.
+
+    Subclasses store opaque named blobs; every decision about what to store and whether what comes back is right
+    is made here, once, so a new backend cannot get deltas, verification or the GC liveness walk subtly wrong."""
+
+    name: str
+    location: str  # for people: a folder, or "bucket B on ENDPOINT"
+
+    # storage primitives ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _put(self, key: str, data: bytes, durable: bool = True) -> None:
+        """Store data under key so that the name appears only with its whole content; a full target raises
+        OperationFailed(self._full_message(key, why)). durable=False: `sync` makes it durable later."""
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes | None:
+        """The blob, or None when there is none. A dir target raises OSError for a blob it cannot read (damage);
+        transport failures raise KvmkitError."""
+
+    @abstractmethod
+    def _get_head(self, key: str, size: int) -> bytes | None:
+        """The first `size` bytes (a chunk's header), None when absent or unreadable."""
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every blob under prefix ("chunks/"), a page at a time: never the whole listing in memory."""
+
+    @abstractmethod
+    def _delete(self, keys: list[str]) -> None:
+        """Remove these blobs (at most DELETE_BATCH); absent ones are not an error."""
+
+    @abstractmethod
+    @contextmanager
+    def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
+        """Backups hold the lock shared; garbage collection alone, so it never sweeps chunks being written."""
+        yield
+
+    def sync(self) -> None:
+        """Make every chunk written so far durable before a manifest names them (a no-op where a write is)."""
+        return None
+
+    def sync_dirs(self) -> None:
+        """Make new names durable (a no-op where a write is)."""
+        return None
+
+    def _full_message(self, key: str, why: str) -> str:
+        return (f"backup target {self.name} is full ({why}) writing {key.rsplit('/', 1)[-1]}; the backup is not "
+                "recorded, a rerun after freeing space resumes it")
+
+    def _check_format(self) -> None:
+        """Refuse a target written by another format; mark a new one (a later version must not misread it)."""
+        try:
+            blob = self._get(MARKER)
+        except OSError as exc:
+            raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc.strerror}") from None
+        if blob is None:
+            self._put(MARKER, json.dumps({"format": FORMAT_VERSION, "tool": "kvmkit"}).encode())
+            return
+        try:
+            version = json.loads(blob).get("format")
+        except (ValueError, AttributeError) as exc:
+            raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc}") from None
+        if version != FORMAT_VERSION:
+            raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
+
+    # chunks ------------------------------------------------------------------------------------------------------
+    def has_chunk(self, digest: str) -> bool:
+        return self._exists(chunk_key(digest))
+
+    def put_chunk(self, digest: str, raw: bytes, compression: str, base: str | None = None) -> int:
+        """Store a chunk unless present, as a delta against `base` (the parent's chunk at the same place) when
+        that is smaller; returns the bytes written (0 when it was already there)."""
+        if self.has_chunk(digest):
+            return 0
+        blob = None
+        if base is not None and base != digest:
+            try:
+                base_raw, base_depth = self.read_chunk(base)
+                blob = codec.delta_or_none(raw, base, base_raw, base_depth, compression)
+            except ChunkDamaged:
+                blob = None  # a damaged base: store this chunk whole, verify reports the base
+        if blob is None:
+            blob = codec.encode(raw, compression)
+        self._put(chunk_key(digest), blob, durable=False)
+        return len(blob)
+
+    def read_chunk(self, digest: str, _level: int = 0) -> tuple[bytes, int]:
+        """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way."""
+        if _level > codec.MAX_DEPTH + 1:
+            raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
+        try:
+            blob = self._get(chunk_key(digest))
+        except OSError as exc:
+            raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
+        if blob is None:
+            raise ChunkDamaged(digest, "missing")
+        raw = codec.decode(digest, blob, lambda base: self.read_chunk(base, _level + 1)[0])
+        return raw, codec.depth(blob)
+
+    def get_chunk(self, digest: str) -> bytes:
+        try:
+            return self.read_chunk(digest)[0]
+        except ChunkDamaged as exc:
+            if exc.digest != digest:
+                exc.needed_for = digest
+            raise
+
+    def base_of(self, digest: str) -> str | None:
+        head = self._get_head(chunk_key(digest), 37)
+        return codec.base_of(head) if head is not None else None
+
+    # manifests ---------------------------------------------------------------------------------------------------
+    def has_manifest(self, vm_uuid: str, snapshot: str) -> bool:
+        return self._exists(manifest_key(vm_uuid, snapshot))
+
+    def write_manifest(self, manifest: BackupManifest) -> int:
+        data = manifest.model_dump_json().encode()
+        manifest.manifest_bytes = len(data)
+        data = manifest.model_dump_json().encode()  # again, now carrying its own size (± a digit)
+        self.sync()
+        self._put(manifest_key(manifest.vm_uuid, manifest.snapshot), data)
+        self.sync_dirs()
+        return len(data)
+
+    def _read_manifest(self, key: str) -> BackupManifest | None:
+        try:
+            blob = self._get(key)
+            return None if blob is None else BackupManifest.model_validate_json(blob)
+        except (OSError, ValidationError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+            raise OperationFailed(f"backup target {self.name}: manifest {key} is unreadable: {detail}") from None
+
+    def manifests(self, vm_uuid: str | None = None) -> list[BackupManifest]:
+        """Good backups (those with a manifest), oldest snapshot first."""
+        prefix = f"manifests/{vm_uuid}/" if vm_uuid else "manifests/"
+        keys = [key for key, _ in self._list(prefix) if _is_json(key)]
+        found = [m for m in map(self._read_manifest, keys) if m is not None]  # None: deleted meanwhile
+        return sorted(found, key=lambda m: (m.snapshot_created, m.snapshot))
+
+    def delete_manifest(self, manifest: BackupManifest) -> None:
+        self._delete([manifest_key(manifest.vm_uuid, manifest.snapshot)])
+
+    # in progress -------------------------------------------------------------------------------------------------
+    def mark_incomplete(self, vm: str, vm_uuid: str, snapshot: str) -> None:
+        data = {"vm": vm, "vm_uuid": vm_uuid, "snapshot": snapshot, "pid": os.getpid(), "host": os.uname().nodename}
+        self._put(intent_key(vm_uuid, snapshot), json.dumps(data).encode())
+
+    def clear_incomplete(self, vm_uuid: str, snapshot: str) -> None:
+        self._delete([intent_key(vm_uuid, snapshot)])
+
+    def incomplete(self) -> list[dict]:
+        out = []
+        for key, _ in sorted(self._list("incomplete/")):
+            try:
+                blob = self._get(key) if _is_json(key) else None
+                if blob is not None:
+                    out.append(json.loads(blob))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    # garbage collection ------------------------------------------------------------------------------------------
+    def live_chunks(self) -> set[str]:
+        """Every chunk a manifest names, and the bases of live delta chunks (transitively). Any unreadable
+        manifest stops it: its chunks might be live."""
+        live: set[str] = set()
+        for manifest in self.manifests():
+            for disk in manifest.disks:
+                live.update(d for _, d in disk.chunks if d is not None)
+        frontier = list(live)
+        while frontier:
+            base = self.base_of(frontier.pop())
+            if base is not None and base not in live:
+                live.add(base)
+                frontier.append(base)
+        return live
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Remove chunks no manifest references, and temporary files of killed writers; (files, bytes) freed.
+        The caller holds the lock exclusively. Memory: the live set, plus one batch of dead names."""
+        live = self.live_chunks()
+        removed = freed = 0
+        for batch in _batches(((key, size) for key, size in self._list("chunks/")
+                               if key.rsplit("/", 1)[-1] not in live), DELETE_BATCH):
+            self._delete([key for key, _ in batch])
+            removed, freed = removed + len(batch), freed + sum(size for _, size in batch)
+        return removed, freed
+
+
+def _is_json(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.endswith(".json") and not name.startswith(".")  # not a dir target's temporary file
+
+
+def _batches(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
+    batch: list[tuple[str, int]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class DirTarget(ChunkStore):
+    """A local folder or a mounted NFS export. Files are 0600, folders 0700; every file is written beside its
+    name and renamed in; chunks skip the fsync (one syncfs before the manifest makes them all durable)."""
+
     def __init__(self, name: str, root: Path) -> None:
-        self.name, self.root = name, root
+        self.name, self.root, self.location = name, root, str(root)
         if not root.is_dir():
             raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
         self._made_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
-        marker = root / "kvmkit-backup.json"
-        if marker.exists():
-            try:
-                version = json.loads(marker.read_text()).get("format")
-            except (OSError, ValueError) as exc:
-                raise OperationFailed(f"backup target {name}: {marker} is unreadable: {exc}") from None
-            if version != FORMAT_VERSION:
-                raise InvalidInput(f"backup target {name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
-        else:
-            self._atomic_write(marker, json.dumps({"format": FORMAT_VERSION, "tool": "kvmkit"}).encode())
+        self._check_format()
 
-    # paths ------------------------------------------------------------------------------------------------
+    # paths -------------------------------------------------------------------------------------------------------
     def chunk_path(self, digest: str) -> Path:
-        return self.root / "chunks" / digest[:2] / digest
+        return self.root / chunk_key(digest)
 
     def manifest_path(self, vm_uuid: str, snapshot: str) -> Path:
-        return self.root / "manifests" / vm_uuid / f"{snapshot}.json"
+        return self.root / manifest_key(vm_uuid, snapshot)
 
     def _dir(self, path: Path) -> Path:
         if path not in self._made_dirs:
@@ -71,9 +293,10 @@ class DirTarget:
                 self._made_dirs.add(path)
         return path
 
-    def _atomic_write(self, path: Path, data: bytes, durable: bool = True) -> None:
-        """Write beside, (fsync,) rename: the name appears only with its whole content. Chunks skip the fsync
-        (durable=False): one syncfs of the target before the manifest is written makes them all durable at once."""
+    # primitives --------------------------------------------------------------------------------------------------
+    def _put(self, key: str, data: bytes, durable: bool = True) -> None:
+        """Write beside, (fsync,) rename: the name appears only with its whole content."""
+        path = self.root / key
         folder = self._dir(path.parent)
         tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -90,9 +313,41 @@ class DirTarget:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OperationFailed(f"backup target {self.name} is full ({exc.strerror}) writing {path.name}; "
-                                      "the backup is not recorded, a rerun after freeing space resumes it") from None
+                raise OperationFailed(self._full_message(key, exc.strerror or "no space")) from None
             raise OperationFailed(f"backup target {self.name}: writing {path}: {exc.strerror}") from None
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _get_head(self, key: str, size: int) -> bytes | None:
+        try:
+            with (self.root / key).open("rb") as fh:
+                return fh.read(size)
+        except OSError:
+            return None
+
+    def _exists(self, key: str) -> bool:
+        return (self.root / key).exists()
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        top = self.root / prefix
+        if not top.is_dir():
+            return
+        for folder, _, files in os.walk(top):
+            rel = Path(folder).relative_to(self.root)
+            for name in files:
+                try:
+                    size = os.stat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:
+                    continue
+                yield f"{rel}/{name}", size
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / key).unlink(missing_ok=True)
 
     def sync(self) -> None:
         """Make every chunk written so far durable (syncfs of the target's filesystem, else fsync per folder),
@@ -117,150 +372,24 @@ class DirTarget:
             finally:
                 os.close(fd)
 
-    # chunks -----------------------------------------------------------------------------------------------
-    def has_chunk(self, digest: str) -> bool:
-        return self.chunk_path(digest).exists()
-
-    def put_chunk(self, digest: str, raw: bytes, compression: str, base: str | None = None) -> int:
-        """Store a chunk unless present, as a delta against `base` (the parent's chunk at the same place) when
-        that is smaller; returns the bytes written (0 when it was already there)."""
-        path = self.chunk_path(digest)
-        if path.exists():
-            return 0
-        blob = None
-        if base is not None and base != digest:
-            try:
-                base_raw, base_depth = self.read_chunk(base)
-                blob = codec.delta_or_none(raw, base, base_raw, base_depth, compression)
-            except ChunkDamaged:
-                blob = None  # a damaged base: store this chunk whole, verify reports the base
-        if blob is None:
-            blob = codec.encode(raw, compression)
-        self._atomic_write(path, blob, durable=False)
-        return len(blob)
-
-    def read_chunk(self, digest: str, _level: int = 0) -> tuple[bytes, int]:
-        """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way."""
-        if _level > codec.MAX_DEPTH + 1:
-            raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
-        try:
-            blob = self.chunk_path(digest).read_bytes()
-        except FileNotFoundError:
-            raise ChunkDamaged(digest, "missing") from None
-        except OSError as exc:
-            raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
-        raw = codec.decode(digest, blob, lambda base: self.read_chunk(base, _level + 1)[0])
-        return raw, codec.depth(blob)
-
-    def get_chunk(self, digest: str) -> bytes:
-        try:
-            return self.read_chunk(digest)[0]
-        except ChunkDamaged as exc:
-            if exc.digest != digest:
-                exc.needed_for = digest
-            raise
-
-    def base_of(self, digest: str) -> str | None:
-        try:
-            with self.chunk_path(digest).open("rb") as fh:
-                return codec.base_of(fh.read(37))
-        except OSError:
-            return None
-
-    def chunk_names(self) -> Iterator[tuple[str, Path]]:
-        chunks = self.root / "chunks"
-        if not chunks.is_dir():
-            return
-        for sub in sorted(chunks.iterdir()):
-            for entry in os.scandir(sub):
-                yield entry.name, Path(entry.path)
-
-    # manifests --------------------------------------------------------------------------------------------
-    def write_manifest(self, manifest: BackupManifest) -> int:
-        path = self.manifest_path(manifest.vm_uuid, manifest.snapshot)
-        data = manifest.model_dump_json().encode()
-        manifest.manifest_bytes = len(data)
-        data = manifest.model_dump_json().encode()  # again, now carrying its own size (± a digit)
-        self.sync()
-        self._atomic_write(path, data)
-        self.sync_dirs()
-        return len(data)
-
-    def read_manifest(self, path: Path) -> BackupManifest:
-        try:
-            return BackupManifest.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError, ValueError) as exc:
-            raise OperationFailed(f"backup target {self.name}: manifest {path} is unreadable: "
-                                  f"{str(exc).splitlines()[0]}") from None
-
-    def manifests(self, vm_uuid: str | None = None) -> list[BackupManifest]:
-        """Good backups (those with a manifest), oldest snapshot first."""
-        base = self.root / "manifests"
-        folders = [base / vm_uuid] if vm_uuid else (sorted(base.iterdir()) if base.is_dir() else [])
-        out = [self.read_manifest(p) for folder in folders if folder.is_dir()
-               for p in folder.glob("*.json")]
-        return sorted(out, key=lambda m: (m.snapshot_created, m.snapshot))
-
-    def delete_manifest(self, manifest: BackupManifest) -> None:
-        self.manifest_path(manifest.vm_uuid, manifest.snapshot).unlink(missing_ok=True)
-
-    # in progress ------------------------------------------------------------------------------------------
-    def _intent_path(self, vm_uuid: str, snapshot: str) -> Path:
-        return self.root / "incomplete" / f"{vm_uuid}--{snapshot}.json"
-
-    def mark_incomplete(self, vm: str, vm_uuid: str, snapshot: str) -> None:
-        data = {"vm": vm, "vm_uuid": vm_uuid, "snapshot": snapshot, "pid": os.getpid(), "host": os.uname().nodename}
-        self._atomic_write(self._intent_path(vm_uuid, snapshot), json.dumps(data).encode())
-
-    def clear_incomplete(self, vm_uuid: str, snapshot: str) -> None:
-        self._intent_path(vm_uuid, snapshot).unlink(missing_ok=True)
-
-    def incomplete(self) -> list[dict]:
-        folder = self.root / "incomplete"
-        out = []
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-        return out
-
-    # locking ----------------------------------------------------------------------------------------------
     @contextmanager
     def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
-        """Backups hold the lock shared; garbage collection alone, so it never sweeps chunks being written."""
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
-            try:
-                fcntl.flock(fd, flags)
-            except BlockingIOError:
-                raise EnvironmentProblem(f"backup target {self.name} is busy (another backup or prune)") from None
+        """flock on <root>/lock: it works across hosts only where the filesystem shares flocks (NFSv4 does)."""
+        with flocked(self.root / "lock", exclusive, wait, f"backup target {self.name} is busy (another backup or "
+                                                           "prune)"):
             yield
-        finally:
-            os.close(fd)
 
-    def collect_garbage(self) -> tuple[int, int]:
-        """Remove chunks no manifest references, and temporary files of killed writers; (files, bytes) freed.
-        The caller holds the lock exclusively. Any unreadable manifest stops it: its chunks might be live."""
-        live: set[str] = set()
-        for manifest in self.manifests():
-            for disk in manifest.disks:
-                live.update(d for _, d in disk.chunks if d is not None)
-        frontier = list(live)
-        while frontier:  # the bases of live delta chunks are live too
-            base = self.base_of(frontier.pop())
-            if base is not None and base not in live:
-                live.add(base)
-                frontier.append(base)
-        removed = freed = 0
-        for name, path in self.chunk_names():
-            if name in live:
-                continue
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            removed, freed = removed + 1, freed + size
-        return removed, freed
+
+@contextmanager
+def flocked(path: Path, exclusive: bool, wait: bool, busy: str) -> Iterator[None]:
+    """flock(path) shared or exclusive; without wait, EnvironmentProblem(busy) when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            raise EnvironmentProblem(busy) from None
+        yield
+    finally:
+        os.close(fd)
