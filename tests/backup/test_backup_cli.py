@@ -76,7 +76,7 @@ def test_restore_by_cli_writes_the_disk(env, tmp_path):
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["backup", "list"], 2, "several backup targets are configured (nfs1, s3): name one with --target"),
     (["backup", "list", "-t", "nope"], 3, "no backup target named 'nope'"),
-    (["backup", "list", "-t", "s3"], 5, "S3 targets are not supported yet"),
+    (["backup", "list", "-t", "s3"], 2, "backup target s3: kind s3 needs endpoint and bucket"),
     (["backup", "verify", "ghost", "-t", "nfs1"], 3, "VM ghost has no backups on target nfs1"),
     (["backup", "delete", "vm1", "s1", "-t", "nfs1"], 4, "pass --with-dependants"),
     (["backup", "restore", "vm1", "s1", "-t", "nfs1", "--to", "vdq=/tmp/x"], 2, "has no disk 'vdq'"),

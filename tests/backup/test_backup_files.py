@@ -4,6 +4,7 @@ damaged and missing chunks, kill -9, delete with dependants, prune."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,17 +224,55 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, settings):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_no_target_and_s3_targets_are_clear_errors(tmp_path):
+def test_no_target_and_incomplete_s3_targets_are_clear_errors(tmp_path, monkeypatch):
     from kvmkit.config import BackupTarget, Settings
-    from kvmkit.errors import EnvironmentProblem
 
     a = sparse_file(tmp_path / "a", MiB, [(0, b"x")])
     with pytest.raises(InvalidInput, match="no backup target configured"):
         backup_snapshot(Settings(), file_snapshot("s1", {"vda": a}))
-    s3 = Settings(backup_targets=[BackupTarget(name="s3", kind="s3", bucket="b", secret_key="SECRET")])
-    with pytest.raises(EnvironmentProblem, match="S3 targets are not supported yet") as info:
-        backup_snapshot(s3, file_snapshot("s1", {"vda": a}))
-    assert "SECRET" not in str(info.value)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    for target, message in [
+        (BackupTarget(name="s3", kind="s3", bucket="b", secret_key="SECRET"), "kind s3 needs endpoint and bucket"),
+        (BackupTarget(name="s3", kind="s3", endpoint="http://127.0.0.1:9", bucket="b", secret_key="SECRET"),
+         "no S3 access key: set access_key or access_key_env, or export AWS_ACCESS_KEY_ID"),
+        (BackupTarget(name="s3", kind="s3", endpoint="http://127.0.0.1:9", bucket="b", access_key_env="NO_SUCH_VAR",
+                      secret_key="SECRET"), "environment variable NO_SUCH_VAR (access_key_env) is not set"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(message)) as info:
+            backup_snapshot(Settings(state_dir=tmp_path / "state", backup_targets=[target]),
+                            file_snapshot("s1", {"vda": a}))
+        assert "SECRET" not in str(info.value)
+
+
+def test_s3_keys_come_from_the_config_else_the_named_variables_else_aws_ones():
+    from kvmkit.backup.s3 import credentials
+    from kvmkit.config import BackupTarget
+
+    env = {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk", "MY_AK": "ak2", "MY_SK": "sk2"}
+    assert credentials(BackupTarget(name="t", kind="s3", access_key="a", secret_key="s"), env) == ("a", "s")
+    assert credentials(BackupTarget(name="t", kind="s3", access_key_env="MY_AK", secret_key_env="MY_SK"), env) \
+        == ("ak2", "sk2")
+    assert credentials(BackupTarget(name="t", kind="s3"), env) == ("ak", "sk")
+
+
+def test_an_s3_target_without_boto3_is_one_clear_line(tmp_path):
+    """kvmkit imports boto3 only for S3 targets; with it unimportable, the target says what to install."""
+    code = f"""
+import sys
+sys.modules["boto3"] = None  # as on a host without boto3
+from pathlib import Path
+from kvmkit.backup.targets import open_target
+from kvmkit.config import BackupTarget, Settings
+from kvmkit.errors import EnvironmentProblem
+try:
+    open_target(Settings(state_dir=Path({str(tmp_path)!r}), backup_targets=[BackupTarget(
+        name="s3", kind="s3", endpoint="http://127.0.0.1:9", bucket="b", access_key="A", secret_key="S")]))
+except EnvironmentProblem as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == ("backup target s3 is an S3 target and boto3 is not installed: "
+                                  "pip install 'kvmkit[s3]' (or apt-get install python3-boto3)"), out.stderr
 
 
 def test_state_files_on_the_target_are_private(tmp_path, settings):

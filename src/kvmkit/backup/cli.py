@@ -23,6 +23,8 @@ from kvmkit.output import console, err_console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Periodic snapshots and backups with retention.")
+target_app = typer.Typer(no_args_is_help=True, help="Backup targets (folders, S3 buckets).")
+app.add_typer(target_app, name="target")
 
 CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config).")
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -196,6 +198,13 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
     console.print(f"source {result.source} → target {result.target}, compression {result.compression}, "
                   f"medians of {result.rounds}")
     print_table(None, ["measure", "value"], result.rows())
+
+
+@target_app.command("init")
+def target_init(name: str | None = typer.Argument(None, help="Target (default: the only one configured).")) -> None:
+    """Make the target's folder or S3 bucket if missing, and its format marker; running it again is safe."""
+    store = open_target(config.load(), name, create=True)
+    console.print(f"backup target {store.name}: ready ({store.location})")
 
 
 # schedules ------------------------------------------------------------------------------------------------------

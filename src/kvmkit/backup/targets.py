@@ -1,10 +1,10 @@
-"""Which target a command uses: the named one from config, else the only one configured."""
+"""Which target a command uses: the named one from config, else the only one configured; and making one."""
 
 from __future__ import annotations
 
-from kvmkit.backup.store import DirTarget
+from kvmkit.backup.store import ChunkStore, DirTarget
 from kvmkit.config import BackupTarget, Settings
-from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound
+from kvmkit.errors import InvalidInput, NotFound
 
 
 def target_config(settings: Settings, name: str | None) -> BackupTarget:
@@ -23,14 +23,17 @@ def target_config(settings: Settings, name: str | None) -> BackupTarget:
     raise NotFound(f"no backup target named {name!r} (configured: {', '.join(t.name for t in targets)})")
 
 
-def open_target(settings: Settings, name: str | None = None) -> DirTarget:
+def open_target(settings: Settings, name: str | None = None, create: bool = False) -> ChunkStore:
+    """The target, checked (reachable, format marker); create: make the folder or bucket first (`target init`)."""
     target = target_config(settings, name)
     if target.kind == "s3":
-        # Not built: this machine has no radosgw to test against, and an untested upload path is worse than none.
-        raise EnvironmentProblem(f"backup target {target.name}: S3 targets are not supported yet; mount the "
-                                 "storage (NFS) and use kind = \"dir\"")
+        from kvmkit.backup.s3 import S3Target  # boto3 is imported only for S3 targets
+
+        return S3Target.from_config(target, settings.state_dir / "locks", create=create)
     if target.path is None:
         raise InvalidInput(f"backup target {target.name}: kind dir needs path")
+    if create:
+        target.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return DirTarget(target.name, target.path)
 
 
