@@ -44,6 +44,10 @@ auth service required = none
 auth client required = none
 osd pool default size = 1
 osd pool default min size = 1
+# radosgw makes 6-7 pools at its first start: at the default 32 PGs each they would crowd one OSD's
+# mon_max_pg_per_osd (250) and cost the OSD memory; 8 is plenty for a lab
+osd pool default pg num = 8
+osd pool default pgp num = 8
 osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true

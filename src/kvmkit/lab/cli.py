@@ -27,6 +27,7 @@ def up(
     storage: lab.Storage | None = typer.Option(None, "--storage", help="file, rbd or mixed (1 file + rest RBD)."),
     disk_size: int = typer.Option(1024, "--disk-size", help="Size of each data disk in MiB."),
     fio: bool = typer.Option(False, "--fio", help="Guests carry fio (for kvmkit bench --vm); 384 MiB RAM each."),
+    rgw: bool = typer.Option(False, "--rgw", help="Also an S3 gateway (radosgw) on the Ceph, for S3 backup targets."),
     connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab status as JSON."),
 ) -> None:
@@ -38,7 +39,7 @@ def up(
     def say(message: str) -> None:
         out.print(f"[dim]lab:[/] {message}")
     lab.up(lab_dir, uri, vms=vms, disks_per_vm=disks, with_ceph=ceph, storage=storage, disk_size_mib=disk_size,
-           with_fio=fio, progress=say)
+           with_fio=fio, with_rgw=rgw, progress=say)
     say(f"up in {time.monotonic() - t0:.1f} s")
     _show(lab.status(lab_dir), json_out)
 
@@ -72,6 +73,9 @@ def _show(st: lab.LabStatus, json_out: bool) -> None:
         console.print(f"pool: {st.pool['kind']} at {st.pool['path']}")
     if st.ceph:
         console.print(f"ceph: {st.ceph.health}, pool {st.ceph.pool}, conf {st.ceph.conf}")
+    if st.rgw:
+        console.print(f"rgw: S3 at {st.rgw.endpoint} ({'running' if st.rgw.running else 'DOWN'}), "
+                      f"keys in {st.rgw.credentials}")
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

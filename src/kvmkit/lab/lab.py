@@ -15,7 +15,8 @@ import libvirt
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, OperationFailed
-from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs
+from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw
+from kvmkit.lab.rgw import RgwState
 from kvmkit.lab.state import LabDisk, LabState, LabVm, load, locked, save
 from kvmkit.virt import agent
 from kvmkit.virt.connection import check_vm_name, connection
@@ -38,19 +39,23 @@ def _guest_dir(lab_dir: Path) -> Path:
 
 
 def up(lab_dir: Path, uri: str, *, vms: int = 1, disks_per_vm: int = 2, with_ceph: bool = False,
-       storage: Storage | None = None, disk_size_mib: int = 1024, with_fio: bool = False,
+       storage: Storage | None = None, disk_size_mib: int = 1024, with_fio: bool = False, with_rgw: bool = False,
        progress: Progress = lambda _m: None) -> LabState:
-    """Idempotent: what already runs is kept, what is missing is made. On failure, what this call started stops."""
+    """Idempotent: what already runs is kept, what is missing is made. On failure, what this call started stops.
+    with_rgw: also an S3 gateway on the Ceph (for S3 backup targets); it implies Ceph, not RBD disks."""
     if not 0 <= vms <= 16 or not 0 <= disks_per_vm <= 26:
         raise InvalidInput("--vms must be 0-16 and --disks 0-26")
     storage = storage or ("rbd" if with_ceph else "file")
-    with_ceph = with_ceph or storage != "file"
+    with_ceph = with_ceph or storage != "file" or with_rgw
     procs.require_root()
     with locked(lab_dir):
         state = load(lab_dir) or LabState(dir=lab_dir, uri=uri)
         made: _Made = _Made()
         try:
             _up(state, made, vms, disks_per_vm, with_ceph, storage, disk_size_mib, with_fio, progress)
+            if with_rgw and (state.rgw is None or not rgw.running(state.rgw)):
+                made.rgw = True
+                _start_rgw(state, progress)
         except BaseException:
             _undo(state, made)
             raise
@@ -64,6 +69,7 @@ class _Made:
         self.pids: list[str] = []
         self.pool = False
         self.ceph = False
+        self.rgw = False
         self.vms: list[str] = []
 
 
@@ -104,6 +110,27 @@ def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bo
     start_vms(state, wanted, progress)
 
 
+def start_rgw(lab_dir: Path, progress: Progress = lambda _m: None) -> RgwState:
+    """The lab's S3 gateway, started unless it runs (tests call this; `lab up --rgw` does the same)."""
+    procs.require_root()
+    with locked(lab_dir):
+        state = load(lab_dir)
+        if state is None or state.ceph is None or not procs.alive(state.ceph.mon_pid):
+            raise EnvironmentProblem(f"the lab in {lab_dir} runs no Ceph: kvmkit lab up --ceph first")
+        if state.rgw is None or not rgw.running(state.rgw):
+            _start_rgw(state, progress)
+        assert state.rgw is not None
+        return state.rgw
+
+
+def _start_rgw(state: LabState, progress: Progress) -> None:
+    assert state.ceph is not None
+    t0 = time.monotonic()
+    state.rgw = rgw.start(state.ceph)
+    save(state)
+    progress(f"rgw: S3 at {state.rgw.endpoint}, keys in {state.rgw.credentials}, up in {time.monotonic() - t0:.1f} s")
+
+
 def _drop_stale(state: LabState, progress: Progress) -> None:
     """After a reboot or a killed session the record outlives what it describes: forget (and undefine) what died."""
     if state.pool is not None and not pool.attached(state.pool):
@@ -119,6 +146,9 @@ def _drop_stale(state: LabState, progress: Progress) -> None:
         ceph.stop(state.ceph)
         shutil.rmtree(state.ceph.dir, ignore_errors=True)
         state.ceph = None
+    if state.rgw is not None and (state.ceph is None or not rgw.running(state.rgw)):
+        rgw.stop(state.rgw)
+        state.rgw = None
     with connection(state.uri) as conn:
         for vm in list(state.vms):
             try:
@@ -135,6 +165,9 @@ def _undo(state: LabState, made: _Made) -> None:
             remove_vm(state, name)
         except Exception as exc:  # keep undoing the rest; report the first failure only
             log.warning("undo: removing %s failed: %s", name, exc)
+    if made.rgw and state.rgw is not None:
+        rgw.stop(state.rgw)
+        state.rgw = None
     if made.ceph and state.ceph is not None:
         ceph.stop(state.ceph)
         state.ceph = None
@@ -293,6 +326,12 @@ class CephStatus(BaseModel):
     port: int
 
 
+class RgwStatus(BaseModel):
+    endpoint: str
+    running: bool
+    credentials: Path
+
+
 class LabStatus(BaseModel):
     up: bool
     dir: Path
@@ -300,6 +339,7 @@ class LabStatus(BaseModel):
     pool: dict | None = None
     vms: list[LabVmStatus] = []
     ceph: CephStatus | None = None
+    rgw: RgwStatus | None = None
 
 
 _STATE_NAMES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
@@ -332,8 +372,11 @@ def status(lab_dir: Path) -> LabStatus:
     if state.ceph is not None:
         health = ceph.health(state.ceph.conf) if procs.alive(state.ceph.mon_pid) else "DOWN"
         ceph_status = CephStatus(health=health, conf=state.ceph.conf, pool=state.ceph.pool, port=state.ceph.port)
+    rgw_status = RgwStatus(endpoint=state.rgw.endpoint, running=rgw.running(state.rgw),
+                           credentials=state.rgw.credentials) if state.rgw else None
     return LabStatus(up=True, dir=lab_dir, accel=state.accel,
-                     pool=state.pool.model_dump(mode="json") if state.pool else None, vms=vms, ceph=ceph_status)
+                     pool=state.pool.model_dump(mode="json") if state.pool else None, vms=vms, ceph=ceph_status,
+                     rgw=rgw_status)
 
 
 def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
@@ -350,6 +393,9 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             for vm in list(state.vms):
                 remove_vm(state, vm.name)
                 progress(f"{vm.name}: destroyed and undefined")
+        if state.rgw is not None:
+            rgw.stop(state.rgw)
+            progress("rgw: stopped")
         if state.ceph is not None:
             ceph.stop(state.ceph)
             progress("ceph: stopped")

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from kvmkit.lab.ceph import CephState
 from kvmkit.lab.pool import PoolState
+from kvmkit.lab.rgw import RgwState
 
 STATE_FILE = "state.json"
 
@@ -42,6 +43,7 @@ class LabState(BaseModel):
     started_pids: dict[str, int] = {}
     pool: PoolState | None = None
     ceph: CephState | None = None
+    rgw: RgwState | None = None  # an S3 gateway on ceph (lab up --rgw)
     vms: list[LabVm] = []
 
     def vm(self, name: str) -> LabVm | None:
