@@ -150,26 +150,14 @@ def start(root: Path, memstore_bytes: int = 4 << 30) -> CephState:
 
 
 def _wait_port(port: int, pid: int, log: Path, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while procs.port_free(port):
-        if not procs.alive(pid):
-            raise EnvironmentProblem(f"ceph-mon exited at start; see {log}")
-        if time.monotonic() > deadline:
-            raise EnvironmentProblem(f"ceph-mon did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
-        time.sleep(0.05)
+    procs.wait_until(lambda: not procs.port_free(port), pid, "ceph-mon", f"listen on 127.0.0.1:{port}", log, timeout_s)
 
 
 def _wait_osd_up(conf: Path, pid: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def up() -> bool:
         stat = _mon_command(conf, {"prefix": "osd stat", "format": "json"})
-        if isinstance(stat, dict) and stat.get("num_up_osds", 0) >= 1:
-            return
-        if not procs.alive(pid):
-            raise EnvironmentProblem(f"ceph-osd exited at start; see {conf.parent / 'log'}")
-        if time.monotonic() > deadline:
-            raise EnvironmentProblem(f"the lab OSD did not come up within {timeout_s:.0f} s")
-        time.sleep(0.1)
+        return isinstance(stat, dict) and stat.get("num_up_osds", 0) >= 1
+    procs.wait_until(up, pid, "ceph-osd", "come up", conf.parent / "log", timeout_s, interval_s=0.1)
 
 
 def _create_pool(conf: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import libvirt
@@ -29,15 +28,13 @@ def ensure_running(uri: str, log_dir: Path) -> list[int]:
         raise EnvironmentProblem(f"libvirt at {uri} is not reachable (the lab only starts a local libvirtd)")
     Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
     started = [procs.spawn(["virtlogd"], log_dir / "virtlogd.log"), procs.spawn(["libvirtd"], log_dir / "libvirtd.log")]
-    deadline = time.monotonic() + 30
-    while not reachable(uri):
-        if not procs.alive(started[1]):
-            raise EnvironmentProblem(f"libvirtd exited at start; see {log_dir / 'libvirtd.log'}")
-        if time.monotonic() > deadline:
-            for pid in started:
-                procs.stop(pid, "libvirtd" if pid == started[1] else "virtlogd")
-            raise EnvironmentProblem("libvirtd did not answer within 30 s")
-        time.sleep(0.1)
+    try:
+        procs.wait_until(lambda: reachable(uri), started[1], "libvirtd", "answer", log_dir / "libvirtd.log", 30,
+                         interval_s=0.1)
+    except EnvironmentProblem:
+        for pid, name in zip(started, ("virtlogd", "libvirtd"), strict=True):
+            procs.stop(pid, name)
+        raise
     return started
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kvmkit.errors import EnvironmentProblem
@@ -52,6 +53,18 @@ def stop(pid: int, expect: str, sig: int = signal.SIGKILL, timeout_s: float = 10
         except ChildProcessError:
             pass
         time.sleep(0.02)
+
+
+def wait_until(ready: Callable[[], bool], pid: int, what: str, goal: str, log: Path, timeout_s: float,
+               interval_s: float = 0.05) -> None:
+    """Poll `ready` until it holds; fail at once if the daemon `pid` died, or at the deadline, naming its log."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if not alive(pid):
+            raise EnvironmentProblem(f"{what} exited at start; see {log}")
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"{what} did not {goal} within {timeout_s:.0f} s; see {log}")
+        time.sleep(interval_s)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
