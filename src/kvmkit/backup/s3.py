@@ -66,9 +66,7 @@ class S3Target(ChunkStore):
         self._lock_file = lock_dir / f"s3-{hashlib.sha256(f'{endpoint}/{bucket}'.encode()).hexdigest()[:16]}.lock"
         if create:
             self._create_bucket(region)
-        with self._calls("opening the bucket"):
-            self._client.head_bucket(Bucket=bucket)
-        self._check_format()
+        self._check_format()  # a GET, not HEAD: its error body says which (NoSuchBucket, SignatureDoesNotMatch …)
 
     @classmethod
     def from_config(cls, cfg: BackupTarget, lock_dir: Path, env: Mapping[str, str] | None = None,
@@ -96,7 +94,7 @@ class S3Target(ChunkStore):
             raise self._client_error(exc, doing, key) from None
         except self._errors.BotoCoreError as exc:
             raise EnvironmentProblem(self._clean(f"backup target {self.name}: cannot talk to {self.endpoint} "
-                                                 f"{doing} ({exc})")) from None
+                                                 f"{doing}{f' {key}' if key else ''} ({exc})")) from None
 
     def _client_error(self, exc: Any, doing: str, key: str) -> KvmkitError:
         error = exc.response.get("Error", {})
@@ -106,7 +104,8 @@ class S3Target(ChunkStore):
                             f"`kvmkit backup target init {self.name}` makes it")
         if code in DENIED:
             return InvalidInput(f"backup target {self.name}: {self.endpoint} refused access to bucket {self.bucket} "
-                                f"({code}) {doing}; check its access_key/secret_key and the bucket's policy")
+                                f"({code}) {doing}{f' {key}' if key else ''}; check its access_key/secret_key and "
+                                "the bucket's policy")
         if code == "QuotaExceeded":
             return OperationFailed(self._full_message(key or doing, "QuotaExceeded"))
         return OperationFailed(self._clean(f"backup target {self.name}: {doing}{f' {key}' if key else ''}: "
