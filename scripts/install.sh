@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
   libvirt-daemon-system libvirt-clients python3-libvirt
-  ceph-mon ceph-osd ceph-common python3-rbd python3-rados
+  ceph-mon ceph-osd ceph-common python3-rbd python3-rados radosgw python3-boto3
   fio xfsprogs busybox-static linux-image-amd64 kmod
   python3-venv python3-pip util-linux e2fsprogs chromium prometheus
 )
