@@ -39,7 +39,7 @@ class BackupTarget(BaseModel):
     secret_key: str | None = Field(default=None, repr=False)
     access_key_env: str | None = None
     secret_key_env: str | None = None
-    compression: Literal["zlib", "none"] = "zlib"  # zlib level 1; chunks that do not compress are stored raw
+    compression: Literal["zstd", "zlib", "none"] = "zstd"  # level 1, per 64 KiB; incompressible data stays raw
 
 
 class Settings(BaseModel):
