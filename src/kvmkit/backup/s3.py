@@ -56,6 +56,10 @@ def credentials(cfg: BackupTarget, env: Mapping[str, str]) -> tuple[str, str]:
 
 
 class S3Target(ChunkStore):
+    """A bucket as a backup target: ChunkStore's primitives as S3 requests (see the module docstring for
+    durability, locking and errors). Opening it reads the format marker, so a wrong endpoint, key or bucket
+    fails here, before any backup starts."""
+
     def __init__(self, name: str, endpoint: str, bucket: str, access_key: str, secret_key: str, lock_dir: Path,
                  region: str = "us-east-1", create: bool = False) -> None:
         self.name, self.endpoint, self.bucket = name, endpoint, bucket
@@ -112,7 +116,7 @@ class S3Target(ChunkStore):
                                            f"{code} {message}".rstrip()))
 
     def _clean(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in filter(None, self._secrets):
             text = text.replace(secret, "***")
         return text
 
