@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
   total_ms REAL,
   storage_ms REAL,
   after_thaw_ms REAL,
+  commit_ms REAL,
   error TEXT,
   disks TEXT NOT NULL,
   UNIQUE (vm_uuid, name)
@@ -64,7 +65,7 @@ class Catalog:
     def _migrate(self) -> None:
         """Columns added after a catalog was first created (SQLite has no IF NOT EXISTS for columns)."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(snapshots)")}
-        for column in ("storage_ms", "after_thaw_ms"):
+        for column in ("storage_ms", "after_thaw_ms", "commit_ms"):
             if column not in columns:
                 self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} REAL")
 
@@ -87,10 +88,10 @@ class Catalog:
             with self.tx() as db:
                 cur = db.execute(
                     "INSERT INTO snapshots (vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms,"
-                    " storage_ms, after_thaw_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " storage_ms, after_thaw_ms, commit_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (snap.vm_uuid, snap.vm, snap.name, snap.created.isoformat(), snap.mode.value, snap.state.value,
-                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms, snap.error,
-                     _dump_disks(snap.disks)),
+                     snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms, snap.commit_ms,
+                     snap.error, _dump_disks(snap.disks)),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"VM {snap.vm} already has a snapshot named {snap.name!r}") from None
@@ -100,10 +101,9 @@ class Catalog:
         with self.tx() as db:
             db.execute(
                 "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, after_thaw_ms=?,"
-                " error=?, disks=?, mode=? WHERE id=?",
+                " commit_ms=?, error=?, disks=?, mode=? WHERE id=?",
                 (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms,
-                 snap.error,
-                 _dump_disks(snap.disks), snap.mode.value, snap.id),
+                 snap.commit_ms, snap.error, _dump_disks(snap.disks), snap.mode.value, snap.id),
             )
 
     def remove(self, snap_id: int) -> None:

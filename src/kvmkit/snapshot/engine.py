@@ -55,7 +55,7 @@ class Engine:
     drivers: list[StorageDriver] = field(default_factory=default_drivers)
     sequential: bool = False  # benchmarks only: snapshot disks one after another, to show what concurrency buys
     extent_limit: int = 2048  # file disks with more extents get the O(1) overlay barrier instead (see overlay.py)
-    overlay_barrier: str = "libvirt"  # or "qmp": pre-opened overlay node, one QMP transaction in the freeze
+    overlay_barrier: str = "qmp"  # pre-opened overlay node, one QMP transaction in the freeze; or "libvirt"
 
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
@@ -106,7 +106,7 @@ class Engine:
                 raise type(exc)(f"{exc} (guest thawed; {cleaned})") from None
             raise
         snap.disks, snap.freeze_ms, snap.pause_ms = taken.disks, taken.freeze_ms, taken.pause_ms
-        snap.storage_ms, snap.after_thaw_ms = taken.storage_ms, taken.after_thaw_ms
+        snap.storage_ms, snap.after_thaw_ms, snap.commit_ms = taken.storage_ms, taken.after_thaw_ms, taken.commit_ms
         snap.state = State.READY
         snap.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
         self.catalog.update(snap)
@@ -148,26 +148,22 @@ class Engine:
             stop, start, action = dom.suspend, dom.resume, "resume"
         direct = [(d, p) for d, p in zip(drivers, planned, strict=True) if p.method == "direct"]
         barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method == "overlay"]
+        watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
+                            self.state_dir / "log" / "watchdog.log")  # boots while the barrier is prepared
         entry = None
         if barriered:
             bdisks = [disk for disk, _, _ in barriered]
             entry = self.catalog.journal_add(dom.UUIDString(), "overlay", {
                 "tag": name, "mode": self.overlay_barrier,
                 "disks": [{"target": d.target, "source": d.source, "format": d.format} for d in bdisks]})
-            if self.overlay_barrier == "qmp":
-                tops = overlay.qmp_prepare(dom, bdisks, name)
-
-                def barrier() -> None:
-                    overlay.qmp_barrier(dom, tops)
-            else:
-                targets = [disk.target for disk in live_disks(dom)]
-                overlay.prepare(bdisks, name)
-
-                def barrier() -> None:
-                    overlay.barrier(dom, bdisks, targets, name)
+            try:
+                barrier = self._prepare_barrier(dom, bdisks, name)
+            except BaseException:
+                watchdog.cancel()
+                self._commit_back(dom, bdisks, name)  # nothing is on an overlay yet: this only tidies up
+                self.catalog.journal_done(entry)
+                raise
         try:
-            watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
-                                self.state_dir / "log" / "watchdog.log")
             window_ms, storage_ms, done = _quiet_window(watchdog, stop, start, [d for d, _ in direct],
                                                         [p for _, p in direct], self.sequential,
                                                         barrier if barriered else None)
@@ -178,16 +174,27 @@ class Engine:
                     self.catalog.journal_done(entry)
             raise
         failpoint("after-thaw")
-        after_ms = None
+        after_ms = commit_ms = None
         if barriered:
             t_after = time.perf_counter()
-            done += self._complete_overlays(dom, barriered, name, entry)
+            made, commit_ms = self._complete_overlays(dom, barriered, name, entry)
+            done += made
             after_ms = _ms_since(t_after)
         order = {p.target: i for i, p in enumerate(planned)}
         disks = sorted(done, key=lambda p: order[p.target])
         if mode is Mode.QUIESCED:
-            return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
-        return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms)
+            return _Taken(disks, freeze_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms,
+                          commit_ms=commit_ms)
+        return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms, commit_ms=commit_ms)
+
+    def _prepare_barrier(self, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> Callable[[], None]:
+        """Everything the barrier needs, made before the freeze; returns the one call the freeze holds."""
+        if self.overlay_barrier == "qmp":
+            tops = overlay.qmp_prepare(dom, disks, tag)
+            return lambda: overlay.qmp_barrier(dom, tops)
+        targets = [disk.target for disk in live_disks(dom)]
+        overlay.prepare(disks, tag)
+        return lambda: overlay.barrier(dom, disks, targets, tag)
 
     def _commit_back(self, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
         if self.overlay_barrier == "qmp":
@@ -196,16 +203,19 @@ class Engine:
             overlay.commit_back(dom.connect(), dom, disks, tag)
 
     def _complete_overlays(self, dom: libvirt.virDomain, barriered: list[tuple[Disk, StorageDriver, DiskSnapshot]],
-                           tag: str, entry: int | None) -> list[DiskSnapshot]:
-        """After the thaw: clone (or copy) the quiet base files, then commit the overlays back — in every path."""
+                           tag: str, entry: int | None) -> tuple[list[DiskSnapshot], float]:
+        """After the thaw: clone (or copy) the quiet base files, then commit the overlays back — in every path.
+        Returns the disk snapshots and how long the commit alone took (ms)."""
         try:
             made = _snapshot_all([d for _, d, _ in barriered], [p for _, _, p in barriered])
             failpoint("overlay-before-commit")
         finally:
+            t_commit = time.perf_counter()
             self._commit_back(dom, [disk for disk, _, _ in barriered], tag)
+            commit_ms = _ms_since(t_commit)
             if entry is not None:
                 self.catalog.journal_done(entry)
-        return made
+        return made, commit_ms
 
     def discard(self, snap: Snapshot) -> int:
         """Delete whatever part of a snapshot exists, then drop its row; how many disk snapshots it removed.
@@ -276,6 +286,7 @@ class _Taken:
     pause_ms: float | None = None
     storage_ms: float | None = None
     after_thaw_ms: float | None = None
+    commit_ms: float | None = None
 
 
 def _snapshot_all(drivers: list[StorageDriver], planned: list[DiskSnapshot],

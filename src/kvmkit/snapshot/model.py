@@ -52,6 +52,7 @@ class Snapshot(BaseModel):
     pause_ms: float | None = None  # crash mode: suspend → resume
     storage_ms: float | None = None  # the concurrent per-disk snapshots alone (inside the window)
     after_thaw_ms: float | None = None  # overlay path: clone/copy of the quiet bases + commit back, after the thaw
+    commit_ms: float | None = None  # overlay path: the block commit back alone (part of after_thaw_ms)
     total_ms: float | None = None
     error: str | None = None
     disks: list[DiskSnapshot] = []

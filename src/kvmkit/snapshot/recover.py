@@ -87,19 +87,15 @@ def _finish_overlay(conn: libvirt.virConnect, vm_uuid: str, label: str, data: di
     from kvmkit.snapshot import overlay
     from kvmkit.virt.disks import Disk
 
-    dom = conn.lookupByUUIDString(vm_uuid)
+    try:
+        dom = conn.lookupByUUIDString(vm_uuid)
+    except libvirt.libvirtError:
+        dom = None  # a transient domain whose QEMU ended: only its files are left to merge
     disks = [Disk(target=d["target"], kind="file", format=d.get("format", "raw"), source=d["source"])
              for d in data["disks"]]
     _unstick_guest(conn, vm_uuid, label)  # a block commit needs a running, not paused, guest
-    if dom.isActive():
-        if data.get("mode") == "qmp":
-            overlay.qmp_commit_back(dom, disks, data["tag"])
-        else:
-            overlay.commit_back(conn, dom, disks, data["tag"])
-        return RecoverAction(vm=label, action="committed overlays",
-                             detail=f"{len(disks)} overlay(s) of snapshot {data['tag']} merged back; one image a disk")
-    leftovers = overlay.commit_offline(conn, dom, disks, data["tag"])
-    return RecoverAction(vm=label, action="committed overlays offline", detail=f"{leftovers} overlay(s) merged")
+    detail = overlay.finish(conn, dom, disks, data["tag"], data.get("mode", "libvirt"))
+    return RecoverAction(vm=label, action="committed overlays", detail=detail)
 
 
 def _unstick_guest(conn: libvirt.virConnect, vm_uuid: str, label: str) -> list[RecoverAction]:
