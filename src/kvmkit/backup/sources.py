@@ -68,7 +68,6 @@ class FileReader:
         except FileNotFoundError:
             raise NotFound(f"snapshot file {path} does not exist") from None
         self.size = os.fstat(self.fd).st_size
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger readahead window on a cold disk
 
     def data_extents(self) -> list[Extent]:
         return file_data_extents(self.fd, self.size)
