@@ -37,7 +37,8 @@ class DiskSnapshot(BaseModel):
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
     location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)
     method: str = "direct"  # "direct": snapshotted inside the freeze; "overlay": barrier inside, clone/copy after
-    extents: int | None = None  # file disks: extent count read before the freeze (what a reflink costs)
+    extents: int | None = None  # file disks: extents before the freeze (what a reflink costs), counted up to
+    # the limit + 1: a value above reflink_extent_limit means "more than that"
 
 
 class Snapshot(BaseModel):

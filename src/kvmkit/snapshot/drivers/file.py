@@ -114,7 +114,7 @@ class FileDriver:
         for taken in (handle, overlay_path(disk.source, tag)):
             if taken.exists():
                 raise Conflict(f"disk {disk.target}: {taken} already exists; kvmkit will not overwrite it")
-        extents = extent_count(source) if reflink_ok else None
+        extents = extent_count(source, options.extent_limit) if reflink_ok else None
         direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
                             size_bytes=source.stat().st_size, method="direct" if direct else "overlay",
