@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.errors import EnvironmentProblem
+from kvmkit.errors import EnvironmentProblem, OperationFailed
 from kvmkit.lab import disks, lab
 from kvmkit.lab.lab import wait_for_agent
 from kvmkit.lab.state import load
@@ -82,14 +82,23 @@ def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn
     else:
         from kvmkit.snapshot.overlay import qmp
 
-        tops = [b["inserted"]["node-name"] for b in qmp(conn.lookupByName(frag_vm), "query-block") if "inserted" in b]
+        dom = conn.lookupByName(frag_vm)
+        tops = [b["inserted"]["node-name"] for b in qmp(dom, "query-block") if "inserted" in b]
         assert any(t.startswith("kvmkit-ov-") for t in tops)  # QEMU writes to the overlay; libvirt does not know
+        # a live migration now would start the destination on the base alone: QEMU must refuse it
+        with pytest.raises(OperationFailed, match="does not support live migration"):
+            qmp(dom, "migrate", {"uri": "exec:cat > /dev/null"})
         # libvirt's next boot already names the overlay, so a restart before `recover` keeps the newest writes
         assert OVERLAY_MARK in persistent_source(conn, frag_vm)
     rec = kvmkit(snap_env, "snapshot", "recover", "--json")
     assert rec.returncode == 0, rec.stderr
     assert single_images(conn, frag_vm)
     assert OVERLAY_MARK not in persistent_source(conn, frag_vm)
+    if barrier == "qmp":
+        from kvmkit.snapshot.overlay import NO_MIGRATION_NODE, qmp
+
+        nodes = {n["node-name"] for n in qmp(conn.lookupByName(frag_vm), "query-named-block-nodes", {"flat": True})}
+        assert NO_MIGRATION_NODE not in nodes and not any(n.startswith("kvmkit-ov-") for n in nodes), nodes
     assert agent.freeze_status(conn.lookupByName(frag_vm)) == "thawed"
     assert not list(Path(live[0].source).parent.glob("*@frkill.kvmkit"))
     assert kvmkit(snap_env, "snapshot", "list", frag_vm, "--json").stdout.strip() == "[]"

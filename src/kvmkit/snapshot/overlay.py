@@ -17,16 +17,19 @@ overlay transaction costs tens of milliseconds inside the freeze plus a block co
 from __future__ import annotations
 
 import fcntl
+import logging
+import os
 import struct
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import libvirt
 
-from kvmkit.errors import OperationFailed
+from kvmkit.errors import Conflict, OperationFailed
 from kvmkit.virt.blockjob import commit_active
 from kvmkit.virt.disks import Disk
 
+log = logging.getLogger(__name__)
 FS_IOC_FIEMAP = 0xC020660B
 OVERLAY_MARK = ".kvmkit-overlay-"
 # REUSE_EXT: the overlays are made by `prepare` before the freeze, so the freeze holds only libvirt's blockdev-add
@@ -173,6 +176,8 @@ def _set_disk_source(xml: str, target: str, path: str, fmt: str) -> str:
 #   - the persistent definition is pointed at the overlay *before the freeze* (redirect_persistent), while the
 #     overlay is still empty — so at every instant a VM started by libvirt (after a host crash, or by anyone before
 #     `recover`) boots on a chain that holds every write the guest was told is done;
+#   - live migration is blocked in QEMU for as long as a kvmkit overlay node may be on top (block_migration): a
+#     migration would start the destination on libvirt's view, the base, without the overlay's writes;
 #   - `recover` (run by every kvmkit snapshot command) finishes whatever a crash left: a QMP overlay, a libvirt
 #     overlay (the VM restarted from the redirected definition), or overlay files of a stopped VM (qemu-img commit,
 #     which QEMU's image locks refuse if anything else has the base open).
@@ -218,8 +223,7 @@ def _top_nodes(dom: libvirt.virDomain) -> dict[str, str]:
 def qmp_prepare(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> dict[str, str]:
     """Overlays created and opened by QEMU (not yet in use), the persistent definition pointed at them: returns
     target → the node they will go on top of."""
-    import os
-
+    block_migration(dom, Path(disks[0].source).parent)
     tops = _top_nodes(dom)
     caching = _cache_modes(dom)
     prepare(disks, tag)
@@ -235,6 +239,36 @@ def qmp_prepare(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> dict[str
                                   "cache": {"direct": direct, "no-flush": False}, "file": file_node})
     redirect_persistent(dom, disks, tag)
     return {disk.target: tops[disk.target] for disk in disks}
+
+
+NO_MIGRATION_NODE = "kvmkit-no-migration"
+EMPTY_DIR = ".kvmkit-empty"
+
+
+def block_migration(dom: libvirt.virDomain, beside: Path) -> bool:
+    """Make QEMU refuse live migration until unblock_migration: QEMU has no QMP command for a migration blocker,
+    but a writable vvfat node registers one ("does not support live migration"), so one is added — of an empty
+    folder beside the disks, attached to nothing. A migration already running makes the snapshot wait for another
+    time (Conflict); a QEMU that cannot add the node (e.g. AppArmor denies the folder) leaves migration unblocked,
+    with a warning: the barrier is still correct, only a migration started in those seconds would not be refused."""
+    empty = beside / EMPTY_DIR
+    empty.mkdir(mode=0o755, exist_ok=True)
+    try:
+        qmp(dom, "blockdev-add", {"driver": "vvfat", "node-name": NO_MIGRATION_NODE, "dir": str(empty),
+                                  "rw": True, "read-only": False})
+        return True
+    except OperationFailed as exc:
+        if "already exists" in str(exc) or "Duplicate" in str(exc):
+            return True  # left by an interrupted run: still blocking, recover removes it
+        if "migrat" in str(exc).lower():
+            raise Conflict(f"VM {dom.name()} is being migrated; snapshot it when the migration is over") from None
+        log.warning("VM %s: live migration not blocked during the overlay barrier: %s", dom.name(), exc)
+        return False
+
+
+def unblock_migration(dom: libvirt.virDomain, present: set[str]) -> None:
+    if NO_MIGRATION_NODE in present:
+        qmp(dom, "blockdev-del", {"node-name": NO_MIGRATION_NODE})
 
 
 def _cache_modes(dom: libvirt.virDomain) -> dict[str, tuple[bool, str | None]]:
@@ -327,6 +361,7 @@ def qmp_commit_back(dom: libvirt.virDomain, disks: list[Disk], tag: str, timeout
     for disk in disks:
         if overlay_node(disk.target) in present:
             qmp(dom, "blockdev-del", {"node-name": overlay_node(disk.target)})
+    unblock_migration(dom, present)
     restore_persistent(dom, disks, tag)  # only now: until the pivot the base lacked the overlay's writes
     for disk in disks:
         overlay_path(disk.source, tag).unlink(missing_ok=True)
