@@ -22,6 +22,7 @@ ADDED = {"dd_copy_mb_s", "ratio_vs_dd_copy", "tmpfs_backup_mb_s", "tmpfs_ratio_v
 def test_bench_runs_every_leg_and_its_ratios_are_its_own_medians(tmp_path):
     result = bench.run(tmp_path / "src", 8, rounds=3, target_folder=tmp_path / "dst")
     assert len(result.rounds_detail) == 3 and result.compression == "zstd"
+    assert result.copy_command == "dd bs=4M conv=fsync"
     assert result.size_bytes == result.data_bytes == 8 << 20
     assert result.backup_mb_s == pytest.approx(result.size_bytes / result.backup_seconds / 1e6, rel=0.01)
     assert result.ratio_vs_dd == pytest.approx(result.backup_mb_s / result.dd_mb_s, rel=0.01)
@@ -51,3 +52,10 @@ def test_bench_refuses_bad_input_before_writing_anything(tmp_path, kwargs, messa
     with pytest.raises(InvalidInput, match=message):
         bench.run(tmp_path, 4, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sparse_source_is_copied_sparse_and_its_holes_are_never_read(tmp_path):
+    result = bench.run(tmp_path, 1, sparse_gib=1, stride=64, rounds=1)
+    assert result.copy_command.startswith("cp --sparse=always")
+    assert result.data_bytes == 16 * 4096 and result.chunks == 16 and result.written_bytes < 16 * 8192
+    assert not any(tmp_path.iterdir())
