@@ -37,7 +37,7 @@ MAX_CHAIN = 32  # after this many incrementals the next backup is full again (ch
 # One worker per core: sha256, zstd and the reads release the GIL, so two workers keep two cores busy; more only
 # add GIL hand-offs and moves between cores (1 GiB to tmpfs, medians of 5 on the shared 2-core machine: 0.61 s
 # with 2 workers, 1.20 s with 4 from an ext4 source; 0.75 / 0.75 / 0.85 s with 2 / 3 / 4 from the lab's XFS pool).
-WORKERS = max(2, os.cpu_count() or 2)
+WORKERS = max(2, len(os.sched_getaffinity(0)))
 
 
 def backup_snapshot(settings: Settings, snapshot: Snapshot, target_name: str | None = None,
@@ -143,7 +143,7 @@ class Backup:
     def _store_chunks(self, reader: SnapshotReader, size: int, indexes: Iterable[int], record: DiskBackup,
                       parent_map: chunking.ChunkMap) -> dict[int, str | None]:
         """Read, hash and store the chunks concurrently, at most 2 × workers in flight (flat memory). Each
-        worker thread reads into its own reused buffer: a fresh 1 MiB object per chunk costs page faults."""
+        worker thread reads into its own reused buffer, so no chunk-sized object is allocated per read."""
         zero = bytes(self.chunk_size)
         hashes: dict[int, str | None] = {}
         scratch = threading.local()
