@@ -24,7 +24,7 @@ from pathlib import Path
 from kvmkit.backup import chunking
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, split_handle
-from kvmkit.backup.store import DirTarget
+from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
@@ -68,7 +68,7 @@ def pick_parent(manifests: list[BackupManifest], snapshot: Snapshot) -> BackupMa
 
 
 class Backup:
-    def __init__(self, settings: Settings, target: DirTarget, compression: str, advance: Advance,
+    def __init__(self, settings: Settings, target: ChunkStore, compression: str, advance: Advance,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = WORKERS) -> None:
         self.settings, self.target, self.compression = settings, target, compression
         self.advance, self.chunk_size, self.workers = advance, chunk_size, workers
@@ -81,7 +81,7 @@ class Backup:
             raise InvalidInput(f"snapshot {snapshot.name} of VM {snapshot.vm} has no disks")
         t0 = time.perf_counter()
         with self.target.locked(exclusive=False), ExitStack() as stack:
-            if self.target.manifest_path(snapshot.vm_uuid, snapshot.name).exists():
+            if self.target.has_manifest(snapshot.vm_uuid, snapshot.name):
                 raise Conflict(f"snapshot {snapshot.name} of VM {snapshot.vm} is already backed up on target "
                                f"{self.target.name}")
             manifests = self.target.manifests(snapshot.vm_uuid)

@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from kvmkit.backup.store import ChunkStore, flocked, manifest_key
+from kvmkit.backup.store import ChunkStore, flocked
 from kvmkit.config import BackupTarget
 from kvmkit.errors import EnvironmentProblem, InvalidInput, KvmkitError, NotFound, OperationFailed
 
@@ -166,11 +166,6 @@ class S3Target(ChunkStore):
             raise OperationFailed(f"backup target {self.name}: deleting {failure.get('Key')}: "
                                   f"{failure.get('Code')} {failure.get('Message') or ''}".rstrip())
 
-    # compatibility -----------------------------------------------------------------------------------------------
-    def manifest_path(self, vm_uuid: str, snapshot: str) -> _Key:
-        """What create.py asks `.exists()` of; `has_manifest` is the storage-neutral spelling."""
-        return _Key(self, manifest_key(vm_uuid, snapshot))
-
     # locking -----------------------------------------------------------------------------------------------------
     @contextmanager
     def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
@@ -206,14 +201,6 @@ class S3Target(ChunkStore):
 
 class _Expected(Exception):
     """An error code the caller asked for (a missing key on a read): answered as None / False, not raised."""
-
-
-class _Key:
-    def __init__(self, target: S3Target, key: str) -> None:
-        self.target, self.key = target, key
-
-    def exists(self) -> bool:
-        return self.target._exists(self.key)
 
 
 def _stale(holder: dict) -> bool:
