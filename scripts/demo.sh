@@ -5,9 +5,9 @@ cd "$(dirname "$0")/.."
 K=.venv/bin/kvmkit
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "kvmkit lab up --ceph --storage mixed --disks 3   (TCG VM + qemu-guest-agent, XFS reflink pool, one-node Ceph)"
+step "kvmkit lab up --ceph --rgw --storage mixed --disks 3   (TCG VM + qemu-guest-agent, XFS reflink pool, one-node Ceph + S3 gateway)"
 $K lab down >/dev/null 2>&1 || true   # start from a known lab: lab1 = one file disk + two RBD disks
-$K lab up --ceph --storage mixed --disks 3
+$K lab up --ceph --rgw --storage mixed --disks 3
 
 step "write 4 MiB of random data on every disk of the guest, checksum it"
 write='for d in vda vdb vdc; do dd if=/dev/urandom of=/mnt/$d/demo bs=1M count=4 2>/dev/null; done; sync; sha256sum /mnt/vd?/demo'
@@ -19,6 +19,28 @@ export KVMKIT_CONFIG=examples/kvmkit.toml   # a backup target in /var/lib/kvmkit
 rm -rf /var/lib/kvmkit/demo-backups && mkdir -p /var/lib/kvmkit/demo-backups  # the demo's own target, fresh
 $K snapshot create lab1 --name "$name" --backup
 $K backup verify lab1 "$name"
+
+step "kvmkit backup create lab1 $name --target rgw   (the same snapshot to S3: the lab's radosgw, keys from the environment)"
+s3conf=$(mktemp /tmp/kvmkit-demo-s3.XXXXXX.toml)   # mktemp: 0600
+$K lab status --json | .venv/bin/python -c '
+import json, sys
+rgw = json.load(sys.stdin)["rgw"]
+print(f"""[[backup_targets]]
+name = "rgw"
+kind = "s3"
+endpoint = "{rgw["endpoint"]}"
+bucket = "kvmkit-demo"
+access_key_env = "KVMKIT_S3_ACCESS_KEY"
+secret_key_env = "KVMKIT_S3_SECRET_KEY"
+""")' > "$s3conf"
+creds=$($K lab status --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["rgw"]["credentials"])')
+KVMKIT_S3_ACCESS_KEY=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["access_key"])' "$creds")
+KVMKIT_S3_SECRET_KEY=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["secret_key"])' "$creds")
+export KVMKIT_S3_ACCESS_KEY KVMKIT_S3_SECRET_KEY
+KVMKIT_CONFIG="$s3conf" $K backup target init rgw
+KVMKIT_CONFIG="$s3conf" $K backup create lab1 "$name" --target rgw
+KVMKIT_CONFIG="$s3conf" $K backup verify lab1 "$name" --target rgw
+rm -f "$s3conf"
 
 step "kvmkit snapshot create lab1 --crash-consistent   (no agent needed: the VM is paused instead of frozen)"
 $K snapshot create lab1 --name "$name-crash" --crash-consistent
