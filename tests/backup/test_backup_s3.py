@@ -36,8 +36,9 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def rgw(lab_state) -> RgwState:
-    return lab.start_rgw(lab_state.dir)
+def rgw(lab_state) -> Iterator[RgwState]:
+    yield lab.start_rgw(lab_state.dir)
+    lab.stop_rgw(lab_state.dir)  # only this module needs it
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,15 @@ def test_mean_congestion_lies_in_the_clock_gap_truth_bracket(busy: int, quiet_co
     """Always checkable: the host's irq/steal loss widens the bracket, but never hides a wrong figure."""
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
     assert len(case.threads) == busy
-    assert case.mean_truth_low_pct - 2.0 <= case.measured_mean_pct <= case.mean_truth_high_pct + 2.0, case
+    slack = 2.0 + disturbance(case)
+    assert case.mean_truth_low_pct - slack <= case.measured_mean_pct <= case.mean_truth_high_pct + slack, case
 
 
 @pytest.mark.parametrize("busy", [1, 2, 3])
 def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
-    # 2 pp on a quiet core; time the host loses to irq/steal (measured) is charged to no thread and widens it
-    tolerance = 2.0 + max(0.0, case.core_lost_pct - QUIET_PCT)
+    # 2 pp on a quiet core; what else ran there and what the host lost to irq/steal (both measured) widen it
+    tolerance = 2.0 + disturbance(case)
     for thread in case.threads:
         assert thread.error_pp <= tolerance, case
 
@@ -41,10 +42,17 @@ def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: in
 def test_k_threads_on_one_core_each_wait_k_minus_1_over_k(busy: int, quiet_core: int):
     """The fair share holds on a quiet core; what else ran there (measured) widens the 2 pp tolerance."""
     case = accuracy_case(busy, [quiet_core], seconds=1.5)
-    disturbance = case.other_load_pct + case.core_lost_pct
     assert case.fair_share_pct == pytest.approx(100 * (busy - 1) / busy, abs=1e-3)
     for thread in case.threads:
-        assert thread.measured_pct == pytest.approx(case.fair_share_pct, abs=2.0 + disturbance), case
+        assert thread.measured_pct == pytest.approx(case.fair_share_pct, abs=2.0 + disturbance(case)), case
+
+
+def disturbance(case) -> float:
+    """Load on the measured core that was not ours (other processes, irq/steal), in percent of it, beyond what a
+    quiet core has: the clock-gap truth and the scheduler's accounting can disagree by up to that much (the test
+    process itself, delayed between the two readings by that load, shifts their windows apart). On a quiet core
+    it is ~0 and the 2 pp bound stands."""
+    return max(0.0, case.other_load_pct + case.core_lost_pct - QUIET_PCT)
 
 
 def test_a_vm_that_stops_between_readings_is_skipped_with_a_reason():

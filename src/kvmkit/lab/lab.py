@@ -123,6 +123,17 @@ def start_rgw(lab_dir: Path, progress: Progress = lambda _m: None) -> RgwState:
         return state.rgw
 
 
+def stop_rgw(lab_dir: Path) -> None:
+    """Stop the lab's S3 gateway (the rest of the lab stays): its threads poll, and a test session that no longer
+    needs it should not leave that load on a 2-core host under the tests that measure CPU congestion."""
+    with locked(lab_dir):
+        state = load(lab_dir)
+        if state is not None and state.rgw is not None:
+            rgw.stop(state.rgw)
+            state.rgw = None
+            save(state)
+
+
 def _start_rgw(state: LabState, progress: Progress) -> None:
     assert state.ceph is not None
     t0 = time.monotonic()
