@@ -255,3 +255,18 @@ def fill(folder_file: Path) -> None:
             (folder / str(i)).write_bytes(b"x" * 4096)
         except OSError:
             return
+
+
+def test_fragment_bench_measures_every_variant_in_one_run_and_leaves_nothing(lab_state, snap_env):
+    """The benchmark itself, small: a few thousand extents (past the default limit of 2048), one round."""
+    from kvmkit.snapshot import bench_fragment
+
+    r = bench_fragment.run(lab_state.dir, lab_state.uri, extents=3000, disk_gib=1, rounds=1)
+    assert r.extents_after >= 3000 > r.extents_before
+    assert 0 < r.unfragmented_freeze_ms < 10_000 and 0 < r.barrier_freeze_ms < 10_000
+    assert 0 < r.barrier_commit_ms < r.barrier_after_thaw_ms < r.barrier_total_ms
+    assert r.libvirt_barrier_freeze_ms > 0 and r.libvirt_ms > 0 and r.reflink_alone_ms > 0
+    assert r.barrier_vs_unfragmented == round(r.barrier_freeze_ms / r.unfragmented_freeze_ms, 2)
+    state = load(lab_state.dir)
+    assert all(state.vm(f"{lab_state.dir.name}-bench-{kind}") is None for kind in ("frag", "fresh"))
+    assert not list(lab_state.dir.glob("pool/*bench-f*"))
