@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,12 +72,43 @@ def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data
     engine.delete(frag_vm, "fr1")
 
 
+def die_between_barrier_and_commit(env: dict[str, str], vm: str, name: str, barrier: str = "qmp",
+                                   watchdog_too: bool = True) -> None:
+    """`snapshot create` held between barrier and commit (a hanging failpoint), then SIGKILLed — its watchdog
+    first when `watchdog_too`: everything died, as in a host crash, and only `recover` is left to repair."""
+    env = {**env, "KVMKIT_FAILPOINT": "overlay-before-commit=hang", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000",
+           "KVMKIT_OVERLAY_BARRIER": barrier}
+    proc = subprocess.Popen([sys.executable, "-m", "kvmkit", "snapshot", "create", vm, "--name", name], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "failpoint overlay-before-commit: hanging" in line:
+                break
+        else:
+            raise AssertionError(f"kvmkit ended before the failpoint (exit {proc.wait()})")
+        if watchdog_too:
+            for pid in watchdog_pids():
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def watchdog_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"kvmkit.snapshot.watchdog" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 @pytest.mark.parametrize("barrier", ["libvirt", "qmp"])
 def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn, frag_vm, barrier):
-    env = {**snap_env, "KVMKIT_FAILPOINT": "overlay-before-commit", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000",
-           "KVMKIT_OVERLAY_BARRIER": barrier}
-    out = kvmkit(env, "snapshot", "create", frag_vm, "--name", "frkill")
-    assert out.returncode == -signal.SIGKILL
+    die_between_barrier_and_commit(snap_env, frag_vm, "frkill", barrier)
     live = live_disks(conn.lookupByName(frag_vm))
     if barrier == "libvirt":
         assert OVERLAY_MARK in live[0].source  # the VM is left running on the overlay
@@ -104,6 +137,31 @@ def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn
     assert kvmkit(snap_env, "snapshot", "list", frag_vm, "--json").stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("barrier", ["libvirt", "qmp"])
+def test_the_watchdog_merges_the_overlays_back_when_kvmkit_dies_after_the_barrier(snap_env, conn, frag_vm, barrier):
+    """Only kvmkit dies: its watchdog, on guard until the commit, runs the recover pass itself, so the VM does not
+    sit on an overlay (migration refused) until someone runs another kvmkit command."""
+    die_between_barrier_and_commit(snap_env, frag_vm, "frguard", barrier, watchdog_too=False)
+    from kvmkit.snapshot.catalog import Catalog
+
+    catalog = Catalog(Path(snap_env["KVMKIT_STATE_DIR"]) / "catalog.sqlite")
+    deadline = time.monotonic() + 60
+    while catalog.journal() or catalog.list(conn.lookupByName(frag_vm).UUIDString()):
+        assert time.monotonic() < deadline, "the watchdog did not repair within 60 s"
+        time.sleep(0.2)
+    while watchdog_pids():  # it exits right after its recover pass
+        assert time.monotonic() < deadline, "the watchdog did not exit"
+        time.sleep(0.1)
+    single_images(conn, frag_vm)
+    assert OVERLAY_MARK not in persistent_source(conn, frag_vm)
+    if barrier == "qmp":
+        from kvmkit.snapshot.overlay import NO_MIGRATION_NODE, qmp
+
+        nodes = {n["node-name"] for n in qmp(conn.lookupByName(frag_vm), "query-named-block-nodes", {"flat": True})}
+        assert NO_MIGRATION_NODE not in nodes and not any(n.startswith("kvmkit-ov-") for n in nodes), nodes
+    assert not list(single_images(conn, frag_vm)[0].parent.glob("*@frguard.kvmkit"))
+
+
 def persistent_source(conn, vm: str) -> str:
     import libvirt
 
@@ -116,9 +174,7 @@ def test_qmp_crash_then_a_restart_by_someone_else_keeps_the_writes_made_after_th
     """kvmkit dies between the QMP barrier and the commit; the guest writes on (into the overlay libvirt never saw);
     the VM is then killed and started again through libvirt before anyone runs `recover` (a host crash, an
     operator). The writes must survive that restart and the later `recover`."""
-    env = {**snap_env, "KVMKIT_FAILPOINT": "overlay-before-commit", "KVMKIT_REFLINK_EXTENT_LIMIT": "1000",
-           "KVMKIT_OVERLAY_BARRIER": "qmp"}
-    assert kvmkit(env, "snapshot", "create", frag_vm, "--name", "frboot").returncode == -signal.SIGKILL
+    die_between_barrier_and_commit(snap_env, frag_vm, "frboot")
     dom = conn.lookupByName(frag_vm)
     after = agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/late bs=64k count=16 2>/dev/null && sync && "
                                    "sha256sum /mnt/vda/late").split()[0]

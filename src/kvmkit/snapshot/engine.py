@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ def failpoint(step: str) -> None:
     wanted, _, action = os.environ.get("KVMKIT_FAILPOINT", "").partition("=")
     if wanted == step:
         if action == "hang":
+            print(f"kvmkit: failpoint {step}: hanging", file=sys.stderr, flush=True)  # tests wait for this line
             time.sleep(3600)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -148,8 +150,8 @@ class Engine:
             stop, start, action = dom.suspend, dom.resume, "resume"
         direct = [(d, p) for d, p in zip(drivers, planned, strict=True) if p.method == "direct"]
         barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method == "overlay"]
-        watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,
-                            self.state_dir / "log" / "watchdog.log")  # boots while the barrier is prepared
+        watchdog = Watchdog(self.uri, dom.UUIDString(), self.freeze_timeout_s, action,  # boots while we prepare
+                            self.state_dir / "log" / "watchdog.log", (self.state_dir, self.catalog.path))
         entry = None
         if barriered:
             bdisks = [disk for disk, _, _ in barriered]
@@ -163,21 +165,27 @@ class Engine:
                 self._commit_back(dom, bdisks, name)  # nothing is on an overlay yet: this only tidies up
                 self.catalog.journal_done(entry)
                 raise
-        try:
+        try:  # with overlays, the watchdog stays on guard after the thaw: if we die, it merges them back
             window_ms, storage_ms, done = _quiet_window(watchdog, stop, start, [d for d, _ in direct],
                                                         [p for _, p in direct], self.sequential,
                                                         barrier if barriered else None)
         except BaseException:
-            if barriered:  # the VM may already write to overlays: merge them back before reporting the failure
-                self._commit_back(dom, [disk for disk, _, _ in barriered], name)
-                if entry is not None:
-                    self.catalog.journal_done(entry)
+            try:
+                if barriered:  # the VM may already write to overlays: merge them back before reporting the failure
+                    self._commit_back(dom, [disk for disk, _, _ in barriered], name)
+                    if entry is not None:
+                        self.catalog.journal_done(entry)
+            finally:
+                watchdog.release()
             raise
         failpoint("after-thaw")
         after_ms = commit_ms = None
         if barriered:
             t_after = time.perf_counter()
-            made, commit_ms = self._complete_overlays(dom, barriered, name, entry)
+            try:
+                made, commit_ms = self._complete_overlays(dom, barriered, name, entry)
+            finally:
+                watchdog.release()
             done += made
             after_ms = _ms_since(t_after)
         order = {p.target: i for i, p in enumerate(planned)}
@@ -327,7 +335,8 @@ def _one(driver: StorageDriver, disk_snap: DiskSnapshot, index: int) -> DiskSnap
 def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callable[[], object],
                   drivers: list[StorageDriver], planned: list[DiskSnapshot], sequential: bool = False,
                   barrier: Callable[[], None] | None = None) -> tuple[float, float, list[DiskSnapshot]]:
-    """Freeze (or pause), snapshot all, thaw (or resume) — in every path; time the window and the storage part."""
+    """Freeze (or pause), snapshot all, thaw (or resume) — in every path; time the window and the storage part.
+    With a barrier the watchdog is left on guard (disarm(guard=True)) and the caller releases it."""
     pool = _warm_pool(len(planned))
     try:
         watchdog.arm()
@@ -348,7 +357,7 @@ def _quiet_window(watchdog: Watchdog, stop: Callable[[], object], start: Callabl
                 watchdog.abandon()  # it retries the thaw on its own
                 raise
             window_ms = round((time.perf_counter() - t0) * 1000, 2)
-            in_time = watchdog.disarm()
+            in_time = watchdog.disarm(guard=barrier is not None)
     finally:
         pool.shutdown()
     if not in_time:

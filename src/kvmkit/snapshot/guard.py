@@ -58,12 +58,15 @@ class Watchdog:
     waited for only when armed, so its start-up (30-200 ms of Python and libvirt here) overlaps the caller's own
     preparation instead of adding to it."""
 
-    def __init__(self, uri: str, vm_uuid: str, deadline_s: float, action: str, log: Path) -> None:
+    def __init__(self, uri: str, vm_uuid: str, deadline_s: float, action: str, log: Path,
+                 recover_with: tuple[Path, Path] | None = None) -> None:
+        """recover_with: (state dir, catalog) — what the watchdog recovers with if kvmkit dies while guarded."""
         self.deadline_s, self.log, self._ready = deadline_s, log, False
         log.parent.mkdir(parents=True, exist_ok=True)
+        extra = [str(p) for p in recover_with] if recover_with else []
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action],
+                [sys.executable, "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action, *extra],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
             )
 
@@ -89,14 +92,29 @@ class Watchdog:
         if self.proc.stdin:
             self.proc.stdin.close()
 
-    def disarm(self) -> bool:
-        """Tell it we thawed; False if it had already fired (the freeze overran its deadline)."""
+    def disarm(self, guard: bool = False) -> bool:
+        """Tell it we thawed; False if it had already fired (the freeze overran its deadline). guard=True keeps it
+        watching (see release): disks are on overlays until they are committed back."""
         assert self.proc.stdin and self.proc.stdout
         try:
-            self.proc.stdin.write("done\n")
+            self.proc.stdin.write("guard\n" if guard else "done\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass
         answer = self.proc.stdout.readline().strip()
-        self.proc.wait(timeout=30)
+        if answer.startswith("fired") or not guard:
+            self.release()
         return not answer.startswith("fired")
+
+    def release(self) -> None:
+        """The overlays are merged (or there were none): let it go."""
+        if self.proc.poll() is None and self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.write("released\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+        try:
+            self.proc.wait(timeout=30)  # after an abandon it may still be retrying the thaw: never block longer
+        except subprocess.TimeoutExpired:
+            pass
