@@ -98,6 +98,7 @@ def run(lab_dir: Path, uri: str, extents: int, progress: Progress = lambda _m: N
                      f"{qmp[-1]['total']:.0f} ms (commit {qmp[-1]['commit']:.0f} ms); libvirt barrier freeze "
                      f"{lv_barrier[-1]['freeze']:.1f} ms")
         reflink_ms, barrier, lv, fresh_m = statistics.median(alone), _median(qmp), _median(lv_barrier), _median(fresh)
+        fresh_best = min(f["freeze"] for f in fresh)
         naive = _snap_and_drop(forced, name, "naive")
         progress(f"reflink inside the freeze: freeze {naive['freeze']:.0f} ms")
         with connection(uri) as conn:
@@ -106,18 +107,19 @@ def run(lab_dir: Path, uri: str, extents: int, progress: Progress = lambda _m: N
     finally:
         catalog.close()
         (lab_dir / "bench-frag-catalog.sqlite").unlink(missing_ok=True)
+        final = load(lab_dir)
         for vm in (name, anchor):
-            if load(lab_dir).vm(vm) is not None:
-                lab.remove_vm(load(lab_dir), vm)
+            if final is not None and final.vm(vm) is not None:
+                lab.remove_vm(final, vm)
     return FragmentResult(
         disk_gib=disk_gib, extents_before=before, extents_after=after, rounds=rounds,
         unfragmented_freeze_ms=fresh_m["freeze"], reflink_alone_ms=round(reflink_ms, 1),
         barrier_freeze_ms=barrier["freeze"], barrier_total_ms=barrier["total"], barrier_after_thaw_ms=barrier["after"],
         barrier_commit_ms=barrier["commit"], libvirt_barrier_freeze_ms=lv["freeze"],
         libvirt_barrier_total_ms=lv["total"], forced_reflink_freeze_ms=naive["freeze"], libvirt_ms=round(lv_own, 1),
-        unfragmented_best_freeze_ms=min(f["freeze"] for f in fresh),
+        unfragmented_best_freeze_ms=fresh_best,
         barrier_vs_unfragmented=round(barrier["freeze"] / fresh_m["freeze"], 2),
-        barrier_vs_unfragmented_best=round(barrier["freeze"] / min(f["freeze"] for f in fresh), 2),
+        barrier_vs_unfragmented_best=round(barrier["freeze"] / fresh_best, 2),
         libvirt_barrier_vs_unfragmented=round(lv["freeze"] / fresh_m["freeze"], 2),
         total_vs_reflink_plus_commit=round(barrier["total"] / (reflink_ms + barrier["commit"]), 2),
         after_thaw_vs_reflink_plus_commit=round(barrier["after"] / (reflink_ms + barrier["commit"]), 2),

@@ -205,10 +205,7 @@ class Engine:
         return lambda: overlay.barrier(dom, disks, targets, tag)
 
     def _commit_back(self, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
-        if self.overlay_barrier == "qmp":
-            overlay.qmp_commit_back(dom, disks, tag)
-        else:
-            overlay.commit_back(dom.connect(), dom, disks, tag)
+        overlay.finish(dom.connect(), dom, disks, tag, self.overlay_barrier)
 
     def _complete_overlays(self, dom: libvirt.virDomain, barriered: list[tuple[Disk, StorageDriver, DiskSnapshot]],
                            tag: str, entry: int | None) -> tuple[list[DiskSnapshot], float]:

@@ -27,7 +27,7 @@ import libvirt
 
 from kvmkit.errors import Conflict, OperationFailed
 from kvmkit.virt.blockjob import commit_active
-from kvmkit.virt.disks import Disk
+from kvmkit.virt.disks import Disk, parse_disks
 
 log = logging.getLogger(__name__)
 FS_IOC_FIEMAP = 0xC020660B
@@ -109,7 +109,7 @@ def _commit_known(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[
 
 
 def _parse(dom: libvirt.virDomain) -> list[Disk]:
-    return parse_disks_of(dom.XMLDesc(0))
+    return parse_disks(dom.XMLDesc(0))
 
 
 def commit_offline(conn: libvirt.virConnect, dom: libvirt.virDomain | None, disks: list[Disk], tag: str) -> int:
@@ -127,11 +127,8 @@ def commit_offline(conn: libvirt.virConnect, dom: libvirt.virDomain | None, disk
                 raise OperationFailed(f"qemu-img commit {path}: {done.stderr.strip()}")
             path.unlink()
             merged += 1
-    if dom is not None and dom.isPersistent():
-        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-        for disk in disks:
-            xml = _set_disk_source(xml, disk.target, disk.source, disk.format)
-        conn.defineXML(xml)
+    if dom is not None:
+        restore_persistent(dom, disks, tag)
     return merged
 
 
@@ -303,7 +300,7 @@ def restore_persistent(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> b
     if not dom.isPersistent():
         return False
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-    named = {d.target: d.source for d in parse_disks_of(xml)}
+    named = {d.target: d.source for d in parse_disks(xml)}
     todo = [d for d in disks if named.get(d.target) == str(overlay_path(d.source, tag))]
     for disk in todo:
         xml = _set_disk_source(xml, disk.target, disk.source, disk.format)
@@ -318,12 +315,6 @@ def _define(dom: libvirt.virDomain, xml: str) -> None:
     except libvirt.libvirtError as exc:
         raise OperationFailed(f"VM {dom.name()}: cannot update its persistent definition: "
                               f"{exc.get_error_message()}") from None
-
-
-def parse_disks_of(xml: str) -> list[Disk]:
-    from kvmkit.virt.disks import parse_disks
-
-    return parse_disks(xml)
 
 
 def qmp_barrier(dom: libvirt.virDomain, tops: dict[str, str]) -> None:
