@@ -128,10 +128,17 @@ def stop_rgw(lab_dir: Path) -> None:
     needs it should not leave that load on a 2-core host under the tests that measure CPU congestion."""
     with locked(lab_dir):
         state = load(lab_dir)
-        if state is not None and state.rgw is not None:
-            rgw.stop(state.rgw)
-            state.rgw = None
+        if state is not None and _stop_rgw(state):
             save(state)
+
+
+def _stop_rgw(state: LabState) -> bool:
+    """Stop the gateway the state records, and forget it; False if there was none."""
+    if state.rgw is None:
+        return False
+    rgw.stop(state.rgw)
+    state.rgw = None
+    return True
 
 
 def _start_rgw(state: LabState, progress: Progress) -> None:
@@ -158,8 +165,7 @@ def _drop_stale(state: LabState, progress: Progress) -> None:
         shutil.rmtree(state.ceph.dir, ignore_errors=True)
         state.ceph = None
     if state.rgw is not None and (state.ceph is None or not rgw.running(state.rgw)):
-        rgw.stop(state.rgw)
-        state.rgw = None
+        _stop_rgw(state)
     with connection(state.uri) as conn:
         for vm in list(state.vms):
             try:
@@ -176,9 +182,8 @@ def _undo(state: LabState, made: _Made) -> None:
             remove_vm(state, name)
         except Exception as exc:  # keep undoing the rest; report the first failure only
             log.warning("undo: removing %s failed: %s", name, exc)
-    if made.rgw and state.rgw is not None:
-        rgw.stop(state.rgw)
-        state.rgw = None
+    if made.rgw:
+        _stop_rgw(state)
     if made.ceph and state.ceph is not None:
         ceph.stop(state.ceph)
         state.ceph = None
@@ -404,8 +409,7 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             for vm in list(state.vms):
                 remove_vm(state, vm.name)
                 progress(f"{vm.name}: destroyed and undefined")
-        if state.rgw is not None:
-            rgw.stop(state.rgw)
+        if _stop_rgw(state):
             progress("rgw: stopped")
         if state.ceph is not None:
             ceph.stop(state.ceph)
