@@ -278,7 +278,8 @@ def paths_cmd(
     print_table(f"storage paths to one {size} file (quick suite, {runtime:g} s jobs)",
                 ["path", "randread 4k QD32", "randwrite 4k QD32", "randread QD1 p99 µs", "read 1M QD32 MiB/s",
                  "CPU µs/IO", "vs host"],
-                [(r.path, r.randread_4k_qd32_iops, r.randwrite_4k_qd32_iops, r.randread_4k_qd1_p99_us,
+                [(r.path + (f" ({r.attempts} attempts)" if r.attempts > 1 else ""), r.randread_4k_qd32_iops,
+                  r.randwrite_4k_qd32_iops, r.randread_4k_qd1_p99_us,
                   r.read_1m_qd32_mib_s, r.cpu_us_per_io_randread,
                   f"{r.vs_host_randread:.3f}×" if r.vs_host_randread is not None else "") for r in result.rows])
     console.print(f"[yellow]{result.note}[/]")

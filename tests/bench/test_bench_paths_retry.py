@@ -1,0 +1,59 @@
+"""The paths bench's policy for a stalled guest: one more fresh VM, counted and reported, never more.
+
+The VM runs themselves are real in test_bench_vm_live.py; a stall cannot be provoked here in reasonable time
+(fio's deadline is two minutes and more), so these tests hand the policy real fio results marked the way a stall
+and an ordinary failure mark them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmkit.bench import paths
+from kvmkit.bench.engine import BenchOptions
+
+STALL = "VM tlab-paths: fio did not finish within 147 s"
+VARIANT = paths.VARIANTS[1]
+
+
+def _failed(run, error: str):
+    return run.model_copy(update={"status": "failed", "error": error, "warnings": ["stalled guest: ps output"]})
+
+
+@pytest.fixture
+def measure(monkeypatch, quick_run):
+    def with_results(*results):
+        queue = list(results)
+        calls = []
+
+        def fake_in_guest(state, uri, variant, backing, opts):
+            calls.append(variant.name)
+            return queue.pop(0)
+
+        monkeypatch.setattr(paths, "_in_guest", fake_in_guest)
+        said: list[str] = []
+        run, attempts = paths._measure_in_guest(None, "qemu:///system", VARIANT, Path("/nonexistent"),
+                                                BenchOptions(), said.append)
+        return run, attempts, calls, said
+    return with_results
+
+
+def test_a_stall_is_measured_once_more_and_the_row_says_so(measure, quick_run):
+    run, attempts, calls, said = measure(_failed(quick_run, STALL), quick_run)
+    assert run.status == "ok" and attempts == 2 and len(calls) == 2
+    assert f"attempt 1 failed: {STALL}" in run.warnings and "attempt 1: stalled guest: ps output" in run.warnings
+    assert "stalled" in said[0]
+    row = paths._row(run, quick_run, attempts)
+    assert row.attempts == 2 and row.vs_host_randread == 1.0
+
+
+def test_two_stalls_are_a_failure_not_a_third_try(measure, quick_run):
+    run, attempts, calls, _ = measure(_failed(quick_run, STALL), _failed(quick_run, STALL))
+    assert run.status == "failed" and attempts == 2 and len(calls) == 2
+
+
+def test_an_ordinary_failure_is_not_retried(measure, quick_run):
+    run, attempts, calls, said = measure(_failed(quick_run, "fio failed: No space left on device"))
+    assert run.status == "failed" and attempts == 1 and len(calls) == 1 and said == []
