@@ -28,7 +28,7 @@ from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
-from kvmkit.snapshot.engine import failpoint
+from kvmkit.failpoint import failpoint
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
 log = logging.getLogger(__name__)

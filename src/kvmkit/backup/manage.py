@@ -12,7 +12,7 @@ from kvmkit.backup.restore import find_backup, vm_manifests
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict
-from kvmkit.snapshot.engine import failpoint
+from kvmkit.failpoint import failpoint
 
 
 class Removal(BaseModel):

@@ -9,9 +9,6 @@ Any failure after the intent deletes what was made and removes the row; a crash 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +21,7 @@ import libvirt
 
 from kvmkit import config
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
+from kvmkit.failpoint import failpoint
 from kvmkit.snapshot import overlay
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.base import GroupSnapshots, PlanOptions, StorageDriver
@@ -35,17 +33,6 @@ from kvmkit.virt.connection import connection, is_running, live_disks, lookup
 from kvmkit.virt.disks import Disk
 
 log = logging.getLogger(__name__)
-
-
-def failpoint(step: str) -> None:
-    """Fault injection for the crash tests, set by the environment (the idea of etcd's gofail):
-    KVMKIT_FAILPOINT=<step> kills this process with SIGKILL right here; <step>=hang makes it hang instead."""
-    wanted, _, action = os.environ.get("KVMKIT_FAILPOINT", "").partition("=")
-    if wanted == step:
-        if action == "hang":
-            print(f"kvmkit: failpoint {step}: hanging", file=sys.stderr, flush=True)  # tests wait for this line
-            time.sleep(3600)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass

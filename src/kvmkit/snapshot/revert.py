@@ -4,18 +4,22 @@ revert is finished (every disk swapped) or undone (not all were) by `recover`.""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import libvirt
 
 from kvmkit.errors import Conflict, OperationFailed
+from kvmkit.failpoint import failpoint
 from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.registry import by_name
-from kvmkit.snapshot.engine import Engine, failpoint
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Snapshot, State, check_snapshot_name
 from kvmkit.virt import agent
 from kvmkit.virt.connection import connection, is_running, live_disks, lookup
 from kvmkit.virt.disks import Disk
+
+if TYPE_CHECKING:
+    from kvmkit.snapshot.engine import Engine
 
 
 def revert(engine: Engine, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
