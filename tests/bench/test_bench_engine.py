@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kvmkit.bench.engine import BenchOptions, run_suite
-from kvmkit.bench.runner import Completed, HostRunner, TargetProbe
+from kvmkit.bench.probe import TargetProbe
+from kvmkit.bench.runner import Completed, HostRunner
 from kvmkit.bench.schema import SCHEMA, BenchRun, Machine
 from kvmkit.errors import OperationFailed
 

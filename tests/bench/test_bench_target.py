@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvmkit.bench.engine import BenchOptions, run_suite
-from kvmkit.bench.runner import HostRunner, TargetProbe
+from kvmkit.bench.probe import TargetProbe
+from kvmkit.bench.runner import HostRunner
 from kvmkit.bench.target import plan_target
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound
 

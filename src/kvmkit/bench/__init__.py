@@ -10,8 +10,9 @@ Public API (the CLI is a thin layer over it):
 
 from kvmkit.bench.engine import BenchOptions, run_suite
 from kvmkit.bench.lint import lint_file, lint_text
+from kvmkit.bench.probe import TargetProbe
 from kvmkit.bench.report import write_html
-from kvmkit.bench.runner import Completed, HostRunner, Runner, TargetProbe
+from kvmkit.bench.runner import Completed, HostRunner, Runner
 from kvmkit.bench.schema import SCHEMA, BenchRun, load_run
 
 __all__ = [

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from kvmkit.bench.runner import Completed, TargetProbe
+from kvmkit.bench.probe import TargetProbe
+from kvmkit.bench.runner import Completed
 from kvmkit.bench.schema import Machine
 from kvmkit.errors import EnvironmentProblem, KvmkitError, OperationFailed
 

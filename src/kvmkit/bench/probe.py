@@ -9,13 +9,29 @@ import errno
 import os
 import stat
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kvmkit.bench.runner import TargetProbe
 
 LOOP_MAJOR = 7
+
+
+@dataclass(frozen=True)
+class TargetProbe:
+    """What is at a path, seen from the machine fio runs on. Facts only; target.py decides."""
+
+    path: str
+    kind: str  # "missing", "file", "block", "dir", "other"
+    parent_exists: bool = True
+    size_bytes: int = 0  # file length or device capacity
+    free_bytes: int | None = None  # free space of the filesystem holding (or to hold) a file
+    filesystem: str | None = None  # type of that filesystem
+    mounted_at: str | None = None  # device: where it (a partition, a holder) is mounted; file: loop it backs
+    signature: str | None = None  # blkid TYPE of a block device, or "data" when its first MiB is not zero
+    owned: bool = False  # created by kvmkit (OWNER_XATTR), or an empty file
+    filled_bytes: int = 0  # kvmkit wrote this many bytes of random data over it earlier
+    direct_io: bool | None = None  # O_DIRECT open works (False on tmpfs)
+    ram_bytes: int = 0  # of the machine whose cache could serve the target
+    notes: list[str] = field(default_factory=list)  # facts worth a warning (e.g. a loop device without dio)
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -133,8 +149,6 @@ def _ram_bytes() -> int:
 
 
 def probe_host(path_text: str, owner_xattr: str) -> TargetProbe:
-    from kvmkit.bench.runner import TargetProbe
-
     path = Path(path_text)
     ram = _ram_bytes()
     try:

@@ -13,10 +13,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from kvmkit.bench.probe import probe_host
+from kvmkit.bench.probe import TargetProbe, probe_host
 from kvmkit.bench.schema import Machine
 from kvmkit.bench.spawn import spawn
 from kvmkit.errors import EnvironmentProblem, OperationFailed
@@ -32,25 +32,6 @@ class Completed:
     stderr: str
     wall_s: float
     peak_rss_kib: int  # of the process tree that ran (fio and the job processes it forked)
-
-
-@dataclass(frozen=True)
-class TargetProbe:
-    """What is at a path, seen from the machine fio runs on. Facts only; target.py decides."""
-
-    path: str
-    kind: str  # "missing", "file", "block", "dir", "other"
-    parent_exists: bool = True
-    size_bytes: int = 0  # file length or device capacity
-    free_bytes: int | None = None  # free space of the filesystem holding (or to hold) a file
-    filesystem: str | None = None  # type of that filesystem
-    mounted_at: str | None = None  # device: where it (a partition, a holder) is mounted; file: loop it backs
-    signature: str | None = None  # blkid TYPE of a block device, or "data" when its first MiB is not zero
-    owned: bool = False  # created by kvmkit (OWNER_XATTR), or an empty file
-    filled_bytes: int = 0  # kvmkit wrote this many bytes of random data over it earlier
-    direct_io: bool | None = None  # O_DIRECT open works (False on tmpfs)
-    ram_bytes: int = 0  # of the machine whose cache could serve the target
-    notes: list[str] = field(default_factory=list)  # facts worth a warning (e.g. a loop device without dio)
 
 
 class Runner(Protocol):

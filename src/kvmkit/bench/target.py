@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from kvmkit.bench.runner import TargetProbe
+from kvmkit.bench.probe import TargetProbe
 from kvmkit.bench.units import format_size
 from kvmkit.errors import Conflict, InvalidInput, NotFound
 
