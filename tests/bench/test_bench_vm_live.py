@@ -47,6 +47,7 @@ def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
     assert result.rows[0].vs_host_randread == 1.0
     assert all(r.vs_host_randread > 0 for r in result.rows[1:])
     assert "TCG" in result.note
+    assert result.seconds > 0 and 10 < result.peak_rss_mib < 2048
     assert not (lab_state.pool.path / "bench-paths.raw").exists()
 
 

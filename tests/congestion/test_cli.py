@@ -78,3 +78,14 @@ def test_top_refreshes_and_stops_after_count():
         result = runner.invoke(app, ["top", "--interval", "0.3", "--count", "2", "--pid", str(proc.pid)])
     assert result.exit_code == 0, result.output
     assert "top-vm" in result.output and "congestion" in result.output
+
+
+def test_bench_json_reports_every_case_the_sampling_cost_its_time_and_its_peak_rss():
+    result = runner.invoke(app, ["bench", "--seconds", "0.5", "--cost-samples", "1", "--cost-threads", "50",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.output)
+    assert [c["busy_threads"] for c in bench["accuracy"][:4]] == [1, 2, 3, 4]
+    assert bench["cost"]["threads"] >= 50 and bench["cost"]["cpu_ms_per_sample"] > 0
+    assert bench["seconds"] >= 4 * 0.5  # four one-core cases of 0.5 s at the least
+    assert 10 < bench["peak_rss_mib"] < 1024

@@ -282,6 +282,9 @@ def paths_cmd(
                   r.randwrite_4k_qd32_iops, r.randread_4k_qd1_p99_us,
                   r.read_1m_qd32_mib_s, r.cpu_us_per_io_randread,
                   f"{r.vs_host_randread:.3f}×" if r.vs_host_randread is not None else "") for r in result.rows])
+    fio_mib = max(r.resources.fio_peak_rss_kib for r in result.runs) / 1024  # the host's run: unknown in a guest
+    console.print(f"{result.seconds:.1f} s · peak RSS kvmkit {result.peak_rss_mib:.0f} MiB, fio on the host "
+                  f"{fio_mib:.0f} MiB")
     console.print(f"[yellow]{result.note}[/]")
 
 

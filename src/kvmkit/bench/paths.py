@@ -26,6 +26,7 @@ from kvmkit.bench.schema import BenchRun
 from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from kvmkit.lab import domain, guest, lab, procs
 from kvmkit.lab.state import LabState, load
+from kvmkit.rss import peak_rss_mib
 from kvmkit.virt import agent
 from kvmkit.virt.connection import connection
 
@@ -71,6 +72,8 @@ class PathsResult(BaseModel):
     runtime_s: float
     rows: list[PathRow]
     runs: list[BenchRun]
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0  # kvmkit's own; fio's is in each run's resources
 
 
 def run(lab_dir: Path, uri: str, *, size_mib: int = 256, runtime_s: float = 3.0, only: list[str] | None = None,
@@ -81,6 +84,7 @@ def run(lab_dir: Path, uri: str, *, size_mib: int = 256, runtime_s: float = 3.0,
     variants = [v for v in VARIANTS if not only or v.name in only or v.kind in only]
     if not variants:
         raise InvalidInput(f"--only matches no path; paths: {', '.join(v.name for v in VARIANTS)}")
+    started = time.perf_counter()
     backing = state.pool.path / "bench-paths.raw"
     backing.unlink(missing_ok=True)
     with backing.open("wb") as fh:
@@ -104,7 +108,8 @@ def run(lab_dir: Path, uri: str, *, size_mib: int = 256, runtime_s: float = 3.0,
         backing.unlink(missing_ok=True)
     host = next((r for r in runs if r.label == "host"), None)
     rows = [_row(r, host, n) for r, n in zip(runs, attempts, strict=True)]
-    return PathsResult(size_mib=size_mib, runtime_s=runtime_s, rows=rows, runs=runs)
+    return PathsResult(size_mib=size_mib, runtime_s=runtime_s, rows=rows, runs=runs,
+                       seconds=round(time.perf_counter() - started, 1), peak_rss_mib=peak_rss_mib())
 
 
 def _measure_in_guest(state: LabState, uri: str, variant: Variant, backing: Path, opts: BenchOptions,

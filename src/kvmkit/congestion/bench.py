@@ -39,6 +39,7 @@ from kvmkit.congestion.kernelfiles import core_ticks
 from kvmkit.congestion.procfs import ProcReader
 from kvmkit.congestion.realqemu import QemuCase
 from kvmkit.errors import EnvironmentProblem, InvalidInput
+from kvmkit.rss import peak_rss_mib
 
 
 class ThreadAccuracy(BaseModel):
@@ -80,6 +81,8 @@ class BenchResult(BaseModel):
     max_outside_bracket_pp: float  # worst distance of a case mean outside its truth bracket
     qemu: list[QemuCase] = []  # real QEMU guests spinning on one core (when qemu-system-x86_64 is installed)
     cost: CostResult | None
+    seconds: float = 0.0  # the whole bench
+    peak_rss_mib: float = 0.0  # this process, sampling 500 threads included: must not grow with their number
 
 
 @contextmanager
@@ -226,6 +229,7 @@ def sampling_cost(threads: int = 500, samples: int = 5, interval_s: float = 1.0)
 
 def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, cost_samples: int = 5) -> BenchResult:
     """The default bench: 1–4 busy threads on one core, 4 on all cores (mean), then the sampling cost."""
+    started = time.perf_counter()
     available = sorted(os.sched_getaffinity(0))
     core = quietest_core() if core is None else core
     cases = [accuracy_case(k, [core], seconds) for k in (1, 2, 3, 4)]
@@ -240,4 +244,6 @@ def run(seconds: float = 2.0, core: int | None = None, cost_threads: int = 500, 
         max_mean_error_pp=max(c.mean_error_pp for c in cases),
         max_outside_bracket_pp=max(c.outside_bracket_pp for c in cases),
         cost=cost,
+        seconds=round(time.perf_counter() - started, 1),
+        peak_rss_mib=peak_rss_mib(),
     )

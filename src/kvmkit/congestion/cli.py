@@ -253,6 +253,7 @@ def bench(
         cost = result.cost
         typer.echo(f"sampling {cost.threads} threads every {cost.interval_s:g} s: "
                    f"{cost.cpu_ms_per_sample:.2f} ms CPU per sample = {cost.core_pct:.2f} % of a core")  # fmt: skip
+    typer.echo(f"{result.seconds:.1f} s · peak RSS {result.peak_rss_mib:.0f} MiB")
 
 
 @app.command()

@@ -8,7 +8,6 @@ they did the same work. Peak RSS is the process' high-water mark (getrusage), so
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 
@@ -31,6 +30,7 @@ from kvmkit.plan.inputs import (
 )  # fmt: skip
 from kvmkit.plan.space import ConfigSpace, enumerate_space
 from kvmkit.plan.vectorised import evaluate_space
+from kvmkit.rss import peak_rss_mib
 
 
 def synthetic_plan() -> PlanInput:
@@ -155,5 +155,5 @@ def run_bench(configurations: int = 1_000_000, loop_configurations: int = 20_000
         fleet_vms=sum(d.count for d in plan.demand), fleet_shapes=len(plan.demand),
         fleet_candidates=fleet.candidates, fleet_milp_seconds=fleet.solve_seconds,
         fleet_total_seconds=round(fleet_total_s, 4), fleet_within_gap=fleet.within_gap,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        peak_rss_mb=peak_rss_mib(),
     )  # fmt: skip

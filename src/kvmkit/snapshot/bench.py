@@ -9,7 +9,6 @@ flushes a fresh ext4 journal). Only ratios from one run mean anything on a share
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 from kvmkit.errors import EnvironmentProblem, InvalidInput
 from kvmkit.lab import lab
 from kvmkit.lab.state import LabState, load
+from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.engine import Engine
 from kvmkit.virt.blockjob import commit_active
@@ -144,7 +144,3 @@ def _bench_count(state: LabState, engine: Engine, count: int, rounds: int, size_
                     kvmkit_storage_median_ms=round(statistics.median(storage_ms), 2),
                     libvirt_median_ms=round(l_med, 1), libvirt_max_ms=round(max(libvirt_ms), 1),
                     ratio_vs_libvirt=round(k_med / l_med, 2))
-
-
-def peak_rss_mib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from kvmkit.errors import EnvironmentProblem
 from kvmkit.lab import disks, lab
 from kvmkit.lab.state import load
-from kvmkit.snapshot.bench import libvirt_snapshot_ms, peak_rss_mib
+from kvmkit.rss import peak_rss_mib
+from kvmkit.snapshot.bench import libvirt_snapshot_ms
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.file import reflink
 from kvmkit.snapshot.engine import Engine
