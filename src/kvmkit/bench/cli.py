@@ -258,6 +258,9 @@ def paths_cmd(
     size: Annotated[str, typer.Option(help="Size of the shared backing file.")] = "256M",
     runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 3.0,
     only: Annotated[list[str] | None, typer.Option("--only", help="Only these paths (name or kind).")] = None,
+    stall_retries: Annotated[int, typer.Option(
+        help="Measure a path again in a fresh VM when its guest stalls (fio past its deadline); 0: a stall fails.",
+    )] = 0,
     connect: Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write every run's JSON here (a list).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
@@ -269,7 +272,8 @@ def paths_cmd(
     settings = config.load()
     say = err_console.print if as_json else console.print
     result = paths.run(settings.lab_path, connect or settings.libvirt_uri, size_mib=parse_size(size) >> 20,
-                       runtime_s=runtime, only=only, progress=lambda m: say(f"[dim]paths:[/] {m}"))
+                       runtime_s=runtime, only=only, stall_retries=stall_retries,
+                       progress=lambda m: say(f"[dim]paths:[/] {m}"))
     if out is not None:
         out.write_text("[" + ",\n".join(r.to_json() for r in result.runs) + "]\n")
     if as_json:
