@@ -12,9 +12,9 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.errors import InvalidInput
+from kvmkit.errors import InvalidInput, validated
 
 DEFAULT_CONFIG_PATH = Path("/etc/kvmkit/config.toml")
 
@@ -86,9 +86,4 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
     elif "KVMKIT_CONFIG" in env:
         raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
     data.update(_env_overrides(env))
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+    return validated(Settings, data, path)

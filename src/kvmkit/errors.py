@@ -13,6 +13,12 @@ sentence an operator can act on, so the CLI prints one line and never a tracebac
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
 
 class KvmkitError(Exception):
     exit_code = 1
@@ -36,3 +42,13 @@ class EnvironmentProblem(KvmkitError):
 
 class OperationFailed(KvmkitError):
     exit_code = 6
+
+
+def validated(model: type[Model], data: Any, source: object) -> Model:
+    """`model` from parsed input, or InvalidInput naming the first wrong field (`config.toml: target.kind: …`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{source}: {where}: {first['msg']}") from None

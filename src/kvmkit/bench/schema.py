@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.errors import InvalidInput, NotFound
+from kvmkit.errors import InvalidInput, NotFound, validated
 
 SCHEMA = "kvmkit.bench.run/1"
 
@@ -181,9 +181,4 @@ def load_run(path: Path) -> BenchRun:
     found = data.get("schema") if isinstance(data, dict) else None
     if found != SCHEMA:
         raise InvalidInput(f"{path}: schema {found!r} is not {SCHEMA!r}; not a kvmkit bench result of this version")
-    try:
-        return BenchRun.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+    return validated(BenchRun, data, path)

@@ -29,11 +29,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from kvmkit.congestion.calc import percentile
 from kvmkit.congestion.model import IntervalReport
-from kvmkit.errors import InvalidInput
+from kvmkit.errors import InvalidInput, validated
 
 DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
 DEFAULT_PERIOD_US = 100_000
@@ -72,12 +72,7 @@ def load(path: Path) -> Policy:
         raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+    return validated(Policy, data, path)
 
 
 class VmStanding(BaseModel):
