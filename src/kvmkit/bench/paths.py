@@ -141,13 +141,23 @@ def _stalled(run: BenchRun) -> bool:
     return bool(run.error and "did not finish" in run.error)
 
 
+# What a stalled guest shows, compactly: requests the disk still holds (reads writes), each fio process's state
+# and wait channel, and the kernel log's tail. A fixed script of kvmkit's own, run by the guest's busybox sh.
+_STALL_PROBE = (
+    'echo "vda inflight: $(cat /sys/block/vda/inflight)"; '
+    'for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = fio ] && '
+    'echo "fio ${d#/proc/}: state $(cut -d" " -f3 $d/stat) wchan $(cat $d/wchan 2>/dev/null)"; done; '
+    "dmesg | tail -n 8"
+)
+
+
 def _guest_diagnostics(dom) -> str:
-    """What a stalled guest shows: its kernel log's tail and its processes (best effort, a few seconds at most)."""
+    """What a stalled guest shows (best effort, a few seconds at most)."""
     try:
-        out = agent.guest_shell(dom, "dmesg | tail -n 15; ps", timeout_s=10)
+        out = agent.guest_shell(dom, _STALL_PROBE, timeout_s=10)
     except Exception as exc:  # a stalled guest may not answer at all: say so instead
         return f"guest did not answer diagnostics: {exc}"
-    return " | ".join(line.strip() for line in out.splitlines() if line.strip())[-1500:]
+    return " | ".join(" ".join(line.split()) for line in out.splitlines() if line.strip())[:2000]
 
 
 def _in_guest(state: LabState, uri: str, variant: Variant, backing: Path, opts: BenchOptions) -> BenchRun:
