@@ -41,7 +41,7 @@ def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
     from kvmkit.bench import paths
 
     result = paths.run(lab_state.dir, lab_state.uri, size_mib=32, runtime_s=1,
-                       only=["host", "virtio-blk native", "vhost-user-blk"], stall_retries=1)  # TCG, shared CI
+                       only=["host", "virtio-blk native", "vhost-user-blk"], stall_retries=2)  # TCG: docs/bench.md
     assert [r.path for r in result.rows] == ["host", "virtio-blk native", "vhost-user-blk (qemu-storage-daemon)"]
     assert all(r.status == "ok" and r.randread_4k_qd32_iops > 0 for r in result.rows), result.rows
     assert result.rows[0].vs_host_randread == 1.0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvmkit.lab import lab
+from kvmkit.lab.state import load
 from kvmkit.virt import agent
 
 pytestmark = pytest.mark.lab
@@ -161,3 +162,32 @@ def test_a_taken_mon_port_is_skipped_not_fought_over():
 
         with pytest.raises(EnvironmentProblem, match=f"no free TCP port on 127.0.0.1 in {taken}-{taken}"):
             procs.free_port(taken, taken + 1)
+
+
+def test_scratch_vm_and_storage_daemon_left_by_a_killed_bench_are_stopped(lab_state, conn):
+    """What `lab down` runs before unmounting the pool: a transient VM and a qemu-storage-daemon that a killed
+    `bench paths` left behind would otherwise keep the pool busy."""
+    from kvmkit.bench import paths
+    from kvmkit.lab import scratch
+    from kvmkit.lab.procs import alive
+
+    state = load(lab_state.dir)
+    backing = state.pool.path / "scratch-test.raw"
+    backing.write_bytes(b"\0" * (8 << 20))
+    try:
+        first = scratch.start_storage_daemon(state, backing)
+        pidfile = state.dir / "paths-qsd.pid"
+        assert pidfile.stat().st_mode & 0o777 == 0o600
+        second = scratch.start_storage_daemon(state, backing)  # a stale daemon is replaced, not doubled
+        assert not alive(first) and alive(second)
+        variant = next(v for v in paths.VARIANTS if v.kind == "vhost-user-blk")
+        conn.createXML(paths._domain_xml(state, scratch.vm_name(state), variant, backing,
+                                         scratch.socket_path(state)), 0)
+        assert scratch.stop(state, libvirt_up=True) == [f"{scratch.vm_name(state)} (scratch VM)",
+                                                        "qemu-storage-daemon"]
+        assert not alive(second) and not pidfile.exists() and not scratch.socket_path(state).exists()
+        assert scratch.vm_name(state) not in [d.name() for d in conn.listAllDomains()]
+        assert scratch.stop(state, libvirt_up=True) == []  # nothing left: nothing to say
+    finally:
+        scratch.stop(state, libvirt_up=True)
+        backing.unlink(missing_ok=True)

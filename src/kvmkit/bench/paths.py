@@ -10,7 +10,6 @@ on one machine, means anything (the report says so).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from kvmkit.bench.command_runner import CommandRunner
 from kvmkit.bench.engine import BenchOptions, run_suite
 from kvmkit.bench.runner import HostRunner
 from kvmkit.bench.schema import BenchRun
-from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
-from kvmkit.lab import domain, guest, lab, procs
+from kvmkit.errors import EnvironmentProblem, InvalidInput
+from kvmkit.lab import domain, guest, lab, scratch
 from kvmkit.lab.state import LabState, load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.virt import agent
@@ -161,19 +160,13 @@ def _guest_diagnostics(dom) -> str:
 
 
 def _in_guest(state: LabState, uri: str, variant: Variant, backing: Path, opts: BenchOptions) -> BenchRun:
-    name = f"{state.dir.name}-paths"
-    sock = state.dir / "paths-vhost.sock"
-    qsd = None
+    name = scratch.vm_name(state)
     if variant.kind == "vhost-user-blk":
-        qsd = _start_storage_daemon(backing, sock, state.dir / "log" / "qsd.log")
+        scratch.start_storage_daemon(state, backing)
     try:
         with connection(uri) as conn:
-            try:
-                conn.lookupByName(name).destroy()
-            except Exception:
-                pass
-            xml = _domain_xml(state, name, variant, backing, sock)
-            dom = conn.createXML(xml, 0)  # transient: gone when destroyed
+            scratch.destroy_vm(conn, state)  # one left by a killed run
+            dom = conn.createXML(_domain_xml(state, name, variant, backing, scratch.socket_path(state)), 0)
             try:
                 lab.wait_for_agent(dom, None)
 
@@ -189,28 +182,10 @@ def _in_guest(state: LabState, uri: str, variant: Variant, backing: Path, opts: 
                     run = run.model_copy(update={"warnings": [*run.warnings, f"stalled guest: {seen}"]})
                 return run
             finally:
-                dom.destroy()
+                dom.destroy()  # transient: gone when destroyed
     finally:
-        if qsd is not None:
-            procs.stop(qsd, "qemu-storage-daemon")
-            sock.unlink(missing_ok=True)
-
-
-def _start_storage_daemon(backing: Path, sock: Path, log: Path) -> int:
-    sock.unlink(missing_ok=True)
-    pid = procs.spawn([
-        "qemu-storage-daemon",
-        "--blockdev", f"driver=file,node-name=file0,filename={backing},cache.direct=on,aio=native",
-        "--blockdev", "driver=raw,node-name=raw0,file=file0",
-        "--export", f"type=vhost-user-blk,id=exp0,addr.type=unix,addr.path={sock},node-name=raw0,writable=on",
-    ], log)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if not procs.alive(pid) or time.monotonic() > deadline:
-            raise OperationFailed(f"qemu-storage-daemon did not start; see {log}")
-        time.sleep(0.02)
-    os.chmod(sock, 0o666)  # QEMU runs as libvirt-qemu and must connect (LAB-FACTS)
-    return pid
+        if variant.kind == "vhost-user-blk":
+            scratch.stop_storage_daemon(state)
 
 
 def _domain_xml(state: LabState, name: str, variant: Variant, backing: Path, sock: Path) -> str:

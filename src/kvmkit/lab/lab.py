@@ -15,7 +15,7 @@ import libvirt
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, OperationFailed
-from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw
+from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw, scratch
 from kvmkit.lab.rgw import RgwState
 from kvmkit.lab.state import LabDisk, LabState, LabVm, load, locked, save
 from kvmkit.virt import agent
@@ -409,6 +409,8 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             for vm in list(state.vms):
                 remove_vm(state, vm.name)
                 progress(f"{vm.name}: destroyed and undefined")
+        for what in scratch.stop(state, libvirt_up=libvirtd.reachable(state.uri)):
+            progress(f"{what}: stopped (left by a benchmark)")
         if _stop_rgw(state):
             progress("rgw: stopped")
         if state.ceph is not None:
