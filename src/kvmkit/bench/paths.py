@@ -119,10 +119,10 @@ def _measure_in_guest(state: LabState, uri: str, variant: Variant, backing: Path
     """One path in a fresh VM; with `stall_retries`, a guest that stalled is measured again in a new VM.
 
     A stall (fio past its deadline) is a finding in itself on real hardware — a storage path that hangs — so by
-    default it is a failed row with what the guest showed. On a shared host under TCG a guest can stall for minutes
-    for reasons of its own (seen once in CI: 147 s for a 12 s suite, never reproduced here under CPU and disk
-    load); there `--stall-retries 1` asks for a fresh VM, and the row counts the attempts while the run keeps every
-    earlier error and diagnosis. Any other failure is never retried.
+    default it is a failed row with what the guest showed. Under TCG on a shared host a guest stalls for reasons of
+    QEMU's own (4 in 48 runs here, requests lost in flight: docs/bench.md); there `--stall-retries N` asks for fresh
+    VMs, and the row counts the attempts while the run keeps every earlier error and diagnosis. Any other failure is
+    never retried.
     """
     earlier: list[str] = []
     attempt = 1

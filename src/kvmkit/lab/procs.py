@@ -38,14 +38,14 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def stop(pid: int, expect: str, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> None:
-    """Kill pid only if its command line still mentions `expect` (pids are reused)."""
+def stop(pid: int, expect: str, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> bool:
+    """Kill pid only if its command line still mentions `expect` (pids are reused); whether it was signalled."""
     if not alive(pid) or not any(expect in part for part in cmdline(pid)):
-        return
+        return False
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
-        return
+        return False
     deadline = time.monotonic() + timeout_s
     while alive(pid) and time.monotonic() < deadline:
         try:
@@ -53,6 +53,7 @@ def stop(pid: int, expect: str, sig: int = signal.SIGKILL, timeout_s: float = 10
         except ChildProcessError:
             pass
         time.sleep(0.02)
+    return True
 
 
 def wait_until(ready: Callable[[], bool], pid: int, what: str, goal: str, log: Path, timeout_s: float,

@@ -63,11 +63,10 @@ def stop_storage_daemon(state: LabState) -> bool:
         pid = int(_pidfile(state).read_text())
     except (OSError, ValueError):
         return False
-    running = procs.alive(pid)
-    procs.stop(pid, QSD)  # checks the command line: a recycled pid is left alone
+    stopped = procs.stop(pid, QSD)  # checks the command line: a recycled pid is left alone
     _pidfile(state).unlink(missing_ok=True)
     socket_path(state).unlink(missing_ok=True)
-    return running
+    return stopped
 
 
 def destroy_vm(conn: libvirt.virConnect, state: LabState) -> bool:
