@@ -1,7 +1,7 @@
 """This process's peak resident memory, which every benchmark prints next to its time.
 
 getrusage's high-water mark covers the whole run, so a bench that streams (disks, samples, fleets) shows here
-whether its memory stayed bounded. Children are measured separately where they matter (bench.spawn, backup.bench).
+whether its memory stayed bounded. Children are measured separately where they matter (bench.spawn, benchmarks.backup).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.backup import bench
+from kvmkit.benchmarks import backup as bench
 from kvmkit.errors import InvalidInput
 
 QUOTED = {"dd_mb_s", "backup_mb_s", "ratio_vs_dd", "written_bytes", "target_write_mb_s", "unchanged_mb_s",

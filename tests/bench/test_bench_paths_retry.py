@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.bench import paths
 from kvmkit.bench.engine import BenchOptions
+from kvmkit.benchmarks import paths
 
 STALL = "VM tlab-paths: fio did not finish within 147 s"
 VARIANT = paths.VARIANTS[1]

@@ -38,7 +38,7 @@ def test_quick_suite_runs_fio_in_the_guest(lab_state, fio_vm):
 
 
 def test_paths_compares_virtio_blk_and_vhost_user_blk_on_one_file(lab_state):
-    from kvmkit.bench import paths
+    from kvmkit.benchmarks import paths
 
     result = paths.run(lab_state.dir, lab_state.uri, size_mib=32, runtime_s=1,
                        only=["host", "virtio-blk native", "vhost-user-blk"], stall_retries=2)  # TCG: docs/bench.md

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmkit.congestion.bench import quietest_core
+from kvmkit.benchmarks.congestion import quietest_core
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kvmkit.congestion.bench import loadgen
+from kvmkit.benchmarks.congestion import loadgen
 from kvmkit.congestion.cli import app
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kvmkit.congestion import realqemu
-from kvmkit.congestion.bench import CostResult, accuracy_case, loadgen, spinners
+from kvmkit.benchmarks import realqemu
+from kvmkit.benchmarks.congestion import CostResult, accuracy_case, loadgen, spinners
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import ThreadKind
 from kvmkit.congestion.procfs import ProcReader
@@ -88,7 +88,7 @@ def test_threads_that_end_leave_no_trace_in_the_collector():
 
 def test_sampling_500_threads_at_1hz_stays_cheap():
     # In its own interpreter, as `sample`/`serve` run: pytest's large heap would bill its GC to the sampler.
-    code = "from kvmkit.congestion.bench import sampling_cost; print(sampling_cost(500, 3).model_dump_json())"
+    code = "from kvmkit.benchmarks.congestion import sampling_cost; print(sampling_cost(500, 3).model_dump_json())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     cost = CostResult.model_validate_json(out.stdout)
     assert cost.threads >= 500

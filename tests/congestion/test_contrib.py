@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmkit.congestion.bench import loadgen
+from kvmkit.benchmarks.congestion import loadgen
 from kvmkit.congestion.exporter import CongestionCollector
 from kvmkit.congestion.procfs import ProcReader
 

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvmkit.benchmarks.congestion import loadgen
 from kvmkit.congestion import exporter
-from kvmkit.congestion.bench import loadgen
 from kvmkit.congestion.classify import classify_thread
 from kvmkit.congestion.exporter import _MonotonicSums
 from kvmkit.congestion.model import Reading, ThreadReading, VmReading

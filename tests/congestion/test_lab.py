@@ -87,7 +87,7 @@ def _share_one_core_with_a_hog(conn, dom, name: str) -> tuple[float, float, floa
     """
     import libvirt
 
-    from kvmkit.congestion.bench import quietest_core, spinners
+    from kvmkit.benchmarks.congestion import quietest_core, spinners
     from kvmkit.congestion.kernelfiles import core_ticks
 
     core = quietest_core()
@@ -129,7 +129,7 @@ def test_a_spinning_libvirt_guest_and_a_host_hog_wait_for_each_other(lab_state):
 
     import libvirt
 
-    from kvmkit.congestion.realqemu import SPIN_SECTOR
+    from kvmkit.benchmarks.realqemu import SPIN_SECTOR
 
     # not pytest's tmp_path: its parents are 0700 and libvirt's QEMU may run as another user
     folder = Path(tempfile.mkdtemp(prefix="kvmkit-spin-", dir="/tmp"))

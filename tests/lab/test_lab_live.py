@@ -167,7 +167,7 @@ def test_a_taken_mon_port_is_skipped_not_fought_over():
 def test_scratch_vm_and_storage_daemon_left_by_a_killed_bench_are_stopped(lab_state, conn):
     """What `lab down` runs before unmounting the pool: a transient VM and a qemu-storage-daemon that a killed
     `bench paths` left behind would otherwise keep the pool busy."""
-    from kvmkit.bench import paths
+    from kvmkit.benchmarks import paths
     from kvmkit.lab import scratch
     from kvmkit.lab.procs import alive
 

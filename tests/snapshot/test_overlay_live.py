@@ -315,7 +315,7 @@ def fill(folder_file: Path) -> None:
 
 def test_fragment_bench_measures_every_variant_in_one_run_and_leaves_nothing(lab_state, snap_env):
     """The benchmark itself, small: a few thousand extents (past the default limit of 2048), one round."""
-    from kvmkit.snapshot import bench_fragment
+    from kvmkit.benchmarks import snapshot_fragment as bench_fragment
 
     r = bench_fragment.run(lab_state.dir, lab_state.uri, extents=3000, disk_gib=1, rounds=1)
     assert r.extents_after >= 3000 > r.extents_before

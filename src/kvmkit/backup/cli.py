@@ -186,7 +186,7 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
     """A full backup vs dd reading the same source, dd copying it to the target, and the backup onto tmpfs."""
     from pathlib import Path
 
-    from kvmkit.backup import bench as bench_mod
+    from kvmkit.benchmarks import backup as bench_mod
 
     say = err_console.print if json_out else console.print
     result = bench_mod.run(Path(folder), size_mib, sparse_gib, stride, compression,

@@ -267,7 +267,7 @@ def paths_cmd(
 ) -> None:
     """Host vs virtio-blk (native, io_uring, threads, iothread) vs vhost-user-blk, same file, one run, on the lab."""
     from kvmkit import config
-    from kvmkit.bench import paths
+    from kvmkit.benchmarks import paths
 
     settings = config.load()
     say = err_console.print if as_json else console.print

@@ -17,8 +17,8 @@ Modules, one concern each:
     control    effects: apply actions through libvirt's scheduler parameters, journal them (0600), revert
     advise     pure: the highest oversubscription ratio that would have kept the SLO, from a history
     exporter   Prometheus exporter (a custom collector: nothing grows between scrapes)
-    loadgen    a process that looks like QEMU to the collector (comm, -name, thread names): real load
-    realqemu   real QEMU guests whose vCPU spins (boot sector `jmp $`): known demand without a guest OS
-    bench      accuracy against controlled load, and the cost of sampling
     view       rich rendering for `top`
+
+Its benchmark (accuracy against controlled load, the cost of sampling) and load generators (loadgen: a process
+that looks like QEMU; realqemu: real guests whose vCPU spins) live in `kvmkit.benchmarks`.
 """

@@ -14,8 +14,8 @@ import typer
 from rich.live import Live
 
 from kvmkit import config
+from kvmkit.benchmarks import congestion as bench_mod
 from kvmkit.congestion import advise as advise_mod
-from kvmkit.congestion import bench as bench_mod
 from kvmkit.congestion import control, exporter, history, policy, view
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import IntervalReport

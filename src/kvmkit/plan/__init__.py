@@ -2,5 +2,5 @@
 
 Pure core: inputs (pydantic models), costmodel (one configuration, the reference), space (the configurations
 that fit), vectorised (all of them with NumPy), fleet (MILP), sensitivity. Edges: loader (files), cli,
-render (tables/CSV), report (HTML), bench.
+render (tables/CSV), report (HTML). Its benchmark is `kvmkit.benchmarks.plan`.
 """

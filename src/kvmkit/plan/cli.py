@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
+from kvmkit.benchmarks.plan import run_bench
 from kvmkit.errors import InvalidInput
 from kvmkit.output import err_console, print_json, print_table
 from kvmkit.plan import render
-from kvmkit.plan.bench import run_bench
 from kvmkit.plan.fleet import DEFAULT_CANDIDATES, FleetPlan, plan_fleet
 from kvmkit.plan.inputs import PlanInput
 from kvmkit.plan.loader import KeyLines, load_plan_with_lines, locate

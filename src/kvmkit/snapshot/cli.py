@@ -204,7 +204,7 @@ def bench(
 ) -> None:
     """Measure snapshot freeze windows on lab VMs, against an anchor run in the same process."""
     from kvmkit import config
-    from kvmkit.snapshot import bench as bench_mod
+    from kvmkit.benchmarks import snapshot as bench_mod
 
     settings = config.load()
     say = err_console.print if json_out else console.print
@@ -239,8 +239,8 @@ def bench(
 
 def _bench_rbd(lab_path, uri: str, disks: str, rounds: int, revert_sizes: str, paxos: float,
                json_out: bool, say) -> None:
-    from kvmkit.snapshot import bench_rbd
-    from kvmkit.snapshot.bench import parse_counts
+    from kvmkit.benchmarks import snapshot_rbd as bench_rbd
+    from kvmkit.benchmarks.snapshot import parse_counts
 
     sizes = parse_counts(revert_sizes)
     result = bench_rbd.run(lab_path, uri, parse_counts(disks), rounds, sizes,
@@ -262,7 +262,7 @@ def _bench_rbd(lab_path, uri: str, disks: str, rounds: int, revert_sizes: str, p
 
 
 def _bench_fragment(lab_path, uri: str, extents: int, rounds: int, json_out: bool, say) -> None:
-    from kvmkit.snapshot import bench_fragment
+    from kvmkit.benchmarks import snapshot_fragment as bench_fragment
 
     if extents < 1 or rounds < 1:
         raise InvalidInput("--extents and --rounds must be positive")

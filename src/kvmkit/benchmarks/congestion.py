@@ -33,11 +33,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from kvmkit.congestion import realqemu
+from kvmkit.benchmarks import realqemu
+from kvmkit.benchmarks.realqemu import QemuCase
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.kernelfiles import core_ticks
 from kvmkit.congestion.procfs import ProcReader
-from kvmkit.congestion.realqemu import QemuCase
 from kvmkit.errors import EnvironmentProblem, InvalidInput
 from kvmkit.rss import peak_rss_mib
 
@@ -90,7 +90,7 @@ def loadgen(
     name: str, vcpus: int, busy: int, cpus: Sequence[int] | None, seconds: float, truth: Path | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """A running loadgen process, ready (all threads named and pinned) when the block starts; killed after."""
-    argv = [sys.executable, "-m", "kvmkit.congestion.loadgen", "-name", f"guest={name},debug-threads=on"]
+    argv = [sys.executable, "-m", "kvmkit.benchmarks.loadgen", "-name", f"guest={name},debug-threads=on"]
     argv += ["--vcpus", str(vcpus), "--busy", str(busy), "--seconds", str(seconds)]
     if cpus:
         argv += ["--cpu", ",".join(map(str, cpus))]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from kvmkit.benchmarks.snapshot import libvirt_snapshot_ms
 from kvmkit.errors import EnvironmentProblem
 from kvmkit.lab import disks, lab
 from kvmkit.lab.state import load
 from kvmkit.rss import peak_rss_mib
-from kvmkit.snapshot.bench import libvirt_snapshot_ms
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.file import reflink
 from kvmkit.snapshot.engine import Engine

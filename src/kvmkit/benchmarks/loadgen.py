@@ -1,6 +1,6 @@
 """A process that the collector takes for a QEMU guest: real threads, real CPU load, known ground truth.
 
-    python -m kvmkit.congestion.loadgen -name guest=NAME,debug-threads=on --vcpus 2 --busy 1 --cpu 1
+    python -m kvmkit.benchmarks.loadgen -name guest=NAME,debug-threads=on --vcpus 2 --busy 1 --cpu 1
 
 The main thread renames itself `qemu-system-x86` (as /proc/PID/comm shows QEMU), the cmdline carries
 QEMU's `-name guest=…`, and each vCPU thread names itself `CPU n/TCG`. Busy vCPUs spin (always runnable,

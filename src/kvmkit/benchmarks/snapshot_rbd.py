@@ -20,11 +20,11 @@ import rados
 import rbd
 from pydantic import BaseModel
 
+from kvmkit.benchmarks.snapshot import parse_counts
 from kvmkit.errors import EnvironmentProblem
 from kvmkit.lab import lab
 from kvmkit.lab.state import LabState, load
 from kvmkit.rss import peak_rss_mib
-from kvmkit.snapshot.bench import parse_counts
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.base import RevertOptions
 from kvmkit.snapshot.drivers.rbd import RbdDriver
