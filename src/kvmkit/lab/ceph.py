@@ -1,4 +1,7 @@
-"""A throw-away single-node Ceph for the lab: one mon, one memstore OSD, auth none, pool `rbd` of size 1.
+"""A throw-away single-node Ceph for the lab: one mon, one memstore OSD, pool `rbd` of size 1.
+
+Auth is `none` (the default lab's historical shape) or `cephx` (production's: every client, the lab's own tools
+included, authenticates; restricted users are made with `create_client`, as CloudStack's and Nova's are).
 
 Tuned for tests, per LAB-FACTS: `paxos propose interval = 0.01` brings the cluster up in about a second and a
 snapshot in ~0.1 s (real clusters keep the 1 s default; benchmarks say which they ran with); no mgr (no rbd
@@ -8,9 +11,11 @@ operation needs it); clone format 2 so clones need no protected parent.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -19,6 +24,7 @@ from kvmkit.lab import procs
 
 MON_PORTS = (16789, 16889)
 POOL = "rbd"
+Auth = Literal["none", "cephx"]
 
 
 class CephState(BaseModel):
@@ -29,9 +35,10 @@ class CephState(BaseModel):
     mon_pid: int
     osd_pid: int
     pool: str = POOL
+    auth: Auth = "none"
 
 
-def write_conf(root: Path, fsid: str, port: int, memstore_bytes: int) -> Path:
+def write_conf(root: Path, fsid: str, port: int, memstore_bytes: int, auth: Auth = "none") -> Path:
     conf = root / "ceph.conf"
     conf.write_text(f"""[global]
 fsid = {fsid}
@@ -39,9 +46,9 @@ mon host = v1:127.0.0.1:{port}
 mon initial members = a
 public addr = 127.0.0.1
 cluster addr = 127.0.0.1
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = {auth}
+auth service required = {auth}
+auth client required = {auth}
 osd pool default size = 1
 osd pool default min size = 1
 # radosgw makes 6-7 pools at its first start: at the default 32 PGs each they would crowd one OSD's
@@ -113,7 +120,39 @@ def _mon_command_once(conf: Path, cmd: dict, timeout_s: float) -> dict | list | 
     return json.loads(out) if out else None
 
 
-def start(root: Path, memstore_bytes: int = 4 << 30) -> CephState:
+def _make_keyring(keyring: Path) -> None:
+    """The cluster's first keys, seeded into the mon at mkfs (Ceph's manual deployment): mon., client.admin and
+    osd.0. The file stays 0600: only root's tools read it; QEMU gets its user's key from a libvirt secret."""
+    keyring.unlink(missing_ok=True)
+    entities = [
+        ("mon.", ["--cap", "mon", "allow *"]),
+        ("client.admin", ["--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mgr", "allow *"]),
+        ("osd.0", ["--cap", "mon", "allow profile osd", "--cap", "osd", "allow *"]),
+    ]
+    for index, (name, caps) in enumerate(entities):
+        create = ["--create-keyring"] if index == 0 else []
+        procs.run(["ceph-authtool", *create, str(keyring), "--gen-key", "-n", name, *caps], "ceph-authtool")
+    os.chmod(keyring, 0o600)
+
+
+def create_client(conf: Path, name: str, pools: list[str], read_only: list[str] | tuple[str, ...] = ()) -> str:
+    """A restricted user like a cloud's (`profile rbd` on its pools, `profile rbd-read-only` on the others, as
+    Nova's user has on Glance's `images`); returns its key (base64). Idempotent."""
+    osd_caps = ", ".join([f"profile rbd pool={pool}" for pool in pools]
+                         + [f"profile rbd-read-only pool={pool}" for pool in read_only])
+    out = _mon_command(conf, {"prefix": "auth get-or-create", "entity": f"client.{name}",
+                              "caps": ["mon", "profile rbd", "osd", osd_caps], "format": "json"})
+    if not isinstance(out, list) or not out or "key" not in out[0]:
+        raise EnvironmentProblem(f"ceph auth get-or-create client.{name}: no key in the answer")
+    return str(out[0]["key"])
+
+
+def create_pool(conf: Path, pool: str) -> None:
+    """An RBD pool of size 1 (idempotent: an existing pool is kept)."""
+    _create_pool(conf, pool)
+
+
+def start(root: Path, memstore_bytes: int = 4 << 30, auth: Auth = "none") -> CephState:
     """Create and start the cluster under root; on any failure, stop what was started and raise."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -121,11 +160,15 @@ def start(root: Path, memstore_bytes: int = 4 << 30) -> CephState:
         (root / sub).mkdir(exist_ok=True)
     fsid = str(uuid.uuid4())
     port = procs.free_port(*MON_PORTS)
-    conf = write_conf(root, fsid, port, memstore_bytes)
+    conf = write_conf(root, fsid, port, memstore_bytes, auth)
     monmap = root / "monmap"
     procs.run(["monmaptool", "--create", "--clobber", "--fsid", fsid, "--addv", "a", f"[v1:127.0.0.1:{port}]",
                str(monmap)], "ceph monmap")
-    procs.run(["ceph-mon", "-c", str(conf), "--mkfs", "-i", "a", "--monmap", str(monmap)], "ceph-mon --mkfs")
+    mkfs = ["ceph-mon", "-c", str(conf), "--mkfs", "-i", "a", "--monmap", str(monmap)]
+    if auth == "cephx":
+        _make_keyring(root / "keyring")
+        mkfs += ["--keyring", str(root / "keyring")]
+    procs.run(mkfs, "ceph-mon --mkfs")
     mon_pid = procs.spawn(["ceph-mon", "-c", str(conf), "-i", "a", "-f"], root / "log" / "mon.a.out")
     osd_pid = 0
     try:
@@ -139,9 +182,12 @@ def start(root: Path, memstore_bytes: int = 4 << 30) -> CephState:
         procs.run(["ceph-osd", "-c", str(conf), "-i", str(osd_id), "--mkfs", "--osd-uuid", osd_uuid],
                   "ceph-osd --mkfs")
         osd_pid = procs.spawn(["ceph-osd", "-c", str(conf), "-i", str(osd_id), "-f"], root / "log" / "osd.out")
-        state = CephState(dir=root, conf=conf, port=port, fsid=fsid, mon_pid=mon_pid, osd_pid=osd_pid)
+        state = CephState(dir=root, conf=conf, port=port, fsid=fsid, mon_pid=mon_pid, osd_pid=osd_pid, auth=auth)
         _wait_osd_up(conf, osd_pid)
-        _create_pool(conf)
+        # clone v2 (no protected parent needed) is what librbd's "auto" picks on a cluster that requires mimic
+        # clients, as every current cluster does; a client without ceph.conf (CloudStack's) depends on it
+        _mon_command(conf, {"prefix": "osd set-require-min-compat-client", "version": "mimic"})
+        _create_pool(conf, POOL)
         return state
     except BaseException:
         procs.stop(osd_pid, "ceph-osd") if osd_pid else None
@@ -160,17 +206,17 @@ def _wait_osd_up(conf: Path, pid: int, timeout_s: float = 30.0) -> None:
     procs.wait_until(up, pid, "ceph-osd", "come up", conf.parent / "log", timeout_s, interval_s=0.1)
 
 
-def _create_pool(conf: Path) -> None:
+def _create_pool(conf: Path, pool: str) -> None:
     import rados
     import rbd
 
-    _mon_command(conf, {"prefix": "osd pool create", "pool": POOL, "pg_num": 8})
-    _mon_command(conf, {"prefix": "osd pool set", "pool": POOL, "var": "size", "val": "1",
+    _mon_command(conf, {"prefix": "osd pool create", "pool": pool, "pg_num": 8})
+    _mon_command(conf, {"prefix": "osd pool set", "pool": pool, "var": "size", "val": "1",
                         "yes_i_really_mean_it": True})
     cluster = rados.Rados(conffile=str(conf))
     cluster.connect(timeout=10)
     try:
-        with cluster.open_ioctx(POOL) as ioctx:
+        with cluster.open_ioctx(pool) as ioctx:
             ioctx.application_enable("rbd")
             rbd.RBD().pool_init(ioctx, True)
     finally:

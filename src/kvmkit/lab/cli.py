@@ -28,6 +28,8 @@ def up(
     disk_size: int = typer.Option(1024, "--disk-size", help="Size of each data disk in MiB."),
     fio: bool = typer.Option(False, "--fio", help="Guests carry fio (for kvmkit bench --vm); 384 MiB RAM each."),
     rgw: bool = typer.Option(False, "--rgw", help="Also an S3 gateway (radosgw) on the Ceph, for S3 backup targets."),
+    shape: str = typer.Option("default", "--shape",
+                              help="VM disks laid out as: default, cloudstack, nova or libvirt (cephx Ceph)."),
     connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab status as JSON."),
 ) -> None:
@@ -39,7 +41,7 @@ def up(
     def say(message: str) -> None:
         out.print(f"[dim]lab:[/] {message}")
     lab.up(lab_dir, uri, vms=vms, disks_per_vm=disks, with_ceph=ceph, storage=storage, disk_size_mib=disk_size,
-           with_fio=fio, with_rgw=rgw, progress=say)
+           with_fio=fio, with_rgw=rgw, shape=shape, progress=say)
     say(f"up in {time.monotonic() - t0:.1f} s")
     _show(lab.status(lab_dir), json_out)
 

@@ -46,6 +46,44 @@ def make_rbd_disk(conf: Path, pool: str, image: str, size_mib: int) -> None:
             cluster.shutdown()
 
 
+def ensure_rbd_image_snapshot(conf: Path, pool: str, image: str, snap: str, size_mib: int) -> None:
+    """A Glance-like base: an ext4 image with a protected snapshot that clones are made from (kept if it exists)."""
+    import rados
+    import rbd
+
+    cluster = rados.Rados(conffile=str(conf))
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(pool) as ioctx:
+            if image in rbd.RBD().list(ioctx):
+                return
+    finally:
+        cluster.shutdown()
+    make_rbd_disk(conf, pool, image, size_mib)
+    cluster = rados.Rados(conffile=str(conf))
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
+            img.create_snap(snap)
+            img.protect_snap(snap)
+    finally:
+        cluster.shutdown()
+
+
+def clone_rbd_image(conf: Path, parent: tuple[str, str, str], child: tuple[str, str]) -> None:
+    """child (pool, image) as a copy-on-write clone of parent (pool, image, snapshot), as Nova boots from Glance."""
+    import rados
+    import rbd
+
+    cluster = rados.Rados(conffile=str(conf))
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(parent[0]) as p_ioctx, cluster.open_ioctx(child[0]) as c_ioctx:
+            rbd.RBD().clone(p_ioctx, parent[1], parent[2], c_ioctx, child[1], features=rbd.RBD_FEATURE_LAYERING)
+    finally:
+        cluster.shutdown()
+
+
 def purge_rbd_image(conf: Path, pool: str, image: str) -> None:
     """Remove an image with all its snapshots and group membership (the lab owns every image it made)."""
     import rados

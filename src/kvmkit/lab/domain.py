@@ -24,7 +24,9 @@ class RbdDisk:
     image: str
     monitor_host: str
     monitor_port: int
-    conf: Path
+    conf: Path | None  # None: as CloudStack and Nova define them, monitors from <host> and no ceph.conf
+    auth_username: str | None = None  # with secret_uuid: the key lives in a libvirt secret (cephx)
+    secret_uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,11 @@ def domain_xml(spec: VmSpec) -> str:
             _sub(el, "driver", name="qemu", type="raw", cache="none", discard="unmap")
             src = _sub(el, "source", protocol="rbd", name=f"{disk.pool}/{disk.image}")
             _sub(src, "host", name=disk.monitor_host, port=str(disk.monitor_port))
-            _sub(src, "config", file=str(disk.conf))
+            if disk.conf is not None:
+                _sub(src, "config", file=str(disk.conf))
+            if disk.auth_username and disk.secret_uuid:
+                auth = _sub(el, "auth", username=disk.auth_username)
+                _sub(auth, "secret", type="ceph", uuid=disk.secret_uuid)
         _sub(el, "target", dev=target, bus="virtio")
         _sub(el, "serial", f"kvmkit-{target}")
     serial = _sub(devices, "serial", type="file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import glob
 import logging
 import shutil
 import signal
@@ -15,7 +16,7 @@ import libvirt
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, OperationFailed
-from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw, scratch
+from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw, scratch, shapes
 from kvmkit.lab.rgw import RgwState
 from kvmkit.lab.state import LabDisk, LabState, LabVm, load, locked, save
 from kvmkit.virt import agent
@@ -40,19 +41,22 @@ def _guest_dir(lab_dir: Path) -> Path:
 
 def up(lab_dir: Path, uri: str, *, vms: int = 1, disks_per_vm: int = 2, with_ceph: bool = False,
        storage: Storage | None = None, disk_size_mib: int = 1024, with_fio: bool = False, with_rgw: bool = False,
-       progress: Progress = lambda _m: None) -> LabState:
+       shape: shapes.Shape = "default", progress: Progress = lambda _m: None) -> LabState:
     """Idempotent: what already runs is kept, what is missing is made. On failure, what this call started stops.
-    with_rgw: also an S3 gateway on the Ceph (for S3 backup targets); it implies Ceph, not RBD disks."""
+    with_rgw: also an S3 gateway on the Ceph (for S3 backup targets); it implies Ceph, not RBD disks.
+    shape: VMs laid out as CloudStack, Nova or virt-manager lay theirs out, on a Ceph with cephx (lab/shapes.py)."""
     if not 0 <= vms <= 16 or not 0 <= disks_per_vm <= 26:
         raise InvalidInput("--vms must be 0-16 and --disks 0-26")
+    if shape not in shapes.SHAPES:
+        raise InvalidInput(f"--shape must be one of {', '.join(shapes.SHAPES)}")
     storage = storage or ("rbd" if with_ceph else "file")
-    with_ceph = with_ceph or storage != "file" or with_rgw
+    with_ceph = with_ceph or storage != "file" or with_rgw or shape in ("cloudstack", "nova")
     procs.require_root()
     with locked(lab_dir):
         state = load(lab_dir) or LabState(dir=lab_dir, uri=uri)
         made: _Made = _Made()
         try:
-            _up(state, made, vms, disks_per_vm, with_ceph, storage, disk_size_mib, with_fio, progress)
+            _up(state, made, vms, disks_per_vm, with_ceph, storage, disk_size_mib, with_fio, shape, progress)
             if with_rgw and (state.rgw is None or not rgw.running(state.rgw)):
                 made.rgw = True
                 _start_rgw(state, progress)
@@ -74,7 +78,7 @@ class _Made:
 
 
 def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bool, storage: Storage,
-        disk_size_mib: int, with_fio: bool, progress: Progress) -> None:
+        disk_size_mib: int, with_fio: bool, shape: shapes.Shape, progress: Progress) -> None:
     lab_dir = state.dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     lab_dir.chmod(0o755)
@@ -95,11 +99,20 @@ def _up(state: LabState, made: _Made, vms: int, disks_per_vm: int, with_ceph: bo
         progress(f"pool: {state.pool.kind} at {state.pool.path}{note}")
     if with_ceph and (state.ceph is None or not procs.alive(state.ceph.mon_pid)):
         t0 = time.monotonic()
-        state.ceph = ceph.start(lab_dir / "ceph")
+        state.ceph = ceph.start(lab_dir / "ceph", auth="none" if shape == "default" else "cephx")
         made.ceph = True
         save(state)
         progress(f"ceph: mon on 127.0.0.1:{state.ceph.port}, pool {state.ceph.pool}, "
                  f"up in {time.monotonic() - t0:.1f} s")
+    if shape != "default":
+        wanted = [f"{lab_dir.name}-{shape}{i}" for i in range(1, vms + 1)]
+        for name in wanted:
+            if state.vm(name) is None:
+                made.vms.append(name)
+                add_shaped_vm(state, name, shape, size_mib=min(disk_size_mib, 256), start=False)
+                progress(f"{name}: defined, disks laid out as {shape} lays them out")
+        start_vms(state, wanted, progress)
+        return
     wanted = [vm_name(lab_dir, i) for i in range(1, vms + 1)]
     for name in wanted:
         if state.vm(name) is None:
@@ -216,11 +229,7 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
     if state.pool is None:
         raise EnvironmentProblem("the lab has no storage pool: run kvmkit lab up first")
     with connection(state.uri) as conn:
-        try:
-            conn.lookupByName(name)
-            raise Conflict(f"a domain named {name!r} already exists and is not the lab's; remove it or rename")
-        except libvirt.libvirtError:
-            pass
+        _refuse_existing(conn, name)
         lab_disks: list[LabDisk] = []
         specs: list[domain.FileDisk | domain.RbdDisk] = []
         for index in range(file_disks + rbd_disks):
@@ -237,20 +246,50 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
                 lab_disks.append(LabDisk(target=target, kind="rbd", source=f"{state.ceph.pool}/{image}",
                                          size_mib=size_mib))
                 specs.append(domain.RbdDisk(state.ceph.pool, image, "127.0.0.1", state.ceph.port, state.ceph.conf))
-        image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
-        console_log = state.dir / "log" / f"{name}.console.log"
-        console_log.parent.mkdir(parents=True, exist_ok=True)
-        if not agent_running:
-            image = guest.GuestImage(image.kernel, image.initrd, image.cmdline + " kvmkit_noagent")
-        spec = domain.VmSpec(name=name, image=image, console_log=console_log, disks=tuple(specs),
-                             memory_mib=memory_mib, domain_type="kvm" if state.accel == "kvm" else "qemu")
-        conn.defineXML(domain.domain_xml(spec))
-    vm = LabVm(name=name, disks=lab_disks, memory_mib=memory_mib, with_fio=with_fio, agent=agent_running,
-               console_log=console_log)
-    state.vms.append(vm)
-    save(state)
+        vm = _define(state, conn, name, specs, lab_disks, memory_mib=memory_mib, with_fio=with_fio,
+                     agent_running=agent_running)
     if start:
         start_vms(state, [name], progress)
+    return vm
+
+
+def add_shaped_vm(state: LabState, name: str, shape: shapes.Shape, *, size_mib: int = 256, start: bool = True,
+                  progress: Progress = lambda _m: None) -> LabVm:
+    """Define one VM whose disks are laid out as a cloud's agent lays them out (lab/shapes.py)."""
+    check_vm_name(name)
+    with connection(state.uri) as conn:
+        _refuse_existing(conn, name)
+        made = shapes.make_disks(state, conn, name, shape, size_mib)
+        save(state)  # the secret it may have defined is recorded before anything can fail
+        vm = _define(state, conn, name, list(made.specs), list(made.records), shape=shape)
+    if start:
+        start_vms(state, [name], progress)
+    return vm
+
+
+def _refuse_existing(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    raise Conflict(f"a domain named {name!r} already exists and is not the lab's; remove it or rename")
+
+
+def _define(state: LabState, conn: libvirt.virConnect, name: str, specs: list[domain.FileDisk | domain.RbdDisk],
+            lab_disks: list[LabDisk], *, memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True,
+            shape: str = "default") -> LabVm:
+    image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
+    console_log = state.dir / "log" / f"{name}.console.log"
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    if not agent_running:
+        image = guest.GuestImage(image.kernel, image.initrd, image.cmdline + " kvmkit_noagent")
+    spec = domain.VmSpec(name=name, image=image, console_log=console_log, disks=tuple(specs),
+                         memory_mib=memory_mib, domain_type="kvm" if state.accel == "kvm" else "qemu")
+    conn.defineXML(domain.domain_xml(spec))
+    vm = LabVm(name=name, disks=lab_disks, memory_mib=memory_mib, with_fio=with_fio, agent=agent_running,
+               console_log=console_log, shape=shape)
+    state.vms.append(vm)
+    save(state)
     return vm
 
 
@@ -313,8 +352,10 @@ def remove_vm(state: LabState, name: str, keep_rbd: bool = False) -> None:
                 raise
     for disk in vm.disks:
         if disk.kind == "file":
-            for leftover in Path(disk.source).parent.glob(Path(disk.source).name + "*"):
+            for leftover in Path(disk.source).parent.glob(glob.escape(Path(disk.source).name) + "*"):
                 leftover.unlink(missing_ok=True)
+            for chained in shapes.chain_files(disk):
+                chained.unlink(missing_ok=True)
         elif not keep_rbd and state.ceph is not None and procs.alive(state.ceph.mon_pid):
             pool_name, _, image = disk.source.partition("/")
             disks.purge_rbd_image(state.ceph.conf, pool_name, image)
@@ -409,6 +450,10 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             for vm in list(state.vms):
                 remove_vm(state, vm.name)
                 progress(f"{vm.name}: destroyed and undefined")
+        if state.secrets and libvirtd.reachable(state.uri):
+            with connection(state.uri) as conn:
+                shapes.undefine_secrets(state, conn)
+            progress("secrets: undefined")
         for what in scratch.stop(state, libvirt_up=libvirtd.reachable(state.uri)):
             progress(f"{what}: stopped (left by a benchmark)")
         if _stop_rgw(state):

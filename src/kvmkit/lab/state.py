@@ -32,6 +32,7 @@ class LabVm(BaseModel):
     with_fio: bool = False
     agent: bool = True  # False: the guest runs no qemu-ga (for crash-consistent and no-agent tests)
     console_log: Path
+    shape: str = "default"  # how its disks are defined: default, cloudstack, nova, libvirt (lab/shapes.py)
 
 
 class LabState(BaseModel):
@@ -45,6 +46,7 @@ class LabState(BaseModel):
     ceph: CephState | None = None
     rgw: RgwState | None = None  # an S3 gateway on ceph (lab up --rgw)
     vms: list[LabVm] = []
+    secrets: list[str] = []  # UUIDs of the libvirt secrets the lab defined (cephx keys of shaped VMs)
 
     def vm(self, name: str) -> LabVm | None:
         return next((vm for vm in self.vms if vm.name == name), None)

@@ -88,7 +88,7 @@ def create(
     def one(vm: str) -> Snapshot | KvmkitError:
         try:
             # one engine (so one set of drivers with their open images) per VM: VMs run concurrently
-            return dataclasses.replace(engine, drivers=default_drivers()).create(
+            return dataclasses.replace(engine, drivers=default_drivers(engine.uri)).create(
                 vm, name, crash_consistent=crash_consistent, wait_s=wait, allow_full_copy=allow_full_copy)
         except KvmkitError as exc:
             return exc

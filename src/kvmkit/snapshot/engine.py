@@ -49,7 +49,8 @@ class Engine:
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
         settings = config.load()
-        return cls(uri=uri or settings.libvirt_uri, state_dir=settings.state_dir,
+        uri = uri or settings.libvirt_uri
+        return cls(uri=uri, state_dir=settings.state_dir, drivers=default_drivers(uri),
                    catalog=Catalog(settings.catalog_path), freeze_timeout_s=settings.freeze_timeout_s,
                    extent_limit=settings.reflink_extent_limit, overlay_barrier=settings.overlay_barrier)
 

@@ -19,6 +19,7 @@ class Disk:
     hosts: tuple[tuple[str, int], ...] = ()
     config_file: str | None = None  # <source><config file=…> for RBD
     auth_username: str | None = None
+    auth_secret_uuid: str | None = None  # <auth><secret type='ceph' uuid=…>: the libvirt secret holding the key
     has_backing_chain: bool = False  # an external overlay sits on top of another image
 
     @property
@@ -52,11 +53,13 @@ def parse_disks(xml: str) -> list[Disk]:
             hosts = tuple((h.get("name", ""), int(h.get("port", "6789"))) for h in source.findall("host"))
             config = source.find("config")
             auth = el.find("auth") if el.find("auth") is not None else source.find("auth")
+            secret = auth.find("secret") if auth is not None else None
             disks.append(Disk(
                 target.get("dev", ""), "network", fmt, source.get("name", ""),
                 protocol=source.get("protocol"), hosts=hosts,
                 config_file=config.get("file") if config is not None else None,
                 auth_username=auth.get("username") if auth is not None else None,
+                auth_secret_uuid=secret.get("uuid") if secret is not None else None,
                 has_backing_chain=has_backing,
             ))
     return disks

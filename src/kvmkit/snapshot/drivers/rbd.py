@@ -41,6 +41,15 @@ class ClusterKey:
     mon_host: str
     client_id: str
     keyring: str | None
+    secret_uuid: str | None = None  # the libvirt secret holding the key (CloudStack, Nova): read, never stored
+
+
+def mon_host(hosts: tuple[tuple[str, int], ...]) -> str:
+    """The disk's <host> elements as Ceph's mon_host; port 3300 speaks msgr2, anything else (6789) msgr1."""
+    def one(host: str, port: int) -> str:
+        host = f"[{host}]" if ":" in host else host
+        return f"{'v2' if port == 3300 else 'v1'}:{host}:{port}"
+    return ",".join(one(h, p) for h, p in hosts)
 
 
 def split_handle(handle: str) -> tuple[str, str, str]:
@@ -53,8 +62,10 @@ def split_handle(handle: str) -> tuple[str, str, str]:
 class RbdDriver:
     name = "rbd"
 
-    def __init__(self, ceph: CephSettings | None = None) -> None:
+    def __init__(self, ceph: CephSettings | None = None, libvirt_uri: str | None = None) -> None:
         self._ceph = ceph
+        self._libvirt_uri = libvirt_uri  # where the domains' secrets live (None: the configured URI)
+        self._secret_keys: dict[str, str] = {}
         self._clusters: dict[ClusterKey, rados.Rados] = {}
         self._keys: dict[str, ClusterKey] = {}  # pool/image and pool → its cluster, learned from the domain XML
         self._open: dict[str, tuple[rados.Ioctx, rbd.Image]] = {}  # planned handle → opened before the freeze
@@ -70,11 +81,24 @@ class RbdDriver:
         return self._ceph
 
     def _key(self, disk: Disk) -> ClusterKey:
+        """The cluster as the disk names it: its monitors, user and secret; kvmkit's config fills the gaps."""
         ceph = self._settings()
-        conf = disk.config_file or (str(ceph.conf) if ceph.conf else None)
-        mon_host = ",".join(f"{h}:{p}" for h, p in disk.hosts)
-        return ClusterKey(conf, mon_host, disk.auth_username or ceph.client_id,
-                          str(ceph.keyring) if ceph.keyring else None)
+        conf = disk.config_file or (str(ceph.conf) if ceph.conf and not disk.hosts else None)
+        return ClusterKey(conf, mon_host(disk.hosts), disk.auth_username or ceph.client_id,
+                          str(ceph.keyring) if ceph.keyring else None, disk.auth_secret_uuid)
+
+    def _secret_key(self, key: ClusterKey) -> str:
+        assert key.secret_uuid is not None
+        if key.secret_uuid not in self._secret_keys:
+            from kvmkit.virt.secrets import ceph_key
+
+            uri = self._libvirt_uri
+            if uri is None:
+                from kvmkit import config
+
+                uri = config.load().libvirt_uri
+            self._secret_keys[key.secret_uuid] = ceph_key(uri, key.secret_uuid, key.client_id)
+        return self._secret_keys[key.secret_uuid]
 
     def _cluster(self, key: ClusterKey) -> rados.Rados:
         with self._lock:
@@ -85,12 +109,16 @@ class RbdDriver:
                     conf["mon_host"] = key.mon_host
                 if key.keyring:
                     conf["keyring"] = key.keyring
+                elif key.secret_uuid:
+                    conf["key"] = self._secret_key(key)
                 where = key.mon_host or key.conf or "default ceph.conf"
                 if key.conf and not Path(key.conf).exists():
                     raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): its conf file {key.conf} "
                                              "does not exist")
+                # monitors named by the disk: no conf file (a CloudStack host often has none); else the default
+                conffile = key.conf or (None if key.mon_host else "")
                 try:
-                    cluster = rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
+                    cluster = rados.Rados(rados_id=key.client_id, conffile=conffile, conf=conf)
                     cluster.connect(timeout=10)
                 except rados.Error as exc:
                     raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from None
@@ -116,7 +144,8 @@ class RbdDriver:
     def _key_for(self, handle_or_spec: str, location: dict[str, str] | None = None) -> ClusterKey:
         if location:
             return ClusterKey(location.get("conf") or None, location.get("mon_host", ""),
-                              location.get("client_id", "admin"), location.get("keyring") or None)
+                              location.get("client_id", "admin"), location.get("keyring") or None,
+                              location.get("secret_uuid") or None)
         pool, image, _ = split_handle(handle_or_spec)
         base = image.split(BASE_MARK)[0].removesuffix(NEW_SUFFIX)
         key = self._keys.get(f"{pool}/{image}") or self._keys.get(f"{pool}/{base}") or self._keys.get(pool)
@@ -165,7 +194,7 @@ class RbdDriver:
         size = image.size()
         key = self._key(disk)
         location = {k: v for k, v in (("conf", key.conf), ("mon_host", key.mon_host), ("client_id", key.client_id),
-                                      ("keyring", key.keyring)) if v}
+                                      ("keyring", key.keyring), ("secret_uuid", key.secret_uuid)) if v}
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle, size_bytes=size,
                             location=location)
 

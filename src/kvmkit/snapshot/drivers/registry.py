@@ -8,13 +8,14 @@ from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.virt.disks import Disk
 
 
-def default_drivers() -> list[StorageDriver]:
+def default_drivers(libvirt_uri: str | None = None) -> list[StorageDriver]:
+    """libvirt_uri: where the domains' libvirt secrets (cephx keys) are read; None: the configured URI."""
     drivers: list[StorageDriver] = [FileDriver()]
     try:
         from kvmkit.snapshot.drivers.rbd import RbdDriver
     except ImportError:  # python3-rbd absent: RBD disks are then reported as unsupported
         return drivers
-    drivers.append(RbdDriver())
+    drivers.append(RbdDriver(libvirt_uri=libvirt_uri))
     return drivers
 
 
