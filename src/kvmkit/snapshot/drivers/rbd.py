@@ -433,11 +433,15 @@ class RbdDriver:
             img.flatten()
 
     def flatten_if_clone(self, disk: Disk) -> bool:
+        """Flatten a disk only if a kvmkit revert made it a clone: a clone of anything else (Nova's root disk of a
+        Glance image) is how its platform shares data, not kvmkit's to undo."""
         self.learn(disk)
         with self._image(f"{disk.source}@", read_only=True) as img:
             try:
-                img.parent_info()
+                _pool, parent, parent_snap = img.parent_info()
             except rbd.ImageNotFound:  # no parent: not a clone
                 return False
+        if BASE_MARK not in parent or not parent_snap.startswith(PREFIX):
+            return False
         self.flatten(disk)
         return True
