@@ -22,6 +22,7 @@ from kvmkit.sparse import data_extents
 from kvmkit.virt.disks import Disk
 
 FICLONE = 0x40049409
+SUPPORTED_FORMATS = ("raw", "qcow2")
 SUFFIX = ".kvmkit"
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS)
 
@@ -91,7 +92,9 @@ class FileDriver:
     name = "file"
 
     def claims(self, disk: Disk) -> bool:
-        return disk.kind == "file"
+        # raw and qcow2 (with any backing chain) are what clouds use and what kvmkit has verified; a vmdk or a
+        # luks container is left unclaimed, so it is one line ("no kvmkit storage driver serves it"), not a guess
+        return disk.kind == "file" and disk.format in SUPPORTED_FORMATS
 
     def handle_for(self, disk: Disk, tag: str) -> Path:
         return Path(f"{disk.source}@{tag}{SUFFIX}")

@@ -23,8 +23,9 @@ def driver_for(disk: Disk, drivers: list[StorageDriver]) -> StorageDriver:
     for driver in drivers:
         if driver.claims(disk):
             return driver
-    what = f"{disk.kind}" + (f"/{disk.protocol}" if disk.protocol else "")
-    raise InvalidInput(f"disk {disk.target} ({what} {disk.source}): no kvmkit storage driver serves it")
+    what = f"{disk.kind}" + (f"/{disk.protocol}" if disk.protocol else "") + f" {disk.format}"
+    raise InvalidInput(f"disk {disk.target} ({what} {disk.source}): no kvmkit storage driver serves it "
+                       "(kvmkit snapshots raw and qcow2 files, RBD images)")
 
 
 def by_name(name: str, drivers: list[StorageDriver]) -> StorageDriver:
