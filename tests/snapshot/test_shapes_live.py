@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -152,3 +153,49 @@ def test_a_secret_that_does_not_exist_is_one_line(shaped_lab, engine, conn):
     finally:
         conn.secretDefineXML(f"<secret ephemeral='no' private='no'><uuid>{secret_uuid}</uuid>"
                              f"<usage type='ceph'><name>{usage}</name></usage></secret>").setValue(key)
+
+
+def test_a_qcow2_chain_is_backed_up_as_the_guest_sees_it_and_restores_self_contained(
+        shaped_lab, engine, conn, tmp_path):
+    """libvirt shape: qcow2 top → mid → base. The backup holds guest-visible content (not the 200 KiB top
+    container); the restore is a raw file with no backing file that reads equal to the snapshot's chain."""
+    import json
+    import subprocess
+
+    from kvmkit.backup import restore
+    from kvmkit.backup.create import backup_snapshot
+    from kvmkit.config import BackupTarget, Settings
+
+    vm = vm_of("libvirt")
+    dom = conn.lookupByName(vm)
+    write_random(dom, "/mnt/vda/chain", 2)
+    snap = engine.create(vm, "chain1")
+    (tmp_path / "target").mkdir()
+    settings = Settings(state_dir=tmp_path / "state", libvirt_uri=URI,
+                        backup_targets=[BackupTarget(name="t", path=tmp_path / "target")])
+    manifest = backup_snapshot(settings, snap)
+    vda = snap.disk("vda")
+    assert vda is not None and vda.format == "qcow2"
+    assert manifest.disk("vda").size_bytes == 64 << 20  # the virtual size, not the container's
+    result = restore.restore(settings, vm, "chain1", to=[f"{t}={tmp_path / t}.raw" for t in ("vda", "vdb")])
+    assert sorted(d.destination for d in result.disks) == [str(tmp_path / "vda.raw"), str(tmp_path / "vdb.raw")]
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "raw", str(tmp_path / "vda.raw")],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert "backing-filename" not in info and info["virtual-size"] == 64 << 20
+    assert (tmp_path / "vda.raw").read_bytes()[:4] != b"QFI\xfb"  # content, not a qcow2 container
+    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(tmp_path / "vda.raw"),
+                              vda.handle], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    engine.delete(vm, "chain1")
+
+
+def test_a_chain_whose_base_is_missing_is_one_line_and_no_backup(shaped_lab, engine, conn, tmp_path):
+    from kvmkit.snapshot.drivers.guest_view import GuestView
+
+    orphan = tmp_path / "orphan.qcow2"
+    subprocess_run = __import__("subprocess").run
+    subprocess_run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(tmp_path / "gone.qcow2"), "-F",
+                    "qcow2", str(orphan), "64M"], check=True)
+    with pytest.raises(NotFound, match=r"backing file .*gone.qcow2 is missing"):
+        GuestView(orphan, "qcow2")
+    assert not list(Path("/run").glob("kvmkit-view-*"))

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kvmkit.backup import chunking
+from kvmkit.backup.guest_reader import GuestViewReader
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, split_handle
 from kvmkit.backup.store import ChunkStore
@@ -105,6 +106,8 @@ class Backup:
         return manifest
 
     def _reader(self, disk: DiskSnapshot) -> SnapshotReader:
+        if disk.driver == "file" and disk.format != "raw":
+            return GuestViewReader(Path(disk.handle), disk.format)  # a qcow2 chain, as its guest sees it
         if disk.driver == "file":
             return FileReader(Path(disk.handle))
         if disk.driver == "rbd":

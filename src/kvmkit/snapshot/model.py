@@ -33,6 +33,7 @@ class DiskSnapshot(BaseModel):
     driver: str
     source: str  # the disk: file path or pool/image
     handle: str  # the snapshot: file path, or pool/image@snap
+    format: str = "raw"  # as the domain XML defines the disk (qcow2: read through QEMU, never probed)
     size_bytes: int = 0  # provisioned size of the disk at snapshot time
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
     location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)

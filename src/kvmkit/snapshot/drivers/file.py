@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.guest_view import guest_size
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.sparse import data_extents
 from kvmkit.virt.disks import Disk
@@ -120,8 +121,8 @@ class FileDriver:
         extents = extent_count(source, options.extent_limit) if reflink_ok else None
         direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
-                            size_bytes=source.stat().st_size, method="direct" if direct else "overlay",
-                            extents=extents)
+                            format=disk.format, size_bytes=guest_size(source, disk.format),
+                            method="direct" if direct else "overlay", extents=extents)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         """Reflink the disk; on a filesystem without reflink (only ever outside the freeze) copy it sparsely."""
