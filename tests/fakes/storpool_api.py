@@ -307,6 +307,9 @@ class FakeStorPoolApi:
 
     # endpoints -------------------------------------------------------------------------------------------
     def handle(self, method: str, endpoint: str, arg: str | None, body: Any) -> Any:
+        if endpoint == "FakeCalls":  # the fake's own endpoint (not StorPool's): its request log, for benchmarks
+            with self._lock:
+                return [list(call) for call in self.calls]
         with self._lock:
             self.calls.append((method, endpoint))
         if self.latency_s:
@@ -506,6 +509,31 @@ def _flush_block_cache(dev: str) -> None:
         os.close(fd)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake in its own process (benchmarks: client and server must not share one GIL). Writes
+    {"host", "port", "token"} to --ready (0600) once listening; SIGTERM stops it and removes what it made."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="a FAKE StorPool API for kvmkit's tests and benchmarks")
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--ready", type=Path, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--cluster-id", default="fake.t")
+    args = parser.parse_args(argv)
+    fake = FakeStorPoolApi(args.root, latency_s=args.latency_ms / 1000, cluster_id=args.cluster_id).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        fd = os.open(args.ready, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"host": fake.host, "port": fake.port, "token": fake.token}, fh)
+        stop.wait()
+    finally:
+        fake.stop()
+
+
 @contextmanager
 def running(root: Path, **kwargs: Any) -> Iterator[FakeStorPoolApi]:
     fake = FakeStorPoolApi(root, **kwargs).start()
@@ -513,3 +541,7 @@ def running(root: Path, **kwargs: Any) -> Iterator[FakeStorPoolApi]:
         yield fake
     finally:
         fake.stop()
+
+
+if __name__ == "__main__":
+    main()
