@@ -217,3 +217,27 @@ def test_registry_adds_the_driver_only_when_configured(fake, tmp_path, monkeypat
     assert "storpool" not in names or Path("/etc/storpool.conf").exists()
     monkeypatch.setenv("KVMKIT_STORPOOL_CONF", str(fake.write_conf(tmp_path / "storpool.conf")))
     assert "storpool" in [d.name for d in default_drivers()]
+
+
+def test_lab_block_disks_become_block_disk_records(tmp_path):
+    from kvmkit.lab import domain
+    from kvmkit.lab.guest import GuestImage
+    from kvmkit.virt.disks import parse_disks
+
+    image = GuestImage(tmp_path / "k", tmp_path / "i", "console=ttyS0")
+    xml = domain.domain_xml(domain.VmSpec("t", image, tmp_path / "c.log", disks=(
+        domain.FileDisk(tmp_path / "a.raw"), domain.BlockDisk(Path("/dev/storpool/vol-b")))))
+    disks = parse_disks(xml)
+    assert [(d.target, d.kind, d.source) for d in disks] == [
+        ("vda", "file", str(tmp_path / "a.raw")), ("vdb", "block", "/dev/storpool/vol-b")]
+    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"), "c")
+    assert [drv.claims(d) for d in disks] == [False, True]
+
+
+def test_kvmkit_storpool_conf_env_sets_the_section(tmp_path):
+    from kvmkit import config
+
+    settings = config.load(tmp_path / "none.toml", env={"KVMKIT_STORPOOL_CONF": "/x/storpool.conf"})
+    assert settings.storpool is not None and settings.storpool.conf == Path("/x/storpool.conf")
+    assert config.load(tmp_path / "none.toml", env={}).storpool is None
+    assert "s3cr3t" not in repr(StorPoolSettings(host="h", token="s3cr3t"))
