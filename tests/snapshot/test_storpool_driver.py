@@ -91,6 +91,7 @@ def test_plan_touches_nothing_then_snapshot_is_one_tagged_call(fake, driver):
     assert snap.tags == {TAG_OWNER: "ctestcatalog", TAG_VM: VM_UUID, TAG_SNAP: "s1",
                          TAG_VOLUME: fake.volumes["vm18-vdb"].global_id, TAG_ROLE: "snapshot"}
     assert driver.exists(made) and driver.owned(disk("vdb")) == [made.handle]
+    assert fake.token not in made.model_dump_json()  # the record (catalog row, --json) never holds the token
     driver.delete(made)
     assert not driver.exists(made) and "kvmkit--vm18-vdb--s1" not in fake.snapshots
     driver.delete(made)  # a missing one is not an error

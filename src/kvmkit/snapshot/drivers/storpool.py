@@ -152,7 +152,8 @@ class StorPoolDriver:
         self._vm_uuid_of = vm_uuid_of or (lambda _disk: "")
         self._api = api or spapi.Api(host=endpoint.host, port=endpoint.port, auth=endpoint.token,
                                      timeout=endpoint.timeout_s, transientRetries=0)
-        self._volumes: dict[str, Volume] = {}  # disk source → volume, for one operation (cleared by release)
+        self._volumes: dict[str, Volume] = {}  # disk source → volume, from plan until release (one create)
+        self._vm_uuids: dict[str, str] = {}  # likewise: disk source → VM uuid
 
     # the API edge: every call goes through here, so every failure becomes one kvmkit error ----------------
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -194,6 +195,9 @@ class StorPoolDriver:
         """The volume behind a disk, from the API; the disk's link must resolve to the volume's device."""
         if disk.source in self._volumes:
             return self._volumes[disk.source]
+        return self._lookup(disk)
+
+    def _lookup(self, disk: Disk) -> Volume:
         source = Path(disk.source)
         if source.parent == DEV_BY_ID:
             ref = "~" + source.name
@@ -210,15 +214,17 @@ class StorPoolDriver:
             raise NotFound(f"disk {disk.target}: StorPool volume {ref} does not exist")
         vol = Volume(found[0].name, found[0].globalId, int(found[0].size))
         _check_device(disk, vol)
-        self._volumes[disk.source] = vol
         return vol
 
     def release(self) -> None:
         self._volumes.clear()
+        self._vm_uuids.clear()
 
     # create ---------------------------------------------------------------------------------------------
     def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
-        vol = self.volume(disk)
+        vol = self._volumes.setdefault(disk.source, self.volume(disk))  # kept for the rest of this create
+        if disk.source not in self._vm_uuids:
+            self._vm_uuids[disk.source] = self._vm_uuid_of(disk)
         handle = f"{PREFIX}{vol.name}--{tag}"
         if len(handle) > MAX_NAME:
             raise InvalidInput(f"disk {disk.target}: snapshot name {handle[:40]}… would exceed StorPool's "
@@ -226,7 +232,7 @@ class StorPoolDriver:
         if self._find_snapshot(handle) is not None:
             raise Conflict(f"disk {disk.target}: StorPool snapshot {handle} already exists; kvmkit will not "
                            "overwrite it")
-        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag, "vm_uuid": self._vm_uuid_of(disk),
+        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag, "vm_uuid": self._vm_uuids[disk.source],
                     "api": self.endpoint.where}
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle,
                             size_bytes=vol.size, location=location)
@@ -267,7 +273,8 @@ class StorPoolDriver:
             found = self._call(f"looking up StorPool snapshot {name}", "snapshotList", name)
         except NotFound:
             return None
-        return found[0] if found else None
+        live = [s for s in found if not s.deleted]  # one being deleted by the cluster is as good as gone
+        return live[0] if live else None
 
     def _is_ours(self, summary: Any) -> bool:
         return (summary.tags or {}).get(TAG_OWNER) == self.catalog_id
@@ -298,7 +305,7 @@ class StorPoolDriver:
     def owned(self, disk: Disk) -> list[str]:
         vol = self.volume(disk)
         return sorted(s.name for s in self._call("listing StorPool snapshots", "snapshotsList")
-                      if self._is_ours(s) and (s.tags or {}).get(TAG_VOLUME) == vol.global_id)
+                      if not s.deleted and self._is_ours(s) and (s.tags or {}).get(TAG_VOLUME) == vol.global_id)
 
     # revert -----------------------------------------------------------------------------------------------
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
