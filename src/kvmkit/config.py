@@ -37,6 +37,7 @@ class StorPoolSettings(BaseModel):
     token: str | None = Field(default=None, repr=False)
     token_env: str | None = None  # read the token from this environment variable instead
     timeout_s: float = Field(default=10.0, gt=0, le=300)  # per API call; no retries (an answer or one error line)
+    client_id: int | None = Field(default=None, ge=1)  # this host's client id (else SP_OURID from the conf)
 
 
 class BackupTarget(BaseModel):

@@ -16,13 +16,15 @@ VM), `objectHasChildren` (a snapshot a volume was created from), `invalidParam`,
 snapshot and a revert are metadata operations; here they cost one FICLONE (O(extents)). Nothing of the cluster's
 placement, replication or multi-cluster behaviour is modelled.
 
+VolumesReassign attaches a snapshot read-only (a read-only loop device behind the same two links) and detaches
+volumes and snapshots, for this one client host; the client ids are not checked.
+
 Test knobs: `latency_s` (an API round trip, slept in the handler), `gate` (clear it to hold every VolumeSnapshot
 handler until it is set again, so a test can kill a client mid-snapshot), `calls` (every request, in order).
 """
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import os
@@ -38,8 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-FICLONE = 0x40049409
-BLKFLSBUF = 0x1261
+from tests.fakes import storpool_devices as devices
+
 PREFIX = "/ctrl/1.0/"
 DEV_BY_NAME = Path("/dev/storpool")
 DEV_BY_ID = Path("/dev/storpool-byid")
@@ -69,7 +71,7 @@ class _Object:
     tags: dict[str, str] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     on_volume: str = ""  # snapshots: the volume it was taken of
-    loop: str | None = None  # volumes: /dev/loopN while exposed
+    loop: str | None = None  # /dev/loopN while attached (volumes from creation; snapshots read-only on request)
     created_from: str = ""  # volumes made from a snapshot (VolumeCreate parent=…): that snapshot is their parent
 
 
@@ -137,6 +139,8 @@ class FakeStorPoolApi:
         with self._lock:
             for vol in list(self.volumes.values()):
                 self._unexpose(vol)
+            for snap in list(self.snapshots.values()):
+                self._unexpose(snap)
             self.volumes.clear()
             self.snapshots.clear()
         for d in reversed(self._made_dirs):
@@ -218,12 +222,12 @@ class FakeStorPoolApi:
         created_from = ""
         if body.get("parent"):
             parent = self._find(self.snapshots, body["parent"], "snapshot")
-            _clone(parent.path, path, self.require_reflink)
+            devices.clone(parent.path, path, self.require_reflink)
             size = int(body.get("size") or parent.size)
             parent_name = created_from = parent.name
         elif body.get("baseOn"):
             base = self._find(self.volumes, body["baseOn"], "volume")
-            _clone(base.path, path, self.require_reflink)
+            devices.clone(base.path, path, self.require_reflink)
             size = int(body.get("size") or base.size)
         else:
             size = body.get("size")
@@ -240,43 +244,17 @@ class FakeStorPoolApi:
             self._expose(vol)
         return vol
 
-    def _expose(self, vol: _Object) -> None:
-        """What a StorPool client host shows for an attached volume: a block device and two links to it."""
-        if not self.devices:
-            return
-        out = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(vol.path)], check=True,
-                             capture_output=True, text=True)
-        vol.loop = out.stdout.strip()
-        for link in (DEV_BY_NAME / vol.name, DEV_BY_ID / vol.global_id):
-            link.unlink(missing_ok=True)
-            link.symlink_to(vol.loop)
+    def _expose(self, obj: _Object, read_only: bool = False) -> None:
+        if self.devices:
+            obj.loop = devices.expose(obj.path, (DEV_BY_NAME / obj.name, DEV_BY_ID / obj.global_id), read_only)
 
-    def _unexpose(self, vol: _Object) -> None:
-        for link in (DEV_BY_NAME / vol.name, DEV_BY_ID / vol.global_id):
-            if link.is_symlink() and os.readlink(link) == vol.loop:
-                link.unlink()
-        if vol.loop:
-            subprocess.run(["losetup", "-d", vol.loop], capture_output=True)
-            vol.loop = None
+    def _unexpose(self, obj: _Object) -> None:
+        if obj.loop:
+            devices.unexpose(obj.loop, (DEV_BY_NAME / obj.name, DEV_BY_ID / obj.global_id))
+            obj.loop = None
 
-    def _in_use(self, vol: _Object) -> bool:
-        """Open by any process (a running VM's QEMU holds its disk open): scanned like fuser does."""
-        if not vol.loop:
-            return False
-        me = str(os.getpid())
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or proc.name == me:
-                continue
-            try:
-                for fd in (proc / "fd").iterdir():
-                    try:
-                        if os.readlink(fd) == vol.loop:
-                            return True
-                    except OSError:
-                        continue
-            except OSError:
-                continue
-        return False
+    def _in_use(self, obj: _Object) -> bool:
+        return bool(obj.loop) and devices.is_open(obj.loop)
 
     def _snapshot(self, vol: _Object, name: str | None, tags: dict[str, str]) -> _Object:
         if name:
@@ -284,7 +262,7 @@ class FakeStorPoolApi:
         gid, n = self._new_id()
         name = name or f"*{vol.name}@{n}"  # an anonymous snapshot gets an autoName
         path = self.root / "snapshots" / f"{gid}.raw"
-        _clone(vol.path, path, self.require_reflink)
+        devices.clone(vol.path, path, self.require_reflink)
         snap = _Object(name, gid, n, vol.size, path, parent=vol.parent, tags=tags, on_volume=vol.name)
         self.snapshots[name] = snap
         vol.parent = name
@@ -358,8 +336,13 @@ class FakeStorPoolApi:
                         **({"autoName": snap.name} if snap.name.startswith("*") else {})}
             if endpoint == "VolumesGroupSnapshot":
                 return self._group_snapshot(body)
+            if endpoint == "VolumesReassign":
+                return self._reassign(body)
             if endpoint == "SnapshotDelete" and arg:
                 snap = self._find(self.snapshots, arg, "snapshot")
+                if self._in_use(snap):
+                    raise FakeApiError("objectInUse", f"snapshot {snap.name} is open on a client")
+                self._unexpose(snap)
                 children = self._children(snap)
                 if children:
                     raise FakeApiError("objectHasChildren", f"snapshot {snap.name} has children: "
@@ -386,9 +369,9 @@ class FakeStorPoolApi:
                     raise FakeApiError("invalidParam", f"snapshot {snap.name} is not a snapshot of {vol.name}")
                 if self._in_use(vol):
                     raise FakeApiError("objectInUse", f"volume {vol.name} is open on a client; stop it first")
-                _clone(snap.path, vol.path, self.require_reflink, in_place=True)
+                devices.clone(snap.path, vol.path, self.require_reflink, in_place=True)
                 if vol.loop:
-                    _flush_block_cache(vol.loop)
+                    devices.flush_block_cache(vol.loop)
                 vol.parent = snap.name
                 self.generation += 1
                 return ok
@@ -401,6 +384,28 @@ class FakeStorPoolApi:
                 return True
             cur = self.snapshots[cur].parent if cur in self.snapshots else ""
         return False
+
+    def _reassign(self, body: Any) -> dict:
+        """Attach snapshots read-only / detach volumes and snapshots on this one client host."""
+        if not isinstance(body, list):
+            raise FakeApiError("invalidParam", "VolumesReassign takes a list")
+        for item in body:
+            if "snapshot" in item:
+                obj = self._find(self.snapshots, str(item["snapshot"]), "snapshot")
+            else:
+                obj = self._find(self.volumes, str(item.get("volume", "")), "volume")
+            if item.get("detach"):
+                if self._in_use(obj) and not item.get("force"):
+                    raise FakeApiError("objectInUse", f"{obj.name} is open on a client")
+                self._unexpose(obj)
+            elif item.get("ro") and not obj.loop:
+                self._expose(obj, read_only=True)
+            elif item.get("rw") and not obj.loop:
+                if "snapshot" in item:
+                    raise FakeApiError("invalidParam", "snapshots attach read-only")
+                self._expose(obj)
+        self.generation += 1
+        return {"ok": True, "generation": self.generation}
 
     def _group_snapshot(self, body: dict) -> dict:
         """Every snapshot of the group or none: checks first, then the clones (all under the fake's one lock)."""
@@ -479,34 +484,6 @@ def _base36(n: int) -> str:
         out = digits[r] + out
         if n == 0:
             return out
-
-
-def _clone(src: Path, dst: Path, require_reflink: bool, in_place: bool = False) -> None:
-    """Reflink src into dst (in place keeps dst's inode: a loop device on it stays valid)."""
-    flags = os.O_WRONLY | (0 if in_place else os.O_CREAT | os.O_EXCL)
-    with src.open("rb") as s:
-        fd = os.open(dst, flags, 0o600)
-        try:
-            try:
-                fcntl.ioctl(fd, FICLONE, s.fileno())
-            except OSError:
-                if require_reflink:
-                    raise
-                os.ftruncate(fd, 0)
-                with os.fdopen(os.dup(fd), "wb") as out:
-                    shutil.copyfileobj(s, out)
-            os.ftruncate(fd, os.fstat(s.fileno()).st_size)
-        finally:
-            os.close(fd)
-
-
-def _flush_block_cache(dev: str) -> None:
-    """The loop device may cache blocks of the old contents: drop them after a revert (BLKFLSBUF)."""
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        fcntl.ioctl(fd, BLKFLSBUF, 0)
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -242,3 +242,9 @@ def test_kvmkit_storpool_conf_env_sets_the_section(tmp_path):
     assert settings.storpool is not None and settings.storpool.conf == Path("/x/storpool.conf")
     assert config.load(tmp_path / "none.toml", env={}).storpool is None
     assert "s3cr3t" not in repr(StorPoolSettings(host="h", token="s3cr3t"))
+
+
+def test_reading_a_snapshot_needs_this_hosts_client_id(fake, driver):
+    made = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
+    with pytest.raises(EnvironmentProblem, match="client id"), driver.reading(made):
+        pass

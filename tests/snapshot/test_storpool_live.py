@@ -4,6 +4,7 @@ The freeze, the guest agent, QEMU, the reflinks and the guest's data are real; t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -262,3 +263,41 @@ def test_mixed_vm_file_rbd_storpool_gets_one_freeze(engine, conn, lab_state, fak
     assert api.snapshots[f"kvmkit--{vm}-vdc--mix1"].tags[TAG_SNAP] == "mix1"
     engine.delete(vm, "mix1")
     assert f"kvmkit--{vm}-vdc--mix1" not in api.snapshots
+
+
+def test_a_snapshot_is_read_through_a_read_only_attachment(engine, conn, fake, sp_vm):
+    import hashlib
+
+    api = fake[0]
+    dom = conn.lookupByName(sp_vm)
+    snap = engine.create(sp_vm, "read1")
+    write_random(dom, ["vda"], "later")  # the volume moves on; the snapshot must not
+    disk_snap = snap.disks[0]
+    driver = storpool_driver(engine)
+    driver.endpoint = dataclasses.replace(driver.endpoint, client_id=1)
+
+    def digest(path) -> str:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    with driver.reading(disk_snap) as device:
+        assert device.is_block_device() and os.path.realpath(device).startswith("/dev/loop")
+        assert _write_refused(device)  # attached read-only
+        assert digest(device) == digest(api.snapshots[disk_snap.handle].path)
+        assert digest(device) != digest(api.volumes[disk_snap.location["volume"]].path)
+    assert not device.exists()  # detached again
+    engine.delete(sp_vm, "read1")
+
+
+def _write_refused(device) -> bool:
+    try:
+        fd = os.open(device, os.O_WRONLY)
+    except OSError:
+        return True
+    try:
+        os.pwrite(fd, b"x", 0)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False

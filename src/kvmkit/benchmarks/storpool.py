@@ -79,8 +79,9 @@ class FakeServer:
                                      "this installation lacks (it ships with kvmkit's source tree)")
         self.ready = root.parent / f".{root.name}.ready"
         self.ready.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, str(FAKE_PATH), "--root", str(root), "--ready", str(self.ready),
-                                      "--latency-ms", str(latency_ms), "--cluster-id", "fake.bench"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.storpool_api", "--root", str(root),
+                                      "--ready", str(self.ready), "--latency-ms", str(latency_ms),
+                                      "--cluster-id", "fake.bench"], cwd=FAKE_PATH.parents[2],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not self.ready.exists() or not self.ready.read_text().strip():

@@ -30,7 +30,8 @@ import io
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class Endpoint:
     token: str = field(repr=False)
     source: str  # where it was read from, for messages (never the token)
     timeout_s: float = 10.0
+    client_id: int | None = None  # this host's StorPool client id (SP_OURID): where snapshots are attached to read
 
     @property
     def where(self) -> str:
@@ -89,7 +91,7 @@ def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None 
     sp = settings or StorPoolSettings()
     if sp.host:
         token = sp.token or (env.get(sp.token_env, "") if sp.token_env else "")
-        return Endpoint(sp.host, sp.port or 81, token, "kvmkit config [storpool]", sp.timeout_s)
+        return Endpoint(sp.host, sp.port or 81, token, "kvmkit config [storpool]", sp.timeout_s, sp.client_id)
     if not sp.conf.is_file():
         if settings is not None and settings.conf != StorPoolSettings().conf:
             raise InvalidInput(f"StorPool config {sp.conf} (from kvmkit's [storpool] conf) does not exist")
@@ -99,9 +101,10 @@ def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None 
     try:
         cfg = loader(missing_ok=True)
         host, port, token = cfg["SP_API_HTTP_HOST"], int(cfg["SP_API_HTTP_PORT"]), cfg.get("SP_AUTH_TOKEN", "")
+        client_id = sp.client_id or (int(cfg["SP_OURID"]) if cfg.get("SP_OURID") else None)
     except (spconfig.SPConfigException, KeyError, ValueError) as exc:
         raise InvalidInput(f"{sp.conf}: not a usable StorPool config ({type(exc).__name__})") from None
-    return Endpoint(host, port, token, str(sp.conf), sp.timeout_s)
+    return Endpoint(host, port, token, str(sp.conf), sp.timeout_s, client_id)
 
 
 def catalog_identity(catalog_path: Path) -> str:
@@ -306,6 +309,32 @@ class StorPoolDriver:
         vol = self.volume(disk)
         return sorted(s.name for s in self._call("listing StorPool snapshots", "snapshotsList")
                       if not s.deleted and self._is_ours(s) and (s.tags or {}).get(TAG_VOLUME) == vol.global_id)
+
+    # reading (for backup) ---------------------------------------------------------------------------------
+    @contextmanager
+    def reading(self, snap: DiskSnapshot, timeout_s: float = 30.0) -> Iterator[Path]:
+        """The snapshot attached read-only to this host (VolumesReassign `ro`) as /dev/storpool/<snapshot>, and
+        detached again afterwards. This API version has no call that streams or diffs a snapshot's data, so a
+        backup reads the device (every block: a block device reports no holes)."""
+        if self.endpoint.client_id is None:
+            raise EnvironmentProblem(f"reading StorPool snapshot {snap.handle} needs this host's client id "
+                                     f"(SP_OURID in {self.endpoint.source}, or [storpool] client_id)")
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            raise NotFound(f"StorPool snapshot {snap.handle} does not exist")
+        if not self._is_ours(summary):
+            raise Conflict(f"StorPool snapshot {snap.handle} is not kvmkit's")
+        client = self.endpoint.client_id
+        self._call(f"attaching StorPool snapshot {snap.handle} read-only", "volumesReassign",
+                   json=[{"snapshot": snap.handle, "ro": [client]}])
+        try:
+            if not self._api.volumeDevLinkWait(snap.handle, True, maxTime=timeout_s):
+                raise OperationFailed(f"StorPool snapshot {snap.handle} was attached, but {DEV_BY_NAME / snap.handle} "
+                                      f"did not appear within {timeout_s:g} s")
+            yield DEV_BY_NAME / snap.handle
+        finally:
+            self._call(f"detaching StorPool snapshot {snap.handle}", "volumesReassign",
+                       json=[{"snapshot": snap.handle, "detach": [client]}])
 
     # revert -----------------------------------------------------------------------------------------------
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
