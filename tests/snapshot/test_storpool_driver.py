@@ -248,3 +248,23 @@ def test_reading_a_snapshot_needs_this_hosts_client_id(fake, driver):
     made = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
     with pytest.raises(EnvironmentProblem, match="client id"), driver.reading(made):
         pass
+
+
+def test_a_service_that_is_not_the_storpool_api_is_one_line(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        drv = StorPoolDriver(Endpoint("127.0.0.1", server.server_address[1], "t", "test"), "c")
+        with pytest.raises(EnvironmentProblem, match="does not answer like the StorPool API"):
+            drv.plan(disk("vda"), "x", PlanOptions())
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -172,6 +172,9 @@ class StorPoolDriver:
                 reason = f"no answer within {self.endpoint.timeout_s:g} s"
             raise EnvironmentProblem(f"cannot reach the StorPool API at {self.endpoint.where} "
                                      f"(from {self.endpoint.source}): {reason}") from None
+        except ValueError:  # not JSON: something else listens there
+            raise EnvironmentProblem(f"the service at {self.endpoint.where} (from {self.endpoint.source}) does not "
+                                     "answer like the StorPool API") from None
 
     def _api_error(self, what: str, exc: spapi.ApiError) -> KvmkitError:
         desc = self._redact(f"{exc.name}: {exc.desc}")
@@ -235,8 +238,8 @@ class StorPoolDriver:
         if self._find_snapshot(handle) is not None:
             raise Conflict(f"disk {disk.target}: StorPool snapshot {handle} already exists; kvmkit will not "
                            "overwrite it")
-        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag, "vm_uuid": self._vm_uuids[disk.source],
-                    "api": self.endpoint.where}
+        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag,
+                    "vm_uuid": self._vm_uuids[disk.source], "api": self.endpoint.where}
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle,
                             size_bytes=vol.size, location=location)
 
