@@ -26,6 +26,20 @@ class CephSettings(BaseModel):
     keyring: Path | None = None
 
 
+class StorPoolSettings(BaseModel):
+    """The StorPool API: by default from StorPool's own /etc/storpool.conf (SP_API_HTTP_HOST, SP_API_HTTP_PORT,
+    SP_AUTH_TOKEN), read by the `storpool` binding's loader; host/port/token here take precedence."""
+
+    model_config = ConfigDict(extra="forbid")
+    conf: Path = Path("/etc/storpool.conf")
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    token: str | None = Field(default=None, repr=False)
+    token_env: str | None = None  # read the token from this environment variable instead
+    timeout_s: float = Field(default=10.0, gt=0, le=300)  # per API call; no retries (an answer or one error line)
+    client_id: int | None = Field(default=None, ge=1)  # this host's client id (else SP_OURID from the conf)
+
+
 class BackupTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -55,6 +69,7 @@ class Settings(BaseModel):
     # libvirt's disk-only external snapshot (no QMP behind libvirt's back, but a longer freeze): snapshot/overlay.py
     overlay_barrier: Literal["libvirt", "qmp"] = "qmp"
     ceph: CephSettings = CephSettings()
+    storpool: StorPoolSettings | None = None  # None: /etc/storpool.conf if it exists, else no StorPool driver
     backup_to_secondary: bool = False
     backup_targets: list[BackupTarget] = []
 
@@ -86,4 +101,6 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
     elif "KVMKIT_CONFIG" in env:
         raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
     data.update(_env_overrides(env))
+    if "KVMKIT_STORPOOL_CONF" in env:  # tests point kvmkit at a storpool.conf of their own (the fake API's)
+        data["storpool"] = {**data.get("storpool", {}), "conf": env["KVMKIT_STORPOOL_CONF"]}
     return validated(Settings, data, path)

@@ -30,11 +30,18 @@ class RbdDisk:
 
 
 @dataclass(frozen=True)
+class BlockDisk:
+    """A host block device given to the VM as is (e.g. a StorPool volume's /dev/storpool/<name> link)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str
     image: GuestImage
     console_log: Path
-    disks: tuple[FileDisk | RbdDisk, ...] = field(default_factory=tuple)
+    disks: tuple[FileDisk | RbdDisk | BlockDisk, ...] = field(default_factory=tuple)
     memory_mib: int = 128
     vcpus: int = 1
     domain_type: Literal["qemu", "kvm"] = "qemu"  # TCG unless KVM really works
@@ -84,6 +91,10 @@ def domain_xml(spec: VmSpec) -> str:
             el = _sub(devices, "disk", type="file", device="disk")
             _sub(el, "driver", name="qemu", type=disk.format, cache="none", io="native", discard="unmap")
             _sub(el, "source", file=str(disk.path))
+        elif isinstance(disk, BlockDisk):
+            el = _sub(devices, "disk", type="block", device="disk")
+            _sub(el, "driver", name="qemu", type="raw", cache="none", io="native", discard="unmap")
+            _sub(el, "source", dev=str(disk.path))
         else:
             el = _sub(devices, "disk", type="network", device="disk")
             _sub(el, "driver", name="qemu", type="raw", cache="none", discard="unmap")

@@ -221,8 +221,11 @@ def _disk_layout(storage: Storage, count: int) -> dict[str, int]:
 
 def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_mib: int = 1024,
            memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True, start: bool = True,
-           filesystems: Literal["every", "first"] = "every", progress: Progress = lambda _m: None) -> LabVm:
-    """Define one lab VM (its disks made fresh); the caller holds the lab lock or owns the state."""
+           filesystems: Literal["every", "first"] = "every", progress: Progress = lambda _m: None,
+           block_disks: tuple[Path, ...] = ()) -> LabVm:
+    """Define one lab VM (its disks made fresh); the caller holds the lab lock or owns the state.
+    block_disks: existing host block devices attached after the file and RBD disks; whoever made them removes
+    them (the lab only detaches them with the VM)."""
     check_vm_name(name)
     if rbd_disks and state.ceph is None:
         raise InvalidInput(f"VM {name}: RBD disks need the lab's Ceph (kvmkit lab up --ceph)")
@@ -231,7 +234,7 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
     with connection(state.uri) as conn:
         _refuse_existing(conn, name)
         lab_disks: list[LabDisk] = []
-        specs: list[domain.FileDisk | domain.RbdDisk] = []
+        specs: list[domain.FileDisk | domain.RbdDisk | domain.BlockDisk] = []
         for index in range(file_disks + rbd_disks):
             target = domain.disk_target(index)
             if index < file_disks:
@@ -246,6 +249,12 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
                 lab_disks.append(LabDisk(target=target, kind="rbd", source=f"{state.ceph.pool}/{image}",
                                          size_mib=size_mib))
                 specs.append(domain.RbdDisk(state.ceph.pool, image, "127.0.0.1", state.ceph.port, state.ceph.conf))
+        for index, device in enumerate(block_disks, start=file_disks + rbd_disks):
+            if not device.is_block_device():
+                raise InvalidInput(f"VM {name}: {device} is not a block device")
+            lab_disks.append(LabDisk(target=domain.disk_target(index), kind="block", source=str(device),
+                                     size_mib=0))
+            specs.append(domain.BlockDisk(device))
         vm = _define(state, conn, name, specs, lab_disks, memory_mib=memory_mib, with_fio=with_fio,
                      agent_running=agent_running)
     if start:
@@ -275,7 +284,8 @@ def _refuse_existing(conn: libvirt.virConnect, name: str) -> None:
     raise Conflict(f"a domain named {name!r} already exists and is not the lab's; remove it or rename")
 
 
-def _define(state: LabState, conn: libvirt.virConnect, name: str, specs: list[domain.FileDisk | domain.RbdDisk],
+def _define(state: LabState, conn: libvirt.virConnect, name: str,
+            specs: list[domain.FileDisk | domain.RbdDisk | domain.BlockDisk],
             lab_disks: list[LabDisk], *, memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True,
             shape: str = "default") -> LabVm:
     image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
@@ -356,6 +366,8 @@ def remove_vm(state: LabState, name: str, keep_rbd: bool = False) -> None:
                 leftover.unlink(missing_ok=True)
             for chained in shapes.chain_files(disk):
                 chained.unlink(missing_ok=True)
+        elif disk.kind == "block":
+            continue  # not the lab's: its maker removes it
         elif not keep_rbd and state.ceph is not None and procs.alive(state.ceph.mon_pid):
             pool_name, _, image = disk.source.partition("/")
             disks.purge_rbd_image(state.ceph.conf, pool_name, image)

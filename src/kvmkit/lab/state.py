@@ -20,8 +20,8 @@ STATE_FILE = "state.json"
 
 class LabDisk(BaseModel):
     target: str
-    kind: Literal["file", "rbd"]
-    source: str  # file path, or pool/image
+    kind: Literal["file", "rbd", "block"]
+    source: str  # file path, pool/image, or a host block device (not the lab's: see lab.add_vm)
     size_mib: int
 
 

@@ -192,7 +192,11 @@ def bench(
     rounds: int = typer.Option(5, "--rounds", help="Measured rounds per disk count (after one warm-up)."),
     filesystems: str = typer.Option("every", "--filesystems",
                                     help="every: each disk has a mounted ext4 to freeze; first: only the first."),
-    storage: str = typer.Option("file", "--storage", help="file (vs libvirt) or rbd (concurrency, groups, revert)."),
+    storage: str = typer.Option("file", "--storage", help="file (vs libvirt), rbd (concurrency, groups, revert) or "
+                                "storpool (on the FAKE StorPool API: group = 1 call, concurrency; 4 disks unless "
+                                "--disks N)."),
+    api_latency_ms: float = typer.Option(0.0, "--api-latency-ms",
+                                         help="storpool: a server-side delay per fake API call, in ms."),
     revert_sizes: str = typer.Option("1,8", "--revert-sizes", help="rbd: image sizes in GiB for the revert timing."),
     paxos_interval: float = typer.Option(1.0, "--paxos-interval",
                                          help="rbd: mon paxos_propose_interval during the run (1 s = production)."),
@@ -215,8 +219,13 @@ def bench(
         _bench_rbd(settings.lab_path, connect or settings.libvirt_uri, disks, rounds, revert_sizes, paxos_interval,
                    json_out, say)
         return
+    if storage == "storpool":
+        from kvmkit.benchmarks.storpool_cli import bench_storpool
+
+        bench_storpool(settings.lab_path, connect or settings.libvirt_uri, disks, rounds, api_latency_ms, json_out)
+        return
     if storage != "file":
-        raise InvalidInput("--storage must be 'file' or 'rbd'")
+        raise InvalidInput("--storage must be 'file', 'rbd' or 'storpool'")
     if filesystems not in ("every", "first"):
         raise InvalidInput("--filesystems must be 'every' or 'first'")
     result = bench_mod.run(settings.lab_path, connect or settings.libvirt_uri, bench_mod.parse_counts(disks), rounds,

@@ -11,12 +11,21 @@ from kvmkit.virt.disks import Disk
 def default_drivers(libvirt_uri: str | None = None) -> list[StorageDriver]:
     """libvirt_uri: where the domains' libvirt secrets (cephx keys) are read; None: the configured URI."""
     drivers: list[StorageDriver] = [FileDriver()]
+    drivers += _storpool()  # only when the `storpool` binding is installed and StorPool is configured here
     try:
         from kvmkit.snapshot.drivers.rbd import RbdDriver
     except ImportError:  # python3-rbd absent: RBD disks are then reported as unsupported
         return drivers
     drivers.append(RbdDriver(libvirt_uri=libvirt_uri))
     return drivers
+
+
+def _storpool() -> list[StorageDriver]:
+    try:
+        from kvmkit.snapshot.drivers.storpool import configured_drivers
+    except ImportError:  # the optional `storpool` binding is absent
+        return []
+    return list(configured_drivers())
 
 
 def driver_for(disk: Disk, drivers: list[StorageDriver]) -> StorageDriver:

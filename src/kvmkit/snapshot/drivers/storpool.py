@@ -1,0 +1,391 @@
+"""StorPool driver, on StorPool's own API binding (`pip install storpool`: `storpool.spapi.Api`), no CLI.
+
+* A disk is StorPool's when libvirt attaches it as a block device under /dev/storpool/<name> or
+  /dev/storpool-byid/<globalId> (how StorPool's client exposes attached volumes). `plan` looks the volume up
+  through the API (by name, or by `~globalId`) and checks that the link the disk uses resolves to the same device
+  as the volume's own link, so a stale or hand-made link is refused rather than snapshotted.
+* snapshot = one `VolumeSnapshot` call per volume (addressed by `~globalId`, so a rename cannot misdirect it), issued
+  concurrently by the engine inside the freeze. A StorPool snapshot is metadata-only on the cluster.
+* group snapshot = one `VolumesGroupSnapshot` call across every disk of the VM: consistent across volumes,
+  crash-consistent for the VM, with neither freeze nor pause.
+* revert = the API's `VolumeRevert` (a metadata operation on the cluster: O(1), the volume keeps its name, globalId
+  and device, so the domain XML does not change). It needs the volume closed, i.e. the VM shut off, which the engine
+  ensures. To make a multi-disk revert all-or-nothing, `stage_revert` first takes a safety snapshot of the current
+  volume (also O(1)); `undo` reverts to it, `commit` deletes it.
+* Naming: `kvmkit--<volume>--<snapshot name>` (StorPool snapshot names are cluster-wide, so the volume is in it).
+  Ownership is by tags, never by name: every snapshot kvmkit makes carries `kvmkit=<catalog identity>`,
+  `kvmkit-vm=<VM uuid>`, `kvmkit-snap=<snapshot name>`, `kvmkit-vol=<volume globalId>` and `kvmkit-role`.
+  `owned`, `delete` and `recover` act only on snapshots whose `kvmkit` tag is this catalog's identity.
+* The token comes from /etc/storpool.conf (the binding's loader) or kvmkit's `[storpool]` section; it is never put
+  in a log line, a record or an error message. Calls are made without the binding's retries and with a timeout, so
+  an unreachable API is one error line, raised by `plan`, before any freeze.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import io
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvmkit.config import Settings, StorPoolSettings
+from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, NotFound, OperationFailed
+from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.model import DiskSnapshot
+from kvmkit.virt.disks import Disk
+
+with contextlib.redirect_stderr(io.StringIO()):  # the binding prints a notice to stderr when simplejson is absent
+    from storpool import spapi, spcatch, spconfig
+
+log = logging.getLogger(__name__)
+
+PREFIX = "kvmkit--"
+TAG_OWNER = "kvmkit"  # the catalog's identity: which kvmkit made it
+TAG_VM = "kvmkit-vm"
+TAG_SNAP = "kvmkit-snap"
+TAG_VOLUME = "kvmkit-vol"  # the volume's globalId: survives a rename of the volume
+TAG_ROLE = "kvmkit-role"  # "snapshot", or "prerevert" for a revert's safety snapshot
+DEV_BY_NAME = Path("/dev/storpool")
+DEV_BY_ID = Path("/dev/storpool-byid")
+MAX_NAME = 199  # the binding's VOLUME_NAME_SIZE (200) exclusive
+
+# error names the driver decides on (the fake API uses the same; see tests/fakes/storpool_api.py)
+NOT_FOUND = {"objectDoesNotExist"}
+TAKEN = {"objectExists"}
+BUSY = {"objectInUse", "objectHasChildren", "busy"}
+AUTH = {"authFailed", "invalidToken", "authError"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    token: str = field(repr=False)
+    source: str  # where it was read from, for messages (never the token)
+    timeout_s: float = 10.0
+    client_id: int | None = None  # this host's StorPool client id (SP_OURID): where snapshots are attached to read
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    global_id: str
+    size: int
+
+
+def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None = None) -> Endpoint | None:
+    """Where the API is, or None when nothing configures StorPool (no [storpool] section, no /etc/storpool.conf)."""
+    env = dict(os.environ) if env is None else env
+    sp = settings or StorPoolSettings()
+    if sp.host:
+        token = sp.token or (env.get(sp.token_env, "") if sp.token_env else "")
+        return Endpoint(sp.host, sp.port or 81, token, "kvmkit config [storpool]", sp.timeout_s, sp.client_id)
+    if not sp.conf.is_file():
+        if settings is not None and settings.conf != StorPoolSettings().conf:
+            raise InvalidInput(f"StorPool config {sp.conf} (from kvmkit's [storpool] conf) does not exist")
+        return None
+    loader = type("KvmkitSPConfig", (spconfig.SPConfig,),
+                  {"PATH_CONFIG": str(sp.conf), "PATH_CONFIG_DIR": str(sp.conf) + ".d"})
+    try:
+        cfg = loader(missing_ok=True)
+        host, port, token = cfg["SP_API_HTTP_HOST"], int(cfg["SP_API_HTTP_PORT"]), cfg.get("SP_AUTH_TOKEN", "")
+        client_id = sp.client_id or (int(cfg["SP_OURID"]) if cfg.get("SP_OURID") else None)
+    except (spconfig.SPConfigException, KeyError, ValueError) as exc:
+        raise InvalidInput(f"{sp.conf}: not a usable StorPool config ({type(exc).__name__})") from None
+    return Endpoint(host, port, token, str(sp.conf), sp.timeout_s, client_id)
+
+
+def catalog_identity(catalog_path: Path) -> str:
+    """A short, stable id of one kvmkit catalog on one host: the `kvmkit` tag that proves a snapshot is ours."""
+    seed = f"{socket.gethostname()}:{catalog_path.resolve()}"
+    return "c" + hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def vm_uuid_from_libvirt(uri: str) -> Callable[[Disk], str]:
+    """The VM uuid for a disk, found through libvirt (the contract's `plan` is not told the VM): the domain whose
+    disk has this source and target. Looked up before the freeze; "" when no domain has it."""
+
+    def resolve(disk: Disk) -> str:
+        from kvmkit.virt.connection import connection
+        from kvmkit.virt.disks import parse_disks
+
+        with connection(uri) as conn:
+            for dom in conn.listAllDomains():
+                try:
+                    if any(d.source == disk.source and d.target == disk.target for d in parse_disks(dom.XMLDesc(0))):
+                        return dom.UUIDString()
+                except Exception:  # a transient domain that went away while we looked
+                    continue
+        return ""
+
+    return resolve
+
+
+def configured_drivers(settings: Settings | None = None) -> list[StorPoolDriver]:
+    """The registry's hook: a StorPool driver when StorPool is configured here, else none."""
+    from kvmkit import config
+
+    settings = settings or config.load()
+    endpoint = load_endpoint(settings.storpool)
+    if endpoint is None:
+        return []
+    return [StorPoolDriver(endpoint, catalog_identity(settings.catalog_path),
+                           vm_uuid_from_libvirt(settings.libvirt_uri))]
+
+
+class StorPoolDriver:
+    name = "storpool"
+
+    def __init__(self, endpoint: Endpoint, catalog_id: str, vm_uuid_of: Callable[[Disk], str] | None = None,
+                 api: Any = None) -> None:
+        self.endpoint = endpoint
+        self.catalog_id = catalog_id
+        self._vm_uuid_of = vm_uuid_of or (lambda _disk: "")
+        self._api = api or spapi.Api(host=endpoint.host, port=endpoint.port, auth=endpoint.token,
+                                     timeout=endpoint.timeout_s, transientRetries=0)
+        self._volumes: dict[str, Volume] = {}  # disk source → volume, from plan until release (one create)
+        self._vm_uuids: dict[str, str] = {}  # likewise: disk source → VM uuid
+
+    # the API edge: every call goes through here, so every failure becomes one kvmkit error ----------------
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._api, method)(*args, **kwargs)
+        except spapi.ApiError as exc:
+            raise self._api_error(what, exc) from None
+        except spcatch.InvalidArgumentError as exc:
+            raise InvalidInput(f"{what}: {self._redact(str(exc))}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            if isinstance(exc, TimeoutError | socket.timeout):
+                reason = f"no answer within {self.endpoint.timeout_s:g} s"
+            raise EnvironmentProblem(f"cannot reach the StorPool API at {self.endpoint.where} "
+                                     f"(from {self.endpoint.source}): {reason}") from None
+        except ValueError:  # not JSON: something else listens there
+            raise EnvironmentProblem(f"the service at {self.endpoint.where} (from {self.endpoint.source}) does not "
+                                     "answer like the StorPool API") from None
+
+    def _api_error(self, what: str, exc: spapi.ApiError) -> KvmkitError:
+        desc = self._redact(f"{exc.name}: {exc.desc}")
+        if exc.name in AUTH or exc.status in (401, 403):
+            return EnvironmentProblem(f"the StorPool API at {self.endpoint.where} refused kvmkit's token "
+                                      f"(from {self.endpoint.source})")
+        if exc.name in NOT_FOUND:
+            return NotFound(f"{what}: {desc}")
+        if exc.name in TAKEN or exc.name in BUSY:
+            return Conflict(f"{what}: {desc}")
+        return OperationFailed(f"{what}: StorPool API error {desc}")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.endpoint.token, "***") if self.endpoint.token else text
+
+    # volumes -------------------------------------------------------------------------------------------
+    def claims(self, disk: Disk) -> bool:
+        if disk.kind != "block":
+            return False
+        source = Path(disk.source)
+        return source.parent in (DEV_BY_NAME, DEV_BY_ID) or os.path.realpath(source).startswith("/dev/sp-")
+
+    def volume(self, disk: Disk) -> Volume:
+        """The volume behind a disk, from the API; the disk's link must resolve to the volume's device."""
+        if disk.source in self._volumes:
+            return self._volumes[disk.source]
+        return self._lookup(disk)
+
+    def _lookup(self, disk: Disk) -> Volume:
+        source = Path(disk.source)
+        if source.parent == DEV_BY_ID:
+            ref = "~" + source.name
+        elif source.parent == DEV_BY_NAME:
+            ref = source.name
+        else:  # a device path: find the volume link that resolves to it
+            ref = next((link.name for link in _links(DEV_BY_NAME)
+                        if os.path.realpath(link) == os.path.realpath(source)), "")
+            if not ref:
+                raise NotFound(f"disk {disk.target}: {disk.source} is no attached StorPool volume "
+                               f"(no link in {DEV_BY_NAME} resolves to it)")
+        found = self._call(f"disk {disk.target}: looking up StorPool volume {ref}", "volumeList", ref)
+        if not found:
+            raise NotFound(f"disk {disk.target}: StorPool volume {ref} does not exist")
+        vol = Volume(found[0].name, found[0].globalId, int(found[0].size))
+        _check_device(disk, vol)
+        return vol
+
+    def release(self) -> None:
+        self._volumes.clear()
+        self._vm_uuids.clear()
+
+    # create ---------------------------------------------------------------------------------------------
+    def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
+        vol = self._volumes.setdefault(disk.source, self.volume(disk))  # kept for the rest of this create
+        if disk.source not in self._vm_uuids:
+            self._vm_uuids[disk.source] = self._vm_uuid_of(disk)
+        handle = f"{PREFIX}{vol.name}--{tag}"
+        if len(handle) > MAX_NAME:
+            raise InvalidInput(f"disk {disk.target}: snapshot name {handle[:40]}… would exceed StorPool's "
+                               f"{MAX_NAME} characters; use a shorter snapshot name")
+        if self._find_snapshot(handle) is not None:
+            raise Conflict(f"disk {disk.target}: StorPool snapshot {handle} already exists; kvmkit will not "
+                           "overwrite it")
+        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag,
+                    "vm_uuid": self._vm_uuids[disk.source], "api": self.endpoint.where}
+        return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle,
+                            size_bytes=vol.size, location=location)
+
+    def tags(self, planned: DiskSnapshot, role: str = "snapshot") -> dict[str, str]:
+        loc = planned.location
+        tags = {TAG_OWNER: self.catalog_id, TAG_SNAP: loc["tag"], TAG_VOLUME: loc["volume_id"], TAG_ROLE: role}
+        if loc.get("vm_uuid"):
+            tags[TAG_VM] = loc["vm_uuid"]
+        return tags
+
+    def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
+        loc = planned.location
+        made = self._call(f"disk {planned.target}: snapshot of StorPool volume {loc['volume']}", "snapshotCreate",
+                          "~" + loc["volume_id"], {"name": planned.handle, "tags": self.tags(planned)})
+        return planned.model_copy(update={"location": {**loc, "snapshot_id": made.snapshotGlobalId}})
+
+    def serves_as_group(self, disks: Sequence[Disk]) -> bool:
+        """One driver talks to one cluster's API, so every StorPool disk of a VM can be in one group snapshot."""
+        return bool(disks) and all(self.claims(d) for d in disks)
+
+    def group_snapshot(self, planned: Sequence[DiskSnapshot], vm_label: str, tag: str) -> list[DiskSnapshot]:
+        """One VolumesGroupSnapshot call: every volume's snapshot at the same instant, no freeze, no pause."""
+        common = {k: v for k, v in self.tags(planned[0]).items() if k != TAG_VOLUME}
+        volumes = [{"volume": "~" + p.location["volume_id"], "name": p.handle,
+                    "tags": {TAG_VOLUME: p.location["volume_id"]}} for p in planned]
+        result = self._call(f"group snapshot of {len(planned)} StorPool volume(s) of {vm_label}",
+                            "snapshotCreateGroup", {"volumes": volumes, "tags": common})
+        made = {r.snapshot: r.snapshotGlobalId for r in result.snapshots}
+        group = f"{PREFIX}{vm_label}--{tag}"
+        return [p.model_copy(update={"group": group,
+                                     "location": {**p.location, "snapshot_id": made.get(p.handle, "")}})
+                for p in planned]
+
+    # lookup, ownership, delete ----------------------------------------------------------------------------
+    def _find_snapshot(self, name: str) -> Any | None:
+        try:
+            found = self._call(f"looking up StorPool snapshot {name}", "snapshotList", name)
+        except NotFound:
+            return None
+        live = [s for s in found if not s.deleted]  # one being deleted by the cluster is as good as gone
+        return live[0] if live else None
+
+    def _is_ours(self, summary: Any) -> bool:
+        return (summary.tags or {}).get(TAG_OWNER) == self.catalog_id
+
+    def exists(self, snap: DiskSnapshot) -> bool:
+        return self._find_snapshot(snap.handle) is not None
+
+    def delete(self, snap: DiskSnapshot) -> None:
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            return
+        if not self._is_ours(summary):
+            raise Conflict(f"StorPool snapshot {snap.handle} was not made by this kvmkit (its tags say so); "
+                           "kvmkit deletes only its own")
+        try:
+            self._call(f"deleting StorPool snapshot {snap.handle}", "snapshotDelete", snap.handle)
+        except NotFound:
+            return
+
+    def in_use(self, snap: DiskSnapshot) -> str | None:
+        """A snapshot other volumes were created from cannot go before them."""
+        children = [v.name for v in self._call("listing StorPool volumes", "volumesList")
+                    if v.parentName == snap.handle and v.name != snap.location.get("volume")]
+        if not children:
+            return None
+        return f"StorPool volume(s) {', '.join(children)} were created from it"
+
+    def owned(self, disk: Disk) -> list[str]:
+        vol = self.volume(disk)
+        return sorted(s.name for s in self._call("listing StorPool snapshots", "snapshotsList")
+                      if not s.deleted and self._is_ours(s) and (s.tags or {}).get(TAG_VOLUME) == vol.global_id)
+
+    # reading (for backup) ---------------------------------------------------------------------------------
+    @contextmanager
+    def reading(self, snap: DiskSnapshot, timeout_s: float = 30.0) -> Iterator[Path]:
+        """The snapshot attached read-only to this host (VolumesReassign `ro`) as /dev/storpool/<snapshot>, and
+        detached again afterwards. This API version has no call that streams or diffs a snapshot's data, so a
+        backup reads the device (every block: a block device reports no holes)."""
+        if self.endpoint.client_id is None:
+            raise EnvironmentProblem(f"reading StorPool snapshot {snap.handle} needs this host's client id "
+                                     f"(SP_OURID in {self.endpoint.source}, or [storpool] client_id)")
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            raise NotFound(f"StorPool snapshot {snap.handle} does not exist")
+        if not self._is_ours(summary):
+            raise Conflict(f"StorPool snapshot {snap.handle} is not kvmkit's")
+        client = self.endpoint.client_id
+        self._call(f"attaching StorPool snapshot {snap.handle} read-only", "volumesReassign",
+                   json=[{"snapshot": snap.handle, "ro": [client]}])
+        try:
+            if not self._api.volumeDevLinkWait(snap.handle, True, maxTime=timeout_s):
+                raise OperationFailed(f"StorPool snapshot {snap.handle} was attached, but {DEV_BY_NAME / snap.handle} "
+                                      f"did not appear within {timeout_s:g} s")
+            yield DEV_BY_NAME / snap.handle
+        finally:
+            self._call(f"detaching StorPool snapshot {snap.handle}", "volumesReassign",
+                       json=[{"snapshot": snap.handle, "detach": [client]}])
+
+    # revert -----------------------------------------------------------------------------------------------
+    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
+        vol = self.volume(disk)
+        target = self._find_snapshot(snap.handle)
+        if target is None:
+            raise NotFound(f"disk {disk.target}: StorPool snapshot {snap.handle} is missing")
+        if not self._is_ours(target):
+            raise Conflict(f"disk {disk.target}: StorPool snapshot {snap.handle} is not kvmkit's")
+        safety = f"{PREFIX}{vol.name}--prerevert-{options.token[:12]}"
+        if self._find_snapshot(safety) is None:  # a retried revert with the same token reuses it
+            planned = snap.model_copy(update={"location": {**snap.location, "volume_id": vol.global_id}})
+            self._call(f"disk {disk.target}: safety snapshot before the revert", "snapshotCreate",
+                       "~" + vol.global_id, {"name": safety, "tags": self.tags(planned, role="prerevert")})
+        return StagedRevert(disk.target, self.name, {"volume": vol.name, "volume_id": vol.global_id,
+                                                     "to": snap.handle, "safety": safety})
+
+    def _revert(self, data: dict, to: str) -> None:
+        self._call(f"reverting StorPool volume {data['volume']} to {to}", "volumeRevert", "~" + data["volume_id"],
+                   {"toSnapshot": to})
+
+    def swap(self, staged: StagedRevert) -> None:
+        self._revert(staged.data, staged.data["to"])
+
+    def undo(self, staged: StagedRevert) -> None:
+        safety = staged.data["safety"]
+        if self._find_snapshot(safety) is not None:
+            self._revert(staged.data, safety)
+            self._call(f"deleting safety snapshot {safety}", "snapshotDelete", safety)
+
+    def commit(self, staged: StagedRevert) -> None:
+        safety = staged.data["safety"]
+        if self._find_snapshot(safety) is not None:
+            self._call(f"deleting safety snapshot {safety}", "snapshotDelete", safety)
+
+
+def _links(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_symlink()]
+    except OSError:
+        return []
+
+
+def _check_device(disk: Disk, vol: Volume) -> None:
+    """The disk's link and the volume's own links must lead to one device (a stale link is refused)."""
+    device = os.path.realpath(disk.source)
+    for link in (DEV_BY_NAME / vol.name, DEV_BY_ID / vol.global_id):
+        if link.is_symlink() and os.path.realpath(link) != device:
+            raise Conflict(f"disk {disk.target}: {disk.source} resolves to {device}, but StorPool volume "
+                           f"{vol.name} is attached as {os.path.realpath(link)}: a stale link; kvmkit will not "
+                           "snapshot a volume it cannot identify")

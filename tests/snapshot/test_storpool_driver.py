@@ -1,0 +1,270 @@
+"""The StorPool driver against the FAKE StorPool API (tests/fakes/storpool_api.py), through StorPool's real Python
+binding over real HTTP — no VM, no loop devices (the fake keeps each volume as a plain file here)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from storpool import spapi, sptypes
+
+from kvmkit.config import StorPoolSettings
+from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound
+from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions
+from kvmkit.snapshot.drivers.storpool import (
+    TAG_OWNER,
+    TAG_ROLE,
+    TAG_SNAP,
+    TAG_VM,
+    TAG_VOLUME,
+    Endpoint,
+    StorPoolDriver,
+    load_endpoint,
+)
+from kvmkit.virt.disks import Disk
+from tests.fakes.storpool_api import FakeStorPoolApi
+
+VM_UUID = "5f0c3a52-8c57-4a8e-9d3e-000000000018"
+MIB = 1 << 20
+
+
+@pytest.fixture()
+def fake(tmp_path):
+    api = FakeStorPoolApi(tmp_path / "fake-storpool", devices=False, require_reflink=False).start()
+    for i in range(4):
+        api.make_volume(f"vm18-vd{'abcd'[i]}", 4 * MIB)
+    yield api
+    api.stop()
+
+
+def endpoint(fake: FakeStorPoolApi, **kw) -> Endpoint:
+    return Endpoint(fake.host, fake.port, fake.token, "test", **kw)
+
+
+@pytest.fixture()
+def driver(fake) -> StorPoolDriver:
+    return StorPoolDriver(endpoint(fake), "ctestcatalog", vm_uuid_of=lambda _d: VM_UUID)
+
+
+def disk(target: str, source: str | None = None) -> Disk:
+    return Disk(target, "block", "raw", source or f"/dev/storpool/vm18-{target}")
+
+
+def write(fake: FakeStorPoolApi, volume: str, data: bytes) -> None:
+    with fake.volumes[volume].path.open("r+b") as fh:
+        fh.write(data)
+
+
+def read(fake: FakeStorPoolApi, volume: str, n: int) -> bytes:
+    with fake.volumes[volume].path.open("rb") as fh:
+        return fh.read(n)
+
+
+def test_the_fake_answers_in_the_shapes_the_binding_validates(fake, driver):
+    driver.snapshot(driver.plan(disk("vda"), "s1", PlanOptions()))
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    # strict construction raises on any missing or mistyped field (the binding's calls would return partials)
+    for raw in api.volumesList(returnRawAPIData=True):
+        sptypes.VolumeSummary(raw)
+    for raw in api.snapshotsList(returnRawAPIData=True):
+        sptypes.SnapshotSummary(raw)
+
+
+def test_claims_only_block_disks_under_dev_storpool():
+    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"), "c")
+    assert drv.claims(disk("vda"))
+    assert drv.claims(disk("vda", "/dev/storpool-byid/abc.def.1"))
+    assert not drv.claims(Disk("vda", "file", "raw", "/dev/storpool/x"))
+    assert not drv.claims(Disk("vda", "block", "raw", "/dev/sdb"))
+
+
+def test_plan_touches_nothing_then_snapshot_is_one_tagged_call(fake, driver):
+    planned = driver.plan(disk("vdb"), "s1", PlanOptions())
+    assert {m for m, _ in fake.calls} == {"GET"} and not fake.snapshots
+    assert planned.handle == "kvmkit--vm18-vdb--s1" and planned.size_bytes == 4 * MIB
+    before = fake.count("VolumeSnapshot")
+    made = driver.snapshot(planned)
+    assert fake.count("VolumeSnapshot") == before + 1
+    snap = fake.snapshots["kvmkit--vm18-vdb--s1"]
+    assert snap.on_volume == "vm18-vdb" and made.location["snapshot_id"] == snap.global_id
+    assert snap.tags == {TAG_OWNER: "ctestcatalog", TAG_VM: VM_UUID, TAG_SNAP: "s1",
+                         TAG_VOLUME: fake.volumes["vm18-vdb"].global_id, TAG_ROLE: "snapshot"}
+    assert driver.exists(made) and driver.owned(disk("vdb")) == [made.handle]
+    assert fake.token not in made.model_dump_json()  # the record (catalog row, --json) never holds the token
+    driver.delete(made)
+    assert not driver.exists(made) and "kvmkit--vm18-vdb--s1" not in fake.snapshots
+    driver.delete(made)  # a missing one is not an error
+
+
+def test_volume_is_found_by_global_id_link_too(fake, driver):
+    gid = fake.volumes["vm18-vdc"].global_id
+    planned = driver.plan(disk("vdc", f"/dev/storpool-byid/{gid}"), "s2", PlanOptions())
+    assert planned.location["volume"] == "vm18-vdc"
+
+
+def test_a_taken_name_is_refused_and_kept(fake, driver):
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    api.snapshotCreate("vm18-vda", {"name": "kvmkit--vm18-vda--theirs"})
+    with pytest.raises(Conflict, match="already exists; kvmkit will not overwrite it"):
+        driver.plan(disk("vda"), "theirs", PlanOptions())
+    assert "kvmkit--vm18-vda--theirs" in fake.snapshots
+
+
+def test_group_snapshot_is_one_api_call_for_four_volumes(fake, driver):
+    disks = [disk(t) for t in ("vda", "vdb", "vdc", "vdd")]
+    assert driver.serves_as_group(disks)
+    assert not driver.serves_as_group([*disks, Disk("vde", "file", "raw", "/x.raw")])
+    planned = [driver.plan(d, "g1", PlanOptions()) for d in disks]
+    before = list(fake.calls)
+    made = driver.group_snapshot(planned, "vm18-5f0c3a52", "g1")
+    assert fake.calls[len(before):] == [("POST", "VolumesGroupSnapshot")]
+    assert {d.group for d in made} == {"kvmkit--vm18-5f0c3a52--g1"}
+    for d in made:
+        tags = fake.snapshots[d.handle].tags
+        assert tags[TAG_OWNER] == "ctestcatalog" and tags[TAG_VM] == VM_UUID and tags[TAG_SNAP] == "g1"
+        assert tags[TAG_VOLUME] == d.location["volume_id"] == fake.volumes[d.location["volume"]].global_id
+        assert d.location["snapshot_id"] == fake.snapshots[d.handle].global_id
+
+
+def test_owned_and_delete_never_touch_another_tools_or_catalogs_snapshots(fake, driver):
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    gid = fake.volumes["vm18-vda"].global_id
+    api.snapshotCreate("vm18-vda", {"name": "backup-tool-1", "tags": {"owner": "someone"}})
+    api.snapshotCreate("vm18-vda", {"name": "kvmkit--vm18-vda--other",
+                                    "tags": {TAG_OWNER: "cothercatalog", TAG_VOLUME: gid}})
+    mine = driver.snapshot(driver.plan(disk("vda"), "mine", PlanOptions()))
+    assert driver.owned(disk("vda")) == [mine.handle]
+    other = mine.model_copy(update={"handle": "kvmkit--vm18-vda--other"})
+    with pytest.raises(Conflict, match="kvmkit deletes only its own"):
+        driver.delete(other)
+    assert "kvmkit--vm18-vda--other" in fake.snapshots and "backup-tool-1" in fake.snapshots
+
+
+def test_revert_swap_restores_data_and_undo_puts_the_newer_data_back(fake, driver):
+    write(fake, "vm18-vda", b"before")
+    snap = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
+    write(fake, "vm18-vda", b"after!")
+    staged = driver.stage_revert(disk("vda"), snap, RevertOptions())
+    safety = staged.data["safety"]
+    assert fake.snapshots[safety].tags[TAG_ROLE] == "prerevert"
+    driver.swap(staged)
+    assert read(fake, "vm18-vda", 6) == b"before"
+    driver.undo(staged)  # another disk failed: this one goes back to how it was
+    assert read(fake, "vm18-vda", 6) == b"after!" and safety not in fake.snapshots
+    staged = driver.stage_revert(disk("vda"), snap, RevertOptions())
+    driver.swap(staged)
+    driver.commit(staged)
+    assert read(fake, "vm18-vda", 6) == b"before" and staged.data["safety"] not in fake.snapshots
+    assert driver.owned(disk("vda")) == [snap.handle]
+
+
+def test_a_snapshot_a_volume_was_created_from_is_in_use(fake, driver):
+    snap = driver.snapshot(driver.plan(disk("vda"), "c1", PlanOptions()))
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    api.volumeCreate({"name": "clone-of-c1", "parent": snap.handle})
+    assert "clone-of-c1" in (driver.in_use(snap) or "")
+    with pytest.raises(Conflict, match="objectHasChildren"):
+        driver.delete(snap)
+    assert snap.handle in fake.snapshots
+
+
+def test_api_errors_are_one_kvmkit_line(fake, driver):
+    with pytest.raises(NotFound, match=r"^disk vdz: looking up StorPool volume vm18-vdz: objectDoesNotExist"):
+        driver.plan(disk("vdz"), "x", PlanOptions())
+    with pytest.raises(InvalidInput):
+        driver.plan(disk("vda"), "x" * 200, PlanOptions())
+    assert not fake.snapshots
+
+
+def test_wrong_token_is_one_line_without_the_token(fake):
+    drv = StorPoolDriver(Endpoint(fake.host, fake.port, "s3cr3t-token-value", "test"), "c")
+    with pytest.raises(EnvironmentProblem) as err:
+        drv.plan(disk("vda"), "x", PlanOptions())
+    assert "refused kvmkit's token" in str(err.value) and "s3cr3t" not in str(err.value)
+    assert "s3cr3t" not in repr(Endpoint(fake.host, fake.port, "s3cr3t-token-value", "test"))
+
+
+def test_unreachable_api_is_one_line_at_once(fake, driver):
+    port = fake.port
+    fake.stop()
+    drv = StorPoolDriver(Endpoint("127.0.0.1", port, "t", "/etc/storpool.conf"), "c")
+    t0 = time.monotonic()
+    with pytest.raises(EnvironmentProblem, match=rf"^cannot reach the StorPool API at 127\.0\.0\.1:{port} "
+                                                 r"\(from /etc/storpool\.conf\): "):
+        drv.plan(disk("vda"), "x", PlanOptions())
+    assert time.monotonic() - t0 < 5  # the binding's own retries (31 s of backoff) are off
+
+
+def test_endpoint_is_read_by_the_bindings_loader(fake, tmp_path):
+    conf = fake.write_conf(tmp_path / "storpool.conf")
+    assert conf.stat().st_mode & 0o777 == 0o600
+    ep = load_endpoint(StorPoolSettings(conf=conf), env={})
+    assert (ep.host, ep.port, ep.token, ep.source) == (fake.host, fake.port, fake.token, str(conf))
+    assert fake.token not in repr(ep)
+    assert load_endpoint(None, env={}) is None or Path("/etc/storpool.conf").exists()
+    with pytest.raises(InvalidInput, match="does not exist"):
+        load_endpoint(StorPoolSettings(conf=tmp_path / "absent.conf"), env={})
+    inline = load_endpoint(StorPoolSettings(host="10.0.0.1", port=81, token_env="SPTOK"), env={"SPTOK": "abc"})
+    assert (inline.host, inline.port, inline.token) == ("10.0.0.1", 81, "abc")
+
+
+def test_registry_adds_the_driver_only_when_configured(fake, tmp_path, monkeypatch):
+    from kvmkit.snapshot.drivers.registry import default_drivers
+
+    monkeypatch.setenv("KVMKIT_CONFIG", str(tmp_path / "kvmkit.toml"))
+    (tmp_path / "kvmkit.toml").write_text(f'state_dir = "{tmp_path}"\n')
+    names = [d.name for d in default_drivers()]
+    assert "storpool" not in names or Path("/etc/storpool.conf").exists()
+    monkeypatch.setenv("KVMKIT_STORPOOL_CONF", str(fake.write_conf(tmp_path / "storpool.conf")))
+    assert "storpool" in [d.name for d in default_drivers()]
+
+
+def test_lab_block_disks_become_block_disk_records(tmp_path):
+    from kvmkit.lab import domain
+    from kvmkit.lab.guest import GuestImage
+    from kvmkit.virt.disks import parse_disks
+
+    image = GuestImage(tmp_path / "k", tmp_path / "i", "console=ttyS0")
+    xml = domain.domain_xml(domain.VmSpec("t", image, tmp_path / "c.log", disks=(
+        domain.FileDisk(tmp_path / "a.raw"), domain.BlockDisk(Path("/dev/storpool/vol-b")))))
+    disks = parse_disks(xml)
+    assert [(d.target, d.kind, d.source) for d in disks] == [
+        ("vda", "file", str(tmp_path / "a.raw")), ("vdb", "block", "/dev/storpool/vol-b")]
+    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"), "c")
+    assert [drv.claims(d) for d in disks] == [False, True]
+
+
+def test_kvmkit_storpool_conf_env_sets_the_section(tmp_path):
+    from kvmkit import config
+
+    settings = config.load(tmp_path / "none.toml", env={"KVMKIT_STORPOOL_CONF": "/x/storpool.conf"})
+    assert settings.storpool is not None and settings.storpool.conf == Path("/x/storpool.conf")
+    assert config.load(tmp_path / "none.toml", env={}).storpool is None
+    assert "s3cr3t" not in repr(StorPoolSettings(host="h", token="s3cr3t"))
+
+
+def test_reading_a_snapshot_needs_this_hosts_client_id(fake, driver):
+    made = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
+    with pytest.raises(EnvironmentProblem, match="client id"), driver.reading(made):
+        pass
+
+
+def test_a_service_that_is_not_the_storpool_api_is_one_line(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        drv = StorPoolDriver(Endpoint("127.0.0.1", server.server_address[1], "t", "test"), "c")
+        with pytest.raises(EnvironmentProblem, match="does not answer like the StorPool API"):
+            drv.plan(disk("vda"), "x", PlanOptions())
+    finally:
+        server.shutdown()
+        server.server_close()
