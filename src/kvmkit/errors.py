@@ -13,6 +13,7 @@ sentence an operator can act on, so the CLI prints one line and never a tracebac
 
 from __future__ import annotations
 
+import copy
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,13 @@ Model = TypeVar("Model", bound=BaseModel)
 
 class KvmkitError(Exception):
     exit_code = 1
+
+    def rephrased(self, message: str) -> KvmkitError:
+        """The same error (class, exit code and any fields a subclass keeps) with a new message: for adding what
+        was cleaned up, without assuming every subclass is built from one string. Raise it `from` this one."""
+        clone = copy.copy(self)
+        clone.args = (message,)
+        return clone
 
 
 class InvalidInput(KvmkitError):

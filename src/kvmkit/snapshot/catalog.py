@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kvmkit.errors import Conflict, NotFound
+from kvmkit.snapshot.journal import JournalEntry, JournalPayload, dump_payload, parse_entry
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
 
 SCHEMA = """
@@ -134,23 +135,24 @@ class Catalog:
         return [_row(r) for r in self.db.execute(sql + " ORDER BY created, id", args)]
 
     # journal: multi-step operations other than create/delete (revert swaps, overlays) -------------------
-    def journal_add(self, vm_uuid: str, op: str, data: dict) -> int:
+    def journal_add(self, vm_uuid: str, payload: JournalPayload) -> int:
         with self.tx() as db:
             cur = db.execute("INSERT INTO journal (vm_uuid, op, data, created) VALUES (?,?,?,?)",
-                             (vm_uuid, op, json.dumps(data), datetime.now().isoformat()))
+                             (vm_uuid, payload.op, dump_payload(payload), datetime.now().isoformat()))
         return int(cur.lastrowid or 0)
 
-    def journal_update(self, entry_id: int, data: dict) -> None:
+    def journal_update(self, entry_id: int, payload: JournalPayload) -> None:
         with self.tx() as db:
-            db.execute("UPDATE journal SET data=? WHERE id=?", (json.dumps(data), entry_id))
+            db.execute("UPDATE journal SET op=?, data=? WHERE id=?", (payload.op, dump_payload(payload), entry_id))
 
     def journal_done(self, entry_id: int) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM journal WHERE id=?", (entry_id,))
 
-    def journal(self, vm_uuid: str | None = None) -> list[tuple[int, str, str, dict]]:
+    def journal(self, vm_uuid: str | None = None) -> list[JournalEntry]:
+        """Open journal entries, oldest first, each parsed strictly (a damaged row says so, and is never guessed)."""
         rows = self.db.execute("SELECT id, vm_uuid, op, data FROM journal ORDER BY id").fetchall()
-        return [(r["id"], r["vm_uuid"], r["op"], json.loads(r["data"])) for r in rows
+        return [parse_entry(int(r["id"]), str(r["vm_uuid"]), str(r["op"]), str(r["data"])) for r in rows
                 if vm_uuid is None or r["vm_uuid"] == vm_uuid]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.journal import FileStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.sparse import data_extents
 from kvmkit.virt.disks import Disk
@@ -158,20 +159,30 @@ class FileDriver:
         st = source.stat()
         os.chown(new, st.st_uid, st.st_gid)
         os.chmod(new, st.st_mode & 0o7777)
-        return StagedRevert(disk.target, self.name, {"source": str(source), "new": str(new), "old": str(old)})
+        return StagedRevert(disk.target, self.name, FileStaging(source=str(source), new=str(new), old=str(old)))
 
     def swap(self, staged: StagedRevert) -> None:
-        source, new, old = (Path(staged.data[k]) for k in ("source", "new", "old"))
+        data = _file_staging(staged)
+        source, new, old = Path(data.source), Path(data.new), Path(data.old)
         if not old.exists():
             os.link(source, old)
         os.rename(new, source)  # atomic: the disk path always names a whole image
 
     def undo(self, staged: StagedRevert) -> None:
-        source, new, old = (Path(staged.data[k]) for k in ("source", "new", "old"))
+        data = _file_staging(staged)
+        source, new, old = Path(data.source), Path(data.new), Path(data.old)
         if old.exists():
             os.rename(old, source)
         new.unlink(missing_ok=True)
 
     def commit(self, staged: StagedRevert) -> None:
-        Path(staged.data["old"]).unlink(missing_ok=True)
-        Path(staged.data["new"]).unlink(missing_ok=True)
+        data = _file_staging(staged)
+        Path(data.old).unlink(missing_ok=True)
+        Path(data.new).unlink(missing_ok=True)
+
+
+def _file_staging(staged: StagedRevert) -> FileStaging:
+    if not isinstance(staged.data, FileStaging):
+        raise OperationFailed(f"disk {staged.target}: revert data of kind {staged.data.kind!r} is not the file "
+                              "driver's")
+    return staged.data

@@ -19,15 +19,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import rados
-import rbd
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from kvmkit.config import CephSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.journal import HandleMove, RbdCloneStaging, RbdRollbackStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
+
+if TYPE_CHECKING:
+    import rados
+    import rbd
 
 PREFIX = "kvmkit-"
 BASE_MARK = ".kvmkit-base-"
@@ -53,8 +57,16 @@ def split_handle(handle: str) -> tuple[str, str, str]:
 class RbdDriver:
     name = "rbd"
 
-    def __init__(self, ceph: CephSettings | None = None) -> None:
+    def __init__(self, ceph: CephSettings, rados: ModuleType | None = None, rbd: ModuleType | None = None) -> None:
+        """ceph: kvmkit's configured cluster (used where a disk or snapshot does not say); rados/rbd: the binding
+        modules (Debian's python3-rados/python3-rbd by default), passed in so another implementation can stand in."""
+        if rados is None or rbd is None:
+            import rados as rados_module
+            import rbd as rbd_module
+
+            rados, rbd = rados or rados_module, rbd or rbd_module
         self._ceph = ceph
+        self._rados, self._rbd = rados, rbd
         self._clusters: dict[ClusterKey, rados.Rados] = {}
         self._keys: dict[str, ClusterKey] = {}  # pool/image and pool → its cluster, learned from the domain XML
         self._open: dict[str, tuple[rados.Ioctx, rbd.Image]] = {}  # planned handle → opened before the freeze
@@ -63,10 +75,6 @@ class RbdDriver:
 
     # clusters -----------------------------------------------------------------------------------------
     def _settings(self) -> CephSettings:
-        if self._ceph is None:
-            from kvmkit import config
-
-            self._ceph = config.load().ceph
         return self._ceph
 
     def _key(self, disk: Disk) -> ClusterKey:
@@ -90,20 +98,20 @@ class RbdDriver:
                     raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): its conf file {key.conf} "
                                              "does not exist")
                 try:
-                    cluster = rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
+                    cluster = self._rados.Rados(rados_id=key.client_id, conffile=key.conf or "", conf=conf)
                     cluster.connect(timeout=10)
-                except rados.Error as exc:
-                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from None
+                except self._rados.Error as exc:
+                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from exc
                 self._clusters[key] = cluster
             return cluster
 
     def _open_ioctx(self, pool: str, key: ClusterKey) -> rados.Ioctx:
         try:
             return self._cluster(key).open_ioctx(pool)
-        except rados.ObjectNotFound:
-            raise NotFound(f"Ceph pool {pool!r} does not exist") from None
-        except rados.Error as exc:
-            raise EnvironmentProblem(f"Ceph pool {pool!r}: {exc}") from None
+        except self._rados.ObjectNotFound as exc:
+            raise NotFound(f"Ceph pool {pool!r} does not exist") from exc
+        except self._rados.Error as exc:
+            raise EnvironmentProblem(f"Ceph pool {pool!r}: {exc}") from exc
 
     @contextmanager
     def _ioctx(self, pool: str, key: ClusterKey) -> Iterator[rados.Ioctx]:
@@ -155,10 +163,10 @@ class RbdDriver:
         handle = f"{disk.source}@{snap_name}"
         ioctx = self._open_ioctx(pool, self._key(disk))
         try:
-            image = rbd.Image(ioctx, image_name)
-        except rbd.ImageNotFound:
+            image = self._rbd.Image(ioctx, image_name)
+        except self._rbd.ImageNotFound as exc:
             ioctx.close()
-            raise NotFound(f"disk {disk.target}: RBD image {disk.source} does not exist") from None
+            raise NotFound(f"disk {disk.target}: RBD image {disk.source} does not exist") from exc
         self._open[handle] = (ioctx, image)  # kept open until release(): the freeze holds only create_snap
         if any(s["name"] == snap_name for s in image.list_snaps()):
             raise Conflict(f"disk {disk.target}: {handle} already exists; kvmkit will not overwrite it")
@@ -178,15 +186,15 @@ class RbdDriver:
             else:
                 with self._image(planned.handle) as img:
                     img.create_snap(snap_name)
-        except rbd.Error as exc:
-            raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from None
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from exc
         return planned
 
     @contextmanager
     def _image(self, handle: str, read_only: bool = False) -> Iterator[rbd.Image]:
         pool, image_name, _ = split_handle(handle)
         with (self._ioctx(pool, self._key_for(handle)) as ioctx,
-              rbd.Image(ioctx, image_name, read_only=read_only) as img):
+              self._rbd.Image(ioctx, image_name, read_only=read_only) as img):
             yield img
 
     def exists(self, snap: DiskSnapshot) -> bool:
@@ -197,10 +205,10 @@ class RbdDriver:
                 return any(s["name"] == snap_name for s in self._group_snaps(snap.group))
             with self._image(snap.handle, read_only=True) as img:
                 return any(s["name"] == snap_name for s in img.list_snaps())
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return False
-        except rbd.Error as exc:
-            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from None
+        except self._rbd.Error as exc:
+            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from exc
 
     def delete(self, snap: DiskSnapshot) -> None:
         self._learn_snap(snap)
@@ -222,12 +230,12 @@ class RbdDriver:
                     remaining = len(user)
             if BASE_MARK in image_name and remaining == 0:
                 self._drop_base(pool, image_name, snap.handle)
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return
-        except rbd.ImageBusy as exc:
-            raise Conflict(f"{snap.handle} is in use: {exc}") from None
-        except rbd.Error as exc:
-            raise OperationFailed(f"deleting {snap.handle}: {exc}") from None
+        except self._rbd.ImageBusy as exc:
+            raise Conflict(f"{snap.handle} is in use: {exc}") from exc
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"deleting {snap.handle}: {exc}") from exc
 
     def in_use(self, snap: DiskSnapshot) -> str | None:
         """A snapshot with clone children (after a revert by clone) cannot go until they are flattened."""
@@ -239,7 +247,7 @@ class RbdDriver:
                     return None
                 img.set_snap(snap_name)
                 children = [f"{c['pool']}/{c['image']}" for c in img.list_children2()]
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return None
         if not children:
             return None
@@ -255,7 +263,7 @@ class RbdDriver:
             if group and group.split("/", 1)[1].startswith(PREFIX):
                 handles += [f"{disk.source}@{s['name']}" for s in self._group_snaps(group)
                             if s["name"].startswith(PREFIX)]
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return []
         return sorted(handles)
 
@@ -274,10 +282,10 @@ class RbdDriver:
         self.release()  # group snapshots open the images themselves
         with self._ioctx(pool, self._key_for(planned[0].handle)) as ioctx:
             try:
-                rbd.RBD().group_create(ioctx, group_name)
-            except (rbd.ImageExists, rbd.ObjectExists):
+                self._rbd.RBD().group_create(ioctx, group_name)
+            except (self._rbd.ImageExists, self._rbd.ObjectExists):
                 pass
-            group = rbd.Group(ioctx, group_name)
+            group = self._rbd.Group(ioctx, group_name)
             members = {g["name"] for g in group.list_images()}
             for image in images:
                 if image not in members:
@@ -286,8 +294,8 @@ class RbdDriver:
                 group.remove_image(ioctx, stray)
             try:
                 group.create_snap(snap_name)
-            except rbd.Error as exc:
-                raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from None
+            except self._rbd.Error as exc:
+                raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from exc
         return [p.model_copy(update={"group": f"{pool}/{group_name}"}) for p in planned]
 
     def _group_of(self, img: rbd.Image) -> str | None:
@@ -298,24 +306,24 @@ class RbdDriver:
         pool, name = group.split("/", 1)
         with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
             try:
-                return list(rbd.Group(ioctx, name).list_snaps())
-            except rbd.ObjectNotFound:
+                return list(self._rbd.Group(ioctx, name).list_snaps())
+            except self._rbd.ObjectNotFound:
                 return []
 
     def _remove_group_snap(self, group: str, snap_name: str) -> None:
         pool, name = group.split("/", 1)
         with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
             try:
-                rbd.Group(ioctx, name).remove_snap(snap_name)
-            except rbd.ObjectNotFound:
+                self._rbd.Group(ioctx, name).remove_snap(snap_name)
+            except self._rbd.ObjectNotFound:
                 pass
 
     def _drop_base(self, pool: str, image_name: str, handle: str) -> None:
         """A base image left by a revert by clone goes with its last snapshot, once no clone depends on it."""
         with self._ioctx(pool, self._key_for(handle)) as ioctx:
             try:
-                rbd.RBD().remove(ioctx, image_name)
-            except rbd.Error:
+                self._rbd.RBD().remove(ioctx, image_name)
+            except self._rbd.Error:
                 # still referenced: a clone, a group snapshot of kvmkit's VM group (EMLINK) … it goes with the
                 # last reference; keeping it a little longer loses nothing
                 pass
@@ -328,74 +336,83 @@ class RbdDriver:
         _, _, snap_name = split_handle(snap.handle)
         if not self.exists(snap):
             raise NotFound(f"disk {disk.target}: snapshot {snap.handle} is missing")
-        data = {"pool": pool, "image": image_name, "snap": snap_name, "group": snap.group}
+        staging: RbdCloneStaging | RbdRollbackStaging
         with self._ioctx(pool, self._key(disk)) as ioctx:
             if options.rollback or snap.group:
                 # group snapshots are rolled back (librbd clones only from user snapshots); a safety snapshot
                 # makes the rollback undoable until every disk of the VM is done
                 safety = f"{PREFIX}prerevert-{int(time.time() * 1000)}"
-                with rbd.Image(ioctx, image_name) as img:
+                with self._rbd.Image(ioctx, image_name) as img:
                     img.create_snap(safety)
-                data.update(method="rollback", safety=safety, token=options.token)
+                staging = RbdRollbackStaging(pool=pool, image=image_name, snap=snap_name, group=snap.group,
+                                             safety=safety, token=options.token)
             else:
                 new = image_name + NEW_SUFFIX
                 try:
-                    rbd.RBD().remove(ioctx, new)  # ours by name: a leftover of an interrupted revert
-                except rbd.ImageNotFound:
+                    self._rbd.RBD().remove(ioctx, new)  # ours by name: a leftover of an interrupted revert
+                except self._rbd.ImageNotFound:
                     pass
-                with rbd.Image(ioctx, image_name, read_only=True) as img:
+                with self._rbd.Image(ioctx, image_name, read_only=True) as img:
                     features = img.features()
-                rbd.RBD().clone(ioctx, image_name, snap_name, ioctx, new, features=features)
+                self._rbd.RBD().clone(ioctx, image_name, snap_name, ioctx, new, features=features)
                 base = f"{image_name}{BASE_MARK}{int(time.time() * 1000)}"
-                # after the swap the older snapshots live on the base image: the engine re-points their handles
-                data.update(method="clone", new=new, base=base, moves={f"{pool}/{image_name}@": f"{pool}/{base}@"})
-        return StagedRevert(disk.target, self.name, data)
+                # after the swap the older snapshots live on the base image: revert re-points their handles
+                staging = RbdCloneStaging(pool=pool, image=image_name, snap=snap_name, group=snap.group, new=new,
+                                          base=base, handle_moves=[HandleMove(old_prefix=f"{pool}/{image_name}@",
+                                                                              new_prefix=f"{pool}/{base}@")])
+        return StagedRevert(disk.target, self.name, staging)
+
+    def _staging(self, staged: StagedRevert) -> RbdCloneStaging | RbdRollbackStaging:
+        if not isinstance(staged.data, RbdCloneStaging | RbdRollbackStaging):
+            raise OperationFailed(f"disk {staged.target}: revert data of kind {staged.data.kind!r} is not the rbd "
+                                  "driver's")
+        return staged.data
 
     def swap(self, staged: StagedRevert) -> None:
-        d = staged.data
-        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
-            if d["method"] == "rollback":
-                if d.get("group"):
-                    self._group_rollback_once(ioctx, d["group"], d["snap"], d["token"])
+        d = self._staging(staged)
+        with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx:
+            if isinstance(d, RbdRollbackStaging):
+                if d.group:
+                    self._group_rollback_once(ioctx, d.group, d.snap, d.token)
                 else:
-                    with rbd.Image(ioctx, d["image"]) as img:
-                        img.rollback_to_snap(d["snap"])
+                    with self._rbd.Image(ioctx, d.image) as img:
+                        img.rollback_to_snap(d.snap)
                 return
-            names = set(rbd.RBD().list(ioctx))
-            if d["base"] not in names:
-                rbd.RBD().rename(ioctx, d["image"], d["base"])
-            rbd.RBD().rename(ioctx, d["new"], d["image"])
+            names = set(self._rbd.RBD().list(ioctx))
+            if d.base not in names:
+                self._rbd.RBD().rename(ioctx, d.image, d.base)
+            self._rbd.RBD().rename(ioctx, d.new, d.image)
 
     def _group_rollback_once(self, ioctx: rados.Ioctx, group: str, snap_name: str, token: str) -> None:
         # every disk of the group reports the same group snapshot: roll the group back once per revert
         if (token, group, snap_name) not in self._rolled:
-            rbd.Group(ioctx, group.split("/", 1)[1]).rollback_to_snap(snap_name)
+            self._rbd.Group(ioctx, group.split("/", 1)[1]).rollback_to_snap(snap_name)
             self._rolled.add((token, group, snap_name))
 
     def undo(self, staged: StagedRevert) -> None:
-        d = staged.data
-        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
-            if d["method"] == "rollback":
-                with rbd.Image(ioctx, d["image"]) as img:
-                    if d["safety"] in [s["name"] for s in img.list_snaps()]:
-                        img.rollback_to_snap(d["safety"])
-                        img.remove_snap(d["safety"])
+        d = self._staging(staged)
+        with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx:
+            if isinstance(d, RbdRollbackStaging):
+                with self._rbd.Image(ioctx, d.image) as img:
+                    if d.safety in [s["name"] for s in img.list_snaps()]:
+                        img.rollback_to_snap(d.safety)
+                        img.remove_snap(d.safety)
                 return
-            names = set(rbd.RBD().list(ioctx))
-            if d["base"] in names:
-                if d["image"] in names:
-                    rbd.RBD().rename(ioctx, d["image"], d["new"])
-                rbd.RBD().rename(ioctx, d["base"], d["image"])
-            if d["new"] in set(rbd.RBD().list(ioctx)):
-                rbd.RBD().remove(ioctx, d["new"])
+            names = set(self._rbd.RBD().list(ioctx))
+            if d.base in names:
+                if d.image in names:
+                    self._rbd.RBD().rename(ioctx, d.image, d.new)
+                self._rbd.RBD().rename(ioctx, d.base, d.image)
+            if d.new in set(self._rbd.RBD().list(ioctx)):
+                self._rbd.RBD().remove(ioctx, d.new)
 
     def commit(self, staged: StagedRevert) -> None:
-        d = staged.data
-        if d["method"] == "rollback":
-            with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx, \
-                    rbd.Image(ioctx, d["image"]) as img:
-                if d["safety"] in [s["name"] for s in img.list_snaps()]:
-                    img.remove_snap(d["safety"])
+        d = self._staging(staged)
+        if isinstance(d, RbdRollbackStaging):
+            with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx, \
+                    self._rbd.Image(ioctx, d.image) as img:
+                if d.safety in [s["name"] for s in img.list_snaps()]:
+                    img.remove_snap(d.safety)
         # clone: the renamed base image stays as the clone's parent and keeps the older snapshots
 
     def flatten(self, disk: Disk) -> None:
@@ -408,7 +425,7 @@ class RbdDriver:
         with self._image(f"{disk.source}@", read_only=True) as img:
             try:
                 img.parent_info()
-            except rbd.ImageNotFound:  # no parent: not a clone
+            except self._rbd.ImageNotFound:  # no parent: not a clone
                 return False
         self.flatten(disk)
         return True

@@ -1,20 +1,27 @@
-"""Which driver serves which disk. A new storage is one module and one line here."""
+"""Which driver serves which disk. A new storage is one module and one line in `default_drivers`."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput
 from kvmkit.snapshot.drivers.base import StorageDriver
 from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.virt.disks import Disk
 
 
-def default_drivers() -> list[StorageDriver]:
+def default_drivers(settings: Settings, *, rados: ModuleType | None = None,
+                    rbd: ModuleType | None = None) -> list[StorageDriver]:
+    """A fresh set of drivers (they hold open images between plan and snapshot: one set per operation).
+    rados/rbd: Ceph's binding modules, Debian's by default; without them RBD disks are reported unsupported."""
+    from kvmkit.snapshot.drivers.rbd import RbdDriver
+
     drivers: list[StorageDriver] = [FileDriver()]
     try:
-        from kvmkit.snapshot.drivers.rbd import RbdDriver
+        drivers.append(RbdDriver(settings.ceph, rados=rados, rbd=rbd))
     except ImportError:  # python3-rbd absent: RBD disks are then reported as unsupported
-        return drivers
-    drivers.append(RbdDriver())
+        pass
     return drivers
 
 
