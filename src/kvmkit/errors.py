@@ -13,7 +13,6 @@ sentence an operator can act on, so the CLI prints one line and never a tracebac
 
 from __future__ import annotations
 
-import copy
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -27,7 +26,8 @@ class KvmkitError(Exception):
     def rephrased(self, message: str) -> KvmkitError:
         """The same error (class, exit code and any fields a subclass keeps) with a new message: for adding what
         was cleaned up, without assuming every subclass is built from one string. Raise it `from` this one."""
-        clone = copy.copy(self)
+        clone = type(self).__new__(type(self))  # not copy.copy: that calls __init__ with args alone
+        clone.__dict__.update(self.__dict__)
         clone.args = (message,)
         return clone
 

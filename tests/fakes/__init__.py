@@ -1,0 +1,1 @@
+"""Test doubles, each named as a fake: stand-ins for what a unit test must not need (a lab, a watchdog process)."""
