@@ -137,6 +137,8 @@ class FileDriver:
         return Path(snap.handle).exists()
 
     def delete(self, snap: DiskSnapshot) -> None:
+        if not (snap.handle.startswith(f"{snap.source}@") and snap.handle.endswith(SUFFIX)):
+            raise Conflict(f"{snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
         Path(snap.handle).unlink(missing_ok=True)
 
     def owned(self, disk: Disk) -> list[str]:
