@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -48,6 +49,7 @@ PRAGMA user_version = 1;
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -75,13 +77,20 @@ class Catalog:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        """One transaction at a time on this connection: `snapshot create vm1 vm2` runs creates on threads that
+        share the catalog, and SQLite refuses a BEGIN inside another thread's open transaction."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
 
     # snapshots -------------------------------------------------------------------------------------------
     def insert(self, snap: Snapshot) -> Snapshot:
@@ -112,8 +121,8 @@ class Catalog:
             db.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
 
     def find(self, vm_uuid: str, name: str) -> Snapshot | None:
-        row = self.db.execute("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name)).fetchone()
-        return None if row is None else _row(row)
+        rows = self._query("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name))
+        return _row(rows[0]) if rows else None
 
     def get(self, vm_uuid: str, name: str, vm_label: str | None = None) -> Snapshot:
         snap = self.find(vm_uuid, name)
@@ -132,7 +141,7 @@ class Catalog:
             args.extend(s.value for s in states)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_row(r) for r in self.db.execute(sql + " ORDER BY created, id", args)]
+        return [_row(r) for r in self._query(sql + " ORDER BY created, id", args)]
 
     # journal: multi-step operations other than create/delete (revert swaps, overlays) -------------------
     def journal_add(self, vm_uuid: str, payload: JournalPayload) -> int:
@@ -151,7 +160,7 @@ class Catalog:
 
     def journal(self, vm_uuid: str | None = None) -> list[JournalEntry]:
         """Open journal entries, oldest first, each parsed strictly (a damaged row says so, and is never guessed)."""
-        rows = self.db.execute("SELECT id, vm_uuid, op, data FROM journal ORDER BY id").fetchall()
+        rows = self._query("SELECT id, vm_uuid, op, data FROM journal ORDER BY id")
         return [parse_entry(int(r["id"]), str(r["vm_uuid"]), str(r["op"]), str(r["data"])) for r in rows
                 if vm_uuid is None or r["vm_uuid"] == vm_uuid]
 

@@ -14,10 +14,12 @@ from kvmkit.snapshot import create as create_mod
 from kvmkit.snapshot import lifecycle
 from kvmkit.snapshot import revert as revert_mod
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.context import SnapshotContext
+from kvmkit.snapshot.context import GuestAgent, SnapshotContext
 from kvmkit.snapshot.drivers.base import StorageDriver
 from kvmkit.snapshot.drivers.registry import default_drivers
+from kvmkit.snapshot.guard import Watchdog, WatchdogFactory
 from kvmkit.snapshot.model import Snapshot
+from kvmkit.virt.agent import QemuGuestAgent
 
 
 def _configured_drivers() -> list[StorageDriver]:
@@ -35,6 +37,8 @@ class Engine:
     extent_limit: int = 2048  # file disks with more extents get the O(1) overlay barrier instead (see overlay.py)
     overlay_barrier: Literal["qmp", "libvirt"] = "qmp"  # pre-opened overlay node + one QMP transaction; or libvirt
     settings: config.Settings | None = None  # where fresh drivers get their Ceph settings (None: load the config)
+    watchdog: WatchdogFactory = Watchdog  # a test passes an in-process double
+    guest: GuestAgent = field(default_factory=QemuGuestAgent)
 
     @classmethod
     def from_config(cls, uri: str | None = None) -> Engine:
@@ -51,7 +55,8 @@ class Engine:
             return default_drivers(settings or config.load())
 
         return SnapshotContext(uri=self.uri, state_dir=self.state_dir, catalog=self.catalog, drivers=self.drivers,
-                               new_drivers=new_drivers, freeze_timeout_s=self.freeze_timeout_s,
+                               new_drivers=new_drivers, watchdog=self.watchdog, guest=self.guest,
+                               freeze_timeout_s=self.freeze_timeout_s,
                                extent_limit=self.extent_limit, overlay_barrier=self.overlay_barrier,
                                sequential=self.sequential)
 
