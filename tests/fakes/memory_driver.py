@@ -41,6 +41,7 @@ class FakeMemoryDriver:
         self.snaps: dict[str, dict[str, bytes]] = {}  # image → snapshot name → content
         self.pinned: dict[str, str] = {}  # handle → why it is in use (for the InUse capability)
         self.clones: set[str] = set()  # images that are "clones" (for the Flattenable capability)
+        self.owners: dict[str, str] = {}  # handle → catalog id marked on it (the Ownership capability)
         self.calls: list[tuple[str, str]] = []
         self.releases = 0
         self._failures: dict[tuple[str, str | None], KvmkitError] = {}
@@ -73,13 +74,16 @@ class FakeMemoryDriver:
         if PREFIX + tag in self.snaps[disk.source]:
             raise Conflict(f"disk {disk.target}: {disk.source}@{PREFIX}{tag} already exists")
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source,
-                            handle=f"{disk.source}@{PREFIX}{tag}", size_bytes=len(self.images[disk.source]))
+                            handle=f"{disk.source}@{PREFIX}{tag}", size_bytes=len(self.images[disk.source]),
+                            owner=options.owner if options else None)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         self._call("snapshot", planned.target)
         image, _, snap = planned.handle.partition("@")
         with self._lock:
             self.snaps[image][snap] = self.images[image]
+            if planned.owner:
+                self.owners[planned.handle] = planned.owner
         return planned
 
     def exists(self, snap: DiskSnapshot) -> bool:
@@ -93,6 +97,17 @@ class FakeMemoryDriver:
             raise Conflict(f"{snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
         with self._lock:
             self.snaps.get(image, {}).pop(name, None)
+            self.owners.pop(snap.handle, None)
+
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        return self.owners.get(snap.handle) if self.exists(snap) else None
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        self.owners[snap.handle] = owner
+
+    def tag_of(self, handle: str) -> str | None:
+        _, _, name = handle.partition("@")
+        return name.removeprefix(PREFIX) if name.startswith(PREFIX) else None
 
     def owned(self, disk: Disk) -> list[str]:
         return sorted(f"{disk.source}@{name}" for name in self.snaps.get(disk.source, {}) if name.startswith(PREFIX))
@@ -131,7 +146,8 @@ class FakeMemoryDriver:
 
 
 class FakeMemoryDriverWithCapabilities(FakeMemoryDriver):
-    """The same store, declaring every optional capability (InUse, Flattenable, GroupSnapshots)."""
+    """The same store, declaring every optional capability (InUse, Flattenable, GroupSnapshots; Ownership is
+    the base fake's already)."""
 
     def in_use(self, snap: DiskSnapshot) -> str | None:
         return self.pinned.get(snap.handle)
@@ -152,6 +168,8 @@ class FakeMemoryDriverWithCapabilities(FakeMemoryDriver):
             for p in planned:
                 image, _, snap = p.handle.partition("@")
                 self.snaps[image][snap] = self.images[image]
+                if p.owner:
+                    self.owners[p.handle] = p.owner
         return [p.model_copy(update={"group": f"mem/{PREFIX}{vm_label}"}) for p in planned]
 
 

@@ -55,7 +55,7 @@ def test_drivers_declare_their_capabilities_as_protocols():
     rados, rbd = fake_modules([])
     rbd_driver = RbdDriver(CephSettings(), rados=rados, rbd=rbd)
     assert isinstance(rbd_driver, StorageDriver) and isinstance(FileDriver(), StorageDriver)
-    assert capabilities(rbd_driver) == ["InUse", "Flattenable", "GroupSnapshots"]
-    assert capabilities(FileDriver()) == []
+    assert capabilities(rbd_driver) == ["InUse", "Flattenable", "GroupSnapshots", "Ownership"]
+    assert capabilities(FileDriver()) == ["Ownership"]
     assert isinstance(rbd_driver, InUse | Flattenable | GroupSnapshots)
     assert not isinstance(FileDriver(), InUse | Flattenable | GroupSnapshots)

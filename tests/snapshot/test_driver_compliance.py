@@ -23,7 +23,7 @@ from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 from tests.fakes.memory_driver import FakeMemoryDriver, FakeMemoryDriverWithCapabilities
 
-ALL_CAPABILITIES = ("InUse", "Flattenable", "GroupSnapshots")
+ALL_CAPABILITIES = ("InUse", "Flattenable", "GroupSnapshots", "Ownership")
 BLOCK = 4096
 
 
@@ -73,6 +73,8 @@ class MemoryRig(Rig):
 
 class FileRig(Rig):
     """Raw files on the lab's XFS reflink pool."""
+
+    expected_capabilities = ("Ownership",)
 
     def __init__(self, pool: Path) -> None:
         from kvmkit.snapshot.drivers.file import FileDriver
@@ -185,7 +187,7 @@ class RbdRig(Rig):
 ])
 def rig(request) -> Iterator[Rig]:
     if request.param == "memory":
-        made: Rig = MemoryRig(FakeMemoryDriver(), ())
+        made: Rig = MemoryRig(FakeMemoryDriver(), ("Ownership",))
     elif request.param == "memory-capabilities":
         made = MemoryRig(FakeMemoryDriverWithCapabilities(), ALL_CAPABILITIES)
     else:
@@ -240,6 +242,20 @@ def test_snapshot_exists_is_owned_and_delete_removes_it_twice_over(rig):
     rig.driver.delete(made)
     assert not rig.driver.exists(made) and made.handle not in rig.driver.owned(disk)
     rig.driver.delete(made)  # recover retries deletes: a missing snapshot is not an error
+
+
+def test_a_snapshot_carries_the_catalog_that_planned_it_and_only_that(rig):
+    disk = rig.new_disk(b"a" * BLOCK)
+    made = rig.driver.snapshot(rig.driver.plan(disk, "c-own", PlanOptions(owner="catalog-a")))
+    rig.driver.release()
+    theirs = rig.foreign_snapshot(disk, "kvmkit-unmarked" if rig.driver.name != "file" else "unmarked.kvmkit")
+    assert made.owner == "catalog-a" and rig.driver.owner_of(made) == "catalog-a"
+    assert rig.driver.owner_of(theirs) is None  # made outside kvmkit: unmarked
+    assert rig.driver.tag_of(made.handle) == "c-own"
+    rig.driver.set_owner(theirs, "catalog-b")
+    assert rig.driver.owner_of(theirs) == "catalog-b"
+    rig.driver.delete(made)
+    assert rig.driver.owner_of(made) is None
 
 
 def test_a_name_already_taken_is_refused_at_plan(rig):

@@ -367,17 +367,22 @@ def test_recover_skips_a_vm_whose_lock_is_held(rig):
     assert [s.state for s in rig.rows()] == [State.CREATING]
 
 
-def test_full_recover_deletes_uncatalogued_kvmkit_snapshots_and_drops_dangling_rows(rig):
+def test_full_recover_deletes_only_its_own_uncatalogued_snapshots_and_drops_dangling_rows(rig):
     create(rig.ctx, rig.vm, "kept")
     create(rig.ctx, rig.vm, "dangling")
-    rig.driver.snaps[rig.source("vda")]["kvmkit-orphan"] = b"x"
-    rig.driver.snaps[rig.source("vda")]["operator-made"] = b"y"  # not kvmkit's: never touched
+    vda = rig.source("vda")
+    rig.driver.snaps[vda]["kvmkit-orphan"] = b"x"
+    rig.driver.owners[f"{vda}@kvmkit-orphan"] = rig.ctx.catalog.catalog_id  # ours, its row lost
+    rig.driver.snaps[vda]["kvmkit-unmarked"] = b"u"  # kvmkit's naming, no catalog id: reported only
+    rig.driver.snaps[vda]["operator-made"] = b"y"  # not kvmkit's at all: never even listed
     del rig.driver.snaps[rig.source("vdc")]["kvmkit-dangling"]
     actions = {(a.action, a.detail) for a in recover(rig.ctx, full=True)}
-    assert ("deleted orphan", f"{rig.source('vda')}@kvmkit-orphan") in actions
+    assert ("deleted orphan", f"{vda}@kvmkit-orphan") in actions
+    assert ("left unknown snapshot", f"{vda}@kvmkit-unmarked (no catalog id); not this catalog's: --adopt or "
+                                     "--purge-foreign") in actions
     assert ("dropped dangling row", f"snapshot dangling: missing {rig.source('vdc')}@kvmkit-dangling") in actions
     assert [s.name for s in rig.rows()] == ["kept"]
-    assert rig.driver.snaps[rig.source("vda")] == {"kvmkit-kept": b"vda:v1", "operator-made": b"y"}
+    assert rig.driver.snaps[vda] == {"kvmkit-kept": b"vda:v1", "kvmkit-unmarked": b"u", "operator-made": b"y"}
 
 
 def test_recover_with_nothing_to_do_does_not_even_connect(rig, monkeypatch):

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS journal (
   data TEXT NOT NULL,
   created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
 PRAGMA user_version = 1;
 """
 
@@ -60,6 +65,7 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self.catalog_id = self._catalog_id()
         for side in ("-wal", "-shm"):
             side_path = Path(f"{path}{side}")
             if side_path.exists():
@@ -71,6 +77,14 @@ class Catalog:
         for column in ("storage_ms", "after_thaw_ms", "commit_ms"):
             if column not in columns:
                 self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} REAL")
+
+    def _catalog_id(self) -> str:
+        """This catalog's identity, made once: every storage object kvmkit makes carries it (snapshot/ownership),
+        so a recover run with another state dir never mistakes this catalog's snapshots for its own orphans."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_id', ?)", (uuid.uuid4().hex,))
+            row = db.execute("SELECT value FROM meta WHERE key = 'catalog_id'").fetchone()
+        return str(row[0])
 
     def close(self) -> None:
         self.db.close()

@@ -151,11 +151,25 @@ def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out
 
 
 @app.command("recover")
-def recover_(connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove orphans."""
-    actions = recover(_context(connect), full=True)
+def recover_(
+    adopt: bool = typer.Option(False, "--adopt", help="Take kvmkit snapshots this catalog did not make (another "
+                                                        "catalog's, or unmarked) into this one: mark and list them."),
+    purge_foreign: bool = typer.Option(False, "--purge-foreign", help="Delete kvmkit snapshots this catalog did "
+                                                                      "not make (another catalog's, or unmarked)."),
+    connect: str | None = CONNECT, json_out: bool = JSON,
+) -> None:
+    """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove this catalog's
+    orphans; report snapshots other catalogs made (foreign) or none marked (unknown)."""
+    if adopt and purge_foreign:
+        raise InvalidInput("--adopt and --purge-foreign exclude each other")
+    actions = recover(_context(connect), full=True,
+                      strays="adopt" if adopt else "purge" if purge_foreign else "report")
     if json_out:
-        print_json({"actions": actions})
+        left = [a for a in actions if a.action.startswith("left ")]
+        print_json({"actions": [a.model_dump(exclude_none=True) for a in actions],
+                    "foreign": [{"vm": a.vm, "handle": a.handle, "owner": a.owner}
+                                for a in left if a.whose == "foreign"],
+                    "unknown": [{"vm": a.vm, "handle": a.handle} for a in left if a.whose == "unknown"]})
     elif not actions:
         console.print("recover: catalog and storage agree; nothing to do")
     else:

@@ -47,7 +47,8 @@ def create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_cons
                 raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")
             pairs = [(disk, driver_for(disk, ctx.drivers)) for disk in disks]
             try:
-                options = PlanOptions(allow_full_copy=allow_full_copy, extent_limit=ctx.extent_limit)
+                options = PlanOptions(allow_full_copy=allow_full_copy, extent_limit=ctx.extent_limit,
+                                      owner=ctx.catalog.catalog_id)
                 return _create_locked(ctx, dom, vm, vm_uuid, name, pairs, crash_consistent, t_start, options)
             finally:
                 for driver in {id(d): d for _, d in pairs}.values():

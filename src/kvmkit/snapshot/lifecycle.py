@@ -3,22 +3,33 @@ own modules)."""
 
 from __future__ import annotations
 
+import logging
+
 from kvmkit.errors import Conflict
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import Flattenable, InUse
 from kvmkit.snapshot.drivers.registry import by_name, driver_for
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Snapshot, State, check_snapshot_name
+from kvmkit.snapshot.ownership import whose
 from kvmkit.virt.connection import connection, live_disks, lookup
+
+log = logging.getLogger(__name__)
 
 
 def discard(ctx: SnapshotContext, snap: Snapshot) -> int:
     """Delete whatever part of a snapshot exists, then drop its row; how many disk snapshots it removed.
+    An object marked by another catalog is left alone (two catalogs raced for one name: it is the other's).
     A storage error leaves the row (the intent) in place for `recover`."""
     removed = 0
     for disk_snap in snap.disks:
         driver = by_name(disk_snap.driver, ctx.drivers)
         if driver.exists(disk_snap):
+            verdict = whose(driver, disk_snap, ctx.catalog.catalog_id)
+            if verdict.whose == "foreign":
+                log.warning("%s belongs to kvmkit catalog %s, not this one (%s): left in place", disk_snap.handle,
+                            verdict.owner, ctx.catalog.catalog_id)
+                continue
             driver.delete(disk_snap)
             removed += 1
     assert snap.id is not None
@@ -37,6 +48,10 @@ def delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Sna
                 reason = driver.in_use(disk_snap) if isinstance(driver, InUse) else None
                 if reason:
                     raise Conflict(f"snapshot {name} of VM {vm} is in use: {reason}")
+                verdict = whose(driver, disk_snap, ctx.catalog.catalog_id)
+                if verdict.whose == "foreign":
+                    raise Conflict(f"snapshot {name} of VM {vm}: {disk_snap.handle} was made by another kvmkit "
+                                   f"catalog ({verdict.owner}), not this one; delete it from there")
             snap.state = State.DELETING
             ctx.catalog.update(snap)
             for disk_snap in snap.disks:

@@ -2,25 +2,30 @@
 
 Cheap pass (run at the start of every snapshot command): rows left `creating`/`deleting` and journal entries
 whose VM lock is free are finished or undone, and a guest that such an operation left frozen or paused is thawed.
-Full pass (the command itself) also deletes orphan snapshots kvmkit made but never catalogued, and drops rows
-whose snapshots no longer exist on the storage. Journal entries are read back as the typed models of
+Full pass (the command itself) also deletes this catalog's own orphan snapshots and drops rows whose snapshots no
+longer exist on the storage. A kvmkit-named snapshot that another catalog made (`foreign`) or that carries no
+catalog id (`unknown`, see ownership.py) is only reported — unless asked to adopt it (mark it as ours and give it
+a row) or to purge it. Journal entries are read back as the typed models of
 `snapshot/journal.py`; one that does not parse is reported and left in place, never guessed at.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, KvmkitError, NotFound
 from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
+from kvmkit.snapshot.drivers.base import Ownership, StorageDriver
 from kvmkit.snapshot.drivers.registry import by_name, driver_for
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.journal import JournalEntry, OverlayJournal, RevertJournal
 from kvmkit.snapshot.lifecycle import discard
-from kvmkit.snapshot.model import DiskSnapshot, State
+from kvmkit.snapshot.model import SNAPSHOT_NAME_RE, DiskSnapshot, Mode, Snapshot, State
+from kvmkit.snapshot.ownership import whose
 from kvmkit.snapshot.revert import move_handles
 from kvmkit.virt.connection import Connection, connection, domains, is_active, is_paused, live_disks, lookup_uuid
 from kvmkit.virt.connection import resume as resume_domain
@@ -33,9 +38,17 @@ class RecoverAction(BaseModel):
     vm: str
     action: str
     detail: str
+    handle: str | None = None  # a snapshot found on the storage and not in this catalog
+    whose: str | None = None  # ours | foreign | unknown (ownership.py)
+    owner: str | None = None  # the catalog id on it, if any
 
 
-def recover(ctx: SnapshotContext, *, full: bool = False) -> list[RecoverAction]:
+StrayPolicy = Literal["report", "adopt", "purge"]
+
+
+def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "report") -> list[RecoverAction]:
+    """strays: what the full pass does with kvmkit snapshots another catalog made or none marked — report them
+    (default), adopt them (mark them as this catalog's and give them rows) or purge them (delete)."""
     actions: list[RecoverAction] = []
     stale = ctx.catalog.list(states=(State.CREATING, State.DELETING))
     journal = ctx.catalog.journal()
@@ -51,7 +64,7 @@ def recover(ctx: SnapshotContext, *, full: bool = False) -> list[RecoverAction]:
             except Conflict:
                 continue  # an operation is running on that VM right now: not stale
         if full:
-            actions += _full_pass(ctx, conn)
+            actions += _full_pass(ctx, conn, strays)
     for action in actions:
         log.info("recover: %s %s: %s", action.vm, action.action, action.detail)
     return actions
@@ -124,13 +137,14 @@ def _unstick_guest(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: 
     return []
 
 
-def _full_pass(ctx: SnapshotContext, conn: Connection) -> list[RecoverAction]:
+def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy) -> list[RecoverAction]:
     actions = _vanished_vms(ctx, conn)
     for dom, vm_uuid, vm_name in domains(conn):
         try:
             with vm_lock(ctx.state_dir, vm_uuid, vm_name):
                 snaps = ctx.catalog.list(vm_uuid)
                 known = {d.handle for s in snaps for d in s.disks}
+                adopted: dict[str, list[DiskSnapshot]] = {}
                 for disk in live_disks(dom):
                     try:
                         driver = driver_for(disk, ctx.drivers)
@@ -138,9 +152,12 @@ def _full_pass(ctx: SnapshotContext, conn: Connection) -> list[RecoverAction]:
                         continue
                     for handle in driver.owned(disk):
                         if handle not in known:
-                            driver.delete(DiskSnapshot(target=disk.target, driver=driver.name, source=disk.source,
-                                                       handle=handle))
-                            actions.append(RecoverAction(vm=vm_name, action="deleted orphan", detail=handle))
+                            found = DiskSnapshot(target=disk.target, driver=driver.name, source=disk.source,
+                                                 handle=handle)
+                            action = _stray(ctx, driver, found, vm_name, strays, adopted)
+                            if action is not None:
+                                actions.append(action)
+                actions += _adopt_rows(ctx, vm_uuid, vm_name, adopted)
                 for snap in snaps:
                     missing = [d.handle for d in snap.disks if not by_name(d.driver, ctx.drivers).exists(d)]
                     if missing:  # a snapshot missing a disk is no snapshot: drop the rest of it too
@@ -153,6 +170,52 @@ def _full_pass(ctx: SnapshotContext, conn: Connection) -> list[RecoverAction]:
             continue  # the domain went away while we looked (transient VMs come and go)
         except KvmkitError as exc:  # e.g. its storage unreachable: leave it for the next run
             actions.append(RecoverAction(vm=vm_name, action="skipped", detail=str(exc)))
+    return actions
+
+
+def _stray(ctx: SnapshotContext, driver: StorageDriver, found: DiskSnapshot, vm: str, strays: StrayPolicy,
+           adopted: dict[str, list[tuple[StorageDriver, DiskSnapshot, RecoverAction]]]) -> RecoverAction | None:
+    """A kvmkit-named snapshot with no row in this catalog: delete it only if it is ours, else as asked.
+    None: kept for adoption, which `_adopt_rows` reports."""
+    verdict = whose(driver, found, ctx.catalog.catalog_id)
+    facts = {"vm": vm, "handle": found.handle, "whose": verdict.whose, "owner": verdict.owner}
+    made_by = f"catalog {verdict.owner}" if verdict.owner else "no catalog id"
+    if verdict.whose == "ours":
+        driver.delete(found)
+        return RecoverAction(**facts, action="deleted orphan", detail=found.handle)
+    if strays == "purge":
+        driver.delete(found)
+        return RecoverAction(**facts, action=f"purged {verdict.whose}", detail=f"{found.handle} ({made_by})")
+    if strays == "adopt":
+        tag = driver.tag_of(found.handle) if isinstance(driver, Ownership) else None
+        if tag is not None and SNAPSHOT_NAME_RE.match(tag):
+            adopted.setdefault(tag, []).append((driver, found.model_copy(update={"owner": ctx.catalog.catalog_id}),
+                                                RecoverAction(**facts, action=f"adopted {verdict.whose}",
+                                                              detail=f"{found.handle} ({made_by})")))
+            return None
+    return RecoverAction(**facts, action=f"left {verdict.whose} snapshot",
+                         detail=f"{found.handle} ({made_by}); not this catalog's: --adopt or --purge-foreign")
+
+
+def _adopt_rows(ctx: SnapshotContext, vm_uuid: str, vm: str,
+                adopted: dict[str, list[tuple[StorageDriver, DiskSnapshot, RecoverAction]]]) -> list[RecoverAction]:
+    """One ready row per adopted snapshot name, then its objects marked as ours — in that order, so an object is
+    never ours without a row (which would make it an orphan to delete). Mode crash: nothing tells whether the
+    guest was frozen when it was taken."""
+    actions = []
+    for tag, found in sorted(adopted.items()):
+        disks = sorted((snap for _, snap, _ in found), key=lambda d: d.target)
+        try:
+            ctx.catalog.insert(Snapshot(vm_uuid=vm_uuid, vm=vm, name=tag, created=ctx.clock(), mode=Mode.CRASH,
+                                        state=State.READY, disks=disks))
+        except Conflict as exc:
+            actions += [action.model_copy(update={"action": "not adopted", "detail": f"{action.detail}: {exc}"})
+                        for _, _, action in found]
+            continue
+        for driver, snap, action in found:
+            assert isinstance(driver, Ownership)
+            driver.set_owner(snap, ctx.catalog.catalog_id)
+            actions.append(action)
     return actions
 
 

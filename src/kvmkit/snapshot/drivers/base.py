@@ -28,6 +28,7 @@ __all__ = [
     "Flattenable",
     "GroupSnapshots",
     "InUse",
+    "Ownership",
     "PlanOptions",
     "RevertOptions",
     "StagedRevert",
@@ -41,6 +42,7 @@ __all__ = [
 class PlanOptions:
     allow_full_copy: bool = False  # file disks without reflink: overlay barrier + full sparse copy after the thaw
     extent_limit: int = 2048  # file disks with more extents take the overlay barrier instead of a reflink in the freeze
+    owner: str | None = None  # the catalog's id: drivers with Ownership mark what they make with it
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,26 @@ class Flattenable(Protocol):
         ...
 
 
-CAPABILITIES: tuple[type, ...] = (InUse, Flattenable, GroupSnapshots)
+@runtime_checkable
+class Ownership(Protocol):
+    """Optional: every snapshot object carries the id of the catalog that made it (`planned.owner`, marked by
+    `snapshot`), so `recover` deletes only its own and reports the rest. Without it, a driver's uncatalogued
+    snapshots are all "unknown" to recover: reported, never deleted."""
+
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        """The catalog id marked on the snapshot's storage object; None if it carries none (or is gone)."""
+        ...
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        """Mark an existing snapshot as made by `owner` (recover --adopt)."""
+        ...
+
+    def tag_of(self, handle: str) -> str | None:
+        """The snapshot name in one of kvmkit's handles (the inverse of plan's naming), None if not kvmkit's."""
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (InUse, Flattenable, GroupSnapshots, Ownership)
 
 
 def capabilities(driver: object) -> list[str]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import rbd
 
 PREFIX = "kvmkit-"
+OWNER_KEY = "kvmkit.owner."  # image-meta key + snapshot name → id of the catalog that made that snapshot
 BASE_MARK = ".kvmkit-base-"
 NEW_SUFFIX = ".kvmkit-new"
 TIMEOUTS = {"client_mount_timeout": "10", "rados_osd_op_timeout": "15", "rados_mon_op_timeout": "10"}
@@ -175,7 +176,7 @@ class RbdDriver:
         location = {k: v for k, v in (("conf", key.conf), ("mon_host", key.mon_host), ("client_id", key.client_id),
                                       ("keyring", key.keyring)) if v}
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle, size_bytes=size,
-                            location=location)
+                            location=location, owner=(options or PlanOptions()).owner)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         _, _, snap_name = split_handle(planned.handle)
@@ -183,12 +184,49 @@ class RbdDriver:
         try:
             if opened is not None:
                 opened[1].create_snap(snap_name)
+                if planned.owner:
+                    opened[1].metadata_set(OWNER_KEY + snap_name, planned.owner)
             else:
                 with self._image(planned.handle) as img:
                     img.create_snap(snap_name)
+                    if planned.owner:
+                        img.metadata_set(OWNER_KEY + snap_name, planned.owner)
         except self._rbd.Error as exc:
             raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from exc
         return planned
+
+    # Ownership: an image-meta key per snapshot (it moves with the image when a revert renames it to a base)
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            with self._image(snap.handle, read_only=True) as img:
+                return str(img.metadata_get(OWNER_KEY + snap_name))
+        except (KeyError, self._rbd.ImageNotFound):
+            return None
+        except self._rbd.Error as exc:
+            if isinstance(exc, self._rbd.ObjectNotFound):  # librbd reports a missing key as ENOENT
+                return None
+            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from exc
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            with self._image(snap.handle) as img:
+                img.metadata_set(OWNER_KEY + snap_name, owner)
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"RBD {snap.handle}: cannot mark its catalog: {exc}") from exc
+
+    def tag_of(self, handle: str) -> str | None:
+        _, _, snap_name = split_handle(handle)
+        return snap_name.removeprefix(PREFIX) if snap_name.startswith(PREFIX) else None
+
+    def _forget_owner(self, img: rbd.Image, snap_name: str) -> None:
+        try:
+            img.metadata_remove(OWNER_KEY + snap_name)
+        except (KeyError, self._rbd.Error):
+            pass  # never marked (made before ownership), or already gone
 
     @contextmanager
     def _image(self, handle: str, read_only: bool = False) -> Iterator[rbd.Image]:
@@ -228,6 +266,7 @@ class RbdDriver:
                     if group:
                         self._remove_group_snap(group, snap_name)
                     remaining = len(user)
+                self._forget_owner(img, snap_name)
             if BASE_MARK in image_name and remaining == 0:
                 self._drop_base(pool, image_name, snap.handle)
         except self._rbd.ImageNotFound:
@@ -294,6 +333,11 @@ class RbdDriver:
                 group.remove_image(ioctx, stray)
             try:
                 group.create_snap(snap_name)
+                owner = planned[0].owner
+                if owner:
+                    for image in images:
+                        with self._rbd.Image(ioctx, image) as img:
+                            img.metadata_set(OWNER_KEY + snap_name, owner)
             except self._rbd.Error as exc:
                 raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from exc
         return [p.model_copy(update={"group": f"{pool}/{group_name}"}) for p in planned]
