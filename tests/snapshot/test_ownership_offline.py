@@ -110,3 +110,13 @@ def test_an_interrupted_create_is_cleaned_by_its_own_catalog_only(two, monkeypat
     assert len(rig.kvmkit_snaps()) == 3
     assert [a.action for a in recover(rig.ctx)] == ["discarded half-made"]
     assert rig.kvmkit_snaps() == {}
+
+
+def test_a_recover_limited_to_one_vm_leaves_the_others_alone(two):
+    rig, second = two
+    other = rig.add_vm(["vda"])
+    create(rig.ctx, rig.vm, "s1")
+    create(rig.ctx, other, "s1")
+    actions = recover(second, full=True, strays="purge", only_vm=other)
+    assert [a.handle for a in actions] == [f"mem/{other}-vda@kvmkit-s1"]
+    assert rig.kvmkit_snaps() == {rig.source(t): ["kvmkit-s1"] for t in rig.targets}

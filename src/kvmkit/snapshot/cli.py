@@ -156,14 +156,18 @@ def recover_(
                                                         "catalog's, or unmarked) into this one: mark and list them."),
     purge_foreign: bool = typer.Option(False, "--purge-foreign", help="Delete kvmkit snapshots this catalog did "
                                                                       "not make (another catalog's, or unmarked)."),
+    vm: str | None = typer.Option(None, "--vm", help="Look only at this VM's disks (recommended with --adopt and "
+                                                    "--purge-foreign: other VMs may belong to other catalogs)."),
     connect: str | None = CONNECT, json_out: bool = JSON,
 ) -> None:
     """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove this catalog's
     orphans; report snapshots other catalogs made (foreign) or none marked (unknown)."""
     if adopt and purge_foreign:
         raise InvalidInput("--adopt and --purge-foreign exclude each other")
+    if vm is not None:
+        check_vm_name(vm)
     actions = recover(_context(connect), full=True,
-                      strays="adopt" if adopt else "purge" if purge_foreign else "report")
+                      strays="adopt" if adopt else "purge" if purge_foreign else "report", only_vm=vm)
     if json_out:
         left = [a for a in actions if a.action.startswith("left ")]
         print_json({"actions": [a.model_dump(exclude_none=True) for a in actions],

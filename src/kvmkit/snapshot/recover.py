@@ -46,9 +46,11 @@ class RecoverAction(BaseModel):
 StrayPolicy = Literal["report", "adopt", "purge"]
 
 
-def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "report") -> list[RecoverAction]:
+def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "report",
+            only_vm: str | None = None) -> list[RecoverAction]:
     """strays: what the full pass does with kvmkit snapshots another catalog made or none marked — report them
-    (default), adopt them (mark them as this catalog's and give them rows) or purge them (delete)."""
+    (default), adopt them (mark them as this catalog's and give them rows) or purge them (delete).
+    only_vm: the full pass looks at that domain alone (rows of vanished VMs are then left for a full run)."""
     actions: list[RecoverAction] = []
     stale = ctx.catalog.list(states=(State.CREATING, State.DELETING))
     journal = ctx.catalog.journal()
@@ -64,7 +66,7 @@ def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "
             except Conflict:
                 continue  # an operation is running on that VM right now: not stale
         if full:
-            actions += _full_pass(ctx, conn, strays)
+            actions += _full_pass(ctx, conn, strays, only_vm)
     for action in actions:
         log.info("recover: %s %s: %s", action.vm, action.action, action.detail)
     return actions
@@ -137,9 +139,12 @@ def _unstick_guest(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: 
     return []
 
 
-def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy) -> list[RecoverAction]:
-    actions = _vanished_vms(ctx, conn)
+def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy,
+               only_vm: str | None) -> list[RecoverAction]:
+    actions = _vanished_vms(ctx, conn) if only_vm is None else []
     for dom, vm_uuid, vm_name in domains(conn):
+        if only_vm is not None and vm_name != only_vm:
+            continue
         try:
             with vm_lock(ctx.state_dir, vm_uuid, vm_name):
                 snaps = ctx.catalog.list(vm_uuid)
