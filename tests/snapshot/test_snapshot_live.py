@@ -16,7 +16,10 @@ from kvmkit.lab.state import load
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Mode, State
 from kvmkit.virt import agent
+from tests.conftest import TEST_LAB_DIR
 from tests.snapshot.conftest import disk_paths, kvmkit
+
+P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
 pytestmark = pytest.mark.lab
 
@@ -93,13 +96,13 @@ def test_create_json_has_the_documented_fields(snap_env, file_vm):
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["create", "tlab-file", "--name", ".hidden"], 2, "invalid snapshot name '.hidden'"),
-    (["create", "tlab-file", "--name", "a/b"], 2, "invalid snapshot name"),
-    (["create", "tlab-file", "--name", "x" * 65], 2, "at most 64"),
+    (["create", f"{P}-file", "--name", ".hidden"], 2, "invalid snapshot name '.hidden'"),
+    (["create", f"{P}-file", "--name", "a/b"], 2, "invalid snapshot name"),
+    (["create", f"{P}-file", "--name", "x" * 65], 2, "at most 64"),
     (["create", "no such vm"], 2, "invalid VM name"),
-    (["create", "tlab-nonexistent"], 3, "no VM named 'tlab-nonexistent'"),
-    (["delete", "tlab-file", "never-made"], 3, "has no snapshot named 'never-made'"),
-    (["revert", "tlab-file", "never-made"], 3, "has no snapshot named 'never-made'"),
+    (["create", f"{P}-nonexistent"], 3, f"no VM named '{P}-nonexistent'"),
+    (["delete", f"{P}-file", "never-made"], 3, "has no snapshot named 'never-made'"),
+    (["revert", f"{P}-file", "never-made"], 3, "has no snapshot named 'never-made'"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(snap_env, conn, file_vm, args, code, message):
     before = sorted(p.name for p in disk_paths(conn, file_vm)[0].parent.iterdir())
