@@ -59,3 +59,40 @@ def test_drivers_declare_their_capabilities_as_protocols():
     assert capabilities(FileDriver()) == ["Ownership"]
     assert isinstance(rbd_driver, InUse | Flattenable | GroupSnapshots)
     assert not isinstance(FileDriver(), InUse | Flattenable | GroupSnapshots)
+
+
+def test_an_unanswering_cluster_is_one_clear_error_when_listing_snapshots():
+    """recover's full pass lists the kvmkit snapshots of every domain's disks; a cluster that times out (another
+    lab's, a dead one) must be a KvmkitError it can report and skip, not a traceback."""
+
+    class FakeRbdError(Exception):
+        pass
+
+    class FakeTimeout(FakeRbdError):
+        pass
+
+    class FakeIoctx:
+        def close(self) -> None:
+            pass
+
+    class FakeCluster:
+        def __init__(self, **_kw) -> None:
+            pass
+
+        def connect(self, timeout: int) -> None:
+            pass
+
+        def open_ioctx(self, pool: str) -> FakeIoctx:
+            return FakeIoctx()
+
+    def image(*_args, **_kwargs):
+        raise FakeTimeout("[errno 110] RBD operation timeout (fake)")
+
+    rados = SimpleNamespace(Rados=FakeCluster, Error=FakeRadosError, ObjectNotFound=FakeRadosError)
+    rbd = SimpleNamespace(Image=image, Error=FakeRbdError, ImageNotFound=type("NF", (FakeRbdError,), {}))
+    driver = RbdDriver(CephSettings(), rados=rados, rbd=rbd)
+    disk = Disk(target="vdb", kind="network", format="raw", source="rbd/theirs", protocol="rbd",
+                hosts=(("127.0.0.1", 6789),))
+    with pytest.raises(EnvironmentProblem, match="RBD rbd/theirs: cannot list its snapshots") as info:
+        driver.owned(disk)
+    assert isinstance(info.value.__cause__, FakeTimeout)

@@ -288,6 +288,8 @@ class RbdDriver:
                 children = [f"{c['pool']}/{c['image']}" for c in img.list_children2()]
         except self._rbd.ImageNotFound:
             return None
+        except self._rbd.Error as exc:
+            raise EnvironmentProblem(f"RBD {snap.handle}: cannot list its clones: {exc}") from exc
         if not children:
             return None
         return f"image(s) {', '.join(children)} were cloned from it by a revert; flatten them first"
@@ -304,6 +306,8 @@ class RbdDriver:
                             if s["name"].startswith(PREFIX)]
         except self._rbd.ImageNotFound:
             return []
+        except self._rbd.Error as exc:  # e.g. a timeout on a cluster that does not answer: one line, not a trace
+            raise EnvironmentProblem(f"RBD {disk.source}: cannot list its snapshots: {exc}") from exc
         return sorted(handles)
 
     # groups -------------------------------------------------------------------------------------------
