@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import traceback
 
-import libvirt
 import typer
 
 from kvmkit import __version__
@@ -66,8 +66,8 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except KvmkitError as exc:
-        if _debug:
-            raise
+        if _debug:  # the whole chain: each `raise … from exc` shows the lower-level error that caused it
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"kvmkit: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -82,7 +82,8 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click.ClickException (typer vendors click)
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, libvirt.libvirtError) and not _debug:
+        libvirt = sys.modules.get("libvirt")  # never imported here: `kvmkit plan` does not load libvirt at all
+        if libvirt is not None and isinstance(exc, libvirt.libvirtError) and not _debug:
             print(f"kvmkit: error: libvirt: {exc.get_error_message()}", file=sys.stderr)
             sys.exit(6)
         if _debug:

@@ -23,6 +23,14 @@ Model = TypeVar("Model", bound=BaseModel)
 class KvmkitError(Exception):
     exit_code = 1
 
+    def rephrased(self, message: str) -> KvmkitError:
+        """The same error (class, exit code and any fields a subclass keeps) with a new message: for adding what
+        was cleaned up, without assuming every subclass is built from one string. Raise it `from` this one."""
+        clone = type(self).__new__(type(self))  # not copy.copy: that calls __init__ with args alone
+        clone.__dict__.update(self.__dict__)
+        clone.args = (message,)
+        return clone
+
 
 class InvalidInput(KvmkitError):
     exit_code = 2

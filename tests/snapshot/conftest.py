@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lab_vm
+from tests.conftest import TEST_LAB_DIR, lab_vm
+
+P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +23,12 @@ def snap_env(lab_state, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def file_vm(lab_state, snap_env) -> str:
     """A running VM with two ext4 raw disks on the XFS pool."""
-    return lab_vm(lab_state, "tlab-file", file_disks=2, rbd_disks=0, size_mib=256)
+    return lab_vm(lab_state, f"{P}-file", file_disks=2, rbd_disks=0, size_mib=256)
 
 
 @pytest.fixture(scope="session")
 def noagent_vm(lab_state, snap_env) -> str:
-    return lab_vm(lab_state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
+    return lab_vm(lab_state, f"{P}-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,10 @@ from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.overlay import OVERLAY_MARK, extent_count
 from kvmkit.virt import agent
 from kvmkit.virt.connection import live_disks
+from tests.conftest import TEST_LAB_DIR
 from tests.snapshot.conftest import kvmkit
+
+P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
 pytestmark = pytest.mark.lab
 EXTENTS = 12_000  # a reflink of this many extents costs ~0.2 s here: enough to prove the path, quick to make
@@ -29,7 +33,7 @@ EXTENTS = 12_000  # a reflink of this many extents costs ~0.2 s here: enough to 
 @pytest.fixture(scope="module")
 def frag_vm(lab_state, snap_env) -> str:
     state = load(lab_state.dir)
-    name = "tlab-frag"
+    name = f"{P}-frag"
     if state.vm(name) is None:
         lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=256, start=False)
         disks.fragment(Path(state.vm(name).disks[0].source), EXTENTS)
@@ -195,14 +199,14 @@ def test_qmp_crash_then_a_restart_by_someone_else_keeps_the_writes_made_after_th
 @pytest.fixture(scope="module")
 def ext4_vm(lab_state, snap_env, tmp_path_factory) -> str:
     """A VM whose disk sits on ext4 (no reflink): a loop-mounted ext4 image beside the test lab."""
-    mnt = lab_state.dir.parent / "tlab-ext4"
-    image = lab_state.dir.parent / "tlab-ext4.img"
+    mnt = lab_state.dir.parent / f"{P}-ext4"
+    image = lab_state.dir.parent / f"{P}-ext4.img"
     mnt.mkdir(exist_ok=True)
     subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
     state = load(lab_state.dir)
-    name = "tlab-ext4"
+    name = f"{P}-ext4"
     lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=128, start=False)
     old = Path(state.vm(name).disks[0].source)
     new = mnt / old.name
@@ -215,6 +219,8 @@ def ext4_vm(lab_state, snap_env, tmp_path_factory) -> str:
     lab.remove_vm(state, name)
     subprocess.run(["umount", str(mnt)], check=False)
     image.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        mnt.rmdir()
 
 
 def conn_define(uri: str, name: str, old: str, new: str):
@@ -252,15 +258,15 @@ def test_allow_full_copy_freezes_briefly_copies_after_and_leaves_no_overlay(snap
 @pytest.fixture(scope="module")
 def small_xfs_vm(lab_state, snap_env) -> tuple[str, Path]:
     """A VM whose disk sits on a tiny XFS (reflink) that the test can fill up."""
-    mnt = lab_state.dir.parent / "tlab-small-xfs"
-    image = lab_state.dir.parent / "tlab-small-xfs.img"
+    mnt = lab_state.dir.parent / f"{P}-small-xfs"
+    image = lab_state.dir.parent / f"{P}-small-xfs.img"
     mnt.mkdir(exist_ok=True)
     subprocess.run(["truncate", "-s", "320M", str(image)], check=True)
     subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
     mnt.chmod(0o755)
     state = load(lab_state.dir)
-    name = "tlab-small"
+    name = f"{P}-small"
     lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=64, start=False)
     old = Path(state.vm(name).disks[0].source)
     new = mnt / old.name
@@ -273,6 +279,8 @@ def small_xfs_vm(lab_state, snap_env) -> tuple[str, Path]:
     lab.remove_vm(state, name)
     subprocess.run(["umount", str(mnt)], check=False)
     image.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        mnt.rmdir()
 
 
 def test_storage_full_thaws_cleans_up_and_keeps_earlier_snapshots(engine, conn, small_xfs_vm):

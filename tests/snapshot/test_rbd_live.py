@@ -12,19 +12,21 @@ import rbd
 from kvmkit.errors import Conflict
 from kvmkit.snapshot.model import Mode
 from kvmkit.virt import agent
-from tests.conftest import lab_vm
+from tests.conftest import TEST_LAB_DIR, lab_vm
+
+P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def rbd_vm(lab_state, snap_env) -> str:
-    return lab_vm(lab_state, "tlab-rbd", file_disks=0, rbd_disks=3, size_mib=128)
+    return lab_vm(lab_state, f"{P}-rbd", file_disks=0, rbd_disks=3, size_mib=128)
 
 
 @pytest.fixture(scope="module")
 def mixed_vm(lab_state, snap_env) -> str:
-    return lab_vm(lab_state, "tlab-mixed", file_disks=1, rbd_disks=2, size_mib=128)
+    return lab_vm(lab_state, f"{P}-mixed", file_disks=1, rbd_disks=2, size_mib=128)
 
 
 @pytest.fixture()
@@ -54,7 +56,7 @@ def test_quiesced_snapshot_of_rbd_disks_is_one_concurrent_freeze(engine, rbd_vm,
         with rbd.Image(ioctx, disk.source.split("/")[1], read_only=True) as img:
             assert "kvmkit-q1" in [s["name"] for s in img.list_snaps()]
     engine.delete(rbd_vm, "q1")
-    with rbd.Image(ioctx, "tlab-rbd-vda", read_only=True) as img:
+    with rbd.Image(ioctx, f"{P}-rbd-vda", read_only=True) as img:
         assert "kvmkit-q1" not in [s["name"] for s in img.list_snaps()]
 
 
@@ -78,11 +80,11 @@ def test_group_snapshot_never_freezes_and_shares_one_group_snapshot(engine, conn
     assert snap.mode is Mode.GROUP and snap.freeze_ms == 0.0 and snap.pause_ms is None
     assert seen == {"thawed", "1"}, seen  # never frozen, never paused (1 = running)
     groups = {d.group for d in snap.disks}
-    assert len(groups) == 1 and groups.pop().startswith("rbd/kvmkit-tlab-rbd-")
+    assert len(groups) == 1 and groups.pop().startswith(f"rbd/kvmkit-{P}-rbd-")
     group_name = snap.disks[0].group.split("/")[1]
     assert [s["name"] for s in rbd.Group(ioctx, group_name).list_snaps()] == ["kvmkit-g1"]
     assert sorted(i["name"] for i in rbd.Group(ioctx, group_name).list_images()) == [
-        "tlab-rbd-vda", "tlab-rbd-vdb", "tlab-rbd-vdc"]
+        f"{P}-rbd-vda", f"{P}-rbd-vdb", f"{P}-rbd-vdc"]
     engine.delete(rbd_vm, "g1")
     assert list(rbd.Group(ioctx, group_name).list_snaps()) == []
 
@@ -102,11 +104,11 @@ def test_revert_restores_guest_data(engine, conn, lab_state, rbd_vm, rollback, c
     images = set(rbd.RBD().list(ioctx))
     assert not any(i.endswith(".kvmkit-new") for i in images)
     if rollback or crash:
-        with rbd.Image(ioctx, "tlab-rbd-vda", read_only=True) as img:
+        with rbd.Image(ioctx, f"{P}-rbd-vda", read_only=True) as img:
             assert not any("prerevert" in s["name"] for s in img.list_snaps())
     else:
         # revert by clone: the disk is now a clone of the snapshot, which lives on on the renamed base image
-        with rbd.Image(ioctx, "tlab-rbd-vda", read_only=True) as img:
+        with rbd.Image(ioctx, f"{P}-rbd-vda", read_only=True) as img:
             parent = img.get_parent_image_spec()
         assert ".kvmkit-base-" in parent["image_name"] and parent["snap_name"] == f"kvmkit-{name}"
         with pytest.raises(Conflict, match="cloned from it by a revert"):
@@ -127,23 +129,23 @@ def test_mixed_vm_gets_one_freeze_and_one_record(engine, conn, mixed_vm):
 
 
 def test_a_snapshot_name_taken_by_someone_else_is_refused_and_kept(engine, rbd_vm, ioctx):
-    with rbd.Image(ioctx, "tlab-rbd-vdb") as img:
+    with rbd.Image(ioctx, f"{P}-rbd-vdb") as img:
         img.create_snap("kvmkit-theirs")
     try:
         with pytest.raises(Conflict, match="already exists; kvmkit will not overwrite it"):
             engine.create(rbd_vm, "theirs")
-        with rbd.Image(ioctx, "tlab-rbd-vdb", read_only=True) as img:
+        with rbd.Image(ioctx, f"{P}-rbd-vdb", read_only=True) as img:
             assert "kvmkit-theirs" in [s["name"] for s in img.list_snaps()]
-        with rbd.Image(ioctx, "tlab-rbd-vda", read_only=True) as img:
+        with rbd.Image(ioctx, f"{P}-rbd-vda", read_only=True) as img:
             assert "kvmkit-theirs" not in [s["name"] for s in img.list_snaps()]
     finally:
-        with rbd.Image(ioctx, "tlab-rbd-vdb") as img:
+        with rbd.Image(ioctx, f"{P}-rbd-vdb") as img:
             img.remove_snap("kvmkit-theirs")
 
 
 def test_freeze_window_with_concurrent_rbd_snapshots_stays_near_one_create_snap(engine, rbd_vm, ioctx):
     singles = []
-    with rbd.Image(ioctx, "tlab-rbd-vda") as img:
+    with rbd.Image(ioctx, f"{P}-rbd-vda") as img:
         for _ in range(3):
             t0 = time.perf_counter()
             img.create_snap("kvmkit-probe")
@@ -167,14 +169,14 @@ def test_unreachable_ceph_is_one_clear_error_and_nothing_changes(engine, conn, l
     state = load_state(lab_state.dir)
     image = state.vms[0]  # any lab VM: borrow its guest image files for a domain that is never started
     xml = domain.domain_xml(domain.VmSpec(
-        name="tlab-deadceph", image=__import__("kvmkit.lab.guest", fromlist=["build"]).build(
+        name=f"{P}-deadceph", image=__import__("kvmkit.lab.guest", fromlist=["build"]).build(
             lab_state.dir.parent / "guest-cache"), console_log=image.console_log,
         disks=(domain.RbdDisk("rbd", "nowhere", "127.0.0.1", 9, lab_state.ceph.conf.parent / conf),)))
     dom = conn.defineXML(xml)
     try:
         t0 = time.monotonic()
         with pytest.raises(EnvironmentProblem, match=r"cannot reach the Ceph cluster \(127\.0\.0\.1:9"):
-            engine.create("tlab-deadceph", "dead1")
+            engine.create(f"{P}-deadceph", "dead1")
         assert time.monotonic() - t0 < 30
         assert engine.catalog.list(dom.UUIDString()) == []
     finally:

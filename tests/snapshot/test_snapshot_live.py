@@ -16,7 +16,10 @@ from kvmkit.lab.state import load
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Mode, State
 from kvmkit.virt import agent
+from tests.conftest import TEST_LAB_DIR
 from tests.snapshot.conftest import disk_paths, kvmkit
+
+P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
 pytestmark = pytest.mark.lab
 
@@ -93,13 +96,13 @@ def test_create_json_has_the_documented_fields(snap_env, file_vm):
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["create", "tlab-file", "--name", ".hidden"], 2, "invalid snapshot name '.hidden'"),
-    (["create", "tlab-file", "--name", "a/b"], 2, "invalid snapshot name"),
-    (["create", "tlab-file", "--name", "x" * 65], 2, "at most 64"),
+    (["create", f"{P}-file", "--name", ".hidden"], 2, "invalid snapshot name '.hidden'"),
+    (["create", f"{P}-file", "--name", "a/b"], 2, "invalid snapshot name"),
+    (["create", f"{P}-file", "--name", "x" * 65], 2, "at most 64"),
     (["create", "no such vm"], 2, "invalid VM name"),
-    (["create", "tlab-nonexistent"], 3, "no VM named 'tlab-nonexistent'"),
-    (["delete", "tlab-file", "never-made"], 3, "has no snapshot named 'never-made'"),
-    (["revert", "tlab-file", "never-made"], 3, "has no snapshot named 'never-made'"),
+    (["create", f"{P}-nonexistent"], 3, f"no VM named '{P}-nonexistent'"),
+    (["delete", f"{P}-file", "never-made"], 3, "has no snapshot named 'never-made'"),
+    (["revert", f"{P}-file", "never-made"], 3, "has no snapshot named 'never-made'"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(snap_env, conn, file_vm, args, code, message):
     before = sorted(p.name for p in disk_paths(conn, file_vm)[0].parent.iterdir())
@@ -186,19 +189,44 @@ def test_watchdog_thaws_a_hung_snapshot_at_the_deadline(snap_env, conn, file_vm,
     assert not list(disk_paths(conn, file_vm)[0].parent.glob("*@hang1.kvmkit"))
 
 
-def test_recover_deletes_orphan_snapshot_files_kvmkit_made(snap_env, conn, file_vm, engine):
+def test_recover_reports_an_unmarked_snapshot_file_and_purges_it_only_when_asked(snap_env, conn, file_vm, engine):
     from kvmkit.snapshot.drivers.file import reflink
 
     disk = disk_paths(conn, file_vm)[0]
     orphan = disk.parent / f"{disk.name}@orphan1.kvmkit"
-    reflink(disk, orphan)
+    reflink(disk, orphan)  # kvmkit's naming, but no catalog id on it: not provably this catalog's
     out = kvmkit(snap_env, "snapshot", "recover", "--json")
+    report = json.loads(out.stdout)
+    assert {"vm": file_vm, "handle": str(orphan)} in report["unknown"] and orphan.exists()
+    out = kvmkit(snap_env, "snapshot", "recover", "--purge-foreign", "--vm", file_vm, "--json")
     actions = json.loads(out.stdout)["actions"]
-    assert {"vm": file_vm, "action": "deleted orphan", "detail": str(orphan)} in actions
+    assert {"vm": file_vm, "action": "purged unknown", "handle": str(orphan), "whose": "unknown",
+            "detail": f"{orphan} (no catalog id)"} in actions
     assert not orphan.exists()
     assert disk.exists()
 
 
+def test_a_second_state_dir_recover_deletes_none_of_the_firsts_snapshots(snap_env, conn, lab_state, tmp_path):
+    """Issue 15: a recover run with another state dir (a second install, a test run, a cron job) on the same host
+    took every snapshot file of the first catalog for an orphan. Now it reports them as foreign."""
+    vm = lab_state.vms[0].name  # one file disk and one RBD disk
+    second = {**snap_env, "KVMKIT_STATE_DIR": str(tmp_path / "second-state")}
+    made = kvmkit(snap_env, "snapshot", "create", vm, "--name", "owned1", "--crash-consistent", "--json")
+    assert made.returncode == 0, made.stderr
+    handles = sorted(d["handle"] for d in json.loads(made.stdout)["disks"])
+    assert {d["driver"] for d in json.loads(made.stdout)["disks"]} == {"file", "rbd"}
+    try:
+        out = kvmkit(second, "snapshot", "recover", "--json")
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert sorted(f["handle"] for f in report["foreign"] if f["vm"] == vm) == handles
+        assert not [a for a in report["actions"] if a["action"] in ("deleted orphan", "dropped dangling row")]
+        listed = json.loads(kvmkit(snap_env, "snapshot", "list", vm, "--json").stdout)
+        assert [s["name"] for s in listed] == ["owned1"] and listed[0]["state"] == "ready"
+        mine = json.loads(kvmkit(snap_env, "snapshot", "recover", "--json").stdout)  # other tests' catalogs
+        assert [f for f in mine["foreign"] if f["vm"] == vm] == []  # may have made snapshots of other VMs
+    finally:
+        assert kvmkit(snap_env, "snapshot", "delete", vm, "owned1").returncode == 0
 def test_invalid_input_raised_before_any_action(engine, file_vm):
     with pytest.raises(InvalidInput):
         engine.create(file_vm, "bad name")

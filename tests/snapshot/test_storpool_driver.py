@@ -146,7 +146,7 @@ def test_revert_swap_restores_data_and_undo_puts_the_newer_data_back(fake, drive
     snap = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
     write(fake, "vm18-vda", b"after!")
     staged = driver.stage_revert(disk("vda"), snap, RevertOptions())
-    safety = staged.data["safety"]
+    safety = staged.data.safety
     assert fake.snapshots[safety].tags[TAG_ROLE] == "prerevert"
     driver.swap(staged)
     assert read(fake, "vm18-vda", 6) == b"before"
@@ -155,7 +155,7 @@ def test_revert_swap_restores_data_and_undo_puts_the_newer_data_back(fake, drive
     staged = driver.stage_revert(disk("vda"), snap, RevertOptions())
     driver.swap(staged)
     driver.commit(staged)
-    assert read(fake, "vm18-vda", 6) == b"before" and staged.data["safety"] not in fake.snapshots
+    assert read(fake, "vm18-vda", 6) == b"before" and staged.data.safety not in fake.snapshots
     assert driver.owned(disk("vda")) == [snap.handle]
 
 
@@ -210,14 +210,15 @@ def test_endpoint_is_read_by_the_bindings_loader(fake, tmp_path):
 
 
 def test_registry_adds_the_driver_only_when_configured(fake, tmp_path, monkeypatch):
+    from kvmkit.config import load
     from kvmkit.snapshot.drivers.registry import default_drivers
 
     monkeypatch.setenv("KVMKIT_CONFIG", str(tmp_path / "kvmkit.toml"))
     (tmp_path / "kvmkit.toml").write_text(f'state_dir = "{tmp_path}"\n')
-    names = [d.name for d in default_drivers()]
+    names = [d.name for d in default_drivers(load())]
     assert "storpool" not in names or Path("/etc/storpool.conf").exists()
     monkeypatch.setenv("KVMKIT_STORPOOL_CONF", str(fake.write_conf(tmp_path / "storpool.conf")))
-    assert "storpool" in [d.name for d in default_drivers()]
+    assert "storpool" in [d.name for d in default_drivers(load())]
 
 
 def test_lab_block_disks_become_block_disk_records(tmp_path):

@@ -146,13 +146,22 @@ def run_once(settings: Settings, now: datetime, engine_factory: Callable[[], obj
 
 
 def _run_one(settings: Settings, schedule: Schedule, now: datetime, engine) -> list[RunAction]:
-    from kvmkit.backup.create import backup_snapshot
+    from kvmkit.snapshot import service
 
     name = retention.SCHEDULED_PREFIX + now.strftime(retention.SCHEDULED_FORMAT)
-    snap = engine.create(schedule.vm, name)
+    # the same steps as `kvmkit snapshot create`: recover pass, snapshot, back up outside the freeze
+    outcome = service.take(engine.context(), settings, [schedule.vm], name, backup=schedule.backup,
+                           target=schedule.target)[0]
+    if outcome.error is not None:
+        raise outcome.error
+    snap = outcome.snapshot
+    assert snap is not None
     actions = [RunAction(vm=schedule.vm, action="snapshot", detail=name)]
     if schedule.backup:
-        manifest = backup_snapshot(settings, snap, schedule.target)
+        if outcome.backup_error is not None:
+            raise outcome.backup_error
+        manifest = outcome.backup
+        assert manifest is not None
         actions.append(RunAction(vm=schedule.vm, action="backup",
                                  detail=f"{name} ({manifest.kind.value}, {manifest.written_bytes} bytes written)"))
         removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)

@@ -21,6 +21,7 @@ import rbd
 from pydantic import BaseModel
 
 from kvmkit.benchmarks.snapshot import parse_counts
+from kvmkit.config import CephSettings
 from kvmkit.errors import EnvironmentProblem
 from kvmkit.lab import lab
 from kvmkit.lab.state import LabState, load
@@ -29,6 +30,7 @@ from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.base import RevertOptions
 from kvmkit.snapshot.drivers.rbd import RbdDriver
 from kvmkit.snapshot.engine import Engine
+from kvmkit.snapshot.journal import RbdCloneStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
@@ -163,7 +165,7 @@ def _bench_revert(state: LabState, size_gib: int, progress: Progress) -> RevertR
     disk = Disk(target="vdz", kind="network", format="raw", source=f"rbd/{image}", protocol="rbd",
                 hosts=(("127.0.0.1", state.ceph.port),), config_file=str(state.ceph.conf))
     cluster = _cluster(state)
-    driver = RbdDriver()
+    driver = RbdDriver(CephSettings(conf=state.ceph.conf))
     timings = {}
     try:
         with cluster.open_ioctx("rbd") as ioctx:
@@ -186,8 +188,8 @@ def _bench_revert(state: LabState, size_gib: int, progress: Progress) -> RevertR
                     assert img.read(0, 4) == b"kkkk", "revert did not restore the data"
                 if method == "clone":
                     driver.flatten(disk)  # detach from the base so the next round starts from one image
-                    base = staged.data["base"]
-                    _purge(ioctx, base)
+                    assert isinstance(staged.data, RbdCloneStaging)
+                    _purge(ioctx, staged.data.base)
             _purge(ioctx, image)
     finally:
         driver.release()

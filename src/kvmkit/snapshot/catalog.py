@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from kvmkit.errors import Conflict, NotFound
+from kvmkit.snapshot.journal import JournalEntry, JournalPayload, dump_payload, parse_entry
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
 
 SCHEMA = """
@@ -40,6 +43,10 @@ CREATE TABLE IF NOT EXISTS journal (
   data TEXT NOT NULL,
   created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
 PRAGMA user_version = 1;
 """
 
@@ -47,6 +54,7 @@ PRAGMA user_version = 1;
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -57,6 +65,7 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self.catalog_id = self._catalog_id()
         for side in ("-wal", "-shm"):
             side_path = Path(f"{path}{side}")
             if side_path.exists():
@@ -69,18 +78,33 @@ class Catalog:
             if column not in columns:
                 self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} REAL")
 
+    def _catalog_id(self) -> str:
+        """This catalog's identity, made once: every storage object kvmkit makes carries it (snapshot/ownership),
+        so a recover run with another state dir never mistakes this catalog's snapshots for its own orphans."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_id', ?)", (uuid.uuid4().hex,))
+            row = db.execute("SELECT value FROM meta WHERE key = 'catalog_id'").fetchone()
+        return str(row[0])
+
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        """One transaction at a time on this connection: `snapshot create vm1 vm2` runs creates on threads that
+        share the catalog, and SQLite refuses a BEGIN inside another thread's open transaction."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
 
     # snapshots -------------------------------------------------------------------------------------------
     def insert(self, snap: Snapshot) -> Snapshot:
@@ -111,8 +135,8 @@ class Catalog:
             db.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
 
     def find(self, vm_uuid: str, name: str) -> Snapshot | None:
-        row = self.db.execute("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name)).fetchone()
-        return None if row is None else _row(row)
+        rows = self._query("SELECT * FROM snapshots WHERE vm_uuid=? AND name=?", (vm_uuid, name))
+        return _row(rows[0]) if rows else None
 
     def get(self, vm_uuid: str, name: str, vm_label: str | None = None) -> Snapshot:
         snap = self.find(vm_uuid, name)
@@ -131,26 +155,27 @@ class Catalog:
             args.extend(s.value for s in states)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_row(r) for r in self.db.execute(sql + " ORDER BY created, id", args)]
+        return [_row(r) for r in self._query(sql + " ORDER BY created, id", args)]
 
     # journal: multi-step operations other than create/delete (revert swaps, overlays) -------------------
-    def journal_add(self, vm_uuid: str, op: str, data: dict) -> int:
+    def journal_add(self, vm_uuid: str, payload: JournalPayload) -> int:
         with self.tx() as db:
             cur = db.execute("INSERT INTO journal (vm_uuid, op, data, created) VALUES (?,?,?,?)",
-                             (vm_uuid, op, json.dumps(data), datetime.now().isoformat()))
+                             (vm_uuid, payload.op, dump_payload(payload), datetime.now().isoformat()))
         return int(cur.lastrowid or 0)
 
-    def journal_update(self, entry_id: int, data: dict) -> None:
+    def journal_update(self, entry_id: int, payload: JournalPayload) -> None:
         with self.tx() as db:
-            db.execute("UPDATE journal SET data=? WHERE id=?", (json.dumps(data), entry_id))
+            db.execute("UPDATE journal SET op=?, data=? WHERE id=?", (payload.op, dump_payload(payload), entry_id))
 
     def journal_done(self, entry_id: int) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM journal WHERE id=?", (entry_id,))
 
-    def journal(self, vm_uuid: str | None = None) -> list[tuple[int, str, str, dict]]:
-        rows = self.db.execute("SELECT id, vm_uuid, op, data FROM journal ORDER BY id").fetchall()
-        return [(r["id"], r["vm_uuid"], r["op"], json.loads(r["data"])) for r in rows
+    def journal(self, vm_uuid: str | None = None) -> list[JournalEntry]:
+        """Open journal entries, oldest first, each parsed strictly (a damaged row says so, and is never guessed)."""
+        rows = self._query("SELECT id, vm_uuid, op, data FROM journal ORDER BY id")
+        return [parse_entry(int(r["id"]), str(r["vm_uuid"]), str(r["op"]), str(r["data"])) for r in rows
                 if vm_uuid is None or r["vm_uuid"] == vm_uuid]
 
 

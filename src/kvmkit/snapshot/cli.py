@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from concurrent.futures import ThreadPoolExecutor
-
 import typer
 
-from kvmkit.config import Settings
-from kvmkit.errors import InvalidInput, KvmkitError
+from kvmkit import config
+from kvmkit.errors import InvalidInput
 from kvmkit.output import console, err_console, print_json, print_table
-from kvmkit.snapshot.drivers.registry import default_drivers
-from kvmkit.snapshot.engine import Engine
+from kvmkit.snapshot import lifecycle, service
+from kvmkit.snapshot import revert as revert_mod
+from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.model import Snapshot
 from kvmkit.snapshot.recover import recover
 from kvmkit.virt.connection import check_vm_name, connection
@@ -23,29 +21,14 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 WAIT = typer.Option(0.0, "--wait", help="Seconds to wait for another operation on the VM to finish.")
 
 
-def _engine(connect: str | None) -> Engine:
-    engine = Engine.from_config(connect)
-    recover(engine)  # cheap: only interrupted operations, and only when there are any
-    return engine
+def _context(connect: str | None, settings: config.Settings | None = None) -> SnapshotContext:
+    return SnapshotContext.from_settings(settings or config.load(), connect)
 
 
-def _backup_all(settings: Settings, snaps: list[Snapshot], quiet: bool
-                ) -> tuple[dict[str, dict], list[tuple[str, KvmkitError]]]:
-    """`backup_to_secondary`: after the thaw, never inside the freeze; a failed backup leaves the snapshot ready."""
-    from kvmkit.backup.create import backup_snapshot
-
-    done, failures = {}, []
-    for snap in snaps:
-        try:
-            manifest = backup_snapshot(settings, snap)
-        except KvmkitError as exc:
-            failures.append((snap.vm, type(exc)(f"snapshot {snap.name} is ready, but its backup failed: {exc}")))
-            continue
-        done[snap.vm] = {"target": manifest.target, "parent": manifest.parent, "seconds": manifest.seconds}
-        if not quiet:
-            kind = f"incremental on {manifest.parent}" if manifest.parent else "full"
-            console.print(f"{snap.vm}: backed up {snap.name} to {manifest.target} ({kind}, {manifest.seconds:.1f} s)")
-    return done, failures
+def _recovered(connect: str | None) -> SnapshotContext:
+    ctx = _context(connect)
+    service.recover_pass(ctx)
+    return ctx
 
 
 def snapshot_json(snap: Snapshot) -> dict:
@@ -72,43 +55,43 @@ def create(
     json_out: bool = JSON,
 ) -> None:
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
-    from kvmkit import config
-
     settings = config.load()
-    engine = _engine(connect)
+    ctx = _context(connect, settings)
     names = list(vms or [])
     if all_vms:
-        with connection(engine.uri) as conn:
+        with connection(ctx.uri) as conn:
             names += [d.name() for d in conn.listAllDomains() if d.isActive() and d.name() not in names]
     if not names:
         raise InvalidInput("name at least one VM, or pass --all")
     for vm in names:
         check_vm_name(vm)
 
-    def one(vm: str) -> Snapshot | KvmkitError:
-        try:
-            # one engine (so one set of drivers with their open images) per VM: VMs run concurrently
-            return dataclasses.replace(engine, drivers=default_drivers(engine.uri)).create(
-                vm, name, crash_consistent=crash_consistent, wait_s=wait, allow_full_copy=allow_full_copy)
-        except KvmkitError as exc:
-            return exc
+    def backed_up(outcome: service.Outcome) -> None:
+        manifest, snap = outcome.backup, outcome.snapshot
+        if json_out or manifest is None or snap is None:
+            return
+        kind = f"incremental on {manifest.parent}" if manifest.parent else "full"
+        console.print(f"{snap.vm}: backed up {snap.name} to {manifest.target} ({kind}, {manifest.seconds:.1f} s)")
 
-    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-        results = list(pool.map(one, names))
-    failures = [(vm, r) for vm, r in zip(names, results, strict=True) if isinstance(r, KvmkitError)]
-    snaps = [r for r in results if isinstance(r, Snapshot)]
-    if not json_out:
-        for snap in snaps:
-            window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
-                      else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
-            console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
-                          f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
-    backups: dict[str, dict] = {}
-    if snaps and (settings.backup_to_secondary if backup is None else backup):
-        backups, backup_failures = _backup_all(settings, snaps, quiet=json_out)
-        failures += backup_failures
+    def created(snap: Snapshot) -> None:
+        window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
+                  else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
+        console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
+                      f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+
+    want_backup = settings.backup_to_secondary if backup is None else backup
+    outcomes = service.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
+                            allow_full_copy=allow_full_copy, backup=want_backup,
+                            on_created=None if json_out else created, on_backed_up=backed_up)
+    snaps = [o.snapshot for o in outcomes if o.snapshot is not None]
+    failures = [(o.vm, o.error) for o in outcomes if o.error is not None]
+    failures += [(o.vm, o.backup_error.rephrased(f"snapshot {o.snapshot.name} is ready, but its backup failed: "
+                                                f"{o.backup_error}"))
+                 for o in outcomes if o.backup_error is not None and o.snapshot is not None]
     if json_out:
-        docs = [{**snapshot_json(s), **({"backup": backups[s.vm]} if s.vm in backups else {})} for s in snaps]
+        docs = [{**snapshot_json(o.snapshot), **({"backup": {"target": o.backup.target, "parent": o.backup.parent,
+                                                             "seconds": o.backup.seconds}} if o.backup else {})}
+                for o in outcomes if o.snapshot is not None]
         print_json(docs[0] if len(names) == 1 and docs else docs)
     if failures:
         if len(failures) == 1 and len(names) == 1 and not snaps:
@@ -121,7 +104,7 @@ def create(
 @app.command("list")
 def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Snapshots kvmkit knows, oldest first."""
-    snaps = _engine(connect).list(vm)
+    snaps = lifecycle.list_snapshots(_recovered(connect), vm)
     if json_out:
         print_json([snapshot_json(s) for s in snaps])
         return
@@ -139,7 +122,8 @@ def revert(vm: str, snapshot: str,
                                          help="RBD: rollback_to_snap (O(size)) instead of the O(1) clone."),
            wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop)."""
-    snap = _engine(connect).revert(vm, snapshot, force_stop=force_stop, wait_s=wait, rollback=rollback)
+    snap = revert_mod.revert(_recovered(connect), vm, snapshot, force_stop=force_stop, wait_s=wait,
+                             rollback=rollback)
     if json_out:
         print_json(snapshot_json(snap))
     else:
@@ -149,7 +133,7 @@ def revert(vm: str, snapshot: str,
 @app.command()
 def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Delete a snapshot from the storage and the catalog."""
-    snap = _engine(connect).delete(vm, snapshot, wait_s=wait)
+    snap = lifecycle.delete(_recovered(connect), vm, snapshot, wait_s=wait)
     if json_out:
         print_json(snapshot_json(snap))
     else:
@@ -159,7 +143,7 @@ def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CON
 @app.command()
 def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """RBD: detach disks a revert by clone left as clones (copies parent data, O(size)), freeing old snapshots."""
-    targets = _engine(connect).flatten(vm, wait_s=wait)
+    targets = lifecycle.flatten(_recovered(connect), vm, wait_s=wait)
     if json_out:
         print_json({"vm": vm, "flattened": targets})
     else:
@@ -167,11 +151,29 @@ def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out
 
 
 @app.command("recover")
-def recover_(connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove orphans."""
-    actions = recover(Engine.from_config(connect), full=True)
+def recover_(
+    adopt: bool = typer.Option(False, "--adopt", help="Take kvmkit snapshots this catalog did not make (another "
+                                                        "catalog's, or unmarked) into this one: mark and list them."),
+    purge_foreign: bool = typer.Option(False, "--purge-foreign", help="Delete kvmkit snapshots this catalog did "
+                                                                      "not make (another catalog's, or unmarked)."),
+    vm: str | None = typer.Option(None, "--vm", help="Look only at this VM's disks (recommended with --adopt and "
+                                                    "--purge-foreign: other VMs may belong to other catalogs)."),
+    connect: str | None = CONNECT, json_out: bool = JSON,
+) -> None:
+    """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove this catalog's
+    orphans; report snapshots other catalogs made (foreign) or none marked (unknown)."""
+    if adopt and purge_foreign:
+        raise InvalidInput("--adopt and --purge-foreign exclude each other")
+    if vm is not None:
+        check_vm_name(vm)
+    actions = recover(_context(connect), full=True,
+                      strays="adopt" if adopt else "purge" if purge_foreign else "report", only_vm=vm)
     if json_out:
-        print_json({"actions": actions})
+        left = [a for a in actions if a.action.startswith("left ")]
+        print_json({"actions": [a.model_dump(exclude_none=True) for a in actions],
+                    "foreign": [{"vm": a.vm, "handle": a.handle, "owner": a.owner}
+                                for a in left if a.whose == "foreign"],
+                    "unknown": [{"vm": a.vm, "handle": a.handle} for a in left if a.whose == "unknown"]})
     elif not actions:
         console.print("recover: catalog and storage agree; nothing to do")
     else:
@@ -207,7 +209,6 @@ def bench(
     json_out: bool = JSON,
 ) -> None:
     """Measure snapshot freeze windows on lab VMs, against an anchor run in the same process."""
-    from kvmkit import config
     from kvmkit.benchmarks import snapshot as bench_mod
 
     settings = config.load()

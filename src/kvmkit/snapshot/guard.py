@@ -7,9 +7,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from kvmkit.errors import Conflict, OperationFailed
 
@@ -51,6 +52,26 @@ def is_locked(state_dir: Path, vm_uuid: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+class WatchdogHandle(Protocol):
+    """What the engine does with a watchdog (see Watchdog for the meaning of each step)."""
+
+    deadline_s: float
+
+    def arm(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+    def disarm(self, guard: bool = False) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+# (uri, vm_uuid, deadline_s, action "thaw"|"resume", log path, (state dir, catalog) to recover with) → a handle
+WatchdogFactory = Callable[[str, str, float, str, Path, "tuple[Path, Path] | None"], WatchdogHandle]
 
 
 class Watchdog:

@@ -40,6 +40,7 @@ class DiskSnapshot(BaseModel):
     method: str = "direct"  # "direct": snapshotted inside the freeze; "overlay": barrier inside, clone/copy after
     extents: int | None = None  # file disks: extents before the freeze (what a reflink costs), counted up to
     # the limit + 1: a value above reflink_extent_limit means "more than that"
+    owner: str | None = None  # id of the catalog that made it, also marked on the storage object (None: older)
 
 
 class Snapshot(BaseModel):

@@ -21,21 +21,18 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
-import libvirt
-
 from kvmkit.errors import Conflict, OperationFailed
+from kvmkit.virt import qmp as qmp_seam
 from kvmkit.virt.blockjob import commit_active
+from kvmkit.virt.connection import Connection, Domain, define, external_snapshot, is_active, persistent_xml
 from kvmkit.virt.disks import Disk, parse_disks
 
 log = logging.getLogger(__name__)
 FS_IOC_FIEMAP = 0xC020660B
 OVERLAY_MARK = ".kvmkit-overlay-"
-# REUSE_EXT: the overlays are made by `prepare` before the freeze, so the freeze holds only libvirt's blockdev-add
-# and transaction (measured here: ~17 ms instead of ~30-80 ms when libvirt also creates the files).
-BARRIER_FLAGS = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT)
 
 
 FIEMAP_HEADER = struct.Struct("=QQIIII")  # start, length, flags, mapped extents, extent slots, reserved
@@ -73,7 +70,7 @@ def prepare(disks: list[Disk], tag: str) -> None:
             raise OperationFailed(f"disk {disk.target}: cannot create overlay {path}: {done.stderr.strip()}")
 
 
-def barrier(dom: libvirt.virDomain, disks: list[Disk], all_targets: list[str], tag: str) -> None:
+def barrier(dom: Domain, disks: list[Disk], all_targets: list[str], tag: str) -> None:
     """One atomic external snapshot of `disks` (others untouched): the VM writes to overlays from now on."""
     root = ET.Element("domainsnapshot")
     ET.SubElement(root, "name").text = f"kvmkit-barrier-{tag}"
@@ -86,13 +83,10 @@ def barrier(dom: libvirt.virDomain, disks: list[Disk], all_targets: list[str], t
             ET.SubElement(el, "source", file=str(overlay_path(chosen[target].source, tag)))
         else:
             ET.SubElement(disks_el, "disk", name=target, snapshot="no")
-    try:
-        dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), BARRIER_FLAGS)
-    except libvirt.libvirtError as exc:
-        raise OperationFailed(f"VM {dom.name()}: overlay barrier failed: {exc.get_error_message()}") from None
+    external_snapshot(dom, ET.tostring(root, encoding="unicode"))
 
 
-def commit_back(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
+def commit_back(conn: Connection, dom: Domain, disks: list[Disk], tag: str) -> None:
     """Merge each overlay into its base and pivot back; then the overlay files go."""
     _commit_known(conn, dom, disks, tag)
     restore_persistent(dom, disks, tag)
@@ -100,7 +94,7 @@ def commit_back(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[Di
         overlay_path(disk.source, tag).unlink(missing_ok=True)
 
 
-def _commit_known(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[Disk], tag: str) -> None:
+def _commit_known(conn: Connection, dom: Domain, disks: list[Disk], tag: str) -> None:
     """Block commit + pivot of the disks libvirt itself sees on their overlay."""
     live = {d.target: d.source for d in _parse(dom)}
     known = [d.target for d in disks if live.get(d.target) == str(overlay_path(d.source, tag))]
@@ -108,11 +102,11 @@ def _commit_known(conn: libvirt.virConnect, dom: libvirt.virDomain, disks: list[
         commit_active(conn, dom, known)
 
 
-def _parse(dom: libvirt.virDomain) -> list[Disk]:
+def _parse(dom: Domain) -> list[Disk]:
     return parse_disks(dom.XMLDesc(0))
 
 
-def commit_offline(conn: libvirt.virConnect, dom: libvirt.virDomain | None, disks: list[Disk], tag: str) -> int:
+def commit_offline(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str) -> int:
     """The VM stopped while on overlays: `qemu-img commit` each into its base and point the definition back.
     dom is None when the domain is gone (a transient one whose QEMU ended): then only the files are merged —
     and qemu-img's image lock refuses if a new VM already runs on the base."""
@@ -132,12 +126,12 @@ def commit_offline(conn: libvirt.virConnect, dom: libvirt.virDomain | None, disk
     return merged
 
 
-def finish(conn: libvirt.virConnect, dom: libvirt.virDomain | None, disks: list[Disk], tag: str,
+def finish(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str,
            mode: str) -> str:
     """Whatever a crash left between barrier and commit, merged back so one image per disk remains; says what.
     A running VM may be on a QMP overlay (libvirt unaware), or on a libvirt-known one (libvirt's barrier, or a
     restart from the redirected persistent definition) — each is committed by the side that knows it."""
-    if dom is None or not dom.isActive():
+    if dom is None or not is_active(dom):
         return f"{commit_offline(conn, dom, disks, tag)} overlay(s) merged offline"
     if mode == "qmp":
         _commit_known(conn, dom, disks, tag)  # restarted from the redirected definition: libvirt's overlay now
@@ -181,28 +175,16 @@ def _set_disk_source(xml: str, target: str, path: str, fmt: str) -> str:
 # A transient domain (CloudStack, a nova hard reboot) is rebuilt from the cloud's own database, which names the base:
 # that is equally true of libvirt's own external snapshots, and why `recover` should run before such a restart.
 
-def qmp(dom: libvirt.virDomain, execute: str, arguments: dict | None = None) -> object:
-    import json
-
-    import libvirt_qemu
-
-    payload: dict = {"execute": execute}
-    if arguments is not None:
-        payload["arguments"] = arguments
-    try:
-        reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(payload), 0))
-    except libvirt.libvirtError as exc:
-        raise OperationFailed(f"VM {dom.name()}: QMP {execute}: {exc.get_error_message()}") from None
-    if "error" in reply:
-        raise OperationFailed(f"VM {dom.name()}: QMP {execute}: {reply['error'].get('desc')}")
-    return reply.get("return")
+def qmp(dom: Domain, execute: str, arguments: dict | None = None) -> Any:
+    """One QMP command (virt.qmp does the talking; its ExecuteError keeps QEMU's error class)."""
+    return qmp_seam.execute(dom, execute, arguments)
 
 
 def overlay_node(target: str) -> str:
     return f"kvmkit-ov-{target}"
 
 
-def _top_nodes(dom: libvirt.virDomain) -> dict[str, str]:
+def _top_nodes(dom: Domain) -> dict[str, str]:
     """disk target → the node QEMU writes to now (via the device alias in the live XML)."""
     aliases = {}
     for el in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
@@ -217,7 +199,7 @@ def _top_nodes(dom: libvirt.virDomain) -> dict[str, str]:
     return nodes
 
 
-def qmp_prepare(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> dict[str, str]:
+def qmp_prepare(dom: Domain, disks: list[Disk], tag: str) -> dict[str, str]:
     """Overlays created and opened by QEMU (not yet in use), the persistent definition pointed at them: returns
     target → the node they will go on top of."""
     block_migration(dom, Path(disks[0].source).parent)
@@ -242,33 +224,49 @@ NO_MIGRATION_NODE = "kvmkit-no-migration"
 EMPTY_DIR = ".kvmkit-empty"
 
 
-def block_migration(dom: libvirt.virDomain, beside: Path) -> bool:
+def block_migration(dom: Domain, beside: Path) -> bool:
     """Make QEMU refuse live migration until unblock_migration: QEMU has no QMP command for a migration blocker,
     but a writable vvfat node registers one ("does not support live migration"), so one is added — of an empty
     folder beside the disks, attached to nothing. A migration already running makes the snapshot wait for another
     time (Conflict); a QEMU that cannot add the node (e.g. AppArmor denies the folder) leaves migration unblocked,
-    with a warning: the barrier is still correct, only a migration started in those seconds would not be refused."""
+    with a warning: the barrier is still correct, only a migration started in those seconds would not be refused.
+    Decided on what QEMU reports (its node names, its migration status), never on an error message's wording."""
+    if NO_MIGRATION_NODE in _node_names(dom):
+        return True  # left by an interrupted run: still blocking, recover removes it
+    if _migrating(dom):
+        raise Conflict(f"VM {dom.name()} is being migrated; snapshot it when the migration is over")
     empty = beside / EMPTY_DIR
     empty.mkdir(mode=0o755, exist_ok=True)
     try:
         qmp(dom, "blockdev-add", {"driver": "vvfat", "node-name": NO_MIGRATION_NODE, "dir": str(empty),
                                   "rw": True, "read-only": False})
         return True
-    except OperationFailed as exc:
-        if "already exists" in str(exc) or "Duplicate" in str(exc):
-            return True  # left by an interrupted run: still blocking, recover removes it
-        if "migrat" in str(exc).lower():
-            raise Conflict(f"VM {dom.name()} is being migrated; snapshot it when the migration is over") from None
-        log.warning("VM %s: live migration not blocked during the overlay barrier: %s", dom.name(), exc)
+    except qmp_seam.QmpError as exc:
+        if _migrating(dom):  # it started between our look and the add: QEMU refused the blocker
+            raise Conflict(f"VM {dom.name()} is being migrated; snapshot it when the migration is over") from exc
+        log.warning("VM %s: live migration not blocked during the overlay barrier (%s): %s", dom.name(),
+                    getattr(exc, "error_class", "no QMP reply"), exc)
         return False
 
 
-def unblock_migration(dom: libvirt.virDomain, present: set[str]) -> None:
+MIGRATION_DONE = {"none", "completed", "failed", "cancelled"}
+
+
+def _migrating(dom: Domain) -> bool:
+    status = (qmp(dom, "query-migrate") or {}).get("status")
+    return status is not None and status not in MIGRATION_DONE
+
+
+def _node_names(dom: Domain) -> set[str]:
+    return {n["node-name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True}) or []}
+
+
+def unblock_migration(dom: Domain, present: set[str]) -> None:
     if NO_MIGRATION_NODE in present:
         qmp(dom, "blockdev-del", {"node-name": NO_MIGRATION_NODE})
 
 
-def _cache_modes(dom: libvirt.virDomain) -> dict[str, tuple[bool, str | None]]:
+def _cache_modes(dom: Domain) -> dict[str, tuple[bool, str | None]]:
     """target → (O_DIRECT?, aio) of each disk as libvirt configured it, so the overlay is opened the same way
     (libvirt does this for its own overlays; cache='none' must not turn into host page caching)."""
     modes = {}
@@ -283,47 +281,39 @@ def _cache_modes(dom: libvirt.virDomain) -> dict[str, tuple[bool, str | None]]:
     return modes
 
 
-def redirect_persistent(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> bool:
+def redirect_persistent(dom: Domain, disks: list[Disk], tag: str) -> bool:
     """Point the persistent definition's disks at their (still empty) overlays: see the note above. False for a
     transient domain, which has no definition to point."""
-    if not dom.isPersistent():
+    xml = persistent_xml(dom)
+    if xml is None:
         return False
-    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     for disk in disks:
         xml = _set_disk_source(xml, disk.target, str(overlay_path(disk.source, tag)), "qcow2")
-    _define(dom, xml)
+    define(dom, xml)
     return True
 
 
-def restore_persistent(dom: libvirt.virDomain, disks: list[Disk], tag: str) -> bool:
+def restore_persistent(dom: Domain, disks: list[Disk], tag: str) -> bool:
     """Point the persistent definition back at the base files where it still names an overlay."""
-    if not dom.isPersistent():
+    xml = persistent_xml(dom)
+    if xml is None:
         return False
-    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     named = {d.target: d.source for d in parse_disks(xml)}
     todo = [d for d in disks if named.get(d.target) == str(overlay_path(d.source, tag))]
     for disk in todo:
         xml = _set_disk_source(xml, disk.target, disk.source, disk.format)
     if todo:
-        _define(dom, xml)
+        define(dom, xml)
     return bool(todo)
 
 
-def _define(dom: libvirt.virDomain, xml: str) -> None:
-    try:
-        dom.connect().defineXML(xml)
-    except libvirt.libvirtError as exc:
-        raise OperationFailed(f"VM {dom.name()}: cannot update its persistent definition: "
-                              f"{exc.get_error_message()}") from None
-
-
-def qmp_barrier(dom: libvirt.virDomain, tops: dict[str, str]) -> None:
+def qmp_barrier(dom: Domain, tops: dict[str, str]) -> None:
     qmp(dom, "transaction", {"actions": [
         {"type": "blockdev-snapshot", "data": {"node": node, "overlay": overlay_node(target)}}
         for target, node in tops.items()]})
 
 
-def qmp_commit_back(dom: libvirt.virDomain, disks: list[Disk], tag: str, timeout_s: float = 600.0) -> None:
+def qmp_commit_back(dom: Domain, disks: list[Disk], tag: str, timeout_s: float = 600.0) -> None:
     """Commit every kvmkit overlay that is on top back into its base and drop it; remove the overlay files."""
     import time
 
@@ -348,7 +338,7 @@ def qmp_commit_back(dom: libvirt.virDomain, disks: list[Disk], tag: str, timeout
     still = [t for t, n in _top_nodes(dom).items() if n.startswith("kvmkit-ov-")]
     if still:
         raise OperationFailed(f"VM {dom.name()}: the overlay of {', '.join(still)} could not be committed back")
-    present = {n["node-name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True}) or []}  # type: ignore[union-attr]
+    present = _node_names(dom)
     for disk in disks:
         if overlay_node(disk.target) in present:
             qmp(dom, "blockdev-del", {"node-name": overlay_node(disk.target)})

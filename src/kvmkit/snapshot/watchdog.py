@@ -20,34 +20,17 @@ import sys
 import time
 
 
-def _act(dom, action: str) -> str:
-    import libvirt
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if action == "resume":
-                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                    dom.resume()
-            else:
-                dom.fsThaw()
-            return "ok"
-        except libvirt.libvirtError as exc:
-            if not dom.isActive():
-                return "domain gone"
-            if time.monotonic() > deadline:
-                return f"failed: {exc.get_error_message()}"
-            time.sleep(0.2)  # the agent may still be busy with the freeze this thaw must follow
-
-
 def main(argv: list[str]) -> int:
-    import libvirt
+    from kvmkit.virt.agent import thaw_or_resume
+    from kvmkit.virt.connection import lookup_uuid, open_connection
 
     uri, uuid, deadline_s, action = argv[0], argv[1], float(argv[2]), argv[3]
     state_dir, catalog = (argv[4], argv[5]) if len(argv) >= 6 else (None, None)
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    conn = libvirt.open(uri)
-    dom = conn.lookupByUUIDString(uuid)
+    conn = open_connection(uri)
+    dom = lookup_uuid(conn, uuid)
+    if dom is None:
+        print(f"kvmkit watchdog: no domain {uuid}", file=sys.stderr)
+        return 1
     print("ready", flush=True)
     armed_at: float | None = None
     guarding = False
@@ -55,14 +38,14 @@ def main(argv: list[str]) -> int:
         timeout = None if armed_at is None else max(0.0, armed_at + deadline_s - time.monotonic())
         readable, _, _ = select.select([sys.stdin], [], [], timeout)
         if not readable:
-            result = _act(dom, action)
+            result = thaw_or_resume(dom, action)
             print(f"fired deadline {result}", flush=True)
             print(f"kvmkit watchdog: {deadline_s:.1f} s deadline passed; {action}: {result}", file=sys.stderr)
             return 0
         line = sys.stdin.readline()
         if line == "":
             if not guarding:
-                result = _act(dom, action)
+                result = thaw_or_resume(dom, action)
                 print(f"kvmkit watchdog: kvmkit went away; {action}: {result}", file=sys.stderr)
             elif state_dir and catalog:
                 done = _recover(uri, state_dir, catalog)
@@ -83,13 +66,18 @@ def _recover(uri: str, state_dir: str, catalog: str) -> str:
     """The cheap recover pass kvmkit runs before every snapshot command, run now: it merges the overlays back."""
     from pathlib import Path
 
+    from kvmkit import config
     from kvmkit.snapshot.catalog import Catalog
-    from kvmkit.snapshot.engine import Engine
+    from kvmkit.snapshot.context import SnapshotContext
+    from kvmkit.snapshot.drivers.registry import default_drivers
     from kvmkit.snapshot.recover import recover
 
     try:
-        engine = Engine(uri=uri, state_dir=Path(state_dir), catalog=Catalog(Path(catalog)))
-        actions = recover(engine)
+        settings = config.load()  # the environment kvmkit ran with: its Ceph settings for the drivers
+        ctx = SnapshotContext(uri=uri, state_dir=Path(state_dir), catalog=Catalog(Path(catalog)),
+                              drivers=default_drivers(settings, libvirt_uri=uri),
+                              new_drivers=lambda: default_drivers(settings, libvirt_uri=uri))
+        actions = recover(ctx)
     except Exception as exc:  # reported in the log; the next kvmkit command runs the same pass
         return f"failed: {exc}"
     return "; ".join(f"{a.action} ({a.detail})" for a in actions) or "nothing to do"

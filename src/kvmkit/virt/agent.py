@@ -30,7 +30,7 @@ def _command(dom: libvirt.virDomain, execute: str, arguments: dict | None = None
     try:
         reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(payload), timeout_s, 0)
     except libvirt.libvirtError as exc:
-        raise _wrap(dom, execute, exc) from None
+        raise _wrap(dom, execute, exc) from exc
     return json.loads(reply).get("return")
 
 
@@ -56,18 +56,53 @@ def freeze(dom: libvirt.virDomain) -> int:
     try:
         return dom.fsFreeze()
     except libvirt.libvirtError as exc:
-        raise _wrap(dom, "fsfreeze", exc) from None
+        raise _wrap(dom, "fsfreeze", exc) from exc
 
 
 def thaw(dom: libvirt.virDomain) -> int:
     try:
         return dom.fsThaw()
     except libvirt.libvirtError as exc:
-        raise _wrap(dom, "fsthaw", exc) from None
+        raise _wrap(dom, "fsthaw", exc) from exc
 
 
 def freeze_status(dom: libvirt.virDomain, timeout_s: int = 2) -> str:
     return str(_command(dom, "guest-fsfreeze-status", timeout_s=timeout_s))
+
+
+class QemuGuestAgent:
+    """The guest agent as the snapshot engine sees it (the default of its context; a test passes its own)."""
+
+    def ping(self, dom: libvirt.virDomain, timeout_s: int = 2) -> bool:
+        return ping(dom, timeout_s)
+
+    def freeze(self, dom: libvirt.virDomain) -> int:
+        return freeze(dom)
+
+    def thaw(self, dom: libvirt.virDomain) -> int:
+        return thaw(dom)
+
+    def freeze_status(self, dom: libvirt.virDomain) -> str:
+        return freeze_status(dom)
+
+
+def thaw_or_resume(dom: libvirt.virDomain, action: str, retry_s: float = 30.0) -> str:
+    """The watchdog's one act: thaw (or resume) the guest, retrying while the agent is still busy; says how it went."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            if action == "resume":
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+            else:
+                dom.fsThaw()
+            return "ok"
+        except libvirt.libvirtError as exc:
+            if not dom.isActive():
+                return "domain gone"
+            if time.monotonic() > deadline:
+                return f"failed: {exc.get_error_message()}"
+            time.sleep(0.2)  # the agent may still be busy with the freeze this thaw must follow
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,6 @@ def commit_active(conn: libvirt.virConnect, dom: libvirt.virDomain, targets: lis
             if status == libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED:
                 raise OperationFailed(f"disk {target}: pivot after block commit failed")
     except libvirt.libvirtError as exc:
-        raise OperationFailed(f"VM {dom.name()}: block commit: {exc.get_error_message()}") from None
+        raise OperationFailed(f"VM {dom.name()}: block commit: {exc.get_error_message()}") from exc
     finally:
         watch.close()

@@ -4,6 +4,13 @@ A driver is told a disk (from the live domain XML) and a tag (the snapshot name)
 create (`plan`, before anything is touched, so the catalog can record the intent), creates it (`snapshot`),
 and can list the handles kvmkit made (`owned`) so `recover` finds orphans. Revert is two-phase (`stage` a
 clone beside the disk, then `swap` it in) so a revert of several disks is all-or-nothing.
+
+Optional abilities are declared, never probed for: a driver that has one implements its Protocol below
+(`InUse`, `Flattenable`, `GroupSnapshots`) and the engine asks `isinstance(driver, InUse)`. The compliance test
+(tests/snapshot/test_driver_compliance.py) runs the same checks on every registered driver.
+
+What a driver hands back for a revert (`StagedRevert` and its typed `Staging` data) lives in `snapshot/journal.py`,
+because it is journaled and parsed back strictly by `recover`.
 """
 
 from __future__ import annotations
@@ -13,23 +20,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from kvmkit.snapshot.journal import StagedRevert, Staging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
-
-@dataclass
-class StagedRevert:
-    """A revert prepared beside the disk; `data` is what the driver needs to swap, undo or commit it."""
-
-    target: str
-    driver: str
-    data: dict = field(default_factory=dict)
+__all__ = [
+    "Flattenable",
+    "GroupSnapshots",
+    "InUse",
+    "Ownership",
+    "PlanOptions",
+    "RevertOptions",
+    "StagedRevert",
+    "Staging",
+    "StorageDriver",
+    "capabilities",
+]
 
 
 @dataclass(frozen=True)
 class PlanOptions:
     allow_full_copy: bool = False  # file disks without reflink: overlay barrier + full sparse copy after the thaw
     extent_limit: int = 2048  # file disks with more extents take the overlay barrier instead of a reflink in the freeze
+    owner: str | None = None  # the catalog's id: drivers with Ownership mark what they make with it
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class RevertOptions:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per revert, shared by its disks
 
 
+@runtime_checkable
 class StorageDriver(Protocol):
     name: str
 
@@ -61,7 +75,9 @@ class StorageDriver(Protocol):
         """Handles of the snapshots kvmkit made on this disk (by kvmkit's naming), catalogued or not."""
         ...
 
-    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert: ...
+    def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
+        """Prepare the revert beside the disk (nothing the VM sees changes); the typed data is journaled."""
+        ...
 
     def swap(self, staged: StagedRevert) -> None:
         """Point the disk at the staged image; the previous image is kept until `commit`."""
@@ -89,3 +105,48 @@ class GroupSnapshots(Protocol):
         ...
 
     def serves_as_group(self, disks: Sequence[Disk]) -> bool: ...
+
+
+@runtime_checkable
+class InUse(Protocol):
+    """Optional: a snapshot something else depends on (e.g. an RBD clone left by a revert) must not be deleted."""
+
+    def in_use(self, snap: DiskSnapshot) -> str | None:
+        """Why the snapshot cannot be deleted now, or None."""
+        ...
+
+
+@runtime_checkable
+class Flattenable(Protocol):
+    """Optional: a disk a revert left as a clone can be given its own data, freeing its parent's snapshots."""
+
+    def flatten_if_clone(self, disk: Disk) -> bool:
+        """Flatten the disk if it is a clone (O(size)); True if it was one."""
+        ...
+
+
+@runtime_checkable
+class Ownership(Protocol):
+    """Optional: every snapshot object carries the id of the catalog that made it (`planned.owner`, marked by
+    `snapshot`), so `recover` deletes only its own and reports the rest. Without it, a driver's uncatalogued
+    snapshots are all "unknown" to recover: reported, never deleted."""
+
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        """The catalog id marked on the snapshot's storage object; None if it carries none (or is gone)."""
+        ...
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        """Mark an existing snapshot as made by `owner` (recover --adopt)."""
+        ...
+
+    def tag_of(self, handle: str) -> str | None:
+        """The snapshot name in one of kvmkit's handles (the inverse of plan's naming), None if not kvmkit's."""
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (InUse, Flattenable, GroupSnapshots, Ownership)
+
+
+def capabilities(driver: object) -> list[str]:
+    """The optional abilities a driver declares, by Protocol name (for docs, `--json` and the compliance test)."""
+    return [cap.__name__ for cap in CAPABILITIES if isinstance(driver, cap)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.guest_view import guest_size
+from kvmkit.snapshot.journal import FileStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.sparse import data_extents
 from kvmkit.virt.disks import Disk
@@ -25,6 +27,8 @@ from kvmkit.virt.disks import Disk
 FICLONE = 0x40049409
 SUPPORTED_FORMATS = ("raw", "qcow2")
 SUFFIX = ".kvmkit"
+OWNER_XATTR = "user.kvmkit.catalog"  # the id of the catalog that made a snapshot file
+log = logging.getLogger(__name__)
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS)
 
 
@@ -122,7 +126,7 @@ class FileDriver:
         direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
                             format=disk.format, size_bytes=guest_size(source, disk.format),
-                            method="direct" if direct else "overlay", extents=extents)
+                            method="direct" if direct else "overlay", extents=extents, owner=options.owner)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         """Reflink the disk; on a filesystem without reflink (only ever outside the freeze) copy it sparsely."""
@@ -133,17 +137,38 @@ class FileDriver:
                 sparse_copy(Path(planned.source), Path(planned.handle))
         except OSError as exc:
             raise OperationFailed(
-                f"disk {planned.target}: reflink to {planned.handle} failed: {exc.strerror}") from None
+                f"disk {planned.target}: reflink to {planned.handle} failed: {exc.strerror}") from exc
+        if planned.owner:
+            self.set_owner(planned, planned.owner)
         return planned
 
     def exists(self, snap: DiskSnapshot) -> bool:
         return Path(snap.handle).exists()
 
     def delete(self, snap: DiskSnapshot) -> None:
+        if not (snap.handle.startswith(f"{snap.source}@") and snap.handle.endswith(SUFFIX)):
+            raise Conflict(f"{snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
         Path(snap.handle).unlink(missing_ok=True)
 
     def owned(self, disk: Disk) -> list[str]:
         return sorted(glob.glob(f"{glob.escape(disk.source)}@*{SUFFIX}"))
+
+    # Ownership: an extended attribute on the snapshot file (XFS, btrfs, ext4 and NFS 4.2 keep user xattrs)
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        try:
+            return os.getxattr(snap.handle, OWNER_XATTR, follow_symlinks=False).decode(errors="replace")
+        except OSError:  # ENODATA: not marked; ENOENT: gone; ENOTSUP: a filesystem without user xattrs
+            return None
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        try:
+            os.setxattr(snap.handle, OWNER_XATTR, owner.encode(), follow_symlinks=False)
+        except OSError as exc:  # the snapshot stands; unmarked, recover only ever reports it
+            log.warning("disk %s: cannot mark %s with its catalog (%s)", snap.target, snap.handle, exc.strerror)
+
+    def tag_of(self, handle: str) -> str | None:
+        _, at, name = handle.rpartition("@")
+        return name.removesuffix(SUFFIX) if at and name.endswith(SUFFIX) else None
 
     def release(self) -> None:
         """Nothing is held open between plan and snapshot."""
@@ -158,24 +183,34 @@ class FileDriver:
         try:
             reflink(handle, new)
         except OSError as exc:
-            raise OperationFailed(f"disk {disk.target}: cannot clone {handle}: {exc.strerror}") from None
+            raise OperationFailed(f"disk {disk.target}: cannot clone {handle}: {exc.strerror}") from exc
         st = source.stat()
         os.chown(new, st.st_uid, st.st_gid)
         os.chmod(new, st.st_mode & 0o7777)
-        return StagedRevert(disk.target, self.name, {"source": str(source), "new": str(new), "old": str(old)})
+        return StagedRevert(disk.target, self.name, FileStaging(source=str(source), new=str(new), old=str(old)))
 
     def swap(self, staged: StagedRevert) -> None:
-        source, new, old = (Path(staged.data[k]) for k in ("source", "new", "old"))
+        data = _file_staging(staged)
+        source, new, old = Path(data.source), Path(data.new), Path(data.old)
         if not old.exists():
             os.link(source, old)
         os.rename(new, source)  # atomic: the disk path always names a whole image
 
     def undo(self, staged: StagedRevert) -> None:
-        source, new, old = (Path(staged.data[k]) for k in ("source", "new", "old"))
+        data = _file_staging(staged)
+        source, new, old = Path(data.source), Path(data.new), Path(data.old)
         if old.exists():
             os.rename(old, source)
         new.unlink(missing_ok=True)
 
     def commit(self, staged: StagedRevert) -> None:
-        Path(staged.data["old"]).unlink(missing_ok=True)
-        Path(staged.data["new"]).unlink(missing_ok=True)
+        data = _file_staging(staged)
+        Path(data.old).unlink(missing_ok=True)
+        Path(data.new).unlink(missing_ok=True)
+
+
+def _file_staging(staged: StagedRevert) -> FileStaging:
+    if not isinstance(staged.data, FileStaging):
+        raise OperationFailed(f"disk {staged.target}: revert data of kind {staged.data.kind!r} is not the file "
+                              "driver's")
+    return staged.data

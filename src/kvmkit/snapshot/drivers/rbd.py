@@ -19,17 +19,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import rados
-import rbd
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from kvmkit.config import CephSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.journal import HandleMove, RbdCloneStaging, RbdRollbackStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
+if TYPE_CHECKING:
+    import rados
+    import rbd
+
 PREFIX = "kvmkit-"
+OWNER_KEY = "kvmkit.owner."  # image-meta key + snapshot name → id of the catalog that made that snapshot
 BASE_MARK = ".kvmkit-base-"
 NEW_SUFFIX = ".kvmkit-new"
 TIMEOUTS = {"client_mount_timeout": "10", "rados_osd_op_timeout": "15", "rados_mon_op_timeout": "10"}
@@ -62,9 +67,19 @@ def split_handle(handle: str) -> tuple[str, str, str]:
 class RbdDriver:
     name = "rbd"
 
-    def __init__(self, ceph: CephSettings | None = None, libvirt_uri: str | None = None) -> None:
+    def __init__(self, ceph: CephSettings, rados: ModuleType | None = None, rbd: ModuleType | None = None,
+                 libvirt_uri: str | None = None) -> None:
+        """ceph: kvmkit's configured cluster (used where a disk or snapshot does not say); rados/rbd: the binding
+        modules (Debian's python3-rados/python3-rbd by default), passed in so another implementation can stand in;
+        libvirt_uri: where the domains' libvirt secrets (cephx keys) live (None: qemu:///system)."""
+        if rados is None or rbd is None:
+            import rados as rados_module
+            import rbd as rbd_module
+
+            rados, rbd = rados or rados_module, rbd or rbd_module
         self._ceph = ceph
-        self._libvirt_uri = libvirt_uri  # where the domains' secrets live (None: the configured URI)
+        self._rados, self._rbd = rados, rbd
+        self._libvirt_uri = libvirt_uri
         self._secret_keys: dict[str, str] = {}
         self._clusters: dict[ClusterKey, rados.Rados] = {}
         self._keys: dict[str, ClusterKey] = {}  # pool/image and pool → its cluster, learned from the domain XML
@@ -74,10 +89,6 @@ class RbdDriver:
 
     # clusters -----------------------------------------------------------------------------------------
     def _settings(self) -> CephSettings:
-        if self._ceph is None:
-            from kvmkit import config
-
-            self._ceph = config.load().ceph
         return self._ceph
 
     def _key(self, disk: Disk) -> ClusterKey:
@@ -92,11 +103,7 @@ class RbdDriver:
         if key.secret_uuid not in self._secret_keys:
             from kvmkit.virt.secrets import ceph_key
 
-            uri = self._libvirt_uri
-            if uri is None:
-                from kvmkit import config
-
-                uri = config.load().libvirt_uri
+            uri = self._libvirt_uri or "qemu:///system"
             self._secret_keys[key.secret_uuid] = ceph_key(uri, key.secret_uuid, key.client_id)
         return self._secret_keys[key.secret_uuid]
 
@@ -118,20 +125,20 @@ class RbdDriver:
                 # monitors named by the disk: no conf file (a CloudStack host often has none); else the default
                 conffile = key.conf or (None if key.mon_host else "")
                 try:
-                    cluster = rados.Rados(rados_id=key.client_id, conffile=conffile, conf=conf)
+                    cluster = self._rados.Rados(rados_id=key.client_id, conffile=conffile, conf=conf)
                     cluster.connect(timeout=10)
-                except rados.Error as exc:
-                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from None
+                except self._rados.Error as exc:
+                    raise EnvironmentProblem(f"cannot reach the Ceph cluster ({where}): {exc}") from exc
                 self._clusters[key] = cluster
             return cluster
 
     def _open_ioctx(self, pool: str, key: ClusterKey) -> rados.Ioctx:
         try:
             return self._cluster(key).open_ioctx(pool)
-        except rados.ObjectNotFound:
-            raise NotFound(f"Ceph pool {pool!r} does not exist") from None
-        except rados.Error as exc:
-            raise EnvironmentProblem(f"Ceph pool {pool!r}: {exc}") from None
+        except self._rados.ObjectNotFound as exc:
+            raise NotFound(f"Ceph pool {pool!r} does not exist") from exc
+        except self._rados.Error as exc:
+            raise EnvironmentProblem(f"Ceph pool {pool!r}: {exc}") from exc
 
     @contextmanager
     def _ioctx(self, pool: str, key: ClusterKey) -> Iterator[rados.Ioctx]:
@@ -184,10 +191,10 @@ class RbdDriver:
         handle = f"{disk.source}@{snap_name}"
         ioctx = self._open_ioctx(pool, self._key(disk))
         try:
-            image = rbd.Image(ioctx, image_name)
-        except rbd.ImageNotFound:
+            image = self._rbd.Image(ioctx, image_name)
+        except self._rbd.ImageNotFound as exc:
             ioctx.close()
-            raise NotFound(f"disk {disk.target}: RBD image {disk.source} does not exist") from None
+            raise NotFound(f"disk {disk.target}: RBD image {disk.source} does not exist") from exc
         self._open[handle] = (ioctx, image)  # kept open until release(): the freeze holds only create_snap
         if any(s["name"] == snap_name for s in image.list_snaps()):
             raise Conflict(f"disk {disk.target}: {handle} already exists; kvmkit will not overwrite it")
@@ -196,7 +203,7 @@ class RbdDriver:
         location = {k: v for k, v in (("conf", key.conf), ("mon_host", key.mon_host), ("client_id", key.client_id),
                                       ("keyring", key.keyring), ("secret_uuid", key.secret_uuid)) if v}
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle, size_bytes=size,
-                            location=location)
+                            location=location, owner=(options or PlanOptions()).owner)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         _, _, snap_name = split_handle(planned.handle)
@@ -204,18 +211,55 @@ class RbdDriver:
         try:
             if opened is not None:
                 opened[1].create_snap(snap_name)
+                if planned.owner:
+                    opened[1].metadata_set(OWNER_KEY + snap_name, planned.owner)
             else:
                 with self._image(planned.handle) as img:
                     img.create_snap(snap_name)
-        except rbd.Error as exc:
-            raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from None
+                    if planned.owner:
+                        img.metadata_set(OWNER_KEY + snap_name, planned.owner)
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"disk {planned.target}: create_snap {planned.handle}: {exc}") from exc
         return planned
+
+    # Ownership: an image-meta key per snapshot (it moves with the image when a revert renames it to a base)
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            with self._image(snap.handle, read_only=True) as img:
+                return str(img.metadata_get(OWNER_KEY + snap_name))
+        except (KeyError, self._rbd.ImageNotFound):
+            return None
+        except self._rbd.Error as exc:
+            if isinstance(exc, self._rbd.ObjectNotFound):  # librbd reports a missing key as ENOENT
+                return None
+            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from exc
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        self._learn_snap(snap)
+        _, _, snap_name = split_handle(snap.handle)
+        try:
+            with self._image(snap.handle) as img:
+                img.metadata_set(OWNER_KEY + snap_name, owner)
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"RBD {snap.handle}: cannot mark its catalog: {exc}") from exc
+
+    def tag_of(self, handle: str) -> str | None:
+        _, _, snap_name = split_handle(handle)
+        return snap_name.removeprefix(PREFIX) if snap_name.startswith(PREFIX) else None
+
+    def _forget_owner(self, img: rbd.Image, snap_name: str) -> None:
+        try:
+            img.metadata_remove(OWNER_KEY + snap_name)
+        except (KeyError, self._rbd.Error):
+            pass  # never marked (made before ownership), or already gone
 
     @contextmanager
     def _image(self, handle: str, read_only: bool = False) -> Iterator[rbd.Image]:
         pool, image_name, _ = split_handle(handle)
         with (self._ioctx(pool, self._key_for(handle)) as ioctx,
-              rbd.Image(ioctx, image_name, read_only=read_only) as img):
+              self._rbd.Image(ioctx, image_name, read_only=read_only) as img):
             yield img
 
     def exists(self, snap: DiskSnapshot) -> bool:
@@ -226,10 +270,10 @@ class RbdDriver:
                 return any(s["name"] == snap_name for s in self._group_snaps(snap.group))
             with self._image(snap.handle, read_only=True) as img:
                 return any(s["name"] == snap_name for s in img.list_snaps())
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return False
-        except rbd.Error as exc:
-            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from None
+        except self._rbd.Error as exc:
+            raise EnvironmentProblem(f"RBD {snap.handle}: {exc}") from exc
 
     def delete(self, snap: DiskSnapshot) -> None:
         self._learn_snap(snap)
@@ -249,14 +293,15 @@ class RbdDriver:
                     if group:
                         self._remove_group_snap(group, snap_name)
                     remaining = len(user)
+                self._forget_owner(img, snap_name)
             if BASE_MARK in image_name and remaining == 0:
                 self._drop_base(pool, image_name, snap.handle)
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return
-        except rbd.ImageBusy as exc:
-            raise Conflict(f"{snap.handle} is in use: {exc}") from None
-        except rbd.Error as exc:
-            raise OperationFailed(f"deleting {snap.handle}: {exc}") from None
+        except self._rbd.ImageBusy as exc:
+            raise Conflict(f"{snap.handle} is in use: {exc}") from exc
+        except self._rbd.Error as exc:
+            raise OperationFailed(f"deleting {snap.handle}: {exc}") from exc
 
     def in_use(self, snap: DiskSnapshot) -> str | None:
         """A snapshot with clone children (after a revert by clone) cannot go until they are flattened."""
@@ -268,8 +313,10 @@ class RbdDriver:
                     return None
                 img.set_snap(snap_name)
                 children = [f"{c['pool']}/{c['image']}" for c in img.list_children2()]
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return None
+        except self._rbd.Error as exc:
+            raise EnvironmentProblem(f"RBD {snap.handle}: cannot list its clones: {exc}") from exc
         if not children:
             return None
         return f"image(s) {', '.join(children)} were cloned from it by a revert; flatten them first"
@@ -284,8 +331,10 @@ class RbdDriver:
             if group and group.split("/", 1)[1].startswith(PREFIX):
                 handles += [f"{disk.source}@{s['name']}" for s in self._group_snaps(group)
                             if s["name"].startswith(PREFIX)]
-        except rbd.ImageNotFound:
+        except self._rbd.ImageNotFound:
             return []
+        except self._rbd.Error as exc:  # e.g. a timeout on a cluster that does not answer: one line, not a trace
+            raise EnvironmentProblem(f"RBD {disk.source}: cannot list its snapshots: {exc}") from exc
         return sorted(handles)
 
     # groups -------------------------------------------------------------------------------------------
@@ -303,10 +352,10 @@ class RbdDriver:
         self.release()  # group snapshots open the images themselves
         with self._ioctx(pool, self._key_for(planned[0].handle)) as ioctx:
             try:
-                rbd.RBD().group_create(ioctx, group_name)
-            except (rbd.ImageExists, rbd.ObjectExists):
+                self._rbd.RBD().group_create(ioctx, group_name)
+            except (self._rbd.ImageExists, self._rbd.ObjectExists):
                 pass
-            group = rbd.Group(ioctx, group_name)
+            group = self._rbd.Group(ioctx, group_name)
             members = {g["name"] for g in group.list_images()}
             for image in images:
                 if image not in members:
@@ -315,8 +364,13 @@ class RbdDriver:
                 group.remove_image(ioctx, stray)
             try:
                 group.create_snap(snap_name)
-            except rbd.Error as exc:
-                raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from None
+                owner = planned[0].owner
+                if owner:
+                    for image in images:
+                        with self._rbd.Image(ioctx, image) as img:
+                            img.metadata_set(OWNER_KEY + snap_name, owner)
+            except self._rbd.Error as exc:
+                raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from exc
         return [p.model_copy(update={"group": f"{pool}/{group_name}"}) for p in planned]
 
     def _group_of(self, img: rbd.Image) -> str | None:
@@ -327,24 +381,24 @@ class RbdDriver:
         pool, name = group.split("/", 1)
         with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
             try:
-                return list(rbd.Group(ioctx, name).list_snaps())
-            except rbd.ObjectNotFound:
+                return list(self._rbd.Group(ioctx, name).list_snaps())
+            except self._rbd.ObjectNotFound:
                 return []
 
     def _remove_group_snap(self, group: str, snap_name: str) -> None:
         pool, name = group.split("/", 1)
         with self._ioctx(pool, self._key_for(f"{group}@")) as ioctx:
             try:
-                rbd.Group(ioctx, name).remove_snap(snap_name)
-            except rbd.ObjectNotFound:
+                self._rbd.Group(ioctx, name).remove_snap(snap_name)
+            except self._rbd.ObjectNotFound:
                 pass
 
     def _drop_base(self, pool: str, image_name: str, handle: str) -> None:
         """A base image left by a revert by clone goes with its last snapshot, once no clone depends on it."""
         with self._ioctx(pool, self._key_for(handle)) as ioctx:
             try:
-                rbd.RBD().remove(ioctx, image_name)
-            except rbd.Error:
+                self._rbd.RBD().remove(ioctx, image_name)
+            except self._rbd.Error:
                 # still referenced: a clone, a group snapshot of kvmkit's VM group (EMLINK) … it goes with the
                 # last reference; keeping it a little longer loses nothing
                 pass
@@ -357,74 +411,83 @@ class RbdDriver:
         _, _, snap_name = split_handle(snap.handle)
         if not self.exists(snap):
             raise NotFound(f"disk {disk.target}: snapshot {snap.handle} is missing")
-        data = {"pool": pool, "image": image_name, "snap": snap_name, "group": snap.group}
+        staging: RbdCloneStaging | RbdRollbackStaging
         with self._ioctx(pool, self._key(disk)) as ioctx:
             if options.rollback or snap.group:
                 # group snapshots are rolled back (librbd clones only from user snapshots); a safety snapshot
                 # makes the rollback undoable until every disk of the VM is done
                 safety = f"{PREFIX}prerevert-{int(time.time() * 1000)}"
-                with rbd.Image(ioctx, image_name) as img:
+                with self._rbd.Image(ioctx, image_name) as img:
                     img.create_snap(safety)
-                data.update(method="rollback", safety=safety, token=options.token)
+                staging = RbdRollbackStaging(pool=pool, image=image_name, snap=snap_name, group=snap.group,
+                                             safety=safety, token=options.token)
             else:
                 new = image_name + NEW_SUFFIX
                 try:
-                    rbd.RBD().remove(ioctx, new)  # ours by name: a leftover of an interrupted revert
-                except rbd.ImageNotFound:
+                    self._rbd.RBD().remove(ioctx, new)  # ours by name: a leftover of an interrupted revert
+                except self._rbd.ImageNotFound:
                     pass
-                with rbd.Image(ioctx, image_name, read_only=True) as img:
+                with self._rbd.Image(ioctx, image_name, read_only=True) as img:
                     features = img.features()
-                rbd.RBD().clone(ioctx, image_name, snap_name, ioctx, new, features=features)
+                self._rbd.RBD().clone(ioctx, image_name, snap_name, ioctx, new, features=features)
                 base = f"{image_name}{BASE_MARK}{int(time.time() * 1000)}"
-                # after the swap the older snapshots live on the base image: the engine re-points their handles
-                data.update(method="clone", new=new, base=base, moves={f"{pool}/{image_name}@": f"{pool}/{base}@"})
-        return StagedRevert(disk.target, self.name, data)
+                # after the swap the older snapshots live on the base image: revert re-points their handles
+                staging = RbdCloneStaging(pool=pool, image=image_name, snap=snap_name, group=snap.group, new=new,
+                                          base=base, handle_moves=[HandleMove(old_prefix=f"{pool}/{image_name}@",
+                                                                              new_prefix=f"{pool}/{base}@")])
+        return StagedRevert(disk.target, self.name, staging)
+
+    def _staging(self, staged: StagedRevert) -> RbdCloneStaging | RbdRollbackStaging:
+        if not isinstance(staged.data, RbdCloneStaging | RbdRollbackStaging):
+            raise OperationFailed(f"disk {staged.target}: revert data of kind {staged.data.kind!r} is not the rbd "
+                                  "driver's")
+        return staged.data
 
     def swap(self, staged: StagedRevert) -> None:
-        d = staged.data
-        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
-            if d["method"] == "rollback":
-                if d.get("group"):
-                    self._group_rollback_once(ioctx, d["group"], d["snap"], d["token"])
+        d = self._staging(staged)
+        with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx:
+            if isinstance(d, RbdRollbackStaging):
+                if d.group:
+                    self._group_rollback_once(ioctx, d.group, d.snap, d.token)
                 else:
-                    with rbd.Image(ioctx, d["image"]) as img:
-                        img.rollback_to_snap(d["snap"])
+                    with self._rbd.Image(ioctx, d.image) as img:
+                        img.rollback_to_snap(d.snap)
                 return
-            names = set(rbd.RBD().list(ioctx))
-            if d["base"] not in names:
-                rbd.RBD().rename(ioctx, d["image"], d["base"])
-            rbd.RBD().rename(ioctx, d["new"], d["image"])
+            names = set(self._rbd.RBD().list(ioctx))
+            if d.base not in names:
+                self._rbd.RBD().rename(ioctx, d.image, d.base)
+            self._rbd.RBD().rename(ioctx, d.new, d.image)
 
     def _group_rollback_once(self, ioctx: rados.Ioctx, group: str, snap_name: str, token: str) -> None:
         # every disk of the group reports the same group snapshot: roll the group back once per revert
         if (token, group, snap_name) not in self._rolled:
-            rbd.Group(ioctx, group.split("/", 1)[1]).rollback_to_snap(snap_name)
+            self._rbd.Group(ioctx, group.split("/", 1)[1]).rollback_to_snap(snap_name)
             self._rolled.add((token, group, snap_name))
 
     def undo(self, staged: StagedRevert) -> None:
-        d = staged.data
-        with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx:
-            if d["method"] == "rollback":
-                with rbd.Image(ioctx, d["image"]) as img:
-                    if d["safety"] in [s["name"] for s in img.list_snaps()]:
-                        img.rollback_to_snap(d["safety"])
-                        img.remove_snap(d["safety"])
+        d = self._staging(staged)
+        with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx:
+            if isinstance(d, RbdRollbackStaging):
+                with self._rbd.Image(ioctx, d.image) as img:
+                    if d.safety in [s["name"] for s in img.list_snaps()]:
+                        img.rollback_to_snap(d.safety)
+                        img.remove_snap(d.safety)
                 return
-            names = set(rbd.RBD().list(ioctx))
-            if d["base"] in names:
-                if d["image"] in names:
-                    rbd.RBD().rename(ioctx, d["image"], d["new"])
-                rbd.RBD().rename(ioctx, d["base"], d["image"])
-            if d["new"] in set(rbd.RBD().list(ioctx)):
-                rbd.RBD().remove(ioctx, d["new"])
+            names = set(self._rbd.RBD().list(ioctx))
+            if d.base in names:
+                if d.image in names:
+                    self._rbd.RBD().rename(ioctx, d.image, d.new)
+                self._rbd.RBD().rename(ioctx, d.base, d.image)
+            if d.new in set(self._rbd.RBD().list(ioctx)):
+                self._rbd.RBD().remove(ioctx, d.new)
 
     def commit(self, staged: StagedRevert) -> None:
-        d = staged.data
-        if d["method"] == "rollback":
-            with self._ioctx(d["pool"], self._key_for(f"{d['pool']}/{d['image']}@")) as ioctx, \
-                    rbd.Image(ioctx, d["image"]) as img:
-                if d["safety"] in [s["name"] for s in img.list_snaps()]:
-                    img.remove_snap(d["safety"])
+        d = self._staging(staged)
+        if isinstance(d, RbdRollbackStaging):
+            with self._ioctx(d.pool, self._key_for(f"{d.pool}/{d.image}@")) as ioctx, \
+                    self._rbd.Image(ioctx, d.image) as img:
+                if d.safety in [s["name"] for s in img.list_snaps()]:
+                    img.remove_snap(d.safety)
         # clone: the renamed base image stays as the clone's parent and keeps the older snapshots
 
     def flatten(self, disk: Disk) -> None:
@@ -439,7 +502,7 @@ class RbdDriver:
         with self._image(f"{disk.source}@", read_only=True) as img:
             try:
                 _pool, parent, parent_snap = img.parent_info()
-            except rbd.ImageNotFound:  # no parent: not a clone
+            except self._rbd.ImageNotFound:  # no parent: not a clone
                 return False
         if BASE_MARK not in parent or not parent_snap.startswith(PREFIX):
             return False

@@ -1,31 +1,39 @@
-"""Which driver serves which disk. A new storage is one module and one line here."""
+"""Which driver serves which disk. A new storage is one module and one line in `default_drivers`."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput
 from kvmkit.snapshot.drivers.base import StorageDriver
 from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.virt.disks import Disk
 
 
-def default_drivers(libvirt_uri: str | None = None) -> list[StorageDriver]:
-    """libvirt_uri: where the domains' libvirt secrets (cephx keys) are read; None: the configured URI."""
+def default_drivers(settings: Settings, *, libvirt_uri: str | None = None, rados: ModuleType | None = None,
+                    rbd: ModuleType | None = None) -> list[StorageDriver]:
+    """A fresh set of drivers (they hold open images between plan and snapshot: one set per operation).
+    libvirt_uri: where the domains' libvirt secrets (cephx keys) are read (None: settings.libvirt_uri).
+    rados/rbd: Ceph's binding modules, Debian's by default; without them RBD disks are reported unsupported."""
+    from kvmkit.snapshot.drivers.rbd import RbdDriver
+
     drivers: list[StorageDriver] = [FileDriver()]
-    drivers += _storpool()  # only when the `storpool` binding is installed and StorPool is configured here
+    drivers += _storpool(settings)  # only when the `storpool` binding is installed and StorPool is configured here
     try:
-        from kvmkit.snapshot.drivers.rbd import RbdDriver
+        drivers.append(RbdDriver(settings.ceph, rados=rados, rbd=rbd,
+                                 libvirt_uri=libvirt_uri or settings.libvirt_uri))
     except ImportError:  # python3-rbd absent: RBD disks are then reported as unsupported
-        return drivers
-    drivers.append(RbdDriver(libvirt_uri=libvirt_uri))
+        pass
     return drivers
 
 
-def _storpool() -> list[StorageDriver]:
+def _storpool(settings: Settings) -> list[StorageDriver]:
     try:
         from kvmkit.snapshot.drivers.storpool import configured_drivers
     except ImportError:  # the optional `storpool` binding is absent
         return []
-    return list(configured_drivers())
+    return list(configured_drivers(settings))
 
 
 def driver_for(disk: Disk, drivers: list[StorageDriver]) -> StorageDriver:

@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kvmkit.config import Settings, StorPoolSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.journal import Staging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 
@@ -131,6 +132,17 @@ def vm_uuid_from_libvirt(uri: str) -> Callable[[Disk], str]:
         return ""
 
     return resolve
+
+
+class StorPoolStaging(Staging):
+    """A revert by the API's VolumeRevert: the volume, the snapshot to revert to, and the safety snapshot that
+    makes it undoable until every disk of the VM is reverted."""
+
+    kind: Literal["storpool"] = "storpool"
+    volume: str
+    volume_id: str
+    to: str
+    safety: str
 
 
 def configured_drivers(settings: Settings | None = None) -> list[StorPoolDriver]:
@@ -352,24 +364,30 @@ class StorPoolDriver:
             planned = snap.model_copy(update={"location": {**snap.location, "volume_id": vol.global_id}})
             self._call(f"disk {disk.target}: safety snapshot before the revert", "snapshotCreate",
                        "~" + vol.global_id, {"name": safety, "tags": self.tags(planned, role="prerevert")})
-        return StagedRevert(disk.target, self.name, {"volume": vol.name, "volume_id": vol.global_id,
-                                                     "to": snap.handle, "safety": safety})
+        return StagedRevert(disk.target, self.name, StorPoolStaging(volume=vol.name, volume_id=vol.global_id,
+                                                                    to=snap.handle, safety=safety))
 
-    def _revert(self, data: dict, to: str) -> None:
-        self._call(f"reverting StorPool volume {data['volume']} to {to}", "volumeRevert", "~" + data["volume_id"],
+    def _revert(self, data: StorPoolStaging, to: str) -> None:
+        self._call(f"reverting StorPool volume {data.volume} to {to}", "volumeRevert", "~" + data.volume_id,
                    {"toSnapshot": to})
 
+    @staticmethod
+    def _staging(staged: StagedRevert) -> StorPoolStaging:
+        assert isinstance(staged.data, StorPoolStaging)
+        return staged.data
+
     def swap(self, staged: StagedRevert) -> None:
-        self._revert(staged.data, staged.data["to"])
+        data = self._staging(staged)
+        self._revert(data, data.to)
 
     def undo(self, staged: StagedRevert) -> None:
-        safety = staged.data["safety"]
-        if self._find_snapshot(safety) is not None:
-            self._revert(staged.data, safety)
-            self._call(f"deleting safety snapshot {safety}", "snapshotDelete", safety)
+        data = self._staging(staged)
+        if self._find_snapshot(data.safety) is not None:
+            self._revert(data, data.safety)
+            self._call(f"deleting safety snapshot {data.safety}", "snapshotDelete", data.safety)
 
     def commit(self, staged: StagedRevert) -> None:
-        safety = staged.data["safety"]
+        safety = self._staging(staged).safety
         if self._find_snapshot(safety) is not None:
             self._call(f"deleting safety snapshot {safety}", "snapshotDelete", safety)
 
