@@ -151,6 +151,7 @@ def vm_memory(prev: VmReading | None, cur: VmReading, dt_s: float, page: int) ->
             split_age_s=None,
             hugepage_backed=split.hugepage_backed if split else None,
             thp_bytes=split.thp_bytes if split else None,
+            ksm_merged_bytes=cur.ksm_merging_pages * page if cur.ksm_merging_pages is not None else None,
             balloon_maximum_bytes=balloon.maximum_bytes if balloon else None,
             guest_total_bytes=balloon.guest_total_bytes if balloon else None,
             guest_unused_bytes=balloon.guest_unused_bytes if balloon else None,

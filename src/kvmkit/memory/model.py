@@ -90,6 +90,7 @@ class VmReading:
     cgroup: CgroupMemReading | None
     balloon: BalloonReading | None
     reasons: dict[str, str] = field(default_factory=dict)
+    ksm_merging_pages: int | None = None  # /proc/PID/ksm_merging_pages: its pages KSM merged (read while KSM has any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class VmDetail(BaseModel):
     split_age_s: float | None = None  # how old the smaps split is (it is refreshed less often than the rest)
     hugepage_backed: bool | None = None
     thp_bytes: int | None = None
+    ksm_merged_bytes: int | None = None  # the VM's pages merged by KSM (its share of the host's saving and more)
     balloon_maximum_bytes: int | None = None
     guest_total_bytes: int | None = None
     guest_unused_bytes: int | None = None

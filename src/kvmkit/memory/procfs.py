@@ -350,7 +350,9 @@ class MemReader:
         self._splits[pid] = split
         return split
 
-    def _vm(self, pid: int, now: int, swap: bool, balloons: dict[str, BalloonReading] | None) -> VmReading | None:
+    def _vm(
+        self, pid: int, now: int, swap: bool, balloons: dict[str, BalloonReading] | None, ksm: bool
+    ) -> VmReading | None:
         try:
             facts = self._vm_facts(pid)
             stat = self._fds.read(f"{self._proc}/{pid}/stat")
@@ -374,7 +376,12 @@ class MemReader:
             balloon = balloons.get(facts.domain)
             if balloon is None:
                 reasons["balloon_bytes"] = "not a running libvirt domain of this connection"
-        return VmReading(pid, facts.domain, facts.configured_bytes, rss, majflt, split, cgroup, balloon, reasons)
+        merging = None
+        if ksm:  # only while KSM has merged something: one more read per VM otherwise wasted
+            text = self._try(f"{self._proc}/{pid}/ksm_merging_pages")
+            merging = int(text) if text is not None and text.strip().isdigit() else None
+        return VmReading(pid, facts.domain, facts.configured_bytes, rss, majflt, split, cgroup, balloon, reasons,
+                         merging)
 
     def read(self) -> Reading:
         mono, wall = time.monotonic_ns(), time.time()
@@ -386,9 +393,10 @@ class MemReader:
                 balloons = self._balloons()
             except Exception as exc:  # libvirt's errors: the balloon figures become nulls, the rest goes on
                 self.balloon_reason = f"libvirt unreadable: {exc}"
+        ksm = host.ksm is not None and host.ksm.pages_shared > 0
         vms: list[VmReading] = []
         for pid in self._discover():
-            vm = self._vm(pid, mono, swap, balloons)
+            vm = self._vm(pid, mono, swap, balloons, ksm)
             if vm is not None:
                 vms.append(vm)
         live = {vm.pid for vm in vms}
