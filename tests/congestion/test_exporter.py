@@ -61,6 +61,7 @@ def test_metrics_carry_vcpu_counters_labelled_by_domain_and_vcpu(served):
     assert b[busy] - a[busy] > 0.3  # spinning for ~1.2 s, even on a loaded host
     assert b[idle] - a[idle] < 0.05
     assert ("kvmkit_vcpu_delay_seconds_total", busy[1]) in b
+    assert b[("kvmkit_vcpu_throttled_seconds_total", busy[1])] == 0  # the root cpu cgroup is never throttled
     assert b[("kvmkit_iothread_run_seconds_total", (("domain", "scraped-vm"), ("iothread", "iothread1")))] >= 0
     assert b[("kvmkit_emulator_run_seconds_total", (("domain", "scraped-vm"),))] >= 0
     assert b[("kvmkit_host_vcpus_allocated", ())] == 2

@@ -107,10 +107,11 @@ def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[
 
 def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
     print_table(
-        f"p{pct:g} congestion vs SLO",
-        ["domain", "class", "samples", "congestion %", "SLO %", "util %", "violated"],
-        [[r.domain, r.vm_class or "-", r.samples, f"{r.congestion_pct:.2f}", r.slo_congestion_pct,
-          f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],
+        f"p{pct:g} contention vs SLO (congestion = contention + own throttling)",
+        ["domain", "class", "samples", "contention %", "throttled %", "congestion %", "SLO %", "util %", "violated"],
+        [[r.domain, r.vm_class or "-", r.samples, f"{r.contention_pct:.2f}",
+          "-" if r.throttled_pct is None else f"{r.throttled_pct:.2f}", f"{r.congestion_pct:.2f}",
+          r.slo_congestion_pct, f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],
     )  # fmt: skip
 
 
@@ -214,7 +215,7 @@ def advise(
         return
     best = "none (not even 0.25)" if result.max_oversubscription is None else f"{result.max_oversubscription:g}"
     typer.echo(f"{result.intervals} intervals · observed oversubscription {result.observed_oversubscription:g}"
-               f" · observed p{percentile:g} congestion {result.observed_congestion_pct:g} %"
+               f" · observed p{percentile:g} contention {result.observed_congestion_pct:g} %"
                f" · mean vCPU demand {result.mean_vcpu_demand_pct:g} %"
                f" · CPU left for VMs {result.mean_capacity_pct:g} %")  # fmt: skip
     typer.echo(f"highest oversubscription keeping p{percentile:g} ≤ {slo_pct:g} %: {best}")

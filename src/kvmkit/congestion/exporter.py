@@ -84,6 +84,12 @@ class CongestionCollector(Collector):
             "Time the vCPU thread was runnable but waited for a CPU (steal seen by the guest).",
             labels=["domain", "vcpu"],
         )
+        throttled = CounterMetricFamily(
+            "kvmkit_vcpu_throttled_seconds",
+            "Time the vCPU's own cgroup (libvirt: <vm>/vcpuN) was throttled by its CPU quota: self-inflicted, part of"
+            " delay; contention = delay - throttled. 0 in the root cgroup; absent where unreadable.",
+            labels=["domain", "vcpu"],
+        )
         vcpus = GaugeMetricFamily("kvmkit_vm_vcpus", "vCPU threads of the VM.", labels=["domain"])
         for vm in reading.vms:
             count = 0
@@ -92,8 +98,10 @@ class CongestionCollector(Collector):
                     count += 1
                     run.add_metric([vm.domain, t.cls.label], t.run_ns / 1e9)
                     delay.add_metric([vm.domain, t.cls.label], t.wait_ns / 1e9)
+                    if t.throttled_ns is not None:
+                        throttled.add_metric([vm.domain, t.cls.label], t.throttled_ns / 1e9)
             vcpus.add_metric([vm.domain], count)
-        yield from (run, delay, vcpus)
+        yield from (run, delay, throttled, vcpus)
         yield from self._groups(sums, names)
         yield from self._cgroups(reading)
         yield from self._host(reading, cost_s)
