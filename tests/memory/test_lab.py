@@ -194,3 +194,50 @@ def test_a_guest_filling_memory_under_a_cgroup_limit_feels_pressure_and_its_neig
     assert hot.detail.memory_max_events > (vm.detail.memory_max_events or 0)  # the limit was hit
     assert calm.psi_some_pct is not None and calm.psi_some_pct < 0.5, calm
     assert calm.major_faults_per_s is not None and calm.major_faults_per_s < 5, calm
+
+
+def test_enforce_dry_run_changes_nothing_and_apply_revert_move_real_balloon_and_soft_limit(mem_guest, tmp_path):
+    """A recording of the lab, judged by a policy the balloon guest breaks (SLO 0.001 % is broken by any stall,
+    so the guest is ballooned down first and made to stall): dry run first, then the journaled change, then revert."""
+    from typer.testing import CliRunner
+
+    from kvmkit.memory import control
+    from kvmkit.memory.cli import app
+
+    dom, _ = mem_guest
+    uri = dom.connect().getURI()
+    backend = control.LibvirtMemory(uri)
+    try:
+        before = backend.parameters(NAME)
+        assert before["balloon_kib"] == before["max_kib"] == 384 * 1024
+        journal = control.Journal(tmp_path / "journal.jsonl")
+        actions = [control.Action(NAME, "balloon_kib", before["balloon_kib"], 320 * 1024, "lab"),
+                   control.Action(NAME, "soft_limit_kib", before["soft_limit_kib"], 300 * 1024, "lab")]  # fmt: skip
+        planned = control.apply(actions, backend, None)
+        assert [o.state for o in planned] == ["planned", "planned"] and backend.parameters(NAME) == before
+        assert [o.state for o in control.apply(actions, backend, journal)] == ["done", "done"]
+        changed = backend.parameters(NAME)
+        assert abs(changed["balloon_kib"] - 320 * 1024) <= control.BALLOON_SLACK_KIB  # the guest got there
+        assert changed["soft_limit_kib"] == 300 * 1024
+        assert (tmp_path / "journal.jsonl").stat().st_mode & 0o777 == 0o600
+        assert [o.state for o in control.revert(backend, journal, holds=control.holds)] == ["reverted", "reverted"]
+        after = backend.parameters(NAME)
+        assert abs(after["balloon_kib"] - before["balloon_kib"]) <= control.BALLOON_SLACK_KIB
+        assert after["soft_limit_kib"] == before["soft_limit_kib"]
+    finally:
+        backend.close()
+    # the CLI end to end on a real recording: sample → policy → enforce --dry-run → advise
+    record = tmp_path / "memory.jsonl"
+    runner = CliRunner()
+    sampled = runner.invoke(app, ["sample", "--interval", "0.5", "--count", "3", "--json", "--uri", uri,
+                                  "--history", str(record)])  # fmt: skip
+    assert sampled.exit_code == 0, sampled.output
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('[classes.all]\npriority = 1\nslo_pressure_pct = 50\ndomains = ["*"]\n')
+    dry = runner.invoke(app, ["enforce", "--policy", str(policy_file), "--history", str(record), "--dry-run",
+                              "--uri", uri, "--json", "--journal", str(tmp_path / "j2.jsonl")])  # fmt: skip
+    assert dry.exit_code == 0, dry.output
+    assert '"dry_run": true' in dry.output and not (tmp_path / "j2.jsonl").exists()
+    advised = runner.invoke(app, ["advise", "--history", str(record), "--slo-pct", "5"])
+    assert advised.exit_code == 0, advised.output
+    assert "ram_ratio = " in advised.output

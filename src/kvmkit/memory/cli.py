@@ -16,11 +16,13 @@ import typer
 from rich.live import Live
 
 from kvmkit import config
-from kvmkit.errors import InvalidInput
-from kvmkit.memory import history, view
+from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.memory import advise as advise_mod
+from kvmkit.memory import control, history, policy, view
 from kvmkit.memory.collector import MemCollector
+from kvmkit.memory.model import MemoryReport
 from kvmkit.memory.procfs import MemReader
-from kvmkit.output import console
+from kvmkit.output import console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -96,3 +98,132 @@ def top(
         live.update(f"measuring the first {interval:g} s interval …", refresh=True)
         for report in MemCollector(mem).run(interval, count):
             live.update(view.render(report, limit), refresh=True)
+
+
+def _journal_path(journal: Path | None) -> Path:
+    return journal or config.load().state_dir / "memory" / "journal.jsonl"
+
+
+def _window(loaded: policy.MemPolicy, path: Path, window_s: float | None) -> list[MemoryReport]:
+    """The reports of the last window_s seconds of the recording (relative to its end, not to now)."""
+    return list(history.stream(path, since=history.last_time(path) - (window_s or loaded.window_s)))
+
+
+def _print_standings(rows: list[policy.MemStanding], pct: float) -> None:
+    print_table(
+        f"p{pct:g} memory pressure vs SLO",
+        ["domain", "class", "samples", "pressure %", "SLO %", "balloon MiB", "guest used MiB", "violated"],
+        [[r.domain, r.vm_class or "-", r.samples, f"{r.pressure_pct:.2f}", r.slo_pressure_pct,
+          view.mib(r.balloon_bytes), view.mib(r.guest_used_bytes), "YES" if r.violated else ""] for r in rows],
+    )  # fmt: skip
+
+
+def _print_outcomes(outcomes: list[control.Outcome], title: str) -> None:
+    print_table(title, ["id", "domain", "param", "old", "new", "state", "reason / detail"],
+                [[o.id, o.domain, o.param, o.old, o.new, o.state, o.detail or o.reason] for o in outcomes])  # fmt: skip
+
+
+@app.command()
+def advise(
+    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    slo_pct: float | None = typer.Option(None, "--slo-pct", help="Memory pressure SLO in % (PSI some)."),
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="Take the strictest class SLO.")] = None,
+    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    reserve_pct: float = typer.Option(5.0, help="RAM kept free for the host, % (the fit never counts it)."),
+    as_json: bool = _JSON,
+) -> None:
+    """The highest RAM ratio (configured VM memory per byte of RAM) that kept pressure under the SLO; prints
+    `ram_ratio` for the policy section of a `kvmkit plan` file."""
+    if slo_pct is None:
+        if policy_file is None:
+            raise InvalidInput("give --slo-pct or --policy (its strictest class SLO is used)")
+        slo_pct = min(c.slo_pressure_pct for c in policy.load(policy_file).classes.values())
+    result = advise_mod.advise(history.stream(history_file), slo_pct, percentile, reserve_pct)
+    if as_json:
+        print_json(result)
+        return
+    typer.echo(f"{result.intervals} intervals · highest recorded ratio {result.observed_ratio_max:g} · "
+               f"observed p{percentile:g} pressure {result.observed_pressure_pct:g} % · highest recorded ratio "
+               f"keeping ≤ {slo_pct:g} %: {result.observed_ok_ratio} · fit: {result.fit_ratio}")  # fmt: skip
+    print_table("recorded", ["RAM ratio", "intervals", f"p{percentile:g} pressure %"],
+                [[b.ram_ratio, b.intervals, b.pressure_pct] for b in result.bins])  # fmt: skip
+    if result.ram_ratio is None:
+        typer.echo("# no ratio kept the SLO: leave kvmkit plan's ram_ratio at 1.0 or lower")
+    else:
+        typer.echo(f"# for kvmkit plan ([policy]):\nram_ratio = {result.ram_ratio:g}")
+
+
+@app.command("policy")
+def policy_cmd(
+    file: Annotated[Path, typer.Argument(help="Policy file (TOML): memory-pressure SLO per VM class.")],
+    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
+    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
+    loaded = policy.load(file)
+    rows = policy.standings(loaded, _window(loaded, history_file, window)) if history_file else []
+    if as_json:
+        print_json({"policy": loaded, "standings": rows})
+        return
+    print_table("classes", ["class", "priority", "SLO %", "domains", "balloon step %", "floor headroom %", "soft"],
+                [[n, c.priority, c.slo_pressure_pct, " ".join(c.domains), c.balloon_step_pct, c.floor_headroom_pct,
+                  c.soft_limit] for n, c in loaded.classes.items()])  # fmt: skip
+    if history_file:
+        _print_standings(rows, loaded.percentile)
+
+
+@app.command()
+def enforce(
+    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
+    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
+    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
+    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    uri: str | None = _URI,
+    as_json: bool = _JSON,
+) -> None:
+    """Judge VMs against the policy; give sufferers their balloon back, reclaim from lower classes (via libvirt)."""
+    loaded = policy.load(policy_file)
+    target = uri or config.load().libvirt_uri
+    if history_file:
+        reports = _window(loaded, history_file, window)
+    else:
+        with reader(None, target, False) as mem:
+            reports = list(MemCollector(mem).run(1.0, max(1, int(window or loaded.window_s))))
+    rows = policy.standings(loaded, reports)
+    backend = control.LibvirtMemory(target)
+    try:
+        current = {d: backend.parameters(d) for d in backend.domains()}
+        actions = policy.plan_actions(loaded, rows, current)
+        outcomes = control.apply(actions, backend, None if dry_run else control.Journal(_journal_path(journal)))
+    finally:
+        backend.close()
+    if as_json:
+        print_json({"standings": rows, "actions": outcomes, "dry_run": dry_run})
+    else:
+        _print_standings(rows, loaded.percentile)
+        _print_outcomes(outcomes, "actions (dry run: nothing changed)" if dry_run else "actions")
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        raise OperationFailed(f"{len(failed)} of {len(outcomes)} actions failed; the rest are journaled")
+
+
+@app.command()
+def revert(
+    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    uri: str | None = _URI,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    as_json: bool = _JSON,
+) -> None:
+    """Put back every balloon target and soft limit `enforce` changed, newest first."""
+    path = _journal_path(journal)
+    backend = control.LibvirtMemory(uri or config.load().libvirt_uri)
+    try:
+        outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run, holds=control.holds)
+    finally:
+        backend.close()
+    if as_json:
+        print_json(outcomes)
+    else:
+        _print_outcomes(outcomes, f"revert from {path}")

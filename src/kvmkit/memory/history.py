@@ -53,3 +53,19 @@ def stream(path: Path, since: float | None = None) -> Iterator[MemoryReport]:
                 raise InvalidInput(f"{path}:{number}: not a memory report: {first}") from None
             if since is None or report.time >= since:
                 yield report
+
+
+def last_time(path: Path) -> float:
+    """Time of the last report, from the file's tail (for a window relative to the recording's end)."""
+    if not path.is_file():
+        raise NotFound(f"history file {path} does not exist (record one with `kvmkit memory sample --history FILE`)")
+    with path.open("rb") as raw:
+        size = raw.seek(0, os.SEEK_END)
+        raw.seek(max(0, size - MAX_LINE))
+        tail = raw.read().decode(errors="replace").strip().splitlines()
+    for line in reversed(tail):
+        try:
+            return float(json.loads(line)["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    raise InvalidInput(f"{path}: no complete report in its last {MAX_LINE} bytes")
