@@ -26,7 +26,7 @@ def run(port: int, address: str, uri: str | None, no_libvirt: bool, max_connecti
         raise InvalidInput(f"--max-connections {max_connections}: give 1 to 1024")
     procs = ProcReader()
     try:
-        with memory_reader(None, uri or config.load().libvirt_uri, no_libvirt) as memory:
+        with memory_reader(None, uri or config.load().libvirt_uri, no_libvirt, live=True) as memory:
             collectors = [exporter.CongestionCollector(procs), MemoryCollector(memory)]
             server, _ = exporter.start(address, port, collectors=collectors, max_connections=max_connections)
             typer.echo(f"serving kvmkit metrics (congestion, memory) on http://{address}:{server.server_port}/metrics")

@@ -74,7 +74,7 @@ def test_balloon_stats_become_bytes_and_a_missing_device_is_said():
 
 def _report(tmp_path: Path, **kwargs) -> MemoryReport:
     host = memory_synth.build(tmp_path, 3, **kwargs)
-    with MemReader(proc=host.proc, sys=host.sys) as reader:
+    with MemReader(proc=host.proc, sys=host.sys, split_budget=None) as reader:
         first = reader.read()
         time.sleep(0.1)
         memory_synth.advance(host, 0.1)
@@ -158,3 +158,12 @@ def test_reader_caches_follow_the_live_vms(tmp_path: Path):
         assert reader.open_files <= 4 * 4 + 1
         assert len(reader.read().vms) == 1
         assert reader.cached == 1 and reader.open_files <= 4 + 1
+
+
+def test_smaps_reads_are_spread_over_rounds_and_refreshed_only_when_old(tmp_path: Path):
+    host = memory_synth.build(tmp_path, 5)
+    with MemReader(proc=host.proc, sys=host.sys, split_budget=2, split_max_age_s=600) as reader:
+        counts = [sum(vm.split is not None for vm in reader.read().vms) for _ in range(4)]
+        assert counts == [2, 4, 5, 5]  # two new splits a round, then none due for ten minutes
+        missing = [vm for vm in MemReader(proc=host.proc, sys=host.sys, split_budget=0).read().vms]
+        assert all("smaps not read yet" in vm.reasons["overhead_bytes"] for vm in missing)

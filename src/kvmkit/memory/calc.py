@@ -22,6 +22,7 @@ from kvmkit.memory.model import (
 )
 
 NO_BASELINE = "first reading of this VM: no baseline for rates yet"
+_VM_HEADLINE = tuple(k for k in VmMemory.model_fields if k not in ("null_reasons", "detail"))
 
 
 def _rate(prev: int | None, cur: int | None, dt_s: float, scale: float = 1.0) -> float | None:
@@ -122,6 +123,8 @@ def vm_memory(prev: VmReading | None, cur: VmReading, dt_s: float, page: int) ->
     if split is not None:
         # both from the same smaps read (detail.split_age_s old): QEMU's overhead moves slowly, guest RAM does not
         overhead = max(0, split.rss - (split.guest_ram_rss - split.hugetlb_bytes))  # hugetlb is not in RSS
+        if cur.rss_bytes is not None:
+            overhead = min(overhead, cur.rss_bytes)  # a split older than the RSS figure cannot exceed it
     if balloon is not None:
         if not balloon.present:
             reasons.setdefault("balloon_bytes", no_guest_stats_reason(balloon))
@@ -129,7 +132,7 @@ def vm_memory(prev: VmReading | None, cur: VmReading, dt_s: float, page: int) ->
             reasons.setdefault("guest_available_bytes", no_guest_stats_reason(balloon))
     else:
         reasons.setdefault("guest_available_bytes", reasons.get("balloon_bytes", "no libvirt balloon figures"))
-    if cg is not None and cg.psi is not None and cg.psi.full_total_us is None:
+    if cg is not None and cg.psi_some_us is not None and cg.psi_full_us is None:
         reasons.setdefault("psi_full_pct", "the cgroup's memory.pressure has no full line")
     fallback = {"psi_full_pct": reasons.get("psi_some_pct", ""), "overhead_bytes": "smaps not read"}
     vm = VmMemory(
@@ -141,8 +144,8 @@ def vm_memory(prev: VmReading | None, cur: VmReading, dt_s: float, page: int) ->
         overhead_bytes=overhead,
         major_faults_per_s=_rate(prev.major_faults if prev else None, cur.major_faults, dt_s),
         swap_in_bytes_per_s=_rate(pcg.swap_in_pages if pcg else None, cg.swap_in_pages if cg else None, dt_s, page),
-        psi_some_pct=_psi_pct(pcg.psi if pcg else None, cg.psi if cg else None, dt_s, full=False),
-        psi_full_pct=_psi_pct(pcg.psi if pcg else None, cg.psi if cg else None, dt_s, full=True),
+        psi_some_pct=_rate(pcg.psi_some_us if pcg else None, cg.psi_some_us if cg else None, dt_s, 1e-4),
+        psi_full_pct=_rate(pcg.psi_full_us if pcg else None, cg.psi_full_us if cg else None, dt_s, 1e-4),
         oom_events=cg.oom_kill if cg else None,
         guest_available_bytes=balloon.guest_available_bytes if balloon else None,
         detail=VmDetail(
@@ -167,8 +170,7 @@ def vm_memory(prev: VmReading | None, cur: VmReading, dt_s: float, page: int) ->
             cgroup=cg.v2_path if cg else None,
         ),
     )  # fmt: skip
-    headline = {k: getattr(vm, k) for k in VmMemory.model_fields if k not in ("null_reasons", "detail")}
-    vm.null_reasons = _null(headline, reasons, fallback)
+    vm.null_reasons = _null({k: getattr(vm, k) for k in _VM_HEADLINE}, reasons, fallback)
     if "memory_high_events" in reasons:
         vm.null_reasons["memory_high_events"] = reasons["memory_high_events"]
     return vm

@@ -132,10 +132,10 @@ class MemoryCollector(Collector):
             cg = vm.cgroup
             if cg is None:
                 continue
-            if cg.psi is not None:
-                pressure.add_metric([vm.domain, "some"], cg.psi.some_total_us / 1e6)
-                if cg.psi.full_total_us is not None:
-                    pressure.add_metric([vm.domain, "full"], cg.psi.full_total_us / 1e6)
+            if cg.psi_some_us is not None:
+                pressure.add_metric([vm.domain, "some"], cg.psi_some_us / 1e6)
+                if cg.psi_full_us is not None:
+                    pressure.add_metric([vm.domain, "full"], cg.psi_full_us / 1e6)
             if cg.oom_kill is not None:
                 oom.add_metric(name, cg.oom_kill)
             if cg.swap_in_pages is not None:

@@ -55,7 +55,8 @@ class RamSplit:
 @dataclass(frozen=True, slots=True)
 class CgroupMemReading:
     v2_path: str | None
-    psi: PsiReading | None
+    psi_some_us: int | None  # memory.pressure totals (µs): only the totals are needed per VM
+    psi_full_us: int | None
     oom_kill: int | None
     high_events: int | None
     max_events: int | None

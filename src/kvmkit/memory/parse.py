@@ -6,7 +6,6 @@ Each raises ValueError (or KeyError) on text it does not understand, for the edg
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 from kvmkit.congestion.classify import split_qemu_opts
 from kvmkit.memory.model import KsmReading, RamSplit
@@ -71,21 +70,21 @@ def qemu_memory_bytes(argv: list[str]) -> int | None:
     return None
 
 
-def _smaps_blocks(text: str) -> Iterator[dict[str, int]]:
-    """One dict per mapping: its kB fields in bytes, plus `KernelPageSize`."""
-    block: dict[str, int] = {}
-    for line in text.splitlines():
-        if not line or not line[0].isupper() or ":" not in line:  # a mapping header (address range …)
-            if block:
-                yield block
-            block = {}
-            continue
+# "\n" rather than "^" with re.M: anchoring on the newline lets the engine skip ahead (8× faster on 450 kB)
+_SMAPS_SIZE = re.compile(r"\nSize: +(\d+) kB")
+_SMAPS_RSS = re.compile(r"\nRss: +(\d+) kB")
+_SMAPS_PSS = re.compile(r"\nPss: +(\d+) kB")
+
+
+def _fields(block: str) -> dict[str, int]:
+    """The kB fields of one smaps block, in bytes (`KernelPageSize` included)."""
+    out: dict[str, int] = {}
+    for line in block.splitlines():
         name, _, rest = line.partition(":")
         fields = rest.split()
         if len(fields) == 2 and fields[1] == "kB":
-            block[name] = int(fields[0]) * 1024
-    if block:
-        yield block
+            out[name] = int(fields[0]) * 1024
+    return out
 
 
 def ram_split(smaps: str, configured_bytes: int | None, mono_ns: int) -> RamSplit:
@@ -96,31 +95,39 @@ def ram_split(smaps: str, configured_bytes: int | None, mono_ns: int) -> RamSpli
     otherwise (NUMA nodes: one backend each) the largest mappings, biggest first, until they cover 98 % of the
     configured memory, none smaller than a sixteenth of it (so a translation cache or heap arena is never RAM).
     Hugetlb pages are not in Rss (nor in VmRSS): they are counted from Private/Shared_Hugetlb.
+    A QEMU has ~600 mappings (450 kB of text): totals come from regular expressions over the whole text, and only
+    the chosen mappings are parsed line by line (13 ms → ~2 ms per VM here).
     """
-    blocks = list(_smaps_blocks(smaps))
-    if not blocks:
+    sizes = [(m.start() + 1, int(m.group(1)) * 1024) for m in _SMAPS_SIZE.finditer(smaps)]
+    if not sizes:
         raise ValueError("smaps holds no mapping")
-    rss = sum(b.get("Rss", 0) for b in blocks)
-    pss = sum(b.get("Pss", 0) for b in blocks)
-    guest: list[dict[str, int]] = []
-    exact = [b for b in blocks if configured_bytes and abs(b.get("Size", 0) - configured_bytes) <= 64 << 10]
-    if exact:  # QEMU's memory backend maps exactly the configured size; other big mappings exist beside it
-        guest = [max(exact, key=lambda b: b.get("Rss", 0) + b.get("Private_Hugetlb", 0))]
-    elif configured_bytes:
-        covered = 0
-        for block in sorted(blocks, key=lambda b: b.get("Size", 0), reverse=True):
-            if covered >= 0.98 * configured_bytes or block.get("Size", 0) < configured_bytes / 16:
-                break
-            guest.append(block)
-            covered += block.get("Size", 0)
-    hugetlb = sum(b.get("Private_Hugetlb", 0) + b.get("Shared_Hugetlb", 0) for b in guest)
+    rss = sum(int(v) for v in _SMAPS_RSS.findall(smaps)) * 1024
+    pss = sum(int(v) for v in _SMAPS_PSS.findall(smaps)) * 1024
+    chosen: list[int] = []
+    if configured_bytes:
+        exact = [i for i, (_, size) in enumerate(sizes) if abs(size - configured_bytes) <= 64 << 10]
+        if exact:
+            chosen = exact
+        else:
+            covered = 0
+            for i in sorted(range(len(sizes)), key=lambda i: sizes[i][1], reverse=True):
+                if covered >= 0.98 * configured_bytes or sizes[i][1] < configured_bytes / 16:
+                    break
+                chosen.append(i)
+                covered += sizes[i][1]
+    ends = [start for start, _ in sizes[1:]] + [len(smaps)]
+    blocks = [_fields(smaps[sizes[i][0] : ends[i]]) for i in chosen]
+    if len(blocks) > 1 and all(abs(sizes[i][1] - (configured_bytes or 0)) <= 64 << 10 for i in chosen):
+        # several exactly sized mappings: the guest RAM is the touched one
+        blocks = [max(blocks, key=lambda b: b.get("Rss", 0) + b.get("Private_Hugetlb", 0))]
+    hugetlb = sum(b.get("Private_Hugetlb", 0) + b.get("Shared_Hugetlb", 0) for b in blocks)
     return RamSplit(
-        guest_ram_rss=sum(b.get("Rss", 0) for b in guest) + hugetlb,
+        guest_ram_rss=sum(b.get("Rss", 0) for b in blocks) + hugetlb,
         hugetlb_bytes=hugetlb,
         rss=rss,
         pss=pss,
-        hugepage_backed=any(b.get("KernelPageSize", 4096) > 4096 for b in guest),
-        thp_bytes=sum(b.get("AnonHugePages", 0) for b in guest),
+        hugepage_backed=any(b.get("KernelPageSize", 4096) > 4096 for b in blocks),
+        thp_bytes=sum(b.get("AnonHugePages", 0) for b in blocks),
         mono_ns=mono_ns,
     )
 
@@ -138,3 +145,22 @@ def ksm(files: dict[str, str]) -> KsmReading:
 
 def schedstat_run_ns(text: str) -> int:
     return int(text.split()[0])
+
+
+def psi_totals(text: str) -> tuple[int, int | None]:
+    """(some total µs, full total µs or None) of a PSI file, without parsing the averages (it runs per VM)."""
+    parts = text.split("total=")
+    if len(parts) < 2:
+        raise ValueError("no PSI total")
+    some = int(parts[1].split(None, 1)[0])
+    return some, int(parts[2].split(None, 1)[0]) if len(parts) > 2 else None
+
+
+def counter(text: str, name: str) -> int | None:
+    """The value of `name` in a `name value` file (memory.events, memory.oom_control …), or None."""
+    start = text.find(name + " ")
+    while start > 0 and text[start - 1] != "\n":
+        start = text.find(name + " ", start + 1)
+    if start < 0:
+        return None
+    return int(text[start + len(name) + 1 :].split(None, 1)[0])

@@ -5,9 +5,11 @@ field gets a reason in the reading and the reading goes on. `proc` and `sys` are
 the reader at a synthetic tree.
 
 Cost (500 VMs at 1 Hz must stay under 1 % of a core): per VM and round, /proc/PID/stat (RSS and major faults in
-one file), the cgroup's memory.pressure and its OOM counter are re-read with one pread each through descriptors
-kept open; smaps (the guest-RAM/overhead split, which makes the kernel walk the page tables) is refreshed only
-every `split_max_age_s` per VM, staggered by pid. Caches are pruned to the live VMs every round.
+one file), the cgroup's memory.pressure and its OOM counters are re-read with one pread each through descriptors
+kept open, and a file found missing is not looked for again. smaps (the guest-RAM/overhead split: the kernel walks
+the page tables and writes ~450 kB for a QEMU, ~7 ms) is refreshed only every `split_max_age_s` per VM (default
+10 min, staggered by pid) and at most `split_budget` VMs per round, so a 500-VM host's first splits arrive over
+minutes instead of costing seconds in one round. Caches are pruned to the live VMs every round.
 """
 
 from __future__ import annotations
@@ -106,15 +108,20 @@ class _Fds:
 
 @dataclass(slots=True)
 class _VmFacts:
-    """What does not change while a QEMU process lives: read once per pid."""
+    """What does not change while a QEMU process lives, read once per pid: its name, size and which cgroup files
+    exist (a missing file is looked for once, not every round)."""
 
     domain: str
     configured_bytes: int | None
     configured_reason: str | None
-    v2_dir: str | None
-    v1_dir: str | None
     cgroup_path: str | None
     cgroup_reason: str | None
+    psi: str | None = None  # cgroup v2 memory.pressure
+    events: str | None = None  # cgroup v2 memory.events (memory controller on v2)
+    oom_control: str | None = None  # cgroup v1 memory.oom_control (hybrid and v1 hosts)
+    failcnt: str | None = None
+    stat: str | None = None  # memory.stat of whichever hierarchy holds the memory controller
+    ksm: bool = True  # /proc/PID/ksm_merging_pages exists
 
 
 class MemReader:
@@ -127,13 +134,16 @@ class MemReader:
         pids: Collection[int] | None = None,
         balloons: BalloonSource | None = None,
         balloon_reason: str = "libvirt not asked (no --uri)",
-        split_max_age_s: float = 30.0,
+        split_max_age_s: float = 600.0,
+        split_budget: int | None = 2,
     ) -> None:
         self._proc, self._sys = proc, sys
         self._pids = frozenset(pids) if pids is not None else None
         self._balloons = balloons
         self.balloon_reason = balloon_reason
         self._split_max_age_ns = int(split_max_age_s * 1e9)
+        self._split_budget = split_budget  # smaps reads per round (None: as many as are due)
+        self._splits_left: int | None = None
         self._comm: dict[int, tuple[int, bool]] = {}  # pid → (inode of /proc/PID, is QEMU)
         self._facts: dict[int, _VmFacts] = {}
         self._splits: dict[int, RamSplit] = {}
@@ -267,69 +277,72 @@ class MemReader:
         try:
             configured = parse.qemu_memory_bytes(argv)
             if configured is None:
-                configured, reason = 128 << 20, None  # QEMU's default when -m is absent
+                configured = 128 << 20  # QEMU's default when -m is absent
         except ValueError as exc:
             reason = str(exc)
-        v2_dir = v1_dir = path = cg_reason = None
         try:
             v2, v1 = proc_cgroup_memory(read_small(f"{self._proc}/{pid}/cgroup"))
+            cg_reason = None
         except OSError as exc:
             v2 = v1 = None
             cg_reason = f"/proc/{pid}/cgroup unreadable: {exc.strerror}"
+        facts = _VmFacts(domain, configured, reason, None, cg_reason)
+        exists = os.path.exists
         if v2 is not None and self._mounts.v2 is not None and vm_cgroup(v2) != "/":
-            path = vm_cgroup(v2)
-            v2_dir = self._mounts.v2 + path
+            facts.cgroup_path = vm_cgroup(v2)
+            v2_dir = self._mounts.v2 + facts.cgroup_path
+            facts.psi = f"{v2_dir}/memory.pressure" if exists(f"{v2_dir}/memory.pressure") else None
+            if exists(f"{v2_dir}/memory.events"):
+                facts.events, facts.stat = f"{v2_dir}/memory.events", f"{v2_dir}/memory.stat"
+            if facts.psi is None:
+                facts.cgroup_reason = f"{v2_dir}/memory.pressure missing (kernel without PSI, or cgroup.pressure=0)"
         elif cg_reason is None:
-            cg_reason = "VM in the root cgroup v2 (or no cgroup v2 mounted): no per-VM memory PSI"
-        if v1 is not None and self._mounts.v1_memory is not None and vm_cgroup(v1) != "/":
+            facts.cgroup_reason = "VM in the root cgroup v2 (or no cgroup v2 mounted): no per-VM memory PSI"
+        if facts.events is None and v1 is not None and self._mounts.v1_memory is not None and vm_cgroup(v1) != "/":
             v1_dir = self._mounts.v1_memory + vm_cgroup(v1)
-            path = path or vm_cgroup(v1)
-        facts = _VmFacts(domain, configured, reason, v2_dir, v1_dir, path, cg_reason)
+            facts.cgroup_path = facts.cgroup_path or vm_cgroup(v1)
+            facts.oom_control, facts.failcnt = f"{v1_dir}/memory.oom_control", f"{v1_dir}/memory.failcnt"
+            facts.stat = f"{v1_dir}/memory.stat"
+        facts.ksm = exists(f"{self._proc}/{pid}/ksm_merging_pages")
         self._facts[pid] = facts
         return facts
 
     def _cgroup(self, facts: _VmFacts, swap: bool, reasons: dict[str, str]) -> CgroupMemReading | None:
-        if facts.v2_dir is None and facts.v1_dir is None:
+        if facts.psi is None and facts.events is None and facts.oom_control is None:
             for name in ("psi_some_pct", "psi_full_pct", "oom_events"):
                 reasons[name] = facts.cgroup_reason or "no memory cgroup"
             return None
-        psi = None
-        if facts.v2_dir is not None:
+        some = full = None
+        if facts.psi is not None:
             try:
-                psi = parse_psi(self._fds.read(f"{facts.v2_dir}/memory.pressure"))
-            except (OSError, KeyError, ValueError) as exc:
-                reasons["psi_some_pct"] = f"{facts.v2_dir}/memory.pressure unreadable: {exc}"
+                some, full = parse.psi_totals(self._fds.read(facts.psi))
+            except (OSError, ValueError) as exc:
+                reasons["psi_some_pct"] = f"{facts.psi} unreadable: {exc}"
         else:
-            reasons["psi_some_pct"] = facts.cgroup_reason or "no cgroup v2"
+            reasons["psi_some_pct"] = facts.cgroup_reason or "no cgroup v2 memory.pressure"
         oom = high = max_ = None
-        stat_dir = None
-        events = self._try(f"{facts.v2_dir}/memory.events") if facts.v2_dir else None
-        if events is not None:  # the memory controller is on cgroup v2
-            counts = parse.key_values(events)
-            oom, high, max_ = counts.get("oom_kill"), counts.get("high"), counts.get("max")
-            stat_dir = facts.v2_dir
-        elif facts.v1_dir is not None:  # hybrid or v1: the memory controller is a v1 hierarchy
-            control = self._try(f"{facts.v1_dir}/memory.oom_control")
-            oom = parse.key_values(control).get("oom_kill") if control is not None else None
-            failcnt = self._try(f"{facts.v1_dir}/memory.failcnt")
+        if facts.events is not None:  # the memory controller is on cgroup v2
+            events = self._try(facts.events) or ""
+            oom, high, max_ = (parse.counter(events, name) for name in ("oom_kill", "high", "max"))
+        elif facts.oom_control is not None:  # hybrid or v1: the memory controller is a v1 hierarchy
+            oom = parse.counter(self._try(facts.oom_control) or "", "oom_kill")
+            failcnt = self._try(facts.failcnt) if facts.failcnt else None
             max_ = int(failcnt) if failcnt is not None and failcnt.strip().isdigit() else None
             reasons["memory_high_events"] = "cgroup v1 memory controller: no memory.high"
-            stat_dir = facts.v1_dir
         if oom is None:
             reasons["oom_events"] = "no memory controller for the VM's cgroup (neither v2 memory.events nor v1)"
         swap_in = source = None
-        if swap and stat_dir is not None:
-            stat = self._try(f"{stat_dir}/memory.stat")
-            counts = parse.key_values(stat) if stat is not None else {}
-            if "pswpin" in counts:
-                swap_in, source = counts["pswpin"], "memory.stat pswpin"
-            elif "workingset_refault_anon" in counts:
-                swap_in, source = counts["workingset_refault_anon"], "memory.stat workingset_refault_anon (estimate)"
+        if swap and facts.stat is not None:
+            stat = self._try(facts.stat) or ""
+            if (value := parse.counter(stat, "pswpin")) is not None:
+                swap_in, source = value, "memory.stat pswpin"
+            elif (value := parse.counter(stat, "workingset_refault_anon")) is not None:
+                swap_in, source = value, "memory.stat workingset_refault_anon (estimate)"
             else:
-                reasons["swap_in_bytes_per_s"] = f"{stat_dir}/memory.stat has no swap-in counter"
+                reasons["swap_in_bytes_per_s"] = f"{facts.stat} has no swap-in counter"
         elif swap:
             reasons["swap_in_bytes_per_s"] = "no memory controller for the VM's cgroup"
-        return CgroupMemReading(facts.cgroup_path, psi, oom, high, max_, swap_in, source)
+        return CgroupMemReading(facts.cgroup_path, some, full, oom, high, max_, swap_in, source)
 
     def _try(self, path: str) -> str | None:
         try:
@@ -342,6 +355,12 @@ class MemReader:
         stagger = self._split_max_age_ns * (0.75 + 0.5 * (pid % 97) / 97)
         if split is not None and now - split.mono_ns < stagger:
             return split
+        if self._splits_left is not None:
+            if self._splits_left <= 0:  # this round's smaps budget is spent: the previous split (or none) stands
+                if split is None:
+                    reasons["overhead_bytes"] = "smaps not read yet (a few VMs per round, to bound the cost)"
+                return split
+            self._splits_left -= 1
         try:
             split = parse.ram_split(read_small_large(f"{self._proc}/{pid}/smaps"), configured, now)
         except (OSError, ValueError) as exc:
@@ -377,7 +396,7 @@ class MemReader:
             if balloon is None:
                 reasons["balloon_bytes"] = "not a running libvirt domain of this connection"
         merging = None
-        if ksm:  # only while KSM has merged something: one more read per VM otherwise wasted
+        if ksm and facts.ksm:  # only while KSM has merged something: one more read per VM otherwise wasted
             text = self._try(f"{self._proc}/{pid}/ksm_merging_pages")
             merging = int(text) if text is not None and text.strip().isdigit() else None
         return VmReading(pid, facts.domain, facts.configured_bytes, rss, majflt, split, cgroup, balloon, reasons,
@@ -395,6 +414,7 @@ class MemReader:
                 self.balloon_reason = f"libvirt unreadable: {exc}"
         ksm = host.ksm is not None and host.ksm.pages_shared > 0
         vms: list[VmReading] = []
+        self._splits_left = self._split_budget
         for pid in self._discover():
             vm = self._vm(pid, mono, swap, balloons, ksm)
             if vm is not None:
