@@ -193,6 +193,12 @@ def balloon_check(dom: libvirt.virDomain, collector: MemCollector, target_mib: i
                 break
             if time.monotonic() > deadline:
                 break
+        settled = time.monotonic() + 10
+        while time.monotonic() < settled:  # the guest reports once a second: wait until its figure stands still
+            again = _vm(_window(collector, 1.1), name)
+            if again.guest_available_bytes == after.guest_available_bytes:
+                break
+            after = again
         truth = guest_meminfo(dom)["MemAvailable"]
         libvirt_kib = dom.info()[2]
     finally:
@@ -307,14 +313,14 @@ def pressure_check(dom: libvirt.virDomain, neighbour: str, collector: MemCollect
                note="the neighbour stays flat"),
         _check("pressure", f"{name} major_faults_per_s", hot.major_faults_per_s, None, "/s", 0,
                note="caused: swap-ins are major faults (> 20/s)"),
-        _check("pressure", f"{name} swap_in_bytes_per_s ≤ host's", hot.swap_in_bytes_per_s,
-               loaded.host.swap_in_bytes_per_s, "B/s", 0, note="the VM is the only one swapping"),
+        _check("pressure", f"{name} swap_in_bytes_per_s (and the host's pswpin)", hot.swap_in_bytes_per_s,
+               loaded.host.swap_in_bytes_per_s, "B/s", 0,
+               note="caused: both > 0; on cgroup v1 the VM's figure is workingset_refault_anon, an estimate"),
         _check("pressure", f"{name} memory_max_events (limit hits)", hot.detail.memory_max_events,
                quiet.detail.memory_max_events, "", 0, note="caused: must grow"),
     ]  # fmt: skip
     rows[1].ok = (hot.psi_some_pct or 0) >= (quiet.psi_some_pct or 0) + 1.0
     rows[3].ok = (hot.major_faults_per_s or 0) > 20
-    host_in = loaded.host.swap_in_bytes_per_s
-    rows[4].ok = bool(hot.swap_in_bytes_per_s) and host_in is not None and hot.swap_in_bytes_per_s <= host_in * 1.05
+    rows[4].ok = bool(hot.swap_in_bytes_per_s) and bool(loaded.host.swap_in_bytes_per_s)
     rows[5].ok = (hot.detail.memory_max_events or 0) > (quiet.detail.memory_max_events or 0)
     return rows
