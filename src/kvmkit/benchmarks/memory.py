@@ -8,8 +8,8 @@ Cost, two ways, both printed:
   * SYNTHETIC: a /proc + /sys + cgroup tree of N QEMU-looking processes as plain files (memory_synth), read at
     1 Hz; regular files are cheaper than the procfs files the kernel generates, so this gives the collector's own
     Python cost at fleet scale, not the kernel's;
-  * REAL: the same reader on the QEMU processes running on this host (procfs, kernel-generated smaps included),
-    per VM, extrapolated to N.
+  * REAL: the same reader on the QEMU processes running on this host, each read N/k times per round, so every
+    round does N VM reads of real, kernel-generated procfs and cgroup files (smaps timed on each VM once).
 The smaps split is refreshed every `split_max_age_s` per VM, so its cost is amortised over that period.
 
 Exporter RSS: a child process serving both families (congestion of this host, memory of the N-VM synthetic tree)
@@ -123,14 +123,17 @@ def synthetic_cost(vms: int = 500, rounds: int = 10, split_max_age_s: float = 60
 
 
 def real_cost(target: int = 500, rounds: int = 5, split_max_age_s: float = 600.0) -> CostResult | None:
-    """The same reader on this host's real QEMU processes (procfs), per VM, extrapolated to `target`."""
-    with MemReader(split_max_age_s=3600, split_budget=None) as reader:
-        pids = [(vm.pid, vm.configured_bytes) for vm in reader.read().vms]
-        if not pids:
-            return None
-        read_ms, sample_ms = _measure(reader, rounds, lambda: time.sleep(0.2))
-    with MemReader(pids=[]) as bare:  # the host's files alone (a reader with --pid skips the /proc scan: add it)
-        host_ms, _ = _measure(bare, rounds, lambda: time.sleep(0.05))
+    """The reader on this host's real QEMU processes: each read `target`/N times per round, so a round does
+    `target` VM reads of real procfs and cgroup files (kernel-generated, cold after each 1 s pause)."""
+    with MemReader(split_max_age_s=3600, split_budget=None) as probe:
+        pids = [(vm.pid, vm.configured_bytes) for vm in probe.read().vms]
+    if not pids:
+        return None
+    fleet = [pid for pid, _ in pids] * max(1, round(target / len(pids)))
+    with MemReader(pids=fleet, split_max_age_s=3600, split_budget=None) as reader:
+        read_ms, sample_ms = _measure(reader, rounds, lambda: time.sleep(1.0))
+    with MemReader(pids=[]) as bare:  # the host's files alone, plus the /proc scan discovery does
+        host_ms, _ = _measure(bare, rounds, lambda: time.sleep(0.2))
     scan = time.thread_time()
     for _ in range(rounds):
         with os.scandir("/proc") as entries:
@@ -145,7 +148,7 @@ def real_cost(target: int = 500, rounds: int = 5, split_max_age_s: float = 600.0
         except (OSError, ValueError):
             continue
     smaps_ms = 1000 * (time.thread_time() - before) / len(pids)
-    return _cost("real", len(pids), target, rounds, host_ms, read_ms, sample_ms, smaps_ms, split_max_age_s)
+    return _cost("real", len(fleet), target, rounds, host_ms, read_ms, sample_ms, smaps_ms, split_max_age_s)
 
 
 def exporter_rss(vms: int = 500, scrapes: int = 20) -> ExporterResult:
