@@ -70,7 +70,8 @@ def _pressure(report: MemoryReport) -> float | None:
 
 
 def _grid(ratio: float) -> float:
-    return round(min(RATIO_MAX, math.floor(ratio / RATIO_STEP + 1e-9) * RATIO_STEP), 2)
+    """Down to the 0.05 grid (a ratio is only claimed where it was reached), but never 0: a lab's 0.02 is ≤ 0.05."""
+    return round(max(RATIO_STEP, min(RATIO_MAX, math.floor(ratio / RATIO_STEP + 1e-9) * RATIO_STEP)), 2)
 
 
 def advise(
