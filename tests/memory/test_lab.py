@@ -42,7 +42,8 @@ def mem_guest(lab_state) -> Iterator[tuple[libvirt.virDomain, str]]:
 @pytest.fixture
 def collector(lab_state) -> Iterator[MemCollector]:
     balloons = LibvirtBalloons(lab_state.uri)
-    with MemCollector(MemReader(balloons=balloons.read, split_max_age_s=0.0, split_budget=None)) as collected:
+    fresh = MemReader(balloons=balloons.read, split_max_age_s=0.0, split_budget=None, events_every=1)
+    with MemCollector(fresh) as collected:
         yield collected
     balloons.close()
 

@@ -199,7 +199,8 @@ def lab_checks(lab_dir: Path, ksm: bool = True, pressure: bool = True) -> list[C
     with memory_lab.balloon_guest(state.uri, lab_dir, f"{lab_dir.name}-membench") as dom:
         balloons = LibvirtBalloons(state.uri)
         try:
-            with MemCollector(MemReader(balloons=balloons.read, split_max_age_s=0.0, split_budget=None)) as collector:
+            fresh = MemReader(balloons=balloons.read, split_max_age_s=0.0, split_budget=None, events_every=1)
+            with MemCollector(fresh) as collector:
                 rows += memory_lab.rss_check(collector, [dom.name(), neighbour])
                 rows += memory_lab.balloon_check(dom, collector)
                 if ksm and memory_lab.KSM.exists():

@@ -140,6 +140,7 @@ class MemReader:
         balloon_reason: str = "libvirt not asked (no --uri)",
         split_max_age_s: float = 600.0,
         split_budget: int | None = 2,
+        events_every: int = EVENTS_EVERY,
     ) -> None:
         self._proc, self._sys = proc, sys
         # given pids are read in the given order, repeats included (the bench reads a few real VMs 500 times a round)
@@ -150,6 +151,7 @@ class MemReader:
         self._split_budget = split_budget  # smaps reads per round (None: as many as are due)
         self._splits_left: int | None = None
         self._round = 0
+        self._events_every = max(1, events_every)
         self._comm: dict[int, tuple[int, bool]] = {}  # pid → (inode of /proc/PID, is QEMU)
         self._facts: dict[int, _VmFacts] = {}
         self._splits: dict[int, RamSplit] = {}
@@ -327,8 +329,8 @@ class MemReader:
         else:
             reasons["psi_some_pct"] = facts.cgroup_reason or "no cgroup v2 memory.pressure"
         oom = high = max_ = None
-        if facts.counters is not None and (self._round + facts.pid) % EVENTS_EVERY:
-            oom, high, max_ = facts.counters  # event counters: re-read every EVENTS_EVERY rounds (staggered)
+        if facts.counters is not None and (self._round + facts.pid) % self._events_every:
+            oom, high, max_ = facts.counters  # event counters: re-read every `events_every` rounds (staggered)
         elif facts.events is not None:  # the memory controller is on cgroup v2
             events = self._try(facts.events) or ""
             oom, high, max_ = (parse.counter(events, name) for name in ("oom_kill", "high", "max"))
