@@ -75,3 +75,16 @@ def test_history_stream_names_a_bad_line(tmp_path: Path):
         list(history.stream(bad))
     with pytest.raises(NotFound):
         list(history.stream(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--port", "70000", "--no-libvirt"], "not a TCP port"),
+     (["--max-connections", "0", "--no-libvirt"], "--max-connections 0")],
+)  # fmt: skip
+def test_kvmkit_serve_refuses_bad_input_in_one_line(args: list[str], message: str):
+    from kvmkit.serve import app as serve_app
+
+    result = runner.invoke(serve_app, args)
+    assert isinstance(result.exception, InvalidInput), result.output
+    assert message in str(result.exception)
