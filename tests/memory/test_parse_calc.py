@@ -167,3 +167,15 @@ def test_smaps_reads_are_spread_over_rounds_and_refreshed_only_when_old(tmp_path
         assert counts == [2, 4, 5, 5]  # two new splits a round, then none due for ten minutes
         missing = [vm for vm in MemReader(proc=host.proc, sys=host.sys, split_budget=0).read().vms]
         assert all("smaps not read yet" in vm.reasons["overhead_bytes"] for vm in missing)
+
+
+def test_a_broken_libvirt_connection_is_reopened_once_by_the_balloon_reader():
+    from kvmkit.memory.balloon import LibvirtBalloons
+
+    balloons = LibvirtBalloons("test:///default")  # libvirt's in-memory driver: one running domain, "test"
+    try:
+        assert set(balloons.read()) == {"test"}
+        balloons._conn.close()  # what a libvirtd restart does to a long-lived exporter's connection
+        assert set(balloons.read()) == {"test"}
+    finally:
+        balloons.close()

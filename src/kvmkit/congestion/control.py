@@ -103,7 +103,7 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
-            where = f"the congestion journal {self.path}"
+            where = f"the action journal {self.path}"
             raise EnvironmentProblem(f"cannot write {where}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o600)

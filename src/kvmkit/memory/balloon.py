@@ -66,12 +66,30 @@ class LibvirtBalloons:
         self._conn = libvirt.open(uri)
         self._devices: dict[str, bool] = {}  # UUID → has a balloon device, for live domains
 
-    def read(self) -> dict[str, BalloonReading]:
+    def _stats(self) -> list[tuple[Any, dict[str, Any]]]:
+        """The bulk call; a connection that broke (libvirtd restarted under a long-lived exporter) is reopened
+        once, and if that fails too the error goes to the caller (the figures become nulls with its text)."""
         lv = self._libvirt
         flags = lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+        try:
+            return self._conn.getAllDomainStats(lv.VIR_DOMAIN_STATS_BALLOON, flags)
+        except lv.libvirtError:
+            if self._alive():
+                raise
+        self._conn = lv.open(self.uri)
+        return self._conn.getAllDomainStats(lv.VIR_DOMAIN_STATS_BALLOON, flags)
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except self._libvirt.libvirtError:  # a closed or broken connection pointer
+            return False
+
+    def read(self) -> dict[str, BalloonReading]:
+        lv = self._libvirt
         out: dict[str, BalloonReading] = {}
         live: set[str] = set()
-        for dom, stats in self._conn.getAllDomainStats(lv.VIR_DOMAIN_STATS_BALLOON, flags):
+        for dom, stats in self._stats():
             uuid = dom.UUIDString()
             live.add(uuid)
             device = self._devices.get(uuid)
