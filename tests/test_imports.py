@@ -33,6 +33,8 @@ BENCHMARK_MODULES_IN_PRODUCT_PACKAGES: set[str] = set()
 LIBVIRT_OUTSIDE_VIRT = {
     "kvmkit.backup.restore",  # looks up domains using a restore destination
     "kvmkit.congestion.control",  # virDomainSetSchedulerParameters
+    "kvmkit.memory.balloon",  # the collector's bulk balloon-stats call (one connection kept by the exporter)
+    "kvmkit.memory.control",  # virDomainSetMemoryFlags / SetMemoryParameters, like congestion.control
 }
 
 # Product modules (owned by other branches) that import kvmkit.lab today.

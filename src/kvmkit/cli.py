@@ -21,6 +21,8 @@ SUBCOMMANDS = [
     ("backup", "kvmkit.backup.cli", "Back snapshots up to secondary storage: full, incremental, verified restore."),
     ("schedule", "kvmkit.backup.cli:schedule_app", "Scheduled snapshots and backups with retention."),
     ("congestion", "kvmkit.congestion.cli", "Per-VM CPU congestion: live view, exporter, SLO control."),
+    ("memory", "kvmkit.memory.cli", "Per-VM memory pressure vs RAM oversubscription: live view, advice, control."),
+    ("serve", "kvmkit.serve", "One Prometheus exporter: congestion and memory metrics."),
     ("bench", "kvmkit.bench.cli", "Storage benchmarks done right (fio): suites, lint, compare."),
     ("plan", "kvmkit.plan.cli", "Hardware by total cost per delivered resource; fleet MILP; HTML report."),
     ("tune", "kvmkit.tune.cli", "Audit a KVM host's BIOS/OS settings against a goal; fix with rollback."),

@@ -139,3 +139,31 @@ def test_random_counters_give_consistent_percentages(counters: list[tuple[int, i
     assert vm.congestion_max_pct == pytest.approx(max(expected), abs=1e-3)
     assert 0 <= report.host.congestion_p95_pct <= vm.congestion_max_pct + 1e-9
     assert report.host.vcpu_demand == pytest.approx(sum(dr + dw for *_, dr, dw in counters) / (2 * S), abs=1e-3)
+
+
+def _capped(run: int, wait: int, throttled: int | None) -> VmReading:
+    name = "CPU 0/KVM"
+    return VmReading(10, "capped", (ThreadReading(11, name, classify_thread(name), run, wait, None, throttled),), None)
+
+
+def test_run_delay_splits_into_contention_and_the_vcpus_own_throttling():
+    report = interval_report(_reading(0, [_capped(0, 0, 0)]), _reading(1, [_capped(S // 5, 4 * S // 5, 3 * S // 5)]))
+    (vm,) = report.vms
+    (vcpu,) = vm.vcpus
+    assert (vcpu.congestion_pct, vcpu.throttled_pct, vcpu.contention_pct) == (80.0, 60.0, 20.0)
+    assert (vm.contention_pct, vm.throttled_pct, vm.slo_pct) == (20.0, 60.0, 20.0)
+    assert (report.host.contention_pct, report.host.throttled_pct, report.host.slo_pct) == (20.0, 60.0, 20.0)
+    assert report.host.vcpu_demand == pytest.approx(0.4)  # run + contention: its own quota is not demand
+
+
+def test_throttling_of_a_shared_cgroup_never_exceeds_the_threads_own_wait():
+    report = interval_report(_reading(0, [_capped(0, 0, 0)]), _reading(1, [_capped(S // 2, S // 10, S)]))
+    (vcpu,) = report.vms[0].vcpus
+    assert (vcpu.throttled_pct, vcpu.contention_pct) == (10.0, 0.0)
+
+
+def test_unknown_throttling_leaves_contention_unknown_and_slos_judge_congestion():
+    report = interval_report(_reading(0, [_capped(0, 0, None)]), _reading(1, [_capped(S // 2, S // 4, None)]))
+    vm = report.vms[0]
+    assert vm.contention_pct is None and vm.throttled_pct is None and vm.vcpus[0].contention_pct is None
+    assert vm.slo_pct == vm.congestion_pct == 25.0

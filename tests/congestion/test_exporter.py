@@ -61,6 +61,7 @@ def test_metrics_carry_vcpu_counters_labelled_by_domain_and_vcpu(served):
     assert b[busy] - a[busy] > 0.3  # spinning for ~1.2 s, even on a loaded host
     assert b[idle] - a[idle] < 0.05
     assert ("kvmkit_vcpu_delay_seconds_total", busy[1]) in b
+    assert b[("kvmkit_vcpu_throttled_seconds_total", busy[1])] == 0  # the root cpu cgroup is never throttled
     assert b[("kvmkit_iothread_run_seconds_total", (("domain", "scraped-vm"), ("iothread", "iothread1")))] >= 0
     assert b[("kvmkit_emulator_run_seconds_total", (("domain", "scraped-vm"),))] >= 0
     assert b[("kvmkit_host_vcpus_allocated", ())] == 2
@@ -109,3 +110,61 @@ def test_a_port_in_use_is_a_one_line_environment_problem(served):
     port, _ = served
     with pytest.raises(EnvironmentProblem, match=f"cannot listen on 127.0.0.1:{port}"):
         exporter.start("127.0.0.1", port)
+
+
+def test_idle_connections_cannot_pile_up_threads_and_are_dropped_after_the_timeout(monkeypatch):
+    """Issue 15 item 7: each idle connection used to hold a thread forever. Now at most max_connections threads
+    serve, each connection times out, and the exporter answers again once the idle clients are gone."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(exporter._QuietHandler, "timeout", 1.0)
+    with loadgen("idle-vm", 1, 0, None, seconds=60) as proc:
+        server, thread = exporter.start("127.0.0.1", 0, ProcReader(pids=[proc.pid]), max_connections=4)
+        port = server.server_port
+        try:
+            baseline = threading.active_count()
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+            time.sleep(1.5)
+            assert threading.active_count() <= baseline + 4  # 40 idle clients, at most 4 handler threads
+            started = time.monotonic()
+            assert idle[0].recv(1) == b""  # the server hung up on the first idle client (its timeout)
+            assert time.monotonic() - started < 2.0
+            for sock in idle:
+                sock.close()
+            deadline = time.monotonic() + 20
+            while True:  # the backlog of closed idle clients drains; then scrapes are answered again
+                try:
+                    if _get(port, "/metrics")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "exporter did not recover after the idle clients left"
+            assert server.rejected > 0  # clients beyond the cap were turned away, not given threads
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+def test_registered_collectors_join_every_exporter():
+    from prometheus_client.metrics_core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+
+    class Extra(Collector):
+        def collect(self):
+            yield GaugeMetricFamily("kvmkit_test_extra", "A collector another capability registered.", value=7)
+
+    monkey = list(exporter._REGISTERED)
+    exporter.register(Extra)
+    try:
+        server, thread = exporter.start("127.0.0.1", 0, collectors=[])
+        try:
+            status, body = _get(server.server_port, "/metrics")
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+    finally:
+        exporter._REGISTERED[:] = monkey
+    assert status == 200 and "kvmkit_test_extra 7.0" in body

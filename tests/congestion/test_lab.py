@@ -172,3 +172,66 @@ def test_busy_loop_in_the_lab_guest_via_guest_exec_waits_while_a_host_hog_runs(l
     assert vcpu_run + vcpu_wait >= 90 - other  # the guest's loop kept its vCPU runnable
     assert vcpu_wait == pytest.approx(hog_run, abs=3.0 + other)
     assert hog_wait == pytest.approx(hog_gap, abs=3.0 + other)
+
+
+@pytest.mark.lab
+def test_a_quota_capped_spinning_vm_alone_on_a_cpu_is_throttled_not_contended(lab_state):
+    """The issue's case: capped at 20 % of one CPU, a spinning vCPU waits ~80 % of the time — for its own quota.
+    Run delay (congestion) counts that wait; contention must not, throttled must."""
+    import tempfile
+
+    import libvirt
+
+    from kvmkit.benchmarks.congestion import quietest_core
+    from kvmkit.benchmarks.realqemu import SPIN_SECTOR
+    from kvmkit.congestion.kernelfiles import core_ticks
+
+    folder = Path(tempfile.mkdtemp(prefix="kvmkit-spin-", dir="/tmp"))
+    folder.chmod(0o755)
+    disk = folder / "spin.img"
+    disk.write_bytes(SPIN_SECTOR)
+    disk.chmod(0o644)
+    name = "kvmkit-congestion-capped"
+    conn = libvirt.open(lab_state.uri)
+    dom = conn.createXML(SPIN_XML.format(name=name, disk=disk), 0)
+    try:
+        core = quietest_core()
+        live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.pinVcpuFlags(0, tuple(i == core for i in range(conn.getInfo()[2])), live)
+        dom.setSchedulerParametersFlags({"vcpu_period": 100_000, "vcpu_quota": 20_000}, live)
+        time.sleep(0.5)  # into the spin, under the cap
+        vm_pid = next(v.pid for v in ProcReader().read().vms if v.domain == name)
+        windows = []  # the host is shared: keep the window in which the least else ran on that core
+        with Collector(ProcReader(pids=[vm_pid])) as collector:
+            for _ in range(4):
+                collector.sample()
+                ticks0 = core_ticks([core])
+                time.sleep(3)
+                report = collector.sample()
+                ticks1 = core_ticks([core])
+                assert report is not None
+                busy_pct = 100 * (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
+                other = max(0.0, busy_pct - report.vms[0].vcpus[0].utilisation_pct)
+                windows.append((other, report))
+                if other < 5:
+                    break
+    finally:
+        dom.destroy()
+        conn.close()
+        disk.unlink()
+        folder.rmdir()
+    other, report = min(windows, key=lambda w: w[0])
+    (vm,) = report.vms
+    (vcpu,) = vm.vcpus
+    # schedstat adds a wait when it ends, so a long wait straddling the window's edge moves run + delay off 100 %
+    edge = abs(vcpu.utilisation_pct + vcpu.congestion_pct - 100)
+    slack = 3 + other + edge
+    print(f"capped vCPU: {vcpu} other {other:.2f} edge {edge:.2f}")
+    assert vcpu.utilisation_pct == pytest.approx(20, abs=3 + other)
+    assert vcpu.congestion_pct == pytest.approx(80, abs=slack)  # run delay counts the throttled time …
+    assert vcpu.throttled_pct is not None and vcpu.contention_pct is not None
+    # … the vCPU's own cgroup says how much of it was its quota; the rest it can only have waited for others
+    assert vcpu.throttled_pct >= 80 - slack, (other, vcpu)
+    assert vcpu.contention_pct <= slack, (other, vcpu)  # alone on a quiet core: ~0
+    assert vm.contention_pct == vcpu.contention_pct and vm.throttled_pct == vcpu.throttled_pct
+    assert vm.slo_pct == vm.contention_pct

@@ -165,3 +165,13 @@ def test_failures_are_recorded_and_revert_leaves_later_changes_alone(tmp_path: P
     dry = control.revert(backend, journal, dry_run=True)
     assert [(o.domain, o.state) for o in dry] == [("db-1", "skipped")] and "changed since" in dry[0].detail
     assert backend.params["db-1"]["cpu_shares"] == 4096
+
+
+def test_slos_judge_contention_so_a_vm_waiting_for_its_own_cap_is_not_a_breach(loaded: policy.Policy):
+    capped = _vm("db-capped", congestion=80.0, utilisation=20.0)
+    capped.contention_pct, capped.throttled_pct = 0.5, 79.5
+    for row in capped.vcpus:
+        row.contention_pct, row.throttled_pct = 0.5, 79.5
+    (row,) = policy.standings(loaded, [_report(0, [capped])])
+    assert (row.congestion_pct, row.contention_pct, row.throttled_pct) == (80.0, 0.5, 79.5)
+    assert not row.violated  # gold's SLO is 2 %: contention 0.5 % keeps it; its 80 % run delay is its own cap

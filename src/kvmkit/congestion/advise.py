@@ -1,5 +1,8 @@
 """How far could this host have been oversubscribed and still kept the SLO? Pure, streamed, bounded memory.
 
+Judged on contention (run delay minus the vCPUs' own throttled time) wherever the history has it: a vCPU capped
+by its quota waits for its quota, not for the CPUs that more or fewer neighbours would change.
+
 Derivation (a fluid processor-sharing model, checked by `bench`): in each recorded interval t the vCPUs
 wanted d_t = Σ(run + wait) / (Δt · vCPUs) of a CPU each (run + wait is the time a vCPU was runnable, so this
 counts the demand that congestion delayed, not just what was served — conservative for bursty guests). Of
@@ -44,7 +47,7 @@ class Advice(BaseModel):
     slo_congestion_pct: float
     percentile: float
     observed_oversubscription: float  # mean allocated vCPUs per CPU over the history
-    observed_congestion_pct: float  # the percentile actually measured
+    observed_congestion_pct: float  # the percentile actually measured (contention where throttling is known)
     mean_vcpu_demand_pct: float  # mean d_t, percent of one CPU per vCPU
     mean_capacity_pct: float  # mean κ_t: share of each CPU left for VMs by other load and steal
     max_oversubscription: float | None  # None: not even the lowest candidate keeps the SLO
@@ -80,7 +83,7 @@ def advise(reports: Iterable[IntervalReport], slo_congestion_pct: float, percent
         if measured_vcpus == 0:
             continue
         demand = host.vcpu_demand / measured_vcpus
-        congestion = host.congestion_pct / 100
+        congestion = host.slo_pct / 100  # contention: a vCPU waiting for its own quota is not oversubscription
         r0 = host.oversubscription
         taken = (host.other_load_pct or 0.0) + (host.steal_pct or 0.0)
         capacity = max(MIN_CAPACITY, 1 - taken / 100)
@@ -88,7 +91,7 @@ def advise(reports: Iterable[IntervalReport], slo_congestion_pct: float, percent
         predicted = np.maximum(0.0, demand - capacity / ratios) + residual * ratios / r0
         index = np.clip(np.rint(predicted * 100 / BIN_PCT), 0, bins - 1).astype(np.int64)
         np.add.at(counts, (rows, index), 1)
-        observed[min(bins - 1, round(host.congestion_pct / BIN_PCT))] += 1
+        observed[min(bins - 1, round(host.slo_pct / BIN_PCT))] += 1
         n += 1
         ratio_sum += r0
         demand_sum += demand

@@ -54,6 +54,14 @@ def _delta(prev: ThreadReading | None, cur: ThreadReading) -> tuple[int, int] | 
     return cur.run_ns - prev.run_ns, cur.wait_ns - prev.wait_ns
 
 
+def _throttled(prev: ThreadReading | None, cur: ThreadReading, wait_ns: int) -> int | None:
+    """Δ throttled ns of the vCPU's cgroup, capped at the thread's own Δ wait (a cgroup shared by several
+    threads, or one whose runqueues on other CPUs were throttled, cannot make this thread wait longer than it did)."""
+    if prev is None or prev.throttled_ns is None or cur.throttled_ns is None or cur.throttled_ns < prev.throttled_ns:
+        return None
+    return min(wait_ns, cur.throttled_ns - prev.throttled_ns)
+
+
 def _group(deltas: Sequence[tuple[int, int]], dt_ns: int) -> ThreadGroupReport:
     return ThreadGroupReport(
         threads=len(deltas),
@@ -107,16 +115,21 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
             groups[thread.cls.kind].append(delta)
             qemu_run_ns += delta[0]
             if thread.cls.kind is ThreadKind.VCPU:
+                throttled = _throttled(before.get((vm.pid, thread.tid)), thread, delta[1])
                 report = VcpuReport(
                     vcpu=thread.cls.vcpu or 0,
                     tid=thread.tid,
                     utilisation_pct=_pct(delta[0], dt_ns),
                     congestion_pct=_pct(delta[1], dt_ns),
+                    contention_pct=None if throttled is None else _pct(delta[1] - throttled, dt_ns),
+                    throttled_pct=None if throttled is None else _pct(throttled, dt_ns),
                 )
                 vcpus.append(report)
-                all_vcpus.append((report, thread, *delta))
+                all_vcpus.append((report, thread, delta[0], delta[1] - (throttled or 0)))
         vcpus.sort(key=lambda v: v.vcpu)
         congestion = [v.congestion_pct for v in vcpus]
+        split = bool(vcpus) and all(v.throttled_pct is not None for v in vcpus)
+        contention = [v.slo_pct for v in vcpus]
         vms.append(
             VmReport(
                 domain=vm.domain,
@@ -130,10 +143,15 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
                 iothreads=_group(groups[ThreadKind.IOTHREAD], dt_ns),
                 vhost=_group(groups[ThreadKind.VHOST], dt_ns),
                 cgroup=_cgroup(prev_cgroups[vm.pid], vm.cgroup, dt_ns),
+                contention_pct=_mean(contention) if split else None,
+                contention_max_pct=max(contention, default=0.0) if split else None,
+                throttled_pct=_mean([v.throttled_pct or 0.0 for v in vcpus]) if split else None,
             )
         )
     vms.sort(key=lambda v: v.congestion_pct, reverse=True)
     host_congestion = [v.congestion_pct for v, *_ in all_vcpus]
+    host_contention = [v.slo_pct for v, *_ in all_vcpus]
+    split = bool(all_vcpus) and all(v.throttled_pct is not None for v, *_ in all_vcpus)
     psi_some_pct = None
     if prev.host_psi and cur.host_psi:
         psi_some_pct = _pct((cur.host_psi.some_total_us - prev.host_psi.some_total_us) * 1000, dt_ns)
@@ -145,6 +163,9 @@ def interval_report(prev: Reading, cur: Reading) -> IntervalReport:
         vcpu_load_pct=round(_pct(sum(run for *_, run, _w in all_vcpus), dt_ns) / max(cur.pcpus, 1), 3),
         congestion_pct=_mean(host_congestion),
         congestion_p95_pct=round(percentile(host_congestion, 95), 3),
+        contention_pct=_mean(host_contention) if split else None,
+        contention_p95_pct=round(percentile(host_contention, 95), 3) if split else None,
+        throttled_pct=_mean([v.throttled_pct or 0.0 for v, *_ in all_vcpus]) if split else None,
         psi_some_avg10=cur.host_psi.some_avg10 if cur.host_psi else None,
         psi_full_avg10=cur.host_psi.full_avg10 if cur.host_psi else None,
         psi_some_pct=psi_some_pct,

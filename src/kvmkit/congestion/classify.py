@@ -40,7 +40,7 @@ def classify_thread(name: str) -> ThreadClass:
     return ThreadClass(ThreadKind.EMULATOR, name)
 
 
-def _split_qemu_opts(value: str) -> list[str]:
+def split_qemu_opts(value: str) -> list[str]:
     """Split a QEMU option string on commas; `,,` is an escaped literal comma."""
     parts: list[str] = []
     current: list[str] = []
@@ -70,7 +70,7 @@ def domain_from_cmdline(argv: list[str]) -> str | None:
             value = arg.split("=", 1)[1]
         else:
             continue
-        for position, part in enumerate(_split_qemu_opts(value)):
+        for position, part in enumerate(split_qemu_opts(value)):
             key, sep, val = part.partition("=")
             if sep and key == "guest" and val:
                 return val

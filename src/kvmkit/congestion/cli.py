@@ -6,7 +6,6 @@ Each command is a thin call into the package's functions; `--json` prints the sa
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +15,7 @@ from rich.live import Live
 from kvmkit import config
 from kvmkit.benchmarks import congestion as bench_mod
 from kvmkit.congestion import advise as advise_mod
-from kvmkit.congestion import control, exporter, history, policy, view
+from kvmkit.congestion import control, history, policy, view
 from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import IntervalReport
 from kvmkit.congestion.procfs import ProcReader
@@ -84,19 +83,14 @@ def top(
 def serve(
     port: int = typer.Option(9177, help="TCP port."),
     address: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
+    uri: str | None = typer.Option(None, "--uri", help="libvirt URI for balloon figures (default: the config's)."),
+    no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (no balloon figures)."),
+    max_connections: int = typer.Option(32, help="Connections served at once (each its own thread)."),
 ) -> None:
-    """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted."""
-    if not 0 < port < 65536:
-        raise InvalidInput(f"--port {port}: not a TCP port")
-    reader = ProcReader()
-    server, _ = exporter.start(address, port, reader)
-    typer.echo(f"serving kvmkit congestion metrics on http://{address}:{server.server_port}/metrics")
-    try:
-        threading.Event().wait()
-    finally:
-        server.shutdown()
-        server.server_close()
-        reader.close()
+    """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted (= `kvmkit serve`: congestion + memory)."""
+    from kvmkit import serve as serve_mod
+
+    serve_mod.run(port, address, uri, no_libvirt, max_connections)
 
 
 def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[IntervalReport]:
@@ -107,10 +101,11 @@ def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[
 
 def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
     print_table(
-        f"p{pct:g} congestion vs SLO",
-        ["domain", "class", "samples", "congestion %", "SLO %", "util %", "violated"],
-        [[r.domain, r.vm_class or "-", r.samples, f"{r.congestion_pct:.2f}", r.slo_congestion_pct,
-          f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],
+        f"p{pct:g} contention vs SLO (congestion = contention + own throttling)",
+        ["domain", "class", "samples", "contention %", "throttled %", "congestion %", "SLO %", "util %", "violated"],
+        [[r.domain, r.vm_class or "-", r.samples, f"{r.contention_pct:.2f}",
+          "-" if r.throttled_pct is None else f"{r.throttled_pct:.2f}", f"{r.congestion_pct:.2f}",
+          r.slo_congestion_pct, f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],
     )  # fmt: skip
 
 
@@ -214,7 +209,7 @@ def advise(
         return
     best = "none (not even 0.25)" if result.max_oversubscription is None else f"{result.max_oversubscription:g}"
     typer.echo(f"{result.intervals} intervals · observed oversubscription {result.observed_oversubscription:g}"
-               f" · observed p{percentile:g} congestion {result.observed_congestion_pct:g} %"
+               f" · observed p{percentile:g} contention {result.observed_congestion_pct:g} %"
                f" · mean vCPU demand {result.mean_vcpu_demand_pct:g} %"
                f" · CPU left for VMs {result.mean_capacity_pct:g} %")  # fmt: skip
     typer.echo(f"highest oversubscription keeping p{percentile:g} ≤ {slo_pct:g} %: {best}")

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,7 +103,7 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
-            where = f"the congestion journal {self.path}"
+            where = f"the action journal {self.path}"
             raise EnvironmentProblem(f"cannot write {where}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o600)
@@ -161,8 +161,18 @@ def apply(actions: Iterable[Action], backend: SchedulerBackend, journal: Journal
     return outcomes
 
 
-def revert(backend: SchedulerBackend, journal: Journal, dry_run: bool = False) -> list[Outcome]:
-    """Undo every applied change, newest first, where the parameter still holds what kvmkit set."""
+def revert(
+    backend: SchedulerBackend,
+    journal: Journal,
+    dry_run: bool = False,
+    holds: Callable[[str, int | None, int], bool] | None = None,
+) -> list[Outcome]:
+    """Undo every applied change, newest first, where the parameter still holds what kvmkit set.
+
+    `holds(param, now, set_value)` decides "still what kvmkit set" (default: equal); memory's balloon, which the
+    guest reaches only approximately, passes a tolerance.
+    """
+    holds = holds or (lambda _param, now, value: now == value)
     outcomes: list[Outcome] = []
     for record in reversed(journal.applied()):
         old = record["old"]
@@ -184,7 +194,7 @@ def revert(backend: SchedulerBackend, journal: Journal, dry_run: bool = False) -
         else:
             if old is None:
                 outcome.state, outcome.detail = "skipped", "no previous value was recorded"
-            elif now != record["new"]:
+            elif not holds(record["param"], now, record["new"]):
                 outcome.state, outcome.detail = "skipped", f"changed since (now {now}): left alone"
         if outcome.state == "planned" and not dry_run:
             try:

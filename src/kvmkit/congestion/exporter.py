@@ -6,14 +6,18 @@ iothreads, vhost) sum threads that come and go; to keep them monotonic, the last
 thread are folded into a per-VM base, and those bases are dropped with the VM — state is bounded by the
 live threads and VMs.
 
-Only /metrics (and / with a link) are served; any other path is a 404.
+Only /metrics (and / with a link) are served; any other path is a 404. The HTTP server is bounded: at most
+MAX_CONNECTIONS handler threads, each connection with a socket timeout (see `_Server`). `kvmkit serve` puts the
+memory family (and any `register`ed collector) in the same registry.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -26,6 +30,7 @@ from kvmkit.congestion.model import Reading, ThreadKind
 from kvmkit.congestion.procfs import ProcReader
 from kvmkit.errors import EnvironmentProblem
 
+log = logging.getLogger(__name__)
 _GROUPS = {ThreadKind.EMULATOR: "emulator", ThreadKind.IOTHREAD: "iothread", ThreadKind.VHOST: "vhost"}
 
 
@@ -84,6 +89,12 @@ class CongestionCollector(Collector):
             "Time the vCPU thread was runnable but waited for a CPU (steal seen by the guest).",
             labels=["domain", "vcpu"],
         )
+        throttled = CounterMetricFamily(
+            "kvmkit_vcpu_throttled_seconds",
+            "Time the vCPU's own cgroup (libvirt: <vm>/vcpuN) was throttled by its CPU quota: self-inflicted, part of"
+            " delay; contention = delay - throttled. 0 in the root cgroup; absent where unreadable.",
+            labels=["domain", "vcpu"],
+        )
         vcpus = GaugeMetricFamily("kvmkit_vm_vcpus", "vCPU threads of the VM.", labels=["domain"])
         for vm in reading.vms:
             count = 0
@@ -92,8 +103,10 @@ class CongestionCollector(Collector):
                     count += 1
                     run.add_metric([vm.domain, t.cls.label], t.run_ns / 1e9)
                     delay.add_metric([vm.domain, t.cls.label], t.wait_ns / 1e9)
+                    if t.throttled_ns is not None:
+                        throttled.add_metric([vm.domain, t.cls.label], t.throttled_ns / 1e9)
             vcpus.add_metric([vm.domain], count)
-        yield from (run, delay, vcpus)
+        yield from (run, delay, throttled, vcpus)
         yield from self._groups(sums, names)
         yield from self._cgroups(reading)
         yield from self._host(reading, cost_s)
@@ -169,14 +182,64 @@ class CongestionCollector(Collector):
         yield GaugeMetricFamily("kvmkit_collector_read_seconds", "Wall time of the last /proc reading.", value=cost_s)
 
 
+MAX_CONNECTIONS = 32  # handler threads at once; Prometheus scrapes one connection at a time per server
+SOCKET_TIMEOUT_S = 3.0  # an idle or slow client loses its connection (and its thread) after this
+SLOT_WAIT_S = 0.5  # a connection waits this long for a free handler thread, then is closed unanswered
+
+
 class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection, but at most MAX_CONNECTIONS of them, each with a socket timeout.
+
+    Without a cap, 1,000 idle connections were 1,000 threads that never ended (issue 15, item 7). The accept
+    loop now waits up to SLOT_WAIT_S for a free slot and otherwise closes the connection, so threads (and their
+    stacks) stay bounded whatever clients do; a scrape in flight is never cut by the cap.
+    """
+
     daemon_threads = True
     request_queue_size = 1024  # socketserver's default of 5 would drop bursts of concurrent scrapes
 
+    def __init__(self, *args: object, max_connections: int = MAX_CONNECTIONS, **kwargs: object) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.rejected = 0
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self.slots.acquire(timeout=SLOT_WAIT_S):
+            self.rejected += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # the thread never started
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that timed out or hung up is not news; anything else goes to the debug log, not stderr."""
+        log.debug("exporter: connection from %s ended with an error", client_address, exc_info=True)
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT_S  # StreamRequestHandler sets it on the socket: reads and writes both
+
     def log_message(self, format: str, *args: object) -> None:
         """Scrapes every few seconds would flood stderr."""
+
+
+# Collectors other capabilities add to every exporter kvmkit starts (`kvmkit serve`, `kvmkit congestion serve`):
+# one `register(factory)` line in their own module; the factory is called once per exporter.
+_REGISTERED: list[Callable[[], Collector]] = []
+
+
+def register(factory: Callable[[], Collector]) -> None:
+    """Add a Prometheus collector (made by `factory`) to every exporter started after this call."""
+    _REGISTERED.append(factory)
 
 
 def wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
@@ -189,19 +252,36 @@ def wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
             return metrics(environ, start_response)
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html")])
-            return [b'<html><body><a href="/metrics">kvmkit congestion metrics</a></body></html>']
+            return [b'<html><body><a href="/metrics">kvmkit metrics</a></body></html>']
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics\n"]
 
     return app
 
 
-def start(address: str, port: int, reader: ProcReader | None = None) -> tuple[_Server, threading.Thread]:
-    """Serve in a daemon thread; the caller owns shutdown (server.shutdown(); server.server_close())."""
+def start(
+    address: str,
+    port: int,
+    reader: ProcReader | None = None,
+    *,
+    collectors: Sequence[Collector] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+) -> tuple[_Server, threading.Thread]:
+    """Serve in a daemon thread; the caller owns shutdown (server.shutdown(); server.server_close()).
+
+    `collectors` replaces the default (congestion only); registered collectors are always added.
+    """
     registry = CollectorRegistry()
-    registry.register(CongestionCollector(reader or ProcReader()))
+    for collector in collectors if collectors is not None else [CongestionCollector(reader or ProcReader())]:
+        registry.register(collector)
+    for factory in _REGISTERED:
+        registry.register(factory())
+
+    def server_class(*args: object, **kwargs: object) -> _Server:
+        return _Server(*args, max_connections=max_connections, **kwargs)
+
     try:
-        server = make_server(address, port, wsgi_app(registry), _Server, handler_class=_QuietHandler)
+        server = make_server(address, port, wsgi_app(registry), server_class, handler_class=_QuietHandler)  # type: ignore[arg-type]
     except OSError as exc:
         raise EnvironmentProblem(f"cannot listen on {address}:{port}: {exc.strerror}") from None
     thread = threading.Thread(target=server.serve_forever, name="kvmkit-exporter", daemon=True)

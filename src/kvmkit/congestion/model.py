@@ -42,6 +42,9 @@ class ThreadReading(NamedTuple):
     run_ns: int
     wait_ns: int
     cpu: int | None = None  # last CPU it ran on; only read when the host has more than one NUMA node
+    # vCPUs only: throttled time of the cgroup holding this thread (libvirt: <vm>/vcpuN), cpu.stat; 0 in the
+    # root cgroup (never throttled); None when unreadable. Run delay counts it: the vCPU waits for its own quota.
+    throttled_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,14 @@ class VcpuReport(BaseModel):
     vcpu: int
     tid: int
     utilisation_pct: float
-    congestion_pct: float
+    congestion_pct: float  # run delay / interval: contention + throttling (what the guest sees as steal)
+    contention_pct: float | None = None  # run delay minus the vCPU cgroup's throttled time: waiting for others
+    throttled_pct: float | None = None  # self-inflicted: its own quota (None: throttling unreadable)
+
+    @property
+    def slo_pct(self) -> float:
+        """What SLOs judge: contention where throttling is known (and in histories that have it), else congestion."""
+        return self.congestion_pct if self.contention_pct is None else self.contention_pct
 
 
 class ThreadGroupReport(BaseModel):
@@ -140,6 +150,15 @@ class VmReport(BaseModel):
     congestion_pct: float  # mean over its vCPUs: the steal an average vCPU of this guest saw
     congestion_max_pct: float  # the worst vCPU
     vcpus: list[VcpuReport]
+    contention_pct: float | None = None  # mean over its vCPUs of run delay minus throttled time
+    contention_max_pct: float | None = None
+    throttled_pct: float | None = None  # mean over its vCPUs of time throttled by their own quota
+
+    @property
+    def slo_pct(self) -> float:
+        """What SLOs judge: contention (not self-inflicted throttling) where known, else congestion."""
+        return self.congestion_pct if self.contention_pct is None else self.contention_pct
+
     emulator: ThreadGroupReport
     iothreads: ThreadGroupReport
     vhost: ThreadGroupReport
@@ -157,10 +176,19 @@ class HostReport(BaseModel):
     pcpus: int
     vcpus_allocated: int
     oversubscription: float  # allocated vCPUs per physical CPU
-    vcpu_demand: float  # Σ(run + wait) of vCPUs over the interval, in CPUs: what the guests wanted
+    vcpu_demand: float  # Σ(run + wait − own throttling) of vCPUs over the interval, in CPUs: what the guests
+    # wanted and were entitled to (time a vCPU waited for its own quota is not demand more CPUs could serve)
     vcpu_load_pct: float  # Σ run of vCPUs as percent of the host's CPUs
     congestion_pct: float  # mean over all vCPUs on the host
     congestion_p95_pct: float  # 95th percentile over vCPUs
+    contention_pct: float | None = None  # like congestion_pct, without the vCPUs' own throttling
+    contention_p95_pct: float | None = None
+    throttled_pct: float | None = None  # mean over vCPUs
+
+    @property
+    def slo_pct(self) -> float:
+        """Mean vCPU contention where throttling is known (and in histories that have it), else congestion."""
+        return self.congestion_pct if self.contention_pct is None else self.contention_pct
     psi_some_avg10: float | None
     psi_full_avg10: float | None
     psi_some_pct: float | None  # over this interval, from the PSI total

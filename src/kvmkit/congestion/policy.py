@@ -8,7 +8,7 @@ A policy file (TOML):
     cap_neighbours = 1        # how many of the noisiest lower-priority VMs to cap per violated class
     [classes.gold]
     priority = 3              # higher is more important
-    slo_congestion_pct = 2.0  # p95 of the VM's mean vCPU congestion must stay ≤ 2 %
+    slo_congestion_pct = 2.0  # p95 of the VM's mean vCPU contention must stay ≤ 2 % (own throttling excluded)
     domains = ["db-*", "gold-*"]
     shares_boost = 2.0        # multiply cpu_shares of a suffering VM (up to max_shares)
     [classes.bronze]
@@ -81,7 +81,9 @@ class VmStanding(BaseModel):
     domain: str
     vm_class: str | None
     samples: int
-    congestion_pct: float  # the policy's percentile of the VM's per-interval congestion
+    congestion_pct: float  # the policy's percentile of the VM's per-interval congestion (contention + throttled)
+    contention_pct: float = 0.0  # the same percentile of contention: what the SLO judges
+    throttled_pct: float | None = None  # mean share of the window its vCPUs sat throttled by their own quota
     utilisation_pct: float  # mean per-vCPU utilisation over the window
     vcpus: int
     slo_congestion_pct: float | None
@@ -91,6 +93,8 @@ class VmStanding(BaseModel):
 def standings(policy: Policy, reports: Iterable[IntervalReport]) -> list[VmStanding]:
     """Per domain over the reports given (callers pass only the window): percentile vs the class SLO."""
     congestion: dict[str, list[float]] = {}
+    contention: dict[str, list[float]] = {}
+    throttled: dict[str, list[float]] = {}
     utilisation: dict[str, list[float]] = {}
     vcpus: dict[str, int] = {}
     for report in reports:
@@ -98,23 +102,29 @@ def standings(policy: Policy, reports: Iterable[IntervalReport]) -> list[VmStand
             if not vm.vcpus:
                 continue
             congestion.setdefault(vm.domain, []).append(vm.congestion_pct)
+            contention.setdefault(vm.domain, []).append(vm.slo_pct)
+            if vm.throttled_pct is not None:
+                throttled.setdefault(vm.domain, []).append(vm.throttled_pct)
             utilisation.setdefault(vm.domain, []).append(vm.utilisation_pct)
             vcpus[vm.domain] = vm.vcpus_allocated
     out: list[VmStanding] = []
     for domain, values in sorted(congestion.items()):
         name = policy.class_of(domain)
         slo = policy.classes[name].slo_congestion_pct if name else None
-        value = round(percentile(values, policy.percentile), 3)
+        judged = round(percentile(contention[domain], policy.percentile), 3)
+        capped = throttled.get(domain)
         out.append(
             VmStanding(
                 domain=domain,
                 vm_class=name,
                 samples=len(values),
-                congestion_pct=value,
+                congestion_pct=round(percentile(values, policy.percentile), 3),
+                contention_pct=judged,
+                throttled_pct=round(sum(capped) / len(capped), 3) if capped else None,
                 utilisation_pct=round(sum(utilisation[domain]) / len(utilisation[domain]), 3),
                 vcpus=vcpus[domain],
                 slo_congestion_pct=slo,
-                violated=slo is not None and value > slo,
+                violated=slo is not None and judged > slo,  # contention only: its own cap is not a breach
             )
         )
     return out
@@ -147,7 +157,7 @@ def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str,
         base = old_shares or DEFAULT_SHARES
         new_shares = min(vm_class.max_shares, int(base * vm_class.shares_boost))
         if new_shares > base:
-            why = f"p{policy.percentile:g} congestion {vm.congestion_pct:.2f} %"
+            why = f"p{policy.percentile:g} contention {vm.contention_pct:.2f} %"
             why += f" > SLO {vm_class.slo_congestion_pct:g} % ({vm.vm_class}): raise weight"
             actions[(vm.domain, "cpu_shares")] = Action(vm.domain, "cpu_shares", old_shares, new_shares, why)
         for noisy in _noisiest_below(policy, judged, vm_class.priority, current)[: policy.cap_neighbours]:

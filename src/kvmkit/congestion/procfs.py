@@ -61,6 +61,8 @@ class ProcReader:
         self._domain: dict[int, str] = {}  # QEMU pid → domain name
         self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
         self._fds: dict[tuple[int, int], int] = {}  # kept schedstat descriptors of named threads
+        # vCPU thread → (its cgroup's cpu.stat, counter, ns per unit); ("", "", 0) in the root cgroup; None unknown
+        self._vcpu_cgroup: dict[tuple[int, int], tuple[str, str, int] | None] = {}
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._max_fds = max(0, soft // 2 - 64)  # leave room for everything else the process opens
         self._mounts = self._read_mounts()
@@ -171,14 +173,55 @@ class ProcReader:
                     name, cls = cached
                 run, wait = _schedstat(self._read_schedstat(key, path, key in names))
                 cpu = _last_cpu(read_small(f"{path}/stat")) if numa and cls.kind is ThreadKind.VCPU else None
+                throttled = self._throttled(key, path) if cls.kind is ThreadKind.VCPU else None
             except _GONE:
                 skipped.append(Skip(f"pid {pid} tid {tid}", "thread exited during the reading"))
                 continue
             except (OSError, ValueError) as exc:
                 skipped.append(Skip(f"pid {pid} tid {tid}", f"unreadable: {exc}"))
                 continue
-            out.append(ThreadReading(tid, name, cls, run, wait, cpu))
+            out.append(ThreadReading(tid, name, cls, run, wait, cpu, throttled))
         return tuple(out)
+
+    def _throttled(self, key: tuple[int, int], task_dir: str) -> int | None:
+        """Throttled ns of the cgroup holding this vCPU thread (libvirt gives each vCPU its own: <vm>/vcpuN).
+
+        The thread's cgroup is looked up once; the cpu.stat with throttling counters is cgroup v2's when the cpu
+        controller is there (throttled_usec), else cgroup v1's cpu controller (throttled_time, ns) — hybrid hosts.
+        """
+        if key not in self._vcpu_cgroup:
+            self._vcpu_cgroup[key] = self._vcpu_stat_file(task_dir)
+        where = self._vcpu_cgroup[key]
+        if where is None:
+            return None
+        path, counter, unit = where
+        if not path:
+            return 0  # the root cgroup is never throttled
+        try:
+            stat = dict(line.split() for line in read_small(path).splitlines())
+            return int(stat[counter]) * unit
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def _vcpu_stat_file(self, task_dir: str) -> tuple[str, str, int] | None:
+        try:
+            v2, v1 = parse_proc_cgroup(read_small(f"{task_dir}/cgroup"))
+        except OSError:
+            return None
+        if v2 is not None and self._mounts.v2 is not None:
+            if v2 == "/" and (v1 is None or v1 == "/"):
+                return ("", "", 0)
+            path = f"{self._mounts.v2}{v2.rstrip('/')}/cpu.stat"
+            try:
+                if "throttled_usec" in read_small(path):
+                    return (path, "throttled_usec", 1000)
+            except OSError:
+                pass
+        if v1 is not None and self._mounts.v1_cpu is not None:
+            if v1 == "/":
+                return ("", "", 0)
+            return (f"{self._mounts.v1_cpu}{v1.rstrip('/')}/cpu.stat", "throttled_time", 1)
+        return ("", "", 0) if v2 == "/" else None
 
     def _process_name(self, pid: int) -> str | None:
         """comm of a process given by --pid (discovery caches it for the others)."""
@@ -285,6 +328,8 @@ class ProcReader:
             vms.append(VmReading(pid, domain, threads, self._cgroup(pid, domain, skipped)))
         for key in self._thread.keys() - live_keys:
             del self._thread[key]
+        for key in self._vcpu_cgroup.keys() - live_keys:
+            del self._vcpu_cgroup[key]
         for key in self._fds.keys() - live_keys:
             os.close(self._fds.pop(key))
         return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped), cpu)

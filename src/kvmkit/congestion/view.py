@@ -18,32 +18,34 @@ def _style(congestion_pct: float) -> str:
 
 
 def render(report: IntervalReport, limit: int = 40) -> Group:
-    """Host line, then VMs sorted by congestion (worst first), then what could not be measured."""
+    """Host line, then VMs by contention (worst first; congestion = contention + own throttling), then skips."""
     host = report.host
     header = Text(
         f"host: {host.pcpus} CPUs · {host.vcpus_allocated} vCPUs · oversubscription "
         f"{host.oversubscription:.2f} · vCPU load {host.vcpu_load_pct:.1f} % · congestion "
-        f"{host.congestion_pct:.2f} % (p95 {host.congestion_p95_pct:.2f} %) · PSI some avg10 "
+        f"{host.congestion_pct:.2f} % (p95 {host.congestion_p95_pct:.2f} %) = contention "
+        f"{_fmt(host.contention_pct, 2)} % + throttled {_fmt(host.throttled_pct, 2)} % · PSI some avg10 "
         f"{_fmt(host.psi_some_avg10, 2)} %  [{report.interval_s:.2f} s]"
     )
     table = Table(header_style="bold", expand=False)
-    for column in ("domain", "pid", "vCPUs", "util %", "congestion %", "worst vCPU %", "emulator %",
-                   "iothreads %", "vhost %", "PSI some %", "throttled %"):  # fmt: skip
+    for column in ("domain", "pid", "vCPUs", "util %", "contention %", "throttled %", "congestion %",
+                   "worst vCPU %", "emulator %", "iothreads %", "vhost %", "PSI some %"):  # fmt: skip
         table.add_column(column, justify="left" if column == "domain" else "right")
-    for vm in sorted(report.vms, key=lambda v: v.congestion_pct, reverse=True)[:limit]:
+    for vm in sorted(report.vms, key=lambda v: v.slo_pct, reverse=True)[:limit]:
         cg = vm.cgroup
         table.add_row(
             vm.domain,
             str(vm.pid),
             str(vm.vcpus_allocated),
             _fmt(vm.utilisation_pct),
-            Text(_fmt(vm.congestion_pct, 2), style=_style(vm.congestion_pct)),
-            _fmt(vm.congestion_max_pct, 2),
+            Text(_fmt(vm.contention_pct, 2), style=_style(vm.slo_pct)),
+            _fmt(vm.throttled_pct, 2),
+            _fmt(vm.congestion_pct, 2),
+            _fmt(vm.contention_max_pct if vm.contention_max_pct is not None else vm.congestion_max_pct, 2),
             _fmt(vm.emulator.utilisation_pct),
             _fmt(vm.iothreads.utilisation_pct),
             _fmt(vm.vhost.utilisation_pct),
             _fmt(cg.psi_some_pct if cg else None),
-            _fmt(cg.throttled_pct if cg else None),
         )
     parts: list[Text | Table] = [header, table]
     if report.skipped:

@@ -20,6 +20,9 @@ from pathlib import Path
 from kvmkit.errors import EnvironmentProblem
 
 MODULES = ["virtio_pci", "virtio_blk", "virtio_console", "ext4"]
+# memory tests' guests (`build(balloon=True)`, their own initrd flavour): the balloon driver, so libvirt's balloon
+# target and the guest's own memory stats (virDomainMemoryStats) work; guest tmpfs (/run) is the allocator.
+BALLOON_MODULES = ["virtio_balloon"]
 AGENT = "/usr/sbin/qemu-ga"
 # fio links librbd, ICU and friends (~80 MB): only bench guests carry it, and they get more RAM.
 FIO = "/usr/bin/fio"
@@ -97,9 +100,9 @@ def extract_vmlinux(vmlinuz: Path, dest: Path) -> bool:
     return True
 
 
-def module_order(release: str) -> list[Path]:
+def module_order(release: str, extra: tuple[str, ...] = ()) -> list[Path]:
     out = subprocess.run(
-        ["modprobe", "-S", release, "--show-depends", "-a", *MODULES],
+        ["modprobe", "-S", release, "--show-depends", "-a", *MODULES, *extra],
         check=True, capture_output=True, text=True,
     ).stdout
     seen: dict[Path, None] = {}
@@ -120,8 +123,10 @@ def shared_libraries(program: str) -> list[Path]:
     return libs
 
 
-def _inputs_digest(release: str, programs: list[str]) -> str:
+def _inputs_digest(release: str, programs: list[str], extra: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256((INIT_SCRIPT + SHUTDOWN_SCRIPT).encode())
+    if extra:  # only then: the agent and fio flavours keep their digests (and their cached initrds)
+        h.update(",".join(extra).encode())
     for path in [Path(f"/boot/vmlinuz-{release}"), BUSYBOX, *map(Path, programs)]:
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -135,9 +140,10 @@ def _copy_into(root: Path, src: Path) -> None:
         shutil.copy2(src.resolve(), dest)
 
 
-def build(out_dir: Path, *, with_fio: bool = False, force: bool = False) -> GuestImage:
-    """Build (or reuse) kernel + initramfs under out_dir."""
+def build(out_dir: Path, *, with_fio: bool = False, force: bool = False, balloon: bool = False) -> GuestImage:
+    """Build (or reuse) kernel + initramfs under out_dir; `balloon` adds the virtio balloon driver (own flavour)."""
     release = kernel_release()
+    extra = tuple(BALLOON_MODULES) if balloon else ()
     programs = [AGENT, FIO] if with_fio else [AGENT]
     if with_fio and not Path(FIO).exists():
         raise EnvironmentProblem("/usr/bin/fio is missing: install fio")
@@ -145,10 +151,13 @@ def build(out_dir: Path, *, with_fio: bool = False, force: bool = False) -> Gues
         raise EnvironmentProblem("/usr/sbin/qemu-ga is missing: install qemu-guest-agent")
     if not BUSYBOX.exists():
         raise EnvironmentProblem("/bin/busybox is missing: install busybox-static")
-    digest = _inputs_digest(release, programs)
+    digest = _inputs_digest(release, programs, extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(out_dir, 0o755)  # QEMU may run as libvirt-qemu and must read the kernel and initrd
-    flavour = "fio" if with_fio else "agent"
+    # "initrd-<flavour>-*" globs below remove older builds of one flavour: no flavour name may prefix another's
+    flavour = {(False, False): "agent", (True, False): "fio", (False, True): "balloon", (True, True): "fio+balloon"}[
+        (with_fio, balloon)
+    ]
     initrd = out_dir / f"initrd-{flavour}-{digest}.cpio"
     vmlinux = out_dir / f"vmlinux-{release}"
     vmlinuz = Path(f"/boot/vmlinuz-{release}")
@@ -167,7 +176,7 @@ def build(out_dir: Path, *, with_fio: bool = False, force: bool = False) -> Gues
         for lib in shared_libraries(program):
             _copy_into(stage, lib)
     order = []
-    for module in module_order(release):
+    for module in module_order(release, extra):
         rel = module.relative_to(f"/lib/modules/{release}") if module.is_relative_to("/lib") else \
             module.relative_to(f"/usr/lib/modules/{release}")
         dest = stage / "lib" / "modules" / rel

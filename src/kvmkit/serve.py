@@ -1,0 +1,51 @@
+"""`kvmkit serve`: one Prometheus exporter for the congestion and memory families (and every collector another
+capability `register`s in kvmkit.congestion.exporter). `kvmkit congestion serve` is the same command."""
+
+from __future__ import annotations
+
+import threading
+
+import typer
+
+from kvmkit import config
+from kvmkit.errors import InvalidInput
+
+app = typer.Typer(add_completion=False, help=__doc__, invoke_without_command=True)
+
+
+def run(port: int, address: str, uri: str | None, no_libvirt: bool, max_connections: int) -> None:
+    """Serve until interrupted: the congestion and memory collectors over one bounded HTTP server."""
+    from kvmkit.congestion import exporter
+    from kvmkit.congestion.procfs import ProcReader
+    from kvmkit.memory.cli import reader as memory_reader
+    from kvmkit.memory.exporter import MemoryCollector
+
+    if not 0 <= port < 65536:
+        raise InvalidInput(f"--port {port}: not a TCP port")
+    if not 1 <= max_connections <= 1024:
+        raise InvalidInput(f"--max-connections {max_connections}: give 1 to 1024")
+    procs = ProcReader()
+    try:
+        with memory_reader(None, uri or config.load().libvirt_uri, no_libvirt, live=True) as memory:
+            collectors = [exporter.CongestionCollector(procs), MemoryCollector(memory)]
+            server, _ = exporter.start(address, port, collectors=collectors, max_connections=max_connections)
+            typer.echo(f"serving kvmkit metrics (congestion, memory) on http://{address}:{server.server_port}/metrics")
+            try:
+                threading.Event().wait()
+            finally:
+                server.shutdown()
+                server.server_close()
+    finally:
+        procs.close()
+
+
+@app.callback()
+def serve(
+    port: int = typer.Option(9177, help="TCP port."),
+    address: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
+    uri: str | None = typer.Option(None, "--uri", help="libvirt URI for balloon figures (default: the config's)."),
+    no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (no balloon figures)."),
+    max_connections: int = typer.Option(32, help="Connections served at once (each its own thread)."),
+) -> None:
+    """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted: congestion + memory families."""
+    run(port, address, uri, no_libvirt, max_connections)
