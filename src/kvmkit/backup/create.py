@@ -1,15 +1,21 @@
 """Backing a snapshot up: every disk read chunk by chunk (holes and unallocated extents skipped), each chunk
-hashed, compressed and stored once; a manifest per backup, written last, makes it good.
+named by its block tree (codec.chunk_id), compressed and stored once; a manifest per backup, written last, makes
+it good.
 
-Incremental against the newest earlier backup of the same VM on the target: an RBD disk reads only the extents
-`diff_iterate` reports changed since the parent's snapshot (while that snapshot still exists); a file disk is read
-in full (no changed-block map exists for a reflink) but only chunks whose hash differs are written. Memory stays
-flat whatever the disk size: `workers` chunks are read at once, each into its worker's reused buffer, and at most
+Incremental against the newest earlier backup of the same VM on the target, reading only what changed:
+    fiemap     a file disk whose parent snapshot file still exists, untouched, on the same filesystem: the two
+               reflink snapshots' extent maps are compared (changes.py) and only the changed 4 KiB blocks read
+    rbd-diff   an RBD disk whose parent snapshot still exists: the chunks `diff_iterate` reports changed are read
+    hashes     otherwise: every data chunk is read and hashed, and only those that differ are stored
+A changed chunk is stored as a delta against the parent's chunk, computed from the parent's block digests kept in
+the local block index (blockindex.py), so the parent is never fetched back from the target. Memory stays flat
+whatever the disk size: `workers` chunks are read at once, each into its worker's reused buffer, and at most
 `2 × workers` are queued.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -21,9 +27,11 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import chunking
-from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, DiskBackup
-from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, split_handle
+from kvmkit.backup import changes, chunking, codec
+from kvmkit.backup.blockindex import BlockIndex, index_path
+from kvmkit.backup.fiemap import extent_map
+from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
+from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, file_identity, split_handle
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
@@ -91,7 +99,7 @@ class Backup:
                 self._ceph = Ceph.connect(self.settings)
                 stack.callback(self._ceph.close)
             self.target.mark_incomplete(snapshot.vm, snapshot.vm_uuid, snapshot.name)
-            disks = [self._disk(disk, chain) for disk in snapshot.disks]
+            disks = [self._disk(disk, chain, snapshot.vm_uuid) for disk in snapshot.disks]
             manifest = BackupManifest(
                 vm=snapshot.vm, vm_uuid=snapshot.vm_uuid, snapshot=snapshot.name, snapshot_created=snapshot.created,
                 created=datetime.now(), parent=parent.snapshot if parent and not all(d.full for d in disks) else None,
@@ -112,56 +120,162 @@ class Backup:
             return RbdReader(self._ceph, disk.handle)
         raise InvalidInput(f"disk {disk.target}: no backup reader for driver {disk.driver!r}")
 
-    def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest]) -> DiskBackup:
+    def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest], vm_uuid: str) -> DiskBackup:
         reader = self._reader(disk)
+        index = BlockIndex(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
+                                      disk.target), self.chunk_size)
         try:
             size, parent_record, parent_map = reader.size, None, {}
             if chain and (prev := chain[0].disk(disk.target)) is not None and prev.size_bytes == size \
                     and chain[0].chunk_size == self.chunk_size:
                 parent_record, parent_map = chunking.resolve(disk.target, chain)
             record = DiskBackup(target=disk.target, driver=disk.driver, source=disk.source, handle=disk.handle,
-                                size_bytes=size, full=parent_record is None)
+                                size_bytes=size, full=parent_record is None,
+                                handle_identity=reader.identity() if isinstance(reader, FileReader) else None)
+            work: Iterable[tuple[int, list[int] | None]]
             since = _rbd_parent_snapshot(disk, parent_record, reader)
+            ranges = _fiemap_changes(reader, parent_record) if parent_record is not None else None
             if since is not None:
                 assert isinstance(reader, RbdReader)
                 changed = reader.changed_extents(since)
-                record.diff_bytes = chunking.extents_length(changed)
-                examine = chunking.touched_chunks(changed, size, self.chunk_size)
+                record.change_method, record.diff_bytes = ChangeMethod.RBD_DIFF, chunking.extents_length(changed)
+                work = ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
+            elif ranges is not None:
+                record.change_method, record.diff_bytes = ChangeMethod.FIEMAP, chunking.extents_length(ranges)
+                work = changes.chunk_blocks(ranges, size, self.chunk_size, codec.DELTA_BLOCK)
             else:  # every chunk with data; chunks the parent had and that are now holes become zeros
+                record.change_method = ChangeMethod.HASHES if parent_record is not None else ChangeMethod.FULL
                 examine = chunking.touched_chunks(reader.data_extents(), size, self.chunk_size)
-                holes = set(parent_map) - set(examine)
-                examine = sorted(set(examine) | holes)
-            hashes = self._store_chunks(reader, size, examine, record, parent_map)
+                work = ((i, None) for i in sorted(set(examine) | set(parent_map)))
+            hashes = ChunkWork(self, reader, index, size, parent_map, record).run(work)
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full
-                             else chunking.delta(parent_map, examine, hashes))
+                             else chunking.delta(parent_map, hashes, hashes))
             record.changed_bytes = sum(chunking.chunk_span(i, size, self.chunk_size)[1] for i, _ in record.chunks)
             self.advance(max(0, size - record.read_bytes))  # the bar counts skipped extents as done
             return record
         finally:
+            index.close()
             reader.close()
 
-    def _store_chunks(self, reader: SnapshotReader, size: int, indexes: Iterable[int], record: DiskBackup,
-                      parent_map: chunking.ChunkMap) -> dict[int, str | None]:
-        """Read, hash and store the chunks concurrently, at most 2 × workers in flight (flat memory). Each
-        worker thread reads into its own reused buffer, so no chunk-sized object is allocated per read."""
-        zero = bytes(self.chunk_size)
+
+def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup) -> list[changes.Extent] | None:
+    """Changed byte ranges from the two snapshots' extent maps, or None when that cannot be trusted: the parent's
+    snapshot file is gone, was replaced or touched since it was read (identity differs), lies on another
+    filesystem, or the filesystem has no FIEMAP."""
+    if not isinstance(reader, FileReader) or parent.driver != "file" or parent.handle_identity is None:
+        return None
+    try:
+        fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if file_identity(fd) != parent.handle_identity or os.fstat(fd).st_dev != os.fstat(reader.fd).st_dev:
+            return None
+        old_size = os.fstat(fd).st_size
+        return changes.changed_ranges(extent_map(fd, old_size), extent_map(reader.fd, reader.size), old_size,
+                                      reader.size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class ChunkWork:
+    """Read, name and store the chunks of one disk concurrently, at most 2 × workers in flight (flat memory).
+
+    Each item is (chunk index, changed blocks or None). With blocks, only those blocks are read: the chunk's
+    other block digests come from the block index (checked against the parent's chunk name), so the new name
+    and a delta against the parent follow without reading the rest. Without blocks (or when the index has no
+    good record) the whole chunk is read. Each worker thread reads into its own reused buffer."""
+
+    def __init__(self, backup: Backup, reader: SnapshotReader, index: BlockIndex, size: int,
+                 parent_map: chunking.ChunkMap, record: DiskBackup) -> None:
+        self.backup, self.reader, self.index, self.size = backup, reader, index, size
+        self.parent_map, self.record = parent_map, record
+        self.chunk_size = backup.chunk_size
+        self.scratch = threading.local()
+
+    def _buffer(self, length: int) -> bytearray:
+        if length != self.chunk_size:
+            return bytearray(length)  # the disk's last, short chunk: once per disk
+        if getattr(self.scratch, "buffer", None) is None:
+            self.scratch.buffer = bytearray(self.chunk_size)
+        return self.scratch.buffer
+
+    def _read(self, offset: int, view: memoryview) -> None:
+        got = self.reader.read_into(offset, view)  # type: ignore[arg-type]
+        if got is not view and got is not view.obj:
+            view[:] = got  # a reader that hands back its own bytes (librbd)
+
+    def _read_runs(self, offset: int, view: memoryview, runs: list[tuple[int, int]]) -> int:
+        done = 0
+        for first, count in runs:
+            lo = first * codec.DELTA_BLOCK
+            hi = min(len(view), (first + count) * codec.DELTA_BLOCK)
+            self._read(offset + lo, view[lo:hi])
+            done += hi - lo
+        return done
+
+    def one(self, index: int, blocks: list[int] | None) -> tuple[int, str | None, int, int]:
+        offset, length = chunking.chunk_span(index, self.size, self.chunk_size)
+        count = -(-length // codec.DELTA_BLOCK)
+        parent = self.parent_map.get(index)
+        zero_digests = [_zero_digest(min(codec.DELTA_BLOCK, length - k * codec.DELTA_BLOCK)) for k in range(count)]
+        base = zero_digests if parent is None else self.index.get(index, parent, length)
+        if base is None:
+            blocks = None  # no trusted digests for the rest of the chunk: read it whole
+        view = memoryview(self._buffer(length))[:length]
+        if blocks is None:
+            self._read(offset, view)
+            read = length
+            if parent is None and view == _zeros(length):  # memcmp: an allocated zero chunk is never hashed
+                return index, None, read, 0
+            digests = codec.block_digests(view)
+            have = set(range(count))
+        else:
+            read = self._read_runs(offset, view, changes.block_runs(blocks))
+            digests = list(base)
+            for k in blocks:
+                digests[k] = hashlib.sha256(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK]).digest()
+            have = set(blocks)
+        if digests == zero_digests:
+            return index, None, read, 0
+        name = codec.tree_id(digests)
+        if name == parent:
+            if base is None:
+                self.index.put(index, name, digests)  # repair the record the index lacked
+            return index, name, read, 0
+        self.index.put(index, name, digests)
+        if self.backup.target.has_chunk(name):
+            return index, name, read, 0
+        changed = [k for k in range(count) if base is None or digests[k] != base[k]]
+        blob = self._delta(parent, base, changed, view, length)
+        if blob is None:
+            missing = [k for k in range(count) if k not in have]
+            if parent is None:
+                for k in missing:  # never read because they are zeros (the parent had a hole here)
+                    view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] = _zeros(
+                        min(codec.DELTA_BLOCK, length - k * codec.DELTA_BLOCK))
+            else:
+                read += self._read_runs(offset, view, changes.block_runs(missing))
+            blob = codec.encode(view, self.backup.compression, tree=True)
+        return index, name, read, self.backup.target.put_blob(name, blob)
+
+    def _delta(self, parent: str | None, base: list[bytes] | None, changed: list[int], view: memoryview,
+               length: int) -> bytes | None:
+        """A delta against the parent's chunk from the changed blocks alone, when it is worth it and the parent
+        is shallow enough (its depth from its stored header: the index is not trusted for that)."""
+        if parent is None or base is None or len(changed) * codec.DELTA_BLOCK > codec.DELTA_MAX_SHARE * length:
+            return None
+        depth = self.backup.target.depth_of(parent)
+        if depth is None or depth >= codec.MAX_DEPTH:
+            return None
+        payload = b"".join(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] for k in changed)
+        return codec.encode_delta_blocks(payload, length, parent, depth, changed, self.backup.compression, tree=True)
+
+    def run(self, work: Iterable[tuple[int, list[int] | None]]) -> dict[int, str | None]:
         hashes: dict[int, str | None] = {}
-        scratch = threading.local()
-
-        def buffer_for(length: int) -> bytearray:
-            if length != self.chunk_size:
-                return bytearray(length)  # the disk's last, short chunk: once per disk
-            if getattr(scratch, "buffer", None) is None:
-                scratch.buffer = bytearray(self.chunk_size)
-            return scratch.buffer
-
-        def one(index: int) -> tuple[int, str | None, int, int]:
-            offset, length = chunking.chunk_span(index, size, self.chunk_size)
-            raw = reader.read_into(offset, buffer_for(length))
-            if raw == (zero if length == self.chunk_size else bytes(length)):  # memcmp, no slice copied
-                return index, None, length, 0
-            digest = hashlib.sha256(raw).hexdigest()
-            return index, digest, length, self.target.put_chunk(digest, raw, self.compression, parent_map.get(index))
+        record, workers = self.record, self.backup.workers
 
         def collect(done: set[Future]) -> None:
             for future in done:
@@ -170,22 +284,32 @@ class Backup:
                 record.read_bytes += read
                 record.written_bytes += written
                 record.new_chunks += 1 if written else 0
-                self.advance(read)
+                self.backup.advance(read)
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backup") as pool:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as pool:
             pending: set[Future] = set()
             try:
-                for index in indexes:
-                    if len(pending) >= 2 * self.workers:
+                for index, blocks in work:
+                    if len(pending) >= 2 * workers:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         collect(done)
-                    pending.add(pool.submit(one, index))
+                    pending.add(pool.submit(self.one, index, blocks))
                 collect(set(pending))
                 pending = set()
             finally:
                 for future in pending:
                     future.cancel()
         return hashes
+
+
+@functools.cache
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
+@functools.cache
+def _zero_digest(length: int) -> bytes:
+    return hashlib.sha256(bytes(length)).digest()
 
 
 def _rbd_parent_snapshot(disk: DiskSnapshot, parent: DiskBackup | None, reader: SnapshotReader) -> str | None:
