@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import changes, chunking, codec
+from kvmkit.backup import changes, chunking, codec, fiemap
 from kvmkit.backup.blockindex import BlockIndex, index_path
 from kvmkit.backup.fiemap import extent_map
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
@@ -172,8 +172,10 @@ def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup) -> list[changes.
         if file_identity(fd) != parent.handle_identity or os.fstat(fd).st_dev != os.fstat(reader.fd).st_dev:
             return None
         old_size = os.fstat(fd).st_size
-        return changes.changed_ranges(extent_map(fd, old_size), extent_map(reader.fd, reader.size), old_size,
-                                      reader.size)
+        old, new = extent_map(fd, old_size), extent_map(reader.fd, reader.size)
+        if not any(e.flags & fiemap.SHARED for e in new):
+            return None  # not a reflink sibling (ext4 copies share nothing): the maps would only say "all changed"
+        return changes.changed_ranges(old, new, old_size, reader.size)
     except OSError:
         return None
     finally:
