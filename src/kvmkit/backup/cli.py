@@ -1,4 +1,4 @@
-"""`kvmkit backup create | list | restore | verify | delete | prune | bench` and `kvmkit schedule add | list |
+"""`kvmkit backup create | list | restore | mount | verify | delete | prune | bench` and `kvmkit schedule add | list |
 remove | run`: thin CLI over the library (create.backup_snapshot, restore.restore, manage.prune …)."""
 
 from __future__ import annotations
@@ -118,6 +118,24 @@ def restore(vm: str, snapshot: str,
     for disk in result.disks:
         console.print(f"{result.vm}: {disk.target} restored from backup [bold]{snapshot}[/] to {disk.destination} "
                       f"({_human(disk.size_bytes)}, {_human(disk.written_bytes)} of data, every chunk verified)")
+
+
+@app.command()
+def mount(vm: str, snapshot: str, mountpoint: str = typer.Argument(..., help="An empty folder."),
+          target: str | None = TARGET) -> None:
+    """Expose every disk of a backup read-only as MOUNTPOINT/<disk>.raw (FUSE, chunks fetched lazily) until
+    `umount MOUNTPOINT` (or Ctrl-C); `mount -o ro,loop MOUNTPOINT/vda.raw /mnt/x` then pulls single files out."""
+    from pathlib import Path
+
+    from kvmkit.backup import mount as mount_mod
+
+    def ready(names: list[str]) -> None:
+        err_console.print(f"{vm}: backup {snapshot} mounted at {mountpoint} ({', '.join(names)}); "
+                          f"umount {mountpoint} to finish")
+
+    status = mount_mod.mount(vm, snapshot, Path(mountpoint), target, ready)
+    if status != 0:
+        raise OperationFailed(f"the mount of backup {snapshot} at {mountpoint} ended with status {status}")
 
 
 @app.command()
