@@ -27,7 +27,6 @@ class ChangeMethod(StrEnum):
 
     FIEMAP = "fiemap"  # two reflink snapshots' extent maps compared: only changed blocks read
     RBD_DIFF = "rbd-diff"  # librbd diff_iterate since the parent's snapshot
-    DIRTY_BITMAP = "dirty-bitmap"  # a QEMU persistent dirty bitmap (needs the snapshot-core hook; docs/backup.md)
     HASHES = "hashes"  # every data chunk read and hashed, compared with the parent's
     FULL = "full"  # no usable parent: every chunk with data read
 
