@@ -1,8 +1,12 @@
 """A real VM's file disk: an incremental across a VM restart finds the guest's writes by FIEMAP, reads about
-what changed, and restores byte for byte."""
+what changed, restores byte for byte, and one file comes out of the mounted backup with the guest's sha256."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from kvmkit.backup import restore
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.model import ChangeMethod
+from kvmkit.backup.mount import is_mounted
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.lab import lab
 from kvmkit.lab.state import load
@@ -50,8 +55,9 @@ def test_incremental_across_a_vm_restart_reads_only_the_guest_writes(inc_setting
     dom.destroy()  # a VM restart: a new QEMU process, no dirty bitmap could have survived it
     lab.start_vms(load(lab_state.dir), [inc_vm])
     dom = conn.lookupByName(inc_vm)
-    agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/base bs=4k seek=100 count=64 conv=notrunc 2>/dev/null "
-                           "&& dd if=/dev/urandom of=/mnt/vda/new bs=64k count=16 2>/dev/null && sync")
+    guest_sha = agent.guest_shell(dom, "dd if=/dev/urandom of=/mnt/vda/base bs=4k seek=100 count=64 conv=notrunc "
+                                       "2>/dev/null && dd if=/dev/urandom of=/mnt/vda/new bs=64k count=16 2>/dev/null "
+                                       "&& sync && sha256sum /mnt/vda/new").split()[0]
     s2 = engine.create(inc_vm, "inc2")
     m2 = backup_snapshot(inc_settings, s2)
     record = m2.disks[0]
@@ -63,3 +69,27 @@ def test_incremental_across_a_vm_restart_reads_only_the_guest_writes(inc_setting
     out = tmp_path / "vda.raw"
     restore.restore(inc_settings, inc_vm, "inc2", to=[f"vda={out}"])
     assert sha(out) == sha(Path(s2.disks[0].handle))
+
+    # single-file restore: the backup mounted, its disk loop-mounted, one file read and checked against the guest
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'state_dir = "{inc_settings.state_dir}"\nlibvirt_uri = "{inc_settings.libvirt_uri}"\n'
+                    f'[[backup_targets]]\nname = "secondary"\npath = "{inc_settings.backup_targets[0].path}"\n')
+    mnt, inner = tmp_path / "m", tmp_path / "inner"
+    mnt.mkdir()
+    inner.mkdir()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "kvmkit"), "backup", "mount", inc_vm, "inc2", str(mnt)],
+                            env={**os.environ, "KVMKIT_CONFIG": str(conf)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_mounted(mnt), proc.stderr.read() if proc.poll() is not None and proc.stderr else "no mount"
+        subprocess.run(["mount", "-o", "ro,loop,noload", str(mnt / "vda.raw"), str(inner)], check=True)
+        try:
+            assert sha(inner / "new") == guest_sha
+        finally:
+            subprocess.run(["umount", str(inner)], check=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        assert proc.wait(timeout=30) == 0
+    assert not is_mounted(mnt)
