@@ -227,7 +227,7 @@ class ChunkWork:
         offset, length = chunking.chunk_span(index, self.size, self.chunk_size)
         count = -(-length // codec.DELTA_BLOCK)
         parent = self.parent_map.get(index)
-        zero_digests = [_zero_digest(min(codec.DELTA_BLOCK, length - k * codec.DELTA_BLOCK)) for k in range(count)]
+        zero_digests = _zero_digests(length)
         base = zero_digests if parent is None else self.index.get(index, parent, length)
         if base is None:
             blocks = None  # no trusted digests for the rest of the chunk: read it whole
@@ -280,6 +280,12 @@ class ChunkWork:
         payload = b"".join(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] for k in changed)
         return codec.encode_delta_blocks(payload, length, parent, depth, changed, self.backup.compression, tree=True)
 
+    def _prefetch(self, index: int, blocks: list[int]) -> None:
+        assert isinstance(self.reader, FileReader)
+        base = index * self.chunk_size
+        for first, count in changes.block_runs(blocks):
+            self.reader.prefetch(base + first * codec.DELTA_BLOCK, count * codec.DELTA_BLOCK)
+
     def run(self, work: Iterable[tuple[int, list[int] | None]], workers: int) -> dict[int, str | None]:
         hashes: dict[int, str | None] = {}
         record = self.record
@@ -297,6 +303,8 @@ class ChunkWork:
             pending: set[Future] = set()
             try:
                 for index, blocks in work:
+                    if blocks is not None and isinstance(self.reader, FileReader):
+                        self._prefetch(index, blocks)
                     if len(pending) >= 2 * workers:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         collect(done)
@@ -315,8 +323,9 @@ def _zeros(length: int) -> bytes:
 
 
 @functools.cache
-def _zero_digest(length: int) -> bytes:
-    return hashlib.sha256(bytes(length)).digest()
+def _zero_digests(length: int) -> list[bytes]:
+    """Block digests of an all-zero chunk of this length (shared: callers copy before changing it)."""
+    return codec.block_digests(bytes(length))
 
 
 def _rbd_parent_snapshot(disk: DiskSnapshot, parent: DiskBackup | None, reader: SnapshotReader) -> str | None:
