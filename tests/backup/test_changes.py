@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import random
 from pathlib import Path
@@ -51,6 +52,42 @@ def test_truncate_and_extend_report_the_tail_and_overlaps_are_distrusted():
     assert changed_ranges(data, data, 8 * B, 12 * B) == [(8 * B, 4 * B)]
     overlapping = [E(0, 10 * B, 4 * B, 0), E(2 * B, 10 * B, 4 * B, 0)]
     assert changed_ranges(overlapping, overlapping, 8 * B, 8 * B) == [(0, 6 * B)]
+
+
+@st.composite
+def extent_maps(draw, blocks: int = 64) -> list[MappedExtent]:
+    """A FIEMAP-like map: sorted, non-overlapping, block-aligned extents, physical addresses from a small pool
+    (so equal addresses happen), a few flags."""
+    out, pos = [], draw(st.integers(0, 4))
+    while pos < blocks:
+        length = draw(st.integers(1, 8))
+        flags = draw(st.sampled_from([0, 0, 0, fiemap.SHARED, fiemap.UNWRITTEN, fiemap.DELALLOC | fiemap.UNKNOWN]))
+        out.append(E(pos * B, draw(st.integers(0, 6)) * 8 * B, length * B, flags))
+        pos += length + draw(st.integers(0, 3))
+    return out
+
+
+def block_class(extents: list[MappedExtent], block: int) -> tuple:
+    for ext in extents:
+        if ext.logical <= block * B < ext.logical + ext.length:
+            if ext.flags & fiemap.OPAQUE:
+                return ("unknown", block)  # never equal to anything
+            if ext.flags & fiemap.UNWRITTEN:
+                return ("zero",)
+            return ("data", ext.physical + block * B - ext.logical)
+    return ("zero",)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=extent_maps(), new=extent_maps(), old_blocks=st.integers(1, 64), new_blocks=st.integers(1, 64))
+def test_the_streamed_merge_is_exactly_a_block_by_block_comparison(old, new, old_blocks, new_blocks):
+    common = min(old_blocks, new_blocks)
+    expected = {b for b in range(common)
+                if block_class(old, b)[0] == "unknown" or block_class(old, b) != block_class(new, b)}
+    expected |= set(range(common, max(old_blocks, new_blocks)))
+    ranges = changed_ranges(old, new, old_blocks * B, new_blocks * B)
+    assert covered(ranges) == expected
+    assert all(a[0] + a[1] < b[0] for a, b in itertools.pairwise(ranges))  # sorted, merged
 
 
 def test_ranges_are_cut_into_chunks_of_blocks_and_runs():
@@ -175,4 +212,27 @@ def test_scattered_writes_are_found_exactly_and_a_rename_between_snapshots_chang
     assert covered(fiemap_changes(a, b)) == set(written) == differing_blocks(a, b)
     assert fiemap_changes(a, a) == []
     for path in (renamed, a, b):
+        path.unlink()
+
+
+@pytest.mark.lab
+def test_maps_longer_than_one_fiemap_page_are_streamed_page_by_page(xfs):
+    rng = random.Random(11)
+    disk, a, b = xfs / "paged", xfs / "paged-a", xfs / "paged-b"
+    with disk.open("wb") as fh:
+        fh.truncate(8192 * B)
+        for blk in range(0, 8192, 3):  # every third block: ~2700 separate extents, more than two pages
+            fh.seek(blk * B)
+            fh.write(rng.randbytes(B))
+    clone(disk, a)
+    fd = os.open(disk, os.O_RDWR)
+    for blk in rng.sample(range(8192), 1500):
+        os.pwrite(fd, rng.randbytes(B), blk * B)
+    os.fsync(fd)
+    os.close(fd)
+    clone(disk, b)
+    with b.open("rb") as fh:
+        assert len(extent_map(fh.fileno())) > 2 * fiemap.SLOTS
+    assert covered(fiemap_changes(a, b)) == differing_blocks(a, b)
+    for path in (disk, a, b):
         path.unlink()

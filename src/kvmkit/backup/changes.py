@@ -17,80 +17,99 @@ Conservative by construction — a range is reported unchanged only when that is
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
 from kvmkit.backup.fiemap import OPAQUE, UNWRITTEN, MappedExtent
 from kvmkit.backup.model import ChangeMethod
 
-__all__ = ["ChangeMethod", "block_runs", "changed_ranges", "chunk_blocks", "normalize"]
+__all__ = ["ChangeMethod", "UnsortedMap", "block_runs", "changed_ranges", "chunk_blocks", "iter_changed_ranges",
+           "segments"]
 
 Extent = tuple[int, int]  # (offset, length)
 ZERO, DATA, UNKNOWN = 0, 1, 2
 Segment = tuple[int, int, int, int]  # start, end, class, physical address at start (DATA only)
 
 
-def normalize(extents: Iterable[MappedExtent], size: int) -> list[Segment]:
-    """Sorted, non-overlapping, clipped to [0, size); overlapping extents (a confused filesystem) become one
-    UNKNOWN segment, so they are reported changed."""
-    out: list[Segment] = []
-    for ext in sorted(extents, key=lambda e: e.logical):
+class UnsortedMap(ValueError):
+    """An extent map that goes backwards: nothing can be concluded from it (the caller hashes instead)."""
+
+
+def segments(extents: Iterable[MappedExtent], size: int) -> Iterator[Segment]:
+    """The map as sorted, non-overlapping segments clipped to [0, size), streamed (FIEMAP hands extents out in
+    logical order, a page at a time: memory stays one page whatever the extent count). Holes are not yielded.
+    Overlapping extents (a confused filesystem) become one UNKNOWN segment, so they are reported changed; an
+    extent that starts before the previous one raises UnsortedMap."""
+    pending: Segment | None = None
+    for ext in extents:
         start, end = max(0, ext.logical), min(size, ext.logical + ext.length)
         if ext.length <= 0 or start >= end:
             continue
-        if ext.flags & OPAQUE:
-            kind = UNKNOWN
-        elif ext.flags & UNWRITTEN:
-            kind = ZERO
+        kind = UNKNOWN if ext.flags & OPAQUE else ZERO if ext.flags & UNWRITTEN else DATA
+        segment = (start, end, kind, ext.physical + (start - ext.logical))
+        if pending is not None and start < pending[1]:
+            if start < pending[0]:
+                raise UnsortedMap(f"extent at {start} after one at {pending[0]}")
+            segment = (pending[0], max(end, pending[1]), UNKNOWN, 0)
+        elif pending is not None:
+            yield pending
+        pending = segment
+    if pending is not None:
+        yield pending
+
+
+def _at(segment: Segment | None, offset: int, limit: int) -> tuple[int, int, int]:
+    """(class, physical address, where this class ends) at offset, given the first segment ending after it."""
+    if segment is None:
+        return ZERO, 0, limit
+    start, end, kind, physical = segment
+    if start > offset:
+        return ZERO, 0, min(start, limit)  # a hole up to the segment
+    return kind, physical + (offset - start) if kind == DATA else 0, min(end, limit)
+
+
+def iter_changed_ranges(old: Iterable[MappedExtent], new: Iterable[MappedExtent], old_size: int,
+                        new_size: int) -> Iterator[Extent]:
+    """Byte ranges (sorted, merged) where the new snapshot may differ from the old one: one merge pass over the
+    two streamed maps, O(extents) time and O(1) memory."""
+    common = min(old_size, new_size)
+    a, b = segments(old, common), segments(new, common)
+    seg_a, seg_b = next(a, None), next(b, None)
+    pos, run_start, run_end = 0, -1, -1
+    while pos < common:
+        while seg_a is not None and seg_a[1] <= pos:
+            seg_a = next(a, None)
+        while seg_b is not None and seg_b[1] <= pos:
+            seg_b = next(b, None)
+        kind_a, phys_a, end_a = _at(seg_a, pos, common)
+        kind_b, phys_b, end_b = _at(seg_b, pos, common)
+        nxt = min(end_a, end_b)
+        same = (kind_a == kind_b == ZERO) or (kind_a == kind_b == DATA and phys_a == phys_b)
+        if not same:
+            if run_end == pos:
+                run_end = nxt
+            else:
+                if run_end > run_start >= 0:
+                    yield run_start, run_end - run_start
+                run_start, run_end = pos, nxt
+        pos = nxt
+    if old_size != new_size:  # truncate or extend: everything past the shorter end
+        tail_end = max(old_size, new_size)
+        if run_end == common:
+            run_end = tail_end
         else:
-            kind = DATA
-        physical = ext.physical + (start - ext.logical)
-        if out and start < out[-1][1]:
-            prev = out.pop()
-            start, end, kind, physical = prev[0], max(end, prev[1]), UNKNOWN, 0
-        out.append((start, end, kind, physical))
-    return out
-
-
-def _class_at(segments: list[Segment], index: int, offset: int) -> tuple[int, int, int]:
-    """(position, class, physical at offset) where position tracks the first segment ending after offset."""
-    while index < len(segments) and segments[index][1] <= offset:
-        index += 1
-    if index < len(segments) and segments[index][0] <= offset:
-        start, _end, kind, physical = segments[index]
-        return index, kind, physical + (offset - start) if kind == DATA else 0
-    return index, ZERO, 0  # a hole
+            if run_end > run_start >= 0:
+                yield run_start, run_end - run_start
+            run_start, run_end = common, tail_end
+    if run_end > run_start >= 0:
+        yield run_start, run_end - run_start
 
 
 def changed_ranges(old: Iterable[MappedExtent], new: Iterable[MappedExtent], old_size: int,
                    new_size: int) -> list[Extent]:
-    """Byte ranges (sorted, merged) where the new snapshot may differ from the old one."""
-    common = min(old_size, new_size)
-    a, b = normalize(old, common), normalize(new, common)
-    cuts = sorted({0, common, *(s[0] for s in a), *(s[1] for s in a), *(s[0] for s in b), *(s[1] for s in b)})
-    out: list[Extent] = []
-    ia = ib = 0
-    for lo, hi in itertools.pairwise(cuts):
-        if lo >= common:
-            break
-        ia, kind_a, phys_a = _class_at(a, ia, lo)
-        ib, kind_b, phys_b = _class_at(b, ib, lo)
-        same = (kind_a == kind_b == ZERO) or (kind_a == kind_b == DATA and phys_a == phys_b)
-        if not same:
-            _add(out, lo, hi)
-    if old_size != new_size:
-        _add(out, common, max(old_size, new_size))
-    return out
+    return list(iter_changed_ranges(old, new, old_size, new_size))
 
 
-def _add(out: list[Extent], start: int, end: int) -> None:
-    if out and out[-1][0] + out[-1][1] == start:
-        out[-1] = (out[-1][0], end - out[-1][0])
-    else:
-        out.append((start, end - start))
-
-
-def chunk_blocks(ranges: Sequence[Extent], size: int, chunk_size: int, block: int) -> Iterator[tuple[int, list[int]]]:
+def chunk_blocks(ranges: Iterable[Extent], size: int, chunk_size: int, block: int) -> Iterator[tuple[int, list[int]]]:
     """(chunk index, sorted block indexes within the chunk) for every chunk the ranges touch, in chunk order,
     one chunk at a time (memory: one chunk's block list). Ranges must be sorted; they are clipped to size."""
     current, blocks = -1, []

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from datetime import datetime
@@ -29,7 +30,6 @@ from pathlib import Path
 
 from kvmkit.backup import changes, chunking, codec, fiemap
 from kvmkit.backup.blockindex import BlockIndex, index_path
-from kvmkit.backup.fiemap import extent_map
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, file_identity, split_handle
 from kvmkit.backup.store import ChunkStore
@@ -128,6 +128,7 @@ class Backup:
         reader = self._reader(disk)
         index = BlockIndex(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
                                       disk.target), self.chunk_size)
+        stack = ExitStack()  # the parent snapshot, open while its extent map streams
         try:
             size, parent_record, parent_map = reader.size, None, {}
             if chain and (prev := chain[0].disk(disk.target)) is not None and prev.size_bytes == size \
@@ -138,15 +139,15 @@ class Backup:
                                 handle_identity=reader.identity() if isinstance(reader, FileReader) else None)
             work: Iterable[tuple[int, list[int] | None]]
             since = _rbd_parent_snapshot(disk, parent_record, reader)
-            ranges = _fiemap_changes(reader, parent_record) if parent_record is not None else None
+            ranges = _fiemap_changes(reader, parent_record, stack) if parent_record is not None else None
             if since is not None:
                 assert isinstance(reader, RbdReader)
                 changed = reader.changed_extents(since)
                 record.change_method, record.diff_bytes = ChangeMethod.RBD_DIFF, chunking.extents_length(changed)
                 work = ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
             elif ranges is not None:
-                record.change_method, record.diff_bytes = ChangeMethod.FIEMAP, chunking.extents_length(ranges)
-                work = changes.chunk_blocks(ranges, size, self.chunk_size, codec.DELTA_BLOCK)
+                record.change_method, record.diff_bytes = ChangeMethod.FIEMAP, 0
+                work = changes.chunk_blocks(_counted(ranges, record), size, self.chunk_size, codec.DELTA_BLOCK)
             else:  # every chunk with data; chunks the parent had and that are now holes become zeros
                 record.change_method = ChangeMethod.HASHES if parent_record is not None else ChangeMethod.FULL
                 examine = chunking.touched_chunks(reader.data_extents(), size, self.chunk_size)
@@ -159,32 +160,43 @@ class Backup:
             self.advance(max(0, size - record.read_bytes))  # the bar counts skipped extents as done
             return record
         finally:
+            stack.close()
             index.close()
             reader.close()
 
 
-def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup) -> list[changes.Extent] | None:
-    """Changed byte ranges from the two snapshots' extent maps, or None when that cannot be trusted: the parent's
-    snapshot file is gone, was replaced or touched since it was read (identity differs), lies on another
-    filesystem, or the filesystem has no FIEMAP."""
+def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup, stack: ExitStack) -> Iterator[changes.Extent] | None:
+    """Changed byte ranges from the two snapshots' extent maps, streamed, or None when they cannot be trusted:
+    the parent's snapshot file is gone, was replaced or touched since it was read (identity differs), lies on
+    another filesystem, the filesystem has no FIEMAP, or the new snapshot shares no extent (not a reflink
+    sibling: two ext4 copies share nothing, and the maps would only say "all changed")."""
     if not isinstance(reader, FileReader) or parent.driver != "file" or parent.handle_identity is None:
         return None
     try:
         fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
+    stack.callback(os.close, fd)
     try:
         if file_identity(fd) != parent.handle_identity or os.fstat(fd).st_dev != os.fstat(reader.fd).st_dev:
             return None
+        # a clone shares its data extents with its source (those the VM has not rewritten since): one shared
+        # extent among the first page of the map says this is a reflink snapshot
+        if not any(e.flags & fiemap.SHARED
+                   for e in itertools.islice(fiemap.iter_extent_map(reader.fd, reader.size), fiemap.SLOTS)):
+            return None
         old_size = os.fstat(fd).st_size
-        old, new = extent_map(fd, old_size), extent_map(reader.fd, reader.size)
-        if not any(e.flags & fiemap.SHARED for e in new):
-            return None  # not a reflink sibling (ext4 copies share nothing): the maps would only say "all changed"
-        return changes.changed_ranges(old, new, old_size, reader.size)
     except OSError:
         return None
-    finally:
-        os.close(fd)
+    return changes.iter_changed_ranges(fiemap.iter_extent_map(fd, old_size),
+                                       fiemap.iter_extent_map(reader.fd, reader.size), old_size, reader.size)
+
+
+def _counted(ranges: Iterator[changes.Extent], record: DiskBackup) -> Iterator[changes.Extent]:
+    """Pass the ranges through, adding their length to the record's diff_bytes (they are streamed once)."""
+    for offset, length in ranges:
+        record.diff_bytes = (record.diff_bytes or 0) + length
+        yield offset, length
 
 
 class ChunkWork:

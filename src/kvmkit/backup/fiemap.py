@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 FS_IOC_FIEMAP = 0xC020660B
@@ -41,27 +42,29 @@ class MappedExtent:
     flags: int
 
 
-def extent_map(fd: int, size: int | None = None) -> list[MappedExtent]:
-    """Every extent of the open file up to `size` (default: its size), in logical order. Raises OSError
-    (EOPNOTSUPP/ENOTTY) where the filesystem has no FIEMAP."""
+def iter_extent_map(fd: int, size: int | None = None) -> Iterator[MappedExtent]:
+    """Every extent of the open file up to `size` (default: its size), in logical order, SLOTS at a time (memory:
+    one page of extents whatever the file's fragmentation). Raises OSError (EOPNOTSUPP/ENOTTY) where the
+    filesystem has no FIEMAP."""
     end = os.fstat(fd).st_size if size is None else size
-    out: list[MappedExtent] = []
     start = 0
     while start < end:
         buf = bytearray(HEADER.pack(start, end - start, FIEMAP_FLAG_SYNC, 0, SLOTS, 0) + bytes(EXTENT.size * SLOTS))
         fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
         mapped = HEADER.unpack_from(buf)[3]
         if mapped == 0:
-            break
-        last = False
+            return
+        extent = None
         for i in range(min(mapped, SLOTS)):
             logical, physical, length, _, _, flags, _, _, _ = EXTENT.unpack_from(buf, HEADER.size + i * EXTENT.size)
-            out.append(MappedExtent(logical, physical, length, flags))
-            last = bool(flags & LAST)
-        if last:
-            break
-        nxt = out[-1].logical + out[-1].length
-        if nxt <= start:  # a kernel that made no progress: stop rather than loop
-            break
-        start = nxt
-    return out
+            extent = MappedExtent(logical, physical, length, flags)
+            yield extent
+        if extent is None or extent.flags & LAST:
+            return
+        if extent.logical + extent.length <= start:  # a kernel that made no progress: stop rather than loop
+            return
+        start = extent.logical + extent.length
+
+
+def extent_map(fd: int, size: int | None = None) -> list[MappedExtent]:
+    return list(iter_extent_map(fd, size))
