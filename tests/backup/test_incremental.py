@@ -198,3 +198,36 @@ def test_without_reflink_the_chunk_hashes_find_the_changes_without_reading_the_p
     assert m2.written_bytes <= 1.2 * truth + 64 * 1024  # deltas from the index's block digests
     assert CountingTarget.chunk_reads == 0
     assert restored_sha(settings, tmp_path, "s2") == sha(s2)
+
+
+def test_an_incremental_on_a_target_of_sha256_named_chunks_stores_only_what_changed(tmp_path, settings, target):
+    """Backups made before chunks were named by block tree: unchanged chunks are recognised by their old name."""
+    rng = random.Random(6)
+    disk = make_disk(tmp_path / "f.disk", 16 * MiB, rng)
+    s1 = tmp_path / "f@s1"
+    s1.write_bytes(disk.read_bytes())
+    t1 = file_snapshot("s1", {"vda": s1}).created
+    m1 = backup(settings, target, s1, "s1", t1)
+    # rewrite the first backup as an older kvmkit wrote it: chunks named by sha256 of their bytes, no index
+    import hashlib
+
+    from kvmkit.backup import codec
+    from kvmkit.backup.store import chunk_key, manifest_key
+
+    record, data = m1.disks[0], s1.read_bytes()
+    renamed = []
+    for index, _name in record.chunks:
+        raw = data[index * MiB: (index + 1) * MiB]
+        old = hashlib.sha256(raw).hexdigest()
+        target._put(chunk_key(old), codec.encode(raw, "zstd"))
+        renamed.append((index, old))
+    record.chunks, record.handle_identity = renamed, None
+    target._put(manifest_key(m1.vm_uuid, "s1"), m1.model_dump_json().encode())
+    scatter(disk, rng, 30)
+    s2 = tmp_path / "f@s2"
+    s2.write_bytes(disk.read_bytes())
+    m2 = backup(settings, target, s2, "s2", later(file_snapshot("s1", {"vda": s1}, t1)))
+    changed_chunks = {i for i in range(16) if data[i * MiB: (i + 1) * MiB] != s2.read_bytes()[i * MiB: (i + 1) * MiB]}
+    assert m2.disks[0].change_method is ChangeMethod.HASHES
+    assert {i for i, _ in m2.disks[0].chunks} == changed_chunks  # the unchanged ones kept their old names
+    assert restored_sha(settings, tmp_path, "s2") == sha(s2)
