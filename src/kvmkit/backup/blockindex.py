@@ -63,21 +63,22 @@ class BlockIndex:
             os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, want, 0)
 
-    def get(self, index: int, name: str, length: int) -> list[bytes] | None:
-        """The block digests of chunk `index` if the record is for chunk `name` (of `length` bytes) and checks."""
+    def get(self, index: int, name: str, length: int) -> bytes | None:
+        """The digest table of chunk `index` (codec.digest_table) if the record is for chunk `name` (of `length`
+        bytes) and checks."""
         count = -(-length // codec.DELTA_BLOCK)
         if index < 0 or count > self.per_chunk:
             return None
         blob = os.pread(self.fd, DIGEST + DIGEST * count, HEADER_SIZE + index * self.record)
         if len(blob) != DIGEST + DIGEST * count or blob[:DIGEST].hex() != name:
             return None
-        digests = [blob[DIGEST + k * DIGEST: DIGEST + (k + 1) * DIGEST] for k in range(count)]
-        return digests if codec.tree_id(digests) == name else None
+        table = blob[DIGEST:]
+        return table if codec.table_id(table) == name else None
 
-    def put(self, index: int, name: str, digests: list[bytes]) -> None:
-        if index < 0 or len(digests) > self.per_chunk:
+    def put(self, index: int, name: str, table: bytes | bytearray) -> None:
+        if index < 0 or len(table) > DIGEST * self.per_chunk:
             return
-        os.pwrite(self.fd, bytes.fromhex(name) + b"".join(digests), HEADER_SIZE + index * self.record)
+        os.pwrite(self.fd, bytes.fromhex(name) + table, HEADER_SIZE + index * self.record)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -31,6 +31,7 @@ container.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import threading
@@ -75,22 +76,21 @@ def _sample(block: memoryview) -> bytes:
     return b"".join((block[:part], block[middle: middle + part], block[-part:]))
 
 
-def block_digests(raw: bytes | bytearray | memoryview) -> list[bytes]:
-    """sha256 of each 4 KiB block (the last may be short): the index an incremental builds on."""
-    view = memoryview(raw)
-    return [hashlib.sha256(view[start: start + DELTA_BLOCK]).digest() for start in range(0, len(view), DELTA_BLOCK)]
+def digest_table(raw: bytes | bytearray | memoryview) -> bytearray:
+    """The block digests end to end (32 bytes each): the form the backup's hot path and the index use."""
+    view, table = memoryview(raw), bytearray()
+    for start in range(0, len(view), DELTA_BLOCK):
+        table += hashlib.sha256(view[start: start + DELTA_BLOCK]).digest()
+    return table
 
 
-def tree_id(digests: list[bytes]) -> str:
-    """A chunk's name from its block digests."""
-    return hashlib.sha256(TREE_PREFIX + b"".join(digests)).hexdigest()
+def table_id(table: bytes | bytearray | memoryview) -> str:
+    """A chunk's name from its digest table."""
+    return hashlib.sha256(TREE_PREFIX + bytes(table)).hexdigest()
 
 
 def chunk_id(raw: bytes | bytearray | memoryview) -> str:
-    return tree_id(block_digests(raw))
-
-
-ZERO_BLOCK_DIGEST = hashlib.sha256(bytes(DELTA_BLOCK)).digest()
+    return table_id(digest_table(raw))
 
 
 def _zstd_compress(data: bytes | memoryview) -> bytes:
@@ -115,6 +115,14 @@ def _zlib_compress(data: bytes | memoryview) -> bytes:
 
 
 FRAME_COMPRESSORS = {"zstd": (ZSTD, _zstd_compress), "zlib": (ZLIB, _zlib_compress)}
+_ZERO_FRAME = bytes(BLOCK)  # (bytes == bytes is a memcmp; a memoryview compares item by item)
+
+
+@functools.cache
+def _zero_frame(compression: str, length: int) -> bytes:
+    frame_codec, compress = FRAME_COMPRESSORS[compression]
+    packed = compress(bytes(length))
+    return FRAME.pack(frame_codec, len(packed)) + packed
 
 
 def encode(raw: bytes | bytearray | memoryview, compression: str, tree: bool = False) -> bytes:
@@ -130,6 +138,9 @@ def encode(raw: bytes | bytearray | memoryview, compression: str, tree: bool = F
     view = memoryview(raw)
     for start in range(0, len(view), BLOCK):
         block = view[start: start + BLOCK]
+        if block[0] == 0 and block[-1] == 0 and bytes(block) == _ZERO_FRAME[: len(block)]:  # zeros: compressed once
+            frames.append(_zero_frame(compression, len(block)))
+            continue
         sample = _sample(block)
         packed = compress(block) if len(compress(sample)) < SAMPLE_RATIO * len(sample) else None
         if packed is not None and len(packed) < len(block):

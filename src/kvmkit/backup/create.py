@@ -237,52 +237,51 @@ class ChunkWork:
 
     def one(self, index: int, blocks: list[int] | None) -> tuple[int, str | None, int, int]:
         offset, length = chunking.chunk_span(index, self.size, self.chunk_size)
-        count = -(-length // codec.DELTA_BLOCK)
+        count, size = -(-length // codec.DELTA_BLOCK), codec.DELTA_BLOCK
         parent = self.parent_map.get(index)
-        zero_digests = _zero_digests(length)
-        base = zero_digests if parent is None else self.index.get(index, parent, length)
+        zero_table = _zero_table(length)
+        base = zero_table if parent is None else self.index.get(index, parent, length)
         if base is None:
             blocks = None  # no trusted digests for the rest of the chunk: read it whole
-        view = memoryview(self._buffer(length))[:length]
+        buffer = self._buffer(length)  # exactly `length` long
+        view = memoryview(buffer)
         if blocks is None:
             self._read(offset, view)
             read = length
-            if parent is None and view == _zeros(length):  # memcmp: an allocated zero chunk is never hashed
+            if parent is None and buffer == _zeros(length):  # memcmp (not on the view: item by item, 150× slower)
                 return index, None, read, 0
-            digests = codec.block_digests(view)
-            have = set(range(count))
+            table = codec.digest_table(view)
+            candidates: Iterable[int] = range(count)
         else:
+            if parent is None:
+                view[:] = _zeros(length)  # the blocks not read are zeros: the parent had a hole here
             read = self._read_runs(offset, view, changes.block_runs(blocks))
-            digests = list(base)
+            table = bytearray(base)
             for k in blocks:
-                digests[k] = hashlib.sha256(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK]).digest()
-            have = set(blocks)
-        if digests == zero_digests:
+                table[k * 32: k * 32 + 32] = hashlib.sha256(view[k * size: (k + 1) * size]).digest()
+            candidates = blocks
+        if table == zero_table:
             return index, None, read, 0
         if base is None and parent is not None and hashlib.sha256(view).hexdigest() == parent:
             return index, parent, read, 0  # unchanged, stored before chunks were named by block tree
-        name = codec.tree_id(digests)
+        name = codec.table_id(table)
         if name == parent:
             if base is None:
-                self.index.put(index, name, digests)  # repair the record the index lacked
+                self.index.put(index, name, table)  # repair the record the index lacked
             return index, name, read, 0
-        self.index.put(index, name, digests)
+        self.index.put(index, name, table)
         if self.backup.target.has_chunk(name):
             return index, name, read, 0
-        changed = [k for k in range(count) if base is None or digests[k] != base[k]]
+        changed = [k for k in candidates if base is None or table[k * 32: k * 32 + 32] != base[k * 32: k * 32 + 32]]
         blob = self._delta(parent, base, changed, view, length)
         if blob is None:
-            missing = [k for k in range(count) if k not in have]
-            if parent is None:
-                for k in missing:  # never read because they are zeros (the parent had a hole here)
-                    view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] = _zeros(
-                        min(codec.DELTA_BLOCK, length - k * codec.DELTA_BLOCK))
-            else:
-                read += self._read_runs(offset, view, changes.block_runs(missing))
+            if blocks is not None and parent is not None:  # whole after all: read what was not read yet
+                have = set(blocks)
+                read += self._read_runs(offset, view, changes.block_runs([k for k in range(count) if k not in have]))
             blob = codec.encode(view, self.backup.compression, tree=True)
         return index, name, read, self.backup.target.put_blob(name, blob)
 
-    def _delta(self, parent: str | None, base: list[bytes] | None, changed: list[int], view: memoryview,
+    def _delta(self, parent: str | None, base: bytes | None, changed: list[int], view: memoryview,
                length: int) -> bytes | None:
         """A delta against the parent's chunk from the changed blocks alone, when it is worth it and the parent
         is shallow enough (its depth from its stored header: the index is not trusted for that)."""
@@ -337,9 +336,9 @@ def _zeros(length: int) -> bytes:
 
 
 @functools.cache
-def _zero_digests(length: int) -> list[bytes]:
-    """Block digests of an all-zero chunk of this length (shared: callers copy before changing it)."""
-    return codec.block_digests(bytes(length))
+def _zero_table(length: int) -> bytes:
+    """The digest table of an all-zero chunk of this length."""
+    return bytes(codec.digest_table(bytes(length)))
 
 
 def _rbd_parent_snapshot(disk: DiskSnapshot, parent: DiskBackup | None, reader: SnapshotReader) -> str | None:
