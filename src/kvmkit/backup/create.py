@@ -272,8 +272,10 @@ class ChunkWork:
         self.index.put(index, name, table)
         if self.backup.target.has_chunk(name):
             return index, name, read, 0
-        changed = [k for k in candidates if base is None or table[k * 32: k * 32 + 32] != base[k * 32: k * 32 + 32]]
-        blob = self._delta(parent, base, changed, view, length)
+        blob = None
+        if parent is not None and base is not None:
+            changed = [k for k in candidates if table[k * 32: k * 32 + 32] != base[k * 32: k * 32 + 32]]
+            blob = self._delta(parent, changed, view, length)
         if blob is None:
             if blocks is not None and parent is not None:  # whole after all: read what was not read yet
                 have = set(blocks)
@@ -281,11 +283,10 @@ class ChunkWork:
             blob = codec.encode(view, self.backup.compression, tree=True)
         return index, name, read, self.backup.target.put_blob(name, blob)
 
-    def _delta(self, parent: str | None, base: bytes | None, changed: list[int], view: memoryview,
-               length: int) -> bytes | None:
+    def _delta(self, parent: str, changed: list[int], view: memoryview, length: int) -> bytes | None:
         """A delta against the parent's chunk from the changed blocks alone, when it is worth it and the parent
         is shallow enough (its depth from its stored header: the index is not trusted for that)."""
-        if parent is None or base is None or len(changed) * codec.DELTA_BLOCK > codec.DELTA_MAX_SHARE * length:
+        if len(changed) * codec.DELTA_BLOCK > codec.DELTA_MAX_SHARE * length:
             return None
         depth = self.backup.target.depth_of(parent)
         if depth is None or depth >= codec.MAX_DEPTH:
