@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.benchmarks import backup_peers
+from kvmkit.benchmarks import backup_image, backup_peers
 from kvmkit.errors import InvalidInput
 
 KEYS = {"tool", "full_s", "incremental_s", "unchanged_s", "restore_s", "stored_bytes", "incremental_added_bytes",
@@ -21,12 +21,12 @@ KEYS = {"tool", "full_s", "incremental_s", "unchanged_s", "restore_s", "stored_b
 
 def test_the_image_has_the_issue_mix_and_the_change_is_the_asked_share(tmp_path):
     image = tmp_path / "img"
-    data = backup_peers.make_image(image, 20)
+    data = backup_image.make_image(image, 20)
     assert (image.stat().st_size, data) == (20 << 20, 12 << 20)  # 40 % holes
     raw = image.read_bytes()
     assert raw.count(b" status=") > 1000  # log-like text is there
     before = raw
-    changed = backup_peers.scatter_writes(image, 2)
+    changed = backup_image.scatter_writes(image, 2)
     after = image.read_bytes()
     differing = sum(before[i: i + 4096] != after[i: i + 4096] for i in range(0, len(after), 4096))
     assert changed == int((20 << 20) // 4096 * 0.02) * 4096 and differing == changed // 4096
