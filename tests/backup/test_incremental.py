@@ -231,3 +231,24 @@ def test_an_incremental_on_a_target_of_sha256_named_chunks_stores_only_what_chan
     assert m2.disks[0].change_method is ChangeMethod.HASHES
     assert {i for i, _ in m2.disks[0].chunks} == changed_chunks  # the unchanged ones kept their old names
     assert restored_sha(settings, tmp_path, "s2") == sha(s2)
+
+
+def test_a_state_dir_that_cannot_hold_an_index_costs_reads_not_the_backup(xfs, tmp_path):
+    from kvmkit.config import BackupTarget, Settings
+
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state folder should be")
+    (tmp_path / "target").mkdir()
+    settings = Settings(state_dir=blocked, backup_targets=[BackupTarget(name="t1", path=tmp_path / "target")])
+    store = DirTarget("t1", tmp_path / "target")
+    rng = random.Random(8)
+    disk = make_disk(xfs / "g.disk", 8 * MiB, rng)
+    s1 = snapshot_of(disk, "s1")
+    t1 = file_snapshot("s1", {"vda": s1}).created
+    backup(settings, store, s1, "s1", t1)
+    scatter(disk, rng, 20)
+    s2 = snapshot_of(disk, "s2")
+    m2 = backup(settings, store, s2, "s2", later(file_snapshot("s1", {"vda": s1}, t1)))
+    assert m2.disks[0].change_method is ChangeMethod.FIEMAP
+    assert m2.read_bytes > 1.5 * changed_bytes(s1, s2)  # no index: the touched chunks were read whole
+    assert restored_sha(settings, tmp_path, "s2") == sha(s2)

@@ -15,6 +15,7 @@ hand edit all fail the check, and that chunk is simply read whole from the snaps
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -24,6 +25,7 @@ from pathlib import Path
 from kvmkit.backup import codec
 from kvmkit.errors import EnvironmentProblem
 
+log = logging.getLogger(__name__)
 MAGIC = b"KVBIDX01"
 HEADER = struct.Struct("<8sQI")  # magic, chunk size, block size
 HEADER_SIZE = 64
@@ -48,9 +50,9 @@ class BlockIndex:
         self.path, self.chunk_size = path, chunk_size
         self.per_chunk = -(-chunk_size // codec.DELTA_BLOCK)
         self.record = DIGEST + DIGEST * self.per_chunk
-        for folder in reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]):
-            folder.mkdir(mode=0o700, exist_ok=True)
         try:
+            for folder in reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]):
+                folder.mkdir(mode=0o700, exist_ok=True)
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise EnvironmentProblem(f"block index {path}: {exc.strerror}") from None
@@ -59,9 +61,13 @@ class BlockIndex:
             os.close(self.fd)
             raise EnvironmentProblem(f"block index {path} is not a regular file")
         want = HEADER.pack(MAGIC, chunk_size, codec.DELTA_BLOCK).ljust(HEADER_SIZE, b"\0")
-        if os.pread(self.fd, HEADER_SIZE, 0) != want:  # new, or written for another chunk size: start over
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, want, 0)
+        try:
+            if os.pread(self.fd, HEADER_SIZE, 0) != want:  # new, or written for another chunk size: start over
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, want, 0)
+        except OSError as exc:
+            os.close(self.fd)
+            raise EnvironmentProblem(f"block index {path}: {exc.strerror}") from None
 
     def get(self, index: int, name: str, length: int) -> bytes | None:
         """The digest table of chunk `index` (codec.digest_table) if the record is for chunk `name` (of `length`
@@ -69,7 +75,10 @@ class BlockIndex:
         count = -(-length // codec.DELTA_BLOCK)
         if index < 0 or count > self.per_chunk:
             return None
-        blob = os.pread(self.fd, DIGEST + DIGEST * count, HEADER_SIZE + index * self.record)
+        try:
+            blob = os.pread(self.fd, DIGEST + DIGEST * count, HEADER_SIZE + index * self.record)
+        except OSError:
+            return None
         if len(blob) != DIGEST + DIGEST * count or blob[:DIGEST].hex() != name:
             return None
         table = blob[DIGEST:]
@@ -78,7 +87,32 @@ class BlockIndex:
     def put(self, index: int, name: str, table: bytes | bytearray) -> None:
         if index < 0 or len(table) > DIGEST * self.per_chunk:
             return
-        os.pwrite(self.fd, bytes.fromhex(name) + table, HEADER_SIZE + index * self.record)
+        try:
+            os.pwrite(self.fd, bytes.fromhex(name) + table, HEADER_SIZE + index * self.record)
+        except OSError:  # a full state dir: the next backup reads this chunk whole, the backup goes on
+            return
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class NoIndex:
+    """What a backup uses when the state dir cannot hold an index (read-only, full): no record is ever found, so
+    every changed chunk is read whole — slower, never wrong, and the backup does not fail for a cache."""
+
+    def get(self, index: int, name: str, length: int) -> bytes | None:
+        return None
+
+    def put(self, index: int, name: str, table: bytes | bytearray) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def open_index(path: Path, chunk_size: int) -> BlockIndex | NoIndex:
+    try:
+        return BlockIndex(path, chunk_size)
+    except EnvironmentProblem as exc:
+        log.warning("no block index: %s", exc, extra={"path": str(path)})
+        return NoIndex()

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kvmkit.backup import changes, chunking, codec, fiemap
-from kvmkit.backup.blockindex import BlockIndex, index_path
+from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, file_identity, split_handle
 from kvmkit.backup.store import ChunkStore
@@ -126,7 +126,7 @@ class Backup:
 
     def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest], vm_uuid: str) -> DiskBackup:
         reader = self._reader(disk)
-        index = BlockIndex(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
+        index = open_index(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
                                       disk.target), self.chunk_size)
         stack = ExitStack()  # the parent snapshot, open while its extent map streams
         try:
@@ -207,7 +207,7 @@ class ChunkWork:
     and a delta against the parent follow without reading the rest. Without blocks (or when the index has no
     good record) the whole chunk is read. Each worker thread reads into its own reused buffer."""
 
-    def __init__(self, backup: Backup, reader: SnapshotReader, index: BlockIndex, size: int,
+    def __init__(self, backup: Backup, reader: SnapshotReader, index: BlockIndex | NoIndex, size: int,
                  parent_map: chunking.ChunkMap, record: DiskBackup) -> None:
         self.backup, self.reader, self.index, self.size = backup, reader, index, size
         self.parent_map, self.record = parent_map, record
