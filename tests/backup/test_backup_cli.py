@@ -41,7 +41,8 @@ def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def two_backups(tmp_path: Path) -> Settings:
-    settings = Settings(backup_targets=[BackupTarget(name="nfs1", path=tmp_path / "target")])
+    settings = Settings(state_dir=tmp_path / "state",
+                        backup_targets=[BackupTarget(name="nfs1", path=tmp_path / "target")])
     a = sparse_file(tmp_path / "a", 4 * MiB, [(0, randbytes(MiB))])
     s1 = file_snapshot("s1", {"vda": a})
     backup_snapshot(settings, s1, "nfs1")

@@ -55,7 +55,7 @@ def test_verify_names_a_damaged_chunk_and_every_disk_that_needs_it(tmp_path, set
     a = sparse_file(tmp_path / "a", 4 * MiB, [(0, shared), (2 * MiB, randbytes(MiB))])
     b = sparse_file(tmp_path / "b", 4 * MiB, [(MiB, shared)])
     backup_snapshot(settings, file_snapshot("s1", {"vda": a, "vdb": b}))
-    digest = __import__("hashlib").sha256(shared).hexdigest()
+    digest = __import__("kvmkit.backup.codec", fromlist=["chunk_id"]).chunk_id(shared)
     chunk = settings.backup_targets[0].path / "chunks" / digest[:2] / digest
     blob = bytearray(chunk.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -106,7 +106,8 @@ from pathlib import Path
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
 from tests.backup.conftest import file_snapshot
-backup_snapshot(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]),
+backup_snapshot(Settings(state_dir=Path({str(tmp_path / "state")!r}),
+                         backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]),
                 file_snapshot("s1", {{"vda": Path({str(a)!r})}}))
 """
     env = {**os.environ, "KVMKIT_FAILPOINT": "backup-before-manifest"}
@@ -298,7 +299,7 @@ def small_target(tmp_path):
 def test_target_full_mid_backup_is_a_clear_error_and_the_retry_resumes(tmp_path, small_target):
     from kvmkit.config import BackupTarget, Settings
 
-    settings = Settings(backup_targets=[BackupTarget(name="small", path=small_target)])
+    settings = Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="small", path=small_target)])
     a = sparse_file(tmp_path / "a", 8 * MiB, [(0, randbytes(6 * MiB))])
     with pytest.raises(OperationFailed, match=r"backup target small is full .* the backup is not recorded, a rerun "
                                               r"after freeing space resumes it"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvmkit.backup import manage, restore
+from kvmkit.backup.codec import chunk_id
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.retention import RetentionPolicy
 from kvmkit.backup.sources import split_handle
@@ -154,7 +155,7 @@ def test_a_corrupted_or_deleted_object_is_named_by_verify_and_stops_restore(s3_s
     a = sparse_file(tmp_path / "a", 8 * MiB, [(0, shared), (4 * MiB, randbytes(MiB))])
     b = sparse_file(tmp_path / "b", 8 * MiB, [(2 * MiB, shared)])
     backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a, "vdb": b}))
-    digest = hashlib.sha256(shared).hexdigest()
+    digest = chunk_id(shared)
     key = f"chunks/{digest[:2]}/{digest}"
     blob = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     blob[len(blob) // 2] ^= 0x01

@@ -1,4 +1,4 @@
-"""`kvmkit backup create | list | restore | verify | delete | prune | bench` and `kvmkit schedule add | list |
+"""`kvmkit backup create | list | restore | mount | verify | delete | prune | bench` and `kvmkit schedule add | list |
 remove | run`: thin CLI over the library (create.backup_snapshot, restore.restore, manage.prune …)."""
 
 from __future__ import annotations
@@ -80,8 +80,10 @@ def create(vm: str, snapshot: str, target: str | None = TARGET, connect: str | N
         print_json(manifest.summary())
         return
     rate = manifest.read_bytes / manifest.seconds / 1e6 if manifest.seconds else 0.0
+    methods = ", ".join(f"{d.target} by {d.change_method.value}" for d in manifest.disks if d.change_method)
     console.print(f"{vm}: backup of [bold]{snapshot}[/] on {manifest.target}: {manifest.kind.value}"
-                  f"{f' (parent {manifest.parent})' if manifest.parent else ''}, read {_human(manifest.read_bytes)}, "
+                  f"{f' (parent {manifest.parent})' if manifest.parent else ''}"
+                  f"{f', changes found: {methods}' if methods else ''}, read {_human(manifest.read_bytes)}, "
                   f"changed {_human(manifest.changed_bytes)}, wrote {_human(manifest.written_bytes)} + manifest "
                   f"{_human(manifest.manifest_bytes)}, {manifest.seconds:.1f} s ({rate:.0f} MB/s read)")
 
@@ -116,6 +118,24 @@ def restore(vm: str, snapshot: str,
     for disk in result.disks:
         console.print(f"{result.vm}: {disk.target} restored from backup [bold]{snapshot}[/] to {disk.destination} "
                       f"({_human(disk.size_bytes)}, {_human(disk.written_bytes)} of data, every chunk verified)")
+
+
+@app.command()
+def mount(vm: str, snapshot: str, mountpoint: str = typer.Argument(..., help="An empty folder."),
+          target: str | None = TARGET) -> None:
+    """Expose every disk of a backup read-only as MOUNTPOINT/<disk>.raw (FUSE, chunks fetched lazily) until
+    `umount MOUNTPOINT` (or Ctrl-C); `mount -o ro,loop MOUNTPOINT/vda.raw /mnt/x` then pulls single files out."""
+    from pathlib import Path
+
+    from kvmkit.backup import mount as mount_mod
+
+    def ready(names: list[str]) -> None:
+        err_console.print(f"{vm}: backup {snapshot} mounted at {mountpoint} ({', '.join(names)}); "
+                          f"umount {mountpoint} to finish")
+
+    status = mount_mod.mount(vm, snapshot, Path(mountpoint), target, ready)
+    if status != 0:
+        raise OperationFailed(f"the mount of backup {snapshot} at {mountpoint} ended with status {status}")
 
 
 @app.command()
@@ -182,13 +202,22 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
           rounds: int = typer.Option(3, "--rounds", help="dd and backup alternate this many times (medians)."),
           folder: str = typer.Option("/var/tmp", "--dir", help="Source folder (e.g. the lab's XFS pool)."),
           target_folder: str | None = typer.Option(None, "--target-dir", help="Target folder (default: --dir)."),
+          peers: str | None = typer.Option(None, "--peers", help="Instead: kvmkit beside these tools on one image "
+                                                                  "(restic,borg): full, incremental, unchanged, "
+                                                                  "restore."),
+          change: float = typer.Option(2.0, "--change", help="With --peers: % of 4 KiB blocks rewritten before "
+                                                             "the incremental."),
           json_out: bool = JSON) -> None:
-    """A full backup vs dd reading the same source, dd copying it to the target, and the backup onto tmpfs."""
+    """A full backup vs dd reading the same source, dd copying it to the target, and the backup onto tmpfs;
+    with --peers, kvmkit vs restic/borg on the same image, source and target filesystem."""
     from pathlib import Path
 
     from kvmkit.benchmarks import backup as bench_mod
 
     say = err_console.print if json_out else console.print
+    if peers is not None:
+        _bench_peers(Path(folder), size_mib, change, peers, json_out, say)
+        return
     result = bench_mod.run(Path(folder), size_mib, sparse_gib, stride, compression,
                            Path(target_folder) if target_folder else None, rounds,
                            progress=lambda m: say(f"[dim]bench:[/] {m}"))
@@ -198,6 +227,22 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
     console.print(f"source {result.source} → target {result.target}, compression {result.compression}, "
                   f"medians of {result.rounds}")
     print_table(None, ["measure", "value"], result.rows())
+
+
+def _bench_peers(folder, size_mib: int, change: float, peers: str, json_out: bool, say) -> None:
+    from kvmkit.benchmarks import backup_peers
+
+    result = backup_peers.run(folder, size_mib, change, backup_peers.parse_peers(peers),
+                              progress=lambda m: say(f"[dim]bench:[/] {m}"))
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"{result.size_bytes / 2**20:.0f} MiB image ({result.data_bytes / 2**20:.0f} MiB data), "
+                  f"{result.change_percent} % changed ({result.changed_bytes / 1e6:.1f} MB), {result.filesystem}")
+    print_table(None, backup_peers.HEADERS, result.rows())
+    for peer, ratios in result.ratios.items():
+        console.print(f"kvmkit / {peer}: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items()))
+    console.print("targets: " + ", ".join(f"{k} {v:.3f}" for k, v in result.targets.items()))
 
 
 @target_app.command("init")

@@ -5,6 +5,14 @@
     codec 3  delta: base chunk sha256 (32 bytes), depth, chunk length, n, n × u32 indexes of the 4 KiB blocks
              that differ from the base, then those blocks as a nested codec 0/2 container
 
+    flag 0x80 on the codec byte: the chunk is named by its block tree (`chunk_id`), not by sha256 of its bytes
+
+Names. A chunk written by this version is named `chunk_id(raw)` = sha256("kvmkit-tree-1" + the sha256 of each
+4 KiB block): one hashing pass gives both the name and the block digests the next incremental needs, and a
+changed chunk's name follows from its parent's block digests and the few blocks that were re-read, so an
+incremental reads only the changed blocks (see blockindex.py). Older chunks (no flag) are named by sha256 of their
+raw bytes and stay readable; decode() checks each by the scheme its flag says.
+
 A zstd frame is one complete zstd frame (level 1, content size in its header, no checksum: the chunk's sha256
 checks the content); it decodes to at most 64 KiB. Chunks of either frame codec (and of both, in one target)
 stay readable whatever `compression` is configured now: the frame byte, not the configuration, says how.
@@ -23,6 +31,7 @@ container.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import threading
@@ -33,6 +42,8 @@ import zstandard
 
 MAGIC = b"KVB1"
 RAW, BLOCKS, DELTA = 0, 2, 3  # chunk codecs
+TREE = 0x80  # codec-byte flag: named by chunk_id (block tree), not sha256(raw)
+TREE_PREFIX = b"kvmkit-tree-1\0"
 ZLIB, ZSTD = 1, 2  # frame codecs inside BLOCKS (besides RAW)
 COMPRESSIONS = ("zstd", "zlib", "none")
 FRAME = struct.Struct("<BI")
@@ -65,6 +76,23 @@ def _sample(block: memoryview) -> bytes:
     return b"".join((block[:part], block[middle: middle + part], block[-part:]))
 
 
+def digest_table(raw: bytes | bytearray | memoryview) -> bytearray:
+    """The block digests end to end (32 bytes each): the form the backup's hot path and the index use."""
+    view, table = memoryview(raw), bytearray()
+    for start in range(0, len(view), DELTA_BLOCK):
+        table += hashlib.sha256(view[start: start + DELTA_BLOCK]).digest()
+    return table
+
+
+def table_id(table: bytes | bytearray | memoryview) -> str:
+    """A chunk's name from its digest table."""
+    return hashlib.sha256(TREE_PREFIX + bytes(table)).hexdigest()
+
+
+def chunk_id(raw: bytes | bytearray | memoryview) -> str:
+    return table_id(digest_table(raw))
+
+
 def _zstd_compress(data: bytes | memoryview) -> bytes:
     compressor = getattr(_local, "compressor", None)
     if compressor is None:
@@ -87,19 +115,32 @@ def _zlib_compress(data: bytes | memoryview) -> bytes:
 
 
 FRAME_COMPRESSORS = {"zstd": (ZSTD, _zstd_compress), "zlib": (ZLIB, _zlib_compress)}
+_ZERO_FRAME = bytes(BLOCK)  # (bytes == bytes is a memcmp; a memoryview compares item by item)
 
 
-def encode(raw: bytes | bytearray | memoryview, compression: str) -> bytes:
-    """The chunk's blob. raw may be any buffer (the backup reads into reused ones); it is not kept."""
+@functools.cache
+def _zero_frame(compression: str, length: int) -> bytes:
+    frame_codec, compress = FRAME_COMPRESSORS[compression]
+    packed = compress(bytes(length))
+    return FRAME.pack(frame_codec, len(packed)) + packed
+
+
+def encode(raw: bytes | bytearray | memoryview, compression: str, tree: bool = False) -> bytes:
+    """The chunk's blob. raw may be any buffer (the backup reads into reused ones); it is not kept.
+    tree: the chunk is named by chunk_id(raw) (flag set), else by sha256(raw)."""
+    flag = TREE if tree else 0
     if compression == "none":
-        return b"".join((MAGIC, bytes([RAW]), raw))
+        return b"".join((MAGIC, bytes([RAW | flag]), raw))
     if compression not in FRAME_COMPRESSORS:
         raise ValueError(f"unknown compression {compression!r} (one of {', '.join(COMPRESSIONS)})")
     frame_codec, compress = FRAME_COMPRESSORS[compression]
-    frames: list[bytes | memoryview] = [MAGIC, bytes([BLOCKS])]
+    frames: list[bytes | memoryview] = [MAGIC, bytes([BLOCKS | flag])]
     view = memoryview(raw)
     for start in range(0, len(view), BLOCK):
         block = view[start: start + BLOCK]
+        if block[0] == 0 and block[-1] == 0 and bytes(block) == _ZERO_FRAME[: len(block)]:  # zeros: compressed once
+            frames.append(_zero_frame(compression, len(block)))
+            continue
         sample = _sample(block)
         packed = compress(block) if len(compress(sample)) < SAMPLE_RATIO * len(sample) else None
         if packed is not None and len(packed) < len(block):
@@ -141,8 +182,15 @@ def changed_blocks(raw: bytes, base: bytes) -> list[int]:
 def encode_delta(raw: bytes, base_digest: str, base_depth: int, blocks: list[int], compression: str) -> bytes:
     view = memoryview(raw)
     payload = b"".join(view[i * DELTA_BLOCK: (i + 1) * DELTA_BLOCK] for i in blocks)
-    return b"".join((MAGIC, bytes([DELTA]),
-                     DELTA_HEADER.pack(bytes.fromhex(base_digest), base_depth + 1, len(raw), len(blocks)),
+    return encode_delta_blocks(payload, len(raw), base_digest, base_depth, blocks, compression)
+
+
+def encode_delta_blocks(payload: bytes | bytearray | memoryview, length: int, base_digest: str, base_depth: int,
+                        blocks: list[int], compression: str, tree: bool = False) -> bytes:
+    """A delta from the changed blocks alone (payload: those blocks, in order): what an incremental that read only
+    the changed blocks stores, without the base's bytes. tree: the chunk is named by chunk_id."""
+    return b"".join((MAGIC, bytes([DELTA | (TREE if tree else 0)]),
+                     DELTA_HEADER.pack(bytes.fromhex(base_digest), base_depth + 1, length, len(blocks)),
                      struct.pack(f"<{len(blocks)}I", *blocks), encode(payload, compression)))
 
 
@@ -156,13 +204,21 @@ def delta_or_none(raw: bytes, base_digest: str, base_raw: bytes, base_depth: int
     return encode_delta(raw, base_digest, base_depth, blocks, compression)
 
 
+def _codec(blob: bytes | memoryview) -> int:
+    return blob[4] & ~TREE if len(blob) > 4 else -1
+
+
 def depth(blob: bytes) -> int:
-    return DELTA_HEADER.unpack_from(blob, 5)[1] if blob[4:5] == bytes([DELTA]) else 0
+    """Delta depth from a blob or its first DEPTH_HEAD bytes (0 for a whole chunk)."""
+    return blob[DEPTH_HEAD - 1] if _codec(blob) == DELTA and len(blob) >= DEPTH_HEAD else 0
+
+
+DEPTH_HEAD = 5 + 33  # bytes of a blob that say its base and depth
 
 
 def base_of(head: bytes) -> str | None:
     """The base digest of a delta chunk, from its first 5 + 32 bytes; None for a whole chunk."""
-    if head[:4] != MAGIC or head[4:5] != bytes([DELTA]) or len(head) < 37:
+    if head[:4] != MAGIC or _codec(head) != DELTA or len(head) < 37:
         return None
     return head[5:37].hex()
 
@@ -170,7 +226,7 @@ def base_of(head: bytes) -> str | None:
 def _container(digest: str, blob: bytes | memoryview) -> bytes:
     if bytes(blob[:4]) != MAGIC or len(blob) < 5:
         raise ChunkDamaged(digest, "undecodable (bad header)")
-    codec, payload = blob[4], blob[5:]
+    codec, payload = blob[4] & ~TREE, blob[5:]
     if codec == RAW:
         return bytes(payload)
     if codec == BLOCKS:
@@ -203,7 +259,7 @@ def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None
     """The raw chunk, or ChunkDamaged when the container is broken or the content does not hash to its name.
     fetch(base digest) → raw base: needed for delta chunks (the store passes its own verified reader)."""
     try:
-        if blob[4:5] == bytes([DELTA]) and blob[:4] == MAGIC:
+        if _codec(blob) == DELTA and blob[:4] == MAGIC:
             if fetch is None:
                 raise ChunkDamaged(digest, "undecodable (delta chunk without a base reader)")
             raw = _undelta(digest, blob, fetch)
@@ -213,6 +269,7 @@ def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None
         raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
     except zstandard.ZstdError:
         raise ChunkDamaged(digest, "undecodable (zstd frame damaged)") from None
-    if hashlib.sha256(raw).hexdigest() != digest:
+    named = chunk_id(raw) if len(blob) > 4 and blob[4] & TREE else hashlib.sha256(raw).hexdigest()
+    if named != digest:
         raise ChunkDamaged(digest, "hash mismatch (content changed on the target)")
     return raw

@@ -21,6 +21,16 @@ class Kind(StrEnum):
     INCREMENTAL = "incremental"
 
 
+class ChangeMethod(StrEnum):
+    """How a backup found what to read (see changes.py): recorded per disk and printed, so an operator sees
+    which path ran."""
+
+    FIEMAP = "fiemap"  # two reflink snapshots' extent maps compared: only changed blocks read
+    RBD_DIFF = "rbd-diff"  # librbd diff_iterate since the parent's snapshot
+    HASHES = "hashes"  # every data chunk read and hashed, compared with the parent's
+    FULL = "full"  # no usable parent: every chunk with data read
+
+
 class DiskBackup(BaseModel):
     target: str  # vda …: the key that matches a disk across snapshots
     driver: str  # file | rbd (of the snapshot that was read)
@@ -34,6 +44,10 @@ class DiskBackup(BaseModel):
     diff_bytes: int | None = None  # RBD incremental: bytes diff_iterate reported changed since the parent
     written_bytes: int = 0  # bytes written to the target for this disk's new chunks (compressed)
     new_chunks: int = 0  # chunks this backup stored (the others were already on the target)
+    change_method: ChangeMethod | None = None  # None: written by a kvmkit that did not record it
+    # the snapshot file as it was read (st_dev:st_ino:mtime_ns:ctime_ns:size): the next backup compares extent
+    # maps with it only if it is still that very file, untouched
+    handle_identity: str | None = Field(default=None, max_length=128, pattern=r"^[0-9:]+$")
 
 
 class BackupManifest(BaseModel):

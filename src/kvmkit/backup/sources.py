@@ -61,6 +61,13 @@ def pread_into(fd: int, offset: int, buffer: bytearray) -> bytearray:
     return buffer
 
 
+def file_identity(fd: int) -> str:
+    """Which file this is, and that it was not written since: a snapshot file is compared by extent map with a
+    later one only while this stays the same (a re-created file, or a write into it, changes it)."""
+    info = os.fstat(fd)
+    return f"{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_size}"
+
+
 class FileReader:
     def __init__(self, path: Path) -> None:
         try:
@@ -71,6 +78,14 @@ class FileReader:
 
     def data_extents(self) -> list[Extent]:
         return file_data_extents(self.fd, self.size)
+
+    def identity(self) -> str:
+        return file_identity(self.fd)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        """Ask the kernel to start reading a range now (readahead, asynchronous): many small random reads
+        then overlap on the disk instead of queueing behind each worker's one pread."""
+        os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
 
     def read_into(self, offset: int, buffer: bytearray) -> bytearray:
         return pread_into(self.fd, offset, buffer)

@@ -146,6 +146,24 @@ class ChunkStore(ABC):
         self._put(chunk_key(digest), blob, durable=False)
         return len(blob)
 
+    def put_blob(self, digest: str, blob: bytes) -> int:
+        """Store an already encoded chunk unless present (an incremental encodes its deltas itself, from the
+        changed blocks and the parent's block digests, without reading the parent back); bytes written."""
+        if self.has_chunk(digest):
+            return 0
+        self._put(chunk_key(digest), blob, durable=False)
+        return len(blob)
+
+    def depth_of(self, digest: str) -> int | None:
+        """A stored chunk's delta depth from its header alone (None: absent or unreadable), so a new delta on
+        top of it never exceeds codec.MAX_DEPTH."""
+        head = self._get_head(chunk_key(digest), codec.DEPTH_HEAD)
+        if head is None or len(head) < 5 or head[:4] != codec.MAGIC:
+            return None
+        if codec.base_of(head) is not None and len(head) < codec.DEPTH_HEAD:
+            return None  # a delta header cut short: damaged, build nothing on it
+        return codec.depth(head)
+
     def read_chunk(self, digest: str, _level: int = 0) -> tuple[bytes, int]:
         """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way."""
         if _level > codec.MAX_DEPTH + 1:

@@ -63,7 +63,7 @@ snap = Snapshot(vm_uuid="bench", vm="bench", name=name, created=datetime.now(), 
                 handle=str(src), size_bytes=src.stat().st_size)])
 store = DirTarget("bench", target)
 t0, c0 = time.perf_counter(), time.process_time()
-m = Backup(Settings(), store, compression, lambda _n: None).run(snap)
+m = Backup(Settings(state_dir=target / "state"), store, compression, lambda _n: None).run(snap)  # index: here
 seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({"seconds": seconds, "cpu": cpu, "read": m.read_bytes, "written": m.written_bytes,
                   "chunks": len(m.disks[0].chunks), "manifest": m.manifest_bytes}))

@@ -1,0 +1,411 @@
+"""`kvmkit backup bench --peers restic,borg --change 2`: kvmkit beside restic and borg on one disk image, one run.
+
+The image is the issue's: 40 % holes, 30 % log-like text, 30 % random, in 1 MiB pieces in a seeded order. It
+lives on a private XFS (reflink) loop filesystem made for the run (loop device with direct I/O, so dropping a
+file's cache really sends the next read to the disk), and every tool's repository is on that same filesystem.
+
+Per tool, in the same run and each leg on dropped caches (fsync + POSIX_FADV_DONTNEED of the source and of
+every repository file):
+    full         back up the image
+    incremental  after `--change` % of its 4 KiB blocks were rewritten with random bytes, scattered
+    unchanged    back up again with nothing changed
+    restore      the newest backup into a new file, then checked against the image's sha256 (outside the timing)
+kvmkit backs up reflink snapshots of the image (what `kvmkit snapshot` makes: a clone, taken in well under a
+millisecond here); restic and borg read the image path itself, so their files caches see an unchanged file as
+unchanged. Each leg is its own process: wall time, CPU seconds (user + sys), peak RSS (wait4) and bytes read
+from the block device (ru_inblock: the same counter for every tool). "Stored" is the repository's size on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from kvmkit.benchmarks.backup_image import make_image, scatter_writes
+from kvmkit.errors import EnvironmentProblem, InvalidInput
+
+MiB, BLOCK = 1 << 20, 4096
+PEERS = ("restic", "borg")
+PASSWORD = "kvmkit-bench"  # restic cannot run without one; the repository is thrown away after the run
+FICLONE = 0x40049409
+KVMKIT_CHILD = """
+import json, sys, time
+from datetime import datetime
+from pathlib import Path
+from kvmkit.backup import restore
+from kvmkit.backup.create import Backup
+from kvmkit.backup.store import DirTarget
+from kvmkit.config import BackupTarget, Settings
+from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
+op, repo, state = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+settings = Settings(state_dir=state, backup_targets=[BackupTarget(name="bench", path=repo)])
+if op == "backup":
+    snap, name, created = Path(sys.argv[4]), sys.argv[5], datetime.fromisoformat(sys.argv[6])
+    record = Snapshot(vm_uuid="bench", vm="bench", name=name, created=created, mode=Mode.OFFLINE, state=State.READY,
+                      disks=[DiskSnapshot(target="vda", driver="file", source=str(snap), handle=str(snap),
+                                          size_bytes=snap.stat().st_size)])
+    t0 = time.perf_counter()
+    m = Backup(settings, DirTarget("bench", repo), "zstd", lambda _n: None).run(record)
+    print(json.dumps({"read": m.read_bytes, "written": m.written_bytes, "method": m.disks[0].change_method,
+                      "seconds": time.perf_counter() - t0}))
+else:
+    restore.restore(settings, "bench", sys.argv[4], to=[f"vda={sys.argv[5]}"])
+    print("{}")
+"""
+
+
+class Leg(BaseModel):
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mib: float
+    read_bytes: int  # from the block device (ru_inblock × 512)
+
+
+class ToolResult(BaseModel):
+    tool: str
+    version: str
+    full_s: float
+    full_cpu_s: float
+    full_peak_rss_mib: float
+    stored_bytes: int
+    incremental_s: float
+    incremental_cpu_s: float
+    incremental_added_bytes: int
+    incremental_read_bytes: int
+    unchanged_s: float
+    unchanged_read_bytes: int
+    restore_s: float
+    restore_peak_rss_mib: float
+    restored_ok: bool
+    peak_rss_mib: float
+    change_method: str | None = None  # kvmkit: how the incremental found the changes
+    incremental_disk_read_bytes: int | None = None  # kvmkit: bytes it read from the snapshot (its manifest)
+    # kvmkit: the backup's own time, without the interpreter's start and imports (~0.3-0.8 s per leg here)
+    full_in_process_s: float | None = None
+    incremental_in_process_s: float | None = None
+    unchanged_in_process_s: float | None = None
+
+
+class PeersResult(BaseModel):
+    size_bytes: int
+    data_bytes: int
+    change_percent: float
+    changed_bytes: int
+    filesystem: str
+    cores: int
+    results: list[ToolResult]
+    ratios: dict[str, dict[str, float]]  # peer → measure → kvmkit / peer
+    targets: dict[str, float]  # the issue's targets, measured: kvmkit against itself
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [(r.tool, f"{r.full_s:.2f}", f"{r.full_cpu_s:.2f}", f"{r.peak_rss_mib:.0f}",
+                 f"{r.stored_bytes / 1e6:.1f}", f"{r.incremental_s:.2f}", f"{r.incremental_added_bytes / 1e6:.1f}",
+                 f"{r.incremental_read_bytes / 1e6:.1f}", f"{r.unchanged_s:.2f}", f"{r.restore_s:.2f}")
+                for r in self.results]
+
+
+HEADERS = ["tool", "full s", "full CPU s", "peak RSS MiB", "stored MB", "incr s", "incr added MB",
+           "incr read MB", "unchanged s", "restore s"]
+
+
+# the filesystem and caches ---------------------------------------------------------------------------------------
+def _run(cmd: list[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"{what} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+class LoopXfs:
+    """A private XFS with reflink on a sparse image, through a direct-I/O loop device; removed on exit."""
+
+    def __init__(self, folder: Path, size_gib: int) -> None:
+        if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+            raise EnvironmentProblem("the peer bench needs root and mkfs.xfs (it makes a private XFS loop filesystem)")
+        self.work = Path(tempfile.mkdtemp(prefix="kvmkit-peers-", dir=folder))
+        self.image, self.mnt, self.loop = self.work / "fs.img", self.work / "mnt", ""
+        with self.image.open("wb") as fh:
+            fh.truncate(size_gib << 30)
+
+    def __enter__(self) -> Path:
+        try:
+            _run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(self.image)], "mkfs.xfs")
+            self.loop = _run(["losetup", "--find", "--show", "--direct-io=on", str(self.image)], "losetup").strip()
+            self.mnt.mkdir()
+            _run(["mount", "-t", "xfs", self.loop, str(self.mnt)], "mount")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self.mnt
+
+    def __exit__(self, *_exc: object) -> None:
+        subprocess.run(["umount", str(self.mnt)], capture_output=True)
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def drop_caches(*paths: Path) -> None:
+    """fsync + DONTNEED every file under the paths (the loop device has direct I/O: the next read is real)."""
+    for top in paths:
+        files = [top] if top.is_file() else [Path(d) / f for d, _, names in os.walk(top) for f in names]
+        for file in files:
+            try:
+                fd = os.open(file, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def leg(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[Leg, str]:
+    """Run one leg as a child: its wall time, CPU, peak RSS and block-device reads (wait4), and its stdout.
+    Output goes to unnamed temporary files, so the child is reaped by wait4 alone (its rusage is then ours)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise EnvironmentProblem(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed: {tail}")
+        text = out.read().decode(errors="replace")
+    return Leg(seconds=round(seconds, 3), cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+               peak_rss_mib=round(usage.ru_maxrss / 1024, 1), read_bytes=usage.ru_inblock * 512), text
+
+
+def tree_bytes(path: Path) -> int:
+    """Allocated bytes of a repository (st_blocks: what it costs on the disk)."""
+    return sum(os.lstat(Path(d) / f).st_blocks * 512 for d, _, names in os.walk(path) for f in names)
+
+
+def file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clone(src: Path, dst: Path) -> None:
+    import fcntl
+
+    with src.open("rb") as a, dst.open("wb") as b:
+        fcntl.ioctl(b.fileno(), FICLONE, a.fileno())
+
+
+# the tools ------------------------------------------------------------------------------------------------------
+class Tool:
+    name = ""
+
+    def __init__(self, root: Path, source: Path) -> None:
+        self.root, self.source = root / self.name, source
+        self.repo = self.root / "repo"
+        self.root.mkdir()
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self, label: str) -> tuple[Leg, dict]:
+        raise NotImplementedError
+
+    def restore(self, dest: Path) -> tuple[Leg, Path]:
+        """Restore the newest backup under dest; (leg, path of the restored image)."""
+        raise NotImplementedError
+
+
+class Kvmkit(Tool):
+    """Backs up reflink snapshots of the image, as `kvmkit snapshot` + `kvmkit backup create` would."""
+
+    name = "kvmkit"
+
+    def __init__(self, root: Path, source: Path) -> None:
+        super().__init__(root, source)
+        self.snaps, self.state, self.last = self.root / "snapshots", self.root / "state", ""
+        self.snaps.mkdir()
+        self.repo.mkdir()
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("kvmkit")
+
+    def init(self) -> None:
+        return None
+
+    def backup(self, label: str) -> tuple[Leg, dict]:
+        snap = self.snaps / f"{self.source.name}@{label}.kvmkit"
+        clone(self.source, snap)
+        drop_caches(snap)
+        created = datetime.now().isoformat()
+        result, out = leg([sys.executable, "-c", KVMKIT_CHILD, "backup", str(self.repo), str(self.state), str(snap),
+                           label, created])
+        self.last = label
+        return result, json.loads(out)
+
+    def restore(self, dest: Path) -> tuple[Leg, Path]:
+        path = dest / "disk.raw"
+        result, _ = leg([sys.executable, "-c", KVMKIT_CHILD, "restore", str(self.repo), str(self.state), self.last,
+                         str(path)])
+        return result, path
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def env(self) -> dict:
+        return {**os.environ, "RESTIC_REPOSITORY": str(self.repo), "RESTIC_PASSWORD": PASSWORD,
+                "RESTIC_CACHE_DIR": str(self.root / "cache"), "HOME": str(self.root)}
+
+    def version(self) -> str:
+        return _run(["restic", "version"], "restic version").split()[1]
+
+    def init(self) -> None:
+        _run(["restic", "init", "--repository-version", "2"], "restic init", self.env())
+
+    def backup(self, label: str) -> tuple[Leg, dict]:
+        return leg(["restic", "backup", "--quiet", "--compression", "auto", "--host", "bench", "--tag", label,
+                    str(self.source)], self.env())[0], {}
+
+    def restore(self, dest: Path) -> tuple[Leg, Path]:
+        result, _ = leg(["restic", "restore", "latest", "--target", str(dest)], self.env())
+        return result, dest / self.source.relative_to("/")
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def env(self) -> dict:
+        return {**os.environ, "BORG_BASE_DIR": str(self.root / "home"),
+                "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+    def version(self) -> str:
+        return _run(["borg", "--version"], "borg --version").split()[-1]
+
+    def init(self) -> None:
+        _run(["borg", "init", "-e", "none", str(self.repo)], "borg init", self.env())
+
+    def backup(self, label: str) -> tuple[Leg, dict]:
+        self.last = label
+        return leg(["borg", "create", "--compression", "zstd,1", f"{self.repo}::{label}", str(self.source)],
+                   self.env())[0], {}
+
+    def restore(self, dest: Path) -> tuple[Leg, Path]:
+        dest.mkdir(exist_ok=True)
+        result, _ = leg(["borg", "extract", "--sparse", f"{self.repo}::{self.last}"], self.env(), cwd=dest)
+        return result, dest / self.source.relative_to("/")
+
+
+TOOLS: dict[str, type[Tool]] = {"kvmkit": Kvmkit, "restic": Restic, "borg": Borg}
+RATIO_FIELDS = ("full_s", "full_cpu_s", "stored_bytes", "incremental_s", "incremental_added_bytes",
+                "incremental_read_bytes", "unchanged_s", "restore_s", "peak_rss_mib")
+
+
+def parse_peers(text: str) -> list[str]:
+    peers = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise InvalidInput(f"--peers: unknown tool(s) {', '.join(unknown)} (known: {', '.join(PEERS)})")
+    return peers
+
+
+def run(folder: Path, size_mib: int, change_percent: float, peers: list[str],
+        progress: Callable[[str], None] = lambda _m: None) -> PeersResult:
+    if size_mib < 16 or not 0 < change_percent <= 50:
+        raise InvalidInput("--size must be ≥ 16 MiB and --change in (0, 50] %")
+    if not folder.is_dir():
+        raise InvalidInput(f"--dir {folder} is not a folder")
+    missing = [p for p in peers if shutil.which(p) is None]
+    if missing:
+        raise EnvironmentProblem(f"peer(s) not installed: {', '.join(missing)} (apt-get install restic borgbackup)")
+    fs_gib = max(4, -(-size_mib * 6 // 1024))  # image, three repositories, one restore at a time
+    with LoopXfs(folder, fs_gib) as mnt:
+        source = mnt / "disk.raw"
+        data = make_image(source, size_mib)
+        progress(f"image: {size_mib} MiB, {data / MiB:.0f} MiB of data (40 % holes, 30 % text, 30 % random) on "
+                 f"a private XFS loop filesystem")
+        tools = [TOOLS[name](mnt, source) for name in ("kvmkit", *peers)]
+        for tool in tools:
+            tool.init()
+        legs: dict[str, dict[str, Leg]] = {t.name: {} for t in tools}
+        info: dict[str, dict] = {t.name: {} for t in tools}
+        stored: dict[str, int] = {}
+
+        def round_(label: str, key: str) -> None:
+            for tool in tools:
+                drop_caches(source, tool.root)
+                legs[tool.name][key], info[tool.name][key] = tool.backup(label)
+                progress(f"{tool.name} {key}: {legs[tool.name][key].seconds:.2f} s")
+
+        round_("s1", "full")
+        stored = {t.name: tree_bytes(t.repo) for t in tools}
+        changed = scatter_writes(source, change_percent)
+        progress(f"changed {change_percent} % of the blocks: {changed / MiB:.1f} MiB in scattered 4 KiB writes")
+        round_("s2", "incremental")
+        added = {t.name: tree_bytes(t.repo) - stored[t.name] for t in tools}
+        round_("s3", "unchanged")
+        want = file_sha(source)
+        results = []
+        for tool in tools:
+            dest = mnt / f"restore-{tool.name}"
+            dest.mkdir()
+            drop_caches(tool.root)
+            rest, path = tool.restore(dest)
+            progress(f"{tool.name} restore: {rest.seconds:.2f} s")
+            ok = path.is_file() and file_sha(path) == want
+            shutil.rmtree(dest, ignore_errors=True)
+            full, incr, same = (legs[tool.name][k] for k in ("full", "incremental", "unchanged"))
+            results.append(ToolResult(
+                tool=tool.name, version=tool.version(), full_s=full.seconds, full_cpu_s=full.cpu_seconds,
+                full_peak_rss_mib=full.peak_rss_mib, stored_bytes=stored[tool.name], incremental_s=incr.seconds,
+                incremental_cpu_s=incr.cpu_seconds, incremental_added_bytes=added[tool.name],
+                incremental_read_bytes=incr.read_bytes, unchanged_s=same.seconds, unchanged_read_bytes=same.read_bytes,
+                restore_s=rest.seconds, restore_peak_rss_mib=rest.peak_rss_mib, restored_ok=ok,
+                peak_rss_mib=max(x.peak_rss_mib for x in (full, incr, same, rest)),
+                change_method=info[tool.name]["incremental"].get("method"),
+                incremental_disk_read_bytes=info[tool.name]["incremental"].get("read"),
+                **{f"{k}_in_process_s": round(info[tool.name][k]["seconds"], 3)
+                   for k in ("full", "incremental", "unchanged") if "seconds" in info[tool.name][k]}))
+    return _summarise(size_mib, data, change_percent, changed, results)
+
+
+def _summarise(size_mib: int, data: int, change_percent: float, changed: int,
+               results: list[ToolResult]) -> PeersResult:
+    ours = results[0]
+    ratios = {}
+    for peer in results[1:]:
+        ratios[peer.tool] = {f: round(getattr(ours, f) / getattr(peer, f), 3) for f in RATIO_FIELDS
+                             if getattr(peer, f)}
+    targets = {"incremental_read_over_changed": round(ours.incremental_read_bytes / changed, 3),
+               "incremental_disk_read_over_changed": round((ours.incremental_disk_read_bytes or 0) / changed, 3),
+               "incremental_over_full": round(ours.incremental_s / ours.full_s, 3),
+               "unchanged_over_full": round(ours.unchanged_s / ours.full_s, 3)}
+    if ours.full_in_process_s and ours.incremental_in_process_s is not None and ours.unchanged_in_process_s is not None:
+        targets["incremental_over_full_in_process"] = round(ours.incremental_in_process_s / ours.full_in_process_s, 3)
+        targets["unchanged_over_full_in_process"] = round(ours.unchanged_in_process_s / ours.full_in_process_s, 3)
+    borg = next((r for r in results if r.tool == "borg"), None)
+    if borg is not None:
+        targets["incremental_over_borg_incremental"] = round(ours.incremental_s / borg.incremental_s, 3)
+    return PeersResult(size_bytes=size_mib * MiB, data_bytes=data, change_percent=change_percent,
+                       changed_bytes=changed, filesystem="xfs (reflink) on a direct-I/O loop device",
+                       cores=len(os.sched_getaffinity(0)), results=results, ratios=ratios, targets=targets)
