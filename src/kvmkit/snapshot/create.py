@@ -27,6 +27,7 @@ from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_sna
 from kvmkit.virt import agent
 from kvmkit.virt.connection import Domain, connection, is_running, live_disks, lookup, pause, resume
 from kvmkit.virt.disks import Disk
+from kvmkit.virt.host import require_local
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_cons
             disks = live_disks(dom)
             if not disks:
                 raise InvalidInput(f"VM {vm} has no disk kvmkit can snapshot")
+            require_local(conn, disks)  # file and block disks are paths on the domain's own host
             pairs = [(disk, driver_for(disk, ctx.drivers)) for disk in disks]
             try:
                 options = PlanOptions(allow_full_copy=allow_full_copy, extent_limit=ctx.extent_limit,

@@ -13,6 +13,7 @@ from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Snapshot, State, check_snapshot_name
 from kvmkit.snapshot.ownership import whose
 from kvmkit.virt.connection import connection, live_disks, lookup
+from kvmkit.virt.host import require_local
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Sna
         dom = lookup(conn, vm)
         with vm_lock(ctx.state_dir, dom.UUIDString(), vm, wait_s):
             snap = ctx.catalog.get(dom.UUIDString(), name, vm)
+            require_local(conn, live_disks(dom))
             for disk_snap in snap.disks:
                 driver = by_name(disk_snap.driver, ctx.drivers)
                 reason = driver.in_use(disk_snap) if isinstance(driver, InUse) else None

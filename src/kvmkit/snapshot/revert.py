@@ -15,6 +15,7 @@ from kvmkit.snapshot.journal import HandleMove, RevertJournal
 from kvmkit.snapshot.model import Snapshot, State, check_snapshot_name
 from kvmkit.virt.connection import Domain, connection, is_running, live_disks, lookup, power_off, start
 from kvmkit.virt.disks import Disk
+from kvmkit.virt.host import require_local
 
 
 def revert(ctx: SnapshotContext, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
@@ -29,6 +30,7 @@ def revert(ctx: SnapshotContext, vm: str, name: str, *, force_stop: bool = False
             if snap.state is not State.READY:
                 raise Conflict(f"snapshot {name} of VM {vm} is {snap.state.value}, not ready")
             current = {d.target: d for d in live_disks(dom)}
+            require_local(conn, current.values())
             missing = [d.target for d in snap.disks if d.target not in current]
             if missing:
                 raise Conflict(f"VM {vm} no longer has disk(s) {', '.join(missing)} of snapshot {name}")
