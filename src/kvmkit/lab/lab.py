@@ -248,7 +248,7 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
                 disks.make_rbd_disk(state.ceph.conf, state.ceph.pool, image, size_mib)
                 lab_disks.append(LabDisk(target=target, kind="rbd", source=f"{state.ceph.pool}/{image}",
                                          size_mib=size_mib))
-                specs.append(domain.RbdDisk(state.ceph.pool, image, "127.0.0.1", state.ceph.port, state.ceph.conf))
+                specs.append(shapes.default_rbd_spec(state, conn, image))
         for index, device in enumerate(block_disks, start=file_disks + rbd_disks):
             if not device.is_block_device():
                 raise InvalidInput(f"VM {name}: {device} is not a block device")

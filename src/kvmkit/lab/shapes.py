@@ -31,6 +31,7 @@ SHAPES: tuple[Shape, ...] = ("default", "cloudstack", "nova", "libvirt")
 
 # Each shape's Ceph user and the pools it may use (read-only pools after the `:`), as the clouds' docs set them up.
 USERS: dict[str, tuple[str, list[str], list[str]]] = {
+    "default": ("lab", [ceph.POOL], []),  # the default layout's RBD disks, when the lab's Ceph runs cephx
     "cloudstack": ("cloudstack", ["cloudstack"], []),
     "nova": ("nova", ["vms"], ["images"]),
 }
@@ -86,6 +87,15 @@ def undefine_secrets(state: LabState, conn: libvirt.virConnect) -> None:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
                 raise
         state.secrets.remove(secret_uuid)
+
+
+def default_rbd_spec(state: LabState, conn: libvirt.virConnect, image: str) -> domain.RbdDisk:
+    """A default-layout RBD disk: with cephx, authenticated like a cloud's (a restricted user, key in a secret)."""
+    assert state.ceph is not None
+    if state.ceph.auth != "cephx":
+        return domain.RbdDisk(state.ceph.pool, image, "127.0.0.1", state.ceph.port, state.ceph.conf)
+    user, secret_uuid = _ceph_user(state, conn, "default")
+    return _rbd_spec(state, state.ceph.pool, image, user, secret_uuid)
 
 
 def _ceph_user(state: LabState, conn: libvirt.virConnect, shape: str) -> tuple[str, str]:

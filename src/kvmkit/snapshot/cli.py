@@ -205,6 +205,8 @@ def bench(
     fragment: bool = typer.Option(False, "--fragment",
                                   help="file: fragment a disk first; barrier vs reflink-in-freeze vs libvirt."),
     extents: int = typer.Option(200_000, "--extents", help="--fragment: extents to create (≥ 200k is the target)."),
+    shape: str | None = typer.Option(None, "--shape", help="cloudstack: a CloudStack-shaped VM vs a default one "
+                                     "and vs a one-disk-after-another loop (its own cephx lab, brought up and down)."),
     connect: str | None = CONNECT,
     json_out: bool = JSON,
 ) -> None:
@@ -213,6 +215,9 @@ def bench(
 
     settings = config.load()
     say = err_console.print if json_out else console.print
+    if shape is not None:
+        _bench_shape(settings.lab_path, connect or settings.libvirt_uri, shape, rounds, paxos_interval, json_out, say)
+        return
     if fragment:
         _bench_fragment(settings.lab_path, connect or settings.libvirt_uri, extents, rounds, json_out, say)
         return
@@ -245,6 +250,22 @@ def bench(
         console.print(f"kvmkit {most} disks vs 1 disk: window {result.scaling_max_vs_1_disk:.2f}×, "
                       f"disk-snapshot phase {result.storage_scaling_max_vs_1_disk:.2f}×")
     console.print(f"peak RSS {result.peak_rss_mib} MiB, {result.seconds} s")
+
+
+def _bench_shape(lab_path, uri: str, shape: str, rounds: int, paxos: float, json_out: bool, say) -> None:
+    from kvmkit.benchmarks import snapshot_shapes
+
+    r = snapshot_shapes.run(lab_path, uri, rounds, shape, paxos, progress=lambda m: say(f"[dim]bench:[/] {m}"))
+    if json_out:
+        print_json(r)
+        return
+    print_table(f"freeze window, {shape} shape: {r.disks} (median of {rounds}, paxos {r.paxos_propose_interval_s} s)",
+                ["VM", "freeze ms", "ratio"],
+                [("default shape", r.default_freeze_median_ms, "anchor"),
+                 (f"{shape} shape", r.shaped_freeze_median_ms, f"{r.shaped_vs_default:.2f}× default"),
+                 (f"{shape}, one disk after another", r.loop_freeze_median_ms,
+                  f"shaped = {r.shaped_vs_loop:.2f}× the loop")])
+    console.print(f"peak RSS {r.peak_rss_mib} MiB, {r.seconds} s")
 
 
 def _bench_rbd(lab_path, uri: str, disks: str, rounds: int, revert_sizes: str, paxos: float,
