@@ -192,7 +192,7 @@ def test_schedule_on_a_fake_clock_prunes_real_snapshots_and_backups(lab_settings
     names = sorted(s.name for s in engine.catalog.list(vm_uuid) if s.name.startswith("sched-"))
     # 10:30 was not due; keep_last 2 → day 2 at 10:00 and 11:00; keep_daily 2 → day 2 11:00 and day 1 12:00
     assert names == ["sched-20261102-120000", "sched-20261103-100000", "sched-20261103-110000"]
-    backups = {m.snapshot: m for m in manage.list_backups(lab_settings, file_vm)}
+    backups = {m.snapshot: m for m in manage.list_backups(lab_settings, file_vm)[0]}
     assert sorted(n for n in backups if n.startswith("sched-")) == names
     assert backups["sched-20261102-120000"].parent is None  # rebased: its parents were pruned
     assert restore.verify(lab_settings, file_vm).ok

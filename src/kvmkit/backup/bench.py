@@ -58,7 +58,8 @@ from kvmkit.backup.store import DirTarget
 from kvmkit.config import Settings
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
 src, target, compression, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-snap = Snapshot(vm_uuid="bench", vm="bench", name=name, created=datetime.now(), mode=Mode.OFFLINE,
+snap = Snapshot(vm_uuid="00000000-0000-4000-8000-00000000bec4", vm="bench", name=name, created=datetime.now(),
+                mode=Mode.OFFLINE,
                 state=State.READY, disks=[DiskSnapshot(target="vda", driver="file", source=str(src),
                 handle=str(src), size_bytes=src.stat().st_size)])
 store = DirTarget("bench", target)

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import chunking
+from kvmkit.backup import chunking, digest
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, split_handle
 from kvmkit.backup.store import ChunkStore
@@ -135,6 +135,8 @@ class Backup:
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full
                              else chunking.delta(parent_map, examine, hashes))
             record.changed_bytes = sum(chunking.chunk_span(i, size, self.chunk_size)[1] for i, _ in record.chunks)
+            whole = chunking.apply({} if record.full else parent_map, record.chunks)
+            record.content_digest = digest.of_map(whole, size, self.chunk_size)
             self.advance(max(0, size - record.read_bytes))  # the bar counts skipped extents as done
             return record
         finally:

@@ -16,8 +16,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kvmkit.backup import chunking
+from kvmkit.backup import digest as content_digest
 from kvmkit.backup.codec import ChunkDamaged
-from kvmkit.backup.model import BackupManifest, DamagedChunk, VerifyReport
+from kvmkit.backup.model import BackupManifest, DamagedChunk, DiskBackup, VerifyReport
 from kvmkit.backup.sources import Ceph, DiskWriter, FileWriter, RbdWriter
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
@@ -28,9 +29,9 @@ Advance = Callable[[int], None]
 WORKERS = 3
 
 
-def vm_manifests(target: ChunkStore, vm: str) -> list[BackupManifest]:
+def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None) -> list[BackupManifest]:
     """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
-    found = [m for m in target.manifests() if vm in (m.vm, m.vm_uuid)]
+    found = [m for m in (target.manifests() if manifests is None else manifests) if vm in (m.vm, m.vm_uuid)]
     uuids = sorted({m.vm_uuid for m in found})
     if len(uuids) > 1:
         raise InvalidInput(f"several VMs named {vm!r} have backups on {target.name} ({', '.join(uuids)}): "
@@ -107,6 +108,11 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     dests = destinations(manifest, to or [])
     refuse_if_in_use(settings.libvirt_uri, manifest, set(dests.values()))
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
+    for disk in manifest.disks:  # an edited chain is refused before anything is written
+        if content_check(disk, maps[disk.target], manifest.chunk_size) == "mismatch":
+            raise OperationFailed(f"backup {snapshot} of VM {manifest.vm}: disk {disk.target}'s chunk list does not "
+                                  "match the content digest recorded at backup time (a manifest was edited); "
+                                  "nothing was restored")
     t0 = time.perf_counter()
     with ExitStack() as stack:
         ceph = None
@@ -181,10 +187,13 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
     selected = [find_backup(target, vm, snapshot)[0]] if snapshot else manifests
     by_name = {m.snapshot: m for m in manifests}
     users: dict[str, list[str]] = {}
+    content: dict[str, str] = {}
     for manifest in selected:
         chain = chunking.chain(manifest, by_name)
         for disk in manifest.disks:
-            for digest in set(chunking.resolve(disk.target, chain)[1].values()):
+            chunk_map = chunking.resolve(disk.target, chain)[1]
+            content[f"{manifest.snapshot}:{disk.target}"] = content_check(disk, chunk_map, manifest.chunk_size)
+            for digest in set(chunk_map.values()):
                 users.setdefault(digest, []).append(f"{manifest.snapshot}:{disk.target}")
     t0 = time.perf_counter()
     damaged: list[DamagedChunk] = []
@@ -206,7 +215,18 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
                 checked_bytes += future
                 advance(future)
     return VerifyReport(vm=manifests[0].vm, snapshots=[m.snapshot for m in selected], chunks_checked=len(users),
-                        bytes_checked=checked_bytes, damaged=damaged, seconds=round(time.perf_counter() - t0, 3))
+                        bytes_checked=checked_bytes, damaged=damaged, content=content,
+                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def content_check(disk: DiskBackup, chunk_map: chunking.ChunkMap, chunk_size: int) -> str:
+    """"match" when the chunks, in their places, are the content the backup read; "mismatch" when a manifest
+    in the chain was edited (swapped, dropped or added chunk ids); "absent" for a format-1 manifest. Each chunk's
+    own bytes are checked against its id when it is read, so a match here pins every byte of the disk."""
+    if disk.content_digest is None:
+        return "absent"
+    return "match" if content_digest.of_map(chunk_map, disk.size_bytes, chunk_size) == disk.content_digest \
+        else "mismatch"
 
 
 def _safe(fn: Callable[[str], int]) -> Callable[[str], int | ChunkDamaged]:
