@@ -106,12 +106,17 @@ def restore(vm: str, snapshot: str,
             to: list[str] = typer.Option(None, "--to", help="DEST (one disk) or DISK=DEST; DEST is a file path "
                                                             "or pool/image. Default: each disk's original place."),
             force: bool = typer.Option(False, "--force", help="Replace a destination that exists."),
+            force_offline: bool = typer.Option(False, "--force-offline",
+                                               help="Allow replacing a disk of a defined VM that is shut off."),
             target: str | None = TARGET, json_out: bool = JSON) -> None:
-    """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified."""
+    """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
+    A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
     settings = config.load()
-    manifest, _ = restore_mod.find_backup(open_target(settings, target), vm, snapshot)
-    with progress_bar(f"restore {vm}/{snapshot}", sum(d.size_bytes for d in manifest.disks)) as advance:
-        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance)
+    manifest = next((m for m in restore_mod.vm_manifests(open_target(settings, target), vm) if m.snapshot == snapshot),
+                    None)
+    total = sum(d.size_bytes for d in manifest.disks) if manifest else 0
+    with progress_bar(f"restore {vm}/{snapshot}", total) as advance:
+        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance, force_offline)
     if json_out:
         print_json(result)
         return

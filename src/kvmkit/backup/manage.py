@@ -39,7 +39,7 @@ def list_backups(settings: Settings, vm: str | None = None,
                  target_name: str | None = None) -> tuple[list[BackupManifest], list[DamagedManifest]]:
     """(good backups, damaged manifests of the whole target): a damaged one is listed, never used."""
     target = open_target(settings, target_name)
-    manifests, damaged = target.scan_manifests()
+    manifests, damaged = target.scan_manifests(headers=True)
     return (vm_manifests(target, vm, manifests) if vm else manifests), damaged
 
 
@@ -87,7 +87,8 @@ def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target
         skipped = None
         if not dry_run:
             by_name = {m.snapshot: m for m in manifests}
-            rebased = [as_full(m, chunking.chain(m, by_name)) for m in rebase]  # all resolved before any change
+            # all resolved before any change
+            rebased = [as_full(m, chunking.chain(m, by_name)) for m in rebase]
             for manifest in rebased:
                 target.write_manifest(manifest)
                 failpoint("prune-mid-rebase")

@@ -35,9 +35,10 @@ import re
 import stat
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -173,9 +174,11 @@ class ChunkStore(ABC):
         self._put(chunk_key(digest), blob, durable=False)
         return len(blob)
 
-    def read_chunk(self, digest: str, _level: int = 0, limit: int = MAX_CHUNK_SIZE) -> tuple[bytes, int]:
+    def read_chunk(self, digest: str, _level: int = 0, limit: int = MAX_CHUNK_SIZE,
+                   bases: Any = None) -> tuple[bytes, int]:
         """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way. limit: the most
-        raw bytes the chunk may decode to (its length on the disk being restored)."""
+        raw bytes the chunk may decode to (its length on the disk being restored). bases: a cache with
+        get(digest, load) so a base many deltas share is decoded once (restore_writer)."""
         if _level > codec.MAX_DEPTH + 1:
             raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
         key = chunk_key(digest)
@@ -185,12 +188,16 @@ class ChunkStore(ABC):
             raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
         if blob is None:
             raise ChunkDamaged(digest, "missing")
-        raw = codec.decode(digest, blob, lambda base: self.read_chunk(base, _level + 1, limit)[0], limit)
+
+        def base(name: str) -> bytes:
+            load = lambda: self.read_chunk(name, _level + 1, limit, bases)[0]  # noqa: E731
+            return load() if bases is None else bases.get(name, load)
+        raw = codec.decode(digest, blob, base, limit)
         return raw, codec.depth(blob)
 
-    def get_chunk(self, digest: str, limit: int = MAX_CHUNK_SIZE) -> bytes:
+    def get_chunk(self, digest: str, limit: int = MAX_CHUNK_SIZE, bases: Any = None) -> bytes:
         try:
-            return self.read_chunk(digest, limit=limit)[0]
+            return self.read_chunk(digest, limit=limit, bases=bases)[0]
         except ChunkDamaged as exc:
             if exc.digest != digest:
                 exc.needed_for = digest
@@ -235,8 +242,12 @@ class ChunkStore(ABC):
             raise ManifestDamaged(key, f"it describes backup {manifest.vm_uuid}/{manifest.snapshot}, not its own name")
         return manifest
 
-    def scan_manifests(self, vm_uuid: str | None = None) -> tuple[list[BackupManifest], list[DamagedManifest]]:
-        """(good backups oldest snapshot first, damaged manifests): one bad manifest never hides the others."""
+    def scan_manifests(self, vm_uuid: str | None = None, headers: bool = False,
+                       keep: Callable[[BackupManifest], bool] | None = None,
+                       ) -> tuple[list[BackupManifest], list[DamagedManifest]]:
+        """(good backups oldest snapshot first, damaged manifests): one bad manifest never hides the others.
+        headers: drop each manifest's chunk lists once it parsed (`full` loads one back), so listing a target
+        holds one manifest's chunks at a time, not every backup's; except those `keep` selects (one VM's)."""
         prefix = f"manifests/{vm_uuid}/" if vm_uuid else "manifests/"
         good: list[BackupManifest] = []
         damaged: list[DamagedManifest] = []
@@ -248,12 +259,12 @@ class ChunkStore(ABC):
                 damaged.append(DamagedManifest(key=key, problem=exc.problem))
                 continue
             if manifest is not None:
-                good.append(manifest)
+                good.append(_header(manifest) if headers and not (keep and keep(manifest)) else manifest)
         return sorted(good, key=lambda m: (m.snapshot_created, m.snapshot)), damaged
 
-    def manifests(self, vm_uuid: str | None = None) -> list[BackupManifest]:
+    def manifests(self, vm_uuid: str | None = None, headers: bool = False) -> list[BackupManifest]:
         """Good backups (those with a manifest that parses), oldest snapshot first; damaged ones are skipped."""
-        return self.scan_manifests(vm_uuid)[0]
+        return self.scan_manifests(vm_uuid, headers)[0]
 
     def delete_manifest(self, manifest: BackupManifest) -> None:
         self._delete([manifest_key(manifest.vm_uuid, manifest.snapshot)])
@@ -283,13 +294,14 @@ class ChunkStore(ABC):
         """Every chunk a manifest names, and the bases of live delta chunks (transitively). Any unreadable
         manifest stops it: its chunks might be live."""
         live: set[str] = set()
-        manifests, damaged = self.scan_manifests()
-        if damaged:
-            raise SweepBlocked(f"backup target {self.name}: manifest {damaged[0].key} is damaged "
-                                  f"({damaged[0].problem}); garbage collection cannot know which chunks it needs: "
-                                  "repair or remove it first")
-        for manifest in manifests:
-            for disk in manifest.disks:
+        for key in sorted(key for key, _ in self._list("manifests/") if _is_json(key)):  # one manifest at a time
+            try:
+                manifest = self._read_manifest(key)
+            except ManifestDamaged as exc:
+                raise SweepBlocked(f"backup target {self.name}: manifest {key} is damaged ({exc.problem}); "
+                                   "garbage collection cannot know which chunks it needs: repair or remove it "
+                                   "first") from None
+            for disk in manifest.disks if manifest is not None else []:
                 live.update(d for _, d in disk.chunks if d is not None)
         frontier = list(live)
         while frontier:
@@ -320,6 +332,10 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a file"
+
+
+def _header(manifest: BackupManifest) -> BackupManifest:
+    return manifest.model_copy(update={"disks": [d.model_copy(update={"chunks": []}) for d in manifest.disks]})
 
 
 INTENT_KEYS = ("vm", "vm_uuid", "snapshot", "pid", "host")
