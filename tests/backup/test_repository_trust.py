@@ -303,3 +303,33 @@ def test_tampered_repository_declaring_100_gib_fails_fast_with_little_memory(tmp
         # entries that every case's scan reads (what a real 100 GiB full disk needs); 10 % slack over the target
         assert result["rss_mib"] < 110, result
     assert sorted(p.name for p in out.iterdir() if p.name != "state") == []
+
+
+def test_snapshot_delete_is_refused_while_a_backup_reads_the_snapshot(tmp_path, settings):
+    """Issue 15 item 7: no lock between `backup create` and `snapshot delete` of the same snapshot."""
+    import threading
+
+    from kvmkit.backup import snapshot_lock
+    from kvmkit.errors import Conflict
+
+    snap = file_snapshot("s1", {"vda": sparse_file(tmp_path / "d", MiB, [(0, b"x")])})
+    started, release = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with snapshot_lock.reading(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
+            started.set()
+            release.wait(10)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait(10)
+    with pytest.raises(Conflict, match="is being backed up"):
+        with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
+            pass
+    release.set()
+    thread.join()
+    with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
+        pass  # free again once the backup is done
+    backup_snapshot(settings, snap)  # and a real backup takes (and releases) it
+    with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
+        pass
+    assert oct((settings.state_dir / "locks").stat().st_mode & 0o777) == "0o700"

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import chunking, digest
+from kvmkit.backup import chunking, digest, snapshot_lock
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, DiskBackup
 from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, split_handle
 from kvmkit.backup.store import ChunkStore
@@ -45,7 +45,8 @@ def backup_snapshot(settings: Settings, snapshot: Snapshot, target_name: str | N
     """Back a ready snapshot up to a target (the configured one if there is only one). The hook for
     `backup_to_secondary = true`: call it after the snapshot is `ready`, outside any freeze."""
     target = open_target(settings, target_name)
-    return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
+    with snapshot_lock.reading(settings.state_dir, snapshot.vm_uuid, snapshot.name, snapshot.vm):
+        return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
 
 
 def plan_bytes(snapshot: Snapshot) -> int:

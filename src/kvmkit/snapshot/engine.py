@@ -20,6 +20,7 @@ from pathlib import Path
 import libvirt
 
 from kvmkit import config
+from kvmkit.backup import snapshot_lock
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.snapshot import overlay
@@ -56,7 +57,7 @@ class Engine:
     # create -----------------------------------------------------------------------------------------------
     def create(self, vm: str, name: str | None = None, *, crash_consistent: bool = False,
                wait_s: float = 0.0, allow_full_copy: bool = False) -> Snapshot:
-        name = check_snapshot_name(name) if name else default_name(datetime.now())
+        name = check_snapshot_name(name) if name is not None else default_name(datetime.now())
         t_start = time.perf_counter()
         with connection(self.uri) as conn:
             dom = lookup(conn, vm)
@@ -227,7 +228,8 @@ class Engine:
         check_snapshot_name(name)
         with connection(self.uri) as conn:
             dom = lookup(conn, vm)
-            with vm_lock(self.state_dir, dom.UUIDString(), vm, wait_s):
+            with vm_lock(self.state_dir, dom.UUIDString(), vm, wait_s), \
+                    snapshot_lock.deleting(self.state_dir, dom.UUIDString(), name, vm):  # not while backed up
                 snap = self.catalog.get(dom.UUIDString(), name, vm)
                 for disk_snap in snap.disks:
                     in_use = getattr(by_name(disk_snap.driver, self.drivers), "in_use", None)
