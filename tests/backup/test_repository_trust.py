@@ -322,9 +322,9 @@ def test_snapshot_delete_is_refused_while_a_backup_reads_the_snapshot(tmp_path, 
     thread = threading.Thread(target=reader)
     thread.start()
     started.wait(10)
-    with pytest.raises(Conflict, match="is being backed up"):
-        with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
-            pass
+    with pytest.raises(Conflict, match="is being backed up"), \
+            snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
+        pass
     release.set()
     thread.join()
     with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
