@@ -19,6 +19,7 @@ from kvmkit.backup import schedule as sched
 from kvmkit.backup.create import backup_snapshot, plan_bytes
 from kvmkit.backup.targets import open_target
 from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.names import check_snapshot_name
 from kvmkit.output import console, err_console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
@@ -112,6 +113,7 @@ def restore(vm: str, snapshot: str,
     """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
     A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
     settings = config.load()
+    check_snapshot_name(snapshot)
     manifest = next((m for m in restore_mod.vm_manifests(open_target(settings, target), vm) if m.snapshot == snapshot),
                     None)
     total = sum(d.size_bytes for d in manifest.disks) if manifest else 0

@@ -27,6 +27,7 @@ from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
 
 Advance = Callable[[int], None]
 WORKERS = 3
@@ -34,6 +35,8 @@ WORKERS = 3
 
 def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None) -> list[BackupManifest]:
     """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
+    if not UUID_RE.match(vm):
+        check_vm_name(vm)
     def wanted(m: BackupManifest) -> bool:
         return vm in (m.vm, m.vm_uuid)
     if manifests is None:  # other VMs' manifests are parsed one at a time and kept without their chunk lists
@@ -50,6 +53,7 @@ def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | 
 
 def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
     """The backup and its chain (newest first)."""
+    check_snapshot_name(snapshot)
     manifests = vm_manifests(target, vm)
     by_name = {m.snapshot: m for m in manifests}
     if snapshot not in by_name:
