@@ -161,12 +161,12 @@ def _first_error(path: Path, keys: KeyLines, exc: ValidationError) -> InvalidInp
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         model = _model_at(loc)
-        message = "unknown key" + (_suggest(model, str(loc[-1])) if model else "")
+        message = "unknown key" + (_suggest(model, str(loc[-1])) if model and loc else "")
     elif error["type"] == "missing":
         message = "required key is missing"
     elif "input" in error and not isinstance(error["input"], dict | list):
-        message = f"{message} (got {error['input']!r})"
-        if str(loc[-1]).endswith("_kw") and error["type"] == "less_than_equal":
+        message = f"{message} (got {repr(error['input'])[:200]})"
+        if loc and str(loc[-1]).endswith("_kw") and error["type"] == "less_than_equal":
             message += "; this key is in kW, not W"
     return locate(path, keys, loc, message)
 
