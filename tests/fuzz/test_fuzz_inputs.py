@@ -122,6 +122,7 @@ def test_a_mutated_manifest_is_either_the_strict_model_or_one_damaged_entry(repo
     before = tree(outside)
     good, damaged = manage.list_backups(s)
     assert [m.vm for m in good if m.vm == "vm0"] == ["vm0"]  # the good backup is never hidden
+    assert (key in [d.key for d in damaged]) == (parsed is None)  # a bad one is listed as damaged, once
     assert tree(outside) == before
 
 
