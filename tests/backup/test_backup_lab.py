@@ -82,14 +82,19 @@ def test_file_disks_full_incremental_destroy_restore_checksums_match(lab_setting
           f"{m2.manifest_bytes} B = {m2.written_bytes / truth:.3f}×")
     assert m2.written_bytes <= 1.05 * truth + m2.manifest_bytes
 
-    with pytest.raises(Conflict, match=f"VM {file_vm} is running and uses .*; shut it down first"):
-        restore.restore(lab_settings, file_vm, "bk1", replace=True)
+    with pytest.raises(Conflict, match=f"is disk vd. of VM {file_vm}; it is not shut off"):
+        restore.restore(lab_settings, file_vm, "bk1", replace=True, force_offline=True)
+    alias = f"vda={Path(s2.disks[0].source).parent}/./{Path(s2.disks[0].source).name}"  # issue 15's alias repro
+    with pytest.raises(Conflict, match=f"is disk vda of VM {file_vm}"):
+        restore.restore(lab_settings, file_vm, "bk1", to=[alias], replace=True)
     dom.destroy()
     for disk in s2.disks:
         Path(disk.source).unlink()  # the VM's disks are gone; the snapshots beside them do not matter here
     with pytest.raises(Exception, match=r"Cannot access storage file|No such file"):
         dom.create()
-    result = restore.restore(lab_settings, file_vm, "bk2")
+    with pytest.raises(Conflict, match="it is shut off: pass --force-offline"):
+        restore.restore(lab_settings, file_vm, "bk2")  # a defined VM's disk, even shut off: only when asked
+    result = restore.restore(lab_settings, file_vm, "bk2", force_offline=True)
     assert sorted(d.destination for d in result.disks) == sorted(d.source for d in s2.disks)
     dom = restart(lab_state, conn, file_vm)
     assert checksum(dom, "/mnt/vda/first") == first
@@ -173,7 +178,7 @@ def test_rbd_disk_incremental_reads_only_changed_extents_and_restores(lab_settin
     dom.destroy()
     pool, image = disk.source.split("/")
     purge_rbd_image(load(lab_state.dir).ceph.conf, pool, image)  # the disk and its snapshots are gone
-    restore.restore(lab_settings, vm, "rbk2")
+    restore.restore(lab_settings, vm, "rbk2", force_offline=True)
     dom = restart(lab_state, conn, vm)
     assert checksum(dom, "/mnt/vdb/first") == first
     assert checksum(dom, "/mnt/vdb/second") == second

@@ -235,7 +235,9 @@ class ChunkStore(ABC):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "manifest"
-            raise ManifestDamaged(key, f"{where}: {first['msg']}"[:300]) from None
+            value = first.get("input")
+            shown = f" (got {repr(value)[:80]})" if isinstance(value, str | int | float) else ""
+            raise ManifestDamaged(key, f"{where}: {first['msg']}{shown}"[:400]) from None
         except (ValueError, RecursionError) as exc:
             raise ManifestDamaged(key, str(exc).splitlines()[0][:300]) from None
         if manifest is not None and manifest_key(manifest.vm_uuid, manifest.snapshot) != key:
@@ -255,7 +257,7 @@ class ChunkStore(ABC):
             try:
                 manifest = self._read_manifest(key)
             except ManifestDamaged as exc:
-                log.warning("damaged manifest", extra={"target": self.name, "key": key, "problem": exc.problem})
+                log.info("damaged manifest", extra={"target": self.name, "key": key, "problem": exc.problem})
                 damaged.append(DamagedManifest(key=key, problem=exc.problem))
                 continue
             if manifest is not None:
