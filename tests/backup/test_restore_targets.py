@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvmkit.backup import restore, restore_targets
 from kvmkit.backup.create import backup_snapshot
@@ -192,3 +194,23 @@ def test_a_block_device_is_written_in_place_with_its_holes_zeroed_or_refused(tmp
     backup_snapshot(settings, file_snapshot("s2", {"vda": big}, when=__import__("datetime").datetime.now()))
     with pytest.raises(InvalidInput, match="needs 16777216"):
         restore.restore(settings, "vm1", "s2", to=[str(loop_device)], replace=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(min_value=1, max_value=3 * 4096 + 17),
+       marks=st.lists(st.integers(min_value=0, max_value=3 * 4096 + 16), max_size=8))
+def test_data_runs_are_exactly_the_non_zero_blocks(size, marks):
+    from kvmkit.backup.restore_writer import BLOCK, data_runs
+
+    raw = bytearray(size)
+    for mark in marks:
+        if mark < size:
+            raw[mark] = 1
+    runs = data_runs(memoryview(bytes(raw)))
+    covered = bytearray(size)
+    for start, end in runs:
+        assert start % BLOCK == 0 and start < end <= size
+        covered[start:end] = raw[start:end]
+    assert covered == raw  # every non-zero byte is inside a run
+    blocks_in_runs = sum((end - start + BLOCK - 1) // BLOCK for start, end in runs)
+    assert blocks_in_runs == sum(1 for b in range(0, size, BLOCK) if any(raw[b: b + BLOCK]))  # and no zero block

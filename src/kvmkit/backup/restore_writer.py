@@ -31,7 +31,6 @@ from kvmkit.backup.store import ChunkStore
 BLOCK = 4096
 WORKERS = max(2, len(os.sched_getaffinity(0)))
 BASE_CACHE = 8  # decoded delta bases kept (chunks of one backup share few bases; each ≤ a chunk)
-_ZERO_BLOCK = bytes(BLOCK)
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_ZERO_RANGE = 0x01, 0x10
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
 
@@ -108,19 +107,18 @@ class _Bases:
 
 
 def data_runs(raw: memoryview) -> list[tuple[int, int]]:
-    """(start, end) of the runs of non-zero 4 KiB blocks in raw: what must be written to keep holes holes."""
-    runs: list[tuple[int, int]] = []
-    start = None
-    for position in range(0, len(raw), BLOCK):
-        zero = raw[position: position + BLOCK] == _ZERO_BLOCK[: min(BLOCK, len(raw) - position)]
-        if not zero and start is None:
-            start = position
-        elif zero and start is not None:
-            runs.append((start, position))
-            start = None
-    if start is not None:
-        runs.append((start, len(raw)))
-    return runs
+    """(start, end) of the runs of non-zero 4 KiB blocks in raw: what must be written to keep holes holes.
+    Vectorised (one pass of NumPy over the chunk): a Python loop over 256 blocks cost ~1 ms per MiB. NumPy is
+    imported here, not with the module: ~12 MiB that a restore refused before its first write never needs."""
+    import numpy as np
+
+    whole = len(raw) // BLOCK * BLOCK
+    blocks = np.frombuffer(raw[:whole], dtype=np.uint64).reshape(-1, BLOCK // 8).any(axis=1)
+    if whole < len(raw):  # a short last block (the disk's size is not a multiple of 4 KiB)
+        blocks = np.append(blocks, any(raw[whole:]))
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], blocks, [False])).astype(np.int8)))
+    return [(int(start) * BLOCK, min(int(end) * BLOCK, len(raw))) for start, end in zip(edges[::2], edges[1::2],
+                                                                                          strict=True)]
 
 
 def write_disk(store: ChunkStore, chunk_map: chunking.ChunkMap, size: int, chunk_size: int, sink: Sink,

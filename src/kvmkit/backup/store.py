@@ -175,10 +175,12 @@ class ChunkStore(ABC):
         return len(blob)
 
     def read_chunk(self, digest: str, _level: int = 0, limit: int = MAX_CHUNK_SIZE,
-                   bases: Any = None) -> tuple[bytes, int]:
-        """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way. limit: the most
-        raw bytes the chunk may decode to (its length on the disk being restored). bases: a cache with
-        get(digest, load) so a base many deltas share is decoded once (restore_writer)."""
+                   bases: Any = None, _verify: bool = True) -> tuple[bytes, int]:
+        """(raw bytes, delta depth), verified. A delta's bases are decoded without hashing them (the delta's own
+        hash covers every byte it takes from them: one sha256 per chunk, not one per chain link); when that
+        hash fails, the chain is read again with every link verified, so the damaged link is the one named.
+        limit: the most raw bytes the chunk may decode to (its length on the disk being restored). bases: a
+        cache with get(digest, load) so a base many deltas share is decoded once (restore_writer)."""
         if _level > codec.MAX_DEPTH + 1:
             raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
         key = chunk_key(digest)
@@ -190,9 +192,19 @@ class ChunkStore(ABC):
             raise ChunkDamaged(digest, "missing")
 
         def base(name: str) -> bytes:
-            load = lambda: self.read_chunk(name, _level + 1, limit, bases)[0]  # noqa: E731
+            load = lambda: self.read_chunk(name, _level + 1, limit, bases, _verify=False)[0]  # noqa: E731
             return load() if bases is None else bases.get(name, load)
-        raw = codec.decode(digest, blob, base, limit)
+        try:
+            raw = codec.decode(digest, blob, base, limit, verify=_verify)
+        except ChunkDamaged as exc:
+            based_on = codec.base_of(blob[:37])
+            if based_on is None or not _verify:
+                raise
+            try:  # which link is damaged: the base (verified now), or this delta
+                self.read_chunk(based_on, _level + 1, limit)
+            except ChunkDamaged as base_damage:
+                raise base_damage from None
+            raise exc from None
         return raw, codec.depth(blob)
 
     def get_chunk(self, digest: str, limit: int = MAX_CHUNK_SIZE, bases: Any = None) -> bytes:
