@@ -53,3 +53,11 @@ def test_plan_inputs_that_are_not_small_files_are_one_line_and_quick(tmp_path, t
                            text=True, timeout=60)
     assert child.returncode == 2, child.stderr
     assert len(child.stderr.strip().splitlines()) == 1 and "Traceback" not in child.stderr
+
+
+@pytest.mark.parametrize("months", ["0", "99999", "-3"])
+def test_a_lifetime_out_of_range_is_one_line_not_an_overflow(months):
+    child = subprocess.run([sys.executable, "-m", "kvmkit", "plan", "evaluate", str(EXAMPLE), "--months", months],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 2, child.stderr
+    assert len(child.stderr.strip().splitlines()) == 1 and "internal error" not in child.stderr

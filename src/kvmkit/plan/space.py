@@ -47,6 +47,7 @@ class ConfigSpace:
 
 
 MAX_CONFIGS = 5_000_000
+MAX_MONTHS = 240  # as PlanInput's lifetimes_months; the arrays hold months as int16
 _FIELDS = ("chassis", "cpu", "n_cpu", "dimm", "n_dimm", "drive", "n_drive", "months")
 _DTYPES = (np.int16, np.int16, np.int8, np.int16, np.int16, np.int16, np.int16, np.int16)
 
@@ -60,6 +61,9 @@ def _product(*columns: np.ndarray) -> list[np.ndarray]:
 
 def space_size(plan: PlanInput, months: list[int] | None = None) -> int:
     """An upper bound on the configurations enumerate_space would make, from counts alone (no arrays)."""
+    bad = [m for m in months or [] if not 1 <= m <= MAX_MONTHS]
+    if bad:
+        raise InvalidInput(f"lifetime {bad[0]} months is outside 1..{MAX_MONTHS}")
     lifetimes = len(months or plan.site.lifetimes_months)
     total = 0
     for box in plan.chassis:
