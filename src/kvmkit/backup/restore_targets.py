@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
@@ -162,7 +162,6 @@ class StagedFile:
     fd: int = -1
     aside: str | None = None
     swapped: bool = False
-    names: list[str] = field(default_factory=list)
 
     def open(self) -> int:
         assert self.dest.path is not None
