@@ -226,3 +226,34 @@ def test_backup_create_by_cli_then_verify(lab_settings, engine, file_vm, tmp_pat
     missing = kvmkit(env, "backup", "create", file_vm, "never-taken")
     assert missing.returncode == 3 and "has no snapshot named 'never-taken'" in missing.stderr
     assert kvmkit(env, "backup", "verify", file_vm, "cli1").returncode == 0
+
+
+def test_snapshot_delete_is_refused_while_a_backup_holds_the_snapshot(lab_settings, engine, conn, file_vm):
+    """Issue 15 item 7, through the real engine: `snapshot delete` of a snapshot a backup is reading."""
+    import threading
+
+    from kvmkit.backup import snapshot_lock
+
+    snap = engine.create(file_vm, "held1")
+    reading, release = threading.Event(), threading.Event()
+
+    def backup_reading() -> None:  # what backup_snapshot holds while it reads the snapshot
+        with snapshot_lock.reading(lab_settings.state_dir, snap.vm_uuid, "held1", file_vm):
+            reading.set()
+            release.wait(30)
+    thread = threading.Thread(target=backup_reading)
+    thread.start()
+    try:
+        assert reading.wait(10)
+        with pytest.raises(Conflict, match="is being backed up"):
+            engine.delete(file_vm, "held1")
+        assert engine.catalog.find(snap.vm_uuid, "held1") is not None
+        assert all(Path(d.handle).exists() for d in snap.disks)
+    finally:
+        release.set()
+        thread.join()
+    manifest = backup_snapshot(lab_settings, snap)  # takes and releases the same lock
+    engine.delete(file_vm, "held1")
+    assert engine.catalog.find(snap.vm_uuid, "held1") is None
+    assert not any(Path(d.handle).exists() for d in snap.disks)
+    assert restore.verify(lab_settings, file_vm, "held1").ok and manifest.disks
