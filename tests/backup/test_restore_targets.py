@@ -214,3 +214,45 @@ def test_data_runs_are_exactly_the_non_zero_blocks(size, marks):
     assert covered == raw  # every non-zero byte is inside a run
     blocks_in_runs = sum((end - start + BLOCK - 1) // BLOCK for start, end in runs)
     assert blocks_in_runs == sum(1 for b in range(0, size, BLOCK) if any(raw[b: b + BLOCK]))  # and no zero block
+
+
+KILL_CHILD = """
+import sys
+from pathlib import Path
+from kvmkit.backup import restore
+from kvmkit.config import BackupTarget, Settings
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+settings = Settings(state_dir=out / "state", libvirt_uri="test:///default",
+                    backup_targets=[BackupTarget(name="t1", path=root)])
+restore.restore(settings, "vm1", "s1", to=[f"vda={out / 'a'}", f"vdb={out / 'b'}"], replace=True)
+"""
+
+
+@pytest.mark.parametrize("step", ["restore-before-swap", "restore-mid-swap"])
+def test_kill_9_during_restore_leaves_no_partial_disk_and_the_rerun_cleans_up(tmp_path, settings, step):
+    import sys
+
+    a = sparse_file(tmp_path / "a.raw", 4 * MiB, [(0, randbytes(MiB))])
+    b = sparse_file(tmp_path / "b.raw", 4 * MiB, [(MiB, randbytes(MiB))])
+    backup_of(tmp_path, settings, {"vda": a, "vdb": b})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(b"old a")
+    (out / "b").write_bytes(b"old b")
+    child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(settings.backup_targets[0].path), str(out)],
+                           env={**os.environ, "KVMKIT_FAILPOINT": step}, capture_output=True, timeout=60)
+    assert child.returncode == -9
+    contents = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    if step == "restore-before-swap":  # nothing swapped: both destinations are exactly as they were
+        assert contents == {"a": b"old a", "b": b"old b"}
+    else:  # killed after vda's rename: vda is whole and new, vdb old, and vda's old data is kept aside
+        assert contents["a"] == a.read_bytes() and contents["b"] == b"old b"
+        assert [p.read_bytes() for p in out.iterdir() if ".kvmkit-old-" in p.name] == [b"old a"]
+    restore.restore(settings, "vm1", "s1", to=[f"vda={out / 'a'}", f"vdb={out / 'b'}"], replace=True)
+    assert sha(out / "a") == sha(a) and sha(out / "b") == sha(b)
+    extra = [p.name for p in out.iterdir() if p.name not in ("a", "b")]
+    # the temp files of the killed run are gone; only a replaced disk's sole copy stays, for the operator
+    if step == "restore-before-swap":
+        assert extra == []
+    else:
+        assert len(extra) == 1 and extra[0].startswith(".a.kvmkit-old-") and (out / extra[0]).read_bytes() == b"old a"

@@ -27,6 +27,7 @@ from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.failpoint import failpoint
 from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
 
 Advance = Callable[[int], None]
@@ -142,6 +143,7 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            failpoint("restore-before-swap")
             targets.swap_all(staged)
         except BaseException:
             for writer in rbd_writers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
 from contextlib import suppress
@@ -28,6 +29,7 @@ from typing import Literal
 from xml.etree import ElementTree as ET
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.failpoint import failpoint
 
 log = logging.getLogger(__name__)
 Kind = Literal["file", "block", "rbd"]
@@ -168,7 +170,8 @@ class StagedFile:
         if self.dest.exists and not self.replace:
             raise Conflict(f"{self.dest.given} exists; pass --force to replace it, or --to another path")
         self.folder_fd = os.open(self.dest.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.tmp = f".{self.dest.path.name}.kvmkit-restore-{secrets.token_hex(4)}"
+        sweep_stale(self.folder_fd, self.dest.path.name)
+        self.tmp = f".{self.dest.path.name}.kvmkit-restore-{os.getpid()}-{secrets.token_hex(4)}"
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                           dir_fd=self.folder_fd)
         if self.dest.exists:  # keep who may open the disk (libvirt-qemu …)
@@ -189,7 +192,7 @@ class StagedFile:
         assert self.dest.path is not None
         name = self.dest.path.name
         if self.dest.exists:
-            self.aside = f".{name}.kvmkit-old-{secrets.token_hex(4)}"
+            self.aside = f".{name}.kvmkit-old-{os.getpid()}-{secrets.token_hex(4)}"
             os.link(name, self.aside, src_dir_fd=self.folder_fd, dst_dir_fd=self.folder_fd, follow_symlinks=False)
         os.rename(self.tmp, name, src_dir_fd=self.folder_fd, dst_dir_fd=self.folder_fd)
         self.swapped = True
@@ -222,6 +225,42 @@ class StagedFile:
         self.folder_fd = -1
 
 
+def sweep_stale(folder_fd: int, name: str) -> list[str]:
+    """Remove what a killed restore of `name` left in its folder — ours by name, and only when the process that
+    made it is gone: a temp file (never swapped in: the destination is unchanged), or an aside link that is the
+    destination itself (killed between link and rename). An aside holding the only copy of a replaced disk (killed
+    after its rename, part-way through a multi-disk swap) is kept for the operator, and logged."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.kvmkit-(restore|old)-(\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    for entry in os.listdir(folder_fd):
+        found = pattern.match(entry)
+        if not found or _alive(int(found.group(2))):
+            continue
+        if found.group(1) == "old":
+            try:
+                aside = os.stat(entry, dir_fd=folder_fd, follow_symlinks=False)
+                current = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if (aside.st_dev, aside.st_ino) != (current.st_dev, current.st_ino):
+                log.warning("a killed restore left the replaced disk aside", extra={"file": entry})
+                continue
+        with suppress(FileNotFoundError):
+            os.unlink(entry, dir_fd=folder_fd)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def open_block(dest: Destination, replace: bool, size: int) -> int:
     """A block device written in place: only with --force, only if the disk fits."""
     assert dest.path is not None
@@ -244,6 +283,7 @@ def swap_all(staged: list[StagedFile]) -> None:
         for item in staged:
             item.swap()
             done.append(item)
+            failpoint("restore-mid-swap")
     except OSError as exc:
         for item in reversed(done):
             with suppress(OSError):
