@@ -65,20 +65,34 @@ def test_a_defined_vms_disk_is_refused_by_any_alias(tmp_path, settings, alias):
     assert not [p for p in pool.iterdir() if p.name != "vm-vda.raw"]
 
 
-def test_restore_without_to_is_checked_like_to(tmp_path, settings):
-    """The manifest's source (untrusted) is the default destination: the same checks apply."""
+def test_restore_without_to_writes_only_onto_the_backed_up_vms_own_disks(tmp_path, settings):
+    """The manifest's source is untrusted: without --to, a restore goes only where this host's definition of the
+    same VM (by UUID) has that disk — and then only under the defined-VM rules (issue 15 item 2)."""
     src = sparse_file(tmp_path / "src.raw", 4 * MiB, [(0, randbytes(MiB))])
     manifest = backup_of(tmp_path, settings, {"vda": src})
     source = Path(manifest.disks[0].source)
+    evil = tmp_path / "cron.d" / "evil"  # what a tampered manifest could name: a file root would run
+    evil.parent.mkdir()
+    path = settings.backup_targets[0].path / "manifests" / manifest.vm_uuid / "s1.json"
+    path.write_text(path.read_text().replace(str(source), str(evil)))
+    with pytest.raises(InvalidInput, match=r"not a disk of VM vm1 .* on this host; to restore there, say so: --to"):
+        restore.restore(settings, "vm1", "s1", replace=True)
+    assert not evil.exists()
+    path.write_text(path.read_text().replace(str(evil), str(source)))
     source.write_bytes(b"in use")
-    node = tmp_path / "node.xml"
-    node.write_text(DOMAIN.format(name="guest1", disk=source))
-    s = settings.model_copy(update={"libvirt_uri": f"test://{node}"})
-    with pytest.raises(Conflict, match="VM guest1"):
-        restore.restore(s, "vm1", "s1", replace=True)
+    other = tmp_path / "other.xml"  # a domain with that disk, but another VM: still not vm1's own disk
+    other.write_text(DOMAIN.format(name="guest1", disk=source))
+    with pytest.raises(InvalidInput, match="not a disk of VM vm1"):
+        restore.restore(settings.model_copy(update={"libvirt_uri": f"test://{other}"}), "vm1", "s1", replace=True)
+    own = tmp_path / "own.xml"  # vm1 itself, running: refused by the defined-VM rule
+    own.write_text(DOMAIN.format(name="vm1", disk=source).replace("<memory>",
+                                                                  f"<uuid>{manifest.vm_uuid}</uuid><memory>"))
+    with pytest.raises(Conflict, match="is disk vda of VM vm1; it is not shut off"):
+        restore.restore(settings.model_copy(update={"libvirt_uri": f"test://{own}"}), "vm1", "s1", replace=True,
+                        force_offline=True)
     assert source.read_bytes() == b"in use"
-    with pytest.raises(Conflict, match="exists; pass --force"):
-        restore.restore(settings, "vm1", "s1")
+    restore.restore(settings, "vm1", "s1", to=[f"vda={source}"], replace=True)  # said explicitly: allowed
+    assert sha(source) == sha(src)
 
 
 def test_a_planted_symlink_at_a_temp_name_is_never_followed(tmp_path, settings):

@@ -103,7 +103,10 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     resolved = [str(d.path or d.given) for d in dests]
     if len(set(resolved)) != len(resolved):
         raise InvalidInput(f"two disks of backup {snapshot} would be restored to one place ({', '.join(resolved)})")
-    targets.refuse_domain_disks(dests, targets.defined_disks(settings.libvirt_uri), force_offline)
+    domain_disks = targets.defined_disks(settings.libvirt_uri)
+    named = {item.partition("=")[0] if "=" in item else manifest.disks[0].target for item in to or []}
+    targets.require_own_disks([d for d in dests if d.disk not in named], domain_disks, manifest.vm, manifest.vm_uuid)
+    targets.refuse_domain_disks(dests, domain_disks, force_offline)
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
     for disk in manifest.disks:  # an edited chain is refused before anything is written
         if content_check(disk, maps[disk.target], manifest.chunk_size) == "mismatch":

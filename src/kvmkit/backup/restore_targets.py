@@ -49,6 +49,7 @@ class Destination:
 @dataclass(frozen=True)
 class DomainDisk:
     vm: str
+    vm_uuid: str
     shut_off: bool
     target: str
     source: str  # file/device path or pool/image
@@ -117,7 +118,7 @@ def defined_disks(uri: str) -> list[DomainDisk] | None:
                         continue  # undefined meanwhile: nothing left to protect
                     raise EnvironmentProblem(f"reading domain {dom.name()}: {exc.get_error_message()}") from None
                 for xml in xmls:
-                    out += [DomainDisk(dom.name(), state == libvirt.VIR_DOMAIN_SHUTOFF, t, s)
+                    out += [DomainDisk(dom.name(), dom.UUIDString(), state == libvirt.VIR_DOMAIN_SHUTOFF, t, s)
                             for t, s in domain_disk_sources(xml)]
     except EnvironmentProblem as exc:
         log.warning("libvirt unreachable: no domain disks to check", extra={"uri": uri, "error": str(exc)})
@@ -151,6 +152,18 @@ def refuse_domain_disks(dests: list[Destination], disks: list[DomainDisk] | None
             how = ("it is shut off: pass --force-offline to restore over it" if disk.shut_off
                    else "it is not shut off: shut it down, then pass --force-offline")
             raise Conflict(f"{dest.given} is disk {disk.target} of VM {disk.vm}; {how}")
+
+
+def require_own_disks(implicit: list[Destination], disks: list[DomainDisk] | None, vm: str, vm_uuid: str) -> None:
+    """A destination taken from the manifest (no --to for that disk) must be a disk of the backed-up VM as this
+    host defines it now: a tampered manifest's `source` would otherwise make a restore create any file root can
+    (a cron job, a profile script). Restoring anywhere else, or onto a host without that VM, takes an explicit
+    --to."""
+    for dest in implicit:
+        if not any(d.vm_uuid == vm_uuid and _same(dest, d.source) for d in disks or []):
+            raise InvalidInput(f"backup of VM {vm} says disk {dest.disk} lives at {dest.given}, which is not a disk of "
+                               f"VM {vm} ({vm_uuid}) on this host; to restore there, say so: --to "
+                               f"{dest.disk}={dest.given}")
 
 
 @dataclass
