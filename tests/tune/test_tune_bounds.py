@@ -74,5 +74,6 @@ def test_audit_from_a_gzip_bomb_capture_is_one_line_with_bounded_memory(tmp_path
          " // 1024, file=sys.stderr)\n",
          str(bomb)], capture_output=True, text=True, timeout=120)
     *message, rss = child.stderr.strip().splitlines()
+    print(f"audit --from a 400 MB gzip bomb: {message}, peak RSS {rss} MiB")
     assert child.returncode == 2 and len(message) == 1 and "unpacked" in message[0], child.stderr
     assert int(rss) < 150, rss

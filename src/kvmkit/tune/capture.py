@@ -40,7 +40,7 @@ TOP = "kvmkit-capture"
 CAPTURE_FORMAT = 1
 MAX_ARCHIVE_BYTES = 64 << 20  # compressed
 MAX_MEMBER_BYTES = 8 << 20  # the largest file a check reads (a big host's /proc/cpuinfo) is ~1 MB
-MAX_TOTAL_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 64 << 20  # unpacked, on disk in a temporary folder: a real capture is a few MB
 MAX_MEMBERS = 50_000
 
 
