@@ -31,7 +31,7 @@ BENCHMARK_MODULES_IN_PRODUCT_PACKAGES: set[str] = set()
 # Product modules (owned by other branches this session) that still call libvirt directly; each should go through
 # kvmkit.virt: restore checks that no running domain uses a destination, control sets scheduler parameters.
 LIBVIRT_OUTSIDE_VIRT = {
-    "kvmkit.backup.restore",  # looks up domains using a restore destination
+    "kvmkit.backup.restore_targets",  # lists every defined domain's disks to refuse restoring onto one
     "kvmkit.congestion.control",  # virDomainSetSchedulerParameters
     "kvmkit.memory.balloon",  # the collector's bulk balloon-stats call (one connection kept by the exporter)
     "kvmkit.memory.control",  # virDomainSetMemoryFlags / SetMemoryParameters, like congestion.control

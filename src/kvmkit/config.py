@@ -3,11 +3,16 @@
 Where the file lives: $KVMKIT_CONFIG, else /etc/kvmkit/config.toml, else built-in defaults. Every field can be
 overridden by an environment variable named KVMKIT_<FIELD> (upper case), which is how the tests point kvmkit at
 their own lab without touching the operator's file.
+
+The file can make kvmkit run commands (`libvirt_uri = "qemu+ext://…?command=…"`) as root, so it is trusted only
+the way ssh trusts its files: a regular file of at most 1 MiB, owned by root or the user running kvmkit, writable
+by nobody else, in folders nobody else may rename things in (world-writable folders only with the sticky bit).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -17,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kvmkit.errors import InvalidInput, validated
 
 DEFAULT_CONFIG_PATH = Path("/etc/kvmkit/config.toml")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class CephSettings(BaseModel):
@@ -93,14 +99,67 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
     env = dict(os.environ) if env is None else env
     path = path or Path(env.get("KVMKIT_CONFIG", DEFAULT_CONFIG_PATH))
     data: dict = {}
-    if path.exists():
+    text = read_config_text(path)
+    if text is not None:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+            raise InvalidInput(f"{path}: not valid TOML: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise InvalidInput(f"{path}: not valid TOML: nested too deeply") from None
     elif "KVMKIT_CONFIG" in env:
         raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
     data.update(_env_overrides(env))
     if "KVMKIT_STORPOOL_CONF" in env:  # tests point kvmkit at a storpool.conf of their own (the fake API's)
         data["storpool"] = {**data.get("storpool", {}), "conf": env["KVMKIT_STORPOOL_CONF"]}
     return validated(Settings, data, path)
+
+
+def read_config_text(path: Path) -> str | None:
+    """The file's text, or None when it does not exist; InvalidInput when it is not something to trust: not a
+    regular file (a FIFO or /dev/zero would hang or fill memory), too large, writable by others, or owned by
+    someone else — checked on the opened file (fstat), so a swap between check and read changes nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInput(f"config file {path}: cannot open it ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"config file {path} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise InvalidInput(f"config file {path} has {info.st_size} bytes; at most {MAX_CONFIG_BYTES} are read")
+        _check_trusted(path, info)
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InvalidInput(f"config file {path} grew past {MAX_CONFIG_BYTES} bytes while read")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"config file {path} is not UTF-8 text") from None
+
+
+def _check_trusted(path: Path, info: os.stat_result) -> None:
+    """ssh's StrictModes: owner root or us, no group/other write on the file, nor on any folder above it unless
+    that folder is sticky (like /tmp: others may not rename what they do not own)."""
+    me = os.geteuid()
+    if info.st_uid not in (0, me):
+        raise InvalidInput(f"config file {path} is owned by uid {info.st_uid}, not by root"
+                           f"{'' if me == 0 else ' or you'}: refused (it could make kvmkit run commands)")
+    if info.st_mode & 0o022:
+        raise InvalidInput(f"config file {path} is writable by group or others (mode "
+                           f"{stat.S_IMODE(info.st_mode):04o}): refused (it could make kvmkit run commands); "
+                           f"chmod go-w {path}")
+    for folder in Path(os.path.realpath(path)).parents:
+        try:
+            folder_info = os.stat(folder)
+        except OSError:
+            continue
+        sticky = folder_info.st_mode & stat.S_ISVTX
+        if folder_info.st_uid not in (0, me) or (folder_info.st_mode & 0o022 and not sticky):
+            raise InvalidInput(f"config file {path}: folder {folder} is writable by others or owned by uid "
+                               f"{folder_info.st_uid}: refused (the file could be replaced)")

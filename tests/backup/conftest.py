@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:
-    return Snapshot(vm_uuid=f"uuid-{vm}", vm=vm, name=name, created=when or datetime.now(), mode=Mode.OFFLINE,
+    vm_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, vm))
+    return Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=when or datetime.now(), mode=Mode.OFFLINE,
                     state=State.READY,
                     disks=[DiskSnapshot(target=t, driver="file", source=str(p.with_suffix(".disk")), handle=str(p),
                                         size_bytes=p.stat().st_size) for t, p in files.items()])

@@ -47,7 +47,7 @@ def test_full_then_incremental_writes_only_changed_bytes_and_restores_both(tmp_p
         restore.restore(settings, "vm1", snap, to=[f"vda={out / 'a'}", f"vdb={out / 'b'}"])
         assert sha(out / "a") == sha(vda) and sha(out / "b") == sha(vdb)
         assert os.stat(out / "a").st_blocks * 512 < 16 * MiB  # restored sparse: zero chunks never written
-    assert [m.snapshot for m in manage.list_backups(settings, "vm1")] == ["s1", "s2"]
+    assert [m.snapshot for m in manage.list_backups(settings, "vm1")[0]] == ["s1", "s2"]
 
 
 def test_verify_names_a_damaged_chunk_and_every_disk_that_needs_it(tmp_path, settings):
@@ -114,7 +114,7 @@ backup_snapshot(Settings(state_dir=Path({str(tmp_path / "state")!r}),
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(list((target / "chunks").rglob("*"))) > 6  # the chunks were written …
-    assert manage.list_backups(settings) == []  # … but a partial backup is never listed
+    assert manage.list_backups(settings)[0] == []  # … but a partial backup is never listed
     m = backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
     assert m.disks[0].new_chunks == 0 and m.written_bytes == 0  # resumed: nothing written twice
     assert restore.verify(settings, "vm1").ok
@@ -124,7 +124,7 @@ def test_delete_refuses_while_incrementals_depend_unless_with_dependants(tmp_pat
     (_, _, _), (_, _, _) = two_snapshots(tmp_path, settings)
     with pytest.raises(Conflict, match="base of incremental backup\\(s\\) s2; pass --with-dependants"):
         manage.delete(settings, "vm1", "s1")
-    assert len(manage.list_backups(settings)) == 2
+    assert len(manage.list_backups(settings)[0]) == 2
     removal = manage.delete(settings, "vm1", "s1", with_dependants=True)
     assert removal.deleted == ["s2", "s1"] and removal.chunks_removed > 0
     assert not list((settings.backup_targets[0].path / "chunks").rglob("*/*"))
@@ -139,18 +139,18 @@ def test_prune_rebases_a_kept_incremental_instead_of_keeping_its_whole_chain(tmp
         files.append(f)
         assert backup_snapshot(settings, snap).kind.value == ("full" if i == 0 else "incremental")
     dry = manage.prune(settings, "vm1", RetentionPolicy(keep_last=2), dry_run=True)
-    assert dry.deleted == ["s1", "s0"] and len(manage.list_backups(settings)) == 4
+    assert dry.deleted == ["s1", "s0"] and len(manage.list_backups(settings)[0]) == 4
     removal = manage.prune(settings, "vm1", RetentionPolicy(keep_last=2))
     assert removal.deleted == ["s1", "s0"] and removal.rebased == ["s2"]
     # s0's and s1's random MiB go; their second chunks stay: s2's second chunk is a delta on s1's, s1's on s0's
     assert removal.chunks_removed == 2 and removal.bytes_freed > 2 * MiB
-    kept = {m.snapshot: m for m in manage.list_backups(settings)}
+    kept = {m.snapshot: m for m in manage.list_backups(settings)[0]}
     assert kept["s2"].parent is None and kept["s2"].kind.value == "full" and kept["s3"].parent == "s2"
     assert restore.verify(settings, "vm1").ok
     restore.restore(settings, "vm1", "s3", to=[str(tmp_path / "r3")])
     assert sha(tmp_path / "r3") == sha(files[3])
     removal = manage.prune(settings, "vm1", RetentionPolicy())  # no rule: the newest stays regardless
-    assert removal.deleted == ["s2"] and [m.snapshot for m in manage.list_backups(settings)] == ["s3"]
+    assert removal.deleted == ["s2"] and [m.snapshot for m in manage.list_backups(settings)[0]] == ["s3"]
     restore.restore(settings, "vm1", "s3", to=[str(tmp_path / "r3b")])
     assert sha(tmp_path / "r3b") == sha(files[3])
 
@@ -169,7 +169,7 @@ delete(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r
     env = {**os.environ, "KVMKIT_FAILPOINT": "prune-mid-delete"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
-    assert [m.vm for m in manage.list_backups(settings)] == ["vm1", "vm2"]
+    assert [m.vm for m in manage.list_backups(settings)[0]] == ["vm1", "vm2"]
     assert restore.verify(settings, "vm1").ok and restore.verify(settings, "vm2").ok
 
 
@@ -198,7 +198,7 @@ prune(settings, "vm1", RetentionPolicy(keep_last=2))
         assert sha(tmp_path / f"r-{name}") == sha(f)
     assert restore.verify(settings, "vm1").ok
     assert manage.prune(settings, "vm1", RetentionPolicy(keep_last=2)).deleted  # the rerun finishes the job
-    assert [m.snapshot for m in manage.list_backups(settings)] == ["s2", "s3"]
+    assert [m.snapshot for m in manage.list_backups(settings)[0]] == ["s2", "s3"]
 
 
 def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, settings):
@@ -304,7 +304,7 @@ def test_target_full_mid_backup_is_a_clear_error_and_the_retry_resumes(tmp_path,
     with pytest.raises(OperationFailed, match=r"backup target small is full .* the backup is not recorded, a rerun "
                                               r"after freeing space resumes it"):
         backup_snapshot(settings, file_snapshot("s1", {"vda": a}))
-    assert manage.list_backups(settings) == []
+    assert manage.list_backups(settings)[0] == []
     assert not list(small_target.rglob("*.tmp"))  # no half-written chunk left behind
     stored = {p.name for p in (small_target / "chunks").rglob("*") if p.is_file()}
     assert 0 < len(stored) < 6

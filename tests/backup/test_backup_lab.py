@@ -82,14 +82,19 @@ def test_file_disks_full_incremental_destroy_restore_checksums_match(lab_setting
           f"{m2.manifest_bytes} B = {m2.written_bytes / truth:.3f}×")
     assert m2.written_bytes <= 1.05 * truth + m2.manifest_bytes
 
-    with pytest.raises(Conflict, match=f"VM {file_vm} is running and uses .*; shut it down first"):
-        restore.restore(lab_settings, file_vm, "bk1", replace=True)
+    with pytest.raises(Conflict, match=f"is disk vd. of VM {file_vm}; it is not shut off"):
+        restore.restore(lab_settings, file_vm, "bk1", replace=True, force_offline=True)
+    alias = f"vda={Path(s2.disks[0].source).parent}/./{Path(s2.disks[0].source).name}"  # issue 15's alias repro
+    with pytest.raises(Conflict, match=f"is disk vda of VM {file_vm}"):
+        restore.restore(lab_settings, file_vm, "bk1", to=[alias], replace=True)
     dom.destroy()
     for disk in s2.disks:
         Path(disk.source).unlink()  # the VM's disks are gone; the snapshots beside them do not matter here
     with pytest.raises(Exception, match=r"Cannot access storage file|No such file"):
         dom.create()
-    result = restore.restore(lab_settings, file_vm, "bk2")
+    with pytest.raises(Conflict, match="it is shut off: pass --force-offline"):
+        restore.restore(lab_settings, file_vm, "bk2")  # a defined VM's disk, even shut off: only when asked
+    result = restore.restore(lab_settings, file_vm, "bk2", force_offline=True)
     assert sorted(d.destination for d in result.disks) == sorted(d.source for d in s2.disks)
     dom = restart(lab_state, conn, file_vm)
     assert checksum(dom, "/mnt/vda/first") == first
@@ -173,7 +178,7 @@ def test_rbd_disk_incremental_reads_only_changed_extents_and_restores(lab_settin
     dom.destroy()
     pool, image = disk.source.split("/")
     purge_rbd_image(load(lab_state.dir).ceph.conf, pool, image)  # the disk and its snapshots are gone
-    restore.restore(lab_settings, vm, "rbk2")
+    restore.restore(lab_settings, vm, "rbk2", force_offline=True)
     dom = restart(lab_state, conn, vm)
     assert checksum(dom, "/mnt/vdb/first") == first
     assert checksum(dom, "/mnt/vdb/second") == second
@@ -192,7 +197,7 @@ def test_schedule_on_a_fake_clock_prunes_real_snapshots_and_backups(lab_settings
     names = sorted(s.name for s in engine.catalog.list(vm_uuid) if s.name.startswith("sched-"))
     # 10:30 was not due; keep_last 2 → day 2 at 10:00 and 11:00; keep_daily 2 → day 2 11:00 and day 1 12:00
     assert names == ["sched-20261102-120000", "sched-20261103-100000", "sched-20261103-110000"]
-    backups = {m.snapshot: m for m in manage.list_backups(lab_settings, file_vm)}
+    backups = {m.snapshot: m for m in manage.list_backups(lab_settings, file_vm)[0]}
     assert sorted(n for n in backups if n.startswith("sched-")) == names
     assert backups["sched-20261102-120000"].parent is None  # rebased: its parents were pruned
     assert restore.verify(lab_settings, file_vm).ok
@@ -221,3 +226,34 @@ def test_backup_create_by_cli_then_verify(lab_settings, engine, file_vm, tmp_pat
     missing = kvmkit(env, "backup", "create", file_vm, "never-taken")
     assert missing.returncode == 3 and "has no snapshot named 'never-taken'" in missing.stderr
     assert kvmkit(env, "backup", "verify", file_vm, "cli1").returncode == 0
+
+
+def test_snapshot_delete_is_refused_while_a_backup_holds_the_snapshot(lab_settings, engine, conn, file_vm):
+    """Issue 15 item 7, through the real engine: `snapshot delete` of a snapshot a backup is reading."""
+    import threading
+
+    from kvmkit.snapshot import snapshot_lock
+
+    snap = engine.create(file_vm, "held1")
+    reading, release = threading.Event(), threading.Event()
+
+    def backup_reading() -> None:  # what backup_snapshot holds while it reads the snapshot
+        with snapshot_lock.reading(lab_settings.state_dir, snap.vm_uuid, "held1", file_vm):
+            reading.set()
+            release.wait(30)
+    thread = threading.Thread(target=backup_reading)
+    thread.start()
+    try:
+        assert reading.wait(10)
+        with pytest.raises(Conflict, match="is being backed up"):
+            engine.delete(file_vm, "held1")
+        assert engine.catalog.find(snap.vm_uuid, "held1") is not None
+        assert all(Path(d.handle).exists() for d in snap.disks)
+    finally:
+        release.set()
+        thread.join()
+    manifest = backup_snapshot(lab_settings, snap)  # takes and releases the same lock
+    engine.delete(file_vm, "held1")
+    assert engine.catalog.find(snap.vm_uuid, "held1") is None
+    assert not any(Path(d.handle).exists() for d in snap.disks)
+    assert restore.verify(lab_settings, file_vm, "held1").ok and manifest.disks

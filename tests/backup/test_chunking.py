@@ -11,10 +11,16 @@ from kvmkit.backup.model import BackupManifest, DiskBackup
 from kvmkit.errors import InvalidInput
 
 MiB = 1 << 20
+UUID = "00000000-0000-4000-8000-000000000001"
+
+
+def h(letter: str) -> str:
+    """A well-formed chunk id standing for a letter (manifests accept nothing else)."""
+    return letter.encode().hex().rjust(64, "0")
 
 
 def manifest(name: str, parent: str | None, chunks: list, full: bool) -> BackupManifest:
-    return BackupManifest(vm="vm", vm_uuid="u", snapshot=name, snapshot_created=datetime(2026, 1, 1),
+    return BackupManifest(vm="vm", vm_uuid=UUID, snapshot=name, snapshot_created=datetime(2026, 1, 1),
                           created=datetime(2026, 1, 1), parent=parent, target="t",
                           disks=[DiskBackup(target="vda", driver="file", source="/d", handle="/d@x",
                                             size_bytes=8 * MiB, full=full, chunks=chunks)])
@@ -50,12 +56,12 @@ def test_delta_lists_changed_and_zeroed_chunks_only():
 
 
 def test_resolve_walks_the_chain_to_the_full_record():
-    full = manifest("s1", None, [(0, "a"), (1, "b")], True)
-    inc = manifest("s2", "s1", [(1, None), (4, "e")], False)
-    inc2 = manifest("s3", "s2", [(0, "A")], False)
+    full = manifest("s1", None, [(0, h("a")), (1, h("b"))], True)
+    inc = manifest("s2", "s1", [(1, None), (4, h("e"))], False)
+    inc2 = manifest("s3", "s2", [(0, h("A"))], False)
     chain = chunking.chain(inc2, {m.snapshot: m for m in (full, inc, inc2)})
     assert [m.snapshot for m in chain] == ["s3", "s2", "s1"]
-    assert chunking.resolve("vda", chain)[1] == {0: "A", 4: "e"}
+    assert chunking.resolve("vda", chain)[1] == {0: h("A"), 4: h("e")}
 
 
 def test_a_broken_chain_is_an_error_naming_the_missing_backup():

@@ -19,6 +19,7 @@ from kvmkit.backup import schedule as sched
 from kvmkit.backup.create import backup_snapshot, plan_bytes
 from kvmkit.backup.targets import open_target
 from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.names import check_snapshot_name
 from kvmkit.output import console, err_console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
@@ -91,7 +92,9 @@ def create(vm: str, snapshot: str, target: str | None = TARGET, connect: str | N
 @app.command("list")
 def list_(vm: str | None = typer.Argument(None), target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Good backups (complete manifests), oldest first; a partial upload is never listed."""
-    manifests = manage.list_backups(config.load(), vm, target)
+    manifests, damaged = manage.list_backups(config.load(), vm, target)
+    for bad in damaged:  # stderr: --json's list keeps its shape
+        err_console.print(f"damaged manifest {bad.key} (ignored): {bad.problem}", markup=False, highlight=False)
     if json_out:
         print_json([m.summary() for m in manifests])
         return
@@ -106,12 +109,18 @@ def restore(vm: str, snapshot: str,
             to: list[str] = typer.Option(None, "--to", help="DEST (one disk) or DISK=DEST; DEST is a file path "
                                                             "or pool/image. Default: each disk's original place."),
             force: bool = typer.Option(False, "--force", help="Replace a destination that exists."),
+            force_offline: bool = typer.Option(False, "--force-offline",
+                                               help="Allow replacing a disk of a defined VM that is shut off."),
             target: str | None = TARGET, json_out: bool = JSON) -> None:
-    """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified."""
+    """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
+    A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
     settings = config.load()
-    manifest, _ = restore_mod.find_backup(open_target(settings, target), vm, snapshot)
-    with progress_bar(f"restore {vm}/{snapshot}", sum(d.size_bytes for d in manifest.disks)) as advance:
-        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance)
+    check_snapshot_name(snapshot)
+    manifest = next((m for m in restore_mod.vm_manifests(open_target(settings, target), vm) if m.snapshot == snapshot),
+                    None)
+    total = sum(d.size_bytes for d in manifest.disks) if manifest else 0
+    with progress_bar(f"restore {vm}/{snapshot}", total) as advance:
+        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance, force_offline)
     if json_out:
         print_json(result)
         return
@@ -143,18 +152,25 @@ def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup
            target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Read back every chunk the backup(s) need and check its hash, without restoring."""
     report = restore_mod.verify(config.load(), vm, snapshot, target)
+    absent = sorted(k for k, v in report.content.items() if v == "absent")
+    mismatch = sorted(k for k, v in report.content.items() if v == "mismatch")
     if json_out:
         print_json(report.model_dump(mode="json") | {"ok": report.ok})
-    elif report.ok:
-        console.print(f"{report.vm}: {len(report.snapshots)} backup(s) verified: {report.chunks_checked} chunks, "
-                      f"{_human(report.bytes_checked)}, all hashes match ({report.seconds:.1f} s)")
-    else:
+    elif not report.damaged and not mismatch:
+        verb, note = ("checked", f"; no content digest in {', '.join(absent)} (format-1 manifest: chunk hashes "
+                                 "only, chunk order unchecked)") if absent else ("verified", ", content digests match")
+        console.print(f"{report.vm}: {len(report.snapshots)} backup(s) {verb}: {report.chunks_checked} chunks, "
+                      f"{_human(report.bytes_checked)}, all hashes match{note} ({report.seconds:.1f} s)")
+    elif report.damaged:
         print_table(f"{report.vm}: damaged chunks", ["chunk", "problem", "needed by"],
                     [(d.chunk, d.problem, ", ".join(d.disks)) for d in report.damaged])
-    if not report.ok:
+    if report.damaged:
         first = report.damaged[0]
         raise OperationFailed(f"{len(report.damaged)} damaged chunk(s) in backups of {report.vm}; first: chunk "
                               f"{first.chunk} ({first.problem}) needed by {', '.join(first.disks)}")
+    if mismatch:
+        raise OperationFailed(f"content digest mismatch in {', '.join(mismatch)}: the chunk list was edited after "
+                              "the backup (chunks swapped, dropped or added); restore refuses it")
 
 
 @app.command()
@@ -169,6 +185,8 @@ def delete(vm: str, snapshot: str,
         return
     console.print(f"{removal.vm}: deleted backup(s) {', '.join(removal.deleted)}; freed {removal.chunks_removed} "
                   f"chunk(s), {_human(removal.bytes_freed)}")
+    if removal.sweep_skipped:
+        err_console.print(f"chunks not swept: {removal.sweep_skipped}", markup=False, highlight=False)
 
 
 @app.command()
@@ -191,6 +209,8 @@ def prune(vm: str, keep_last: int = KEEP_LAST, keep_hourly: int = KEEP_HOURLY, k
     rebased = f"; rewrote {', '.join(removal.rebased)} as full (its parent went)" if removal.rebased else ""
     console.print(f"{removal.vm}: deleted {listed}{rebased}; freed {removal.chunks_removed} chunk(s), "
                   f"{_human(removal.bytes_freed)}")
+    if removal.sweep_skipped:
+        err_console.print(f"chunks not swept: {removal.sweep_skipped}", markup=False, highlight=False)
 
 
 @app.command()

@@ -150,9 +150,13 @@ def encode(raw: bytes | bytearray | memoryview, compression: str, tree: bool = F
     return b"".join(frames)
 
 
-def _unframe(digest: str, payload: bytes) -> bytes:
-    out, view, position = [], memoryview(payload), 0
+def _unframe(digest: str, payload: bytes, limit: int) -> bytes:
+    """The frames' content; more than limit bytes (many tiny frames that each inflate to 64 KiB: a bomb) is
+    refused as it grows, so decoding never allocates more than limit + one block."""
+    out, view, position, total = [], memoryview(payload), 0, 0
     while position < len(view):
+        if total > limit:
+            raise ChunkDamaged(digest, f"undecodable (more than {limit} bytes)")
         if position + FRAME.size > len(view):
             raise ChunkDamaged(digest, "undecodable (truncated frame)")
         codec, length = FRAME.unpack_from(view, position)
@@ -164,11 +168,18 @@ def _unframe(digest: str, payload: bytes) -> bytes:
         if codec == ZSTD:
             out.append(_zstd_decompress(body))
         elif codec == ZLIB:
-            out.append(zlib.decompress(body))
+            inflater = zlib.decompressobj()
+            block = inflater.decompress(body, BLOCK)
+            if inflater.unconsumed_tail:
+                raise ChunkDamaged(digest, "undecodable (zlib frame larger than a block)")
+            out.append(block)
         elif codec == RAW:
             out.append(bytes(body))
         else:
             raise ChunkDamaged(digest, f"undecodable (unknown frame codec {codec})")
+        total += len(out[-1])
+    if total > limit:
+        raise ChunkDamaged(digest, f"undecodable (more than {limit} bytes)")
     return b"".join(out)
 
 
@@ -223,24 +234,28 @@ def base_of(head: bytes) -> str | None:
     return head[5:37].hex()
 
 
-def _container(digest: str, blob: bytes | memoryview) -> bytes:
+def _container(digest: str, blob: bytes | memoryview, limit: int) -> bytes:
     if bytes(blob[:4]) != MAGIC or len(blob) < 5:
         raise ChunkDamaged(digest, "undecodable (bad header)")
     codec, payload = blob[4] & ~TREE, blob[5:]
     if codec == RAW:
+        if len(payload) > limit:
+            raise ChunkDamaged(digest, f"undecodable (more than {limit} bytes)")
         return bytes(payload)
     if codec == BLOCKS:
-        return _unframe(digest, bytes(payload))
+        return _unframe(digest, bytes(payload), limit)
     raise ChunkDamaged(digest, f"undecodable (unknown codec {codec})")
 
 
-def _undelta(digest: str, blob: bytes, fetch: Callable[[str], bytes]) -> bytes:
+def _undelta(digest: str, blob: bytes, fetch: Callable[[str], bytes], limit: int) -> bytes:
     try:
         base, _depth, length, count = DELTA_HEADER.unpack_from(blob, 5)
+        if length > limit or 4 * count > len(blob):
+            raise ChunkDamaged(digest, f"undecodable (delta of {length} bytes, {count} blocks)")
         blocks = struct.unpack_from(f"<{count}I", blob, 5 + DELTA_HEADER.size)
     except struct.error:
         raise ChunkDamaged(digest, "undecodable (truncated delta header)") from None
-    payload = _container(digest, memoryview(blob)[5 + DELTA_HEADER.size + 4 * count:])
+    payload = _container(digest, memoryview(blob)[5 + DELTA_HEADER.size + 4 * count:], limit)
     out = bytearray(fetch(base.hex()))
     if len(out) != length:
         raise ChunkDamaged(digest, "undecodable (base chunk has another length)")
@@ -255,21 +270,23 @@ def _undelta(digest: str, blob: bytes, fetch: Callable[[str], bytes]) -> bytes:
     return bytes(out)
 
 
-def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None) -> bytes:
-    """The raw chunk, or ChunkDamaged when the container is broken or the content does not hash to its name.
-    fetch(base digest) → raw base: needed for delta chunks (the store passes its own verified reader)."""
+def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None, limit: int = 16 << 20,
+           verify: bool = True) -> bytes:
+    """The raw chunk, or ChunkDamaged when the container is broken, would decode to more than limit bytes, or
+    the content does not hash to its name. fetch(base digest) → raw base: needed for delta chunks (the store
+    passes its own reader). verify=False skips the hash: only for a delta's base, whose bytes the delta's own
+    hash then checks (a base with a wrong block the delta replaces does no harm; any other shows there)."""
     try:
         if _codec(blob) == DELTA and blob[:4] == MAGIC:
             if fetch is None:
                 raise ChunkDamaged(digest, "undecodable (delta chunk without a base reader)")
-            raw = _undelta(digest, blob, fetch)
+            raw = _undelta(digest, blob, fetch, limit)
         else:
-            raw = _container(digest, blob)
+            raw = _container(digest, blob, limit)
     except zlib.error:
         raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
     except zstandard.ZstdError:
         raise ChunkDamaged(digest, "undecodable (zstd frame damaged)") from None
-    named = chunk_id(raw) if len(blob) > 4 and blob[4] & TREE else hashlib.sha256(raw).hexdigest()
-    if named != digest:
+    if verify and (chunk_id(raw) if len(blob) > 4 and blob[4] & TREE else hashlib.sha256(raw).hexdigest()) != digest:
         raise ChunkDamaged(digest, "hash mismatch (content changed on the target)")
     return raw

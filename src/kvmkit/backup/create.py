@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import changes, chunking, codec, fiemap
+from kvmkit.backup import changes, chunking, codec, digest, fiemap
 from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
 from kvmkit.backup.guest_reader import GuestViewReader
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
@@ -38,6 +38,7 @@ from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
 from kvmkit.failpoint import failpoint
+from kvmkit.snapshot import snapshot_lock
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def backup_snapshot(settings: Settings, snapshot: Snapshot, target_name: str | N
     """Back a ready snapshot up to a target (the configured one if there is only one). The hook for
     `backup_to_secondary = true`: call it after the snapshot is `ready`, outside any freeze."""
     target = open_target(settings, target_name)
-    return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
+    with snapshot_lock.reading(settings.state_dir, snapshot.vm_uuid, snapshot.name, snapshot.vm):
+        return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
 
 
 def plan_bytes(snapshot: Snapshot) -> int:
@@ -160,6 +162,8 @@ class Backup:
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full
                              else chunking.delta(parent_map, hashes, hashes))
             record.changed_bytes = sum(chunking.chunk_span(i, size, self.chunk_size)[1] for i, _ in record.chunks)
+            whole = chunking.apply({} if record.full else parent_map, record.chunks)
+            record.content_digest = digest.of_map(whole, size, self.chunk_size)
             self.advance(max(0, size - record.read_bytes))  # the bar counts skipped extents as done
             return record
         finally:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from kvmkit.backup import chunking, retention
-from kvmkit.backup.model import BackupManifest
+from kvmkit.backup.model import BackupManifest, DamagedManifest
 from kvmkit.backup.restore import find_backup, vm_manifests
+from kvmkit.backup.store import ChunkStore, SweepBlocked
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict
@@ -22,11 +23,24 @@ class Removal(BaseModel):
     rebased: list[str] = []  # kept incrementals rewritten as full because their parent was pruned
     chunks_removed: int = 0
     bytes_freed: int = 0
+    sweep_skipped: str | None = None  # why no chunk was swept (a damaged manifest on the target)
 
 
-def list_backups(settings: Settings, vm: str | None = None, target_name: str | None = None) -> list[BackupManifest]:
+def sweep(target: ChunkStore) -> tuple[int, int, str | None]:
+    """(chunks removed, bytes freed, why skipped): a damaged manifest anywhere on the target blocks the sweep
+    (its chunks may be live) but not the deletion of other VMs' manifests; the next sweep frees their chunks."""
+    try:
+        return (*target.collect_garbage(), None)
+    except SweepBlocked as exc:
+        return 0, 0, str(exc)
+
+
+def list_backups(settings: Settings, vm: str | None = None,
+                 target_name: str | None = None) -> tuple[list[BackupManifest], list[DamagedManifest]]:
+    """(good backups, damaged manifests of the whole target): a damaged one is listed, never used."""
     target = open_target(settings, target_name)
-    return vm_manifests(target, vm) if vm else target.manifests()
+    manifests, damaged = target.scan_manifests(headers=True)
+    return (vm_manifests(target, vm, manifests) if vm else manifests), damaged
 
 
 def items(manifests: list[BackupManifest]) -> list[retention.Item]:
@@ -49,8 +63,8 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
         for name in doomed:  # children first: a surviving manifest never loses its parent
             target.delete_manifest(by_name[name])
             failpoint("prune-mid-delete")
-        removed, freed = target.collect_garbage()
-    return Removal(vm=manifest.vm, deleted=doomed, chunks_removed=removed, bytes_freed=freed)
+        removed, freed, skipped = sweep(target)
+    return Removal(vm=manifest.vm, deleted=doomed, chunks_removed=removed, bytes_freed=freed, sweep_skipped=skipped)
 
 
 def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target_name: str | None = None,
@@ -70,18 +84,21 @@ def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target
                         key=lambda m: (m.snapshot_created, m.snapshot), reverse=True)
         rebase = [m for m in manifests if m.snapshot in kept and m.parent is not None and m.parent not in kept]
         removed = freed = 0
+        skipped = None
         if not dry_run:
             by_name = {m.snapshot: m for m in manifests}
-            rebased = [as_full(m, chunking.chain(m, by_name)) for m in rebase]  # all resolved before any change
+            # all resolved before any change
+            rebased = [as_full(m, chunking.chain(m, by_name)) for m in rebase]
             for manifest in rebased:
                 target.write_manifest(manifest)
                 failpoint("prune-mid-rebase")
             for manifest in doomed:
                 target.delete_manifest(manifest)
                 failpoint("prune-mid-delete")
-            removed, freed = target.collect_garbage()
+            removed, freed, skipped = sweep(target)
     return Removal(vm=manifests[0].vm, deleted=[m.snapshot for m in doomed], kept=kept,
-                   rebased=[m.snapshot for m in rebase], chunks_removed=removed, bytes_freed=freed)
+                   rebased=[m.snapshot for m in rebase], chunks_removed=removed, bytes_freed=freed,
+                   sweep_skipped=skipped)
 
 
 def as_full(manifest: BackupManifest, chain: list[BackupManifest]) -> BackupManifest:

@@ -1,36 +1,48 @@
-"""Restore and verify: every chunk read back is decoded and hashed before it is used.
+"""Restore and verify: the wiring. Every chunk read back is decoded and hashed before it is used.
 
-Restore builds each disk beside its destination and renames them in only after every disk was rebuilt from
-verified chunks; a missing or damaged chunk stops it with an error naming the chunk and every disk that needs
-it, and removes what was half-built, so a restore never leaves a silently wrong disk.
+Restore: find the backup and its chain (store), resolve and check every destination (restore_targets: no disk
+of a defined VM, temp files O_EXCL beside their destination), refuse an edited chain from its content digest
+before writing anything, write each disk (restore_writer: each chunk decoded once, in parallel, holes kept), check
+the written content's digest, then swap every disk in at once. A missing or damaged chunk stops it with an error
+naming the chunk and every disk that needs it, and removes what was half-built: never a silently wrong disk.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking
+from kvmkit.backup import chunking, restore_writer
+from kvmkit.backup import digest as content_digest
+from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
-from kvmkit.backup.model import BackupManifest, DamagedChunk, VerifyReport
-from kvmkit.backup.sources import Ceph, DiskWriter, FileWriter, RbdWriter
+from kvmkit.backup.model import BackupManifest, DamagedChunk, DiskBackup, VerifyReport
+from kvmkit.backup.sources import Ceph, RbdWriter
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.failpoint import failpoint
+from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
 
 Advance = Callable[[int], None]
 WORKERS = 3
 
 
-def vm_manifests(target: ChunkStore, vm: str) -> list[BackupManifest]:
+def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None) -> list[BackupManifest]:
     """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
-    found = [m for m in target.manifests() if vm in (m.vm, m.vm_uuid)]
+    if not UUID_RE.match(vm):
+        check_vm_name(vm)
+    def wanted(m: BackupManifest) -> bool:
+        return vm in (m.vm, m.vm_uuid)
+    if manifests is None:  # other VMs' manifests are parsed one at a time and kept without their chunk lists
+        manifests = target.scan_manifests(headers=True, keep=wanted)[0]
+    found = [m for m in manifests if wanted(m)]
     uuids = sorted({m.vm_uuid for m in found})
     if len(uuids) > 1:
         raise InvalidInput(f"several VMs named {vm!r} have backups on {target.name} ({', '.join(uuids)}): "
@@ -42,6 +54,7 @@ def vm_manifests(target: ChunkStore, vm: str) -> list[BackupManifest]:
 
 def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
     """The backup and its chain (newest first)."""
+    check_snapshot_name(snapshot)
     manifests = vm_manifests(target, vm)
     by_name = {m.snapshot: m for m in manifests}
     if snapshot not in by_name:
@@ -64,7 +77,8 @@ class RestoreResult(BaseModel):
 
 
 def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
-    """--to DEST (one-disk backups), or --to vda=DEST per disk; unnamed disks go back to their source."""
+    """--to DEST (one-disk backups), or --to vda=DEST per disk; unnamed disks go back to their source (which the
+    manifest says, so it is checked exactly like a --to)."""
     dests = {d.target: d.source for d in manifest.disks}
     for item in to:
         disk, sep, dest = item.partition("=")
@@ -79,98 +93,91 @@ def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
     return dests
 
 
-def refuse_if_in_use(uri: str, manifest: BackupManifest, dests: set[str]) -> None:
-    """A running VM that uses a destination would see its disk change under it: refuse. A VM that no longer
-    exists, or a host where libvirt is not running (restore onto a fresh host), has nothing to protect."""
-    import libvirt
-
-    from kvmkit.errors import Conflict, EnvironmentProblem
-    from kvmkit.virt.connection import connection, is_running, live_disks
-
-    try:
-        with connection(uri) as conn:
-            try:
-                dom = conn.lookupByUUIDString(manifest.vm_uuid)
-            except libvirt.libvirtError:
-                return
-            busy = sorted(d.source for d in live_disks(dom) if d.source in dests) if is_running(dom) else []
-    except EnvironmentProblem:
-        return
-    if busy:
-        raise Conflict(f"VM {manifest.vm} is running and uses {', '.join(busy)}; shut it down first")
-
-
 def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None = None, to: list[str] | None = None,
-            replace: bool = False, advance: Advance = lambda _n: None) -> RestoreResult:
+            replace: bool = False, advance: Advance = lambda _n: None, force_offline: bool = False) -> RestoreResult:
+    """Rebuild every disk of a backup: checked targets, staged, verified, then swapped in all at once."""
     target = open_target(settings, target_name)
     manifest, chain = find_backup(target, vm, snapshot)
-    dests = destinations(manifest, to or [])
-    refuse_if_in_use(settings.libvirt_uri, manifest, set(dests.values()))
+    given = destinations(manifest, to or [])
+    dests = [targets.resolve(disk, dest) for disk, dest in given.items()]
+    resolved = [str(d.path or d.given) for d in dests]
+    if len(set(resolved)) != len(resolved):
+        raise InvalidInput(f"two disks of backup {snapshot} would be restored to one place ({', '.join(resolved)})")
+    domain_disks = targets.defined_disks(settings.libvirt_uri)
+    named = {item.partition("=")[0] if "=" in item else manifest.disks[0].target for item in to or []}
+    targets.require_own_disks([d for d in dests if d.disk not in named], domain_disks, manifest.vm, manifest.vm_uuid)
+    targets.refuse_domain_disks(dests, domain_disks, force_offline)
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
+    for disk in manifest.disks:  # an edited chain is refused before anything is written
+        if content_check(disk, maps[disk.target], manifest.chunk_size) == "mismatch":
+            raise OperationFailed(f"backup {snapshot} of VM {manifest.vm}: disk {disk.target}'s chunk list does not "
+                                  "match the content digest recorded at backup time (a manifest was edited); "
+                                  "nothing was restored")
+    by_disk = {d.disk: d for d in dests}
     t0 = time.perf_counter()
+    staged: list[targets.StagedFile] = []
+    rbd_writers: list[RbdWriter] = []
+    written: dict[str, int] = {}
+    blocks = [d for d in manifest.disks if by_disk[d.target].kind == "block"]
     with ExitStack() as stack:
         ceph = None
-        if any(not dests[d.target].startswith("/") for d in manifest.disks):
+        if any(d.kind == "rbd" for d in dests):
             ceph = Ceph.connect(settings)
             stack.callback(ceph.close)
-        writers: dict[str, DiskWriter] = {}
         try:
-            for disk in manifest.disks:
-                dest = dests[disk.target]
-                if dest.startswith("/"):
-                    writers[disk.target] = FileWriter(Path(dest), disk.size_bytes, replace)
+            for disk in [d for d in manifest.disks if d not in blocks]:  # staged first, block devices last
+                dest = by_disk[disk.target]
+                if dest.kind == "file":
+                    item = targets.StagedFile(dest, replace, disk.size_bytes)
+                    staged.append(item)
+                    sink: restore_writer.Sink = restore_writer.FdSink(item.open(), fresh=True)
                 else:
                     assert ceph is not None
-                    writers[disk.target] = RbdWriter(ceph, dest, disk.size_bytes, replace)
-            written = {}
-            for disk in manifest.disks:
-                written[disk.target] = _rebuild(target, manifest, disk.target, maps, writers[disk.target], advance)
+                    rbd_writers.append(RbdWriter(ceph, dest.given, disk.size_bytes, replace))
+                    sink = restore_writer.RbdSink(rbd_writers[-1].image)
+                written[disk.target] = _write(target, manifest, disk, maps, sink, advance)
+                if dest.kind == "file":
+                    staged[-1].finish()
+            for disk in blocks:
+                fd = targets.open_block(by_disk[disk.target], replace, disk.size_bytes)
+                try:
+                    written[disk.target] = _write(target, manifest, disk, maps,
+                                                  restore_writer.FdSink(fd, fresh=False), advance)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            failpoint("restore-before-swap")
+            targets.swap_all(staged)
         except BaseException:
-            for writer in writers.values():
+            for writer in rbd_writers:
                 writer.abort()
             raise
-        done = [RestoredDisk(target=d.target, destination=writers[d.target].commit(), size_bytes=d.size_bytes,
-                             written_bytes=written[d.target]) for d in manifest.disks]
+        finally:
+            for item in staged:
+                item.cleanup()
+        for writer in rbd_writers:
+            writer.commit()
+    done = [RestoredDisk(target=d.target, destination=str(by_disk[d.target].path or by_disk[d.target].given),
+                         size_bytes=d.size_bytes, written_bytes=written[d.target]) for d in manifest.disks]
     return RestoreResult(vm=manifest.vm, snapshot=snapshot, disks=done, seconds=round(time.perf_counter() - t0, 3))
 
 
-def _rebuild(target: ChunkStore, manifest: BackupManifest, disk: str, maps: dict[str, chunking.ChunkMap],
-             writer: DiskWriter, advance: Advance) -> int:
-    size = manifest.disk(disk).size_bytes  # type: ignore[union-attr]
-    chunk_map = maps[disk]
-
-    def one(index: int, digest: str) -> int:
-        offset, length = chunking.chunk_span(index, size, manifest.chunk_size)
-        raw = target.get_chunk(digest)
-        if len(raw) != length:
-            raise ChunkDamaged(digest, f"holds {len(raw)} bytes where chunk {index} of {disk} has {length}")
-        writer.write(offset, raw)
-        return length
-
-    written = 0
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="restore") as pool:
-        pending: set[Future] = set()
-        try:
-            for index, digest in sorted(chunk_map.items()):
-                if len(pending) >= 2 * WORKERS:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        written += future.result()
-                        advance(manifest.chunk_size)
-                pending.add(pool.submit(one, index, digest))
-            for future in list(pending):
-                written += future.result()
-            pending = set()
-        except ChunkDamaged as exc:
-            wanted = {exc.digest, exc.needed_for}
-            users = [f"{manifest.snapshot}:{name}" for name, cmap in maps.items() if wanted & set(cmap.values())]
-            raise OperationFailed(f"chunk {exc.digest} is damaged ({exc.problem}); it is needed by disk(s) "
-                                  f"{', '.join(users)}; nothing was restored") from None
-        finally:
-            for future in pending:
-                future.cancel()
-    advance(max(0, size - len(chunk_map) * manifest.chunk_size))
-    return written
+def _write(target: ChunkStore, manifest: BackupManifest, disk: DiskBackup, maps: dict[str, chunking.ChunkMap],
+           sink: restore_writer.Sink, advance: Advance) -> int:
+    """One disk through the writer; a damaged chunk names every disk that needs it, a digest mismatch stops."""
+    try:
+        result = restore_writer.write_disk(target, maps[disk.target], disk.size_bytes, manifest.chunk_size, sink,
+                                           advance)
+    except ChunkDamaged as exc:
+        wanted = {exc.digest, exc.needed_for}
+        users = [f"{manifest.snapshot}:{name}" for name, cmap in maps.items() if wanted & set(cmap.values())]
+        partly = " (block devices already written are partly overwritten)" if not sink.fresh else ""
+        raise OperationFailed(f"chunk {exc.digest} is damaged ({exc.problem}); it is needed by disk(s) "
+                              f"{', '.join(users) or disk.target}; nothing was restored{partly}") from None
+    if disk.content_digest is not None and result.content_digest != disk.content_digest:
+        raise OperationFailed(f"disk {disk.target} of backup {manifest.snapshot}: the restored content's digest "
+                              "differs from the one recorded at backup time; nothing was replaced")
+    return result.data_bytes
 
 
 def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name: str | None = None,
@@ -181,10 +188,13 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
     selected = [find_backup(target, vm, snapshot)[0]] if snapshot else manifests
     by_name = {m.snapshot: m for m in manifests}
     users: dict[str, list[str]] = {}
+    content: dict[str, str] = {}
     for manifest in selected:
         chain = chunking.chain(manifest, by_name)
         for disk in manifest.disks:
-            for digest in set(chunking.resolve(disk.target, chain)[1].values()):
+            chunk_map = chunking.resolve(disk.target, chain)[1]
+            content[f"{manifest.snapshot}:{disk.target}"] = content_check(disk, chunk_map, manifest.chunk_size)
+            for digest in set(chunk_map.values()):
                 users.setdefault(digest, []).append(f"{manifest.snapshot}:{disk.target}")
     t0 = time.perf_counter()
     damaged: list[DamagedChunk] = []
@@ -206,7 +216,18 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
                 checked_bytes += future
                 advance(future)
     return VerifyReport(vm=manifests[0].vm, snapshots=[m.snapshot for m in selected], chunks_checked=len(users),
-                        bytes_checked=checked_bytes, damaged=damaged, seconds=round(time.perf_counter() - t0, 3))
+                        bytes_checked=checked_bytes, damaged=damaged, content=content,
+                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def content_check(disk: DiskBackup, chunk_map: chunking.ChunkMap, chunk_size: int) -> str:
+    """"match" when the chunks, in their places, are the content the backup read; "mismatch" when a manifest
+    in the chain was edited (swapped, dropped or added chunk ids); "absent" for a format-1 manifest. Each chunk's
+    own bytes are checked against its id when it is read, so a match here pins every byte of the disk."""
+    if disk.content_digest is None:
+        return "absent"
+    return "match" if content_digest.of_map(chunk_map, disk.size_bytes, chunk_size) == disk.content_digest \
+        else "mismatch"
 
 
 def _safe(fn: Callable[[str], int]) -> Callable[[str], int | ChunkDamaged]:

@@ -22,6 +22,7 @@ delete runs. Everything that is not storage (deltas, verification, manifests, ga
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from kvmkit.backup.store import ChunkStore, flocked
+from kvmkit.backup.store import MAX_SMALL_BLOB, ChunkStore, flocked
 from kvmkit.config import BackupTarget
 from kvmkit.errors import EnvironmentProblem, InvalidInput, KvmkitError, NotFound, OperationFailed
 
@@ -125,16 +126,24 @@ class S3Target(ChunkStore):
         with self._calls("writing", key):
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
-    def _get(self, key: str, **options: str) -> bytes | None:
+    def _get(self, key: str, limit: int = MAX_SMALL_BLOB, **options: str) -> bytes | None:
+        """An object larger than limit is refused from its Content-Length, before its body is read."""
         try:
             with self._calls("reading", key, ok=MISSING):
-                return self._client.get_object(Bucket=self.bucket, Key=key, **options)["Body"].read()
+                reply = self._client.get_object(Bucket=self.bucket, Key=key, **options)
+                if int(reply.get("ContentLength") or 0) > limit:
+                    reply["Body"].close()
+                    raise OSError(errno.EFBIG, f"{reply['ContentLength']} bytes, more than {limit}")
+                body = reply["Body"].read(limit + 1)
+                if len(body) > limit:
+                    raise OSError(errno.EFBIG, f"more than {limit} bytes")
+                return body
         except _Expected:
             return None
 
     def _get_head(self, key: str, size: int) -> bytes | None:
         """Transport failures raise: garbage collection must not mistake an unread delta for one without a base."""
-        return self._get(key, Range=f"bytes=0-{size - 1}")
+        return self._get(key, size, Range=f"bytes=0-{size - 1}")
 
     def _exists(self, key: str) -> bool:
         try:

@@ -1,8 +1,8 @@
 """Reading snapshots and writing restored disks: reflink files and RBD snapshots, behind one small shape.
 
 Readers say which extents hold data (holes and unallocated RBD extents are never read) and, for RBD, which
-extents changed since an older snapshot (`diff_iterate`). Writers build a restored disk beside its destination
-and only `commit` (rename) once every chunk was verified, so a failed restore leaves the destination as it was.
+extents changed since an older snapshot (`diff_iterate`). RbdWriter builds a restored image beside its destination
+and only `commit`s (renames) once every chunk was verified; files are staged by restore_targets.
 """
 
 from __future__ import annotations
@@ -33,14 +33,6 @@ class SnapshotReader(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class DiskWriter(Protocol):
-    def write(self, offset: int, data: bytes) -> None: ...
-
-    def commit(self) -> str: ...
-
-    def abort(self) -> None: ...
 
 
 def file_data_extents(fd: int, size: int) -> list[Extent]:
@@ -92,38 +84,6 @@ class FileReader:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-class FileWriter:
-    """Writes `<dest>.kvmkit-restore` (sparse: zero chunks are never written) and renames it over dest."""
-
-    def __init__(self, dest: Path, size: int, replace: bool) -> None:
-        if dest.exists() and not replace:
-            raise Conflict(f"{dest} exists; pass --force to replace it, or --to another path")
-        if not dest.parent.is_dir():
-            raise NotFound(f"folder {dest.parent} does not exist")
-        self.dest, self.tmp = dest, dest.with_name(dest.name + ".kvmkit-restore")
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, size)
-
-    def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
-
-    def commit(self) -> str:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        os.rename(self.tmp, self.dest)
-        return str(self.dest)
-
-    def abort(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-        self.tmp.unlink(missing_ok=True)
 
 
 # RBD -----------------------------------------------------------------------------------------------------------

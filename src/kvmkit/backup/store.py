@@ -14,6 +14,12 @@ A name appears only with its whole content (dir: rename after write; S3: a PUT i
 half a chunk or half a manifest; a backup is good exactly when its manifest exists. Chunks a killed backup left
 behind are reused by the retried run (its writes skip chunks already present) or removed by the next garbage
 collection.
+
+Everything read back is untrusted (whoever can write the export or the bucket can plant anything): keys are built
+only from validated names (64-hex chunk ids, a UUID, a snapshot name), every read has a size limit checked before
+the bytes are read, a dir target opens each path component with O_NOFOLLOW (a planted symlink, FIFO or device is
+refused, never followed, never waited on) and creates files with O_EXCL, and a manifest that does not parse is
+listed as damaged without hiding the others.
 """
 
 from __future__ import annotations
@@ -25,26 +31,48 @@ import fcntl
 import json
 import logging
 import os
+import re
+import stat
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from kvmkit.backup import codec
 from kvmkit.backup.codec import ChunkDamaged
-from kvmkit.backup.model import FORMAT_VERSION, BackupManifest
+from kvmkit.backup.model import FORMAT_VERSION, MAX_CHUNK_SIZE, BackupManifest, DamagedManifest
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 
 log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
 MARKER = "kvmkit-backup.json"
 DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1000 keys; GC never holds more dead names than this
+# Size limits, checked before a blob is read: a chunk's container holds at most MAX_CHUNK_SIZE raw bytes plus
+# 5 bytes of frame header per 64 KiB and a delta's block list (4 bytes per 4 KiB block)
+MAX_CHUNK_BLOB = MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 512 + 4096
+MAX_MANIFEST_BYTES = 64 << 20  # ≈ 8 TiB of non-zero 1 MiB chunks in one backup
+MAX_SMALL_BLOB = 64 << 10  # the format marker, intents, the S3 lock record
+_CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+class SweepBlocked(OperationFailed):
+    """Garbage collection refused: a damaged manifest's chunks may be live, so none may be swept."""
+
+
+class ManifestDamaged(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
 
 
 def chunk_key(digest: str) -> str:
+    """The only way a chunk's name is made: from a 64-hex id, never from anything else a manifest says."""
+    if not isinstance(digest, str) or not _CHUNK_ID.match(digest):
+        raise ChunkDamaged(repr(digest)[:80], "not a chunk id (64 hex digits)")
     return f"chunks/{digest[:2]}/{digest}"
 
 
@@ -72,9 +100,9 @@ class ChunkStore(ABC):
         OperationFailed(self._full_message(key, why)). durable=False: `sync` makes it durable later."""
 
     @abstractmethod
-    def _get(self, key: str) -> bytes | None:
-        """The blob, or None when there is none. A dir target raises OSError for a blob it cannot read (damage);
-        transport failures raise KvmkitError."""
+    def _get(self, key: str, limit: int = MAX_SMALL_BLOB) -> bytes | None:
+        """The blob, or None when there is none. OSError for a blob that cannot be read or is larger than limit
+        (damage: refused before its bytes are read); transport failures raise KvmkitError."""
 
     @abstractmethod
     def _get_head(self, key: str, size: int) -> bytes | None:
@@ -112,7 +140,7 @@ class ChunkStore(ABC):
     def _check_format(self) -> None:
         """Refuse a target written by another format; mark a new one (a later version must not misread it)."""
         try:
-            blob = self._get(MARKER)
+            blob = self._get(MARKER, MAX_SMALL_BLOB)
         except OSError as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc.strerror}") from None
         if blob is None:
@@ -120,7 +148,7 @@ class ChunkStore(ABC):
             return
         try:
             version = json.loads(blob).get("format")
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc}") from None
         if version != FORMAT_VERSION:
             raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
@@ -164,29 +192,53 @@ class ChunkStore(ABC):
             return None  # a delta header cut short: damaged, build nothing on it
         return codec.depth(head)
 
-    def read_chunk(self, digest: str, _level: int = 0) -> tuple[bytes, int]:
-        """(raw bytes, delta depth), verified; a delta's bases are read and verified on the way."""
+    def read_chunk(self, digest: str, _level: int = 0, limit: int = MAX_CHUNK_SIZE,
+                   bases: Any = None, _verify: bool = True) -> tuple[bytes, int]:
+        """(raw bytes, delta depth), verified. A delta's bases are decoded without hashing them (the delta's own
+        hash covers every byte it takes from them: one sha256 per chunk, not one per chain link); when that
+        hash fails, the chain is read again with every link verified, so the damaged link is the one named.
+        limit: the most raw bytes the chunk may decode to (its length on the disk being restored). bases: a
+        cache with get(digest, load) so a base many deltas share is decoded once (restore_writer)."""
         if _level > codec.MAX_DEPTH + 1:
             raise ChunkDamaged(digest, "undecodable (delta chain too deep)")
+        key = chunk_key(digest)
         try:
-            blob = self._get(chunk_key(digest))
+            blob = self._get(key, MAX_CHUNK_BLOB)
         except OSError as exc:
             raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
         if blob is None:
             raise ChunkDamaged(digest, "missing")
-        raw = codec.decode(digest, blob, lambda base: self.read_chunk(base, _level + 1)[0])
+
+        def base(name: str) -> bytes:
+            load = lambda: self.read_chunk(name, _level + 1, limit, bases, _verify=False)[0]  # noqa: E731
+            return load() if bases is None else bases.get(name, load)
+        try:
+            raw = codec.decode(digest, blob, base, limit, verify=_verify)
+        except ChunkDamaged as exc:
+            based_on = codec.base_of(blob[:37])
+            if based_on is None or not _verify:
+                raise
+            try:  # which link is damaged: the base (verified now), or this delta
+                self.read_chunk(based_on, _level + 1, limit)
+            except ChunkDamaged as base_damage:
+                raise base_damage from None
+            raise exc from None
         return raw, codec.depth(blob)
 
-    def get_chunk(self, digest: str) -> bytes:
+    def get_chunk(self, digest: str, limit: int = MAX_CHUNK_SIZE, bases: Any = None) -> bytes:
         try:
-            return self.read_chunk(digest)[0]
+            return self.read_chunk(digest, limit=limit, bases=bases)[0]
         except ChunkDamaged as exc:
             if exc.digest != digest:
                 exc.needed_for = digest
             raise
 
     def base_of(self, digest: str) -> str | None:
-        head = self._get_head(chunk_key(digest), 37)
+        try:
+            key = chunk_key(digest)
+        except ChunkDamaged:
+            return None
+        head = self._get_head(key, 37)
         return codec.base_of(head) if head is not None else None
 
     # manifests ---------------------------------------------------------------------------------------------------
@@ -203,19 +255,48 @@ class ChunkStore(ABC):
         return len(data)
 
     def _read_manifest(self, key: str) -> BackupManifest | None:
+        """The manifest at key (None: deleted meanwhile), or ManifestDamaged: unreadable, too large, not the
+        strict model, or naming another backup than its key (a copied manifest must not pose as another VM's)."""
         try:
-            blob = self._get(key)
-            return None if blob is None else BackupManifest.model_validate_json(blob)
-        except (OSError, ValidationError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
-            raise OperationFailed(f"backup target {self.name}: manifest {key} is unreadable: {detail}") from None
+            blob = self._get(key, MAX_MANIFEST_BYTES)
+            manifest = None if blob is None else BackupManifest.model_validate_json(blob)
+        except OSError as exc:
+            raise ManifestDamaged(key, f"unreadable ({exc.strerror})") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            value = first.get("input")
+            shown = f" (got {repr(value)[:80]})" if isinstance(value, str | int | float) else ""
+            raise ManifestDamaged(key, f"{where}: {first['msg']}{shown}"[:400]) from None
+        except (ValueError, RecursionError) as exc:
+            raise ManifestDamaged(key, str(exc).splitlines()[0][:300]) from None
+        if manifest is not None and manifest_key(manifest.vm_uuid, manifest.snapshot) != key:
+            raise ManifestDamaged(key, f"it describes backup {manifest.vm_uuid}/{manifest.snapshot}, not its own name")
+        return manifest
 
-    def manifests(self, vm_uuid: str | None = None) -> list[BackupManifest]:
-        """Good backups (those with a manifest), oldest snapshot first."""
+    def scan_manifests(self, vm_uuid: str | None = None, headers: bool = False,
+                       keep: Callable[[BackupManifest], bool] | None = None,
+                       ) -> tuple[list[BackupManifest], list[DamagedManifest]]:
+        """(good backups oldest snapshot first, damaged manifests): one bad manifest never hides the others.
+        headers: drop each manifest's chunk lists once it parsed (`full` loads one back), so listing a target
+        holds one manifest's chunks at a time, not every backup's; except those `keep` selects (one VM's)."""
         prefix = f"manifests/{vm_uuid}/" if vm_uuid else "manifests/"
-        keys = [key for key, _ in self._list(prefix) if _is_json(key)]
-        found = [m for m in map(self._read_manifest, keys) if m is not None]  # None: deleted meanwhile
-        return sorted(found, key=lambda m: (m.snapshot_created, m.snapshot))
+        good: list[BackupManifest] = []
+        damaged: list[DamagedManifest] = []
+        for key in sorted(key for key, _ in self._list(prefix) if _is_json(key)):
+            try:
+                manifest = self._read_manifest(key)
+            except ManifestDamaged as exc:
+                log.info("damaged manifest", extra={"target": self.name, "key": key, "problem": exc.problem})
+                damaged.append(DamagedManifest(key=key, problem=exc.problem))
+                continue
+            if manifest is not None:
+                good.append(_header(manifest) if headers and not (keep and keep(manifest)) else manifest)
+        return sorted(good, key=lambda m: (m.snapshot_created, m.snapshot)), damaged
+
+    def manifests(self, vm_uuid: str | None = None, headers: bool = False) -> list[BackupManifest]:
+        """Good backups (those with a manifest that parses), oldest snapshot first; damaged ones are skipped."""
+        return self.scan_manifests(vm_uuid, headers)[0]
 
     def delete_manifest(self, manifest: BackupManifest) -> None:
         self._delete([manifest_key(manifest.vm_uuid, manifest.snapshot)])
@@ -232,10 +313,11 @@ class ChunkStore(ABC):
         out = []
         for key, _ in sorted(self._list("incomplete/")):
             try:
-                blob = self._get(key) if _is_json(key) else None
-                if blob is not None:
-                    out.append(json.loads(blob))
-            except (OSError, ValueError):
+                blob = self._get(key, MAX_SMALL_BLOB) if _is_json(key) else None
+                record = json.loads(blob) if blob is not None else None
+                if isinstance(record, dict):
+                    out.append({k: str(v)[:200] for k, v in record.items() if k in INTENT_KEYS})
+            except (OSError, ValueError, RecursionError):
                 continue
         return out
 
@@ -244,8 +326,14 @@ class ChunkStore(ABC):
         """Every chunk a manifest names, and the bases of live delta chunks (transitively). Any unreadable
         manifest stops it: its chunks might be live."""
         live: set[str] = set()
-        for manifest in self.manifests():
-            for disk in manifest.disks:
+        for key in sorted(key for key, _ in self._list("manifests/") if _is_json(key)):  # one manifest at a time
+            try:
+                manifest = self._read_manifest(key)
+            except ManifestDamaged as exc:
+                raise SweepBlocked(f"backup target {self.name}: manifest {key} is damaged ({exc.problem}); "
+                                   "garbage collection cannot know which chunks it needs: repair or remove it "
+                                   "first") from None
+            for disk in manifest.disks if manifest is not None else []:
                 live.update(d for _, d in disk.chunks if d is not None)
         frontier = list(live)
         while frontier:
@@ -265,6 +353,24 @@ class ChunkStore(ABC):
             self._delete([key for key, _ in batch])
             removed, freed = removed + len(batch), freed + sum(size for _, size in batch)
         return removed, freed
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _header(manifest: BackupManifest) -> BackupManifest:
+    return manifest.model_copy(update={"disks": [d.model_copy(update={"chunks": []}) for d in manifest.disks]})
+
+
+INTENT_KEYS = ("vm", "vm_uuid", "snapshot", "pid", "host")
 
 
 def _is_json(key: str) -> bool:
@@ -292,7 +398,6 @@ class DirTarget(ChunkStore):
         if not root.is_dir():
             raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
         self._made_dirs: set[Path] = set()
-        self._dirs_lock = threading.Lock()
         self._check_format()
 
     # paths -------------------------------------------------------------------------------------------------------
@@ -302,23 +407,68 @@ class DirTarget(ChunkStore):
     def manifest_path(self, vm_uuid: str, snapshot: str) -> Path:
         return self.root / manifest_key(vm_uuid, snapshot)
 
-    def _dir(self, path: Path) -> Path:
-        if path not in self._made_dirs:
-            with self._dirs_lock:
-                missing = [p for p in (path, *path.parents) if not p.exists()]
-                for folder in reversed(missing):  # mkdir(parents=True) would give the parents umask modes
-                    folder.mkdir(mode=0o700, exist_ok=True)
-                self._made_dirs.add(path)
-        return path
+    def _folder(self, parts: list[str], create: bool = False) -> int:
+        """An fd of the folder root/parts…, each component opened with O_NOFOLLOW below the root (a planted
+        symlinked folder is refused, not followed); create: make missing ones 0700."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                if part in ("", ".", "..") or "\x00" in part:
+                    raise OSError(errno.EINVAL, f"bad path component {part!r}")
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with suppress(FileExistsError):
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_file(self, key: str) -> int | None:
+        """fd of the regular file at key, or None when absent; OSError for a symlink, FIFO, device or folder
+        (opened O_NONBLOCK so a FIFO cannot hang us, checked by fstat before any read)."""
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OSError(exc.errno, f"a path component is not a plain folder ({exc.strerror})") from None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "a symbolic link, not a file") from None
+            raise
+        finally:
+            os.close(folder)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})")
+        return fd
 
     # primitives --------------------------------------------------------------------------------------------------
     def _put(self, key: str, data: bytes, durable: bool = True) -> None:
-        """Write beside, (fsync,) rename: the name appears only with its whole content."""
-        path = self.root / key
-        folder = self._dir(path.parent)
-        tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        """Write beside (O_EXCL|O_NOFOLLOW), (fsync,) rename: the name appears only with its whole content."""
+        *parts, name = key.split("/")
+        tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        folder = -1
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            folder = self._folder(parts, create=True)
+            self._made_dirs.add(self.root.joinpath(*parts))
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder)  # our own name, left by a killed writer with this pid and thread
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=folder)
             try:
                 view = memoryview(data)
                 while view:
@@ -327,45 +477,94 @@ class DirTarget(ChunkStore):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, path)
+            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if folder >= 0:
+                with suppress(OSError):
+                    os.unlink(tmp, dir_fd=folder)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OperationFailed(self._full_message(key, exc.strerror or "no space")) from None
-            raise OperationFailed(f"backup target {self.name}: writing {path}: {exc.strerror}") from None
+            raise OperationFailed(f"backup target {self.name}: writing {self.root / key}: {exc.strerror}") from None
+        finally:
+            if folder >= 0:
+                os.close(folder)
 
-    def _get(self, key: str) -> bytes | None:
-        try:
-            return (self.root / key).read_bytes()
-        except FileNotFoundError:
+    def _get(self, key: str, limit: int = MAX_SMALL_BLOB) -> bytes | None:
+        fd = self._open_file(key)
+        if fd is None:
             return None
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise OSError(errno.EFBIG, f"{size} bytes, more than the {limit} allowed")
+            data = b""
+            while len(data) <= size:  # a file that grows while read is caught by the + 1
+                more = os.read(fd, size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            if len(data) > limit:
+                raise OSError(errno.EFBIG, f"more than the {limit} bytes allowed")
+            return data
+        finally:
+            os.close(fd)
 
     def _get_head(self, key: str, size: int) -> bytes | None:
         try:
-            with (self.root / key).open("rb") as fh:
-                return fh.read(size)
+            fd = self._open_file(key)
         except OSError:
             return None
+        if fd is None:
+            return None
+        try:
+            return os.read(fd, size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _exists(self, key: str) -> bool:
-        return (self.root / key).exists()
+        """Only a regular file counts: a planted symlink under a chunk's name is written over, not trusted."""
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except OSError:
+            return False
+        try:
+            return stat.S_ISREG(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+        finally:
+            os.close(folder)
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        top = self.root / prefix
-        if not top.is_dir():
-            return
-        for folder, _, files in os.walk(top):
+        top = self.root
+        for part in Path(prefix).parts:  # a planted symlinked folder is not listed (nor followed)
+            top = top / part
+            if top.is_symlink() or not top.is_dir():
+                return
+        for folder, _, files in os.walk(top):  # never descends symlinked folders
             rel = Path(folder).relative_to(self.root)
             for name in files:
                 try:
-                    size = os.stat(os.path.join(folder, name)).st_size
+                    info = os.stat(os.path.join(folder, name), follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                yield f"{rel}/{name}", size
+                yield f"{rel}/{name}", info.st_size
 
     def _delete(self, keys: list[str]) -> None:
         for key in keys:
-            (self.root / key).unlink(missing_ok=True)
+            *parts, name = key.split("/")
+            try:
+                folder = self._folder(parts)
+            except OSError:
+                continue  # nothing of ours can be there: a missing or planted folder
+            try:
+                os.unlink(name, dir_fd=folder)  # unlink never follows a symlink: it removes the link itself
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(folder)
 
     def sync(self) -> None:
         """Make every chunk written so far durable (syncfs of the target's filesystem, else fsync per folder),
@@ -401,7 +600,7 @@ class DirTarget(ChunkStore):
 @contextmanager
 def flocked(path: Path, exclusive: bool, wait: bool, busy: str) -> Iterator[None]:
     """flock(path) shared or exclusive; without wait, EnvironmentProblem(busy) when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
         try:

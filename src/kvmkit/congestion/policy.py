@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kvmkit.congestion.calc import percentile
 from kvmkit.congestion.model import IntervalReport
-from kvmkit.errors import InvalidInput, validated
+from kvmkit.errors import InvalidInput, NotFound, validated
+from kvmkit.inputfile import read_text_bounded
 
 DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
 DEFAULT_PERIOD_US = 100_000
@@ -65,13 +66,13 @@ class Policy(BaseModel):
 
 def load(path: Path) -> Policy:
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
+        data = tomllib.loads(read_text_bounded(path, 1 << 20, "policy file"))  # not /dev/zero, not a FIFO
+    except (FileNotFoundError, NotFound):
         raise InvalidInput(f"policy file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"{path}: not valid TOML: {str(exc) or 'nested too deeply'}") from None
     return validated(Policy, data, path)
 
 

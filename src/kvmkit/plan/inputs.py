@@ -8,11 +8,18 @@ a duplicate name) live in `PlanInput`'s validator so the pure core can trust wha
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kvmkit.plan.problems import PlanProblem
+
+# Caps: beyond any real catalog, well below what would make the configuration space (a product of these) or a
+# loop over bays exhaust memory; space.py also caps the product itself.
+MAX_ITEMS = 1000  # chassis, CPUs, DIMMs, drives, licences, demand lines
+MAX_BAYS = 256  # the densest storage servers have ~100 bays
+MAX_SLOTS = 128  # DIMM slots
+Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Strict(BaseModel):
@@ -32,7 +39,8 @@ class Site(_Strict):
     operations_cost_per_node_month: float = Field(default=0.0, ge=0)
     deployment_cost_per_node: float = Field(default=0.0, ge=0)  # one-off
     support_pct_per_year: float = Field(default=0.0, ge=0, le=100)  # of the hardware price
-    lifetimes_months: list[PositiveInt] = Field(default_factory=lambda: [36, 60], min_length=1)
+    lifetimes_months: list[Annotated[int, Field(gt=0, le=240)]] = Field(default_factory=lambda: [36, 60],
+                                                                        min_length=1, max_length=24)
 
 
 class Chassis(_Strict):
@@ -46,8 +54,8 @@ class Chassis(_Strict):
     sockets: int = Field(gt=0, le=8)
     cpu_socket: str  # the CPU socket type, e.g. "SP5"; a CPU fits only a chassis with the same type
     max_cpu_tdp_w: float = Field(default=1000.0, gt=0)
-    dimm_slots: int = Field(gt=0)
-    drive_bays: int = Field(ge=0)
+    dimm_slots: int = Field(gt=0, le=MAX_SLOTS)
+    drive_bays: int = Field(ge=0, le=MAX_BAYS)
     max_ram_gb: float = Field(gt=0)
 
     @model_validator(mode="after")
@@ -131,12 +139,12 @@ class Policy(_Strict):
 class PlanInput(_Strict):
     site: Site
     policy: Policy
-    chassis: list[Chassis] = Field(min_length=1)
-    cpus: list[Cpu] = Field(min_length=1)
-    dimms: list[Dimm] = Field(min_length=1)
-    drives: list[Drive] = Field(min_length=1)
-    licences: list[Licence] = Field(default_factory=list)
-    demand: list[DemandItem] = Field(default_factory=list)
+    chassis: list[Chassis] = Field(min_length=1, max_length=MAX_ITEMS)
+    cpus: list[Cpu] = Field(min_length=1, max_length=MAX_ITEMS)
+    dimms: list[Dimm] = Field(min_length=1, max_length=MAX_ITEMS)
+    drives: list[Drive] = Field(min_length=1, max_length=MAX_ITEMS)
+    licences: list[Licence] = Field(default_factory=list, max_length=MAX_ITEMS)
+    demand: list[DemandItem] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
 def check_catalog(plan: PlanInput) -> None:

@@ -17,10 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kvmkit.errors import InvalidInput
+from kvmkit.errors import InvalidInput, NotFound
+from kvmkit.inputfile import read_text_bounded
 from kvmkit.plan.inputs import PlanInput, check_catalog
 from kvmkit.plan.problems import Loc, PlanProblem, dotted
 
+MAX_PLAN_BYTES = 4 << 20  # a catalog of thousands of parts is ~100 KB
+MAX_YAML_NODES = 100_000  # anchors are fine for sharing a block; a "billion laughs" file is not
 _TOML_HEADER = re.compile(r"^\s*\[(\[)?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]?\]\s*(#.*)?$")
 _TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
 
@@ -81,7 +84,9 @@ class KeyLines:
 def _parse(path: Path, text: str) -> tuple[dict[str, Any], KeyLines]:
     if path.suffix.lower() in {".yaml", ".yml"}:
         try:
-            data = yaml.safe_load(text)
+            data = _safe_yaml(path, text)
+        except RecursionError:
+            raise InvalidInput(f"{path}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
@@ -93,6 +98,30 @@ def _parse(path: Path, text: str) -> tuple[dict[str, Any], KeyLines]:
         return tomllib.loads(text), KeyLines.from_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def _safe_yaml(path: Path, text: str) -> Any:
+    """yaml.safe_load, refusing a document whose aliases expand to more than MAX_YAML_NODES nodes (a
+    "billion laughs" file is small but every later walk over it is exponential); counted on the composed graph
+    with one memo per node, so the count itself costs only the file's size."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a cycle counts once here and is refused by the model later
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+    if root is not None and (count := expanded(root)) > MAX_YAML_NODES:
+        raise InvalidInput(f"{path}: YAML aliases expand to {count:,} values (at most {MAX_YAML_NODES:,})")
+    return yaml.safe_load(text)
 
 
 def _suggest(model: type[BaseModel], key: str) -> str:
@@ -132,12 +161,12 @@ def _first_error(path: Path, keys: KeyLines, exc: ValidationError) -> InvalidInp
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         model = _model_at(loc)
-        message = "unknown key" + (_suggest(model, str(loc[-1])) if model else "")
+        message = "unknown key" + (_suggest(model, str(loc[-1])) if model and loc else "")
     elif error["type"] == "missing":
         message = "required key is missing"
     elif "input" in error and not isinstance(error["input"], dict | list):
-        message = f"{message} (got {error['input']!r})"
-        if str(loc[-1]).endswith("_kw") and error["type"] == "less_than_equal":
+        message = f"{message} (got {repr(error['input'])[:200]})"
+        if loc and str(loc[-1]).endswith("_kw") and error["type"] == "less_than_equal":
             message += "; this key is in kW, not W"
     return locate(path, keys, loc, message)
 
@@ -145,9 +174,11 @@ def _first_error(path: Path, keys: KeyLines, exc: ValidationError) -> InvalidInp
 def read_cpu_ratio(advice_file: Path) -> float:
     """The CPU ratio from a `kvmkit congestion advise --json` file (keys tried in order, documented)."""
     try:
-        advice = json.loads(advice_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"{advice_file}: cannot read congestion advice: {exc}") from None
+        advice = json.loads(read_text_bounded(advice_file, MAX_PLAN_BYTES, "congestion advice"))
+    except NotFound as exc:
+        raise InvalidInput(str(exc)) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"{advice_file}: cannot read congestion advice: {str(exc)[:200]}") from None
     for key in ("cpu_ratio", "recommended_cpu_ratio", "max_oversubscription"):
         value = advice.get(key) if isinstance(advice, dict) else None
         if isinstance(value, int | float) and value > 0:
@@ -163,9 +194,9 @@ def load_plan(path: Path) -> PlanInput:
 
 def load_plan_with_lines(path: Path) -> tuple[PlanInput, KeyLines]:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read plan file: {exc.strerror}") from None
+        text = read_text_bounded(path, MAX_PLAN_BYTES, "plan file")
+    except NotFound:
+        raise InvalidInput(f"{path}: cannot read plan file: it does not exist") from None
     data, keys = _parse(path, text)
     try:
         plan = PlanInput.model_validate(data)

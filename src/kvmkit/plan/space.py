@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvmkit.errors import InvalidInput
 from kvmkit.plan.costmodel import NodeSpec
 from kvmkit.plan.inputs import PlanInput, cpu_fits
 
@@ -45,6 +46,8 @@ class ConfigSpace:
         return ConfigSpace(*(getattr(self, f)[rows] for f in _FIELDS))
 
 
+MAX_CONFIGS = 5_000_000
+MAX_MONTHS = 240  # as PlanInput's lifetimes_months; the arrays hold months as int16
 _FIELDS = ("chassis", "cpu", "n_cpu", "dimm", "n_dimm", "drive", "n_drive", "months")
 _DTYPES = (np.int16, np.int16, np.int8, np.int16, np.int16, np.int16, np.int16, np.int16)
 
@@ -56,8 +59,29 @@ def _product(*columns: np.ndarray) -> list[np.ndarray]:
     return [column[grid] for column, grid in zip(columns, grids, strict=True)]
 
 
+def space_size(plan: PlanInput, months: list[int] | None = None) -> int:
+    """An upper bound on the configurations enumerate_space would make, from counts alone (no arrays)."""
+    bad = [m for m in months or [] if not 1 <= m <= MAX_MONTHS]
+    if bad:
+        raise InvalidInput(f"lifetime {bad[0]} months is outside 1..{MAX_MONTHS}")
+    lifetimes = len(months or plan.site.lifetimes_months)
+    total = 0
+    for box in plan.chassis:
+        cpus = sum(1 for cpu in plan.cpus if cpu_fits(box, cpu))
+        drives = len(plan.drives) * box.drive_bays if box.drive_bays else 1
+        dimm_options = sum(len(plan.dimms) * (box.dimm_slots * n // box.sockets // n)
+                           for n in range(1, box.sockets + 1))
+        total += cpus * dimm_options * drives * lifetimes
+    return total
+
+
 def enumerate_space(plan: PlanInput, months: list[int] | None = None) -> ConfigSpace:
-    """Every configuration that fits, for every lifetime (default: the site's lifetimes)."""
+    """Every configuration that fits, for every lifetime (default: the site's lifetimes); a catalog whose space
+    exceeds MAX_CONFIGS is refused before anything is allocated (16 bytes each, and evaluation several times that)."""
+    size = space_size(plan, months)
+    if size > MAX_CONFIGS:
+        raise InvalidInput(f"the plan's catalog spans up to {size:,} configurations (at most {MAX_CONFIGS:,}): "
+                           "narrow it (fewer parts, drive bays or lifetimes)")
     lifetimes = np.asarray(months or plan.site.lifetimes_months, dtype=np.int16)
     dimm_gb = np.array([d.gb for d in plan.dimms])
     blocks: list[list[np.ndarray]] = []

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_consistent: bool = False,
            wait_s: float = 0.0, allow_full_copy: bool = False) -> Snapshot:
-    name = check_snapshot_name(name) if name else default_name(ctx.clock())
+    name = check_snapshot_name(name) if name is not None else default_name(ctx.clock())  # "" is refused
     t_start = time.perf_counter()
     with connection(ctx.uri) as conn:
         dom = lookup(conn, vm)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from kvmkit.errors import Conflict
+from kvmkit.snapshot import snapshot_lock
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import Flattenable, InUse
 from kvmkit.snapshot.drivers.registry import by_name, driver_for
@@ -42,7 +43,8 @@ def delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Sna
     check_snapshot_name(name)
     with connection(ctx.uri) as conn:
         dom = lookup(conn, vm)
-        with vm_lock(ctx.state_dir, dom.UUIDString(), vm, wait_s):
+        with vm_lock(ctx.state_dir, dom.UUIDString(), vm, wait_s), \
+                snapshot_lock.deleting(ctx.state_dir, dom.UUIDString(), name, vm):  # not while it is backed up
             snap = ctx.catalog.get(dom.UUIDString(), name, vm)
             require_local(conn, live_disks(dom))
             for disk_snap in snap.disks:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel
 
-from kvmkit.errors import InvalidInput
-
-SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
-SNAPSHOT_NAME_RULE = "at most 64 of [A-Za-z0-9._-], not starting with a dot"
+from kvmkit.names import SNAPSHOT_NAME_RE, SNAPSHOT_NAME_RULE, check_snapshot_name  # noqa: F401 (one rule, there)
 
 
 class Mode(StrEnum):
@@ -62,12 +58,6 @@ class Snapshot(BaseModel):
 
     def disk(self, target: str) -> DiskSnapshot | None:
         return next((d for d in self.disks if d.target == target), None)
-
-
-def check_snapshot_name(name: str) -> str:
-    if not SNAPSHOT_NAME_RE.match(name):
-        raise InvalidInput(f"invalid snapshot name {name!r}: use {SNAPSHOT_NAME_RULE}")
-    return name
 
 
 def default_name(now: datetime) -> str:

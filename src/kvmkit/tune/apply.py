@@ -7,6 +7,11 @@ Order of events, so every state change is recoverable:
   3. write each value, then read it back (sysfs may accept a write and keep another value)
   4. if any write failed: put back the ones that succeeded, delete the rollback file, raise OperationFailed
 `rollback` restores the saved values newest-first and deletes the file only when all of them went back.
+
+Every path written — planned, or read back from a rollback file that anyone with root's files could have edited —
+must be a kernel tunable: an absolute, normalised path under /sys/ or /proc/sys/ whose real location (symlinks in
+sysfs resolved) stays inside the root's sys or proc/sys, opened without creating and without following a final
+symlink. A rollback file naming /etc/shadow is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from kvmkit.errors import Conflict, InvalidInput, NotFound, OperationFailed
 from kvmkit.tune.checks import bracketed
@@ -29,13 +35,16 @@ from kvmkit.tune.profiles import Profile
 
 log = logging.getLogger(__name__)
 ROLLBACK_FORMAT = 1
+WRITABLE_ROOTS = ("/sys/", "/proc/sys/")  # the only places apply and rollback ever write
+MAX_ROLLBACK_BYTES = 4 << 20
+MAX_VALUE = 4096
 
 
 class Change(BaseModel):
-    check: str
-    path: str
-    old: str
-    new: str
+    check: str = Field(max_length=200)
+    path: str = Field(max_length=4096)
+    old: str = Field(max_length=MAX_VALUE)
+    new: str = Field(max_length=MAX_VALUE)
     outcome: str = "planned"  # planned | done | failed | restored | not-restored
     error: str = ""
 
@@ -45,7 +54,7 @@ class RollbackRecord(BaseModel):
     created: str
     root: str
     goal: str
-    changes: list[Change]
+    changes: list[Change] = Field(max_length=100_000)
 
 
 class ApplyResult(BaseModel):
@@ -63,9 +72,31 @@ def current_value(host: HostView, path: str) -> str:
     return bracketed(text) if "[" in text else text
 
 
+def confined(host: HostView, path: str) -> Path:
+    """The real file behind a kernel-tunable host path, or InvalidInput: anything else is never written."""
+    if (not isinstance(path, str) or not path.startswith(WRITABLE_ROOTS) or os.path.normpath(path) != path
+            or "\x00" in path):
+        raise InvalidInput(f"{path!r} is not under {' or '.join(WRITABLE_ROOTS)}: tune writes only kernel tunables")
+    real = Path(os.path.realpath(host.path(path)))
+    roots = [Path(os.path.realpath(host.path(r))) for r in WRITABLE_ROOTS]
+    if not any(real == r or r in real.parents for r in roots):
+        raise InvalidInput(f"{path} leads to {real}, outside {' and '.join(map(str, roots))}: refused")
+    return host.path(path)
+
+
+def check_paths(host: HostView, changes: list[Change], source: object) -> None:
+    """Every path confined, before the first write: a bad record changes nothing."""
+    for change in changes:
+        try:
+            confined(host, change.path)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{source}: {exc}") from None
+
+
 def _write(host: HostView, path: str, value: str) -> None:
-    """Write without creating: a missing sysfs file must fail, in a fixture tree exactly as on a host."""
-    fd = os.open(host.path(path), os.O_WRONLY | os.O_TRUNC)
+    """Write without creating (a missing sysfs file must fail, in a fixture tree exactly as on a host), only to a
+    confined path, never through a final symlink."""
+    fd = os.open(confined(host, path), os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
@@ -140,12 +171,26 @@ def _save(record: RollbackRecord, path: Path, exclusive: bool) -> None:
 
 
 def _load(path: Path) -> RollbackRecord:
-    if not path.exists():
-        raise NotFound(f"no rollback file at {path}: nothing to roll back")
     try:
-        return RollbackRecord.model_validate(json.loads(path.read_text()))
-    except (ValueError, ValidationError) as exc:
-        raise InvalidInput(f"rollback file {path} is not a kvmkit tune rollback record: {exc}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"no rollback file at {path}: nothing to roll back") from None
+    except OSError as exc:
+        raise InvalidInput(f"rollback file {path}: cannot open it ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ROLLBACK_BYTES:
+            raise InvalidInput(f"rollback file {path} is not a regular file of at most {MAX_ROLLBACK_BYTES} bytes")
+        if info.st_mode & 0o022 or info.st_uid not in (0, os.geteuid()):
+            raise InvalidInput(f"rollback file {path} is writable by others or owned by uid {info.st_uid}: refused")
+        data = os.read(fd, MAX_ROLLBACK_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return RollbackRecord.model_validate(json.loads(data))
+    except (ValueError, ValidationError, RecursionError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise InvalidInput(f"rollback file {path} is not a kvmkit tune rollback record: {first}") from None
 
 
 def _restore(host: HostView, changes: list[Change]) -> list[Change]:
@@ -170,6 +215,7 @@ def apply(host: HostView, planned: ApplyResult, rollback_file: Path) -> ApplyRes
         raise OperationFailed(f"nothing was changed: {failed[0].path}: {failed[0].error}")
     if not pending:
         return result.model_copy(update={"rollback_file": None})
+    check_paths(host, pending, "apply plan")
     record = RollbackRecord(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         root=_root_id(host),
@@ -218,6 +264,7 @@ def rollback(host: HostView, rollback_file: Path) -> list[Change]:
     if record.root != _root_id(host):
         raise InvalidInput(f"rollback file {rollback_file} was written for root {record.root}, not {_root_id(host)}")
     changes = [c.model_copy(update={"outcome": "done"}) for c in record.changes]
+    check_paths(host, changes, f"rollback file {rollback_file}")
     stuck = _restore(host, changes)
     if stuck:
         _save(record.model_copy(update={"changes": stuck}), rollback_file, exclusive=False)

@@ -11,13 +11,16 @@ need (no guessing a list of paths that drifts from the code). Layout inside the 
     kvmkit-capture/errors.json      path or probe:NAME → why it was unreadable there (not "does not exist")
 
 Opening extracts into a temporary folder with members checked (no absolute paths, no '..', no links or
-devices), so a capture from elsewhere cannot write outside it.
+devices), so a capture from elsewhere cannot write outside it; and bounded (the archive's size, each member's,
+the total and the member count are capped, checked from the headers before any content is read and again while
+copying), so a 4.7 MB archive of zeros cannot grow to a gigabyte in memory or on disk.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 import tempfile
 import time
@@ -35,6 +38,10 @@ from kvmkit.tune.hostfs import PROBE_NAMES, HostView, Unreadable
 
 TOP = "kvmkit-capture"
 CAPTURE_FORMAT = 1
+MAX_ARCHIVE_BYTES = 64 << 20  # compressed
+MAX_MEMBER_BYTES = 8 << 20  # the largest file a check reads (a big host's /proc/cpuinfo) is ~1 MB
+MAX_TOTAL_BYTES = 64 << 20  # unpacked, on disk in a temporary folder: a real capture is a few MB
+MAX_MEMBERS = 50_000
 
 
 class RecordingView(HostView):
@@ -172,16 +179,25 @@ def _add_tree(tar: tarfile.TarFile, entries: dict[str, bytes | None], mtime: flo
         _add(tar, name, None if name in folders else data, mtime)
 
 
-def _safe_members(tar: tarfile.TarFile, source: str) -> list[tarfile.TarInfo]:
-    members = []
-    for member in tar.getmembers():
+def _safe_members(tar: tarfile.TarFile, source: str) -> Iterator[tarfile.TarInfo]:
+    """Members one at a time (the archive is never listed whole first), each checked and bounded."""
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_MEMBERS:
+            raise InvalidInput(f"{source}: more than {MAX_MEMBERS} members: not a kvmkit capture")
+        if member.size > MAX_MEMBER_BYTES:
+            raise InvalidInput(f"{source}: member {member.name[:200]!r} has {member.size} bytes (at most "
+                               f"{MAX_MEMBER_BYTES}): not a kvmkit capture")
+        total += member.size
+        if total > MAX_TOTAL_BYTES:
+            raise InvalidInput(f"{source}: more than {MAX_TOTAL_BYTES} bytes unpacked: not a kvmkit capture")
         path = PurePosixPath(member.name)
         if path.is_absolute() or ".." in path.parts or not member.name.startswith(f"{TOP}/"):
             raise InvalidInput(f"{source}: unsafe member {member.name!r}: not a kvmkit capture")
         if not (member.isfile() or member.isdir()):
             raise InvalidInput(f"{source}: member {member.name!r} is a link or device: not a kvmkit capture")
-        members.append(member)
-    return members
+        yield member
+        tar.members = []  # tarfile keeps every header it read; a capture is read once, front to back
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
@@ -192,13 +208,17 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     data = tar.extractfile(member)
-    target.write_bytes(data.read() if data is not None else b"")
+    with target.open("wb") as out:
+        if data is not None:
+            shutil.copyfileobj(data, out, 1 << 20)  # member.size is capped; the stream is read in pieces
 
 
 def extract(source: Path, dest: Path) -> Path:
     """Unpack a capture into dest; returns the capture folder (with meta.json, root/, probes/)."""
     if not source.is_file():
         raise NotFound(f"capture {source} does not exist")
+    if source.stat().st_size > MAX_ARCHIVE_BYTES:
+        raise InvalidInput(f"{source}: {source.stat().st_size} bytes, more than a capture ({MAX_ARCHIVE_BYTES})")
     try:
         with tarfile.open(source, mode="r:gz") as tar:
             for member in _safe_members(tar, str(source)):

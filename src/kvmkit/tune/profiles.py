@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kvmkit.errors import InvalidInput
+from kvmkit.inputfile import read_text_bounded
 from kvmkit.tune.checks import CHECKS_BY_ID
 from kvmkit.tune.model import Scalar, Severity, format_value
 
@@ -161,9 +162,9 @@ class Profile(BaseModel):
 
 def _parse_file(path: Path) -> ProfileFile:
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"profile {path}: not valid TOML: {exc}") from None
+        data = tomllib.loads(read_text_bounded(path, 1 << 20, "profile"))  # not /dev/zero, not a FIFO
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"profile {path}: not valid TOML: {str(exc) or 'nested too deeply'}") from None
     except OSError as exc:
         raise InvalidInput(f"profile {path}: cannot read: {exc.strerror}") from None
     try:

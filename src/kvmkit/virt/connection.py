@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import libvirt
 
-from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.errors import EnvironmentProblem, NotFound, OperationFailed
+from kvmkit.names import VM_NAME_RE, check_vm_name  # noqa: F401 (one rule for names, in kvmkit.names)
 from kvmkit.virt import events
 from kvmkit.virt.disks import Disk, parse_disks
-
-# libvirt accepts almost anything as a name; kvmkit takes the portable subset every management stack uses.
-VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # keep libvirt from printing to stderr itself
 
 # What callers outside virt/ name in type hints, so they need not import libvirt themselves.
 Domain = libvirt.virDomain
 Connection = libvirt.virConnect
-
-
-def check_vm_name(name: str) -> str:
-    if not VM_NAME_RE.match(name):
-        raise InvalidInput(
-            f"invalid VM name {name!r}: use 1-128 of [A-Za-z0-9._+-], starting with a letter or digit"
-        )
-    return name
 
 
 def open_connection(uri: str) -> libvirt.virConnect:

@@ -1,0 +1,77 @@
+"""The config file can make kvmkit run commands as root: it is read only when it is a small regular file that
+nobody else can write (issue 15 item 7: `KVMKIT_CONFIG=/dev/zero` hung; a world-writable config was read)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvmkit.config import MAX_CONFIG_BYTES, load
+from kvmkit.errors import InvalidInput
+
+
+def good(tmp_path, text='libvirt_uri = "test:///default"\n'):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_a_group_or_world_writable_config_is_refused(tmp_path, mode):
+    path = good(tmp_path)
+    path.chmod(mode)
+    with pytest.raises(InvalidInput, match="writable by group or others"):
+        load(path, env={})
+
+
+def test_a_config_owned_by_someone_else_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    path = good(tmp_path)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(InvalidInput, match="owned by uid 65534, not by root"):
+        load(path, env={})
+
+
+def test_a_config_in_a_folder_others_can_write_is_refused_but_sticky_tmp_is_fine(tmp_path):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    path = good(folder)
+    folder.chmod(0o777)
+    with pytest.raises(InvalidInput, match="writable by others"):
+        load(path, env={})
+    folder.chmod(0o1777)
+    assert load(path, env={}).libvirt_uri == "test:///default"
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "folder", "big", "binary"])
+def test_a_config_that_is_not_a_small_text_file_is_one_line_and_quick(tmp_path, target):
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        target = str(tmp_path / "fifo")
+    elif target == "folder":
+        target = str(tmp_path)
+    elif target == "big":
+        path = good(tmp_path)
+        with path.open("ab") as fh:
+            fh.truncate(MAX_CONFIG_BYTES + 1)
+        target = str(path)
+    elif target == "binary":
+        path = good(tmp_path)
+        path.write_bytes(b"\xff\xfe\x00")
+        target = str(path)
+    child = subprocess.run([sys.executable, "-m", "kvmkit", "backup", "list"], capture_output=True, text=True,
+                           timeout=30, env={**os.environ, "KVMKIT_CONFIG": target})
+    assert child.returncode == 2, child.stderr
+    assert len(child.stderr.strip().splitlines()) == 1 and "Traceback" not in child.stderr
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path):
+    path = good(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InvalidInput) as info:
+        load(path, env={})
+    assert "\n" not in str(info.value)
