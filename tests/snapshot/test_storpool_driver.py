@@ -22,6 +22,7 @@ from kvmkit.snapshot.drivers.storpool import (
     StorPoolDriver,
     load_endpoint,
 )
+from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 from tests.fakes.storpool_api import FakeStorPoolApi
 
@@ -161,6 +162,18 @@ def test_set_owner_marks_an_unmarked_snapshot_for_adoption_and_keeps_its_other_t
     driver.set_owner(found, CATALOG)
     assert driver.owner_of(found) == CATALOG and fake.snapshots[found.handle].tags == {TAG_SNAP: "old",
                                                                                       TAG_OWNER: CATALOG}
+
+
+def test_the_volume_a_snapshot_was_taken_of_is_not_its_child_even_without_a_location(fake, driver):
+    """An adopted row carries no location: in_use must still tell the snapshot's own volume from a clone."""
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    api.snapshotCreate("vm18-vdb", {"name": "kvmkit--vm18-vdb--adopted"})
+    assert fake.volumes["vm18-vdb"].parent == "kvmkit--vm18-vdb--adopted"  # its latest snapshot is its parent
+    bare = DiskSnapshot(target="vdb", driver="storpool", source="/dev/storpool/vm18-vdb",
+                        handle="kvmkit--vm18-vdb--adopted")
+    assert driver.in_use(bare) is None
+    api.volumeCreate({"name": "clone-of-adopted", "parent": bare.handle})
+    assert "clone-of-adopted" in (driver.in_use(bare) or "") and "vm18-vdb" not in (driver.in_use(bare) or "")
 
 
 def test_a_plan_without_a_catalog_id_leaves_no_owner_tag(fake, driver):

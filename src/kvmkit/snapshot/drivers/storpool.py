@@ -282,9 +282,17 @@ class StorPoolDriver:
             return
 
     def in_use(self, snap: DiskSnapshot) -> str | None:
-        """A snapshot other volumes were created from cannot go before them."""
+        """A snapshot other volumes were created from cannot go before them. The volume it was taken of is no such
+        child (StorPool makes a volume's latest snapshot its parent): known from the API's `onVolume` and the
+        `kvmkit-vol` tag, since a row recover adopted has no location."""
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            return None
+        tags = summary.tags or {}
+        own = {summary.onVolume, snap.location.get("volume"), "~" + str(tags.get(TAG_VOLUME, ""))} - {None, "~"}
+        own_ids = {tags.get(TAG_VOLUME), snap.location.get("volume_id")} - {None}
         children = [v.name for v in self._call("listing StorPool volumes", "volumesList")
-                    if v.parentName == snap.handle and v.name != snap.location.get("volume")]
+                    if v.parentName == snap.handle and v.name not in own and v.globalId not in own_ids]
         if not children:
             return None
         return f"StorPool volume(s) {', '.join(children)} were created from it"
