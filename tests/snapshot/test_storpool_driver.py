@@ -312,3 +312,56 @@ def test_a_service_that_is_not_the_storpool_api_is_one_line(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _sp_disks(names: list[str]) -> str:
+    return "".join(f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                   f"<source dev='/dev/storpool/{n}'/><target dev='vd{n[-1]}' bus='virtio'/></disk>" for n in names)
+
+
+def test_the_engine_tags_with_its_catalog_and_the_domain_of_its_own_uri_and_a_second_catalog_leaves_them(
+        fake, tmp_path):
+    """Offline, on libvirt's test:///default: the engine passes the catalog id and the VM uuid of the domain it
+    looked up on its own URI (no libvirt scan in the driver); a second catalog's recover reports the snapshots as
+    foreign and deletes none; the first catalog's recover deletes its own half-made one."""
+    import dataclasses
+
+    from kvmkit.snapshot.catalog import Catalog
+    from kvmkit.snapshot.create import create
+    from kvmkit.snapshot.model import Mode, Snapshot, State
+    from kvmkit.snapshot.recover import recover
+    from tests.snapshot.offline import NOW, offline_rig
+
+    volumes = ["vm18-vda", "vm18-vdb"]
+    with offline_rig(tmp_path, targets=(), extra_disks=_sp_disks(volumes)) as rig:
+        drv = StorPoolDriver(endpoint(fake))
+        ctx = dataclasses.replace(rig.ctx, drivers=[drv], new_drivers=lambda: [StorPoolDriver(endpoint(fake))])
+        snap = create(ctx, rig.vm, "e1", crash_consistent=True)
+        assert snap.mode is Mode.GROUP and [d.handle for d in snap.disks] == [f"kvmkit--{v}--e1" for v in volumes]
+        for d in snap.disks:
+            assert fake.snapshots[d.handle].tags[TAG_VM] == rig.vm_uuid
+            assert fake.snapshots[d.handle].tags[TAG_OWNER] == ctx.catalog.catalog_id == d.owner
+        # catalog A's half-made snapshot: a `creating` row and its object, as a kill -9 leaves them
+        half = create(ctx, rig.vm, "half", crash_consistent=True)
+        row = ctx.catalog.get(rig.vm_uuid, "half", rig.vm)
+        row.state = State.CREATING
+        ctx.catalog.update(row)
+        # catalog B (a second state dir) on the same host and cluster
+        other = Catalog(tmp_path / "second" / "catalog.sqlite")
+        try:
+            ctx_b = dataclasses.replace(ctx, catalog=other, state_dir=tmp_path / "second")
+            b_row = ctx_b.catalog.insert(Snapshot(vm_uuid=rig.vm_uuid, vm=rig.vm, name="half", created=NOW,
+                                                  mode=Mode.GROUP, state=State.CREATING, disks=half.disks))
+            assert b_row.id is not None  # two catalogs raced for one name: B's intent names A's objects
+            actions = recover(ctx_b, full=True)
+            assert all(fake.snapshots.get(d.handle) for d in [*snap.disks, *half.disks])  # B deleted none
+            foreign = sorted(a.handle for a in actions if a.action == "left foreign snapshot")
+            assert foreign == sorted(d.handle for d in [*snap.disks, *half.disks])  # reported, with A's id
+            assert {a.owner for a in actions if a.whose == "foreign"} == {ctx.catalog.catalog_id}
+            assert ctx_b.catalog.list() == []  # B's own intent is dropped, A's objects left
+        finally:
+            other.close()
+        actions = recover(ctx, full=True)  # A: its half-made snapshot goes, e1 stays
+        assert not [d for d in half.disks if d.handle in fake.snapshots]
+        assert all(d.handle in fake.snapshots for d in snap.disks)
+        assert [s.name for s in ctx.catalog.list()] == ["e1"]
