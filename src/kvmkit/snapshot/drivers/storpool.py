@@ -289,8 +289,8 @@ class StorPoolDriver:
         if summary is None:
             return None
         tags = summary.tags or {}
-        own = {summary.onVolume, snap.location.get("volume"), "~" + str(tags.get(TAG_VOLUME, ""))} - {None, "~"}
-        own_ids = {tags.get(TAG_VOLUME), snap.location.get("volume_id")} - {None}
+        own = {summary.onVolume, snap.location.get("volume")} - {None, ""}
+        own_ids = {tags.get(TAG_VOLUME), snap.location.get("volume_id")} - {None, ""}
         children = [v.name for v in self._call("listing StorPool volumes", "volumesList")
                     if v.parentName == snap.handle and v.name not in own and v.globalId not in own_ids]
         if not children:
