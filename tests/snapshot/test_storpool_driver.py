@@ -365,3 +365,14 @@ def test_the_engine_tags_with_its_catalog_and_the_domain_of_its_own_uri_and_a_se
         assert not [d for d in half.disks if d.handle in fake.snapshots]
         assert all(d.handle in fake.snapshots for d in snap.disks)
         assert [s.name for s in ctx.catalog.list()] == ["e1"]
+
+
+def test_the_storpool_bench_command_refuses_bad_input_before_touching_a_lab(tmp_path):
+    """The bench's CLI edge imports what it needs (a moved helper broke it once) and checks its input first."""
+    from kvmkit.benchmarks.storpool_cli import bench_storpool
+
+    with pytest.raises(InvalidInput, match="--rounds"):
+        bench_storpool(tmp_path / "no-lab", "test:///default", "4", 0, 0.0, json_out=True)
+    with pytest.raises(InvalidInput, match="1-16 disks"):
+        bench_storpool(tmp_path / "no-lab", "test:///default", "17", 1, 0.0, json_out=True)
+    assert not (tmp_path / "no-lab").exists()
