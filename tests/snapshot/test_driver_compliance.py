@@ -5,7 +5,10 @@ make a snapshot kvmkit did not make. Then every check runs on it: plan touches n
 agree, a taken name is refused, only kvmkit's snapshots are owned or deleted, a revert staged → swapped →
 committed gives the snapshot's data back even when its staging data went through the journal (as recover reads
 it), undo gives the current data back, and the optional capabilities it declares are the ones expected.
-The file and rbd rigs need the lab (XFS reflink pool, Ceph); the fake runs anywhere.
+The file and rbd rigs need the lab (XFS reflink pool, Ceph); the fake runs anywhere. The StorPool driver runs
+against the FAKE StorPool API (tests/fakes/storpool_api.py) through StorPool's own binding over real HTTP: offline
+with each volume a plain file ("storpool"), and on the lab's XFS pool with each volume a loop device behind
+/dev/storpool/<name> and snapshots/reverts as reflinks ("storpool-devices").
 """
 
 from __future__ import annotations
@@ -111,6 +114,51 @@ class FileRig(Rig):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class StorPoolRig(Rig):
+    """Volumes of the FAKE StorPool API, disks as libvirt attaches them: <disk type='block'> /dev/storpool/<name>."""
+
+    expected_capabilities = ("InUse", "GroupSnapshots", "Ownership")
+
+    def __init__(self, root: Path, devices: bool) -> None:
+        from storpool import spapi
+
+        from kvmkit.snapshot.drivers.storpool import Endpoint, StorPoolDriver
+        from tests.fakes.storpool_api import FakeStorPoolApi
+
+        self.fake = FakeStorPoolApi(root / f"compliance-sp-{uuid.uuid4().hex[:8]}", devices=devices,
+                                    require_reflink=devices, cluster_id="fake.cmp").start()
+        self.driver = StorPoolDriver(Endpoint(self.fake.host, self.fake.port, self.fake.token, "compliance fake"))
+        self.api = spapi.Api(host=self.fake.host, port=self.fake.port, auth=self.fake.token, transientRetries=0)
+
+    def new_disk(self, first: bytes) -> Disk:
+        vol = self.fake.make_volume(f"cmp-{uuid.uuid4().hex[:8]}", 1 << 20)
+        with vol.path.open("r+b") as fh:
+            fh.write(first)
+        return Disk(target="vdx", kind="block", format="raw", source=str(self.fake.device(vol.name)))
+
+    def _path(self, disk: Disk) -> Path:
+        return self.fake.volumes[Path(disk.source).name].path
+
+    def read(self, disk: Disk) -> bytes:
+        with self._path(disk).open("rb") as fh:
+            return fh.read(BLOCK)
+
+    def write(self, disk: Disk, data: bytes) -> None:
+        with self._path(disk).open("r+b") as fh:
+            fh.write(data)
+
+    def foreign_snapshot(self, disk: Disk, name: str) -> DiskSnapshot:
+        self.api.snapshotCreate(Path(disk.source).name, {"name": name})  # as an operator would, untagged
+        return DiskSnapshot(target=disk.target, driver="storpool", source=disk.source, handle=name)
+
+    def foreign_disk(self) -> Disk:
+        return Disk(target="vdf", kind="file", format="raw", source="/dev/storpool/x.raw")
+
+    def cleanup(self) -> None:
+        self.driver.release()
+        self.fake.stop()
+
+
 class RbdRig(Rig):
     """Images in the lab Ceph's `rbd` pool, reached as libvirt names them (monitor host + conf file)."""
 
@@ -184,12 +232,20 @@ class RbdRig(Rig):
     "memory", "memory-capabilities",
     pytest.param("file", marks=pytest.mark.lab),
     pytest.param("rbd", marks=pytest.mark.lab),
+    "storpool",
+    pytest.param("storpool-devices", marks=pytest.mark.lab),
 ])
 def rig(request) -> Iterator[Rig]:
     if request.param == "memory":
         made: Rig = MemoryRig(FakeMemoryDriver(), ("Ownership",))
     elif request.param == "memory-capabilities":
         made = MemoryRig(FakeMemoryDriverWithCapabilities(), ALL_CAPABILITIES)
+    elif request.param == "storpool":  # the fake API keeps each volume as a plain file: no root, no lab
+        made = StorPoolRig(request.getfixturevalue("tmp_path"), devices=False)
+    elif request.param == "storpool-devices":  # loop devices and reflinks on the lab's XFS pool
+        lab_state = request.getfixturevalue("lab_state")
+        assert lab_state.pool is not None and lab_state.pool.kind == "xfs", "the fake's snapshots are reflinks"
+        made = StorPoolRig(lab_state.pool.path, devices=True)
     else:
         lab_state = request.getfixturevalue("lab_state")
         if request.param == "file":

@@ -22,10 +22,13 @@ from kvmkit.snapshot.drivers.storpool import (
     StorPoolDriver,
     load_endpoint,
 )
+from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
 from tests.fakes.storpool_api import FakeStorPoolApi
 
 VM_UUID = "5f0c3a52-8c57-4a8e-9d3e-000000000018"
+CATALOG = "0123456789abcdef0123456789abcdef"  # a catalog id (Catalog.catalog_id: uuid4 hex)
+OPTS = PlanOptions(owner=CATALOG, vm_uuid=VM_UUID)  # as snapshot/create.py fills them
 MIB = 1 << 20
 
 
@@ -44,7 +47,7 @@ def endpoint(fake: FakeStorPoolApi, **kw) -> Endpoint:
 
 @pytest.fixture()
 def driver(fake) -> StorPoolDriver:
-    return StorPoolDriver(endpoint(fake), "ctestcatalog", vm_uuid_of=lambda _d: VM_UUID)
+    return StorPoolDriver(endpoint(fake))
 
 
 def disk(target: str, source: str | None = None) -> Disk:
@@ -72,7 +75,7 @@ def test_the_fake_answers_in_the_shapes_the_binding_validates(fake, driver):
 
 
 def test_claims_only_block_disks_under_dev_storpool():
-    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"), "c")
+    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"))
     assert drv.claims(disk("vda"))
     assert drv.claims(disk("vda", "/dev/storpool-byid/abc.def.1"))
     assert not drv.claims(Disk("vda", "file", "raw", "/dev/storpool/x"))
@@ -80,7 +83,7 @@ def test_claims_only_block_disks_under_dev_storpool():
 
 
 def test_plan_touches_nothing_then_snapshot_is_one_tagged_call(fake, driver):
-    planned = driver.plan(disk("vdb"), "s1", PlanOptions())
+    planned = driver.plan(disk("vdb"), "s1", OPTS)
     assert {m for m, _ in fake.calls} == {"GET"} and not fake.snapshots
     assert planned.handle == "kvmkit--vm18-vdb--s1" and planned.size_bytes == 4 * MIB
     before = fake.count("VolumeSnapshot")
@@ -88,8 +91,9 @@ def test_plan_touches_nothing_then_snapshot_is_one_tagged_call(fake, driver):
     assert fake.count("VolumeSnapshot") == before + 1
     snap = fake.snapshots["kvmkit--vm18-vdb--s1"]
     assert snap.on_volume == "vm18-vdb" and made.location["snapshot_id"] == snap.global_id
-    assert snap.tags == {TAG_OWNER: "ctestcatalog", TAG_VM: VM_UUID, TAG_SNAP: "s1",
+    assert snap.tags == {TAG_OWNER: CATALOG, TAG_VM: VM_UUID, TAG_SNAP: "s1",
                          TAG_VOLUME: fake.volumes["vm18-vdb"].global_id, TAG_ROLE: "snapshot"}
+    assert made.owner == CATALOG and driver.owner_of(made) == CATALOG and driver.tag_of(made.handle) == "s1"
     assert driver.exists(made) and driver.owned(disk("vdb")) == [made.handle]
     assert fake.token not in made.model_dump_json()  # the record (catalog row, --json) never holds the token
     driver.delete(made)
@@ -115,39 +119,78 @@ def test_group_snapshot_is_one_api_call_for_four_volumes(fake, driver):
     disks = [disk(t) for t in ("vda", "vdb", "vdc", "vdd")]
     assert driver.serves_as_group(disks)
     assert not driver.serves_as_group([*disks, Disk("vde", "file", "raw", "/x.raw")])
-    planned = [driver.plan(d, "g1", PlanOptions()) for d in disks]
+    planned = [driver.plan(d, "g1", OPTS) for d in disks]
     before = list(fake.calls)
     made = driver.group_snapshot(planned, "vm18-5f0c3a52", "g1")
     assert fake.calls[len(before):] == [("POST", "VolumesGroupSnapshot")]
     assert {d.group for d in made} == {"kvmkit--vm18-5f0c3a52--g1"}
     for d in made:
         tags = fake.snapshots[d.handle].tags
-        assert tags[TAG_OWNER] == "ctestcatalog" and tags[TAG_VM] == VM_UUID and tags[TAG_SNAP] == "g1"
+        assert tags[TAG_OWNER] == CATALOG and tags[TAG_VM] == VM_UUID and tags[TAG_SNAP] == "g1"
         assert tags[TAG_VOLUME] == d.location["volume_id"] == fake.volumes[d.location["volume"]].global_id
         assert d.location["snapshot_id"] == fake.snapshots[d.handle].global_id
 
 
-def test_owned_and_delete_never_touch_another_tools_or_catalogs_snapshots(fake, driver):
+def test_owned_lists_kvmkit_snapshots_of_any_catalog_and_tags_tell_whose(fake, driver):
+    from kvmkit.snapshot.ownership import whose
+
     api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
     gid = fake.volumes["vm18-vda"].global_id
     api.snapshotCreate("vm18-vda", {"name": "backup-tool-1", "tags": {"owner": "someone"}})
     api.snapshotCreate("vm18-vda", {"name": "kvmkit--vm18-vda--other",
                                     "tags": {TAG_OWNER: "cothercatalog", TAG_VOLUME: gid}})
-    mine = driver.snapshot(driver.plan(disk("vda"), "mine", PlanOptions()))
-    assert driver.owned(disk("vda")) == [mine.handle]
-    other = mine.model_copy(update={"handle": "kvmkit--vm18-vda--other"})
-    with pytest.raises(Conflict, match="kvmkit deletes only its own"):
-        driver.delete(other)
-    assert "kvmkit--vm18-vda--other" in fake.snapshots and "backup-tool-1" in fake.snapshots
+    api.snapshotCreate("vm18-vda", {"name": "kvmkit--vm18-vda--by-hand"})  # kvmkit's naming, no tags at all
+    api.snapshotCreate("vm18-vdb", {"name": "kvmkit--vm18-vdb--elsewhere", "tags": {TAG_OWNER: CATALOG}})
+    mine = driver.snapshot(driver.plan(disk("vda"), "mine", OPTS))
+    assert driver.owned(disk("vda")) == sorted([mine.handle, "kvmkit--vm18-vda--other", "kvmkit--vm18-vda--by-hand"])
+    found = {h: mine.model_copy(update={"handle": h, "owner": None}) for h in driver.owned(disk("vda"))}
+    verdicts = {h: whose(driver, snap, CATALOG).whose for h, snap in found.items()}
+    assert verdicts == {mine.handle: "ours", "kvmkit--vm18-vda--other": "foreign",
+                        "kvmkit--vm18-vda--by-hand": "unknown"}
+    assert driver.tag_of("kvmkit--vm18-vda--by-hand") == "by-hand" and driver.tag_of("backup-tool-1") is None
+    theirs = mine.model_copy(update={"handle": "backup-tool-1"})
+    with pytest.raises(Conflict, match="not a kvmkit snapshot"):
+        driver.delete(theirs)
+    assert "backup-tool-1" in fake.snapshots and fake.snapshots["backup-tool-1"].tags == {"owner": "someone"}
+
+
+def test_set_owner_marks_an_unmarked_snapshot_for_adoption_and_keeps_its_other_tags(fake, driver):
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    api.snapshotCreate("vm18-vdc", {"name": "kvmkit--vm18-vdc--old", "tags": {TAG_SNAP: "old"}})
+    found = driver.plan(disk("vdc"), "x", OPTS).model_copy(update={"handle": "kvmkit--vm18-vdc--old"})
+    assert driver.owner_of(found) is None
+    driver.set_owner(found, CATALOG)
+    assert driver.owner_of(found) == CATALOG and fake.snapshots[found.handle].tags == {TAG_SNAP: "old",
+                                                                                      TAG_OWNER: CATALOG}
+
+
+def test_the_volume_a_snapshot_was_taken_of_is_not_its_child_even_without_a_location(fake, driver):
+    """An adopted row carries no location: in_use must still tell the snapshot's own volume from a clone."""
+    api = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    api.snapshotCreate("vm18-vdb", {"name": "kvmkit--vm18-vdb--adopted"})
+    assert fake.volumes["vm18-vdb"].parent == "kvmkit--vm18-vdb--adopted"  # its latest snapshot is its parent
+    bare = DiskSnapshot(target="vdb", driver="storpool", source="/dev/storpool/vm18-vdb",
+                        handle="kvmkit--vm18-vdb--adopted")
+    assert driver.in_use(bare) is None
+    api.volumeCreate({"name": "clone-of-adopted", "parent": bare.handle})
+    assert "clone-of-adopted" in (driver.in_use(bare) or "") and "vm18-vdb" not in (driver.in_use(bare) or "")
+
+
+def test_a_plan_without_a_catalog_id_leaves_no_owner_tag(fake, driver):
+    made = driver.snapshot(driver.plan(disk("vdd"), "anon", PlanOptions()))
+    assert made.owner is None and driver.owner_of(made) is None
+    assert TAG_OWNER not in fake.snapshots[made.handle].tags and TAG_VM not in fake.snapshots[made.handle].tags
 
 
 def test_revert_swap_restores_data_and_undo_puts_the_newer_data_back(fake, driver):
     write(fake, "vm18-vda", b"before")
-    snap = driver.snapshot(driver.plan(disk("vda"), "r1", PlanOptions()))
+    snap = driver.snapshot(driver.plan(disk("vda"), "r1", OPTS))
     write(fake, "vm18-vda", b"after!")
     staged = driver.stage_revert(disk("vda"), snap, RevertOptions())
     safety = staged.data.safety
     assert fake.snapshots[safety].tags[TAG_ROLE] == "prerevert"
+    assert fake.snapshots[safety].tags[TAG_OWNER] == CATALOG and fake.snapshots[safety].tags[TAG_VM] == VM_UUID
+    assert driver.tag_of(safety) is None  # a safety snapshot is never adopted as a snapshot
     driver.swap(staged)
     assert read(fake, "vm18-vda", 6) == b"before"
     driver.undo(staged)  # another disk failed: this one goes back to how it was
@@ -178,7 +221,7 @@ def test_api_errors_are_one_kvmkit_line(fake, driver):
 
 
 def test_wrong_token_is_one_line_without_the_token(fake):
-    drv = StorPoolDriver(Endpoint(fake.host, fake.port, "s3cr3t-token-value", "test"), "c")
+    drv = StorPoolDriver(Endpoint(fake.host, fake.port, "s3cr3t-token-value", "test"))
     with pytest.raises(EnvironmentProblem) as err:
         drv.plan(disk("vda"), "x", PlanOptions())
     assert "refused kvmkit's token" in str(err.value) and "s3cr3t" not in str(err.value)
@@ -188,7 +231,7 @@ def test_wrong_token_is_one_line_without_the_token(fake):
 def test_unreachable_api_is_one_line_at_once(fake, driver):
     port = fake.port
     fake.stop()
-    drv = StorPoolDriver(Endpoint("127.0.0.1", port, "t", "/etc/storpool.conf"), "c")
+    drv = StorPoolDriver(Endpoint("127.0.0.1", port, "t", "/etc/storpool.conf"))
     t0 = time.monotonic()
     with pytest.raises(EnvironmentProblem, match=rf"^cannot reach the StorPool API at 127\.0\.0\.1:{port} "
                                                  r"\(from /etc/storpool\.conf\): "):
@@ -232,7 +275,7 @@ def test_lab_block_disks_become_block_disk_records(tmp_path):
     disks = parse_disks(xml)
     assert [(d.target, d.kind, d.source) for d in disks] == [
         ("vda", "file", str(tmp_path / "a.raw")), ("vdb", "block", "/dev/storpool/vol-b")]
-    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"), "c")
+    drv = StorPoolDriver(Endpoint("127.0.0.1", 9, "t", "test"))
     assert [drv.claims(d) for d in disks] == [False, True]
 
 
@@ -263,9 +306,73 @@ def test_a_service_that_is_not_the_storpool_api_is_one_line(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
-        drv = StorPoolDriver(Endpoint("127.0.0.1", server.server_address[1], "t", "test"), "c")
+        drv = StorPoolDriver(Endpoint("127.0.0.1", server.server_address[1], "t", "test"))
         with pytest.raises(EnvironmentProblem, match="does not answer like the StorPool API"):
             drv.plan(disk("vda"), "x", PlanOptions())
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _sp_disks(names: list[str]) -> str:
+    return "".join(f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                   f"<source dev='/dev/storpool/{n}'/><target dev='vd{n[-1]}' bus='virtio'/></disk>" for n in names)
+
+
+def test_the_engine_tags_with_its_catalog_and_the_domain_of_its_own_uri_and_a_second_catalog_leaves_them(
+        fake, tmp_path):
+    """Offline, on libvirt's test:///default: the engine passes the catalog id and the VM uuid of the domain it
+    looked up on its own URI (no libvirt scan in the driver); a second catalog's recover reports the snapshots as
+    foreign and deletes none; the first catalog's recover deletes its own half-made one."""
+    import dataclasses
+
+    from kvmkit.snapshot.catalog import Catalog
+    from kvmkit.snapshot.create import create
+    from kvmkit.snapshot.model import Mode, Snapshot, State
+    from kvmkit.snapshot.recover import recover
+    from tests.snapshot.offline import NOW, offline_rig
+
+    volumes = ["vm18-vda", "vm18-vdb"]
+    with offline_rig(tmp_path, targets=(), extra_disks=_sp_disks(volumes)) as rig:
+        drv = StorPoolDriver(endpoint(fake))
+        ctx = dataclasses.replace(rig.ctx, drivers=[drv], new_drivers=lambda: [StorPoolDriver(endpoint(fake))])
+        snap = create(ctx, rig.vm, "e1", crash_consistent=True)
+        assert snap.mode is Mode.GROUP and [d.handle for d in snap.disks] == [f"kvmkit--{v}--e1" for v in volumes]
+        for d in snap.disks:
+            assert fake.snapshots[d.handle].tags[TAG_VM] == rig.vm_uuid
+            assert fake.snapshots[d.handle].tags[TAG_OWNER] == ctx.catalog.catalog_id == d.owner
+        # catalog A's half-made snapshot: a `creating` row and its object, as a kill -9 leaves them
+        half = create(ctx, rig.vm, "half", crash_consistent=True)
+        row = ctx.catalog.get(rig.vm_uuid, "half", rig.vm)
+        row.state = State.CREATING
+        ctx.catalog.update(row)
+        # catalog B (a second state dir) on the same host and cluster
+        other = Catalog(tmp_path / "second" / "catalog.sqlite")
+        try:
+            ctx_b = dataclasses.replace(ctx, catalog=other, state_dir=tmp_path / "second")
+            b_row = ctx_b.catalog.insert(Snapshot(vm_uuid=rig.vm_uuid, vm=rig.vm, name="half", created=NOW,
+                                                  mode=Mode.GROUP, state=State.CREATING, disks=half.disks))
+            assert b_row.id is not None  # two catalogs raced for one name: B's intent names A's objects
+            actions = recover(ctx_b, full=True)
+            assert all(fake.snapshots.get(d.handle) for d in [*snap.disks, *half.disks])  # B deleted none
+            foreign = sorted(a.handle for a in actions if a.action == "left foreign snapshot")
+            assert foreign == sorted(d.handle for d in [*snap.disks, *half.disks])  # reported, with A's id
+            assert {a.owner for a in actions if a.whose == "foreign"} == {ctx.catalog.catalog_id}
+            assert ctx_b.catalog.list() == []  # B's own intent is dropped, A's objects left
+        finally:
+            other.close()
+        actions = recover(ctx, full=True)  # A: its half-made snapshot goes, e1 stays
+        assert not [d for d in half.disks if d.handle in fake.snapshots]
+        assert all(d.handle in fake.snapshots for d in snap.disks)
+        assert [s.name for s in ctx.catalog.list()] == ["e1"]
+
+
+def test_the_storpool_bench_command_refuses_bad_input_before_touching_a_lab(tmp_path):
+    """The bench's CLI edge imports what it needs (a moved helper broke it once) and checks its input first."""
+    from kvmkit.benchmarks.storpool_cli import bench_storpool
+
+    with pytest.raises(InvalidInput, match="--rounds"):
+        bench_storpool(tmp_path / "no-lab", "test:///default", "4", 0, 0.0, json_out=True)
+    with pytest.raises(InvalidInput, match="1-16 disks"):
+        bench_storpool(tmp_path / "no-lab", "test:///default", "17", 1, 0.0, json_out=True)
+    assert not (tmp_path / "no-lab").exists()

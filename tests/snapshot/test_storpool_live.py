@@ -114,7 +114,7 @@ def test_quiesced_snapshot_of_four_storpool_disks_is_one_freeze_then_delete(engi
     for d in snap.disks:
         tags = api.snapshots[d.handle].tags
         assert tags[TAG_VM] == dom.UUIDString() and tags[TAG_SNAP] == "q1"
-        assert tags[TAG_OWNER] == storpool_driver(engine).catalog_id
+        assert tags[TAG_OWNER] == engine.catalog.catalog_id
         assert tags[TAG_VOLUME] == api.volumes[f"{sp_vm}-{d.target}"].global_id
     engine.delete(sp_vm, "q1")
     assert not [h for h in api.snapshots if h.endswith("--q1")]
@@ -238,20 +238,75 @@ def test_kill_9_mid_snapshot_then_recover_leaves_nothing(engine, conn, fake, sp_
     time.sleep(0.5)  # let the fake finish the calls it held
     assert [h for h in api.snapshots if h.endswith("--kill1")]
     # an orphan kvmkit made but never catalogued (tagged as ours), and another tool's snapshot beside it
-    driver = storpool_driver(engine)
     vol = api.volumes[f"{sp_vm}-vdb"]
     c = client(api)
     c.snapshotCreate(vol.name, {"name": f"kvmkit--{vol.name}--orphan1",
-                                "tags": {TAG_OWNER: driver.catalog_id, TAG_VOLUME: vol.global_id}})
+                                "tags": {TAG_OWNER: engine.catalog.catalog_id, TAG_VOLUME: vol.global_id}})
     c.snapshotCreate(vol.name, {"name": "someone-elses", "tags": {"owner": "other"}})
     rec = kvmkit(sp_env, "snapshot", "recover", "--json")
     assert rec.returncode == 0, rec.stderr
     actions = json.loads(rec.stdout)["actions"]
-    assert {"vm": sp_vm, "action": "deleted orphan", "detail": f"kvmkit--{vol.name}--orphan1"} in actions
+    assert {"vm": sp_vm, "action": "deleted orphan", "detail": f"kvmkit--{vol.name}--orphan1",
+            "handle": f"kvmkit--{vol.name}--orphan1", "whose": "ours", "owner": engine.catalog.catalog_id} in actions
+    assert any(a["vm"] == sp_vm and a["action"] == "discarded half-made" and "kill1" in a["detail"]
+               for a in actions), actions
     assert engine.catalog.list(dom.UUIDString()) == []
     assert not [h for h in api.snapshots if h.endswith("--kill1") or h.endswith("--orphan1")]
     assert "someone-elses" in api.snapshots
     c.snapshotDelete("someone-elses")
+
+
+def test_a_second_catalogs_recover_reports_the_firsts_storpool_snapshots_and_deletes_none(
+        engine, fake, sp_vm, sp_env, tmp_path):
+    """Two state dirs (two catalogs) on one host and one StorPool cluster: catalog B's recover must take none of
+    catalog A's snapshots for orphans — it reports them as foreign, by the `kvmkit` tag — and can adopt an unmarked
+    kvmkit-named snapshot, which it then tags with its own id."""
+    from kvmkit.snapshot.catalog import Catalog
+
+    api = fake[0]
+    second_dir = tmp_path / "second-state"
+    second = {**sp_env, "KVMKIT_STATE_DIR": str(second_dir)}
+    made = kvmkit(sp_env, "snapshot", "create", sp_vm, "--name", "ownA", "--crash-consistent", "--json")
+    assert made.returncode == 0, made.stderr
+    handles = sorted(d["handle"] for d in json.loads(made.stdout)["disks"])
+    assert len(handles) == 4 and all(api.snapshots[h].tags[TAG_OWNER] == engine.catalog.catalog_id for h in handles)
+    vol = api.volumes[f"{sp_vm}-vdb"]
+    by_hand = f"kvmkit--{vol.name}--byhand"  # kvmkit's naming, no tags: made by hand or before ownership
+    client(api).snapshotCreate(vol.name, {"name": by_hand})
+    try:
+        out = kvmkit(second, "snapshot", "recover", "--json")
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        mine = [f for f in report["foreign"] if f["vm"] == sp_vm]
+        assert sorted(f["handle"] for f in mine) == handles
+        assert {f["owner"] for f in mine} == {engine.catalog.catalog_id}
+        assert [u["handle"] for u in report["unknown"] if u["vm"] == sp_vm] == [by_hand]
+        assert not [a for a in report["actions"] if a["vm"] == sp_vm and a["action"].startswith(("deleted",
+                                                                                                 "purged"))]
+        assert all(h in api.snapshots for h in [*handles, by_hand])  # nothing deleted
+        # B cannot take the name either: refused at plan, before any freeze, nothing changed
+        taken = kvmkit(second, "snapshot", "create", sp_vm, "--name", "ownA")
+        assert taken.returncode == 4 and "already exists" in taken.stderr, taken.stderr
+        # A's own recover sees its snapshots as its rows; the unmarked one is unknown to it too
+        own = json.loads(kvmkit(sp_env, "snapshot", "recover", "--vm", sp_vm, "--json").stdout)
+        assert own["foreign"] == [] and [u["handle"] for u in own["unknown"]] == [by_hand]
+        assert kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA").returncode == 0
+        assert not [h for h in handles if h in api.snapshots]
+        # B adopts the unmarked one: a row in B's catalog, then the snapshot tagged with B's id
+        adopt = kvmkit(second, "snapshot", "recover", "--adopt", "--vm", sp_vm, "--json")
+        assert adopt.returncode == 0, adopt.stderr
+        b_id = Catalog(second_dir / "catalog.sqlite").catalog_id
+        assert b_id != engine.catalog.catalog_id and api.snapshots[by_hand].tags[TAG_OWNER] == b_id
+        listed = json.loads(kvmkit(second, "snapshot", "list", sp_vm, "--json").stdout)
+        assert [(s["name"], s["mode"], [d["handle"] for d in s["disks"]]) for s in listed] == [
+            ("byhand", "crash", [by_hand])]
+        assert kvmkit(second, "snapshot", "delete", sp_vm, "byhand").returncode == 0
+        assert by_hand not in api.snapshots
+    finally:
+        if made.returncode == 0 and any(h in api.snapshots for h in handles):
+            kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA")
+        if by_hand in api.snapshots:
+            client(api).snapshotDelete(by_hand)
 
 
 def test_mixed_vm_file_rbd_storpool_gets_one_freeze(engine, conn, lab_state, fake):

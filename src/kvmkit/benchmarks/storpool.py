@@ -36,9 +36,7 @@ from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.snapshot.drivers.storpool import (
     Endpoint,
     StorPoolDriver,
-    catalog_identity,
     spapi,  # imported there without the binding's stderr notice
-    vm_uuid_from_libvirt,
 )
 from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.model import Mode
@@ -140,7 +138,7 @@ def run(lab_dir: Path, uri: str, disks: int, rounds: int, api_latency_ms: float 
                 lab.remove_vm(state, name)
             lab.add_vm(state, name, file_disks=0, rbd_disks=0, block_disks=devices)
         progress(f"VM {name}: {disks} StorPool disk(s) on the fake API (latency {api_latency_ms:g} ms)")
-        driver = StorPoolDriver(fake.endpoint, catalog_identity(catalog_path), vm_uuid_from_libvirt(uri))
+        driver = StorPoolDriver(fake.endpoint)  # the engine tags with its catalog's id and the VM's uuid
         engine = Engine(uri=uri, state_dir=lab_dir / "bench-sp-state", catalog=catalog,
                         drivers=[FileDriver(), driver])
         return _measure(fake, driver, engine, name, disks, rounds, api_latency_ms, state.accel, t_start, progress)
@@ -166,7 +164,8 @@ def _measure(fake: FakeServer, driver: StorPoolDriver, engine: Engine, vm: str, 
         dom = conn.lookupByName(vm)
         first = live_disks(dom)[0]
         for round_ in range(rounds + 1):  # round 0 warms up (first freeze flushes fresh ext4 journals)
-            planned = driver.plan(first, f"one-{round_}", PlanOptions())
+            planned = driver.plan(first, f"one-{round_}", PlanOptions(owner=engine.catalog.catalog_id,
+                                                                     vm_uuid=dom.UUIDString()))
             agent.freeze(dom)  # the anchor runs in the same conditions as the calls it is compared with
             try:
                 t0 = time.perf_counter()

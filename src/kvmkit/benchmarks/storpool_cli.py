@@ -9,7 +9,7 @@ from kvmkit.output import console, err_console, print_json, print_table
 
 def bench_storpool(lab_path: Path, uri: str, disks: str, rounds: int, api_latency_ms: float, json_out: bool) -> None:
     from kvmkit.benchmarks import storpool
-    from kvmkit.snapshot.bench import parse_counts
+    from kvmkit.benchmarks.snapshot import parse_counts
 
     count = 4 if disks == "1,4,16" else max(parse_counts(disks))  # the file bench's default list: take 4 here
     say = err_console.print if json_out else console.print

@@ -50,7 +50,7 @@ def create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_cons
             pairs = [(disk, driver_for(disk, ctx.drivers)) for disk in disks]
             try:
                 options = PlanOptions(allow_full_copy=allow_full_copy, extent_limit=ctx.extent_limit,
-                                      owner=ctx.catalog.catalog_id)
+                                      owner=ctx.catalog.catalog_id, vm_uuid=vm_uuid)
                 return _create_locked(ctx, dom, vm, vm_uuid, name, pairs, crash_consistent, t_start, options)
             finally:
                 for driver in {id(d): d for _, d in pairs}.values():

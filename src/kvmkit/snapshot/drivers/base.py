@@ -43,6 +43,7 @@ class PlanOptions:
     allow_full_copy: bool = False  # file disks without reflink: overlay barrier + full sparse copy after the thaw
     extent_limit: int = 2048  # file disks with more extents take the overlay barrier instead of a reflink in the freeze
     owner: str | None = None  # the catalog's id: drivers with Ownership mark what they make with it
+    vm_uuid: str | None = None  # the domain's uuid, as the engine looked it up (on its own --connect URI)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,15 @@
   ensures. To make a multi-disk revert all-or-nothing, `stage_revert` first takes a safety snapshot of the current
   volume (also O(1)); `undo` reverts to it, `commit` deletes it.
 * Naming: `kvmkit--<volume>--<snapshot name>` (StorPool snapshot names are cluster-wide, so the volume is in it).
-  Ownership is by tags, never by name: every snapshot kvmkit makes carries `kvmkit=<catalog identity>`,
-  `kvmkit-vm=<VM uuid>`, `kvmkit-snap=<snapshot name>`, `kvmkit-vol=<volume globalId>` and `kvmkit-role`.
-  `owned`, `delete` and `recover` act only on snapshots whose `kvmkit` tag is this catalog's identity.
+  The name says kvmkit made it; the tags say which kvmkit: every snapshot kvmkit makes carries
+  `kvmkit=<catalog id>` (`PlanOptions.owner`, the catalog's `meta.catalog_id`), `kvmkit-vm=<VM uuid>`
+  (`PlanOptions.vm_uuid`, from the domain the engine snapshots), `kvmkit-snap=<snapshot name>`,
+  `kvmkit-vol=<volume globalId>` and `kvmkit-role` (`snapshot`, or `prerevert` for a revert's safety snapshot).
+  `owned` lists every kvmkit-named snapshot of the volume, whichever catalog made it; the `Ownership` capability
+  (`owner_of` / `set_owner` / `tag_of`, on the `kvmkit` tag) lets `recover` delete only this catalog's and report
+  the rest (snapshot/ownership.py). `delete` refuses any snapshot kvmkit did not name.
+* Declared capabilities (Protocols of drivers/base.py): GroupSnapshots, InUse (a snapshot a volume was created
+  from), Ownership. Not Flattenable: a StorPool revert leaves no clone behind.
 * The token comes from /etc/storpool.conf (the binding's loader) or kvmkit's `[storpool]` section; it is never put
   in a log line, a record or an error message. Calls are made without the binding's retries and with a timeout, so
   an unreachable API is one error line, raised by `plan`, before any freeze.
@@ -24,13 +30,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import io
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +54,13 @@ with contextlib.redirect_stderr(io.StringIO()):  # the binding prints a notice t
 log = logging.getLogger(__name__)
 
 PREFIX = "kvmkit--"
-TAG_OWNER = "kvmkit"  # the catalog's identity: which kvmkit made it
-TAG_VM = "kvmkit-vm"
+TAG_OWNER = "kvmkit"  # the catalog id (PlanOptions.owner): which kvmkit catalog made it
+TAG_VM = "kvmkit-vm"  # the VM uuid (PlanOptions.vm_uuid)
 TAG_SNAP = "kvmkit-snap"
 TAG_VOLUME = "kvmkit-vol"  # the volume's globalId: survives a rename of the volume
 TAG_ROLE = "kvmkit-role"  # "snapshot", or "prerevert" for a revert's safety snapshot
+ROLE_SNAPSHOT = "snapshot"
+ROLE_PREREVERT = "prerevert"
 DEV_BY_NAME = Path("/dev/storpool")
 DEV_BY_ID = Path("/dev/storpool-byid")
 MAX_NAME = 199  # the binding's VOLUME_NAME_SIZE (200) exclusive
@@ -108,32 +115,6 @@ def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None 
     return Endpoint(host, port, token, str(sp.conf), sp.timeout_s, client_id)
 
 
-def catalog_identity(catalog_path: Path) -> str:
-    """A short, stable id of one kvmkit catalog on one host: the `kvmkit` tag that proves a snapshot is ours."""
-    seed = f"{socket.gethostname()}:{catalog_path.resolve()}"
-    return "c" + hashlib.sha256(seed.encode()).hexdigest()[:16]
-
-
-def vm_uuid_from_libvirt(uri: str) -> Callable[[Disk], str]:
-    """The VM uuid for a disk, found through libvirt (the contract's `plan` is not told the VM): the domain whose
-    disk has this source and target. Looked up before the freeze; "" when no domain has it."""
-
-    def resolve(disk: Disk) -> str:
-        from kvmkit.virt.connection import connection
-        from kvmkit.virt.disks import parse_disks
-
-        with connection(uri) as conn:
-            for dom in conn.listAllDomains():
-                try:
-                    if any(d.source == disk.source and d.target == disk.target for d in parse_disks(dom.XMLDesc(0))):
-                        return dom.UUIDString()
-                except Exception:  # a transient domain that went away while we looked
-                    continue
-        return ""
-
-    return resolve
-
-
 class StorPoolStaging(Staging):
     """A revert by the API's VolumeRevert: the volume, the snapshot to revert to, and the safety snapshot that
     makes it undoable until every disk of the VM is reverted."""
@@ -153,22 +134,17 @@ def configured_drivers(settings: Settings | None = None) -> list[StorPoolDriver]
     endpoint = load_endpoint(settings.storpool)
     if endpoint is None:
         return []
-    return [StorPoolDriver(endpoint, catalog_identity(settings.catalog_path),
-                           vm_uuid_from_libvirt(settings.libvirt_uri))]
+    return [StorPoolDriver(endpoint)]
 
 
 class StorPoolDriver:
     name = "storpool"
 
-    def __init__(self, endpoint: Endpoint, catalog_id: str, vm_uuid_of: Callable[[Disk], str] | None = None,
-                 api: Any = None) -> None:
+    def __init__(self, endpoint: Endpoint, api: Any = None) -> None:
         self.endpoint = endpoint
-        self.catalog_id = catalog_id
-        self._vm_uuid_of = vm_uuid_of or (lambda _disk: "")
         self._api = api or spapi.Api(host=endpoint.host, port=endpoint.port, auth=endpoint.token,
                                      timeout=endpoint.timeout_s, transientRetries=0)
         self._volumes: dict[str, Volume] = {}  # disk source → volume, from plan until release (one create)
-        self._vm_uuids: dict[str, str] = {}  # likewise: disk source → VM uuid
 
     # the API edge: every call goes through here, so every failure becomes one kvmkit error ----------------
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -236,13 +212,11 @@ class StorPoolDriver:
 
     def release(self) -> None:
         self._volumes.clear()
-        self._vm_uuids.clear()
 
     # create ---------------------------------------------------------------------------------------------
     def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
+        options = options or PlanOptions()
         vol = self._volumes.setdefault(disk.source, self.volume(disk))  # kept for the rest of this create
-        if disk.source not in self._vm_uuids:
-            self._vm_uuids[disk.source] = self._vm_uuid_of(disk)
         handle = f"{PREFIX}{vol.name}--{tag}"
         if len(handle) > MAX_NAME:
             raise InvalidInput(f"disk {disk.target}: snapshot name {handle[:40]}… would exceed StorPool's "
@@ -250,17 +224,16 @@ class StorPoolDriver:
         if self._find_snapshot(handle) is not None:
             raise Conflict(f"disk {disk.target}: StorPool snapshot {handle} already exists; kvmkit will not "
                            "overwrite it")
-        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag,
-                    "vm_uuid": self._vm_uuids[disk.source], "api": self.endpoint.where}
+        location = {"volume": vol.name, "volume_id": vol.global_id, "tag": tag, "api": self.endpoint.where}
+        if options.vm_uuid:
+            location["vm_uuid"] = options.vm_uuid
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=handle,
-                            size_bytes=vol.size, location=location)
+                            size_bytes=vol.size, location=location, owner=options.owner)
 
-    def tags(self, planned: DiskSnapshot, role: str = "snapshot") -> dict[str, str]:
+    def tags(self, planned: DiskSnapshot) -> dict[str, str]:
+        """What `snapshot` marks a planned snapshot with (the catalog id only when the plan had one)."""
         loc = planned.location
-        tags = {TAG_OWNER: self.catalog_id, TAG_SNAP: loc["tag"], TAG_VOLUME: loc["volume_id"], TAG_ROLE: role}
-        if loc.get("vm_uuid"):
-            tags[TAG_VM] = loc["vm_uuid"]
-        return tags
+        return _tags(planned.owner, loc["tag"], loc["volume_id"], loc.get("vm_uuid"), ROLE_SNAPSHOT)
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         loc = planned.location
@@ -294,36 +267,71 @@ class StorPoolDriver:
         live = [s for s in found if not s.deleted]  # one being deleted by the cluster is as good as gone
         return live[0] if live else None
 
-    def _is_ours(self, summary: Any) -> bool:
-        return (summary.tags or {}).get(TAG_OWNER) == self.catalog_id
-
     def exists(self, snap: DiskSnapshot) -> bool:
         return self._find_snapshot(snap.handle) is not None
 
     def delete(self, snap: DiskSnapshot) -> None:
-        summary = self._find_snapshot(snap.handle)
-        if summary is None:
+        """Any kvmkit-named snapshot (the engine decides whose may go: see snapshot/ownership.py)."""
+        if not _kvmkit_named(snap.handle):
+            raise Conflict(f"StorPool snapshot {snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
+        if self._find_snapshot(snap.handle) is None:
             return
-        if not self._is_ours(summary):
-            raise Conflict(f"StorPool snapshot {snap.handle} was not made by this kvmkit (its tags say so); "
-                           "kvmkit deletes only its own")
         try:
             self._call(f"deleting StorPool snapshot {snap.handle}", "snapshotDelete", snap.handle)
         except NotFound:
             return
 
     def in_use(self, snap: DiskSnapshot) -> str | None:
-        """A snapshot other volumes were created from cannot go before them."""
+        """A snapshot other volumes were created from cannot go before them. The volume it was taken of is no such
+        child (StorPool makes a volume's latest snapshot its parent): known from the API's `onVolume` and the
+        `kvmkit-vol` tag, since a row recover adopted has no location."""
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            return None
+        tags = summary.tags or {}
+        own = {summary.onVolume, snap.location.get("volume")} - {None, ""}
+        own_ids = {tags.get(TAG_VOLUME), snap.location.get("volume_id")} - {None, ""}
         children = [v.name for v in self._call("listing StorPool volumes", "volumesList")
-                    if v.parentName == snap.handle and v.name != snap.location.get("volume")]
+                    if v.parentName == snap.handle and v.name not in own and v.globalId not in own_ids]
         if not children:
             return None
         return f"StorPool volume(s) {', '.join(children)} were created from it"
 
     def owned(self, disk: Disk) -> list[str]:
+        """Every kvmkit-named snapshot of this disk's volume, whichever catalog made it (recover sorts them by
+        owner): by the `kvmkit-vol` tag (it survives a rename of the volume), else by the volume it was taken of."""
         vol = self.volume(disk)
         return sorted(s.name for s in self._call("listing StorPool snapshots", "snapshotsList")
-                      if not s.deleted and self._is_ours(s) and (s.tags or {}).get(TAG_VOLUME) == vol.global_id)
+                      if not s.deleted and _kvmkit_named(s.name) and _of_volume(s, vol))
+
+    # Ownership: the `kvmkit` tag on the snapshot -------------------------------------------------------------
+    def owner_of(self, snap: DiskSnapshot) -> str | None:
+        summary = self._find_snapshot(snap.handle)
+        if summary is None:
+            return None
+        return (summary.tags or {}).get(TAG_OWNER) or None
+
+    def set_owner(self, snap: DiskSnapshot, owner: str) -> None:
+        """Tag an existing snapshot as `owner`'s (recover --adopt): one SnapshotUpdate, the other tags kept."""
+        self._call(f"marking StorPool snapshot {snap.handle} with its catalog", "snapshotUpdate", snap.handle,
+                   {"tags": {TAG_OWNER: owner}})
+
+    def tag_of(self, handle: str) -> str | None:
+        """The kvmkit snapshot name in a handle: its `kvmkit-snap` tag, else what follows `kvmkit--<volume>--`.
+        None for a name kvmkit did not make and for a revert's safety snapshot (never a snapshot to adopt)."""
+        if not _kvmkit_named(handle):
+            return None
+        summary = self._find_snapshot(handle)
+        tags = (summary.tags or {}) if summary is not None else {}
+        if tags.get(TAG_ROLE) == ROLE_PREREVERT:
+            return None
+        if tags.get(TAG_SNAP):
+            return str(tags[TAG_SNAP])
+        on_volume = f"{PREFIX}{summary.onVolume}--" if summary is not None and summary.onVolume else ""
+        if on_volume and handle.startswith(on_volume):
+            return handle[len(on_volume):] or None
+        _, sep, tag = handle[len(PREFIX):].rpartition("--")
+        return tag if sep and tag else None
 
     # reading (for backup) ---------------------------------------------------------------------------------
     @contextmanager
@@ -334,11 +342,10 @@ class StorPoolDriver:
         if self.endpoint.client_id is None:
             raise EnvironmentProblem(f"reading StorPool snapshot {snap.handle} needs this host's client id "
                                      f"(SP_OURID in {self.endpoint.source}, or [storpool] client_id)")
-        summary = self._find_snapshot(snap.handle)
-        if summary is None:
+        if not _kvmkit_named(snap.handle):
+            raise Conflict(f"StorPool snapshot {snap.handle} is not a kvmkit snapshot")
+        if self._find_snapshot(snap.handle) is None:
             raise NotFound(f"StorPool snapshot {snap.handle} does not exist")
-        if not self._is_ours(summary):
-            raise Conflict(f"StorPool snapshot {snap.handle} is not kvmkit's")
         client = self.endpoint.client_id
         self._call(f"attaching StorPool snapshot {snap.handle} read-only", "volumesReassign",
                    json=[{"snapshot": snap.handle, "ro": [client]}])
@@ -354,16 +361,19 @@ class StorPoolDriver:
     # revert -----------------------------------------------------------------------------------------------
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
         vol = self.volume(disk)
+        if not _kvmkit_named(snap.handle):
+            raise Conflict(f"disk {disk.target}: StorPool snapshot {snap.handle} is not a kvmkit snapshot")
         target = self._find_snapshot(snap.handle)
         if target is None:
             raise NotFound(f"disk {disk.target}: StorPool snapshot {snap.handle} is missing")
-        if not self._is_ours(target):
-            raise Conflict(f"disk {disk.target}: StorPool snapshot {snap.handle} is not kvmkit's")
         safety = f"{PREFIX}{vol.name}--prerevert-{options.token[:12]}"
         if self._find_snapshot(safety) is None:  # a retried revert with the same token reuses it
-            planned = snap.model_copy(update={"location": {**snap.location, "volume_id": vol.global_id}})
+            # marked like the snapshot it protects (an adopted row has no location: the tags answer then)
+            theirs = target.tags or {}
+            tags = _tags(snap.owner or theirs.get(TAG_OWNER), snap.location.get("tag") or theirs.get(TAG_SNAP) or "",
+                         vol.global_id, snap.location.get("vm_uuid") or theirs.get(TAG_VM), ROLE_PREREVERT)
             self._call(f"disk {disk.target}: safety snapshot before the revert", "snapshotCreate",
-                       "~" + vol.global_id, {"name": safety, "tags": self.tags(planned, role="prerevert")})
+                       "~" + vol.global_id, {"name": safety, "tags": tags})
         return StagedRevert(disk.target, self.name, StorPoolStaging(volume=vol.name, volume_id=vol.global_id,
                                                                     to=snap.handle, safety=safety))
 
@@ -390,6 +400,25 @@ class StorPoolDriver:
         safety = self._staging(staged).safety
         if self._find_snapshot(safety) is not None:
             self._call(f"deleting safety snapshot {safety}", "snapshotDelete", safety)
+
+
+def _kvmkit_named(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def _of_volume(summary: Any, vol: Volume) -> bool:
+    tagged = (summary.tags or {}).get(TAG_VOLUME)
+    return tagged == vol.global_id if tagged else summary.onVolume in (vol.name, "~" + vol.global_id)
+
+
+def _tags(owner: str | None, snap_name: str, volume_id: str, vm_uuid: str | None, role: str) -> dict[str, str]:
+    """kvmkit's tags on a snapshot; no `kvmkit` tag without a catalog id (such a snapshot is "unknown")."""
+    tags = {TAG_SNAP: snap_name, TAG_VOLUME: volume_id, TAG_ROLE: role}
+    if owner:
+        tags[TAG_OWNER] = owner
+    if vm_uuid:
+        tags[TAG_VM] = vm_uuid
+    return {k: v for k, v in tags.items() if v}
 
 
 def _links(folder: Path) -> list[Path]:
