@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     ("bench", "kvmkit.bench.cli", "Storage benchmarks done right (fio): suites, lint, compare."),
     ("plan", "kvmkit.plan.cli", "Hardware by total cost per delivered resource; fleet MILP; HTML report."),
     ("tune", "kvmkit.tune.cli", "Audit a KVM host's BIOS/OS settings against a goal; fix with rollback."),
+    ("doctor", "kvmkit.doctor.cli", "Is this host ready? One line per check (libvirt, agents, storage, backup)."),
 ]
 
 

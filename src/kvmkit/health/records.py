@@ -1,0 +1,67 @@
+"""The snapshot catalog read for health, never locked: a read-only SQLite connection (`mode=ro`, query_only).
+
+In WAL mode a reader takes no lock a writer waits on, so a scrape never delays a freeze. Rows are untrusted input:
+each is parsed by a strict, bounded model; a malformed row is skipped and counted, not trusted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_ROWS = 1_000_000  # a bound on what one read may hold in memory (a catalog row here is ~200 bytes)
+COLUMNS = "vm, vm_uuid, name, created, mode, state, freeze_ms, total_ms"
+
+
+class SnapshotRecord(BaseModel):
+    """The fields health needs from one catalog row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    vm: str = Field(max_length=128)
+    vm_uuid: str = Field(max_length=64)
+    name: str = Field(max_length=64)
+    created: datetime
+    mode: str = Field(max_length=16)
+    state: str = Field(max_length=16)
+    freeze_ms: float | None = Field(default=None, ge=0)
+    total_ms: float | None = Field(default=None, ge=0)
+
+    @property
+    def finished(self) -> datetime:
+        """When the snapshot became ready: created + its total duration, with a time zone (the catalog stores
+        naive local times)."""
+        created = self.created if self.created.tzinfo else self.created.astimezone()
+        return created + timedelta(milliseconds=self.total_ms or 0)
+
+
+def read_snapshots(path: Path, max_rows: int = MAX_ROWS) -> tuple[list[SnapshotRecord], int]:
+    """(records, malformed rows) from the catalog at `path`; ([], 0) when there is none yet."""
+    if not path.is_file():
+        return [], 0
+    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=1.0)
+    try:
+        db.execute("PRAGMA query_only = 1")
+        rows = db.execute(f"SELECT {COLUMNS} FROM snapshots LIMIT ?", (max_rows,)).fetchall()
+    except sqlite3.DatabaseError:
+        return [], 0  # not a catalog (yet): nothing to report
+    finally:
+        db.close()
+    records, malformed = [], 0
+    keys = [c.strip() for c in COLUMNS.split(",")]
+    for row in rows:
+        try:
+            records.append(SnapshotRecord.model_validate(dict(zip(keys, row, strict=True))))
+        except ValidationError:
+            malformed += 1
+    return records, malformed
+
+
+def newest_created(path: Path) -> datetime | None:
+    records, _ = read_snapshots(path)
+    if not records:
+        return None
+    return max(r.created if r.created.tzinfo else r.created.astimezone() for r in records)
