@@ -122,7 +122,8 @@ def restore(vm: str, snapshot: str,
 def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup (default: all of the VM's)."),
            target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Read back every chunk the backup(s) need and check its hash, without restoring."""
-    report = restore_mod.verify(config.load(), vm, snapshot, target)
+    settings = config.load()
+    report = restore_mod.verify(settings, vm, snapshot, target)
     if json_out:
         print_json(report.model_dump(mode="json") | {"ok": report.ok})
     elif report.ok:
@@ -133,8 +134,12 @@ def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup
                     [(d.chunk, d.problem, ", ".join(d.disks)) for d in report.damaged])
     if not report.ok:
         first = report.damaged[0]
-        raise OperationFailed(f"{len(report.damaged)} damaged chunk(s) in backups of {report.vm}; first: chunk "
-                              f"{first.chunk} ({first.problem}) needed by {', '.join(first.disks)}")
+        damaged = OperationFailed(f"{len(report.damaged)} damaged chunk(s) in backups of {report.vm}; first: chunk "
+                                  f"{first.chunk} ({first.problem}) needed by {', '.join(first.disks)}")
+        from kvmkit.health import events as health_events
+
+        health_events.record(settings.state_dir, health_events.EventKind.VERIFY_FAILURE, report.vm, damaged)
+        raise damaged
 
 
 @app.command()

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from kvmkit.congestion.model import Reading, ThreadKind
 from kvmkit.congestion.procfs import ProcReader
 from kvmkit.errors import EnvironmentProblem
+from kvmkit.health.metrics import collector as health_collector
 
 _GROUPS = {ThreadKind.EMULATOR: "emulator", ThreadKind.IOTHREAD: "iothread", ThreadKind.VHOST: "vhost"}
 
@@ -200,6 +201,7 @@ def start(address: str, port: int, reader: ProcReader | None = None) -> tuple[_S
     """Serve in a daemon thread; the caller owns shutdown (server.shutdown(); server.server_close())."""
     registry = CollectorRegistry()
     registry.register(CongestionCollector(reader or ProcReader()))
+    registry.register(health_collector())  # snapshot and backup health (kvmkit.health.metrics)
     try:
         server = make_server(address, port, wsgi_app(registry), _Server, handler_class=_QuietHandler)
     except OSError as exc:

@@ -7,7 +7,7 @@ each is parsed by a strict, bounded model; a malformed row is skipped and counte
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,37 +31,50 @@ class SnapshotRecord(BaseModel):
     total_ms: float | None = Field(default=None, ge=0)
 
     @property
-    def finished(self) -> datetime:
-        """When the snapshot became ready: created + its total duration, with a time zone (the catalog stores
-        naive local times)."""
-        created = self.created if self.created.tzinfo else self.created.astimezone()
-        return created + timedelta(milliseconds=self.total_ms or 0)
+    def finished_ts(self) -> float:
+        """When the snapshot became ready (Unix time): created + its total duration. The catalog stores naive
+        local times, which `timestamp()` reads as local (no per-row time zone conversion: scrapes stay cheap)."""
+        return self.created.timestamp() + (self.total_ms or 0) / 1000
 
 
-def read_snapshots(path: Path, max_rows: int = MAX_ROWS) -> tuple[list[SnapshotRecord], int]:
-    """(records, malformed rows) from the catalog at `path`; ([], 0) when there is none yet."""
+class JournalRecord(BaseModel):
+    """An unfinished multi-step operation (revert swap, overlay): recover's work if its VM is idle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    vm_uuid: str = Field(max_length=64)
+    created: datetime
+
+
+def read_catalog(path: Path, max_rows: int = MAX_ROWS) -> tuple[list[SnapshotRecord], list[JournalRecord], int]:
+    """(snapshots, journal entries, malformed rows) from the catalog at `path`; empty when there is none yet."""
     if not path.is_file():
-        return [], 0
+        return [], [], 0
     db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=1.0)
     try:
         db.execute("PRAGMA query_only = 1")
         rows = db.execute(f"SELECT {COLUMNS} FROM snapshots LIMIT ?", (max_rows,)).fetchall()
+        journal_rows = db.execute("SELECT vm_uuid, created FROM journal LIMIT ?", (max_rows,)).fetchall()
     except sqlite3.DatabaseError:
-        return [], 0  # not a catalog (yet): nothing to report
+        return [], [], 0  # not a catalog (yet): nothing to report
     finally:
         db.close()
-    records, malformed = [], 0
+    records, journal, malformed = [], [], 0
     keys = [c.strip() for c in COLUMNS.split(",")]
     for row in rows:
         try:
             records.append(SnapshotRecord.model_validate(dict(zip(keys, row, strict=True))))
         except ValidationError:
             malformed += 1
-    return records, malformed
+    for row in journal_rows:
+        try:
+            journal.append(JournalRecord(vm_uuid=row[0], created=row[1]))
+        except ValidationError:
+            malformed += 1
+    return records, journal, malformed
 
 
 def newest_created(path: Path) -> datetime | None:
-    records, _ = read_snapshots(path)
+    records, _, _ = read_catalog(path)
     if not records:
         return None
     return max(r.created if r.created.tzinfo else r.created.astimezone() for r in records)

@@ -39,6 +39,9 @@ def _backup_all(settings: Settings, snaps: list[Snapshot], quiet: bool
         try:
             manifest = backup_snapshot(settings, snap)
         except KvmkitError as exc:
+            from kvmkit.health import events as health_events
+
+            health_events.record(settings.state_dir, health_events.EventKind.BACKUP_FAILURE, snap.vm, exc)
             failures.append((snap.vm, type(exc)(f"snapshot {snap.name} is ready, but its backup failed: {exc}")))
             continue
         done[snap.vm] = {"target": manifest.target, "parent": manifest.parent, "seconds": manifest.seconds}
@@ -73,6 +76,7 @@ def create(
 ) -> None:
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
     from kvmkit import config
+    from kvmkit.health import events as health_events
 
     settings = config.load()
     engine = _engine(connect)
@@ -91,6 +95,7 @@ def create(
             return dataclasses.replace(engine, drivers=default_drivers()).create(
                 vm, name, crash_consistent=crash_consistent, wait_s=wait, allow_full_copy=allow_full_copy)
         except KvmkitError as exc:
+            health_events.record(settings.state_dir, health_events.EventKind.SNAPSHOT_FAILURE, vm, exc)
             return exc
 
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
