@@ -24,10 +24,15 @@ def doctor_env(lab_state, tmp_path_factory) -> dict[str, str]:
     config = state_dir / "config.toml"
     config.write_text(f'[[backup_targets]]\nname = "local"\npath = "{backup}"\n\n'
                       f'[[backup_targets]]\nname = "gone"\npath = "{backup}/not-mounted"\n')
-    # the same VM and spec as the snapshot tests' noagent_vm: one boot serves both when they run together
-    lab_vm(lab_state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
+    silent_vm(lab_state)
     return {**os.environ, "KVMKIT_STATE_DIR": str(state_dir), "KVMKIT_CONFIG": str(config),
             "KVMKIT_LAB_DIR": str(lab_state.dir)}
+
+
+def silent_vm(lab_state) -> str:
+    """A running VM whose agent is not started (named after the lab folder: the libvirtd may be shared)."""
+    return lab_vm(lab_state, f"{lab_state.dir.name}-silent", file_disks=1, rbd_disks=0, size_mib=64,
+                  agent_running=False)
 
 
 def _doctor(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -45,10 +50,10 @@ def test_doctor_json_passes_the_lab_vm_and_fails_the_vm_whose_agent_is_stopped(l
     assert by_key[("libvirt", lab_state.uri)]["severity"] == "ok"
     assert by_key[("agent", healthy)]["severity"] == "ok"
     assert by_key[("fsfreeze", healthy)]["severity"] == "ok"
-    silent = by_key[("agent", "tlab-noagent2")]
+    silent = by_key[("agent", silent_vm(lab_state))]
     assert silent["severity"] == "fail" and "agent not answering" in silent["message"]
     assert "qemu-guest-agent" in silent["fix"]
-    assert ("fsfreeze", "tlab-noagent2") not in by_key  # no answer, nothing to ask about fsfreeze
+    assert ("fsfreeze", silent_vm(lab_state)) not in by_key  # no answer, nothing to ask about fsfreeze
     assert by_key[("reflink", str(lab_state.pool.path))]["severity"] == "ok"
     rbd = [f for f in report["findings"] if f["check"] == "rbd"]
     assert rbd and all(f["severity"] == "ok" for f in rbd)
@@ -61,11 +66,11 @@ def test_doctor_json_passes_the_lab_vm_and_fails_the_vm_whose_agent_is_stopped(l
     assert report["seconds"] < 2.0
 
 
-def test_doctor_text_is_one_line_per_check_with_the_fix_under_a_failure(doctor_env):
+def test_doctor_text_is_one_line_per_check_with_the_fix_under_a_failure(lab_state, doctor_env):
     out, _ = _doctor(doctor_env)
     assert out.returncode == 1
     lines = out.stdout.splitlines()
-    failing = [i for i, line in enumerate(lines) if line.startswith("FAIL agent") and "tlab-noagent2" in line]
+    failing = [i for i, line in enumerate(lines) if line.startswith("FAIL agent") and silent_vm(lab_state) in line]
     assert failing, out.stdout
     assert lines[failing[0] + 1].strip().startswith("fix: start qemu-guest-agent")
     assert lines[-1].startswith("doctor: ") and " failed, in " in lines[-1]

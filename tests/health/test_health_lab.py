@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import lab_vm
+from tests.doctor.test_doctor_lab import silent_vm
 
 pytestmark = pytest.mark.lab
 
@@ -23,7 +23,7 @@ def test_exporter_serves_the_last_snapshot_and_a_failure_by_reason(lab_state, tm
     state_dir = tmp_path / "state"
     env = {**os.environ, "KVMKIT_STATE_DIR": str(state_dir), "KVMKIT_LAB_DIR": str(lab_state.dir)}
     vm = lab_state.vms[0].name
-    silent = lab_vm(lab_state, "tlab-noagent2", file_disks=1, rbd_disks=0, size_mib=64, agent_running=False)
+    silent = silent_vm(lab_state)
     before = time.time()
 
     def kvmkit(*args: str) -> subprocess.CompletedProcess:

@@ -26,6 +26,8 @@ from kvmkit.output import console, print_json, print_table
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+_CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default: from the kvmkit config).")
+_URI = typer.Option(None, "--uri", hidden=True, help="Old name of --connect.")
 _PIDS = typer.Option(None, "--pid", help="Measure only these processes (repeatable); default: every QEMU.")
 
 
@@ -146,7 +148,8 @@ def enforce(
     window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
     journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
-    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    connect: str | None = _CONNECT,
+    uri: str | None = _URI,
     as_json: bool = _JSON,
 ) -> None:
     """Judge VMs against the policy; raise the weight of sufferers, cap noisy neighbours (via libvirt)."""
@@ -156,7 +159,7 @@ def enforce(
     else:
         reports = list(Collector().run(1.0, max(1, int(window or loaded.window_s))))
     rows = policy.standings(loaded, reports)
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         current = {d: backend.parameters(d) for d in backend.domains()}
         actions = policy.plan_actions(loaded, rows, current)
@@ -176,13 +179,14 @@ def enforce(
 @app.command()
 def revert(
     journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
-    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    connect: str | None = _CONNECT,
+    uri: str | None = _URI,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
     as_json: bool = _JSON,
 ) -> None:
     """Put back every scheduler parameter `enforce` changed, newest first."""
     path = _journal_path(journal)
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run)
     finally:
@@ -257,12 +261,15 @@ def bench(
 
 
 @app.command()
-def domains(uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config).")) -> None:
+def domains(connect: str | None = _CONNECT, uri: str | None = _URI, as_json: bool = _JSON) -> None:
     """Running libvirt domains next to the QEMU processes found in /proc (libvirt is optional elsewhere)."""
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         names = backend.domains()
     finally:
         backend.close()
     found = {vm.domain: vm.pid for vm in ProcReader().read().vms}
+    if as_json:
+        print_json({"domains": [{"vm": n, "qemu_pid": found.get(n)} for n in names]})
+        return
     print_table("domains", ["libvirt domain", "QEMU pid"], [[n, found.get(n, "not found")] for n in names])

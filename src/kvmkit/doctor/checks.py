@@ -139,7 +139,7 @@ def state_dir_findings(state_dir: Path, folder: PathMode, catalog: Path, catalog
     found = []
     if not folder.exists:
         found.append(Finding(check="state-dir", subject=str(state_dir), severity=Severity.INFO,
-                             message="does not exist yet (made 0700 on first use)"))
+                             message="does not exist yet (kvmkit makes it on first use)"))
     elif not folder.is_dir:
         found.append(Finding(check="state-dir", subject=str(state_dir), severity=Severity.FAIL,
                              message="is not a folder", fix=f"move it away; kvmkit keeps its catalog in {state_dir}"))

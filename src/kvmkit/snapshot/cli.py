@@ -80,7 +80,7 @@ def create(
 
     settings = config.load()
     engine = _engine(connect)
-    names = list(vms or [])
+    names = list(dict.fromkeys(vms or []))  # `create vm1 vm1` is one snapshot, not a lock race with itself
     if all_vms:
         with connection(engine.uri) as conn:
             names += [d.name() for d in conn.listAllDomains() if d.isActive() and d.name() not in names]
@@ -125,8 +125,14 @@ def create(
 
 @app.command("list")
 def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Snapshots kvmkit knows, oldest first."""
-    snaps = _engine(connect).list(vm)
+    """Snapshots kvmkit knows, oldest first (with --connect: of the VMs defined on that host)."""
+    engine = _engine(connect)
+    if connect and vm is None:  # the URI names a host: connect for real, and list what its VMs have
+        with connection(engine.uri) as conn:
+            uuids = {d.UUIDString() for d in conn.listAllDomains(0)}
+        snaps = [s for s in engine.list() if s.vm_uuid in uuids]
+    else:
+        snaps = engine.list(vm)
     if json_out:
         print_json([snapshot_json(s) for s in snaps])
         return
