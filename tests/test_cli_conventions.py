@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
@@ -132,3 +133,12 @@ def test_repeated_vm_arguments_are_one_snapshot_attempt(state_env):
     out = kvmkit("snapshot", "create", "test", "test", "--connect", "test:///default", env=state_env)
     assert out.returncode == errors.EnvironmentProblem.exit_code
     assert out.stderr.count("kvmkit: error:") == 1 and "no guest agent answers" in out.stderr
+
+
+def test_shell_completion_is_installable_and_completes_subcommands():
+    console_script = str(Path(sys.executable).with_name("kvmkit"))  # completion is keyed on the program's name
+    script = subprocess.run([console_script, "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "complete -o default -F _kvmkit_completion kvmkit" in script.stdout
+    env = {**os.environ, "_KVMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "kvmkit snapshot cr", "COMP_CWORD": "2"}
+    done = subprocess.run([console_script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["create"]

@@ -18,7 +18,7 @@ EXIT_CODES = ("Exit codes: 0 ok · 1 a check or command failed · 2 bad input or
               "6 an operation failed part-way (the message says what was cleaned up) · 70 internal error · "
               "130 interrupted.")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, epilog=EXIT_CODES)
+app = typer.Typer(no_args_is_help=True, add_completion=True, help=__doc__, epilog=EXIT_CODES)
 
 # (name, module, help): a sub-app is imported only when used, so `kvmkit snapshot …` does not pay for SciPy.
 SUBCOMMANDS = [
