@@ -16,6 +16,7 @@ import pytest
 from kvmkit.lab import lab
 from kvmkit.lab.state import load
 from kvmkit.virt import agent
+from tests.unprivileged import python_for_nobody
 
 pytestmark = pytest.mark.lab
 
@@ -137,9 +138,10 @@ def test_a_vm_whose_agent_never_answers_fails_with_the_console_tail(lab_state, c
 
 
 def test_lab_up_without_root_is_one_clear_line_and_starts_nothing(lab_state, tmp_path):
-    env = {**os.environ, "KVMKIT_LAB_DIR": str(tmp_path / "nolab"), "KVMKIT_STATE_DIR": str(tmp_path)}
-    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
-                          "kvmkit", "lab", "up", "--ceph"], env=env, capture_output=True, text=True)
+    with python_for_nobody("kvmkit.cli", "kvmkit.lab.cli") as (python, nobody_env):
+        env = {**nobody_env, "KVMKIT_LAB_DIR": str(tmp_path / "nolab"), "KVMKIT_STATE_DIR": str(tmp_path)}
+        out = subprocess.run([*python, "-m", "kvmkit", "lab", "up", "--ceph"], env=env, capture_output=True,
+                             text=True)
     assert out.returncode == 5
     assert out.stderr == "kvmkit: error: the lab needs root (it starts libvirtd, mounts a loop device and runs Ceph)\n"
     assert not (tmp_path / "nolab").exists()

@@ -48,7 +48,7 @@ def test_top_refreshes_and_stops_after_count():
 def test_unreachable_libvirt_makes_balloon_figures_null_with_the_reason():
     with spinning_guests(1, 0, prefix="memnolv") as (pid,):
         result = runner.invoke(app, ["sample", "--interval", "0.2", "--json", "--pid", str(pid),
-                                     "--uri", "qemu:///system?socket=/nonexistent/sock"])  # fmt: skip
+                                     "--connect", "qemu:///system?socket=/nonexistent/sock"])  # fmt: skip
     assert result.exit_code == 0, result.output
     (vm,) = json.loads(result.output)["vms"]
     assert vm["balloon_bytes"] is None and "libvirt unreachable" in vm["null_reasons"]["balloon_bytes"]

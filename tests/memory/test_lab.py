@@ -118,13 +118,13 @@ def test_enforce_dry_run_changes_nothing_and_apply_revert_move_real_balloon_and_
     # the CLI end to end on a real recording: sample → policy → enforce --dry-run → advise
     record = tmp_path / "memory.jsonl"
     runner = CliRunner()
-    sampled = runner.invoke(app, ["sample", "--interval", "0.5", "--count", "3", "--json", "--uri", uri,
+    sampled = runner.invoke(app, ["sample", "--interval", "0.5", "--count", "3", "--json", "--connect", uri,
                                   "--history", str(record)])  # fmt: skip
     assert sampled.exit_code == 0, sampled.output
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text('[classes.all]\npriority = 1\nslo_pressure_pct = 50\ndomains = ["*"]\n')
     dry = runner.invoke(app, ["enforce", "--policy", str(policy_file), "--history", str(record), "--dry-run",
-                              "--uri", uri, "--json", "--journal", str(tmp_path / "j2.jsonl")])  # fmt: skip
+                              "--connect", uri, "--json", "--journal", str(tmp_path / "j2.jsonl")])  # fmt: skip
     assert dry.exit_code == 0, dry.output
     assert '"dry_run": true' in dry.output and not (tmp_path / "j2.jsonl").exists()
     advised = runner.invoke(app, ["advise", "--history", str(record), "--slo-pct", "5"])

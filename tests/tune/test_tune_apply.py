@@ -6,11 +6,11 @@ import fcntl
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from tests.unprivileged import python_for_nobody
 
 from kvmkit.errors import Conflict, InvalidInput, NotFound, OperationFailed
 from kvmkit.tune import apply as tune_apply
@@ -259,16 +259,10 @@ def test_live_apply_as_non_root_fails_and_changes_nothing(shared_dir: Path, live
         "    print(exc)\n"
         "    sys.exit(exc.exit_code)\n"
     )
-    src = str(Path(tune_apply.__file__).parents[2])
     try:
-        proc = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PYTHONPATH": src, "PATH": os.environ["PATH"]},
-            check=False,
-        )
+        with python_for_nobody("kvmkit.tune.apply", "kvmkit.tune.checks", "kvmkit.tune.profiles") as (python, env):
+            proc = subprocess.run([*python, "-c", script], capture_output=True, text=True, timeout=60, env=env,
+                                  check=False)
         assert proc.returncode == OperationFailed.exit_code, proc.stderr
         assert "Permission denied" in proc.stdout and "swappiness" in proc.stdout
         assert "nothing was changed" in proc.stdout

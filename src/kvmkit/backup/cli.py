@@ -151,7 +151,8 @@ def mount(vm: str, snapshot: str, mountpoint: str = typer.Argument(..., help="An
 def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup (default: all of the VM's)."),
            target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Read back every chunk the backup(s) need and check its hash, without restoring."""
-    report = restore_mod.verify(config.load(), vm, snapshot, target)
+    settings = config.load()
+    report = restore_mod.verify(settings, vm, snapshot, target)
     absent = sorted(k for k, v in report.content.items() if v == "absent")
     mismatch = sorted(k for k, v in report.content.items() if v == "mismatch")
     if json_out:
@@ -166,11 +167,19 @@ def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup
                     [(d.chunk, d.problem, ", ".join(d.disks)) for d in report.damaged])
     if report.damaged:
         first = report.damaged[0]
-        raise OperationFailed(f"{len(report.damaged)} damaged chunk(s) in backups of {report.vm}; first: chunk "
-                              f"{first.chunk} ({first.problem}) needed by {', '.join(first.disks)}")
+        damaged = OperationFailed(f"{len(report.damaged)} damaged chunk(s) in backups of {report.vm}; first: chunk "
+                                  f"{first.chunk} ({first.problem}) needed by {', '.join(first.disks)}")
+        from kvmkit.health import events as health_events
+
+        health_events.record(settings.state_dir, health_events.EventKind.VERIFY_FAILURE, report.vm, damaged)
+        raise damaged
     if mismatch:
-        raise OperationFailed(f"content digest mismatch in {', '.join(mismatch)}: the chunk list was edited after "
-                              "the backup (chunks swapped, dropped or added); restore refuses it")
+        failed = OperationFailed(f"content digest mismatch in {', '.join(mismatch)}: the chunk list was edited after "
+                                 "the backup (chunks swapped, dropped or added); restore refuses it")
+        from kvmkit.health import events as health_events
+
+        health_events.record(settings.state_dir, health_events.EventKind.VERIFY_FAILURE, report.vm, failed)
+        raise failed
 
 
 @app.command()

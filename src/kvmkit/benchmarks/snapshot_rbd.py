@@ -87,13 +87,21 @@ def run(lab_dir: Path, uri: str, disk_counts: list[int], rounds: int, revert_siz
 LAB_PAXOS_INTERVAL_S = 0.01
 
 
-def _set_paxos_interval(state: LabState, seconds: float) -> None:
+def _set_paxos_interval(state: LabState, seconds: float, attempts: int = 50) -> None:
+    """Inject the interval into mon.a. A command targeted at one mon needs the client's monmap, which a fresh
+    connection may not have yet (auth none): librados then answers "mon dne" at once. That one answer is retried
+    (bounded), as the lab retries "wrong fsid" for its own mon commands."""
     cluster = _cluster(state)
     try:
         args = json.dumps({"prefix": "injectargs", "injected_args": [f"--paxos_propose_interval={seconds}"]})
-        ret, _, err = cluster.mon_command(args, b"", timeout=10, target="a")
-        if ret != 0:
-            raise EnvironmentProblem(f"cannot set paxos_propose_interval on the lab mon: {err}")
+        for _attempt in range(attempts):
+            ret, _, err = cluster.mon_command(args, b"", timeout=10, target="a")
+            if ret == 0:
+                return
+            if "mon dne" not in err:
+                break
+            time.sleep(0.05)
+        raise EnvironmentProblem(f"cannot set paxos_propose_interval on the lab mon: {err}")
     finally:
         cluster.shutdown()
 

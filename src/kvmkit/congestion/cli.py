@@ -25,6 +25,8 @@ from kvmkit.output import console, print_json, print_table
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+_CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default: from the kvmkit config).")
+_URI = typer.Option(None, "--uri", hidden=True, help="Old name of --connect.")
 _PIDS = typer.Option(None, "--pid", help="Measure only these processes (repeatable); default: every QEMU.")
 
 
@@ -83,14 +85,16 @@ def top(
 def serve(
     port: int = typer.Option(9177, help="TCP port."),
     address: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
-    uri: str | None = typer.Option(None, "--uri", help="libvirt URI for balloon figures (default: the config's)."),
+    connect: str | None = typer.Option(None, "--connect", "-c",
+                                       help="libvirt URI for balloon figures (default: the config's)."),
+    uri: str | None = typer.Option(None, "--uri", hidden=True, help="Old name of --connect."),
     no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (no balloon figures)."),
     max_connections: int = typer.Option(32, help="Connections served at once (each its own thread)."),
 ) -> None:
     """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted (= `kvmkit serve`: congestion + memory)."""
     from kvmkit import serve as serve_mod
 
-    serve_mod.run(port, address, uri, no_libvirt, max_connections)
+    serve_mod.run(port, address, connect or uri, no_libvirt, max_connections)
 
 
 def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[IntervalReport]:
@@ -141,7 +145,8 @@ def enforce(
     window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
     journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
-    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    connect: str | None = _CONNECT,
+    uri: str | None = _URI,
     as_json: bool = _JSON,
 ) -> None:
     """Judge VMs against the policy; raise the weight of sufferers, cap noisy neighbours (via libvirt)."""
@@ -151,7 +156,7 @@ def enforce(
     else:
         reports = list(Collector().run(1.0, max(1, int(window or loaded.window_s))))
     rows = policy.standings(loaded, reports)
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         current = {d: backend.parameters(d) for d in backend.domains()}
         actions = policy.plan_actions(loaded, rows, current)
@@ -171,13 +176,14 @@ def enforce(
 @app.command()
 def revert(
     journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
-    uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config)."),
+    connect: str | None = _CONNECT,
+    uri: str | None = _URI,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
     as_json: bool = _JSON,
 ) -> None:
     """Put back every scheduler parameter `enforce` changed, newest first."""
     path = _journal_path(journal)
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run)
     finally:
@@ -252,12 +258,15 @@ def bench(
 
 
 @app.command()
-def domains(uri: str | None = typer.Option(None, help="libvirt URI (default: from the kvmkit config).")) -> None:
+def domains(connect: str | None = _CONNECT, uri: str | None = _URI, as_json: bool = _JSON) -> None:
     """Running libvirt domains next to the QEMU processes found in /proc (libvirt is optional elsewhere)."""
-    backend = control.LibvirtScheduler(uri or config.load().libvirt_uri)
+    backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     try:
         names = backend.domains()
     finally:
         backend.close()
     found = {vm.domain: vm.pid for vm in ProcReader().read().vms}
+    if as_json:
+        print_json({"domains": [{"vm": n, "qemu_pid": found.get(n)} for n in names]})
+        return
     print_table("domains", ["libvirt domain", "QEMU pid"], [[n, found.get(n, "not found")] for n in names])

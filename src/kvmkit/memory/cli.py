@@ -28,7 +28,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
 _PIDS = typer.Option(None, "--pid", help="Measure only these QEMU processes (repeatable); default: every QEMU.")
-_URI = typer.Option(None, "--uri", help="libvirt URI for balloon figures (default: from the kvmkit config).")
+_URI = typer.Option(None, "--connect", "-c", help="libvirt URI for balloon figures (default: from the kvmkit config).")
 _NO_LIBVIRT = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (balloon figures are then null).")
 
 

@@ -55,9 +55,11 @@ def create(
     json_out: bool = JSON,
 ) -> None:
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
+    from kvmkit.health import events as health_events
+
     settings = config.load()
     ctx = _context(connect, settings)
-    names = list(vms or [])
+    names = list(dict.fromkeys(vms or []))  # `create vm1 vm1` is one snapshot, not a lock race with itself
     if all_vms:
         with connection(ctx.uri) as conn:
             names += [d.name() for d in conn.listAllDomains() if d.isActive() and d.name() not in names]
@@ -83,6 +85,11 @@ def create(
     outcomes = service.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
                             allow_full_copy=allow_full_copy, backup=want_backup,
                             on_created=None if json_out else created, on_backed_up=backed_up)
+    for o in outcomes:  # the health exporter counts what leaves no catalog row
+        if o.error is not None:
+            health_events.record(settings.state_dir, health_events.EventKind.SNAPSHOT_FAILURE, o.vm, o.error)
+        if o.backup_error is not None:
+            health_events.record(settings.state_dir, health_events.EventKind.BACKUP_FAILURE, o.vm, o.backup_error)
     snaps = [o.snapshot for o in outcomes if o.snapshot is not None]
     failures = [(o.vm, o.error) for o in outcomes if o.error is not None]
     failures += [(o.vm, o.backup_error.rephrased(f"snapshot {o.snapshot.name} is ready, but its backup failed: "
@@ -103,8 +110,14 @@ def create(
 
 @app.command("list")
 def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Snapshots kvmkit knows, oldest first."""
-    snaps = lifecycle.list_snapshots(_recovered(connect), vm)
+    """Snapshots kvmkit knows, oldest first (with --connect: of the VMs defined on that host)."""
+    ctx = _recovered(connect)
+    if connect and vm is None:  # the URI names a host: connect for real, and list what its VMs have
+        with connection(ctx.uri) as conn:
+            uuids = {d.UUIDString() for d in conn.listAllDomains(0)}
+        snaps = [s for s in lifecycle.list_snapshots(ctx, None) if s.vm_uuid in uuids]
+    else:
+        snaps = lifecycle.list_snapshots(ctx, vm)
     if json_out:
         print_json([snapshot_json(s) for s in snaps])
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
         return conn.lookupByName(name)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise NotFound(f"no VM named {name!r} on {conn.getURI()}") from exc
+            raise NotFound(f"no VM named {name!r} on {conn.getURI()}{_close_names(conn, name)}") from exc
         raise OperationFailed(f"looking up VM {name!r}: {exc.get_error_message()}") from exc
 
 
@@ -73,6 +74,22 @@ def _wrap(dom: libvirt.virDomain, what: str, exc: libvirt.libvirtError) -> Excep
     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
         return NotFound(f"VM {dom.name()}: {what}: the domain is gone")
     return OperationFailed(f"VM {dom.name()}: {what}: {exc.get_error_message()}")
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    """"; did you mean 'web1' or 'web2'?" for the closest names (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    quoted = [repr(c) for c in close]
+    return f"; did you mean {' or '.join(quoted) if len(quoted) < 3 else ', '.join(quoted[:-1]) + ' or ' + quoted[-1]}?"
+
+
+def _close_names(conn: libvirt.virConnect, name: str) -> str:
+    try:
+        return did_you_mean(name, [d.name() for d in conn.listAllDomains(0)])
+    except libvirt.libvirtError:
+        return ""  # the suggestion is a courtesy: the NotFound stands on its own
 
 
 def live_disks(dom: libvirt.virDomain) -> list[Disk]:

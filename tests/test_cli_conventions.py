@@ -1,0 +1,145 @@
+"""docs/cli.md's conventions, checked on every command the CLI mounts (typer/click introspection) and, where a
+convention is behaviour, by running kvmkit against libvirt's in-memory test:///default driver.
+
+Known gaps are listed by name: the test fails both when a new command breaks a convention and when a gap is
+closed without taking it off the list, so the lists only shrink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+
+from kvmkit import cli, errors
+
+# commands that print no records: their output is a live view, a server, a guest's own output or a written file
+NO_RECORDS = {"lab exec", "congestion top", "congestion serve", "serve", "memory top", "backup mount", "plan report",
+              "tune capture"}
+# commands that print records but have no --json yet (owners: lab, bench, backup)
+KNOWN_NO_JSON = {"lab down", "backup target init", "bench jobs", "bench suites"}
+# commands that change the host (docs/cli.md): each needs --dry-run
+CHANGES_HOST = {"tune apply", "tune rollback", "congestion enforce", "congestion revert", "backup prune",
+                "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
+KNOWN_NO_DRY_RUN = {"tune rollback", "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
+
+
+def _walk(command, path):
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        for name, sub in sorted(subcommands.items()):
+            yield from _walk(sub, [*path, name])
+    elif path:
+        yield " ".join(path), command
+
+
+@pytest.fixture(scope="module")
+def commands() -> dict:
+    cli.mount([])
+    return dict(_walk(get_command(cli.app), []))
+
+
+def _options(command) -> dict[str, object]:
+    return {opt: p for p in command.params if getattr(p, "param_type_name", "") == "option"
+            for opt in [*p.opts, *p.secondary_opts]}
+
+
+def kvmkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmkit", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+@pytest.fixture()
+def state_env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "KVMKIT_STATE_DIR": str(tmp_path / "state")}
+
+
+def test_the_walk_sees_every_mounted_capability(commands):
+    assert {name.split()[0] for name in commands} == {name for name, _, _ in cli.SUBCOMMANDS}
+    assert "doctor" in commands and "snapshot create" in commands
+
+
+def test_every_command_that_prints_records_has_json(commands):
+    without = {name for name, command in commands.items() if "--json" not in _options(command)}
+    assert without == NO_RECORDS | KNOWN_NO_JSON
+
+
+def test_the_libvirt_uri_is_connect_or_c_everywhere_and_uri_only_a_hidden_alias(commands):
+    for name, command in commands.items():
+        options = _options(command)
+        if "--uri" in options:
+            assert options["--uri"].hidden, f"{name}: --uri must be a hidden alias of --connect"
+        if "--uri" in options or "--connect" in options:
+            assert {"--connect", "-c"} <= options.keys(), name
+            assert options["--connect"] is options["-c"], name
+
+
+def test_commands_that_change_the_host_have_dry_run(commands):
+    assert commands.keys() >= CHANGES_HOST
+    without = {name for name in CHANGES_HOST if "--dry-run" not in _options(commands[name])}
+    assert without == KNOWN_NO_DRY_RUN
+
+
+def test_root_help_lists_every_exit_code():
+    out = kvmkit("--help")
+    codes = {cls.exit_code for cls in (errors.KvmkitError, *errors.KvmkitError.__subclasses__())}
+    for code in sorted(codes | {0, 70, 130}):
+        assert f" {code} " in " ".join(out.stdout.split()), code
+
+
+def test_short_version_and_quiet_at_the_root(state_env):
+    assert kvmkit("-V").stdout == kvmkit("--version").stdout != ""
+    loud = kvmkit("doctor", "--connect", "test:///default", env=state_env)
+    quiet = kvmkit("-q", "doctor", "--connect", "test:///default", env=state_env)
+    assert loud.stdout.count("\n") > 3 and quiet.stdout == ""
+    assert quiet.returncode == loud.returncode == 1  # test:///default's domain has no agent channel
+    as_json = kvmkit("-q", "doctor", "--json", "--connect", "test:///default", env=state_env)
+    assert json.loads(as_json.stdout)["exit_code"] == 1  # -q silences people's output, never --json
+
+
+def test_debug_prints_the_traceback_and_keeps_the_mapped_exit_code(tmp_path):
+    env = {**os.environ, "KVMKIT_CONFIG": str(tmp_path / "missing.toml")}
+    plain, debug = kvmkit("lab", "status", env=env), kvmkit("--debug", "lab", "status", env=env)
+    assert plain.returncode == debug.returncode == errors.InvalidInput.exit_code
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+    assert debug.stderr.rstrip().splitlines()[-1] == plain.stderr.rstrip()
+
+
+def test_errors_are_json_on_stdout_with_json_and_suggest_close_vm_names(state_env):
+    out = kvmkit("snapshot", "list", "tesst", "--connect", "test:///default", "--json", env=state_env)
+    assert out.returncode == errors.NotFound.exit_code
+    assert json.loads(out.stdout) == {"error": {
+        "type": "not_found", "message": "no VM named 'tesst' on test:///default; did you mean 'test'?",
+        "exit_code": 3}}
+    assert out.stderr == "kvmkit: error: no VM named 'tesst' on test:///default; did you mean 'test'?\n"
+    far = kvmkit("snapshot", "list", "zzzz", "--connect", "test:///default", env=state_env)
+    assert far.stderr == "kvmkit: error: no VM named 'zzzz' on test:///default\n" and far.stdout == ""
+
+
+def test_snapshot_list_with_connect_really_connects(state_env):
+    bad = kvmkit("snapshot", "list", "--connect", "qemu:///sytem", env=state_env)
+    assert bad.returncode == errors.EnvironmentProblem.exit_code
+    assert bad.stderr.startswith("kvmkit: error: cannot connect to libvirt at qemu:///sytem")
+    good = kvmkit("snapshot", "list", "--connect", "test:///default", "--json", env=state_env)
+    assert good.returncode == 0 and json.loads(good.stdout) == []
+
+
+def test_repeated_vm_arguments_are_one_snapshot_attempt(state_env):
+    """test:///default's VM has no agent: one clear refusal, not two racing attempts on the same lock."""
+    out = kvmkit("snapshot", "create", "test", "test", "--connect", "test:///default", env=state_env)
+    assert out.returncode == errors.EnvironmentProblem.exit_code
+    assert out.stderr.count("kvmkit: error:") == 1 and "no guest agent answers" in out.stderr
+
+
+def test_shell_completion_is_installable_and_completes_subcommands():
+    console_script = str(Path(sys.executable).with_name("kvmkit"))  # completion is keyed on the program's name
+    script = subprocess.run([console_script, "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "complete -o default -F _kvmkit_completion kvmkit" in script.stdout
+    env = {**os.environ, "_KVMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "kvmkit snapshot cr", "COMP_CWORD": "2"}
+    done = subprocess.run([console_script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["create"]
