@@ -28,10 +28,10 @@ class CountingTarget(DirTarget):
 
     chunk_reads = 0
 
-    def _get(self, key: str) -> bytes | None:
+    def _get(self, key: str, *args: int) -> bytes | None:
         if key.startswith("chunks/"):
             CountingTarget.chunk_reads += 1
-        return super()._get(key)
+        return super()._get(key, *args)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_a_damaged_or_missing_block_index_costs_reads_not_correctness(xfs, setti
     s1 = snapshot_of(disk, "s1")
     t1 = file_snapshot("s1", {"vda": s1}).created
     backup(settings, target, s1, "s1", t1)
-    idx = index_path(settings.state_dir, "t1", target.location, "uuid-vm1", "vda")
+    idx = index_path(settings.state_dir, "t1", target.location, file_snapshot("s1", {"vda": s1}).vm_uuid, "vda")
     assert idx.stat().st_mode & 0o777 == 0o600
     blob = bytearray(idx.read_bytes())
     for at in range(100, len(blob), 5000):
