@@ -52,7 +52,8 @@ op, repo, state = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 settings = Settings(state_dir=state, backup_targets=[BackupTarget(name="bench", path=repo)])
 if op == "backup":
     snap, name, created = Path(sys.argv[4]), sys.argv[5], datetime.fromisoformat(sys.argv[6])
-    record = Snapshot(vm_uuid="bench", vm="bench", name=name, created=created, mode=Mode.OFFLINE, state=State.READY,
+    record = Snapshot(vm_uuid="00000000-0000-4000-8000-0000000b3c40", vm="bench", name=name, created=created,
+                      mode=Mode.OFFLINE, state=State.READY,
                       disks=[DiskSnapshot(target="vda", driver="file", source=str(snap), handle=str(snap),
                                           size_bytes=snap.stat().st_size)])
     t0 = time.perf_counter()
