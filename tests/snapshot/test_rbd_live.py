@@ -175,7 +175,7 @@ def test_unreachable_ceph_is_one_clear_error_and_nothing_changes(engine, conn, l
     dom = conn.defineXML(xml)
     try:
         t0 = time.monotonic()
-        with pytest.raises(EnvironmentProblem, match=r"cannot reach the Ceph cluster \(127\.0\.0\.1:9"):
+        with pytest.raises(EnvironmentProblem, match=r"cannot reach the Ceph cluster \(v1:127\.0\.0\.1:9"):
             engine.create(f"{P}-deadceph", "dead1")
         assert time.monotonic() - t0 < 30
         assert engine.catalog.list(dom.UUIDString()) == []

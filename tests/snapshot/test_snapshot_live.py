@@ -98,7 +98,7 @@ def test_create_json_has_the_documented_fields(snap_env, file_vm):
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["create", f"{P}-file", "--name", ".hidden"], 2, "invalid snapshot name '.hidden'"),
     (["create", f"{P}-file", "--name", "a/b"], 2, "invalid snapshot name"),
-    (["create", f"{P}-file", "--name", "x" * 65], 2, "at most 64"),
+    (["create", f"{P}-file", "--name", "x" * 65], 2, "use 1-64 of"),
     (["create", "no such vm"], 2, "invalid VM name"),
     (["create", f"{P}-nonexistent"], 3, f"no VM named '{P}-nonexistent'"),
     (["delete", f"{P}-file", "never-made"], 3, "has no snapshot named 'never-made'"),
