@@ -55,7 +55,7 @@ def reflink(src: Path, dst: Path, mode: int = 0o600) -> None:
         fcntl.ioctl(fd_dst, FICLONE, fd_src)
 
 
-_reflink_ok: dict[tuple[int, int, int, int], bool] = {}  # (st_dev, f_bsize, f_blocks, f_files) → answer
+_reflink_ok: dict[tuple[int, int, int], bool] = {}  # (st_dev, f_bsize, f_blocks) → answer
 
 
 def supports_reflink(directory: Path) -> bool:
@@ -63,9 +63,10 @@ def supports_reflink(directory: Path) -> bool:
 
     A device number alone does not name a filesystem for long: unmount one loop filesystem, mount another, and
     the new one gets the same st_dev (seen in one test session: an ext4 probe's answer reused for an XFS pool).
-    The filesystem's geometry (block size, blocks, inodes) joins the key, so a new filesystem is probed anew."""
+    The filesystem's fixed geometry (block size, blocks) joins the key, so a new filesystem is probed anew (not
+    its inode count: XFS grows and shrinks that with free space, and a full filesystem cannot take the probe)."""
     info = os.statvfs(directory)
-    dev = (os.stat(directory).st_dev, info.f_bsize, info.f_blocks, info.f_files)
+    dev = (os.stat(directory).st_dev, info.f_bsize, info.f_blocks)
     if dev not in _reflink_ok:
         probe = directory / f".kvmkit-probe-{os.getpid()}"
         clone = directory / f".kvmkit-probe-{os.getpid()}.clone"
