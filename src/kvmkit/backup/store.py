@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -45,7 +44,8 @@ from pydantic import ValidationError
 from kvmkit.backup import codec
 from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import FORMAT_VERSION, MAX_CHUNK_SIZE, BackupManifest, DamagedManifest
-from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.snapshot.snapshot_lock import flocked  # one flock helper for targets and snapshots
 
 log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
@@ -595,18 +595,3 @@ class DirTarget(ChunkStore):
         with flocked(self.root / "lock", exclusive, wait, f"backup target {self.name} is busy (another backup or "
                                                            "prune)"):
             yield
-
-
-@contextmanager
-def flocked(path: Path, exclusive: bool, wait: bool, busy: str) -> Iterator[None]:
-    """flock(path) shared or exclusive; without wait, EnvironmentProblem(busy) when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            raise EnvironmentProblem(busy) from None
-        yield
-    finally:
-        os.close(fd)

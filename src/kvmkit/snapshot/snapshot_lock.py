@@ -30,7 +30,7 @@ def lock_path(state_dir: Path, vm_uuid: str, snapshot: str) -> Path:
 @contextmanager
 def reading(state_dir: Path, vm_uuid: str, snapshot: str, vm: str) -> Iterator[None]:
     """Held by a backup while it reads the snapshot; waits for a delete in progress to finish."""
-    with _flocked(lock_path(state_dir, vm_uuid, snapshot), exclusive=False, wait=True, busy=""):
+    with flocked(lock_path(state_dir, vm_uuid, snapshot), exclusive=False, wait=True, busy=""):
         yield
 
 
@@ -39,7 +39,7 @@ def deleting(state_dir: Path, vm_uuid: str, snapshot: str, vm: str) -> Iterator[
     """Held by `snapshot delete`: refused at once while a backup reads the snapshot."""
     busy = f"snapshot {snapshot} of VM {vm} is being backed up; delete it when the backup is done"
     try:
-        lock = _flocked(lock_path(state_dir, vm_uuid, snapshot), exclusive=True, wait=False, busy=busy)
+        lock = flocked(lock_path(state_dir, vm_uuid, snapshot), exclusive=True, wait=False, busy=busy)
         lock.__enter__()
     except EnvironmentProblem:
         raise Conflict(busy) from None
@@ -50,7 +50,7 @@ def deleting(state_dir: Path, vm_uuid: str, snapshot: str, vm: str) -> Iterator[
 
 
 @contextmanager
-def _flocked(path: Path, exclusive: bool, wait: bool, busy: str) -> Iterator[None]:
+def flocked(path: Path, exclusive: bool, wait: bool, busy: str) -> Iterator[None]:
     """flock(path) shared or exclusive; without wait, EnvironmentProblem(busy) when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
