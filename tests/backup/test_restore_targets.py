@@ -187,7 +187,7 @@ def loop_device(tmp_path):
         dev = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no loop device here: {exc}")
+        pytest.fail(f"the lab needs loop devices (losetup): {exc}")
     yield Path(dev)
     subprocess.run(["losetup", "-d", dev], check=False)
 
