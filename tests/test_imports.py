@@ -37,10 +37,8 @@ LIBVIRT_OUTSIDE_VIRT = {
     "kvmkit.memory.control",  # virDomainSetMemoryFlags / SetMemoryParameters, like congestion.control
 }
 
-# Product modules (owned by other branches) that import kvmkit.lab today.
-LAB_IMPORTS_IN_PRODUCT = {
-    "kvmkit.backup.sources",  # reads the lab's Ceph settings for RBD sources
-}
+# Product modules that import kvmkit.lab: none (a production host behaves the same with or without a lab).
+LAB_IMPORTS_IN_PRODUCT: set[str] = set()
 
 
 def _under(module: str, packages: tuple[str, ...]) -> bool:

@@ -19,7 +19,6 @@ from kvmkit.backup import manage, restore
 from kvmkit.backup.codec import chunk_id
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.retention import RetentionPolicy
-from kvmkit.backup.sources import split_handle
 from kvmkit.backup.targets import open_target
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.errors import Conflict, EnvironmentProblem, OperationFailed
@@ -28,6 +27,7 @@ from kvmkit.lab.disks import purge_rbd_image
 from kvmkit.lab.rgw import RgwState
 from kvmkit.lab.state import load
 from kvmkit.snapshot.catalog import Catalog
+from kvmkit.snapshot.drivers.rbd_io import split_handle
 from kvmkit.snapshot.engine import Engine
 from kvmkit.virt import agent
 from tests.backup.conftest import MiB, changed_bytes, file_snapshot, later, randbytes, sha, sparse_file

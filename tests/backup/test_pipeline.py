@@ -8,8 +8,8 @@ import os
 from kvmkit.backup import codec, restore
 from kvmkit.backup.codec import FRAME, ZLIB, ZSTD
 from kvmkit.backup.create import Backup, backup_snapshot
-from kvmkit.backup.sources import FileReader, pread_into
 from kvmkit.backup.store import DirTarget
+from kvmkit.snapshot.drivers.reading import FileReader, pread_into
 from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sha, sparse_file
 
 

@@ -33,11 +33,28 @@ class FakeMemoryStaging(Staging):
     old: str
 
 
+class BytesReader:
+    """A snapshot's bytes as the reading contract hands them out (one extent: the fake keeps no holes)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        return [(0, self.size)] if self.size else []
+
+    def read_into(self, offset: int, buffer: bytearray) -> bytes:
+        return self.data[offset:offset + len(buffer)].ljust(len(buffer), b"\0")
+
+    def close(self) -> None:
+        pass
+
+
 class FakeMemoryDriver:
     name = "memory"
 
     def __init__(self) -> None:
         self.images: dict[str, bytes] = {}  # "mem/<name>" → content
+        self.closes = 0
         self.snaps: dict[str, dict[str, bytes]] = {}  # image → snapshot name → content
         self.pinned: dict[str, str] = {}  # handle → why it is in use (for the InUse capability)
         self.clones: set[str] = set()  # images that are "clones" (for the Flattenable capability)
@@ -114,6 +131,15 @@ class FakeMemoryDriver:
 
     def release(self) -> None:
         self.releases += 1
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def open_reader(self, snap: DiskSnapshot) -> BytesReader:
+        image, _, name = snap.handle.partition("@")
+        if name not in self.snaps.get(image, {}):
+            raise NotFound(f"snapshot {snap.handle} is missing")
+        return BytesReader(self.snaps[image][name])
 
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
         self._call("stage_revert", disk.target)

@@ -26,19 +26,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from datetime import datetime
-from pathlib import Path
 
 from kvmkit.backup import changes, chunking, codec, digest, fiemap
 from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
-from kvmkit.backup.guest_reader import GuestViewReader
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
-from kvmkit.backup.sources import Ceph, FileReader, RbdReader, SnapshotReader, file_identity, split_handle
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
 from kvmkit.failpoint import failpoint
 from kvmkit.snapshot import snapshot_lock
+from kvmkit.snapshot.drivers.base import StorageDriver
+from kvmkit.snapshot.drivers.reading import FileReader, SnapshotReader, TracksChanges, file_identity, raw_file
+from kvmkit.snapshot.drivers.registry import by_name, default_drivers
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,14 @@ def pick_parent(manifests: list[BackupManifest], snapshot: Snapshot) -> BackupMa
 
 class Backup:
     def __init__(self, settings: Settings, target: ChunkStore, compression: str, advance: Advance,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = WORKERS) -> None:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = WORKERS,
+                 drivers: list[StorageDriver] | None = None) -> None:
+        """drivers: the storage drivers that read the snapshot's disks (a fresh default set, closed at the end
+        of the run, when None)."""
         self.settings, self.target, self.compression = settings, target, compression
         self.advance, self.chunk_size, self.workers = advance, chunk_size, workers
-        self._ceph: Ceph | None = None
+        self._given_drivers = drivers
+        self._drivers: list[StorageDriver] = []
 
     def run(self, snapshot: Snapshot) -> BackupManifest:
         if snapshot.state is not State.READY:
@@ -102,9 +106,10 @@ class Backup:
             manifests = self.target.manifests(snapshot.vm_uuid)
             parent = pick_parent(manifests, snapshot)
             chain = chunking.chain(parent, {m.snapshot: m for m in manifests}) if parent else []
-            if any(d.driver == "rbd" for d in snapshot.disks):
-                self._ceph = Ceph.connect(self.settings)
-                stack.callback(self._ceph.close)
+            self._drivers = self._given_drivers or default_drivers(self.settings)
+            if self._given_drivers is None:
+                for driver in self._drivers:
+                    stack.callback(driver.close)
             self.target.mark_incomplete(snapshot.vm, snapshot.vm_uuid, snapshot.name)
             disks = [self._disk(disk, chain, snapshot.vm_uuid) for disk in snapshot.disks]
             manifest = BackupManifest(
@@ -120,14 +125,13 @@ class Backup:
         return manifest
 
     def _reader(self, disk: DiskSnapshot) -> SnapshotReader:
-        if disk.driver == "file" and disk.format != "raw":
-            return GuestViewReader(Path(disk.handle), disk.format)  # a qcow2 chain, as its guest sees it
-        if disk.driver == "file":
-            return FileReader(Path(disk.handle))
-        if disk.driver == "rbd":
-            assert self._ceph is not None
-            return RbdReader(self._ceph, disk.handle)
-        raise InvalidInput(f"disk {disk.target}: no backup reader for driver {disk.driver!r}")
+        """The snapshot as its guest sees it, through the driver that made it (which knows how to reach it)."""
+        try:
+            driver = by_name(disk.driver, self._drivers)
+        except InvalidInput:
+            raise InvalidInput(f"disk {disk.target}: no storage driver {disk.driver!r} here to read its snapshot "
+                               "(for RBD: apt-get install python3-rbd)") from None
+        return driver.open_reader(disk)
 
     def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest], vm_uuid: str) -> DiskBackup:
         reader = self._reader(disk)
@@ -141,14 +145,15 @@ class Backup:
                 parent_record, parent_map = chunking.resolve(disk.target, chain)
             record = DiskBackup(target=disk.target, driver=disk.driver, source=disk.source, handle=disk.handle,
                                 size_bytes=size, full=parent_record is None,
-                                handle_identity=reader.identity() if _raw_file(reader) else None)
+                                handle_identity=reader.identity() if raw_file(reader) else None,
+                                )
             work: Iterable[tuple[int, list[int] | None]]
-            since = _rbd_parent_snapshot(disk, parent_record, reader)
-            ranges = _fiemap_changes(reader, parent_record, stack) if parent_record is not None else None
-            if since is not None:
-                assert isinstance(reader, RbdReader)
-                changed = reader.changed_extents(since)
-                record.change_method, record.diff_bytes = ChangeMethod.RBD_DIFF, chunking.extents_length(changed)
+            changed = _tracked_changes(disk, parent_record, reader)
+            ranges = _fiemap_changes(reader, parent_record, stack) \
+                if parent_record is not None and changed is None else None
+            if changed is not None:
+                record.change_method = ChangeMethod(reader.change_method)  # type: ignore[attr-defined]
+                record.diff_bytes = chunking.extents_length(changed)
                 work = ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
             elif ranges is not None:
                 record.change_method, record.diff_bytes = ChangeMethod.FIEMAP, 0
@@ -172,18 +177,12 @@ class Backup:
             reader.close()
 
 
-def _raw_file(reader: SnapshotReader) -> bool:
-    """A raw snapshot file read directly: its FIEMAP offsets are guest offsets. A qcow2 read through its guest
-    view is not (the container's extents map clusters, not guest blocks): it takes the hash method."""
-    return isinstance(reader, FileReader) and not isinstance(reader, GuestViewReader)
-
-
 def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup, stack: ExitStack) -> Iterator[changes.Extent] | None:
     """Changed byte ranges from the two snapshots' extent maps, streamed, or None when they cannot be trusted:
     the parent's snapshot file is gone, was replaced or touched since it was read (identity differs), lies on
     another filesystem, the filesystem has no FIEMAP, or the new snapshot shares no extent (not a reflink
     sibling: two ext4 copies share nothing, and the maps would only say "all changed")."""
-    if not _raw_file(reader) or parent.driver != "file" or parent.handle_identity is None:
+    if not raw_file(reader) or parent.driver != "file" or parent.handle_identity is None:
         return None
     try:
         fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -355,12 +354,10 @@ def _zero_table(length: int) -> bytes:
     return bytes(codec.digest_table(bytes(length)))
 
 
-def _rbd_parent_snapshot(disk: DiskSnapshot, parent: DiskBackup | None, reader: SnapshotReader) -> str | None:
-    """The parent's RBD snapshot name when diff_iterate can use it: same image, snapshot still there."""
-    if parent is None or disk.driver != "rbd" or parent.driver != "rbd" or not isinstance(reader, RbdReader):
+def _tracked_changes(disk: DiskSnapshot, parent: DiskBackup | None,
+                     reader: SnapshotReader) -> list[tuple[int, int]] | None:
+    """What the storage itself says changed since the parent's snapshot (RBD diff_iterate, a qcow2 snapshot's
+    maps), when the parent was read from the same driver and the reader can tell; else None."""
+    if parent is None or parent.driver != disk.driver or not isinstance(reader, TracksChanges):
         return None
-    pool, image, _ = split_handle(disk.handle)
-    p_pool, p_image, p_snap = split_handle(parent.handle)
-    if (pool, image) != (p_pool, p_image) or p_snap is None or not reader.has_snapshot(p_snap):
-        return None
-    return p_snap
+    return reader.changed_since(parent.handle)

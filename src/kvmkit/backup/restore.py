@@ -22,13 +22,14 @@ from kvmkit.backup import digest as content_digest
 from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import BackupManifest, DamagedChunk, DiskBackup, VerifyReport
-from kvmkit.backup.sources import Ceph, RbdWriter
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
-from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
+from kvmkit.snapshot.drivers.rbd import RbdDriver
+from kvmkit.snapshot.drivers.rbd_io import RbdWriter
 
 Advance = Callable[[int], None]
 WORKERS = 3
@@ -120,10 +121,7 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     written: dict[str, int] = {}
     blocks = [d for d in manifest.disks if by_disk[d.target].kind == "block"]
     with ExitStack() as stack:
-        ceph = None
-        if any(d.kind == "rbd" for d in dests):
-            ceph = Ceph.connect(settings)
-            stack.callback(ceph.close)
+        rbd_driver = _rbd_driver(settings, domain_disks, stack) if any(d.kind == "rbd" for d in dests) else None
         try:
             for disk in [d for d in manifest.disks if d not in blocks]:  # staged first, block devices last
                 dest = by_disk[disk.target]
@@ -132,8 +130,8 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
                     staged.append(item)
                     sink: restore_writer.Sink = restore_writer.FdSink(item.open(), fresh=True)
                 else:
-                    assert ceph is not None
-                    rbd_writers.append(RbdWriter(ceph, dest.given, disk.size_bytes, replace))
+                    assert rbd_driver is not None
+                    rbd_writers.append(rbd_driver.open_writer(dest.given, disk.size_bytes, replace, None))
                     sink = restore_writer.RbdSink(rbd_writers[-1].image)
                 written[disk.target] = _write(target, manifest, disk, maps, sink, advance)
                 if dest.kind == "file":
@@ -160,6 +158,26 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     done = [RestoredDisk(target=d.target, destination=str(by_disk[d.target].path or by_disk[d.target].given),
                          size_bytes=d.size_bytes, written_bytes=written[d.target]) for d in manifest.disks]
     return RestoreResult(vm=manifest.vm, snapshot=snapshot, disks=done, seconds=round(time.perf_counter() - t0, 3))
+
+
+def _rbd_driver(settings: Settings, domain_disks: list[targets.DomainDisk] | None, stack: ExitStack) -> RbdDriver:
+    """The RBD driver, told every RBD disk the host's domains define: a restore into a pool reaches it as those
+    disks do (their monitors, user and libvirt secret), else through kvmkit's [ceph] settings. Never through
+    anything the backup repository says: it is untrusted, and a cluster it named would receive the disk."""
+    from kvmkit.snapshot.drivers.registry import by_name, default_drivers
+
+    drivers = default_drivers(settings)
+    for driver in drivers:
+        stack.callback(driver.close)
+    try:
+        rbd_driver = by_name("rbd", drivers)
+    except InvalidInput:
+        raise EnvironmentProblem("restoring to RBD needs python3-rbd (apt-get install python3-rbd)") from None
+    assert isinstance(rbd_driver, RbdDriver)
+    for known in domain_disks or []:
+        if known.rbd is not None:
+            rbd_driver.learn(known.rbd)
+    return rbd_driver
 
 
 def _write(target: ChunkStore, manifest: BackupManifest, disk: DiskBackup, maps: dict[str, chunking.ChunkMap],

@@ -30,6 +30,7 @@ from xml.etree import ElementTree as ET
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.failpoint import failpoint
+from kvmkit.virt.disks import Disk, parse_disks
 
 log = logging.getLogger(__name__)
 Kind = Literal["file", "block", "rbd"]
@@ -53,6 +54,7 @@ class DomainDisk:
     shut_off: bool
     target: str
     source: str  # file/device path or pool/image
+    rbd: Disk | None = None  # an RBD disk's full record: which cluster, user and secret reach its pool
 
 
 def resolve(disk: str, given: str) -> Destination:
@@ -118,8 +120,9 @@ def defined_disks(uri: str) -> list[DomainDisk] | None:
                         continue  # undefined meanwhile: nothing left to protect
                     raise EnvironmentProblem(f"reading domain {dom.name()}: {exc.get_error_message()}") from None
                 for xml in xmls:
-                    out += [DomainDisk(dom.name(), dom.UUIDString(), state == libvirt.VIR_DOMAIN_SHUTOFF, t, s)
-                            for t, s in domain_disk_sources(xml)]
+                    rbd = {(d.target, d.source): d for d in parse_disks(xml) if d.protocol == "rbd"}
+                    out += [DomainDisk(dom.name(), dom.UUIDString(), state == libvirt.VIR_DOMAIN_SHUTOFF, t, s,
+                                       rbd=rbd.get((t, s))) for t, s in domain_disk_sources(xml)]
     except EnvironmentProblem as exc:
         log.warning("libvirt unreachable: no domain disks to check", extra={"uri": uri, "error": str(exc)})
         return None

@@ -2,8 +2,9 @@
 
 A driver is told a disk (from the live domain XML) and a tag (the snapshot name); it names the handle it would
 create (`plan`, before anything is touched, so the catalog can record the intent), creates it (`snapshot`),
-and can list the handles kvmkit made (`owned`) so `recover` finds orphans. Revert is two-phase (`stage` a
-clone beside the disk, then `swap` it in) so a revert of several disks is all-or-nothing.
+reads it back for backup (`open_reader`, reading.py: backup never branches on a storage's name), and can list
+the handles kvmkit made (`owned`) so `recover` finds orphans. Revert is two-phase (`stage` a clone beside the
+disk, then `swap` it in) so a revert of several disks is all-or-nothing.
 
 Optional abilities are declared, never probed for: a driver that has one implements its Protocol below
 (`InUse`, `Flattenable`, `GroupSnapshots`) and the engine asks `isinstance(driver, InUse)`. The compliance test
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from kvmkit.snapshot.drivers.reading import SnapshotReader, TracksChanges
 from kvmkit.snapshot.journal import StagedRevert, Staging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
@@ -31,9 +33,11 @@ __all__ = [
     "Ownership",
     "PlanOptions",
     "RevertOptions",
+    "SnapshotReader",
     "StagedRevert",
     "Staging",
     "StorageDriver",
+    "TracksChanges",
     "capabilities",
 ]
 
@@ -94,6 +98,15 @@ class StorageDriver(Protocol):
 
     def release(self) -> None:
         """Close what `plan` opened (images kept open so the freeze holds only the snapshot calls)."""
+        ...
+
+    def open_reader(self, snap: DiskSnapshot) -> SnapshotReader:
+        """Read a snapshot this driver made, as its guest sees it (backup's only way in), reaching the storage
+        from the snapshot's own record. The reader declares `TracksChanges` if it can list changed extents."""
+        ...
+
+    def close(self) -> None:
+        """Drop what the driver connected to (Ceph clusters): the end of an operation."""
         ...
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.guest_view import guest_size
+from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
 from kvmkit.snapshot.journal import FileStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.sparse import data_extents
@@ -178,6 +179,16 @@ class FileDriver:
 
     def release(self) -> None:
         """Nothing is held open between plan and snapshot."""
+
+    def close(self) -> None:
+        """No connections."""
+
+    def open_reader(self, snap: DiskSnapshot) -> SnapshotReader:
+        """A raw snapshot is read as it is; a qcow2 one through QEMU's block layer with its whole backing chain,
+        as its guest sees it (the format is the one the domain XML gave at snapshot time, never probed)."""
+        if snap.format == "raw":
+            return FileReader(Path(snap.handle))
+        return GuestViewReader(Path(snap.handle), snap.format)
 
     # revert: clone the snapshot to <disk>.kvmkit-new, hard-link the disk to <disk>.kvmkit-old, rename new → disk.
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:

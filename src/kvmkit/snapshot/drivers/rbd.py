@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from kvmkit.config import CephSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.rbd_io import RbdReader, RbdWriter
 from kvmkit.snapshot.journal import HandleMove, RbdCloneStaging, RbdRollbackStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
@@ -179,6 +180,28 @@ class RbdDriver:
             image.close()
             ioctx.close()
         self._open.clear()
+
+    def close(self) -> None:
+        """Shut every cluster connection down (each holds librados threads): the end of an operation."""
+        self.release()
+        with self._lock:
+            clusters, self._clusters = list(self._clusters.values()), {}
+        for cluster in clusters:
+            cluster.shutdown()
+
+    # reading and restoring ----------------------------------------------------------------------------
+    def open_reader(self, snap: DiskSnapshot) -> RbdReader:
+        """The snapshot, read-only, on the cluster its record names (monitors, user, libvirt secret)."""
+        self._learn_snap(snap)
+        pool, _, _ = split_handle(snap.handle)
+        return RbdReader(self._rbd, self._open_ioctx(pool, self._key_for(snap.handle, snap.location)), snap.handle)
+
+    def open_writer(self, dest: str, size: int, replace: bool, location: dict[str, str] | None) -> RbdWriter:
+        """A restore into pool/image on the cluster `location` names (the backed-up disk's own record; None:
+        the cluster a disk of this pool was seen on, else kvmkit's configured one)."""
+        pool, _, _ = split_handle(dest)
+        return RbdWriter(self._rbd, self._open_ioctx(pool, self._key_for(dest, location or None)), dest, size,
+                         replace)
 
     # the contract -------------------------------------------------------------------------------------
     def claims(self, disk: Disk) -> bool:

@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,7 @@ from typing import Any, Literal
 from kvmkit.config import Settings, StorPoolSettings
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.reading import FileReader
 from kvmkit.snapshot.journal import Staging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
@@ -357,6 +358,18 @@ class StorPoolDriver:
         finally:
             self._call(f"detaching StorPool snapshot {snap.handle}", "volumesReassign",
                        json=[{"snapshot": snap.handle, "detach": [client]}])
+
+    def open_reader(self, snap: DiskSnapshot) -> FileReader:
+        """The snapshot's device, attached read-only for as long as the reader is open (detached on close)."""
+        stack = ExitStack()
+        try:
+            return FileReader(stack.enter_context(self.reading(snap)), on_close=stack.close)
+        except BaseException:
+            stack.close()
+            raise
+
+    def close(self) -> None:
+        """The API speaks plain HTTP requests: no connection is held."""
 
     # revert -----------------------------------------------------------------------------------------------
     def stage_revert(self, disk: Disk, snap: DiskSnapshot, options: RevertOptions) -> StagedRevert:
