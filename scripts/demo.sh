@@ -81,13 +81,13 @@ KVMKIT_LAB_DIR=$cs_lab $K lab up --shape cloudstack
 cs_vm=demo-cloudstack-cloudstack1
 step "snapshot + backup of $cs_vm   (RBD key read from the libvirt secret; the qcow2 chain read as the guest sees it)"
 KVMKIT_LAB_DIR=$cs_lab $K snapshot create "$cs_vm" --name cs1 --backup
-step "restore every disk of the backup to fresh files: self-contained raw images, no backing file"
+step "restore every disk of the backup to fresh files: self-contained qcow2 images (--format qcow2), no backing file"
 cs_out=$(mktemp -d /var/tmp/kvmkit-demo-restore.XXXXXX)
-KVMKIT_LAB_DIR=$cs_lab $K backup restore "$cs_vm" cs1 --to "vda=$cs_out/vda.raw" --to "vdb=$cs_out/vdb.raw" \
-  --to "vdc=$cs_out/vdc.raw" --to "vdd=$cs_out/vdd.raw"
+KVMKIT_LAB_DIR=$cs_lab $K backup restore "$cs_vm" cs1 --format qcow2 --to "vda=$cs_out/vda.qcow2" \
+  --to "vdb=$cs_out/vdb.qcow2" --to "vdc=$cs_out/vdc.qcow2" --to "vdd=$cs_out/vdd.qcow2"
 root=$(virsh -c qemu:///system domblklist "$cs_vm" | awk '$1 == "vda" {print $2}')
-qemu-img compare -f raw -F qcow2 "$cs_out/vda.raw" "$root@cs1.kvmkit" && echo "OK: the restored root disk reads as the snapshot's qcow2 chain"
-qemu-img info -f raw "$cs_out/vda.raw" | grep -q backing && { echo "MISMATCH: backing file"; exit 1; } || echo "OK: no backing file"
+qemu-img compare -f qcow2 -F qcow2 "$cs_out/vda.qcow2" "$root@cs1.kvmkit" && echo "OK: the restored root disk reads as the snapshot's qcow2 chain"
+qemu-img info -f qcow2 "$cs_out/vda.qcow2" | grep -q backing && { echo "MISMATCH: backing file"; exit 1; } || echo "OK: no backing file"
 rm -rf "$cs_out"
 KVMKIT_LAB_DIR=$cs_lab $K snapshot delete "$cs_vm" cs1
 KVMKIT_LAB_DIR=$cs_lab $K lab down >/dev/null

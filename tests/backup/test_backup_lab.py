@@ -104,8 +104,9 @@ def test_file_disks_full_incremental_destroy_restore_checksums_match(lab_setting
 
 
 def rbd_snapshot(lab_state, conn, vm: str, name: str) -> Snapshot:
-    """A quiesced RBD snapshot of the VM's RBD disk, taken here with librbd (the engine's RBD driver is the
-    lead's, in progress): freeze, create_snap, thaw — the same record the engine will write."""
+    """A quiesced RBD snapshot of the VM's RBD disk, taken here with librbd under the test's control (names
+    without kvmkit's prefix, so the test can drop one behind kvmkit's back): freeze, create_snap, thaw, and the
+    record the engine writes, with the cluster it was taken on (the lab's disks name their ceph.conf)."""
     import rados
     import rbd
 
@@ -127,7 +128,8 @@ def rbd_snapshot(lab_state, conn, vm: str, name: str) -> Snapshot:
         cluster.shutdown()
     return Snapshot(vm_uuid=dom.UUIDString(), vm=vm, name=name, created=datetime.now(), mode=Mode.QUIESCED,
                     state=State.READY, disks=[DiskSnapshot(target=disk.target, driver="rbd", source=disk.source,
-                                                           handle=f"{disk.source}@{name}", size_bytes=size)])
+                                                           handle=f"{disk.source}@{name}", size_bytes=size,
+                                                           location={"conf": str(state.ceph.conf)})])
 
 
 def drop_rbd_snapshot(lab_state, source: str, name: str) -> None:

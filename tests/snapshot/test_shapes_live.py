@@ -4,6 +4,7 @@ live only in libvirt secrets (no keyring kvmkit can read, no ceph.conf named by 
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,152 @@ def test_a_chain_whose_base_is_missing_is_one_line_and_no_backup(shaped_lab, eng
     with pytest.raises(NotFound, match=r"backing file .*gone.qcow2 is missing"):
         GuestView(orphan, "qcow2")
     assert not list(Path("/run").glob("kvmkit-view-*"))
+
+
+# backup and restore on the shapes: every disk read through its driver, RBD keys only in libvirt secrets -------
+def _backup_settings(tmp_path: Path):
+    from kvmkit.config import BackupTarget, Settings
+
+    (tmp_path / "target").mkdir(exist_ok=True)
+    return Settings(state_dir=tmp_path / "state", libvirt_uri=URI,
+                    backup_targets=[BackupTarget(name="t", path=tmp_path / "target")])
+
+
+def _rbd_sha(state: LabState, spec: str, snap: str | None = None) -> str:
+    """sha256 of an RBD image (or one of its snapshots), read with the lab's admin key: the test's own eyes."""
+    import hashlib
+
+    import rados
+    import rbd
+
+    assert state.ceph is not None
+    pool, _, image = spec.partition("/")
+    cluster = rados.Rados(conffile=str(state.ceph.conf))
+    cluster.connect(timeout=10)
+    digest = hashlib.sha256()
+    try:
+        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image, snapshot=snap, read_only=True) as img:
+            size = img.size()
+            for offset in range(0, size, 4 << 20):
+                digest.update(img.read(offset, min(4 << 20, size - offset)))
+    finally:
+        cluster.shutdown()
+    return digest.hexdigest()
+
+
+def _qemu_img_info(path: Path) -> dict:
+    import json
+    import subprocess
+
+    return json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(path)], check=True,
+                                     capture_output=True, text=True).stdout)
+
+
+def _same_guest_content(restored: Path, fmt: str, snapshot_handle: str, snapshot_fmt: str) -> None:
+    import subprocess
+
+    compare = subprocess.run(["qemu-img", "compare", "-U", "-f", fmt, "-F", snapshot_fmt, str(restored),
+                              snapshot_handle], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+
+
+def test_a_template_vm_with_cephx_disks_backs_up_incrementally_and_restores_anywhere_and_onto_itself(
+        shaped_lab, engine, conn, tmp_path):
+    """CloudStack shape: qcow2 root on a template, a qcow2 data disk, two RBD disks whose key lives only in a
+    libvirt secret (no ceph.conf, no keyring kvmkit can read). Full, then incremental (RBD from diff_iterate on
+    the snapshot's own cluster record); a restore to fresh places (files as self-contained qcow2, RBD images in
+    the pool) reads equal to the snapshots; a restore onto the VM's own disks keeps them qcow2, with no backing
+    file, and the VM boots with the backed-up files."""
+    from kvmkit.backup import restore
+    from kvmkit.backup.create import backup_snapshot
+
+    vm = vm_of("cloudstack")
+    dom = conn.lookupByName(vm)
+    settings = _backup_settings(tmp_path)
+    targets = [d.target for d in live_disks(dom)]
+    first = {t: write_random(dom, f"/mnt/{t}/b1", 2) for t in targets}
+    m1 = backup_snapshot(settings, engine.create(vm, "bk1"))
+    assert all(d.full for d in m1.disks)
+    assert {d.target: d.format for d in m1.disks} == {"vda": "qcow2", "vdb": "qcow2", "vdc": "raw", "vdd": "raw"}
+    second = {t: write_random(dom, f"/mnt/{t}/b2", 1) for t in targets}
+    s2 = engine.create(vm, "bk2")
+    m2 = backup_snapshot(settings, s2)
+    assert m2.parent == "bk1"
+    rbd_disks = [d for d in m2.disks if d.driver == "rbd"]
+    assert [d.change_method for d in rbd_disks] == ["rbd-diff", "rbd-diff"]
+    for d in rbd_disks:  # 1 MiB written by the guest, plus its filesystem's metadata: far from the 64 MiB disk
+        assert d.diff_bytes is not None and (1 << 20) <= d.diff_bytes < 16 << 20 and d.read_bytes < 24 << 20
+
+    # to fresh places: files as qcow2, RBD disks as new images in their pool
+    fresh = {"vda": tmp_path / "vda.qcow2", "vdb": tmp_path / "vdb.qcow2"}
+    new_images = {t: f"cloudstack/{SHAPED_LAB.name}-restored-{t}" for t in ("vdc", "vdd")}
+    result = restore.restore(settings, vm, "bk2", fmt="qcow2",
+                             to=[f"{t}={p}" for t, p in fresh.items()] + [f"{t}={i}" for t, i in new_images.items()])
+    assert {d.target: d.format for d in result.disks} == {"vda": "qcow2", "vdb": "qcow2", "vdc": "raw", "vdd": "raw"}
+    for t, path in fresh.items():
+        info = _qemu_img_info(path)
+        assert info["format"] == "qcow2" and "backing-filename" not in info and info["virtual-size"] == 64 << 20
+        snap_disk = s2.disk(t)
+        assert snap_disk is not None
+        _same_guest_content(path, "qcow2", snap_disk.handle, "qcow2")
+    for t, image in new_images.items():
+        snap_disk = s2.disk(t)
+        assert snap_disk is not None
+        source, _, snap = snap_disk.handle.partition("@")
+        assert _rbd_sha(shaped_lab, image) == _rbd_sha(shaped_lab, source, snap)
+
+    # onto the VM's own disks (shut off): the root stays qcow2, now self-contained
+    dom.destroy()
+    restore.restore(settings, vm, "bk2", replace=True, force_offline=True)
+    root = Path(live_disks(dom)[0].source)
+    info = _qemu_img_info(root)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    dom.create()
+    lab.wait_for_agent(dom, None)
+    assert {t: checksum(dom, f"/mnt/{t}/b1") for t in targets} == first
+    assert {t: checksum(dom, f"/mnt/{t}/b2") for t in targets} == second
+    for name in ("bk1", "bk2"):
+        engine.delete(vm, name)
+
+
+def test_a_second_vm_on_the_same_template_writes_only_what_its_overlay_holds(shaped_lab, engine, tmp_path):
+    """Two CloudStack VMs on one template: once one VM's backup holds the template's blocks, the other's full
+    backup of its root disk writes about what its own overlay holds (target ≤ 1.05×), not the template again."""
+    import json
+    import subprocess
+
+    from kvmkit.backup.create import backup_snapshot
+
+    settings = _backup_settings(tmp_path)
+    first, second = f"{SHAPED_LAB.name}-csa", f"{SHAPED_LAB.name}-csb"
+    for name in (first, second):
+        lab.add_shaped_vm(shaped_lab, name, "cloudstack", size_mib=64, start=False)
+    state = load(SHAPED_LAB)
+    assert state is not None
+    root = Path(state.vm(second).disks[0].source)
+    template = Path(_qemu_img_info(root)["backing-filename"])
+    template_map = json.loads(subprocess.run(["qemu-img", "map", "--output=json", "-U", "-f", "qcow2",
+                                              str(template)], check=True, capture_output=True, text=True).stdout)
+    mib = 1 << 20
+    # whole 1 MiB chunks where the template holds nothing: what the overlay writes there is all the chunk holds
+    empty = [chunk for e in template_map if not e["data"]
+             for chunk in range(-(-e["start"] // mib) * mib, e["start"] + e["length"] - mib + 1, mib)]
+    assert len(empty) >= 3, "the template has no three empty 1 MiB chunks to write into"
+    noise = tmp_path / "noise"
+    noise.write_bytes(os.urandom(64 << 10))
+    for chunk in empty[:3]:  # 64 KiB of incompressible data each: the overlay's own blocks
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {noise} {chunk} 64k", str(root)],
+                       check=True, capture_output=True)
+    overlay = sum(e["length"] for e in json.loads(subprocess.run(
+        ["qemu-img", "map", "--output=json", "-f", "qcow2", str(root)], check=True, capture_output=True,
+        text=True).stdout) if e["data"] and e["depth"] == 0)
+    assert overlay == 3 * (64 << 10)
+
+    backup_snapshot(settings, engine.create(first, "tpl1"))
+    vda = backup_snapshot(settings, engine.create(second, "tpl1")).disk("vda")
+    assert vda is not None
+    print(f"\nsecond VM on the template: overlay {overlay} B, backup wrote {vda.written_bytes} B "
+          f"= {vda.written_bytes / overlay:.3f}× (target ≤ 1.05×)")
+    assert vda.written_bytes <= 1.05 * overlay
+    for name in (first, second):
+        engine.delete(name, "tpl1")

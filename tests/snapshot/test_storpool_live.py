@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from storpool import spapi
@@ -356,3 +357,36 @@ def _write_refused(device) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def test_a_storpool_snapshot_is_backed_up_through_its_driver_and_restores_byte_for_byte(
+        engine, conn, fake, sp_vm, tmp_path):
+    """Backup reads a StorPool snapshot only through the driver's `open_reader` (attached read-only, detached
+    after): no StorPool branch in backup. Every disk restores to the bytes of its snapshot."""
+    import hashlib
+
+    from kvmkit.backup import restore
+    from kvmkit.backup.create import Backup
+    from kvmkit.backup.targets import open_target
+    from kvmkit.config import BackupTarget, Settings
+    from tests.conftest import URI
+
+    api = fake[0]
+    snap = engine.create(sp_vm, "bk1")
+    driver = storpool_driver(engine)
+    driver.endpoint = dataclasses.replace(driver.endpoint, client_id=1)
+    (tmp_path / "target").mkdir()
+    settings = Settings(state_dir=tmp_path / "state", libvirt_uri=URI,
+                        backup_targets=[BackupTarget(name="t", path=tmp_path / "target")])
+    manifest = Backup(settings, open_target(settings, "t"), "zstd", lambda _n: None, drivers=engine.drivers).run(snap)
+    assert [d.driver for d in manifest.disks] == ["storpool"] * len(TARGETS)
+    assert not any(Path(f"/dev/storpool/{d.handle}").exists() for d in snap.disks)  # every one detached again
+
+    def digest(path) -> str:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    restore.restore(settings, sp_vm, "bk1", to=[f"{t}={tmp_path / t}.raw" for t in TARGETS])
+    for disk in snap.disks:
+        assert digest(tmp_path / f"{disk.target}.raw") == digest(api.snapshots[disk.handle].path), disk.target
+    engine.delete(sp_vm, "bk1")

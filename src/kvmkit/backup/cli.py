@@ -111,6 +111,9 @@ def restore(vm: str, snapshot: str,
             force: bool = typer.Option(False, "--force", help="Replace a destination that exists."),
             force_offline: bool = typer.Option(False, "--force-offline",
                                                help="Allow replacing a disk of a defined VM that is shut off."),
+            fmt: str | None = typer.Option(None, "--format", help="raw or qcow2 for file destinations "
+                                           "(self-contained: no backing file). Default: a disk restored to its "
+                                           "own place keeps its format, any other destination is raw."),
             target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
     A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
@@ -120,13 +123,14 @@ def restore(vm: str, snapshot: str,
                     None)
     total = sum(d.size_bytes for d in manifest.disks) if manifest else 0
     with progress_bar(f"restore {vm}/{snapshot}", total) as advance:
-        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance, force_offline)
+        result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance, force_offline, fmt)
     if json_out:
         print_json(result)
         return
     for disk in result.disks:
         console.print(f"{result.vm}: {disk.target} restored from backup [bold]{snapshot}[/] to {disk.destination} "
-                      f"({_human(disk.size_bytes)}, {_human(disk.written_bytes)} of data, every chunk verified)")
+                      f"({disk.format}, {_human(disk.size_bytes)}, {_human(disk.written_bytes)} of data, every "
+                      "chunk verified)")
 
 
 @app.command()

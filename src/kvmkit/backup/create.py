@@ -145,8 +145,8 @@ class Backup:
                 parent_record, parent_map = chunking.resolve(disk.target, chain)
             record = DiskBackup(target=disk.target, driver=disk.driver, source=disk.source, handle=disk.handle,
                                 size_bytes=size, full=parent_record is None,
-                                handle_identity=reader.identity() if raw_file(reader) else None,
-                                )
+                                format="qcow2" if disk.format == "qcow2" else "raw",
+                                handle_identity=reader.identity() if raw_file(reader) else None)
             work: Iterable[tuple[int, list[int] | None]]
             changed = _tracked_changes(disk, parent_record, reader)
             ranges = _fiemap_changes(reader, parent_record, stack) \

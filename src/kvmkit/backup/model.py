@@ -61,6 +61,9 @@ class DiskBackup(BaseModel):
     target: DiskTarget  # vda …: the key that matches a disk across snapshots
     driver: Driver  # file | rbd (of the snapshot that was read)
     source: Text  # the VM's disk: file path or pool/image (default restore destination, checked like --to)
+    # the format the VM's domain gave the disk (the backup holds guest-visible content whatever it was): a restore
+    # onto the disk's own place writes it back in this format, so the domain's <driver type=…> stays true
+    format: Literal["raw", "qcow2"] = "raw"
     handle: Text  # the snapshot that was read: file path or pool/image@snap
     size_bytes: int = Field(ge=0, le=MAX_DISK_BYTES)
     full: bool  # True: `chunks` is the whole map; False: changes against the parent's record of this disk

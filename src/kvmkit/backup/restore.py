@@ -17,7 +17,7 @@ from contextlib import ExitStack
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking, restore_writer
+from kvmkit.backup import chunking, image_format, restore_writer
 from kvmkit.backup import digest as content_digest
 from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
@@ -66,6 +66,7 @@ def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManif
 class RestoredDisk(BaseModel):
     target: str
     destination: str
+    format: str = "raw"
     size_bytes: int
     written_bytes: int
 
@@ -94,13 +95,31 @@ def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
     return dests
 
 
+def output_formats(manifest: BackupManifest, dests: list[targets.Destination], fmt: str | None) -> dict[str, str]:
+    """Each disk's format on its way out. RBD images and block devices hold the guest's bytes as they are (raw).
+    A file takes `fmt` when given; else a disk going back to its own place gets the format its domain gave it
+    (a CloudStack qcow2 root stays qcow2, now self-contained), and any other file is raw."""
+    if fmt is not None and fmt not in image_format.FORMATS:
+        raise InvalidInput(f"--format {fmt!r}: kvmkit restores files as raw or qcow2")
+    out = {}
+    by_disk = {d.disk: d for d in dests}
+    for disk in manifest.disks:
+        dest = by_disk[disk.target]
+        own = dest.path is not None and os.path.realpath(disk.source) == str(dest.path)
+        out[disk.target] = "raw" if dest.kind != "file" else fmt or (disk.format if own else "raw")
+    return out
+
+
 def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None = None, to: list[str] | None = None,
-            replace: bool = False, advance: Advance = lambda _n: None, force_offline: bool = False) -> RestoreResult:
-    """Rebuild every disk of a backup: checked targets, staged, verified, then swapped in all at once."""
+            replace: bool = False, advance: Advance = lambda _n: None, force_offline: bool = False,
+            fmt: str | None = None) -> RestoreResult:
+    """Rebuild every disk of a backup: checked targets, staged, verified, then swapped in all at once.
+    fmt: raw or qcow2 for every file destination (None: a disk going back to its own place keeps its format)."""
     target = open_target(settings, target_name)
     manifest, chain = find_backup(target, vm, snapshot)
     given = destinations(manifest, to or [])
     dests = [targets.resolve(disk, dest) for disk, dest in given.items()]
+    formats = output_formats(manifest, dests, fmt)
     resolved = [str(d.path or d.given) for d in dests]
     if len(set(resolved)) != len(resolved):
         raise InvalidInput(f"two disks of backup {snapshot} would be restored to one place ({', '.join(resolved)})")
@@ -125,6 +144,16 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
         try:
             for disk in [d for d in manifest.disks if d not in blocks]:  # staged first, block devices last
                 dest = by_disk[disk.target]
+                if dest.kind == "file" and formats[disk.target] == "qcow2":
+                    item = targets.StagedFile(dest, replace, 0)
+                    staged.append(item)
+                    qcow2_fd = item.open()
+                    with image_format.scratch_file(item.folder_fd, disk.size_bytes) as raw_fd:
+                        written[disk.target] = _write(target, manifest, disk, maps,
+                                                      restore_writer.FdSink(raw_fd, fresh=True), advance)
+                        image_format.raw_to_qcow2(raw_fd, qcow2_fd, f"disk {disk.target}")
+                    item.finish()
+                    continue
                 if dest.kind == "file":
                     item = targets.StagedFile(dest, replace, disk.size_bytes)
                     staged.append(item)
@@ -156,7 +185,8 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
         for writer in rbd_writers:
             writer.commit()
     done = [RestoredDisk(target=d.target, destination=str(by_disk[d.target].path or by_disk[d.target].given),
-                         size_bytes=d.size_bytes, written_bytes=written[d.target]) for d in manifest.disks]
+                         format=formats[d.target], size_bytes=d.size_bytes, written_bytes=written[d.target])
+            for d in manifest.disks]
     return RestoreResult(vm=manifest.vm, snapshot=snapshot, disks=done, seconds=round(time.perf_counter() - t0, 3))
 
 
