@@ -4,6 +4,7 @@ short last chunks, all-zero chunks, many chunks in flight, and targets that hold
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from kvmkit.backup import codec, restore
 from kvmkit.backup.codec import FRAME, ZLIB, ZSTD
@@ -87,3 +88,29 @@ def test_a_target_with_zlib_chunks_takes_zstd_backups_and_restores_both(tmp_path
         out = tmp_path / f"restored-{snap}"
         restore.restore(settings, "vm1", snap, to=[f"vda={out}"])
         assert sha(out) == sha(disk)
+
+
+def test_a_block_device_is_read_whole_since_it_reports_no_holes(tmp_path):
+    """lseek(SEEK_DATA) on a block device finds "no data": taken literally, a StorPool snapshot's device would
+    back up as zeros. The reader reads it all instead."""
+    import hashlib
+    import subprocess
+
+    image = sparse_file(tmp_path / "dev.img", 8 * MiB, [(5 * MiB, randbytes(MiB))])
+    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", str(image)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        reader = FileReader(Path(loop))
+        try:
+            assert not reader.regular and reader.size == 8 * MiB
+            assert reader.data_extents() == [(0, 8 * MiB)]
+            got = hashlib.sha256()
+            buffer = bytearray(MiB)
+            for offset, length in reader.data_extents():
+                for at in range(offset, offset + length, MiB):
+                    got.update(reader.read_into(at, buffer))
+            assert got.hexdigest() == sha(image)
+        finally:
+            reader.close()
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)

@@ -86,6 +86,8 @@ class FileReader:
         self._on_close = on_close
 
     def data_extents(self) -> list[Extent]:
+        if not self.regular:  # a block device answers SEEK_DATA with "no data": every byte of it is read
+            return [(0, self.size)] if self.size else []
         return list(data_extents(self.fd, self.size))
 
     def identity(self) -> str:
