@@ -370,7 +370,15 @@ def test_a_rebased_snapshot_or_a_resized_one_is_not_compared(pair, xfs):
     s2 = reflink(top, top.with_suffix(".s2"))
     other = reflink(base, base.with_suffix(".other"))  # the same bytes, but another file
     run("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", other, "-F", "qcow2", s2)
-    untrusted(s1, s2, "backing chains differ")
+    untrusted(s1, s2, "backing file names")
+    for folder in ("a", "b"):  # the same relative backing name, resolved next to each image: two templates
+        (xfs / folder).mkdir()
+        reflink(base if folder == "a" else other, xfs / folder / "t.qcow2")
+        reflink(s1, xfs / folder / "s.qcow2")
+        run("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "t.qcow2", "-F", "qcow2", xfs / folder / "s.qcow2")
+    untrusted(xfs / "a" / "s.qcow2", xfs / "b" / "s.qcow2", "other files")
+    shutil.rmtree(xfs / "a")
+    shutil.rmtree(xfs / "b")
     run("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", base, "-F", "qcow2", s2)
     assert list(compare(s1, s2, "qcow2")) == [(4 * 1024, 4 * 1024)]
     run("qemu-img", "resize", "-q", "-f", "qcow2", s2, "+1M")
@@ -421,6 +429,12 @@ def test_raw_encrypted_external_data_and_symlinked_images_are_not_compared(pair,
     raw = xfs / "plain.raw"
     raw.write_bytes(bytes(C))
     untrusted(raw, raw, "not a qcow2 image")
+    forged = bytearray(s1.read_bytes()[:C])  # a raw disk whose guest wrote a qcow2 header naming a host file
+    name = b"/etc/hostname"
+    forged[8:20] = (512).to_bytes(8, "big") + len(name).to_bytes(4, "big")
+    forged[512: 512 + len(name)] = name
+    raw.write_bytes(bytes(forged))
+    untrusted(raw, s1, "backing file names")
     link = xfs / "link.qcow2"
     link.symlink_to(s1)
     untrusted(link, s1, "Too many levels of symbolic links")

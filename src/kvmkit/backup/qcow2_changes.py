@@ -125,6 +125,9 @@ def changed_guest_ranges(older: Path, newer: Path, fmt: str) -> Iterator[tuple[i
         ranges = qcow2_changes.changed_guest_ranges(Path(parent.handle), Path(disk.handle), "qcow2")
     and, when it is not None, feed it to `changes.chunk_blocks(ranges, size, chunk_size, codec.DELTA_BLOCK)` as the
     fiemap method does (`size` is the guest size); the blocks are then read through the guest view as today.
+    Call it only when the parent record was a qcow2 read through its guest view too (DiskBackup keeps no format
+    today): the older file is run through qemu-img as qcow2, though only after its header names the same
+    backing file as the newer one's.
     All work (two `qemu-img map`, two FIEMAP walks) is done before this returns; the iterator only hands out the
     result."""
     try:
@@ -155,6 +158,8 @@ def compare(older: Path, newer: Path, fmt: str) -> GuestChanges:
         old_st, new_st = _check_file(old_fd, older), _check_file(new_fd, newer)
         if old_st.st_dev != new_st.st_dev:
             raise Untrusted("the snapshots lie on different filesystems")
+        if _backing_name(old_fd) != _backing_name(new_fd):  # before qemu-img follows the older one's name
+            raise Untrusted("the backing chains differ (backing file names)")
         size = _same_chain(_chain(older), _chain(newer))
         with _MapStream(older) as old_map, _MapStream(newer) as new_map:
             counted_old, counted_new = _Counted(old_map), _Counted(new_map)
@@ -177,6 +182,24 @@ def _check_file(fd: int, path: Path) -> os.stat_result:
     if os.pread(fd, 4, 0) != QCOW2_MAGIC:
         raise Untrusted(f"{path} is not a qcow2 image")
     return info
+
+
+def _backing_name(fd: int) -> bytes:
+    """The backing file name in the qcow2 header (offset at byte 8, length at byte 16; at most 1023 bytes).
+    Compared before qemu-img opens the older file's chain: if the older file is not what the caller believes
+    (say a raw disk whose guest wrote a qcow2 header), qemu-img then follows no name the newer one does not."""
+    header = os.pread(fd, 20, 0)
+    if len(header) < 20:
+        raise Untrusted("qcow2 header cut short")
+    offset, length = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:20], "big")
+    if offset == 0:
+        return b""
+    if length > 1023:
+        raise Untrusted("backing file name longer than qcow2 allows")
+    name = os.pread(fd, length, offset)
+    if len(name) != length:
+        raise Untrusted("backing file name past the end of the image")
+    return name
 
 
 def _same_file(fd: int, path: Path, before: os.stat_result) -> None:
@@ -240,7 +263,7 @@ def _same_chain(old: list[_Layer], new: list[_Layer]) -> int:
     if old[0].cluster_size != new[0].cluster_size:
         raise Untrusted("cluster size differs")
     if [_identity(layer) for layer in old[1:]] != [_identity(layer) for layer in new[1:]]:
-        raise Untrusted("the backing chains differ")
+        raise Untrusted("the backing chains differ (other files, formats or sizes)")
     return old[0].virtual_size
 
 
