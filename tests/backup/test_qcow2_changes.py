@@ -3,6 +3,7 @@ little more than the touched clusters, and refusing (None) whatever it cannot vo
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import subprocess
@@ -182,6 +183,23 @@ def test_host_to_guest_is_a_block_by_block_translation(hosts, mapped, changes):
         return
     assert got[:, 0].tolist() == sorted(got[:, 0].tolist())
     assert {o // blk + k for o, n in got.tolist() for k in range(n // blk)} == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=12), min_size=1, max_size=3))
+def test_changed_and_rewritten_ranges_merge_into_sorted_disjoint_runs(tables):
+    arrays = [np.array(sorted(t), dtype=np.int64).reshape(-1, 2) for t in tables]
+    merged = qcow2_changes._merge(*arrays).tolist()
+    assert {o + k for o, n in merged for k in range(n)} == {o + k for t in tables for o, n in t for k in range(n)}
+    assert all(a[0] + a[1] < b[0] for a, b in itertools.pairwise(merged))  # gaps between runs
+
+
+def test_the_result_is_handed_out_as_python_ints_block_by_block():
+    rows = np.array([[i * 3 * C, C] for i in range(10_000)], dtype=np.int64)
+    result = qcow2_changes.GuestChanges(ranges=rows, virtual_size=30_000 * C, map_entries=0, top_mappings=0)
+    got = list(result)
+    assert got == [(i * 3 * C, C) for i in range(10_000)] and type(got[-1][0]) is int
+    assert result.changed_bytes == 10_000 * C
 
 
 # real qemu-img and XFS --------------------------------------------------------------------------------------
