@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmkit.backup import qcow2_changes
+from kvmkit.backup import qcow2_changes, qcow2_map
 from kvmkit.backup.qcow2_changes import MapEntry, Untrusted, compare, compare_maps, host_to_guest, parse_map
 from tests.fixtures.loopfs import loop_fs
 
@@ -49,7 +49,7 @@ def test_qemu_img_map_lines_are_parsed_one_entry_a_line():
      "not a map entry"),
     ([b'[{ "start": 0, "length": -1, "depth": 0, "present": true, "zero": true, "data": false}]\n'],
      "not a map entry"),
-    ([b"[" + b" " * qcow2_changes.MAX_LINE], "longer than"),
+    ([b"[" + b" " * qcow2_map.MAX_LINE], "longer than"),
 ])
 def test_a_map_line_that_is_not_a_known_entry_is_untrusted(lines, reason):
     with pytest.raises(Untrusted, match=reason):
