@@ -275,6 +275,10 @@ def test_a_template_vm_with_cephx_disks_backs_up_incrementally_and_restores_anyw
     assert [d.change_method for d in rbd_disks] == ["rbd-diff", "rbd-diff"]
     for d in rbd_disks:  # 1 MiB written by the guest, plus its filesystem's metadata: far from the 64 MiB disk
         assert d.diff_bytes is not None and (1 << 20) <= d.diff_bytes < 16 << 20 and d.read_bytes < 24 << 20
+    qcow2_disks = [d for d in m2.disks if d.driver == "file"]
+    assert [d.change_method for d in qcow2_disks] == ["qcow2-map", "qcow2-map"]
+    for d in qcow2_disks:  # the same 1 MiB, found from the two snapshots' maps: only changed blocks are read
+        assert d.diff_bytes is not None and (1 << 20) <= d.diff_bytes < 16 << 20 and d.read_bytes <= d.diff_bytes
 
     # to fresh places: files as qcow2, RBD disks as new images in their pool
     fresh = {"vda": tmp_path / "vda.qcow2", "vdb": tmp_path / "vdb.qcow2"}

@@ -5,7 +5,11 @@ it good.
 Incremental against the newest earlier backup of the same VM on the target, reading only what changed:
     fiemap     a file disk whose parent snapshot file still exists, untouched, on the same filesystem: the two
                reflink snapshots' extent maps are compared (changes.py) and only the changed 4 KiB blocks read
+    qcow2-map  a qcow2 file disk (CloudStack, Nova, virt-manager) whose parent snapshot file still exists,
+               untouched: QEMU's allocation maps and the FIEMAP maps of the two containers give the changed guest
+               ranges (qcow2_changes.py), read through the guest view
     rbd-diff   an RBD disk whose parent snapshot still exists: the chunks `diff_iterate` reports changed are read
+               (any reader that declares TracksChanges is asked the same way)
     hashes     otherwise: every data chunk is read and hashed, and only those that differ are stored
 A changed chunk is stored as a delta against the parent's chunk, computed from the parent's block digests kept in
 the local block index (blockindex.py), so the parent is never fetched back from the target. Memory stays flat
@@ -26,8 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from datetime import datetime
+from pathlib import Path
 
-from kvmkit.backup import changes, chunking, codec, digest, fiemap
+from kvmkit.backup import changes, chunking, codec, digest, fiemap, qcow2_changes
 from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.store import ChunkStore
@@ -37,7 +42,14 @@ from kvmkit.errors import Conflict, InvalidInput
 from kvmkit.failpoint import failpoint
 from kvmkit.snapshot import snapshot_lock
 from kvmkit.snapshot.drivers.base import StorageDriver
-from kvmkit.snapshot.drivers.reading import FileReader, SnapshotReader, TracksChanges, file_identity, raw_file
+from kvmkit.snapshot.drivers.reading import (
+    FileReader,
+    GuestViewReader,
+    SnapshotReader,
+    TracksChanges,
+    file_identity,
+    raw_file,
+)
 from kvmkit.snapshot.drivers.registry import by_name, default_drivers
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
@@ -146,23 +158,27 @@ class Backup:
             record = DiskBackup(target=disk.target, driver=disk.driver, source=disk.source, handle=disk.handle,
                                 size_bytes=size, full=parent_record is None,
                                 format="qcow2" if disk.format == "qcow2" else "raw",
-                                handle_identity=reader.identity() if raw_file(reader) else None)
+                                handle_identity=_identity(reader))
             work: Iterable[tuple[int, list[int] | None]]
             changed = _tracked_changes(disk, parent_record, reader)
-            ranges = _fiemap_changes(reader, parent_record, stack) \
-                if parent_record is not None and changed is None else None
+            method, ranges = None, None
+            if parent_record is not None and changed is None:
+                method, ranges = ChangeMethod.FIEMAP, _fiemap_changes(reader, parent_record, stack)
+                if ranges is None:
+                    method, ranges = ChangeMethod.QCOW2_MAP, _qcow2_changes(reader, parent_record)
             if changed is not None:
                 record.change_method = ChangeMethod(reader.change_method)  # type: ignore[attr-defined]
                 record.diff_bytes = chunking.extents_length(changed)
                 work = ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
             elif ranges is not None:
-                record.change_method, record.diff_bytes = ChangeMethod.FIEMAP, 0
+                record.change_method, record.diff_bytes = method, 0
                 work = changes.chunk_blocks(_counted(ranges, record), size, self.chunk_size, codec.DELTA_BLOCK)
             else:  # every chunk with data; chunks the parent had and that are now holes become zeros
                 record.change_method = ChangeMethod.HASHES if parent_record is not None else ChangeMethod.FULL
                 examine = chunking.touched_chunks(reader.data_extents(), size, self.chunk_size)
                 work = ((i, None) for i in sorted(set(examine) | set(parent_map)))
-            workers = max(self.workers, BLOCK_WORKERS) if record.change_method is ChangeMethod.FIEMAP else self.workers
+            by_blocks = record.change_method in (ChangeMethod.FIEMAP, ChangeMethod.QCOW2_MAP)
+            workers = max(self.workers, BLOCK_WORKERS) if by_blocks else self.workers
             hashes = ChunkWork(self, reader, index, size, parent_map, record).run(work, workers)
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full
                              else chunking.delta(parent_map, hashes, hashes))
@@ -175,6 +191,39 @@ class Backup:
             stack.close()
             index.close()
             reader.close()
+
+
+def _identity(reader: SnapshotReader) -> str | None:
+    """The snapshot file as it was read (a qcow2's container, not its guest view), for the next backup's map
+    comparison; None for what is not a regular file kvmkit reads directly or through its guest view."""
+    if isinstance(reader, GuestViewReader):
+        try:
+            fd = os.open(reader.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return file_identity(fd)
+        finally:
+            os.close(fd)
+    return reader.identity() if raw_file(reader) else None  # type: ignore[attr-defined]
+
+
+def _qcow2_changes(reader: SnapshotReader, parent: DiskBackup) -> Iterator[changes.Extent] | None:
+    """Changed guest ranges of a qcow2 disk from its two reflink snapshots' allocation and extent maps
+    (qcow2_changes.py), when the parent was a qcow2 snapshot file still there, untouched since it was read."""
+    if not isinstance(reader, GuestViewReader) or reader.fmt != "qcow2" or parent.driver != "file" \
+            or parent.format != "qcow2" or parent.handle_identity is None:
+        return None
+    try:
+        fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if file_identity(fd) != parent.handle_identity:
+            return None
+    finally:
+        os.close(fd)
+    return qcow2_changes.changed_guest_ranges(Path(parent.handle), reader.source, "qcow2")
 
 
 def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup, stack: ExitStack) -> Iterator[changes.Extent] | None:
