@@ -460,7 +460,9 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             state.started_pids.update(virtlogd=started[0], libvirtd=started[1])
         if libvirtd.reachable(state.uri):
             for vm in list(state.vms):
-                remove_vm(state, vm.name)
+                # the lab's Ceph goes with the lab: its images need no removal one by one (and an image that a
+                # killed client still watches, for ~30 s, would refuse it)
+                remove_vm(state, vm.name, keep_rbd=state.ceph is not None)
                 progress(f"{vm.name}: destroyed and undefined")
         if state.secrets and libvirtd.reachable(state.uri):
             with connection(state.uri) as conn:
