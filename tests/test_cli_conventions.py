@@ -22,11 +22,11 @@ from kvmkit import cli, errors
 NO_RECORDS = {"lab exec", "congestion top", "congestion serve", "serve", "memory top", "backup mount", "plan report",
               "tune capture"}
 # commands that print records but have no --json yet (owners: lab, bench, backup)
-KNOWN_NO_JSON = {"lab down", "backup target init", "bench jobs", "bench suites"}
+KNOWN_NO_JSON = {"backup target init"}
 # commands that change the host (docs/cli.md): each needs --dry-run
 CHANGES_HOST = {"tune apply", "tune rollback", "congestion enforce", "congestion revert", "backup prune",
                 "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
-KNOWN_NO_DRY_RUN = {"tune rollback", "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
+KNOWN_NO_DRY_RUN = {"backup delete", "snapshot recover"}
 
 
 def _walk(command, path):

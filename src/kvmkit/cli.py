@@ -9,7 +9,7 @@ import traceback
 
 import typer
 
-from kvmkit import __version__
+from kvmkit import __version__, output
 from kvmkit.errors import KvmkitError
 
 EXIT_CODES = ("Exit codes: 0 ok · 1 a check or command failed · 2 bad input or usage (nothing changed) · 3 not found · "
@@ -68,8 +68,6 @@ def root(
     level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if quiet:
-        from kvmkit import output
-
         output.console.quiet = True  # rich output only: print_json writes to stdout itself, errors use stderr
 
 
@@ -88,11 +86,6 @@ def _fail(message: str, code: int, kind: str, argv: list[str]) -> None:
     sys.exit(code)
 
 
-def _error_type(exc: BaseException) -> str:
-    """`NotFound` → `not_found`: what --json errors carry in "type"."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in type(exc).__name__).lstrip("_")
-
-
 def main() -> None:
     argv = sys.argv[1:]
     try:
@@ -104,7 +97,7 @@ def main() -> None:
     except KvmkitError as exc:
         if _debug:  # the whole chain (each `raise … from exc` shows its cause), and still the mapped exit code
             traceback.print_exception(exc, file=sys.stderr)
-        _fail(str(exc), exc.exit_code, _error_type(exc), argv)
+        _fail(str(exc), exc.exit_code, output.error_type(exc), argv)
     except typer.Abort:
         print("kvmkit: aborted", file=sys.stderr)
         sys.exit(130)
