@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 import traceback
@@ -78,8 +79,6 @@ def _json_wanted(argv: list[str]) -> bool:
 def _fail(message: str, code: int, kind: str, argv: list[str]) -> None:
     """One line on stderr; with --json also one JSON object on stdout, so a script reading stdout sees the error."""
     if _json_wanted(argv):
-        import json
-
         sys.stdout.write(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}) + "\n")
         sys.stdout.flush()
     print(f"kvmkit: error: {message}", file=sys.stderr)
@@ -108,6 +107,10 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unforeseen: still one line
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click.ClickException (typer vendors click)
+            if _json_wanted(argv):  # a script reading stdout sees usage errors too
+                sys.stdout.write(json.dumps({"error": {"type": "usage_error", "message": exc.format_message(),
+                                                       "exit_code": exc.exit_code}}) + "\n")
+                sys.stdout.flush()
             exc.show()
             sys.exit(exc.exit_code)
         libvirt = sys.modules.get("libvirt")  # never imported here: `kvmkit plan` does not load libvirt at all

@@ -24,6 +24,6 @@ def go_ahead(command: str, plan: Sequence[str], yes: bool) -> None:
                            f"(--dry-run shows the plan)")
     err_console.print(f"{command} will:", highlight=False)
     for line in plan:
-        err_console.print(f"  {line}", markup=False, highlight=False)
+        err_console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     if not typer.confirm("Go ahead?", default=False, err=True):
         raise typer.Abort()

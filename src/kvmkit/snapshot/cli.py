@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from kvmkit import config
@@ -106,11 +108,11 @@ def create(
     if failures:
         if len(failures) == 1 and len(names) == 1 and not snaps:
             if json_out:  # stdout already has the envelope: the error line alone, with its exit code
-                err_console.print(f"kvmkit: error: {failures[0][1]}", markup=False, highlight=False)
+                print(f"kvmkit: error: {failures[0][1]}", file=sys.stderr)
                 raise typer.Exit(failures[0][1].exit_code)
             raise failures[0][1]
         for vm, exc in failures:
-            err_console.print(f"kvmkit: error: {vm}: {exc}", markup=False, highlight=False)
+            print(f"kvmkit: error: {vm}: {exc}", file=sys.stderr)  # one line each, never wrapped
         raise typer.Exit(max(exc.exit_code for _, exc in failures))
 
 
@@ -126,6 +128,10 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
         snaps = lifecycle.list_snapshots(ctx, vm)
     if json_out:
         print_json([snapshot_json(s) for s in snaps])
+        return
+    if not snaps:
+        console.print(f"no snapshots{f' of VM {vm}' if vm else ''}{f' on {connect}' if connect else ''}",
+                      markup=False, highlight=False)
         return
     rows = [(s.vm, s.name, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.mode.value, s.state.value,
              "" if s.freeze_ms is None else f"{s.freeze_ms:.1f}",
