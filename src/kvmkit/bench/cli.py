@@ -121,7 +121,8 @@ def run_cmd(
         keep_file=keep_file,
         label=label,
     )
-    if vm and len(vm) > 1:
+    vm = list(dict.fromkeys(vm or []))  # `--vm a --vm a` is one VM, not two fio runs racing in one guest
+    if len(vm) > 1:
         _run_multi(vm, connect, suite, target, options, as_json)
         return
     if not vm:

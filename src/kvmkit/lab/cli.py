@@ -75,7 +75,7 @@ def down(dry_run: bool = DRY_RUN, yes: bool = YES,
         print_json({"dir": lab_dir, "was_up": was_up, "dry_run": dry_run, "plan": plan, "done": done})
     elif dry_run:
         console.print("\n".join(f"lab: would {line}" for line in plan) if plan else "lab: nothing to take down",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
     elif not was_up:
         console.print("lab: nothing to take down")
 

@@ -131,7 +131,7 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
         return
     if not snaps:
         console.print(f"no snapshots{f' of VM {vm}' if vm else ''}{f' on {connect}' if connect else ''}",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
         return
     rows = [(s.vm, s.name, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.mode.value, s.state.value,
              "" if s.freeze_ms is None else f"{s.freeze_ms:.1f}",
@@ -179,7 +179,7 @@ def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out
         else:
             console.print("\n".join(f"{vm}: would look at {line}" for line in plan) if plan
                           else f"{vm}: nothing to flatten (no disk on a storage that makes clones)",
-                          markup=False, highlight=False)
+                          markup=False, highlight=False, soft_wrap=True)
         return
     go_ahead(f"kvmkit snapshot flatten {vm}", plan, yes)
     targets = lifecycle.flatten(ctx, vm, wait_s=wait)

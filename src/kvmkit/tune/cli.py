@@ -269,7 +269,8 @@ def diff(
         print_json({"a": a, "b": b, "differences": differences})
         return
     if not differences:
-        console.print(f"A {a} ({name_a}) and B {b} ({name_b}) agree on all {len(CHECKS)} checks", markup=False)
+        console.print(f"A {a} ({name_a}) and B {b} ({name_b}) agree on all {len(CHECKS)} checks", markup=False,
+                      soft_wrap=True)
         return
     print_table(
         f"kvmkit tune diff — A {a} ({name_a}) vs B {b} ({name_b})",
