@@ -203,6 +203,10 @@ def test_recover_reports_an_unmarked_snapshot_file_and_purges_it_only_when_asked
     out = kvmkit(snap_env, "snapshot", "recover", "--json")
     report = json.loads(out.stdout)
     assert {"vm": file_vm, "handle": str(orphan)} in report["unknown"] and orphan.exists()
+    refused = subprocess.run([sys.executable, "-m", "kvmkit", "snapshot", "recover", "--purge-foreign", "--vm",
+                              file_vm], env=snap_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=120)  # no terminal, no --yes: the plan is refused, nothing deleted
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr and orphan.exists()
     out = kvmkit(snap_env, "snapshot", "recover", "--purge-foreign", "--vm", file_vm, "--json",
                  "--yes")
     actions = json.loads(out.stdout)["actions"]
