@@ -106,6 +106,12 @@ def test_the_encoder_writes_every_time_as_iso_8601_with_its_zone():
     assert timestamps_problems(doc) == []
 
 
+def test_a_stream_record_is_one_line(capsys):
+    output.print_json_line({"time": 1_796_000_000.0, "vm": "a"})
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and json.loads(line)["time"].startswith("20")
+
+
 def test_only_registered_disk_records_rename_target_to_disk():
     assert output.to_jsonable(_Disk(target="vda")) == {"target": "vda"}  # a backup target stays a target
     output.disk_record(_Disk)

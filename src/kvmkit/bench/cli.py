@@ -153,11 +153,11 @@ def lint_cmd(
     if as_json:
         print_json([{"file": path, **f.__dict__} for path, findings in per_file for f in findings])
     else:
-        for path, findings in per_file:
-            for finding in findings:
-                typer.echo(finding.render(str(path)))
+        for path, findings in per_file:  # through the console: -q silences it
+            lines = [finding.render(str(path)) for finding in findings]
             errors = sum(f.severity == "error" for f in findings)
-            typer.echo(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
+            lines.append(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
+            console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     if any(f.severity == "error" for _, findings in per_file for f in findings):
         raise typer.Exit(1)
 
