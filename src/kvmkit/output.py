@@ -55,6 +55,7 @@ def to_jsonable(obj: Any, key: str | None = None) -> Any:
     """Plain JSON values with the conventions above; `key` is the name the value is printed under."""
     if isinstance(obj, BaseModel):
         data = {name: getattr(obj, name) for name, field in type(obj).model_fields.items() if not field.exclude}
+        data.update(obj.model_extra or {})  # a model that allows extra fields prints them, as model_dump does
         aliases = {name: field.alias for name, field in type(obj).model_fields.items() if field.alias}
         renamed = {aliases.get(k, k): v for k, v in data.items()}
         if type(obj) in _DISK_RECORDS:
