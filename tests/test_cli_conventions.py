@@ -223,6 +223,16 @@ def test_host_changing_commands_need_yes_without_a_terminal_and_dry_run_changes_
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == errors.InvalidInput.exit_code and "pass --yes" in refused.stderr
     assert LabState.model_validate_json((lab_dir / "state.json").read_text()) == record  # nothing was touched
+    import pty
+
+    terminal, their_end = pty.openpty()  # on a terminal it shows the plan and asks; "n" changes nothing
+    os.write(terminal, b"n\n")
+    asked = subprocess.run([sys.executable, "-m", "kvmkit", "lab", "down"], env=env, stdin=their_end,
+                           capture_output=True, text=True, timeout=60)
+    os.close(their_end)
+    os.close(terminal)
+    assert asked.returncode == 130 and "destroy and undefine VM labx1" in asked.stderr and "Go ahead?" in asked.stderr
+    assert LabState.model_validate_json((lab_dir / "state.json").read_text()) == record
     empty = {**state_env, "KVMKIT_LAB_DIR": str(tmp_path / "no-lab")}
     assert kvmkit("lab", "down", "--dry-run", env=empty).stdout == "lab: nothing to take down\n"
 
