@@ -255,12 +255,18 @@ def test_tune_rollback_dry_run_shows_the_values_and_writes_nothing(tmp_path, sta
     assert swappiness.read_text().strip() == "60" and not rollback_file.exists()
 
 
-def test_empty_results_print_a_sentence_not_an_empty_table(state_env):
+def test_empty_results_print_a_sentence_not_an_empty_table(state_env, tmp_path):
     listed = kvmkit("snapshot", "list", "--connect", "test:///default", env=state_env)
     assert listed.returncode == 0 and listed.stdout == "no snapshots on test:///default\n"
     same = kvmkit("tune", "diff", str(TUNE_CAPTURE), str(TUNE_CAPTURE), env=state_env)
     assert same.returncode == 0 and "┏" not in same.stdout and same.stdout.count("\n") == 1
     assert "agree on all" in same.stdout
+    example = (TESTS.parent / "examples" / "plan" / "example.toml").read_text()
+    assert "\nram_gb = 16\n" in example
+    (tmp_path / "nofit.toml").write_text(example.replace("\nram_gb = 16\n", "\nram_gb = 1600000\n", 1))
+    nofit = kvmkit("plan", "evaluate", str(tmp_path / "nofit.toml"), env=state_env)
+    assert nofit.returncode == 0 and "┏" not in nofit.stdout and nofit.stdout.count("\n") == 1
+    assert nofit.stdout.startswith("none of the ") and "can host the reference VM" in nofit.stdout
 
 
 def test_bench_lint_takes_several_files(state_env):

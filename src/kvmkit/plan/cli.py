@@ -12,7 +12,7 @@ import typer
 from kvmkit.benchmarks.plan import run_bench
 from kvmkit.cliinput import existing_file
 from kvmkit.errors import InvalidInput
-from kvmkit.output import err_console, print_json, print_table
+from kvmkit.output import console, err_console, print_json, print_table
 from kvmkit.plan import render
 from kvmkit.plan.fleet import DEFAULT_CANDIDATES, FleetPlan, plan_fleet
 from kvmkit.plan.inputs import PlanInput
@@ -83,6 +83,9 @@ def evaluate(
         print_json(summary)
     elif as_csv:
         sys.stdout.write(render.evaluation_csv(summary))
+    elif not summary.configurations:  # a sentence, not an empty table
+        console.print(f"none of the {summary.evaluated:,} configurations can host the reference VM "
+                      f"({', '.join(f'{k} {v}' for k, v in summary.reference_vm.items())})", soft_wrap=True)
     else:
         render.evaluation_table(summary)
 

@@ -174,7 +174,8 @@ def apply(
         print_json(result)
         return
     title = f"kvmkit tune apply --goal {result.goal}{' (dry run)' if dry_run else ''} — root {result.root}"
-    print_table(title, ["check", "path", "old", "new", "outcome"], _plain(_grouped(result.changes)))
+    if result.changes:  # else the sentence below, not an empty table
+        print_table(title, ["check", "path", "old", "new", "outcome"], _plain(_grouped(result.changes)))
     if not result.changes:
         console.print("nothing to change at runtime")
     elif result.rollback_file:
@@ -219,6 +220,9 @@ def rollback(
             changes = apply_mod.rollback(host, path)
     if json_out:
         print_json(changes)
+        return
+    if not changes:
+        console.print(f"{path}: nothing to restore", markup=False, soft_wrap=True)
         return
     print_table(
         f"kvmkit tune rollback{' (dry run)' if dry_run else ''} — {path}",
