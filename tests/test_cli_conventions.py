@@ -276,3 +276,23 @@ def test_bench_lint_takes_several_files(state_env):
     assert out.stdout.count(f"{bad}: 1 error(s)") == 1 and f"{good}: 0 error(s), 0 warning(s)" in out.stdout
     as_json = json.loads(kvmkit("bench", "lint", "--json", str(good), str(bad), env=state_env).stdout)
     assert [(f["file"], f["code"]) for f in as_json] == [(str(bad), "KB104")]
+
+
+# a libvirt that cannot be reached is "the host lacks something" (exit 5) wherever a command connects
+UNREACHABLE = [["snapshot", "list"], ["snapshot", "list", "vm1"], ["snapshot", "create", "vm1"],
+               ["snapshot", "delete", "vm1", "s1"], ["snapshot", "flatten", "vm1", "--dry-run"],
+               ["snapshot", "recover"], ["lab", "exec", "vm1", "--", "true"], ["congestion", "domains"],
+               ["bench", "run", "-s", "sweep", "-t", "/x", "--vm", "a"], ["memory", "sample"]]
+# memory sample falls back to no libvirt and exits 0 on a bad --connect (owner: memory)
+KNOWN_UNREACHABLE_IGNORED = {("memory", "sample")}
+
+
+@pytest.mark.parametrize("argv", UNREACHABLE, ids=" ".join)
+def test_an_unreachable_libvirt_is_exit_5_everywhere(argv, state_env):
+    cut = argv.index("--") if "--" in argv else len(argv)
+    out = kvmkit(*argv[:cut], "--connect", "qemu:///sytem", *argv[cut:], env=state_env)
+    if tuple(argv[:2]) in KNOWN_UNREACHABLE_IGNORED:
+        assert out.returncode == 0, "memory sample fails on a bad URI now: take it off KNOWN_UNREACHABLE_IGNORED"
+        return
+    assert out.returncode == errors.EnvironmentProblem.exit_code, out.stderr
+    assert out.stderr.startswith("kvmkit: error: cannot connect to libvirt at qemu:///sytem")
