@@ -18,7 +18,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests
 
 lab-down: install
-	$(KVMKIT) lab down
+	$(KVMKIT) lab down --yes
 
 clean: lab-down
 	rm -rf $(VENV)

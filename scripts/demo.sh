@@ -6,7 +6,7 @@ K=.venv/bin/kvmkit
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "kvmkit lab up --ceph --rgw --storage mixed --disks 3   (TCG VM + qemu-guest-agent, XFS reflink pool, one-node Ceph + S3 gateway)"
-$K lab down >/dev/null 2>&1 || true   # start from a known lab: lab1 = one file disk + two RBD disks
+$K lab down --yes >/dev/null 2>&1 || true   # start from a known lab: lab1 = one file disk + two RBD disks
 $K lab up --ceph --rgw --storage mixed --disks 3
 
 step "write 4 MiB of random data on every disk of the guest, checksum it"
@@ -76,7 +76,7 @@ $K plan evaluate examples/plan/example.toml --top 3
 
 step "a CloudStack-shaped host: kvmkit lab up --shape cloudstack   (qcow2 root on a template, cephx RBD volumes, keys only in libvirt secrets)"
 cs_lab=/var/lib/kvmkit/demo-cloudstack
-KVMKIT_LAB_DIR=$cs_lab $K lab down >/dev/null 2>&1 || true
+KVMKIT_LAB_DIR=$cs_lab $K lab down --yes >/dev/null 2>&1 || true
 KVMKIT_LAB_DIR=$cs_lab $K lab up --shape cloudstack
 cs_vm=demo-cloudstack-cloudstack1
 step "snapshot + backup of $cs_vm   (RBD key read from the libvirt secret; the qcow2 chain read as the guest sees it)"
@@ -90,7 +90,7 @@ qemu-img compare -f qcow2 -F qcow2 "$cs_out/vda.qcow2" "$root@cs1.kvmkit" && ech
 qemu-img info -f qcow2 "$cs_out/vda.qcow2" | grep -q backing && { echo "MISMATCH: backing file"; exit 1; } || echo "OK: no backing file"
 rm -rf "$cs_out"
 KVMKIT_LAB_DIR=$cs_lab $K snapshot delete "$cs_vm" cs1
-KVMKIT_LAB_DIR=$cs_lab $K lab down >/dev/null
+KVMKIT_LAB_DIR=$cs_lab $K lab down --yes >/dev/null
 
 echo
 echo "The lab stays up to explore: kvmkit lab status, kvmkit snapshot bench, kvmkit bench paths. 'kvmkit lab down' removes it."

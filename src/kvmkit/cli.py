@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 import traceback
 
 import typer
 
-from kvmkit import __version__
+from kvmkit import __version__, output
 from kvmkit.errors import KvmkitError
 
 EXIT_CODES = ("Exit codes: 0 ok · 1 a check or command failed · 2 bad input or usage (nothing changed) · 3 not found · "
@@ -68,8 +69,6 @@ def root(
     level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if quiet:
-        from kvmkit import output
-
         output.console.quiet = True  # rich output only: print_json writes to stdout itself, errors use stderr
 
 
@@ -80,17 +79,10 @@ def _json_wanted(argv: list[str]) -> bool:
 def _fail(message: str, code: int, kind: str, argv: list[str]) -> None:
     """One line on stderr; with --json also one JSON object on stdout, so a script reading stdout sees the error."""
     if _json_wanted(argv):
-        import json
-
         sys.stdout.write(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}) + "\n")
         sys.stdout.flush()
     print(f"kvmkit: error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def _error_type(exc: BaseException) -> str:
-    """`NotFound` → `not_found`: what --json errors carry in "type"."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in type(exc).__name__).lstrip("_")
 
 
 def main() -> None:
@@ -104,7 +96,7 @@ def main() -> None:
     except KvmkitError as exc:
         if _debug:  # the whole chain (each `raise … from exc` shows its cause), and still the mapped exit code
             traceback.print_exception(exc, file=sys.stderr)
-        _fail(str(exc), exc.exit_code, _error_type(exc), argv)
+        _fail(str(exc), exc.exit_code, output.error_type(exc), argv)
     except typer.Abort:
         print("kvmkit: aborted", file=sys.stderr)
         sys.exit(130)
@@ -115,6 +107,10 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unforeseen: still one line
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click.ClickException (typer vendors click)
+            if _json_wanted(argv):  # a script reading stdout sees usage errors too
+                sys.stdout.write(json.dumps({"error": {"type": "usage_error", "message": exc.format_message(),
+                                                       "exit_code": exc.exit_code}}) + "\n")
+                sys.stdout.flush()
             exc.show()
             sys.exit(exc.exit_code)
         libvirt = sys.modules.get("libvirt")  # never imported here: `kvmkit plan` does not load libvirt at all

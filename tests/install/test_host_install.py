@@ -72,7 +72,7 @@ def test_host_install_from_the_wheel_runs_version_doctor_and_a_snapshot(lab_stat
     snap = subprocess.run([kvmkit, "snapshot", "create", vm, "--name", "from-wheel", "--json"], env=run_env,
                           capture_output=True, text=True, timeout=120)
     assert snap.returncode == 0, snap.stderr
-    record = json.loads(snap.stdout)
+    (record,) = json.loads(snap.stdout)["snapshots"]
     assert record["state"] == "ready" and record["mode"] == "quiesced"
     deleted = subprocess.run([kvmkit, "snapshot", "delete", vm, "from-wheel"], env=run_env, capture_output=True,
                              text=True, timeout=120)

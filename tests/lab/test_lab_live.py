@@ -96,7 +96,7 @@ def test_status_json_reports_vms_disks_agent_and_ceph(lab_state):
     status = json.loads(out)
     vm = next(v for v in status["vms"] if v["name"] == lab_state.vms[0].name)
     assert vm["state"] == "running" and vm["agent_ready"] is True
-    assert [(d["target"], d["driver"]) for d in vm["disks"]] == [("vda", "file"), ("vdb", "rbd")]
+    assert [(d["disk"], d["driver"]) for d in vm["disks"]] == [("vda", "file"), ("vdb", "rbd")]
     assert Path(vm["disks"][0]["source"]).exists()
     assert status["ceph"]["health"] == "HEALTH_OK"
     assert status["ceph"]["pool"] == "rbd"

@@ -241,7 +241,7 @@ def test_no_reflink_is_refused_with_the_reason_and_nothing_changes(engine, ext4_
 def test_allow_full_copy_freezes_briefly_copies_after_and_leaves_no_overlay(snap_env, ext4_vm, conn):
     out = kvmkit(snap_env, "snapshot", "create", ext4_vm, "--name", "fc1", "--allow-full-copy", "--json")
     assert out.returncode == 0, out.stderr
-    snap = json.loads(out.stdout)
+    (snap,) = json.loads(out.stdout)["snapshots"]
     disk = snap["disks"][0]
     assert disk["method"] == "overlay" and disk["extents"] is None
     copy, source = Path(disk["snapshot"]), Path(disk["source"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -86,13 +87,17 @@ def test_snapshot_files_are_reflinks_beside_the_disk_and_delete_removes_them(eng
 def test_create_json_has_the_documented_fields(snap_env, file_vm):
     out = kvmkit(snap_env, "snapshot", "create", file_vm, "--name", "json1", "--json")
     assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+    envelope = json.loads(out.stdout)
+    assert envelope["errors"] == [] and len(envelope["snapshots"]) == 1  # the same shape as for several VMs
+    data = envelope["snapshots"][0]
     assert {"vm", "name", "mode", "state", "freeze_ms", "disks"} <= data.keys()
     assert data["vm"] == file_vm and data["name"] == "json1" and data["state"] == "ready"
-    assert all({"target", "driver", "snapshot"} <= d.keys() for d in data["disks"])
+    assert all({"disk", "driver", "snapshot"} <= d.keys() and "target" not in d for d in data["disks"])
+    assert datetime.fromisoformat(data["created"]).tzinfo is not None
     listed = json.loads(kvmkit(snap_env, "snapshot", "list", file_vm, "--json").stdout)
     assert "json1" in [s["name"] for s in listed]
-    assert kvmkit(snap_env, "snapshot", "delete", file_vm, "json1").returncode == 0
+    deleted = kvmkit(snap_env, "snapshot", "delete", file_vm, "json1", "--json")
+    assert deleted.returncode == 0 and json.loads(deleted.stdout)["state"] == "deleted"
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
@@ -198,7 +203,12 @@ def test_recover_reports_an_unmarked_snapshot_file_and_purges_it_only_when_asked
     out = kvmkit(snap_env, "snapshot", "recover", "--json")
     report = json.loads(out.stdout)
     assert {"vm": file_vm, "handle": str(orphan)} in report["unknown"] and orphan.exists()
-    out = kvmkit(snap_env, "snapshot", "recover", "--purge-foreign", "--vm", file_vm, "--json")
+    refused = subprocess.run([sys.executable, "-m", "kvmkit", "snapshot", "recover", "--purge-foreign", "--vm",
+                              file_vm], env=snap_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=120)  # no terminal, no --yes: the plan is refused, nothing deleted
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr and orphan.exists()
+    out = kvmkit(snap_env, "snapshot", "recover", "--purge-foreign", "--vm", file_vm, "--json",
+                 "--yes")
     actions = json.loads(out.stdout)["actions"]
     assert {"vm": file_vm, "action": "purged unknown", "handle": str(orphan), "whose": "unknown",
             "detail": f"{orphan} (no catalog id)"} in actions
@@ -213,8 +223,9 @@ def test_a_second_state_dir_recover_deletes_none_of_the_firsts_snapshots(snap_en
     second = {**snap_env, "KVMKIT_STATE_DIR": str(tmp_path / "second-state")}
     made = kvmkit(snap_env, "snapshot", "create", vm, "--name", "owned1", "--crash-consistent", "--json")
     assert made.returncode == 0, made.stderr
-    handles = sorted(d["handle"] for d in json.loads(made.stdout)["disks"])
-    assert {d["driver"] for d in json.loads(made.stdout)["disks"]} == {"file", "rbd"}
+    (record,) = json.loads(made.stdout)["snapshots"]
+    handles = sorted(d["handle"] for d in record["disks"])
+    assert {d["driver"] for d in record["disks"]} == {"file", "rbd"}
     try:
         out = kvmkit(second, "snapshot", "recover", "--json")
         assert out.returncode == 0, out.stderr
@@ -241,12 +252,12 @@ def test_backup_to_secondary_backs_up_after_the_thaw(snap_env, file_vm, tmp_path
     env = {**snap_env, "KVMKIT_CONFIG": str(config)}
     out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk1", "--json")
     assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+    (data,) = json.loads(out.stdout)["snapshots"]
     assert data["state"] == "ready" and data["backup"]["target"] == "sec" and data["backup"]["parent"] is None
     assert any(target.rglob("*")), "nothing was written to the secondary target"
     out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk2", "--json")
-    assert json.loads(out.stdout)["backup"]["parent"] == "bk1"  # the second one is incremental
+    assert json.loads(out.stdout)["snapshots"][0]["backup"]["parent"] == "bk1"  # the second one is incremental
     nob = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk3", "--no-backup", "--json")
-    assert "backup" not in json.loads(nob.stdout)
+    assert "backup" not in json.loads(nob.stdout)["snapshots"][0]
     for name in ("bk1", "bk2", "bk3"):
         kvmkit(env, "snapshot", "delete", file_vm, name)

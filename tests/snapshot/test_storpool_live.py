@@ -269,7 +269,7 @@ def test_a_second_catalogs_recover_reports_the_firsts_storpool_snapshots_and_del
     second = {**sp_env, "KVMKIT_STATE_DIR": str(second_dir)}
     made = kvmkit(sp_env, "snapshot", "create", sp_vm, "--name", "ownA", "--crash-consistent", "--json")
     assert made.returncode == 0, made.stderr
-    handles = sorted(d["handle"] for d in json.loads(made.stdout)["disks"])
+    handles = sorted(d["handle"] for d in json.loads(made.stdout)["snapshots"][0]["disks"])
     assert len(handles) == 4 and all(api.snapshots[h].tags[TAG_OWNER] == engine.catalog.catalog_id for h in handles)
     vol = api.volumes[f"{sp_vm}-vdb"]
     by_hand = f"kvmkit--{vol.name}--byhand"  # kvmkit's naming, no tags: made by hand or before ownership

@@ -6,7 +6,6 @@ prints the same records those functions return.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -22,8 +21,9 @@ from kvmkit.bench.runner import HostRunner
 from kvmkit.bench.schema import BenchRun, load_run
 from kvmkit.bench.suites import SUITES, SuiteContext
 from kvmkit.bench.units import parse_size
+from kvmkit.cliinput import existing_file
 from kvmkit.errors import InvalidInput, OperationFailed
-from kvmkit.output import console, err_console, print_table
+from kvmkit.output import console, err_console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -121,7 +121,8 @@ def run_cmd(
         keep_file=keep_file,
         label=label,
     )
-    if vm and len(vm) > 1:
+    vm = list(dict.fromkeys(vm or []))  # `--vm a --vm a` is one VM, not two fio runs racing in one guest
+    if len(vm) > 1:
         _run_multi(vm, connect, suite, target, options, as_json)
         return
     if not vm:
@@ -133,7 +134,7 @@ def run_cmd(
     if out is not None:
         out.write_text(result.to_json() + "\n")
     if as_json:
-        typer.echo(result.to_json())
+        print_json(result)
     else:
         print_run(result)
     if result.status != "ok":
@@ -143,20 +144,21 @@ def run_cmd(
 
 @app.command("lint")
 def lint_cmd(
-    job_file: Annotated[Path, typer.Argument(help="A fio job file.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    job_files: Annotated[list[Path], typer.Argument(help="fio job files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print every finding as JSON, each with its file.")] = False,
 ) -> None:
-    """Flag benchmark mistakes in a fio job file; exit 1 when any is an error."""
+    """Flag benchmark mistakes in fio job files; exit 1 when any is an error."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    findings = lint_file(job_file, ram)
+    per_file = [(path, lint_file(existing_file(path, "job file"), ram)) for path in dict.fromkeys(job_files)]
     if as_json:
-        typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))
+        print_json([{"file": path, **f.__dict__} for path, findings in per_file for f in findings])
     else:
-        for finding in findings:
-            typer.echo(finding.render(str(job_file)))
-        errors = sum(f.severity == "error" for f in findings)
-        typer.echo(f"{job_file}: {errors} error(s), {len(findings) - errors} warning(s)")
-    if any(f.severity == "error" for f in findings):
+        for path, findings in per_file:  # through the console: -q silences it
+            lines = [finding.render(str(path)) for finding in findings]
+            errors = sum(f.severity == "error" for f in findings)
+            lines.append(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
+            console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    if any(f.severity == "error" for _, findings in per_file for f in findings):
         raise typer.Exit(1)
 
 
@@ -167,23 +169,18 @@ def compare_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Side-by-side table of runs (IOPS, tails, CPU per I/O); optionally an HTML report with curves."""
-    runs = [load_run(path) for path in results]
+    runs = [load_run(existing_file(path, "result file")) for path in results]
     if html is not None and not html.parent.is_dir():
         raise InvalidInput(f"--html {html}: folder {html.parent} does not exist")
     table = compare_mod.rows(runs)
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "runs": [r.label for r in runs],
-                    "notes": compare_mod.machine_notes(runs),
-                    "rows": [
-                        {"job": row.job, "cells": [c.__dict__ if c else None for c in row.cells]} for row in table
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print_json({
+            "runs": [r.label for r in runs],
+            "notes": compare_mod.machine_notes(runs),
+            "rows": [{"job": row.job, "cells": [c.__dict__ if c else None for c in row.cells]} for row in table],
+        })
+    elif not table:
+        console.print("bench compare: the runs have no measured jobs to compare")
     else:
         columns = ["job"] + [f"{r.label} IOPS / p99 µs" for r in runs] + [f"Δ IOPS {r.label}" for r in runs[1:]]
         lines = []
@@ -211,6 +208,7 @@ def jobs_cmd(
     runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 30.0,
     ramp: Annotated[float, typer.Option(help="Ramp seconds before each measured job.")] = 5.0,
     ioengine: Annotated[str, typer.Option(help="fio engine.")] = "io_uring",
+    as_json: Annotated[bool, typer.Option("--json", help="Print {suite, notes, job_file} as JSON.")] = False,
 ) -> None:
     """Print the fio job file a suite starts with, to read, lint or run by hand; nothing is run or probed."""
     ctx = SuiteContext(
@@ -224,17 +222,28 @@ def jobs_cmd(
     if suite not in SUITES:
         raise InvalidInput(f"unknown suite {suite!r}; choose one of: {', '.join(SUITES)}")
     step = next(step for step in SUITES[suite](ctx) if isinstance(step, FioInvocation))
-    typer.echo(f"; kvmkit bench {suite}: first fio invocation")
+    notes = [f"kvmkit bench {suite}: first fio invocation"]
     if suite in ("latency-under-load", "snia"):
-        typer.echo("; later invocations depend on measured results (rate_iops, steady-state rounds)")
+        notes.append("later invocations depend on measured results (rate_iops, steady-state rounds)")
+    if as_json:
+        print_json({"suite": suite, "notes": notes, "job_file": step.ini()})
+        return
+    for note in notes:
+        typer.echo(f"; {note}")
     typer.echo(step.ini(), nl=False)
 
 
 @app.command("suites")
-def suites_cmd() -> None:
+def suites_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print [{name, measures}] as JSON.")] = False
+               ) -> None:
     """List the suites and what each measures."""
-    for name, build in SUITES.items():
-        typer.echo(f"{name:20} {(build.__doc__ or '').strip().splitlines()[0]}")
+    suites = [{"name": name, "measures": (build.__doc__ or "").strip().splitlines()[0]}
+              for name, build in SUITES.items()]
+    if as_json:
+        print_json(suites)
+        return
+    for suite in suites:
+        typer.echo(f"{suite['name']:20} {suite['measures']}")
 
 
 def _run_in_vm(vm: str, connect: str | None, suite: str, target: str, options: BenchOptions) -> BenchRun:
@@ -277,7 +286,7 @@ def paths_cmd(
     if out is not None:
         out.write_text("[" + ",\n".join(r.to_json() for r in result.runs) + "]\n")
     if as_json:
-        typer.echo(result.model_dump_json(indent=2, exclude={"runs"}))
+        print_json({k: v for k, v in result if k != "runs"})
         return
     print_table(f"storage paths to one {size} file (quick suite, {runtime:g} s jobs)",
                 ["path", "randread 4k QD32", "randwrite 4k QD32", "randread QD1 p99 µs", "read 1M QD32 MiB/s",
@@ -300,7 +309,7 @@ def _run_multi(vms: list[str], connect: str | None, suite: str, target: str, opt
     result = multi.run(connect or config.load().libvirt_uri, vms, suite, target, options,
                        progress=lambda m: err_console.print(f"[dim]multi:[/] {m}"))
     if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+        print_json(result)
     else:
         print_table(f"{suite} in {len(vms)} VMs at once ({', '.join(vms)})",
                     ["job", "VMs", "total IOPS", "total MiB/s", "worst p99 µs"],

@@ -8,10 +8,13 @@ from pathlib import Path
 import typer
 
 from kvmkit import config
+from kvmkit.confirm import DRY_RUN, YES, go_ahead
 from kvmkit.lab import lab
-from kvmkit.output import console, err_console, print_json, print_table
+from kvmkit.lab import state as lab_state
+from kvmkit.output import console, disk_record, err_console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True)
+disk_record(lab.LabDiskStatus)  # --json names each disk `disk` (the lab's state file keeps `target`)
 
 
 def _settings(connect: str | None) -> tuple[Path, str]:
@@ -54,11 +57,48 @@ def status(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")
 
 
 @app.command()
-def down() -> None:
+def down(dry_run: bool = DRY_RUN, yes: bool = YES,
+         json_out: bool = typer.Option(False, "--json", help="Print what was (or would be) done as JSON.")) -> None:
     """Stop exactly what the lab started, unmount, and remove what it made."""
     lab_dir, _ = _settings(None)
-    if not lab.down(lab_dir, progress=lambda m: console.print(f"[dim]lab:[/] {m}")):
+    plan = down_plan(lab_state.load(lab_dir))
+    if not dry_run:
+        go_ahead("kvmkit lab down", plan, yes)
+    done: list[str] = []
+
+    def say(message: str) -> None:
+        done.append(message)
+        if not json_out:
+            console.print(f"[dim]lab:[/] {message}")
+    was_up = bool(plan) if dry_run else lab.down(lab_dir, progress=say)
+    if json_out:
+        print_json({"dir": lab_dir, "was_up": was_up, "dry_run": dry_run, "plan": plan, "done": done})
+    elif dry_run:
+        console.print("\n".join(f"lab: would {line}" for line in plan) if plan else "lab: nothing to take down",
+                      markup=False, highlight=False, soft_wrap=True)
+    elif not was_up:
         console.print("lab: nothing to take down")
+
+
+def down_plan(state: lab_state.LabState | None) -> list[str]:
+    """What `lab down` stops and removes, from the lab's own record (nothing else is touched)."""
+    if state is None:
+        return []
+    plan = [f"destroy and undefine VM {vm.name} and delete its disks ({', '.join(d.target for d in vm.disks)})"
+            for vm in state.vms]
+    if state.secrets:
+        plan.append(f"undefine {len(state.secrets)} libvirt secret(s) it defined")
+    plan.append("stop a scratch VM or daemon a killed benchmark left, if any")
+    if state.rgw is not None:
+        plan.append("stop the S3 gateway (radosgw)")
+    if state.ceph is not None:
+        plan.append(f"stop Ceph (mon pid {state.ceph.mon_pid}, osd pid {state.ceph.osd_pid})")
+    if state.pool is not None:
+        plan.append(f"unmount and remove the {state.pool.kind} pool {state.pool.path}")
+    plan += [f"stop the {name} it started (pid {pid})" for name, pid in sorted(state.started_pids.items())
+             if name in ("libvirtd", "virtlogd")]
+    plan.append(f"remove the lab folder {state.dir}")
+    return plan
 
 
 def _show(st: lab.LabStatus, json_out: bool) -> None:

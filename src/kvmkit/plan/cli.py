@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 
 from kvmkit.benchmarks.plan import run_bench
+from kvmkit.cliinput import existing_file
 from kvmkit.errors import InvalidInput
-from kvmkit.output import err_console, print_json, print_table
+from kvmkit.output import console, err_console, print_json, print_table
 from kvmkit.plan import render
 from kvmkit.plan.fleet import DEFAULT_CANDIDATES, FleetPlan, plan_fleet
 from kvmkit.plan.inputs import PlanInput
@@ -29,7 +30,8 @@ app = typer.Typer(
     help="Hardware selection by total cost per delivered resource; fleet sizing; HTML report.",
 )
 
-FILE = typer.Argument(..., help="Plan input (TOML or YAML); see examples/plan/example.toml.")
+FILE = typer.Argument(..., help="Plan input (TOML or YAML); see examples/plan/example.toml.",
+                      callback=lambda path: existing_file(path, "plan file"))
 MONTHS = typer.Option(None, "--months", help="Lifetimes in months, comma-separated (default: the file's).")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -81,6 +83,9 @@ def evaluate(
         print_json(summary)
     elif as_csv:
         sys.stdout.write(render.evaluation_csv(summary))
+    elif not summary.configurations:  # a sentence, not an empty table
+        console.print(f"none of the {summary.evaluated:,} configurations can host the reference VM "
+                      f"({', '.join(f'{k} {v}' for k, v in summary.reference_vm.items())})", soft_wrap=True)
     else:
         render.evaluation_table(summary)
 
@@ -98,7 +103,7 @@ def fleet(
     exact_placement: bool = typer.Option(False, "--exact-placement", help="Integer VM placement in one MILP."),
     as_json: bool = JSON,
 ) -> None:
-    """The cheapest nodes and racks for the file's [[demand]], by mixed-integer programming (HiGHS)."""
+    """The cheapest nodes and racks for the file's [\\[demand]], by mixed-integer programming (HiGHS)."""
     plan, keys = load_plan_with_lines(file)
     lifetime = _months(str(months) if months is not None else None, plan)[0]
     with _located(file, keys):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from kvmkit import config
+from kvmkit.confirm import DRY_RUN, YES, go_ahead
 from kvmkit.errors import InvalidInput
-from kvmkit.output import console, err_console, print_json, print_table
+from kvmkit.output import console, disk_record, err_console, error_json, print_json, print_table, to_jsonable
 from kvmkit.snapshot import lifecycle, service
 from kvmkit.snapshot import revert as revert_mod
 from kvmkit.snapshot.context import SnapshotContext
-from kvmkit.snapshot.model import Snapshot
+from kvmkit.snapshot.model import DiskSnapshot, Snapshot
 from kvmkit.snapshot.recover import recover
 from kvmkit.virt.connection import check_vm_name, connection
 
@@ -18,6 +21,7 @@ app = typer.Typer(no_args_is_help=True)
 
 CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config: qemu:///system).")
 JSON = typer.Option(False, "--json", help="Print JSON.")
+disk_record(DiskSnapshot)  # --json names each disk `disk` (the catalog keeps `target`)
 WAIT = typer.Option(0.0, "--wait", help="Seconds to wait for another operation on the VM to finish.")
 
 
@@ -32,7 +36,7 @@ def _recovered(connect: str | None) -> SnapshotContext:
 
 
 def snapshot_json(snap: Snapshot) -> dict:
-    data = snap.model_dump(mode="json")
+    data = to_jsonable(snap)
     for disk in data["disks"]:
         disk["snapshot"] = disk["handle"]
     return data
@@ -95,16 +99,20 @@ def create(
     failures += [(o.vm, o.backup_error.rephrased(f"snapshot {o.snapshot.name} is ready, but its backup failed: "
                                                 f"{o.backup_error}"))
                  for o in outcomes if o.backup_error is not None and o.snapshot is not None]
-    if json_out:
+    if json_out:  # one shape for one VM or several: every snapshot made, every VM's error
         docs = [{**snapshot_json(o.snapshot), **({"backup": {"target": o.backup.target, "parent": o.backup.parent,
                                                              "seconds": o.backup.seconds}} if o.backup else {})}
                 for o in outcomes if o.snapshot is not None]
-        print_json(docs[0] if len(names) == 1 and docs else docs)
+        errors = [{"vm": vm, **error_json(exc, exc.exit_code)} for vm, exc in failures]
+        print_json({"snapshots": docs, "errors": errors})
     if failures:
         if len(failures) == 1 and len(names) == 1 and not snaps:
+            if json_out:  # stdout already has the envelope: the error line alone, with its exit code
+                print(f"kvmkit: error: {failures[0][1]}", file=sys.stderr)
+                raise typer.Exit(failures[0][1].exit_code)
             raise failures[0][1]
         for vm, exc in failures:
-            err_console.print(f"kvmkit: error: {vm}: {exc}")
+            print(f"kvmkit: error: {vm}: {exc}", file=sys.stderr)  # one line each, never wrapped
         raise typer.Exit(max(exc.exit_code for _, exc in failures))
 
 
@@ -120,6 +128,10 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
         snaps = lifecycle.list_snapshots(ctx, vm)
     if json_out:
         print_json([snapshot_json(s) for s in snaps])
+        return
+    if not snaps:
+        console.print(f"no snapshots{f' of VM {vm}' if vm else ''}{f' on {connect}' if connect else ''}",
+                      markup=False, highlight=False, soft_wrap=True)
         return
     rows = [(s.vm, s.name, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.mode.value, s.state.value,
              "" if s.freeze_ms is None else f"{s.freeze_ms:.1f}",
@@ -147,20 +159,45 @@ def revert(vm: str, snapshot: str,
 def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Delete a snapshot from the storage and the catalog."""
     snap = lifecycle.delete(_recovered(connect), vm, snapshot, wait_s=wait)
-    if json_out:
-        print_json(snapshot_json(snap))
+    if json_out:  # the record as it was, in its final state: gone from the storage and the catalog
+        print_json({**snapshot_json(snap), "state": "deleted"})
     else:
         console.print(f"{vm}: deleted snapshot [bold]{snapshot}[/] ({len(snap.disks)} disk snapshot(s))")
 
 
 @app.command()
-def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """RBD: detach disks a revert by clone left as clones (copies parent data, O(size)), freeing old snapshots."""
-    targets = lifecycle.flatten(_recovered(connect), vm, wait_s=wait)
+def flatten(vm: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON,
+            dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
+    """RBD: detach disks a revert by clone left as clones (copies parent data, O(size)), freeing old snapshots.
+    Shows the disks it will look at and asks (or needs --yes when stdin is not a terminal)."""
+    ctx = _recovered(connect)
+    candidates = _flatten_candidates(ctx, vm)
+    plan = [f"{disk}: flatten it if a kvmkit revert left it a clone (copies its parent's data)" for disk in candidates]
+    if dry_run:
+        if json_out:
+            print_json({"vm": vm, "dry_run": True, "candidates": candidates})
+        else:
+            console.print("\n".join(f"{vm}: would look at {line}" for line in plan) if plan
+                          else f"{vm}: nothing to flatten (no disk on a storage that makes clones)",
+                          markup=False, highlight=False, soft_wrap=True)
+        return
+    go_ahead(f"kvmkit snapshot flatten {vm}", plan, yes)
+    targets = lifecycle.flatten(ctx, vm, wait_s=wait)
     if json_out:
-        print_json({"vm": vm, "flattened": targets})
+        print_json({"vm": vm, "dry_run": False, "candidates": candidates, "flattened": targets})
     else:
         console.print(f"{vm}: flattened {', '.join(targets) if targets else 'nothing (no disk is a clone)'}")
+
+
+def _flatten_candidates(ctx: SnapshotContext, vm: str) -> list[str]:
+    """The VM's disks whose storage can flatten (RBD): what `flatten` looks at; read-only."""
+    from kvmkit.snapshot.drivers.base import Flattenable
+    from kvmkit.snapshot.drivers.registry import driver_for
+    from kvmkit.virt.connection import live_disks, lookup
+
+    with connection(ctx.uri) as conn:
+        return [disk.target for disk in live_disks(lookup(conn, vm))
+                if isinstance(driver_for(disk, ctx.drivers), Flattenable)]
 
 
 @app.command("recover")
@@ -171,16 +208,25 @@ def recover_(
                                                                       "not make (another catalog's, or unmarked)."),
     vm: str | None = typer.Option(None, "--vm", help="Look only at this VM's disks (recommended with --adopt and "
                                                     "--purge-foreign: other VMs may belong to other catalogs)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--purge-foreign: delete without asking (needed when "
+                                                        "stdin is not a terminal)."),
     connect: str | None = CONNECT, json_out: bool = JSON,
 ) -> None:
     """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove this catalog's
-    orphans; report snapshots other catalogs made (foreign) or none marked (unknown)."""
+    orphans; report snapshots other catalogs made (foreign) or none marked (unknown). --purge-foreign first
+    lists what it would delete and asks."""
     if adopt and purge_foreign:
         raise InvalidInput("--adopt and --purge-foreign exclude each other")
     if vm is not None:
         check_vm_name(vm)
-    actions = recover(_context(connect), full=True,
-                      strays="adopt" if adopt else "purge" if purge_foreign else "report", only_vm=vm)
+    ctx = _context(connect)
+    if purge_foreign and not yes:  # a reporting pass (what every snapshot command repairs anyway) is the plan
+        found = recover(ctx, full=True, strays="report", only_vm=vm)
+        go_ahead("kvmkit snapshot recover --purge-foreign",
+                 [f"delete {a.handle} of VM {a.vm} ({a.whose}{f', catalog {a.owner}' if a.owner else ''})"
+                  for a in found if a.whose in ("foreign", "unknown")], yes)
+    actions = recover(ctx, full=True, strays="adopt" if adopt else "purge" if purge_foreign else "report",
+                      only_vm=vm)
     if json_out:
         left = [a for a in actions if a.action.startswith("left ")]
         print_json({"actions": [a.model_dump(exclude_none=True) for a in actions],

@@ -16,6 +16,8 @@ import typer
 from rich.markup import escape
 
 from kvmkit import config
+from kvmkit.cliinput import existing_folder
+from kvmkit.confirm import YES, go_ahead
 from kvmkit.errors import InvalidInput
 from kvmkit.output import console, print_json, print_table
 from kvmkit.tune import apply as apply_mod
@@ -53,7 +55,8 @@ RootOpt = Annotated[
 ]
 ProfileDirOpt = Annotated[
     list[Path] | None,
-    typer.Option("--profile-dir", help="Extra folder of goal profiles (*.toml); repeatable."),
+    typer.Option("--profile-dir", help="Extra folder of goal profiles (*.toml); repeatable.",
+                 callback=lambda folders: [existing_folder(f, "--profile-dir") for f in folders or []] or None),
 ]
 STATUS_STYLE = {
     Status.PASS: "green",
@@ -84,8 +87,7 @@ def _source(capture_file: Path | None, root: Path) -> Iterator[tuple[HostView, s
         with capture_mod.opened(capture_file) as (host, _meta):
             yield host, str(capture_file)
     elif root != LIVE_ROOT:
-        if not root.is_dir():
-            raise InvalidInput(f"--root {root} is not a folder")
+        existing_folder(root, "--root")
         yield capture_mod.view_of(root), str(root)
     else:
         yield HostView(), "live"
@@ -158,17 +160,22 @@ def apply(
     ] = None,
     profile_dir: ProfileDirOpt = None,
     json_out: JsonOpt = False,
+    yes: bool = YES,
 ) -> None:
-    """Apply the goal's runtime-safe OS settings (sysfs/sysctl), saving the old values for `rollback` first."""
+    """Apply the goal's runtime-safe OS settings (sysfs/sysctl), saving the old values for `rollback` first.
+    On the live host it shows the changes and asks (or needs --yes when stdin is not a terminal)."""
     profile = load_profile(goal, profile_dir)
     with _source(None, root) as (host, _origin):
         planned = apply_mod.plan(host, profile, read_all(host), set(only) if only else None)
+        if not dry_run and root == LIVE_ROOT:  # a --root tree is a folder, not this host
+            go_ahead("kvmkit tune apply", [f"{c.path}: {c.old} → {c.new}" for c in planned.changes], yes)
         result = planned if dry_run else apply_mod.apply(host, planned, rollback_file or _default_rollback_file())
     if json_out:
         print_json(result)
         return
     title = f"kvmkit tune apply --goal {result.goal}{' (dry run)' if dry_run else ''} — root {result.root}"
-    print_table(title, ["check", "path", "old", "new", "outcome"], _plain(_grouped(result.changes)))
+    if result.changes:  # else the sentence below, not an empty table
+        print_table(title, ["check", "path", "old", "new", "outcome"], _plain(_grouped(result.changes)))
     if not result.changes:
         console.print("nothing to change at runtime")
     elif result.rollback_file:
@@ -195,17 +202,30 @@ def _grouped(changes: list[apply_mod.Change]) -> list[tuple[str, ...]]:
 def rollback(
     root: RootOpt = LIVE_ROOT,
     rollback_file: Annotated[Path | None, typer.Option("--rollback-file", help="The file `apply` wrote.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; write nothing.")] = False,
     json_out: JsonOpt = False,
+    yes: bool = YES,
 ) -> None:
-    """Restore the values the last `apply` changed."""
+    """Restore the values the last `apply` changed (on the live host: shows them and asks, or needs --yes)."""
     path = rollback_file or _default_rollback_file()
     with _source(None, root) as (host, _origin):
-        changes = apply_mod.rollback(host, path)
+        if dry_run or root == LIVE_ROOT:
+            record = apply_mod._load(path)  # the same strict reader rollback itself uses
+            planned = [c.model_copy(update={"outcome": "planned"}) for c in record.changes]
+        if dry_run:
+            changes = planned
+        else:
+            if root == LIVE_ROOT:
+                go_ahead("kvmkit tune rollback", [f"{c.path}: {c.new} → {c.old}" for c in planned], yes)
+            changes = apply_mod.rollback(host, path)
     if json_out:
         print_json(changes)
         return
+    if not changes:
+        console.print(f"{path}: nothing to restore", markup=False, soft_wrap=True)
+        return
     print_table(
-        f"kvmkit tune rollback — {path}",
+        f"kvmkit tune rollback{' (dry run)' if dry_run else ''} — {path}",
         ["check", "path", "restored", "was"],
         _plain([(check, path, old, new) for check, path, old, new, _outcome in _grouped(changes)]),
     )
@@ -222,7 +242,7 @@ def capture(
     if root == LIVE_ROOT:
         data = capture_mod.capture()
     else:  # a tree, or an unpacked capture (re-capturing it keeps its probes and recorded errors)
-        tree = capture_mod.view_of(root)
+        tree = capture_mod.view_of(existing_folder(root, "--root"))
         data = capture_mod.capture(tree.root, tree.probe_dir, tree.recorded_errors)
     if output is None:
         sys.stdout.buffer.write(data)
@@ -251,6 +271,10 @@ def diff(
     differences = diff_readings(readings_a, readings_b)
     if json_out:
         print_json({"a": a, "b": b, "differences": differences})
+        return
+    if not differences:
+        console.print(f"A {a} ({name_a}) and B {b} ({name_b}) agree on all {len(CHECKS)} checks", markup=False,
+                      soft_wrap=True)
         return
     print_table(
         f"kvmkit tune diff — A {a} ({name_a}) vs B {b} ({name_b})",
