@@ -25,15 +25,14 @@ BENCH_FIXTURES = TESTS / "bench" / "fixtures"
 # commands that print no records: their output is a live view, a server, a guest's own output or a written file
 NO_RECORDS = {"lab exec", "congestion top", "congestion serve", "serve", "memory top", "backup mount", "plan report",
               "tune capture"}
-# commands that print records but have no --json yet (owners: lab, bench, backup)
-KNOWN_NO_JSON = {"backup target init"}
+# commands that print records but have no --json yet
+KNOWN_NO_JSON: set[str] = set()
 # commands that change the host (docs/cli.md): each needs --dry-run
 CHANGES_HOST = {"tune apply", "tune rollback", "congestion enforce", "congestion revert", "memory enforce",
                 "memory revert", "backup prune", "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
-KNOWN_NO_DRY_RUN = {"backup delete", "snapshot recover"}  # recover: snapshot/recover.py has no plan-only pass
-# ... and each shows its plan and asks, or needs --yes without a terminal (owners: congestion, memory, backup)
-KNOWN_NO_YES = {"congestion enforce", "congestion revert", "memory enforce", "memory revert", "backup prune",
-                "backup delete"}
+KNOWN_NO_DRY_RUN = {"snapshot recover"}  # recover: snapshot/recover.py has no plan-only pass
+# ... and each shows its plan and asks, or needs --yes without a terminal (owners: congestion, memory)
+KNOWN_NO_YES = {"congestion enforce", "congestion revert", "memory enforce", "memory revert"}
 
 
 def _walk(command, path):

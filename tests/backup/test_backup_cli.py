@@ -66,6 +66,38 @@ def test_list_verify_prune_json(env, tmp_path):
     assert len(json.loads(kvmkit(env, "backup", "list", "-t", "nfs1", "--json").stdout)) == 2
 
 
+def test_prune_and_delete_with_dependants_need_yes_without_a_terminal_and_change_nothing_until_then(env, tmp_path):
+    two_backups(tmp_path)
+
+    def listed() -> list[str]:
+        return [b["snapshot"] for b in json.loads(kvmkit(env, "backup", "list", "-t", "nfs1", "--json").stdout)]
+
+    for args in (["backup", "prune", "vm1", "-t", "nfs1", "--keep-last", "1"],
+                 ["backup", "delete", "vm1", "s1", "-t", "nfs1", "--with-dependants"]):
+        out = kvmkit(env, *args)
+        assert out.returncode == 2 and "pass --yes" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert listed() == ["s1", "s2"]
+    out = kvmkit(env, "backup", "delete", "vm1", "s1", "-t", "nfs1", "--with-dependants", "--dry-run", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["deleted"] == ["s2", "s1"]
+    assert listed() == ["s1", "s2"]
+    out = kvmkit(env, "backup", "prune", "vm1", "-t", "nfs1", "--keep-last", "1", "--yes", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["deleted"] == ["s1"] and listed() == ["s2"]
+    out = kvmkit(env, "backup", "delete", "vm1", "s2", "-t", "nfs1", "--json")  # one backup, nothing else: no ask
+    assert out.returncode == 0 and json.loads(out.stdout)["deleted"] == ["s2"], out.stderr
+
+
+def test_list_json_names_the_disk_disk_and_times_carry_their_zone(env, tmp_path):
+    from datetime import datetime
+
+    two_backups(tmp_path)
+    listed = json.loads(kvmkit(env, "backup", "list", "vm1", "-t", "nfs1", "--json").stdout)
+    for backup in listed:
+        assert [d["disk"] for d in backup["disks"]] == ["vda"] and all("target" not in d for d in backup["disks"])
+        for key in ("created", "snapshot_created"):
+            assert datetime.fromisoformat(backup[key]).tzinfo is not None, backup[key]
+
+
 def test_restore_by_cli_writes_the_disk(env, tmp_path):
     two_backups(tmp_path)
     out = kvmkit(env, "backup", "restore", "vm1", "s2", "-t", "nfs1", "--to", str(tmp_path / "r"), "--json")

@@ -221,7 +221,7 @@ def test_backup_create_by_cli_then_verify(lab_settings, engine, file_vm, tmp_pat
     out = kvmkit(env, "backup", "create", file_vm, "cli1", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["snapshot"] == "cli1" and data["vm"] == file_vm and {d["target"] for d in data["disks"]} == {"vda",
+    assert data["snapshot"] == "cli1" and data["vm"] == file_vm and {d["disk"] for d in data["disks"]} == {"vda",
                                                                                                           "vdb"}
     again = kvmkit(env, "backup", "create", file_vm, "cli1")
     assert again.returncode == 4 and "already backed up" in again.stderr

@@ -17,10 +17,16 @@ from kvmkit.backup import manage, retention
 from kvmkit.backup import restore as restore_mod
 from kvmkit.backup import schedule as sched
 from kvmkit.backup.create import backup_snapshot, plan_bytes
+from kvmkit.backup.model import BackupManifest, DiskBackup
+from kvmkit.backup.restore import RestoredDisk
 from kvmkit.backup.targets import open_target
+from kvmkit.confirm import DRY_RUN, YES, go_ahead
 from kvmkit.errors import InvalidInput, OperationFailed
 from kvmkit.names import check_snapshot_name
-from kvmkit.output import console, err_console, print_json, print_table
+from kvmkit.output import console, disk_record, err_console, print_json, print_table, to_jsonable
+
+disk_record(DiskBackup)  # --json names a VM's disk `disk` (docs/cli.md); manifests on the target keep `target`
+disk_record(RestoredDisk)
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Periodic snapshots and backups with retention.")
@@ -51,6 +57,18 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield advance
 
 
+def _summary(manifest: BackupManifest) -> dict:
+    """A backup as --json prints it: the manifest without its chunk lists, by the output conventions (the disk
+    is `disk`, times carry their zone), and its totals."""
+    light = manifest.model_copy(update={"disks": [d.model_copy(update={"chunks": []}) for d in manifest.disks]})
+    data = to_jsonable(light)
+    for disk in data["disks"]:
+        del disk["chunks"]
+    data.update(kind=manifest.kind.value, written_bytes=manifest.written_bytes, read_bytes=manifest.read_bytes,
+                changed_bytes=manifest.changed_bytes)
+    return data
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -78,7 +96,7 @@ def create(vm: str, snapshot: str, target: str | None = TARGET, connect: str | N
     with progress_bar(f"{vm}/{snapshot}", plan_bytes(snap)) as advance:
         manifest = backup_snapshot(settings, snap, target, advance)
     if json_out:
-        print_json(manifest.summary())
+        print_json(_summary(manifest))
         return
     rate = manifest.read_bytes / manifest.seconds / 1e6 if manifest.seconds else 0.0
     methods = ", ".join(f"{d.target} by {d.change_method.value}" for d in manifest.disks if d.change_method)
@@ -96,7 +114,7 @@ def list_(vm: str | None = typer.Argument(None), target: str | None = TARGET, js
     for bad in damaged:  # stderr: --json's list keeps its shape
         err_console.print(f"damaged manifest {bad.key} (ignored): {bad.problem}", markup=False, highlight=False)
     if json_out:
-        print_json([m.summary() for m in manifests])
+        print_json([_summary(m) for m in manifests])
         return
     rows = [(m.vm, m.snapshot, m.snapshot_created.strftime("%Y-%m-%d %H:%M:%S"), m.kind.value, m.parent or "",
              ", ".join(f"{d.target}:{d.driver}" for d in m.disks), _human(sum(d.size_bytes for d in m.disks)),
@@ -190,9 +208,17 @@ def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup
 def delete(vm: str, snapshot: str,
            with_dependants: bool = typer.Option(False, "--with-dependants",
                                                 help="Also delete the incremental backups built on this one."),
-           target: str | None = TARGET, json_out: bool = JSON) -> None:
+           dry_run: bool = DRY_RUN, yes: bool = YES, target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Delete a backup (refused while incrementals depend on it) and free the chunks nothing else uses."""
-    removal = manage.delete(config.load(), vm, snapshot, target, with_dependants)
+    settings = config.load()
+    plan = manage.delete(settings, vm, snapshot, target, with_dependants, dry_run=True)
+    if dry_run:
+        print_json(plan) if json_out else console.print(f"{plan.vm}: would delete backup(s) {', '.join(plan.deleted)}")
+        return
+    if len(plan.deleted) > 1:  # the dependants go too: say so first
+        go_ahead("backup delete --with-dependants", [f"delete backup {name} of {plan.vm}" for name in plan.deleted],
+                 yes)
+    removal = manage.delete(settings, vm, snapshot, target, with_dependants)
     if json_out:
         print_json(removal)
         return
@@ -204,13 +230,18 @@ def delete(vm: str, snapshot: str,
 
 @app.command()
 def prune(vm: str, keep_last: int = KEEP_LAST, keep_hourly: int = KEEP_HOURLY, keep_daily: int = KEEP_DAILY,
-          keep_weekly: int = KEEP_WEEKLY, dry_run: bool = typer.Option(False, "--dry-run", help="Only say."),
+          keep_weekly: int = KEEP_WEEKLY, dry_run: bool = DRY_RUN, yes: bool = YES,
           target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Delete the backups no retention rule keeps (never the newest, never a kept backup's parents)."""
     policy = retention.RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly)
     if policy.empty:
         raise InvalidInput("give at least one --keep-* rule")
-    removal = manage.prune(config.load(), vm, policy, target, dry_run)
+    settings = config.load()
+    if not dry_run:
+        plan = manage.prune(settings, vm, policy, target, dry_run=True)
+        go_ahead("backup prune", [f"delete backup {name} of {plan.vm}" for name in plan.deleted]
+                 + [f"rewrite backup {name} as full (its parent goes)" for name in plan.rebased], yes)
+    removal = manage.prune(settings, vm, policy, target, dry_run)
     if json_out:
         print_json(removal)
         return
@@ -279,9 +310,13 @@ def _bench_peers(folder, size_mib: int, change: float, peers: str, json_out: boo
 
 
 @target_app.command("init")
-def target_init(name: str | None = typer.Argument(None, help="Target (default: the only one configured).")) -> None:
+def target_init(name: str | None = typer.Argument(None, help="Target (default: the only one configured)."),
+                json_out: bool = JSON) -> None:
     """Make the target's folder or S3 bucket if missing, and its format marker; running it again is safe."""
     store = open_target(config.load(), name, create=True)
+    if json_out:
+        print_json({"target": store.name, "location": store.location, "ready": True})
+        return
     console.print(f"backup target {store.name}: ready ({store.location})")
 
 

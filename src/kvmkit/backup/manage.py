@@ -49,7 +49,8 @@ def items(manifests: list[BackupManifest]) -> list[retention.Item]:
 
 
 def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None = None,
-           with_dependants: bool = False) -> Removal:
+           with_dependants: bool = False, dry_run: bool = False) -> Removal:
+    """Delete one backup (with --with-dependants, the incrementals built on it too); dry_run: only say which."""
     target = open_target(settings, target_name)
     with target.locked(exclusive=True):
         manifest, _ = find_backup(target, vm, snapshot)
@@ -60,6 +61,8 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
                            f"{', '.join(dependants)}; pass --with-dependants to delete them too")
         by_name = {m.snapshot: m for m in manifests}
         doomed = [*reversed(dependants), snapshot]
+        if dry_run:
+            return Removal(vm=manifest.vm, deleted=doomed)
         for name in doomed:  # children first: a surviving manifest never loses its parent
             target.delete_manifest(by_name[name])
             failpoint("prune-mid-delete")

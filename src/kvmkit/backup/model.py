@@ -151,13 +151,6 @@ class BackupManifest(BaseModel):
     def disk(self, target: str) -> DiskBackup | None:
         return next((d for d in self.disks if d.target == target), None)
 
-    def summary(self) -> dict:
-        """What `backup list --json` prints per backup: the manifest without its chunk lists."""
-        data = self.model_dump(mode="json", exclude={"disks": {"__all__": {"chunks"}}})
-        data.update(kind=self.kind.value, written_bytes=self.written_bytes, read_bytes=self.read_bytes,
-                    changed_bytes=self.changed_bytes)
-        return data
-
 
 class DamagedManifest(BaseModel):
     """A manifest that did not parse: listed, never used, never a reason to fail other VMs' backups."""
