@@ -448,6 +448,14 @@ def status(lab_dir: Path) -> LabStatus:
                      rgw=rgw_status)
 
 
+def _other_domains(uri: str) -> list[str]:
+    """Domains still defined on the libvirtd (after this lab removed its own): not this lab's to stop."""
+    if not libvirtd.reachable(uri):
+        return []
+    with connection(uri) as conn:
+        return sorted(dom.name() for dom in conn.listAllDomains(0))
+
+
 def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
     """Stop exactly what the lab started and remove what it made; False when there was no lab."""
     procs.require_root()
@@ -478,9 +486,13 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
         if state.pool is not None:
             pool.destroy(state.pool)
             progress(f"pool: removed {state.pool.path}")
-        for name in ("libvirtd", "virtlogd"):
-            if name in state.started_pids:
-                procs.stop(state.started_pids[name], name, sig=signal.SIGTERM, timeout_s=15)
-                progress(f"{name}: stopped (pid {state.started_pids[name]})")
+        others = _other_domains(state.uri) if "libvirtd" in state.started_pids else []
+        if others:  # another lab (or the operator) runs VMs on the libvirtd this lab started: it stays
+            progress(f"libvirtd: left running for {len(others)} other domain(s) ({', '.join(others[:3])} …)")
+        else:
+            for name in ("libvirtd", "virtlogd"):
+                if name in state.started_pids:
+                    procs.stop(state.started_pids[name], name, sig=signal.SIGTERM, timeout_s=15)
+                    progress(f"{name}: stopped (pid {state.started_pids[name]})")
         shutil.rmtree(lab_dir, ignore_errors=True)
         return True
