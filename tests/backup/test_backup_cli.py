@@ -34,6 +34,11 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "KVMKIT_CONFIG": str(config)}
 
 
+def state_of(root: Path) -> list[str]:
+    """Every path under root but the job logs: a refused command logs its refusal, and changes nothing else."""
+    return sorted(str(p) for p in root.rglob("*") if "log" not in p.relative_to(root).parts[1:2])
+
+
 def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "kvmkit"] if args[0] != "schedule" else [sys.executable, "-c", MOUNT_SCHEDULE]
     return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60,
@@ -121,12 +126,12 @@ def test_restore_by_cli_writes_the_disk(env, tmp_path):
 ])
 def test_bad_input_is_one_line_with_its_exit_code_and_changes_nothing(env, tmp_path, args, code, message):
     two_backups(tmp_path)
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    before = state_of(tmp_path)
     out = kvmkit(env, *args)
     assert out.returncode == code, out.stderr
     assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "TOPSECRET" not in out.stderr + out.stdout
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert state_of(tmp_path) == before
 
 
 def test_verify_exit_code_and_message_name_the_damaged_chunk(env, tmp_path):

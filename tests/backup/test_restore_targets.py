@@ -235,8 +235,8 @@ import sys
 from pathlib import Path
 from kvmkit.backup import restore
 from kvmkit.config import BackupTarget, Settings
-root, out = Path(sys.argv[1]), Path(sys.argv[2])
-settings = Settings(state_dir=out / "state", libvirt_uri="test:///default",
+root, out, state = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+settings = Settings(state_dir=state, libvirt_uri="test:///default",
                     backup_targets=[BackupTarget(name="t1", path=root)])
 restore.restore(settings, "vm1", "s1", to=[f"vda={out / 'a'}", f"vdb={out / 'b'}"], replace=True)
 """
@@ -253,7 +253,8 @@ def test_kill_9_during_restore_leaves_no_partial_disk_and_the_rerun_cleans_up(tm
     out.mkdir()
     (out / "a").write_bytes(b"old a")
     (out / "b").write_bytes(b"old b")
-    child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(settings.backup_targets[0].path), str(out)],
+    child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(settings.backup_targets[0].path), str(out),
+                            str(tmp_path / "child-state")],
                            env={**os.environ, "KVMKIT_FAILPOINT": step}, capture_output=True, timeout=60)
     assert child.returncode == -9
     contents = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}

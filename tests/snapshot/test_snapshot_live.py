@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,17 @@ def test_create_json_has_the_documented_fields(snap_env, file_vm):
     assert "json1" in [s["name"] for s in listed]
     deleted = kvmkit(snap_env, "snapshot", "delete", file_vm, "json1", "--json")
     assert deleted.returncode == 0 and json.loads(deleted.stdout)["state"] == "deleted"
+    # each operation wrote its own job log, vzdump style: its records and its outcome
+    from kvmkit import joblog
+
+    state_dir = Path(snap_env["KVMKIT_STATE_DIR"])
+    (create_log,) = joblog.recent(state_dir, "snapshot", file_vm)
+    text = create_log.read_text()
+    print(f"\n$ cat {create_log}\n{text}")
+    assert "job snapshot: snapshot create json1" in text and "snapshot created" in text and "freeze_ms=" in text
+    assert text.rstrip().endswith(f"job ok vm={file_vm}")
+    (delete_log,) = joblog.recent(state_dir, "delete", file_vm)
+    assert delete_log.read_text().rstrip().endswith(f"job ok vm={file_vm}")
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

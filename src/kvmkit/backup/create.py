@@ -40,6 +40,7 @@ from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput
 from kvmkit.failpoint import failpoint
+from kvmkit.joblog import job_log
 from kvmkit.snapshot import snapshot_lock
 from kvmkit.snapshot.drivers.base import StorageDriver
 from kvmkit.snapshot.drivers.reading import (
@@ -70,9 +71,10 @@ def backup_snapshot(settings: Settings, snapshot: Snapshot, target_name: str | N
                     advance: Advance = lambda _n: None) -> BackupManifest:
     """Back a ready snapshot up to a target (the configured one if there is only one). The hook for
     `backup_to_secondary = true`: call it after the snapshot is `ready`, outside any freeze."""
-    target = open_target(settings, target_name)
-    with snapshot_lock.reading(settings.state_dir, snapshot.vm_uuid, snapshot.name, snapshot.vm):
-        return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
+    with job_log(settings.state_dir, "backup", snapshot.vm, f"backup create {snapshot.name}"):
+        target = open_target(settings, target_name)
+        with snapshot_lock.reading(settings.state_dir, snapshot.vm_uuid, snapshot.name, snapshot.vm):
+            return Backup(settings, target, compression_of(settings, target.name), advance).run(snapshot)
 
 
 def plan_bytes(snapshot: Snapshot) -> int:

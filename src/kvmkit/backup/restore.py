@@ -27,6 +27,7 @@ from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.failpoint import failpoint
+from kvmkit.joblog import job_log
 from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
 from kvmkit.snapshot.drivers.rbd import RbdDriver
 from kvmkit.snapshot.drivers.rbd_io import RbdWriter
@@ -117,6 +118,14 @@ def restore(settings: Settings, vm: str, snapshot: str, target_name: str | None 
     fmt: raw or qcow2 for every file destination (None: a disk going back to its own place keeps its format)."""
     target = open_target(settings, target_name)
     manifest, chain = find_backup(target, vm, snapshot)
+    with job_log(settings.state_dir, "restore", manifest.vm, f"backup restore {snapshot} from {target.name}"):
+        return _restore(settings, target, manifest, chain, to, replace, advance, force_offline, fmt)
+
+
+def _restore(settings: Settings, target: ChunkStore, manifest: BackupManifest, chain: list[BackupManifest],
+             to: list[str] | None, replace: bool, advance: Advance, force_offline: bool,
+             fmt: str | None) -> RestoreResult:
+    snapshot = manifest.snapshot
     given = destinations(manifest, to or [])
     dests = [targets.resolve(disk, dest) for disk, dest in given.items()]
     formats = output_formats(manifest, dests, fmt)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
 from kvmkit.failpoint import failpoint
+from kvmkit.joblog import job_log
 from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import GroupSnapshots, PlanOptions, StorageDriver
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_consistent: bool = False,
+           wait_s: float = 0.0, allow_full_copy: bool = False) -> Snapshot:
+    """Snapshot every disk of a running or shut-off VM (see the module docstring), logged as its own job."""
+    with job_log(ctx.state_dir, "snapshot", vm, f"snapshot create {name or '(a default name)'}"):
+        return _create(ctx, vm, name, crash_consistent=crash_consistent, wait_s=wait_s,
+                       allow_full_copy=allow_full_copy)
+
+
+def _create(ctx: SnapshotContext, vm: str, name: str | None = None, *, crash_consistent: bool = False,
            wait_s: float = 0.0, allow_full_copy: bool = False) -> Snapshot:
     name = check_snapshot_name(name) if name is not None else default_name(ctx.clock())  # "" is refused
     t_start = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from kvmkit.errors import Conflict
+from kvmkit.joblog import job_log
 from kvmkit.snapshot import snapshot_lock
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import Flattenable, InUse
@@ -40,6 +41,12 @@ def discard(ctx: SnapshotContext, snap: Snapshot) -> int:
 
 
 def delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Snapshot:
+    """Delete a snapshot kvmkit made, every disk of it, logged as its own job."""
+    with job_log(ctx.state_dir, "delete", vm, f"snapshot delete {name}"):
+        return _delete(ctx, vm, name, wait_s)
+
+
+def _delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Snapshot:
     check_snapshot_name(name)
     with connection(ctx.uri) as conn:
         dom = lookup(conn, vm)

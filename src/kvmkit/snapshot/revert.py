@@ -7,6 +7,7 @@ import time
 
 from kvmkit.errors import Conflict, OperationFailed
 from kvmkit.failpoint import failpoint
+from kvmkit.joblog import job_log
 from kvmkit.snapshot.context import GuestAgent, SnapshotContext
 from kvmkit.snapshot.drivers.base import RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.registry import by_name
@@ -19,6 +20,14 @@ from kvmkit.virt.host import require_local
 
 
 def revert(ctx: SnapshotContext, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
+           stop_timeout_s: float = 10.0, rollback: bool = False) -> Snapshot:
+    """Put every disk back to the snapshot (the VM shut off, or stopped with force_stop), logged as its own job."""
+    with job_log(ctx.state_dir, "revert", vm, f"snapshot revert {name}"):
+        return _revert(ctx, vm, name, force_stop=force_stop, wait_s=wait_s, stop_timeout_s=stop_timeout_s,
+                       rollback=rollback)
+
+
+def _revert(ctx: SnapshotContext, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
            stop_timeout_s: float = 10.0, rollback: bool = False) -> Snapshot:
     """Put every disk back to the snapshot: the VM shut off (or stopped with force_stop), all-or-nothing."""
     check_snapshot_name(name)
