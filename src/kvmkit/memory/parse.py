@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from kvmkit.congestion.classify import split_qemu_opts
 from kvmkit.memory.model import KsmReading, RamSplit
+from kvmkit.sampling.qemu import split_qemu_opts
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkKmMgGtT]?)$")
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}  # QEMU: no suffix = MiB
