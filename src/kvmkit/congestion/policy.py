@@ -23,18 +23,17 @@ libvirt scheduler parameters (cpu_shares, vcpu_period, vcpu_quota), so libvirt s
 
 from __future__ import annotations
 
-import fnmatch
-import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.congestion.calc import percentile
 from kvmkit.congestion.model import IntervalReport
-from kvmkit.errors import InvalidInput, NotFound, validated
-from kvmkit.inputfile import read_text_bounded
+from kvmkit.sampling.percentile import percentile
+from kvmkit.slo import policy as slo
+from kvmkit.slo.policy import Action
+
+__all__ = ["Action", "Policy", "VmClass", "VmStanding", "load", "plan_actions", "standings"]
 
 DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
 DEFAULT_PERIOD_US = 100_000
@@ -58,22 +57,11 @@ class Policy(BaseModel):
     classes: dict[str, VmClass] = Field(min_length=1)
 
     def class_of(self, domain: str) -> str | None:
-        for name, vm_class in self.classes.items():
-            if any(fnmatch.fnmatchcase(domain, pattern) for pattern in vm_class.domains):
-                return name
-        return None
+        return slo.class_of(self.classes, domain)
 
 
 def load(path: Path) -> Policy:
-    try:
-        data = tomllib.loads(read_text_bounded(path, 1 << 20, "policy file"))  # not /dev/zero, not a FIFO
-    except (FileNotFoundError, NotFound):
-        raise InvalidInput(f"policy file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {str(exc) or 'nested too deeply'}") from None
-    return validated(Policy, data, path)
+    return slo.load(path, Policy)
 
 
 class VmStanding(BaseModel):
@@ -131,17 +119,6 @@ def standings(policy: Policy, reports: Iterable[IntervalReport]) -> list[VmStand
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """Set one scheduler parameter of one domain; `old` is what revert puts back (None: was unset)."""
-
-    domain: str
-    param: str
-    old: int | None
-    new: int
-    reason: str
-
-
 def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str, Mapping[str, int]]) -> list[Action]:
     """Raise the weight of VMs that break their SLO; cap the noisiest VMs of lower-priority classes.
 
@@ -178,12 +155,5 @@ def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str,
 def _noisiest_below(
     policy: Policy, judged: list[VmStanding], priority: int, current: Mapping[str, Mapping[str, int]]
 ) -> list[VmStanding]:
-    candidates = [
-        vm
-        for vm in judged
-        if vm.vm_class is not None
-        and policy.classes[vm.vm_class].priority < priority
-        and not vm.violated
-        and vm.domain in current
-    ]
+    candidates = slo.neighbours_below(policy.classes, judged, priority, current)
     return sorted(candidates, key=lambda vm: vm.utilisation_pct * vm.vcpus, reverse=True)

@@ -40,7 +40,7 @@ from kvmkit.sampling.procfiles import (
     read_small,
     vm_cgroup,
 )
-from kvmkit.sampling.procfiles import read_bounded as read_small_large  # the name kvmkit.benchmarks.memory uses
+from kvmkit.sampling.procfiles import read_large as read_small_large  # the name kvmkit.benchmarks.memory uses
 from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline, is_qemu
 
 _GONE = (FileNotFoundError, ProcessLookupError)
