@@ -33,7 +33,7 @@ from kvmkit.sampling.percentile import percentile
 from kvmkit.slo import policy as slo
 from kvmkit.slo.policy import Action
 
-__all__ = ["Action", "Policy", "VmClass", "VmStanding", "load", "plan_actions", "standings"]
+__all__ = ["Action", "Policy", "VmClass", "VmStanding", "load", "plan_actions", "standings", "strictest_slo"]
 
 DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
 DEFAULT_PERIOD_US = 100_000
@@ -157,3 +157,8 @@ def _noisiest_below(
 ) -> list[VmStanding]:
     candidates = slo.neighbours_below(policy.classes, judged, priority, current)
     return sorted(candidates, key=lambda vm: vm.utilisation_pct * vm.vcpus, reverse=True)
+
+
+def strictest_slo(path: Path) -> float:
+    """The lowest class SLO of a policy file: what `advise --policy` keeps."""
+    return min(c.slo_congestion_pct for c in load(path).classes.values())

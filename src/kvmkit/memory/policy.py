@@ -177,3 +177,8 @@ def _richest_below(
     candidates = [vm for vm in slo.neighbours_below(policy.classes, judged, priority, current)
                   if vm.guest_unused_bytes is not None]  # fmt: skip
     return sorted(candidates, key=lambda vm: vm.guest_unused_bytes or 0, reverse=True)
+
+
+def strictest_slo(path: Path) -> float:
+    """The lowest class SLO of a policy file: what `advise --policy` keeps."""
+    return min(c.slo_pressure_pct for c in load(path).classes.values())
