@@ -27,6 +27,7 @@ from kvmkit.slo import commands as slo_cli
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _JSON = sampling_cli.JSON
+_JOURNAL = slo_cli.journal_option("congestion")
 _CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default: from the kvmkit config).")
 _URI = typer.Option(None, "--uri", hidden=True, help="Old name of --connect.")
 _PIDS = typer.Option(None, "--pid", help="Measure only these processes (repeatable); default: every QEMU.")
@@ -43,8 +44,8 @@ def _reports(pids: list[int] | None, interval: float, count: int | None) -> Gene
 
 @app.command()
 def sample(
-    interval: float = typer.Option(1.0, help="Seconds between readings."),
-    count: int = typer.Option(1, help="How many intervals to report."),
+    interval: float = sampling_cli.SAMPLE_INTERVAL,
+    count: int = sampling_cli.SAMPLE_COUNT,
     as_json: bool = _JSON,
     history_file: Annotated[
         Path | None, typer.Option("--history", help="Also append each report to this file.")
@@ -57,8 +58,8 @@ def sample(
 
 @app.command()
 def top(
-    interval: float = typer.Option(2.0, help="Seconds between refreshes."),
-    count: int | None = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C)."),
+    interval: float = sampling_cli.TOP_INTERVAL,
+    count: int | None = sampling_cli.TOP_COUNT,
     limit: int = typer.Option(40, help="Show at most this many VMs (worst first)."),
     pids: list[int] | None = _PIDS,
 ) -> None:
@@ -88,8 +89,8 @@ def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
 @app.command("policy")
 def policy_cmd(
     file: Annotated[Path, typer.Argument(help="Policy file (TOML): SLO per VM class.")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
-    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    history_file: Path | None = slo_cli.POLICY_HISTORY,
+    window: float | None = slo_cli.POLICY_WINDOW,
     as_json: bool = _JSON,
 ) -> None:
     """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
@@ -105,11 +106,11 @@ def policy_cmd(
 
 @app.command()
 def enforce(
-    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
-    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    policy_file: Path = slo_cli.ENFORCE_POLICY,
+    history_file: Path | None = slo_cli.ENFORCE_HISTORY,
+    window: float | None = slo_cli.ENFORCE_WINDOW,
+    dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    journal: Path | None = _JOURNAL,
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
     as_json: bool = _JSON,
@@ -128,10 +129,10 @@ def enforce(
 
 @app.command()
 def revert(
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    journal: Path | None = _JOURNAL,
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    dry_run: bool = slo_cli.REVERT_DRY_RUN,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every scheduler parameter `enforce` changed, newest first."""
@@ -142,12 +143,12 @@ def revert(
 
 @app.command()
 def advise(
-    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    history_file: Path = slo_cli.ADVISE_HISTORY,
     slo_pct: float | None = typer.Option(None, "--slo-pct", help="Congestion SLO in % (mean vCPU)."),
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="Take the strictest class SLO from here.")
     ] = None,
-    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    percentile: float = slo_cli.ADVISE_PERCENTILE,
     as_json: bool = _JSON,
 ) -> None:
     """The highest vCPU:CPU ratio that would have kept the SLO on this host (fluid model, see docs)."""

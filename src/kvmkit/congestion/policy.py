@@ -49,15 +49,9 @@ class VmClass(BaseModel):
     cap_pct: float = Field(default=50.0, gt=0, le=100)
 
 
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_s: float = Field(default=600, gt=0)
-    percentile: float = Field(default=95, gt=0, le=100)
+class Policy(slo.ClassPolicy):
     cap_neighbours: int = Field(default=1, ge=0)
     classes: dict[str, VmClass] = Field(min_length=1)
-
-    def class_of(self, domain: str) -> str | None:
-        return slo.class_of(self.classes, domain)
 
 
 def load(path: Path) -> Policy:

@@ -28,6 +28,7 @@ from kvmkit.slo import commands as slo_cli
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _JSON = sampling_cli.JSON
+_JOURNAL = slo_cli.journal_option("memory")
 _PIDS = typer.Option(None, "--pid", help="Measure only these QEMU processes (repeatable); default: every QEMU.")
 _URI = typer.Option(None, "--connect", "-c", help="libvirt URI for balloon figures (default: from the kvmkit config).")
 _NO_LIBVIRT = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (balloon figures are then null).")
@@ -68,8 +69,8 @@ def _reports(
 
 @app.command()
 def sample(
-    interval: float = typer.Option(1.0, help="Seconds between readings."),
-    count: int = typer.Option(1, help="How many intervals to report."),
+    interval: float = sampling_cli.SAMPLE_INTERVAL,
+    count: int = sampling_cli.SAMPLE_COUNT,
     as_json: bool = _JSON,
     history_file: Annotated[Path | None, typer.Option("--history", help="Also append each report here.")] = None,
     pids: list[int] | None = _PIDS,
@@ -82,8 +83,8 @@ def sample(
 
 @app.command()
 def top(
-    interval: float = typer.Option(2.0, help="Seconds between refreshes."),
-    count: int | None = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C)."),
+    interval: float = sampling_cli.TOP_INTERVAL,
+    count: int | None = sampling_cli.TOP_COUNT,
     limit: int = typer.Option(40, help="Show at most this many VMs (most pressure first)."),
     pids: list[int] | None = _PIDS,
     uri: str | None = _URI,
@@ -109,10 +110,10 @@ def _print_standings(rows: list[policy.MemStanding], pct: float) -> None:
 
 @app.command()
 def advise(
-    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    history_file: Path = slo_cli.ADVISE_HISTORY,
     slo_pct: float | None = typer.Option(None, "--slo-pct", help="Memory pressure SLO in % (PSI some)."),
     policy_file: Annotated[Path | None, typer.Option("--policy", help="Take the strictest class SLO.")] = None,
-    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    percentile: float = slo_cli.ADVISE_PERCENTILE,
     reserve_pct: float = typer.Option(5.0, help="RAM kept free for the host, % (the fit never counts it)."),
     as_json: bool = _JSON,
 ) -> None:
@@ -137,8 +138,8 @@ def advise(
 @app.command("policy")
 def policy_cmd(
     file: Annotated[Path, typer.Argument(help="Policy file (TOML): memory-pressure SLO per VM class.")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
-    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    history_file: Path | None = slo_cli.POLICY_HISTORY,
+    window: float | None = slo_cli.POLICY_WINDOW,
     as_json: bool = _JSON,
 ) -> None:
     """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
@@ -155,11 +156,11 @@ def policy_cmd(
 
 @app.command()
 def enforce(
-    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
-    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    policy_file: Path = slo_cli.ENFORCE_POLICY,
+    history_file: Path | None = slo_cli.ENFORCE_HISTORY,
+    window: float | None = slo_cli.ENFORCE_WINDOW,
+    dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
     as_json: bool = _JSON,
 ) -> None:
@@ -179,9 +180,9 @@ def enforce(
 
 @app.command()
 def revert(
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    dry_run: bool = slo_cli.REVERT_DRY_RUN,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every balloon target and soft limit `enforce` changed, newest first."""

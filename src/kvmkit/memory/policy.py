@@ -54,15 +54,9 @@ class MemClass(BaseModel):
     soft_limit: bool = True
 
 
-class MemPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_s: float = Field(default=600, gt=0)
-    percentile: float = Field(default=95, gt=0, le=100)
+class MemPolicy(slo.ClassPolicy):
     reclaim_neighbours: int = Field(default=2, ge=0)
     classes: dict[str, MemClass] = Field(min_length=1)
-
-    def class_of(self, domain: str) -> str | None:
-        return slo.class_of(self.classes, domain)
 
 
 def load(path: Path) -> MemPolicy:

@@ -18,7 +18,12 @@ from kvmkit.sampling.history import HistoryWriter
 
 ReportT = TypeVar("ReportT", bound=BaseModel)
 
+# Options both capabilities' commands take, word for word
 JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+SAMPLE_INTERVAL = typer.Option(1.0, help="Seconds between readings.")
+SAMPLE_COUNT = typer.Option(1, help="How many intervals to report.")
+TOP_INTERVAL = typer.Option(2.0, help="Seconds between refreshes.")
+TOP_COUNT = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C).")
 
 
 def check_pids(pids: list[int] | None) -> None:

@@ -20,7 +20,7 @@ def read_small(path: str) -> str:
         os.close(fd)
 
 
-def read_bounded(path: str, limit: int = 16 << 20) -> str:
+def read_large(path: str, limit: int = 16 << 20) -> str:
     """A procfs file that may exceed one read (smaps: ~1 kB per mapping), bounded at `limit` bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import typer
 from pydantic import BaseModel
 
 from kvmkit import config
@@ -20,6 +21,22 @@ from kvmkit.slo.journal import Journal, Outcome, apply
 from kvmkit.slo.policy import Action
 
 ReportT = TypeVar("ReportT", bound=BaseModel)
+
+# Options both capabilities' policy, enforce, revert and advise take, word for word
+ADVISE_HISTORY = typer.Option(..., "--history", help="A recording made by `sample --history`.")
+ADVISE_PERCENTILE = typer.Option(95, help="Percentile of intervals the SLO applies to.")
+POLICY_HISTORY = typer.Option(None, "--history", help="Judge this recording against it.")
+POLICY_WINDOW = typer.Option(None, help="Seconds of the recording to judge (default: policy's).")
+ENFORCE_POLICY = typer.Option(..., "--policy", help="Policy file (TOML).")
+ENFORCE_HISTORY = typer.Option(None, "--history", help="Judge this recording (else sample).")
+ENFORCE_WINDOW = typer.Option(None, help="Seconds to judge (default: the policy's window_s).")
+ENFORCE_DRY_RUN = typer.Option(False, "--dry-run", help="Print the actions; change nothing.")
+REVERT_DRY_RUN = typer.Option(False, "--dry-run", help="Print what would be put back.")
+
+
+def journal_option(capability: str) -> Any:
+    """`--journal`, whose help names the capability's default folder."""
+    return typer.Option(None, help=f"Action journal (default: <state_dir>/{capability}/).")
 
 
 def journal_path(capability: str, journal: Path | None) -> Path:

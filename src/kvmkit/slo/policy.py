@@ -13,9 +13,9 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from kvmkit.errors import InvalidInput, NotFound, validated
 from kvmkit.inputfile import read_text_bounded
@@ -54,6 +54,24 @@ class Standing(Protocol):
 
 
 StandingT = TypeVar("StandingT", bound=Standing)
+
+
+class ClassPolicy(BaseModel):
+    """What every policy file has: the judging window and percentile, and classes matched by domain globs.
+
+    Each capability's policy adds its own knobs and then `classes` (declared there, last, so that `policy --json`
+    prints a policy's own knobs before its classes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    window_s: float = Field(default=600, gt=0)
+    percentile: float = Field(default=95, gt=0, le=100)
+    if TYPE_CHECKING:
+        classes: Mapping[str, SloClass]
+
+    def class_of(self, domain: str) -> str | None:
+        """The first class (in file order) with a glob matching the domain's name."""
+        return class_of(self.classes, domain)
 
 
 def load(path: Path, model: type[PolicyT]) -> PolicyT:
