@@ -58,12 +58,9 @@ def load(path: Path) -> Policy:
     return slo.load(path, Policy)
 
 
-class VmStanding(BaseModel):
+class VmStanding(slo.Standing):
     """One VM judged against its class over the window."""
 
-    domain: str
-    vm_class: str | None
-    samples: int
     congestion_pct: float  # the policy's percentile of the VM's per-interval congestion (contention + throttled)
     contention_pct: float = 0.0  # the same percentile of contention: what the SLO judges
     throttled_pct: float | None = None  # mean share of the window its vCPUs sat throttled by their own quota

@@ -63,12 +63,9 @@ def load(path: Path) -> MemPolicy:
     return slo.load(path, MemPolicy)
 
 
-class MemStanding(BaseModel):
+class MemStanding(slo.Standing):
     """One VM judged against its class over the window, with its latest memory figures."""
 
-    domain: str
-    vm_class: str | None
-    samples: int
     pressure_pct: float  # the policy's percentile of the VM's per-interval memory PSI some
     slo_pressure_pct: float | None
     violated: bool

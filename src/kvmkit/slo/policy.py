@@ -42,15 +42,15 @@ class SloClass(Protocol):
     def domains(self) -> list[str]: ...
 
 
-class Standing(Protocol):
-    """One VM judged over the window (congestion's VmStanding, memory's MemStanding)."""
+class Standing(BaseModel):
+    """One VM judged against its class over the window: what every capability's standing starts with (its own
+    figures, the SLO and `violated` follow in the subclass, in the order `--json` prints them)."""
 
-    @property
-    def domain(self) -> str: ...
-    @property
-    def vm_class(self) -> str | None: ...
-    @property
-    def violated(self) -> bool: ...
+    domain: str
+    vm_class: str | None
+    samples: int
+    if TYPE_CHECKING:
+        violated: bool
 
 
 StandingT = TypeVar("StandingT", bound=Standing)
