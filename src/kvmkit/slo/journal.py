@@ -19,12 +19,40 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.slo.policy import Action
 
 log = logging.getLogger(__name__)
+MAX_LINE = 64 << 10  # a journal line is a few hundred bytes; a longer one is not ours
+
+
+class JournalLine(BaseModel):
+    """One line as written: an `intent` (what is about to change) or an outcome of that id. Read back strictly:
+    the journal is state that outlives a call, and a file on disk is untrusted."""
+
+    model_config = ConfigDict(extra="forbid")
+    time: float
+    id: str
+    state: str  # intent | done | failed | revert-reverted | revert-skipped
+    domain: str | None = None
+    param: str | None = None
+    old: int | None = None
+    new: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class Intent(BaseModel):
+    """An intent line whose change was done: what revert undoes."""
+
+    id: str
+    domain: str
+    param: str
+    old: int | None
+    new: int
+    reason: str
 
 
 class Backend(Protocol):
@@ -64,28 +92,39 @@ class Journal:
         finally:
             os.close(fd)
 
-    def records(self) -> list[dict[str, Any]]:
+    def lines(self) -> list[JournalLine]:
+        """Every line, parsed strictly; a bad one is one line of InvalidInput naming its number."""
         if not self.path.exists():
             return []
-        out = []
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                raise InvalidInput(f"{self.path}:{number}: not a journal line") from None
+        if not self.path.is_file():
+            raise InvalidInput(f"the action journal {self.path} is not a regular file")
+        out: list[JournalLine] = []
+        with self.path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE), ""), 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(JournalLine.model_validate_json(line))
+                except ValidationError:
+                    raise InvalidInput(f"{self.path}:{number}: not a journal line") from None
         return out
 
-    def applied(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
+        """The lines as written (JSON objects), for people and tests reading the journal."""
+        return [line.model_dump(exclude_unset=True) for line in self.lines()]
+
+    def applied(self) -> list[Intent]:
         """Intents whose last state is `done`, oldest first: what revert would undo."""
-        last: dict[str, dict[str, Any]] = {}
-        intents: dict[str, dict[str, Any]] = {}
-        for record in self.records():
-            if record.get("state") == "intent":
-                intents[record["id"]] = record
-            last[record["id"]] = record
-        return [intents[i] for i in intents if last[i].get("state") == "done"]
+        last: dict[str, JournalLine] = {}
+        intents: dict[str, JournalLine] = {}
+        for line in self.lines():
+            if line.state == "intent":
+                intents[line.id] = line
+            last[line.id] = line
+        try:
+            return [Intent.model_validate(intents[i].model_dump()) for i in intents if last[i].state == "done"]
+        except ValidationError as exc:
+            raise InvalidInput(f"{self.path}: an intent line lacks {exc.errors()[0]['loc'][0]}") from None
 
 
 def apply(actions: Iterable[Action], backend: Backend, journal: Journal | None) -> list[Outcome]:
@@ -130,35 +169,35 @@ def revert(
     holds = holds or (lambda _param, now, value: now == value)
     outcomes: list[Outcome] = []
     for record in reversed(journal.applied()):
-        old = record["old"]
-        if old is None and unset and record["param"] in unset:
-            old = unset[record["param"]]
+        old = record.old
+        if old is None and unset and record.param in unset:
+            old = unset[record.param]
         outcome = Outcome(
-            id=record["id"],
-            domain=record["domain"],
-            param=record["param"],
-            old=record["new"],
-            new=old if old is not None else record["new"],
-            reason=f"revert: {record['reason']}",
+            id=record.id,
+            domain=record.domain,
+            param=record.param,
+            old=record.new,
+            new=old if old is not None else record.new,
+            reason=f"revert: {record.reason}",
             state="planned",
         )
         try:
-            now = backend.parameters(record["domain"]).get(record["param"])
+            now = backend.parameters(record.domain).get(record.param)
         except (NotFound, OperationFailed) as exc:
             outcome.state, outcome.detail = "skipped", str(exc)
         else:
             if old is None:
                 outcome.state, outcome.detail = "skipped", "no previous value was recorded"
-            elif not holds(record["param"], now, record["new"]):
+            elif not holds(record.param, now, record.new):
                 outcome.state, outcome.detail = "skipped", f"changed since (now {now}): left alone"
         if outcome.state == "planned" and not dry_run:
             try:
-                backend.set_parameter(record["domain"], record["param"], outcome.new)
+                backend.set_parameter(record.domain, record.param, outcome.new)
             except (OperationFailed, NotFound) as exc:
                 outcome.state, outcome.detail = "failed", str(exc)
             else:
                 outcome.state = "reverted"
         if not dry_run and outcome.state in ("reverted", "skipped"):
-            journal.write({"id": record["id"], "state": f"revert-{outcome.state}", "detail": outcome.detail})
+            journal.write({"id": record.id, "state": f"revert-{outcome.state}", "detail": outcome.detail})
         outcomes.append(outcome)
     return outcomes

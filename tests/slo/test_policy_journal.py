@@ -80,3 +80,27 @@ def test_a_parameter_that_had_no_value_is_put_back_as_the_capabilitys_unset_valu
     assert [o.state for o in revert(backend, journal, dry_run=True)] == ["skipped"]  # no unset value known
     (undone,) = revert(backend, journal, unset={"cap": -1})
     assert undone.state == "reverted" and backend.params["vm"]["cap"] == -1
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{"time": 1, "state": "intent"}', '{"time": 1, "id": "a", "state": "done", "new": "x"}', "[1, 2]",
+     '{"time": 1, "id": "a", "state": "intent", "domain": "vm", "param": "cap", "new": 5, "rm": "-rf"}'],
+)  # fmt: skip
+def test_a_tampered_journal_is_refused_in_one_line_and_nothing_is_reverted(tmp_path: Path, line: str):
+    backend = Params()
+    journal = Journal(tmp_path / "j.jsonl")
+    apply([Action("vm", "quota", 5, 50, "cap it")], backend, journal)
+    with journal.path.open("a") as f:
+        f.write(line + "\n")
+    with pytest.raises(InvalidInput, match=r"j\.jsonl:3: not a journal line") as raised:
+        revert(backend, journal)
+    assert "\n" not in str(raised.value) and backend.params["vm"]["quota"] == 50
+
+
+def test_an_intent_without_its_fields_is_refused_by_name(tmp_path: Path):
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.write({"id": "a", "state": "intent", "param": "quota", "old": 1, "new": 2, "reason": "r"})
+    journal.write({"id": "a", "state": "done", "detail": ""})
+    with pytest.raises(InvalidInput, match="an intent line lacks domain"):
+        journal.applied()
