@@ -53,7 +53,7 @@ class ProcReader:
         self._pids = frozenset(pids) if pids is not None else None
         self._names = ProcessNames(proc)  # live pid → comm, pruned each round
         self._domain: dict[int, str] = {}  # QEMU pid → domain name
-        self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
+        self._thread: dict[tuple[int, int], tuple[str, ThreadClass, str]] = {}  # → (name, class, schedstat path)
         # vCPU thread → (its cgroup's cpu.stat, counter, ns per unit); ("", "", 0) in the root cgroup; None unknown
         self._vcpu_cgroup: dict[tuple[int, int], tuple[str, str, int] | None] = {}
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -145,11 +145,14 @@ class ProcReader:
                 if cached is None:
                     name = read_small(f"{path}/comm").rstrip("\n")
                     cls = classify_thread(name)
-                    if name != process_name:  # a thread QEMU has not named yet: look again next round
-                        names[key] = (name, cls)
+                    schedstat = f"{path}/schedstat"
+                    named = name != process_name  # a thread QEMU has not named yet: look again next round
+                    if named:
+                        names[key] = (name, cls, schedstat)
                 else:
-                    name, cls = cached
-                run, wait = _schedstat(self._files.read(f"{path}/schedstat", keep=key in names))
+                    name, cls, schedstat = cached
+                    named = True
+                run, wait = _schedstat(self._files.read(schedstat, named))
                 cpu = _last_cpu(read_small(f"{path}/stat")) if numa and cls.kind is ThreadKind.VCPU else None
                 throttled = self._throttled(key, path) if cls.kind is ThreadKind.VCPU else None
             except _GONE:

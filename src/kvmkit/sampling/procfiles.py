@@ -53,7 +53,11 @@ class KeptFiles:
         self.used: set[str] = set()
 
     def read(self, path: str, keep: bool = True) -> str:
-        """The file's text; `keep=False` reads it without keeping a descriptor (a file that may change meaning)."""
+        """The file's text; `keep=False` reads it without keeping a descriptor (a file that may change meaning).
+
+        This runs for every thread of every VM every second: callers that re-read a file pass the same string
+        object each round (its hash is cached), and nothing here allocates beyond the text.
+        """
         self.used.add(path)
         fd = self._fds.get(path)
         if fd is None:
@@ -62,7 +66,7 @@ class KeptFiles:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             self._fds[path] = fd
         try:
-            return os.pread(fd, self._size, 0).decode(errors="replace")
+            return os.pread(fd, self._size, 0).decode("utf-8", "replace")
         except OSError:
             os.close(self._fds.pop(path))
             raise
