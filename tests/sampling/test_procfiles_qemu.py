@@ -92,15 +92,16 @@ def test_process_names_are_read_once_and_a_reused_pid_is_looked_at_afresh(tmp_pa
     proc = _proc(tmp_path, {10: ("qemu-system-x86", None), 11: ("vm-renamed", "qemu-system-x86_64"),
                             12: ("bash", "bash"), 13: ("kworker/0:1", None)})  # fmt: skip
     names = ProcessNames(str(proc))
-    seen, gone = names.scan()
-    assert seen == {10: "qemu-system-x86", 11: QEMU_COMM, 12: "bash", 13: "kworker/0:1"} and gone == []
+    scan = names.scan()
+    assert scan.qemu == [10, 11] and scan.others == {12: "bash", 13: "kworker/0:1"} and scan.gone == []
+    assert names.comm(11) == QEMU_COMM  # renamed with -name process=…, known by its exe
     (proc / "10" / "comm").write_text("changed\n")
-    assert names.scan()[0][10] == "qemu-system-x86"  # cached: the same /proc/10 (same inode) is the same process
+    assert names.scan().qemu == [10, 11]  # cached: the same /proc/10 (same inode) is the same process
     shutil.rmtree(proc / "12")
     (tmp_path / "reused").mkdir()  # made while /proc/10 still exists: certainly another inode
     (tmp_path / "reused" / "comm").write_text("sshd\n")
     shutil.rmtree(proc / "10")
     (tmp_path / "reused").rename(proc / "10")  # pid 10 reused by another process
-    seen, gone = names.scan()
-    assert seen[10] == "sshd" and 12 not in seen and sorted(gone) == [10, 12]
-    assert names.comm(12) is None and names.comm(11) == QEMU_COMM
+    scan = names.scan()
+    assert scan.qemu == [11] and scan.others == {10: "sshd", 13: "kworker/0:1"} and sorted(scan.gone) == [10, 12]
+    assert names.comm(12) is None

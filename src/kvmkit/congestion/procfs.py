@@ -28,7 +28,7 @@ from kvmkit.congestion.model import (
     VmReading,
 )
 from kvmkit.sampling.procfiles import CgroupMounts, KeptFiles, parse_psi, read_small, vm_cgroup
-from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline, is_qemu
+from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline
 
 _GONE = (FileNotFoundError, ProcessLookupError)
 
@@ -93,17 +93,14 @@ class ProcReader:
         """QEMU pids, and kernel vhost threads (pre-6.4 kernels) by the QEMU pid they serve."""
         if self._pids is not None:
             return sorted(self._pids), {}
-        names, gone = self._names.scan()
-        for pid in gone:
+        scan = self._names.scan()
+        for pid in scan.gone:
             self._domain.pop(pid, None)
-        qemu: list[int] = []
         vhost: dict[int, list[int]] = {}
-        for pid, comm in names.items():
-            if is_qemu(comm):
-                qemu.append(pid)
-            elif (owner := vhost_owner(comm)) is not None:
+        for pid, comm in scan.others.items():
+            if (owner := vhost_owner(comm)) is not None:
                 vhost.setdefault(owner, []).append(pid)
-        return sorted(qemu), vhost
+        return scan.qemu, vhost
 
     def _domain_of(self, pid: int) -> str:
         name = self._domain.get(pid)

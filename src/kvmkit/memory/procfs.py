@@ -41,7 +41,7 @@ from kvmkit.sampling.procfiles import (
     vm_cgroup,
 )
 from kvmkit.sampling.procfiles import read_large as read_small_large  # the name kvmkit.benchmarks.memory uses
-from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline, is_qemu
+from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline
 
 _GONE = (FileNotFoundError, ProcessLookupError)
 EVENTS_EVERY = 5  # OOM kills and limit hits are counters an operator reads over minutes: every 5th round is plenty
@@ -196,8 +196,7 @@ class MemReader:
     def _discover(self) -> list[int]:
         if self._pids is not None:
             return list(self._pids)
-        names, _ = self._names.scan()
-        return sorted(pid for pid, comm in names.items() if is_qemu(comm))
+        return self._names.scan().qemu
 
     def _vm_facts(self, pid: int) -> _VmFacts:
         facts = self._facts.get(pid)

@@ -7,6 +7,7 @@ no libvirt connection is needed to measure.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from kvmkit.sampling.procfiles import read_small
 
@@ -58,6 +59,12 @@ def domain_from_cmdline(argv: list[str]) -> str | None:
     return None
 
 
+class Scan(NamedTuple):
+    qemu: list[int]  # QEMU pids, ascending
+    others: dict[int, str]  # every other live process: pid → comm (congestion looks for vhost workers here)
+    gone: list[int]  # pids forgotten since the previous scan (exited, or reused by a new process)
+
+
 class ProcessNames:
     """The comm of every live process, read once per process: the cache is keyed by the inode of /proc/PID,
     which changes when a pid is reused, so a recycled pid is looked at afresh. Bounded by the live processes.
@@ -65,22 +72,23 @@ class ProcessNames:
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
-        self._comm: dict[int, tuple[int, str]] = {}  # live pid → (inode of /proc/PID, comm)
+        self._comm: dict[int, tuple[int, str, bool]] = {}  # live pid → (inode of /proc/PID, comm, is QEMU)
 
     def comm(self, pid: int) -> str | None:
         """The cached comm of a pid seen by the last scan."""
         known = self._comm.get(pid)
         return known[1] if known else None
 
-    def scan(self) -> tuple[dict[int, str], list[int]]:
-        """(live pid → comm, pids forgotten since the last scan). A QEMU whose comm was renamed but whose exe is
-        QEMU reads as QEMU_COMM; a process that exits between the listing and the read is left out."""
+    def scan(self) -> Scan:
+        """One pass over /proc. A QEMU whose comm was renamed but whose exe is QEMU reads as QEMU_COMM; a process
+        that exits between the listing and the read is left out."""
         with os.scandir(self._proc) as entries:
             live = {int(e.name): e.inode() for e in entries if e.name.isdigit()}
-        gone = [p for p, (ino, _) in self._comm.items() if live.get(p) != ino]
+        gone = [p for p, (ino, _, _) in self._comm.items() if live.get(p) != ino]
         for pid in gone:
             del self._comm[pid]
-        names: dict[int, str] = {}
+        qemu: list[int] = []
+        others: dict[int, str] = {}
         for pid, ino in live.items():
             known = self._comm.get(pid)
             if known is None:
@@ -95,7 +103,10 @@ class ProcessNames:
                         exe = None  # kernel threads have no exe
                     if is_qemu(comm, exe):
                         comm = QEMU_COMM
-                known = (ino, comm)
+                known = (ino, comm, is_qemu(comm))
                 self._comm[pid] = known
-            names[pid] = known[1]
-        return names, gone
+            if known[2]:
+                qemu.append(pid)
+            else:
+                others[pid] = known[1]
+        return Scan(sorted(qemu), others, gone)
