@@ -40,22 +40,27 @@ def split_qemu_opts(value: str) -> list[str]:
     return parts
 
 
+def qemu_option(argv: list[str], option: str) -> str | None:
+    """The value of the first `-OPTION VALUE` or `-OPTION=VALUE` (one dash or two) on a QEMU command line."""
+    for i, arg in enumerate(argv):
+        if arg in (f"-{option}", f"--{option}") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith((f"-{option}=", f"--{option}=")):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def domain_from_cmdline(argv: list[str]) -> str | None:
     """The guest name from `-name guest=NAME,...` (or the implied form `-name NAME,...`); None if absent."""
-    for i, arg in enumerate(argv):
-        if arg in ("-name", "--name") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(("-name=", "--name=")):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        for position, part in enumerate(split_qemu_opts(value)):
-            key, sep, val = part.partition("=")
-            if sep and key == "guest" and val:
-                return val
-            if not sep and position == 0 and key:
-                return key
+    value = qemu_option(argv, "name")
+    if value is None:
         return None
+    for position, part in enumerate(split_qemu_opts(value)):
+        key, sep, val = part.partition("=")
+        if sep and key == "guest" and val:
+            return val
+        if not sep and position == 0 and key:
+            return key
     return None
 
 

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.slo.policy import Action
@@ -28,31 +28,32 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 << 10  # a journal line is a few hundred bytes; a longer one is not ours
 
 
-class JournalLine(BaseModel):
-    """One line as written: an `intent` (what is about to change) or an outcome of that id. Read back strictly:
-    the journal is state that outlives a call, and a file on disk is untrusted."""
+class Intent(BaseModel):
+    """An `intent` line: what is about to change (written before the change; what revert undoes once done)."""
 
     model_config = ConfigDict(extra="forbid")
     time: float
     id: str
-    state: str  # intent | done | failed | revert-reverted | revert-skipped
-    domain: str | None = None
-    param: str | None = None
-    old: int | None = None
-    new: int | None = None
-    reason: str | None = None
-    detail: str | None = None
-
-
-class Intent(BaseModel):
-    """An intent line whose change was done: what revert undoes."""
-
-    id: str
+    state: Literal["intent"]
     domain: str
     param: str
     old: int | None
     new: int
     reason: str
+
+
+class Result(BaseModel):
+    """What became of the intent with the same id: applied, failed, or later reverted or left alone."""
+
+    model_config = ConfigDict(extra="forbid")
+    time: float
+    id: str
+    state: Literal["done", "failed", "revert-reverted", "revert-skipped"]
+    detail: str = ""
+
+
+# Read back strictly: the journal is state that outlives a call, and a file on disk is untrusted.
+_LINE: TypeAdapter[Intent | Result] = TypeAdapter(Intent | Result)
 
 
 class Backend(Protocol):
@@ -92,39 +93,46 @@ class Journal:
         finally:
             os.close(fd)
 
-    def lines(self) -> list[JournalLine]:
+    def lines(self) -> list[Intent | Result]:
         """Every line, parsed strictly; a bad one is one line of InvalidInput naming its number."""
         if not self.path.exists():
             return []
         if not self.path.is_file():
             raise InvalidInput(f"the action journal {self.path} is not a regular file")
-        out: list[JournalLine] = []
+        out: list[Intent | Result] = []
         with self.path.open(encoding="utf-8", errors="replace") as lines:
             for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE), ""), 1):
                 if not line.strip():
                     continue
                 try:
-                    out.append(JournalLine.model_validate_json(line))
+                    out.append(_LINE.validate_json(line))
                 except ValidationError:
                     raise InvalidInput(f"{self.path}:{number}: not a journal line") from None
         return out
 
     def records(self) -> list[dict[str, Any]]:
         """The lines as written (JSON objects), for people and tests reading the journal."""
-        return [line.model_dump(exclude_unset=True) for line in self.lines()]
+        return [line.model_dump() for line in self.lines()]
 
     def applied(self) -> list[Intent]:
         """Intents whose last state is `done`, oldest first: what revert would undo."""
-        last: dict[str, JournalLine] = {}
-        intents: dict[str, JournalLine] = {}
+        last: dict[str, Intent | Result] = {}
+        intents: dict[str, Intent] = {}
         for line in self.lines():
-            if line.state == "intent":
+            if isinstance(line, Intent):
                 intents[line.id] = line
             last[line.id] = line
-        try:
-            return [Intent.model_validate(intents[i].model_dump()) for i in intents if last[i].state == "done"]
-        except ValidationError as exc:
-            raise InvalidInput(f"{self.path}: an intent line lacks {exc.errors()[0]['loc'][0]}") from None
+        return [intents[i] for i in intents if last[i].state == "done"]
+
+
+def _set(backend: Backend, outcome: Outcome, value: int, success: str) -> None:
+    """Set the outcome's parameter; the outcome records `success`, or the failure in one line (never raised)."""
+    try:
+        backend.set_parameter(outcome.domain, outcome.param, value)
+    except (OperationFailed, NotFound) as exc:
+        outcome.state, outcome.detail = "failed", str(exc)
+    else:
+        outcome.state = success
 
 
 def apply(actions: Iterable[Action], backend: Backend, journal: Journal | None) -> list[Outcome]:
@@ -136,12 +144,7 @@ def apply(actions: Iterable[Action], backend: Backend, journal: Journal | None) 
             outcomes.append(outcome)
             continue
         journal.write({"id": outcome.id, "state": "intent", **asdict(action)})
-        try:
-            backend.set_parameter(action.domain, action.param, action.new)
-        except (OperationFailed, NotFound) as exc:
-            outcome.state, outcome.detail = "failed", str(exc)
-        else:
-            outcome.state = "done"
+        _set(backend, outcome, action.new, "done")
         journal.write({"id": outcome.id, "state": outcome.state, "detail": outcome.detail})
         log.info(
             "action %s",
@@ -191,12 +194,7 @@ def revert(
             elif not holds(record.param, now, record.new):
                 outcome.state, outcome.detail = "skipped", f"changed since (now {now}): left alone"
         if outcome.state == "planned" and not dry_run:
-            try:
-                backend.set_parameter(record.domain, record.param, outcome.new)
-            except (OperationFailed, NotFound) as exc:
-                outcome.state, outcome.detail = "failed", str(exc)
-            else:
-                outcome.state = "reverted"
+            _set(backend, outcome, outcome.new, "reverted")
         if not dry_run and outcome.state in ("reverted", "skipped"):
             journal.write({"id": record.id, "state": f"revert-{outcome.state}", "detail": outcome.detail})
         outcomes.append(outcome)
