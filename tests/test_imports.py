@@ -29,12 +29,9 @@ def _cli_edge(module: str) -> bool:
 BENCHMARK_MODULES_IN_PRODUCT_PACKAGES: set[str] = set()
 
 # Product modules (owned by other branches this session) that still call libvirt directly; each should go through
-# kvmkit.virt: restore checks that no running domain uses a destination, control sets scheduler parameters.
+# kvmkit.virt: restore checks that no running domain uses a destination.
 LIBVIRT_OUTSIDE_VIRT = {
     "kvmkit.backup.restore_targets",  # lists every defined domain's disks to refuse restoring onto one
-    "kvmkit.congestion.control",  # virDomainSetSchedulerParameters
-    "kvmkit.memory.balloon",  # the collector's bulk balloon-stats call (one connection kept by the exporter)
-    "kvmkit.memory.control",  # virDomainSetMemoryFlags / SetMemoryParameters, like congestion.control
 }
 
 # Product modules that import kvmkit.lab: none (a production host behaves the same with or without a lab).

@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmkit.congestion.classify import classify_thread, domain_from_cmdline, is_qemu, vhost_owner
-from kvmkit.congestion.kernelfiles import parse_cpu_list, parse_proc_cgroup, parse_psi, vm_cgroup
+from kvmkit.congestion.classify import classify_thread, vhost_owner
+from kvmkit.congestion.kernelfiles import parse_cpu_list, parse_proc_cgroup
 from kvmkit.congestion.model import ThreadKind
 from kvmkit.congestion.procfs import ProcReader
+from kvmkit.sampling.procfiles import parse_psi, vm_cgroup
+from kvmkit.sampling.qemu import domain_from_cmdline, is_qemu
 
 FIXTURE = Path(__file__).parent / "fixtures" / "proc_qemu.json"
 

@@ -10,10 +10,11 @@ import pytest
 
 from kvmkit.benchmarks import memory_synth
 from kvmkit.memory import parse
-from kvmkit.memory.balloon import balloon_reading, has_balloon
+from kvmkit.memory.balloon import balloon_reading
 from kvmkit.memory.calc import memory_report
 from kvmkit.memory.model import MemoryReport
 from kvmkit.memory.procfs import MemReader, proc_cgroup_memory
+from kvmkit.virt.balloons import has_balloon
 
 HOST_KEYS = {"ram_bytes", "vm_configured_bytes", "oversubscription", "available_bytes", "swap_in_bytes_per_s",
              "psi_some_avg10", "psi_full_avg10", "ksm_saved_bytes", "ksm_cpu_pct"}

@@ -1,4 +1,5 @@
-"""Pure recognition of QEMU processes and their threads from names alone (no libvirt, no I/O).
+"""Pure recognition of QEMU's threads from their names alone (no libvirt, no I/O); QEMU processes themselves
+are recognised in kvmkit.sampling.qemu.
 
 QEMU started with `-name ...,debug-threads=on` (libvirt always does) names its threads: `CPU 0/KVM` (or
 `/TCG`, `/HVF` … by accelerator) for vCPUs, `IO <id>` for iothreads, `worker`, `call_rcu`, `vnc_worker` …
@@ -17,11 +18,6 @@ _IOTHREAD = re.compile(r"^IO (.+)$")
 _VHOST = re.compile(r"^vhost-(\d+)$")
 
 
-def is_qemu(comm: str, exe_name: str | None = None) -> bool:
-    """True for a QEMU system emulator; the kernel truncates comm to 15 characters, so match a prefix."""
-    return any(name.startswith("qemu-system") or name == "qemu-kvm" for name in (comm, exe_name or ""))
-
-
 def vhost_owner(comm: str) -> int | None:
     """The QEMU pid a `vhost-<pid>` worker serves, else None."""
     match = _VHOST.match(comm)
@@ -38,43 +34,3 @@ def classify_thread(name: str) -> ThreadClass:
     if _VHOST.match(name):
         return ThreadClass(ThreadKind.VHOST, name)
     return ThreadClass(ThreadKind.EMULATOR, name)
-
-
-def split_qemu_opts(value: str) -> list[str]:
-    """Split a QEMU option string on commas; `,,` is an escaped literal comma."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "," and value[i + 1 : i + 2] == ",":
-            current.append(",")
-            i += 2
-            continue
-        if ch == ",":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return parts
-
-
-def domain_from_cmdline(argv: list[str]) -> str | None:
-    """The guest name from `-name guest=NAME,...` (or the implied form `-name NAME,...`); None if absent."""
-    for i, arg in enumerate(argv):
-        if arg in ("-name", "--name") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(("-name=", "--name=")):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        for position, part in enumerate(split_qemu_opts(value)):
-            key, sep, val = part.partition("=")
-            if sep and key == "guest" and val:
-                return val
-            if not sep and position == 0 and key:
-                return key
-        return None
-    return None

@@ -5,14 +5,14 @@ Each command is a thin call into the package's functions; `--json` prints the sa
 
 from __future__ import annotations
 
-import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
 from kvmkit import config
+from kvmkit import serve as serve_mod
 from kvmkit.benchmarks import congestion as bench_mod
 from kvmkit.congestion import advise as advise_mod
 from kvmkit.congestion import control, history, policy, view
@@ -20,31 +20,32 @@ from kvmkit.congestion.collector import Collector
 from kvmkit.congestion.model import IntervalReport
 from kvmkit.congestion.procfs import ProcReader
 from kvmkit.errors import InvalidInput
-from kvmkit.output import console, print_json, print_table
+from kvmkit.output import print_json, print_table
+from kvmkit.sampling import commands as sampling_cli
+from kvmkit.slo import commands as slo_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
-_JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+_JSON = sampling_cli.JSON
+_JOURNAL = slo_cli.journal_option("congestion")
 _CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default: from the kvmkit config).")
 _URI = typer.Option(None, "--uri", hidden=True, help="Old name of --connect.")
 _PIDS = typer.Option(None, "--pid", help="Measure only these processes (repeatable); default: every QEMU.")
 
 
 def _reader(pids: list[int] | None) -> ProcReader:
-    for pid in pids or []:
-        if not os.path.exists(f"/proc/{pid}"):
-            raise InvalidInput(f"--pid {pid}: no such process")
+    sampling_cli.check_pids(pids)
     return ProcReader(pids=pids or None)
 
 
-def _journal_path(journal: Path | None) -> Path:
-    return journal or config.load().state_dir / "congestion" / "journal.jsonl"
+def _reports(pids: list[int] | None, interval: float, count: int | None) -> Generator[IntervalReport, None, None]:
+    yield from Collector(_reader(pids)).run(interval, count)
 
 
 @app.command()
 def sample(
-    interval: float = typer.Option(1.0, help="Seconds between readings."),
-    count: int = typer.Option(1, help="How many intervals to report."),
+    interval: float = sampling_cli.SAMPLE_INTERVAL,
+    count: int = sampling_cli.SAMPLE_COUNT,
     as_json: bool = _JSON,
     history_file: Annotated[
         Path | None, typer.Option("--history", help="Also append each report to this file.")
@@ -52,55 +53,27 @@ def sample(
     pids: list[int] | None = _PIDS,
 ) -> None:
     """Measure `count` intervals; with --json one JSON object per line (per interval), for scripts."""
-    writer = history.HistoryWriter(history_file) if history_file else None
-    try:
-        for report in Collector(_reader(pids)).run(interval, count):
-            if writer:
-                writer.append(report)
-            if as_json:
-                typer.echo(report.model_dump_json())
-            else:
-                console.print(view.render(report))
-    finally:
-        if writer:
-            writer.close()
+    sampling_cli.print_reports(_reports(pids, interval, count), history_file, as_json, view.render)
 
 
 @app.command()
 def top(
-    interval: float = typer.Option(2.0, help="Seconds between refreshes."),
-    count: int | None = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C)."),
+    interval: float = sampling_cli.TOP_INTERVAL,
+    count: int | None = sampling_cli.TOP_COUNT,
     limit: int = typer.Option(40, help="Show at most this many VMs (worst first)."),
     pids: list[int] | None = _PIDS,
 ) -> None:
     """A live table of VMs sorted by congestion, like top or virt-top."""
-    collector = Collector(_reader(pids))
-    with Live(console=console, auto_refresh=False) as live:
-        live.update(f"measuring the first {interval:g} s interval …", refresh=True)
-        for report in collector.run(interval, count):
-            live.update(view.render(report, limit), refresh=True)
+    sampling_cli.show_live(Collector(_reader(pids)).run(interval, count), interval, view.render, limit)
 
 
-@app.command()
-def serve(
-    port: int = typer.Option(9177, help="TCP port."),
-    address: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
-    connect: str | None = typer.Option(None, "--connect", "-c",
-                                       help="libvirt URI for balloon figures (default: the config's)."),
-    uri: str | None = typer.Option(None, "--uri", hidden=True, help="Old name of --connect."),
-    no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (no balloon figures)."),
-    max_connections: int = typer.Option(32, help="Connections served at once (each its own thread)."),
-) -> None:
-    """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted (= `kvmkit serve`: congestion + memory)."""
-    from kvmkit import serve as serve_mod
-
-    serve_mod.run(port, address, connect or uri, no_libvirt, max_connections)
+# `kvmkit serve` itself, under this name too (its options; the help says what it serves)
+app.command(help="Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted (= `kvmkit serve`: "
+                 "congestion + memory).")(serve_mod.serve)  # fmt: skip
 
 
 def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[IntervalReport]:
-    """The reports of the last window_s seconds of the recording (relative to its end, not to now)."""
-    span = window_s or policy_.window_s
-    return list(history.stream(path, since=history.last_time(path) - span))
+    return slo_cli.recorded_window(history.RECORDINGS, path, window_s or policy_.window_s)
 
 
 def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
@@ -116,35 +89,28 @@ def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
 @app.command("policy")
 def policy_cmd(
     file: Annotated[Path, typer.Argument(help="Policy file (TOML): SLO per VM class.")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
-    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    history_file: Path | None = slo_cli.POLICY_HISTORY,
+    window: float | None = slo_cli.POLICY_WINDOW,
     as_json: bool = _JSON,
 ) -> None:
     """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
     loaded = policy.load(file)
     rows = policy.standings(loaded, _window(loaded, history_file, window)) if history_file else []
-    if as_json:
-        print_json({"policy": loaded, "standings": rows})
-        return
-    print_table("classes", ["class", "priority", "SLO %", "domains", "boost", "cap %"],
-                [[n, c.priority, c.slo_congestion_pct, " ".join(c.domains), c.shares_boost, c.cap_pct]
-                 for n, c in loaded.classes.items()])  # fmt: skip
-    if history_file:
-        _print_standings(rows, loaded.percentile)
-
-
-def _print_outcomes(outcomes: list[control.Outcome], title: str) -> None:
-    print_table(title, ["id", "domain", "param", "old", "new", "state", "reason / detail"],
-                [[o.id, o.domain, o.param, o.old, o.new, o.state, o.detail or o.reason] for o in outcomes])  # fmt: skip
+    slo_cli.show_policy(
+        loaded, rows, as_json, ["class", "priority", "SLO %", "domains", "boost", "cap %"],
+        [[n, c.priority, c.slo_congestion_pct, " ".join(c.domains), c.shares_boost, c.cap_pct]
+         for n, c in loaded.classes.items()],
+        (lambda: _print_standings(rows, loaded.percentile)) if history_file else None,
+    )  # fmt: skip
 
 
 @app.command()
 def enforce(
-    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
-    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    policy_file: Path = slo_cli.ENFORCE_POLICY,
+    history_file: Path | None = slo_cli.ENFORCE_HISTORY,
+    window: float | None = slo_cli.ENFORCE_WINDOW,
+    dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    journal: Path | None = _JOURNAL,
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
     as_json: bool = _JSON,
@@ -157,58 +123,36 @@ def enforce(
         reports = list(Collector().run(1.0, max(1, int(window or loaded.window_s))))
     rows = policy.standings(loaded, reports)
     backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
-    try:
-        current = {d: backend.parameters(d) for d in backend.domains()}
-        actions = policy.plan_actions(loaded, rows, current)
-        outcomes = control.apply(actions, backend, None if dry_run else control.Journal(_journal_path(journal)))
-    finally:
-        backend.close()
-    if as_json:
-        print_json({"standings": rows, "actions": outcomes, "dry_run": dry_run})
-    else:
-        _print_standings(rows, loaded.percentile)
-        _print_outcomes(outcomes, "actions (dry run: nothing changed)" if dry_run else "actions")
-    failed = [o for o in outcomes if o.state == "failed"]
-    if failed:
-        raise control.OperationFailed(f"{len(failed)} of {len(outcomes)} actions failed; the rest are journaled")
+    slo_cli.enforce(rows, lambda current: policy.plan_actions(loaded, rows, current), backend, "congestion",
+                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile))  # fmt: skip
 
 
 @app.command()
 def revert(
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/congestion/).")] = None,
+    journal: Path | None = _JOURNAL,
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    dry_run: bool = slo_cli.REVERT_DRY_RUN,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every scheduler parameter `enforce` changed, newest first."""
-    path = _journal_path(journal)
+    path = slo_cli.journal_path("congestion", journal)
     backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
-    try:
-        outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run)
-    finally:
-        backend.close()
-    if as_json:
-        print_json(outcomes)
-    else:
-        _print_outcomes(outcomes, f"revert from {path}")
+    slo_cli.revert(backend, path, control.revert, dry_run, as_json)
 
 
 @app.command()
 def advise(
-    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    history_file: Path = slo_cli.ADVISE_HISTORY,
     slo_pct: float | None = typer.Option(None, "--slo-pct", help="Congestion SLO in % (mean vCPU)."),
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="Take the strictest class SLO from here.")
     ] = None,
-    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    percentile: float = slo_cli.ADVISE_PERCENTILE,
     as_json: bool = _JSON,
 ) -> None:
     """The highest vCPU:CPU ratio that would have kept the SLO on this host (fluid model, see docs)."""
-    if slo_pct is None:
-        if policy_file is None:
-            raise InvalidInput("give --slo-pct or --policy (its strictest class SLO is used)")
-        slo_pct = min(c.slo_congestion_pct for c in policy.load(policy_file).classes.values())
+    slo_pct = slo_cli.slo_or_strictest(slo_pct, policy_file, policy.strictest_slo)
     result = advise_mod.advise(history.stream(history_file), slo_pct, percentile)
     if as_json:
         print_json(result)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -29,6 +28,7 @@ from prometheus_client.registry import Collector
 from kvmkit.congestion.model import Reading, ThreadKind
 from kvmkit.congestion.procfs import ProcReader
 from kvmkit.errors import EnvironmentProblem
+from kvmkit.sampling.sampler import SharedReading
 
 log = logging.getLogger(__name__)
 _GROUPS = {ThreadKind.EMULATOR: "emulator", ThreadKind.IOTHREAD: "iothread", ThreadKind.VHOST: "vhost"}
@@ -65,21 +65,15 @@ class _MonotonicSums:
 class CongestionCollector(Collector):
     def __init__(self, reader: ProcReader, max_age_s: float = 1.0) -> None:
         self._reader = reader
-        self._max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._cached: tuple[float, Reading, dict[tuple[int, str, str], tuple[int, int]], float] | None = None
         self._sums = _MonotonicSums()
+        self._shared = SharedReading(self._read, max_age_s)
 
-    def _reading(self) -> tuple[Reading, dict[tuple[int, str, str], tuple[int, int]], float]:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self._max_age_s:
-                reading = self._reader.read()
-                self._cached = (now, reading, self._sums.update(reading), time.monotonic() - now)
-            return self._cached[1], self._cached[2], self._cached[3]
+    def _read(self) -> tuple[Reading, dict[tuple[int, str, str], tuple[int, int]]]:
+        reading = self._reader.read()
+        return reading, self._sums.update(reading)  # under the shared reading's lock: one update per reading
 
     def collect(self) -> Iterator[Metric]:
-        reading, sums, cost_s = self._reading()
+        (reading, sums), cost_s = self._shared.get()
         names = {vm.pid: vm.domain for vm in reading.vms}
         run = CounterMetricFamily(
             "kvmkit_vcpu_run_seconds", "Time the vCPU thread ran on a CPU.", labels=["domain", "vcpu"]

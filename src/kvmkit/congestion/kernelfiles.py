@@ -1,42 +1,17 @@
-"""Small parsers and readers of kernel files (procfs, sysfs, cgroupfs) that are not about one QEMU thread.
+"""Small parsers and readers of kernel files that only congestion reads: CPU lists, /proc/stat ticks, the
+cgroup cpu controller's throttling counters (the shared ones — PSI, mounts, /proc/PID/cgroup, reading a file —
+are in kvmkit.sampling.procfiles).
 
-Kept apart from `procfs` (which walks QEMU processes) so each stays small; every function here either parses
-text it is given or reads one well-known file, and raises OSError subclasses for the caller to turn into a Skip.
+Every function here either parses text it is given or reads well-known files, and raises OSError subclasses for
+the caller to turn into a Skip.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from kvmkit.congestion.model import PsiReading
-
-
-def read_small(path: str) -> str:
-    """One small procfs/sysfs file; raises OSError subclasses as they come (callers decide what they mean)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536).decode(errors="replace")
-    finally:
-        os.close(fd)
-
-
-def parse_psi(text: str) -> PsiReading:
-    """`some avg10=… avg60=… avg300=… total=…` (+ an optional `full` line) → PsiReading."""
-    lines: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        lines[kind] = dict(field.split("=", 1) for field in rest.split())
-    some = lines["some"]
-    full = lines.get("full")
-    return PsiReading(
-        some_avg10=float(some["avg10"]),
-        some_avg60=float(some["avg60"]),
-        some_total_us=int(some["total"]),
-        full_avg10=float(full["avg10"]) if full else None,
-        full_total_us=int(full["total"]) if full else None,
-    )
+from kvmkit.sampling.procfiles import proc_cgroup, read_small
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -52,42 +27,7 @@ def parse_cpu_list(text: str) -> frozenset[int]:
 
 def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
     """/proc/PID/cgroup → (v2 path, v1 cpu-controller path)."""
-    v2 = v1_cpu = None
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            v2 = path
-        elif "cpu" in controllers.split(","):
-            v1_cpu = path
-    return v2, v1_cpu
-
-
-def vm_cgroup(path: str) -> str:
-    """libvirt puts the QEMU main thread in <vm>/emulator (vCPUs in <vm>/vcpuN): the VM is the parent."""
-    stripped = path.rstrip("/")
-    if stripped.rsplit("/", 1)[-1] == "emulator":
-        return stripped.rsplit("/", 1)[0] or "/"
-    return path
-
-
-@dataclass(frozen=True, slots=True)
-class CgroupMounts:
-    v2: str | None
-    v1_cpu: str | None
-
-    @classmethod
-    def from_mounts(cls, text: str) -> CgroupMounts:
-        v2 = v1 = None
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            if fields[2] == "cgroup2" and v2 is None:
-                v2 = fields[1]
-            elif fields[2] == "cgroup" and "cpu" in fields[3].split(","):
-                v1 = fields[1]
-        return cls(v2, v1)
+    return proc_cgroup(text, "cpu")
 
 
 def core_ticks(cores: Sequence[int]) -> tuple[int, int, int]:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
+from kvmkit.sampling.procfiles import PsiReading
+
 REPORT_VERSION = 1
 
 
@@ -45,17 +47,6 @@ class ThreadReading(NamedTuple):
     # vCPUs only: throttled time of the cgroup holding this thread (libvirt: <vm>/vcpuN), cpu.stat; 0 in the
     # root cgroup (never throttled); None when unreadable. Run delay counts it: the vCPU waits for its own quota.
     throttled_ns: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PsiReading:
-    """One line pair of a PSI file: averages in percent, totals in microseconds."""
-
-    some_avg10: float
-    some_avg60: float
-    some_total_us: int
-    full_avg10: float | None
-    full_total_us: int | None
 
 
 @dataclass(frozen=True, slots=True)

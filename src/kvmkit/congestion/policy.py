@@ -23,18 +23,17 @@ libvirt scheduler parameters (cpu_shares, vcpu_period, vcpu_quota), so libvirt s
 
 from __future__ import annotations
 
-import fnmatch
-import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.congestion.calc import percentile
 from kvmkit.congestion.model import IntervalReport
-from kvmkit.errors import InvalidInput, NotFound, validated
-from kvmkit.inputfile import read_text_bounded
+from kvmkit.sampling.percentile import percentile
+from kvmkit.slo import policy as slo
+from kvmkit.slo.policy import Action
+
+__all__ = ["Action", "Policy", "VmClass", "VmStanding", "load", "plan_actions", "standings", "strictest_slo"]
 
 DEFAULT_SHARES = 1024  # libvirt's default cpu_shares on cgroup v1 (v2's weight 100 is reported as 100)
 DEFAULT_PERIOD_US = 100_000
@@ -50,38 +49,18 @@ class VmClass(BaseModel):
     cap_pct: float = Field(default=50.0, gt=0, le=100)
 
 
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_s: float = Field(default=600, gt=0)
-    percentile: float = Field(default=95, gt=0, le=100)
+class Policy(slo.ClassPolicy):
     cap_neighbours: int = Field(default=1, ge=0)
     classes: dict[str, VmClass] = Field(min_length=1)
 
-    def class_of(self, domain: str) -> str | None:
-        for name, vm_class in self.classes.items():
-            if any(fnmatch.fnmatchcase(domain, pattern) for pattern in vm_class.domains):
-                return name
-        return None
-
 
 def load(path: Path) -> Policy:
-    try:
-        data = tomllib.loads(read_text_bounded(path, 1 << 20, "policy file"))  # not /dev/zero, not a FIFO
-    except (FileNotFoundError, NotFound):
-        raise InvalidInput(f"policy file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {str(exc) or 'nested too deeply'}") from None
-    return validated(Policy, data, path)
+    return slo.load(path, Policy)
 
 
-class VmStanding(BaseModel):
+class VmStanding(slo.Standing):
     """One VM judged against its class over the window."""
 
-    domain: str
-    vm_class: str | None
-    samples: int
     congestion_pct: float  # the policy's percentile of the VM's per-interval congestion (contention + throttled)
     contention_pct: float = 0.0  # the same percentile of contention: what the SLO judges
     throttled_pct: float | None = None  # mean share of the window its vCPUs sat throttled by their own quota
@@ -131,17 +110,6 @@ def standings(policy: Policy, reports: Iterable[IntervalReport]) -> list[VmStand
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """Set one scheduler parameter of one domain; `old` is what revert puts back (None: was unset)."""
-
-    domain: str
-    param: str
-    old: int | None
-    new: int
-    reason: str
-
-
 def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str, Mapping[str, int]]) -> list[Action]:
     """Raise the weight of VMs that break their SLO; cap the noisiest VMs of lower-priority classes.
 
@@ -178,12 +146,10 @@ def plan_actions(policy: Policy, judged: list[VmStanding], current: Mapping[str,
 def _noisiest_below(
     policy: Policy, judged: list[VmStanding], priority: int, current: Mapping[str, Mapping[str, int]]
 ) -> list[VmStanding]:
-    candidates = [
-        vm
-        for vm in judged
-        if vm.vm_class is not None
-        and policy.classes[vm.vm_class].priority < priority
-        and not vm.violated
-        and vm.domain in current
-    ]
+    candidates = slo.neighbours_below(policy.classes, judged, priority, current)
     return sorted(candidates, key=lambda vm: vm.utilisation_pct * vm.vcpus, reverse=True)
+
+
+def strictest_slo(path: Path) -> float:
+    """The lowest class SLO of a policy file: what `advise --policy` keeps."""
+    return min(c.slo_congestion_pct for c in load(path).classes.values())

@@ -15,16 +15,8 @@ import resource
 import time
 from collections.abc import Collection
 
-from kvmkit.congestion.classify import classify_thread, domain_from_cmdline, is_qemu, vhost_owner
-from kvmkit.congestion.kernelfiles import (
-    CgroupMounts,
-    parse_cpu_list,
-    parse_proc_cgroup,
-    parse_psi,
-    read_small,
-    throttling,
-    vm_cgroup,
-)
+from kvmkit.congestion.classify import classify_thread, vhost_owner
+from kvmkit.congestion.kernelfiles import parse_cpu_list, parse_proc_cgroup, throttling
 from kvmkit.congestion.model import (
     CgroupReading,
     CpuTimes,
@@ -35,6 +27,8 @@ from kvmkit.congestion.model import (
     ThreadReading,
     VmReading,
 )
+from kvmkit.sampling.procfiles import CgroupMounts, KeptFiles, parse_psi, read_small, vm_cgroup
+from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline
 
 _GONE = (FileNotFoundError, ProcessLookupError)
 
@@ -57,14 +51,14 @@ class ProcReader:
         self._proc = proc
         self._sys = sys
         self._pids = frozenset(pids) if pids is not None else None
-        self._comm: dict[int, tuple[int, str]] = {}  # live pid → (inode of /proc/PID, comm), pruned each round
+        self._names = ProcessNames(proc)  # live pid → comm, pruned each round
         self._domain: dict[int, str] = {}  # QEMU pid → domain name
-        self._thread: dict[tuple[int, int], tuple[str, ThreadClass]] = {}
-        self._fds: dict[tuple[int, int], int] = {}  # kept schedstat descriptors of named threads
+        self._thread: dict[tuple[int, int], tuple[str, ThreadClass, str]] = {}  # → (name, class, schedstat path)
         # vCPU thread → (its cgroup's cpu.stat, counter, ns per unit); ("", "", 0) in the root cgroup; None unknown
         self._vcpu_cgroup: dict[tuple[int, int], tuple[str, str, int] | None] = {}
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self._max_fds = max(0, soft // 2 - 64)  # leave room for everything else the process opens
+        # kept schedstat descriptors of named threads; leave room for everything else the process opens
+        self._files = KeptFiles(max(0, soft // 2 - 64), size=256)
         self._mounts = self._read_mounts()
         self._nodes = self._read_numa()
         self._has_schedstat = os.path.exists(f"{proc}/self/schedstat")
@@ -72,11 +66,11 @@ class ProcReader:
     @property
     def cached_threads(self) -> int:
         """Thread-name cache entries and kept descriptors: bounded by the live QEMU threads (tests check)."""
-        return max(len(self._thread), len(self._fds))
+        return max(len(self._thread), len(self._files))
 
     def _read_mounts(self) -> CgroupMounts:
         try:
-            return CgroupMounts.from_mounts(read_small(f"{self._proc}/self/mounts"))
+            return CgroupMounts.from_mounts(read_small(f"{self._proc}/self/mounts"), "cpu")
         except OSError:
             return CgroupMounts(None, None)
 
@@ -99,34 +93,14 @@ class ProcReader:
         """QEMU pids, and kernel vhost threads (pre-6.4 kernels) by the QEMU pid they serve."""
         if self._pids is not None:
             return sorted(self._pids), {}
-        # The inode of /proc/PID changes when a pid is reused, so a recycled pid is looked at afresh.
-        with os.scandir(self._proc) as entries:
-            live = {int(e.name): e.inode() for e in entries if e.name.isdigit()}
-        for pid in [p for p, (ino, _) in self._comm.items() if live.get(p) != ino]:
-            del self._comm[pid]
+        scan = self._names.scan()
+        for pid in scan.gone:
             self._domain.pop(pid, None)
-        qemu: list[int] = []
         vhost: dict[int, list[int]] = {}
-        for pid, ino in live.items():
-            comm = self._comm[pid][1] if pid in self._comm else None
-            if comm is None:
-                try:
-                    comm = read_small(f"{self._proc}/{pid}/comm").rstrip("\n")
-                except OSError:
-                    continue  # exited between listdir and read: not ours to report
-                if not is_qemu(comm):
-                    try:
-                        exe = os.path.basename(os.readlink(f"{self._proc}/{pid}/exe"))
-                    except OSError:
-                        exe = None  # kernel threads have no exe
-                    if is_qemu(comm, exe):
-                        comm = "qemu-system"  # renamed with -name process=…; remember it as QEMU
-                self._comm[pid] = (ino, comm)
-            if is_qemu(comm):
-                qemu.append(pid)
-            elif (owner := vhost_owner(comm)) is not None:
+        for pid, comm in scan.others.items():
+            if (owner := vhost_owner(comm)) is not None:
                 vhost.setdefault(owner, []).append(pid)
-        return sorted(qemu), vhost
+        return scan.qemu, vhost
 
     def _domain_of(self, pid: int) -> str:
         name = self._domain.get(pid)
@@ -157,7 +131,8 @@ class ProcReader:
             skipped.append(Skip(f"pid {pid}", f"cannot list {base}: permission denied"))
             return None
         paths = [(tid, f"{base}/{tid}") for tid in tids] + [(tid, f"{self._proc}/{tid}") for tid in extra]
-        process_name = self._comm[pid][1] if pid in self._comm else self._process_name(pid)
+        comm = self._names.comm(pid)
+        process_name = comm if comm is not None else self._process_name(pid)
         out: list[ThreadReading] = []
         names, numa = self._thread, bool(self._nodes)  # locals: this loop runs for every thread every round
         for tid, path in paths:
@@ -167,11 +142,14 @@ class ProcReader:
                 if cached is None:
                     name = read_small(f"{path}/comm").rstrip("\n")
                     cls = classify_thread(name)
-                    if name != process_name:  # a thread QEMU has not named yet: look again next round
-                        names[key] = (name, cls)
+                    schedstat = f"{path}/schedstat"
+                    named = name != process_name  # a thread QEMU has not named yet: look again next round
+                    if named:
+                        names[key] = (name, cls, schedstat)
                 else:
-                    name, cls = cached
-                run, wait = _schedstat(self._read_schedstat(key, path, key in names))
+                    name, cls, schedstat = cached
+                    named = True
+                run, wait = _schedstat(self._files.read(schedstat, named))
                 cpu = _last_cpu(read_small(f"{path}/stat")) if numa and cls.kind is ThreadKind.VCPU else None
                 throttled = self._throttled(key, path) if cls.kind is ThreadKind.VCPU else None
             except _GONE:
@@ -217,10 +195,10 @@ class ProcReader:
                     return (path, "throttled_usec", 1000)
             except OSError:
                 pass
-        if v1 is not None and self._mounts.v1_cpu is not None:
+        if v1 is not None and self._mounts.v1 is not None:
             if v1 == "/":
                 return ("", "", 0)
-            return (f"{self._mounts.v1_cpu}{v1.rstrip('/')}/cpu.stat", "throttled_time", 1)
+            return (f"{self._mounts.v1}{v1.rstrip('/')}/cpu.stat", "throttled_time", 1)
         return ("", "", 0) if v2 == "/" else None
 
     def _process_name(self, pid: int) -> str | None:
@@ -230,30 +208,15 @@ class ProcReader:
         except OSError:
             return None
 
-    def _read_schedstat(self, key: tuple[int, int], task_dir: str, stable: bool) -> str:
-        """schedstat through a descriptor kept open per named thread: one pread instead of open+read+close.
-
-        procfs regenerates the file on every read at offset 0; once the thread is gone the read fails with
-        ESRCH, even if its tid was reused, so a kept descriptor never reads someone else's counters.
-        """
-        fd = self._fds.get(key)
-        if fd is None:
-            path = f"{task_dir}/schedstat"
-            if not stable or len(self._fds) >= self._max_fds:
-                return read_small(path)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[key] = fd
-        try:
-            return os.pread(fd, 256, 0).decode()
-        except OSError:
-            os.close(self._fds.pop(key))
-            raise
-
     def close(self) -> None:
-        """Close the kept schedstat descriptors (a long-lived exporter keeps them; tests and CLI close)."""
-        for fd in getattr(self, "_fds", {}).values():
-            os.close(fd)
-        self._fds = {}
+        """Close the kept schedstat descriptors (a long-lived exporter keeps them; tests and CLI close).
+
+        A schedstat descriptor is kept per named thread: one pread instead of open+read+close. procfs regenerates
+        the file on every read at offset 0; once the thread is gone the read fails with ESRCH, even if its tid
+        was reused, so a kept descriptor never reads someone else's counters.
+        """
+        if hasattr(self, "_files"):
+            self._files.close()
 
     def __del__(self) -> None:  # a reader dropped without close() must not leak descriptors
         self.close()
@@ -285,8 +248,8 @@ class ProcReader:
         except (OSError, KeyError, ValueError) as exc:
             skipped.append(Skip(f"{domain} cpu.pressure", f"unreadable in {directory}: {exc}"))
         counters = throttling(directory, "throttled_usec", 1000)  # v2 with the cpu controller
-        if counters is None and v1 is not None and self._mounts.v1_cpu is not None:
-            counters = throttling(f"{self._mounts.v1_cpu}{vm_cgroup(v1)}", "throttled_time", 1)
+        if counters is None and v1 is not None and self._mounts.v1 is not None:
+            counters = throttling(f"{self._mounts.v1}{vm_cgroup(v1)}", "throttled_time", 1)
             if counters is None:
                 skipped.append(Skip(f"{domain} cpu.stat", "no throttling counters in cgroup v2 or v1"))
         periods, throttled, throttled_ns = counters or (None, None, None)
@@ -330,6 +293,5 @@ class ProcReader:
             del self._thread[key]
         for key in self._vcpu_cgroup.keys() - live_keys:
             del self._vcpu_cgroup[key]
-        for key in self._fds.keys() - live_keys:
-            os.close(self._fds.pop(key))
+        self._files.prune()
         return Reading(mono, wall, self.pcpus(), self._nodes, host_psi, tuple(vms), tuple(skipped), cpu)

@@ -7,10 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kvmkit.congestion.model import IntervalReport
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+from kvmkit.sampling.view import fmt, footnote, vm_table
 
 
 def _style(congestion_pct: float) -> str:
@@ -24,32 +21,28 @@ def render(report: IntervalReport, limit: int = 40) -> Group:
         f"host: {host.pcpus} CPUs · {host.vcpus_allocated} vCPUs · oversubscription "
         f"{host.oversubscription:.2f} · vCPU load {host.vcpu_load_pct:.1f} % · congestion "
         f"{host.congestion_pct:.2f} % (p95 {host.congestion_p95_pct:.2f} %) = contention "
-        f"{_fmt(host.contention_pct, 2)} % + throttled {_fmt(host.throttled_pct, 2)} % · PSI some avg10 "
-        f"{_fmt(host.psi_some_avg10, 2)} %  [{report.interval_s:.2f} s]"
+        f"{fmt(host.contention_pct, 2)} % + throttled {fmt(host.throttled_pct, 2)} % · PSI some avg10 "
+        f"{fmt(host.psi_some_avg10, 2)} %  [{report.interval_s:.2f} s]"
     )
-    table = Table(header_style="bold", expand=False)
-    for column in ("domain", "pid", "vCPUs", "util %", "contention %", "throttled %", "congestion %",
-                   "worst vCPU %", "emulator %", "iothreads %", "vhost %", "PSI some %"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "domain" else "right")
+    table = vm_table(("domain", "pid", "vCPUs", "util %", "contention %", "throttled %", "congestion %",
+                      "worst vCPU %", "emulator %", "iothreads %", "vhost %", "PSI some %"))  # fmt: skip
     for vm in sorted(report.vms, key=lambda v: v.slo_pct, reverse=True)[:limit]:
         cg = vm.cgroup
         table.add_row(
             vm.domain,
             str(vm.pid),
             str(vm.vcpus_allocated),
-            _fmt(vm.utilisation_pct),
-            Text(_fmt(vm.contention_pct, 2), style=_style(vm.slo_pct)),
-            _fmt(vm.throttled_pct, 2),
-            _fmt(vm.congestion_pct, 2),
-            _fmt(vm.contention_max_pct if vm.contention_max_pct is not None else vm.congestion_max_pct, 2),
-            _fmt(vm.emulator.utilisation_pct),
-            _fmt(vm.iothreads.utilisation_pct),
-            _fmt(vm.vhost.utilisation_pct),
-            _fmt(cg.psi_some_pct if cg else None),
+            fmt(vm.utilisation_pct),
+            Text(fmt(vm.contention_pct, 2), style=_style(vm.slo_pct)),
+            fmt(vm.throttled_pct, 2),
+            fmt(vm.congestion_pct, 2),
+            fmt(vm.contention_max_pct if vm.contention_max_pct is not None else vm.congestion_max_pct, 2),
+            fmt(vm.emulator.utilisation_pct),
+            fmt(vm.iothreads.utilisation_pct),
+            fmt(vm.vhost.utilisation_pct),
+            fmt(cg.psi_some_pct if cg else None),
         )
     parts: list[Text | Table] = [header, table]
     if report.skipped:
-        shown = "; ".join(f"{s.what}: {s.reason}" for s in report.skipped[:5])
-        more = f" (+{len(report.skipped) - 5} more)" if len(report.skipped) > 5 else ""
-        parts.append(Text(f"skipped: {shown}{more}", style="dim"))
+        parts.append(footnote("skipped", [(s.what, s.reason) for s in report.skipped], 5))
     return Group(*parts)

@@ -27,9 +27,9 @@ from collections.abc import Iterable
 import numpy as np
 from pydantic import BaseModel
 
-from kvmkit.congestion.calc import percentile as _percentile
 from kvmkit.errors import InvalidInput
 from kvmkit.memory.model import MemoryReport
+from kvmkit.sampling.percentile import percentile as _percentile
 
 RATIO_STEP = 0.05
 RATIO_MAX = 8.0

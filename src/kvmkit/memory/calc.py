@@ -8,7 +8,6 @@ no baseline yet for a VM seen for the first time).
 
 from __future__ import annotations
 
-from kvmkit.congestion.model import PsiReading
 from kvmkit.memory.balloon import no_guest_stats_reason
 from kvmkit.memory.model import (
     HostDetail,
@@ -20,6 +19,7 @@ from kvmkit.memory.model import (
     VmMemory,
     VmReading,
 )
+from kvmkit.sampling.procfiles import PsiReading
 
 NO_BASELINE = "first reading of this VM: no baseline for rates yet"
 _VM_HEADLINE = tuple(k for k in VmMemory.model_fields if k not in ("null_reasons", "detail"))

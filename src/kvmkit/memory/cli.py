@@ -6,14 +6,13 @@ Each command is a thin call into the package's functions; `--json` prints the sa
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
 from kvmkit import config
 from kvmkit.errors import InvalidInput, OperationFailed
@@ -22,11 +21,14 @@ from kvmkit.memory import control, history, policy, view
 from kvmkit.memory.collector import MemCollector
 from kvmkit.memory.model import MemoryReport
 from kvmkit.memory.procfs import MemReader
-from kvmkit.output import console, print_json, print_table
+from kvmkit.output import print_json, print_table
+from kvmkit.sampling import commands as sampling_cli
+from kvmkit.slo import commands as slo_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
-_JSON = typer.Option(False, "--json", help="Print JSON (the records the Python API returns).")
+_JSON = sampling_cli.JSON
+_JOURNAL = slo_cli.journal_option("memory")
 _PIDS = typer.Option(None, "--pid", help="Measure only these QEMU processes (repeatable); default: every QEMU.")
 _URI = typer.Option(None, "--connect", "-c", help="libvirt URI for balloon figures (default: from the kvmkit config).")
 _NO_LIBVIRT = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (balloon figures are then null).")
@@ -35,9 +37,7 @@ _NO_LIBVIRT = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (ball
 @contextmanager
 def reader(pids: list[int] | None, uri: str | None, no_libvirt: bool, live: bool = False) -> Iterator[MemReader]:
     """A reader with libvirt's balloon figures when reachable; unreachable libvirt makes them null with the reason."""
-    for pid in pids or []:
-        if not os.path.exists(f"/proc/{pid}"):
-            raise InvalidInput(f"--pid {pid}: no such process")
+    sampling_cli.check_pids(pids)
     balloons = None
     reason = "libvirt not asked (--no-libvirt)"
     if not no_libvirt:
@@ -60,10 +60,17 @@ def reader(pids: list[int] | None, uri: str | None, no_libvirt: bool, live: bool
             balloons.close()
 
 
+def _reports(
+    pids: list[int] | None, uri: str | None, no_libvirt: bool, interval: float, count: int | None
+) -> Generator[MemoryReport, None, None]:
+    with reader(pids, uri, no_libvirt) as mem:
+        yield from MemCollector(mem).run(interval, count)
+
+
 @app.command()
 def sample(
-    interval: float = typer.Option(1.0, help="Seconds between readings."),
-    count: int = typer.Option(1, help="How many intervals to report."),
+    interval: float = sampling_cli.SAMPLE_INTERVAL,
+    count: int = sampling_cli.SAMPLE_COUNT,
     as_json: bool = _JSON,
     history_file: Annotated[Path | None, typer.Option("--history", help="Also append each report here.")] = None,
     pids: list[int] | None = _PIDS,
@@ -71,44 +78,25 @@ def sample(
     no_libvirt: bool = _NO_LIBVIRT,
 ) -> None:
     """Measure `count` intervals; with --json one JSON object per line (per interval), for scripts."""
-    writer = history.HistoryWriter(history_file) if history_file else None
-    try:
-        with reader(pids, uri, no_libvirt) as mem:
-            for report in MemCollector(mem).run(interval, count):
-                if writer:
-                    writer.append(report)
-                if as_json:
-                    typer.echo(report.model_dump_json())
-                else:
-                    console.print(view.render(report))
-    finally:
-        if writer:
-            writer.close()
+    sampling_cli.print_reports(_reports(pids, uri, no_libvirt, interval, count), history_file, as_json, view.render)
 
 
 @app.command()
 def top(
-    interval: float = typer.Option(2.0, help="Seconds between refreshes."),
-    count: int | None = typer.Option(None, help="Stop after this many refreshes (default: until Ctrl-C)."),
+    interval: float = sampling_cli.TOP_INTERVAL,
+    count: int | None = sampling_cli.TOP_COUNT,
     limit: int = typer.Option(40, help="Show at most this many VMs (most pressure first)."),
     pids: list[int] | None = _PIDS,
     uri: str | None = _URI,
     no_libvirt: bool = _NO_LIBVIRT,
 ) -> None:
     """A live table of VMs sorted by memory pressure, like top or virt-top."""
-    with reader(pids, uri, no_libvirt, live=True) as mem, Live(console=console, auto_refresh=False) as live:
-        live.update(f"measuring the first {interval:g} s interval …", refresh=True)
-        for report in MemCollector(mem).run(interval, count):
-            live.update(view.render(report, limit), refresh=True)
-
-
-def _journal_path(journal: Path | None) -> Path:
-    return journal or config.load().state_dir / "memory" / "journal.jsonl"
+    with reader(pids, uri, no_libvirt, live=True) as mem:
+        sampling_cli.show_live(MemCollector(mem).run(interval, count), interval, view.render, limit)
 
 
 def _window(loaded: policy.MemPolicy, path: Path, window_s: float | None) -> list[MemoryReport]:
-    """The reports of the last window_s seconds of the recording (relative to its end, not to now)."""
-    return list(history.stream(path, since=history.last_time(path) - (window_s or loaded.window_s)))
+    return slo_cli.recorded_window(history.RECORDINGS, path, window_s or loaded.window_s)
 
 
 def _print_standings(rows: list[policy.MemStanding], pct: float) -> None:
@@ -120,26 +108,18 @@ def _print_standings(rows: list[policy.MemStanding], pct: float) -> None:
     )  # fmt: skip
 
 
-def _print_outcomes(outcomes: list[control.Outcome], title: str) -> None:
-    print_table(title, ["id", "domain", "param", "old", "new", "state", "reason / detail"],
-                [[o.id, o.domain, o.param, o.old, o.new, o.state, o.detail or o.reason] for o in outcomes])  # fmt: skip
-
-
 @app.command()
 def advise(
-    history_file: Annotated[Path, typer.Option("--history", help="A recording made by `sample --history`.")],
+    history_file: Path = slo_cli.ADVISE_HISTORY,
     slo_pct: float | None = typer.Option(None, "--slo-pct", help="Memory pressure SLO in % (PSI some)."),
     policy_file: Annotated[Path | None, typer.Option("--policy", help="Take the strictest class SLO.")] = None,
-    percentile: float = typer.Option(95, help="Percentile of intervals the SLO applies to."),
+    percentile: float = slo_cli.ADVISE_PERCENTILE,
     reserve_pct: float = typer.Option(5.0, help="RAM kept free for the host, % (the fit never counts it)."),
     as_json: bool = _JSON,
 ) -> None:
     """The highest RAM ratio (configured VM memory per byte of RAM) that kept pressure under the SLO; prints
     `ram_ratio` for the policy section of a `kvmkit plan` file."""
-    if slo_pct is None:
-        if policy_file is None:
-            raise InvalidInput("give --slo-pct or --policy (its strictest class SLO is used)")
-        slo_pct = min(c.slo_pressure_pct for c in policy.load(policy_file).classes.values())
+    slo_pct = slo_cli.slo_or_strictest(slo_pct, policy_file, policy.strictest_slo)
     result = advise_mod.advise(history.stream(history_file), slo_pct, percentile, reserve_pct)
     if as_json:
         print_json(result)
@@ -158,30 +138,29 @@ def advise(
 @app.command("policy")
 def policy_cmd(
     file: Annotated[Path, typer.Argument(help="Policy file (TOML): memory-pressure SLO per VM class.")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording against it.")] = None,
-    window: float | None = typer.Option(None, help="Seconds of the recording to judge (default: policy's)."),
+    history_file: Path | None = slo_cli.POLICY_HISTORY,
+    window: float | None = slo_cli.POLICY_WINDOW,
     as_json: bool = _JSON,
 ) -> None:
     """Check a policy file; with --history, show which VMs keep or break their class's SLO."""
     loaded = policy.load(file)
     rows = policy.standings(loaded, _window(loaded, history_file, window)) if history_file else []
-    if as_json:
-        print_json({"policy": loaded, "standings": rows})
-        return
-    print_table("classes", ["class", "priority", "SLO %", "domains", "balloon step %", "floor headroom %", "soft"],
-                [[n, c.priority, c.slo_pressure_pct, " ".join(c.domains), c.balloon_step_pct, c.floor_headroom_pct,
-                  c.soft_limit] for n, c in loaded.classes.items()])  # fmt: skip
-    if history_file:
-        _print_standings(rows, loaded.percentile)
+    slo_cli.show_policy(
+        loaded, rows, as_json,
+        ["class", "priority", "SLO %", "domains", "balloon step %", "floor headroom %", "soft"],
+        [[n, c.priority, c.slo_pressure_pct, " ".join(c.domains), c.balloon_step_pct, c.floor_headroom_pct,
+          c.soft_limit] for n, c in loaded.classes.items()],
+        (lambda: _print_standings(rows, loaded.percentile)) if history_file else None,
+    )  # fmt: skip
 
 
 @app.command()
 def enforce(
-    policy_file: Annotated[Path, typer.Option("--policy", help="Policy file (TOML).")],
-    history_file: Annotated[Path | None, typer.Option("--history", help="Judge this recording (else sample).")] = None,
-    window: float | None = typer.Option(None, help="Seconds to judge (default: the policy's window_s)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the actions; change nothing."),
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    policy_file: Path = slo_cli.ENFORCE_POLICY,
+    history_file: Path | None = slo_cli.ENFORCE_HISTORY,
+    window: float | None = slo_cli.ENFORCE_WINDOW,
+    dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
     as_json: bool = _JSON,
 ) -> None:
@@ -195,40 +174,21 @@ def enforce(
             reports = list(MemCollector(mem).run(1.0, max(1, int(window or loaded.window_s))))
     rows = policy.standings(loaded, reports)
     backend = control.LibvirtMemory(target)
-    try:
-        current = {d: backend.parameters(d) for d in backend.domains()}
-        actions = policy.plan_actions(loaded, rows, current)
-        outcomes = control.apply(actions, backend, None if dry_run else control.Journal(_journal_path(journal)))
-    finally:
-        backend.close()
-    if as_json:
-        print_json({"standings": rows, "actions": outcomes, "dry_run": dry_run})
-    else:
-        _print_standings(rows, loaded.percentile)
-        _print_outcomes(outcomes, "actions (dry run: nothing changed)" if dry_run else "actions")
-    failed = [o for o in outcomes if o.state == "failed"]
-    if failed:
-        raise OperationFailed(f"{len(failed)} of {len(outcomes)} actions failed; the rest are journaled")
+    slo_cli.enforce(rows, lambda current: policy.plan_actions(loaded, rows, current), backend, "memory",
+                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile))  # fmt: skip
 
 
 @app.command()
 def revert(
-    journal: Annotated[Path | None, typer.Option(help="Action journal (default: <state_dir>/memory/).")] = None,
+    journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be put back."),
+    dry_run: bool = slo_cli.REVERT_DRY_RUN,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every balloon target and soft limit `enforce` changed, newest first."""
-    path = _journal_path(journal)
+    path = slo_cli.journal_path("memory", journal)
     backend = control.LibvirtMemory(uri or config.load().libvirt_uri)
-    try:
-        outcomes = control.revert(backend, control.Journal(path), dry_run=dry_run, holds=control.holds)
-    finally:
-        backend.close()
-    if as_json:
-        print_json(outcomes)
-    else:
-        _print_outcomes(outcomes, f"revert from {path}")
+    slo_cli.revert(backend, path, partial(control.revert, holds=control.holds), dry_run, as_json)
 
 
 @app.command()

@@ -8,8 +8,6 @@ its family, and `kvmkit_memory_unavailable{field}` counts the VMs (or the host) 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from kvmkit.memory.model import Reading
 from kvmkit.memory.procfs import MemReader
+from kvmkit.sampling.sampler import SharedReading
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -26,21 +25,10 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
 
 class MemoryCollector(Collector):
     def __init__(self, reader: MemReader, max_age_s: float = 1.0) -> None:
-        self._reader = reader
-        self._max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._cached: tuple[float, Reading, float] | None = None
-
-    def _reading(self) -> tuple[Reading, float]:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self._max_age_s:
-                reading = self._reader.read()
-                self._cached = (now, reading, time.monotonic() - now)
-            return self._cached[1], self._cached[2]
+        self._shared = SharedReading(reader.read, max_age_s)
 
     def collect(self) -> Iterator[Metric]:
-        reading, cost_s = self._reading()
+        reading, cost_s = self._shared.get()
         yield from self._host(reading)
         yield from self._vms(reading)
         missing: Counter[str] = Counter(reading.host.reasons.keys())

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.congestion.model import PsiReading
+from kvmkit.sampling.procfiles import PsiReading
 
 REPORT_VERSION = 1
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from kvmkit.congestion.classify import split_qemu_opts
 from kvmkit.memory.model import KsmReading, RamSplit
+from kvmkit.sampling.qemu import qemu_option, split_qemu_opts
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkKmMgGtT]?)$")
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}  # QEMU: no suffix = MiB
@@ -51,22 +51,17 @@ def major_faults(stat: str) -> int:
 
 def qemu_memory_bytes(argv: list[str]) -> int | None:
     """Guest RAM from QEMU's `-m 128`, `-m 2G` or `-m size=131072k,slots=…,maxmem=…`; None if absent."""
-    for i, arg in enumerate(argv):
-        if arg in ("-m", "--m") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(("-m=", "--m=")):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        for position, part in enumerate(split_qemu_opts(value)):
-            key, sep, val = part.partition("=")
-            size = val if sep and key == "size" else key if not sep and position == 0 else None
-            if size is not None:
-                match = _SIZE.match(size)
-                if match is None:
-                    raise ValueError(f"QEMU -m {value!r}: not a size")
-                return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    value = qemu_option(argv, "m")
+    if value is None:
         return None
+    for position, part in enumerate(split_qemu_opts(value)):
+        key, sep, val = part.partition("=")
+        size = val if sep and key == "size" else key if not sep and position == 0 else None
+        if size is not None:
+            match = _SIZE.match(size)
+            if match is None:
+                raise ValueError(f"QEMU -m {value!r}: not a size")
+            return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     return None
 
 

@@ -29,17 +29,15 @@ floor to trust.
 
 from __future__ import annotations
 
-import fnmatch
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmkit.congestion.calc import percentile
-from kvmkit.congestion.policy import Action
-from kvmkit.errors import InvalidInput, validated
 from kvmkit.memory.model import MemoryReport, VmMemory
+from kvmkit.sampling.percentile import percentile
+from kvmkit.slo import policy as slo
+from kvmkit.slo.policy import Action
 
 KIB = 1024
 MIN_CHANGE_KIB = 16 * 1024  # smaller balloon moves are noise, not reclaim
@@ -56,38 +54,18 @@ class MemClass(BaseModel):
     soft_limit: bool = True
 
 
-class MemPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_s: float = Field(default=600, gt=0)
-    percentile: float = Field(default=95, gt=0, le=100)
+class MemPolicy(slo.ClassPolicy):
     reclaim_neighbours: int = Field(default=2, ge=0)
     classes: dict[str, MemClass] = Field(min_length=1)
 
-    def class_of(self, domain: str) -> str | None:
-        for name, vm_class in self.classes.items():
-            if any(fnmatch.fnmatchcase(domain, pattern) for pattern in vm_class.domains):
-                return name
-        return None
-
 
 def load(path: Path) -> MemPolicy:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInput(f"policy file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
-    return validated(MemPolicy, data, path)
+    return slo.load(path, MemPolicy)
 
 
-class MemStanding(BaseModel):
+class MemStanding(slo.Standing):
     """One VM judged against its class over the window, with its latest memory figures."""
 
-    domain: str
-    vm_class: str | None
-    samples: int
     pressure_pct: float  # the policy's percentile of the VM's per-interval memory PSI some
     slo_pressure_pct: float | None
     violated: bool
@@ -187,13 +165,11 @@ def plan_actions(
 def _richest_below(
     policy: MemPolicy, judged: list[MemStanding], priority: int, current: Mapping[str, Mapping[str, int]]
 ) -> list[MemStanding]:
-    candidates = [
-        vm
-        for vm in judged
-        if vm.vm_class is not None
-        and policy.classes[vm.vm_class].priority < priority
-        and not vm.violated
-        and vm.domain in current
-        and vm.guest_unused_bytes is not None
-    ]
+    candidates = [vm for vm in slo.neighbours_below(policy.classes, judged, priority, current)
+                  if vm.guest_unused_bytes is not None]  # fmt: skip
     return sorted(candidates, key=lambda vm: vm.guest_unused_bytes or 0, reverse=True)
+
+
+def strictest_slo(path: Path) -> float:
+    """The lowest class SLO of a policy file: what `advise --policy` keeps."""
+    return min(c.slo_pressure_pct for c in load(path).classes.values())

@@ -21,9 +21,6 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from kvmkit.congestion.classify import domain_from_cmdline, is_qemu
-from kvmkit.congestion.kernelfiles import parse_psi, read_small, vm_cgroup
-from kvmkit.congestion.model import PsiReading
 from kvmkit.memory import parse
 from kvmkit.memory.model import (
     BalloonReading,
@@ -34,78 +31,26 @@ from kvmkit.memory.model import (
     Reading,
     VmReading,
 )
+from kvmkit.sampling.procfiles import (
+    CgroupMounts,
+    KeptFiles,
+    PsiReading,
+    parse_psi,
+    proc_cgroup,
+    read_small,
+    vm_cgroup,
+)
+from kvmkit.sampling.procfiles import read_large as read_small_large  # the name kvmkit.benchmarks.memory uses
+from kvmkit.sampling.qemu import ProcessNames, domain_from_cmdline
 
 _GONE = (FileNotFoundError, ProcessLookupError)
 EVENTS_EVERY = 5  # OOM kills and limit hits are counters an operator reads over minutes: every 5th round is plenty
 BalloonSource = Callable[[], dict[str, BalloonReading]]
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryMounts:
-    v2: str | None
-    v1_memory: str | None
-
-    @classmethod
-    def from_mounts(cls, text: str) -> MemoryMounts:
-        v2 = v1 = None
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            if fields[2] == "cgroup2" and v2 is None:
-                v2 = fields[1]
-            elif fields[2] == "cgroup" and "memory" in fields[3].split(","):
-                v1 = fields[1]
-        return cls(v2, v1)
-
-
 def proc_cgroup_memory(text: str) -> tuple[str | None, str | None]:
     """/proc/PID/cgroup → (v2 path, v1 memory-controller path)."""
-    v2 = v1 = None
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
-
-
-class _Fds:
-    """Descriptors kept open per file and re-read with one pread (procfs and kernfs regenerate at offset 0)."""
-
-    def __init__(self, budget: int) -> None:
-        self._fds: dict[str, int] = {}
-        self._budget = budget
-        self.used: set[str] = set()
-
-    def read(self, path: str) -> str:
-        self.used.add(path)
-        fd = self._fds.get(path)
-        if fd is None:
-            if len(self._fds) >= self._budget:
-                return read_small(path)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[path] = fd
-        try:
-            return os.pread(fd, 65536, 0).decode(errors="replace")
-        except OSError:
-            os.close(self._fds.pop(path))
-            raise
-
-    def prune(self) -> None:
-        for path in self._fds.keys() - self.used:
-            os.close(self._fds.pop(path))
-        self.used = set()
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
-
-    def __len__(self) -> int:
-        return len(self._fds)
+    return proc_cgroup(text, "memory")
 
 
 @dataclass(slots=True)
@@ -152,16 +97,16 @@ class MemReader:
         self._splits_left: int | None = None
         self._round = 0
         self._events_every = max(1, events_every)
-        self._comm: dict[int, tuple[int, bool]] = {}  # pid → (inode of /proc/PID, is QEMU)
+        self._names = ProcessNames(proc)
         self._facts: dict[int, _VmFacts] = {}
         self._splits: dict[int, RamSplit] = {}
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self._fds = _Fds(max(0, soft // 2 - 64))
+        self._fds = KeptFiles(max(0, soft // 2 - 64))
         self._page = os.sysconf("SC_PAGE_SIZE")
         try:
-            self._mounts = MemoryMounts.from_mounts(read_small(f"{proc}/self/mounts"))
+            self._mounts = CgroupMounts.from_mounts(read_small(f"{proc}/self/mounts"), "memory")
         except OSError:
-            self._mounts = MemoryMounts(None, None)
+            self._mounts = CgroupMounts(None, None)
         self._ksmd = self._find_ksmd()
 
     @property
@@ -251,29 +196,7 @@ class MemReader:
     def _discover(self) -> list[int]:
         if self._pids is not None:
             return list(self._pids)
-        with os.scandir(self._proc) as entries:
-            live = {int(e.name): e.inode() for e in entries if e.name.isdigit()}
-        for pid in [p for p, (ino, _) in self._comm.items() if live.get(p) != ino]:
-            del self._comm[pid]
-        qemu: list[int] = []
-        for pid, ino in live.items():
-            known = self._comm.get(pid)
-            if known is None:
-                try:
-                    comm = read_small(f"{self._proc}/{pid}/comm").rstrip("\n")
-                except OSError:
-                    continue
-                exe = None
-                if not is_qemu(comm):
-                    try:
-                        exe = os.path.basename(os.readlink(f"{self._proc}/{pid}/exe"))
-                    except OSError:
-                        exe = None
-                known = (ino, is_qemu(comm, exe))
-                self._comm[pid] = known
-            if known[1]:
-                qemu.append(pid)
-        return sorted(qemu)
+        return self._names.scan().qemu
 
     def _vm_facts(self, pid: int) -> _VmFacts:
         facts = self._facts.get(pid)
@@ -306,8 +229,8 @@ class MemReader:
                 facts.cgroup_reason = f"{v2_dir}/memory.pressure missing (kernel without PSI, or cgroup.pressure=0)"
         elif cg_reason is None:
             facts.cgroup_reason = "VM in the root cgroup v2 (or no cgroup v2 mounted): no per-VM memory PSI"
-        if facts.events is None and v1 is not None and self._mounts.v1_memory is not None and vm_cgroup(v1) != "/":
-            v1_dir = self._mounts.v1_memory + vm_cgroup(v1)
+        if facts.events is None and v1 is not None and self._mounts.v1 is not None and vm_cgroup(v1) != "/":
+            v1_dir = self._mounts.v1 + vm_cgroup(v1)
             facts.cgroup_path = facts.cgroup_path or vm_cgroup(v1)
             facts.oom_control, facts.failcnt = f"{v1_dir}/memory.oom_control", f"{v1_dir}/memory.failcnt"
             facts.stat = f"{v1_dir}/memory.stat"
@@ -440,19 +363,3 @@ class MemReader:
         self._fds.prune()
         return Reading(host, tuple(vms))
 
-
-def read_small_large(path: str, limit: int = 16 << 20) -> str:
-    """A procfs file that may exceed one read (smaps: ~1 kB per mapping), bounded at `limit` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks: list[bytes] = []
-        size = 0
-        while size < limit:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks).decode(errors="replace")
-    finally:
-        os.close(fd)

@@ -7,16 +7,13 @@ from rich.table import Table
 from rich.text import Text
 
 from kvmkit.memory.model import MemoryReport
+from kvmkit.sampling.view import fmt, footnote, vm_table
 
 MIB = 1 << 20
 
 
 def mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:,.0f}"
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _style(psi_pct: float | None) -> str:
@@ -29,19 +26,17 @@ def render(report: MemoryReport, limit: int = 40) -> Group:
     ratio = "-" if h.oversubscription is None else f"{h.oversubscription:.2f}"
     header = Text(
         f"host: RAM {mib(h.ram_bytes)} MiB · VMs configured {mib(h.vm_configured_bytes)} MiB · oversubscription "
-        f"{ratio} · available {mib(h.available_bytes)} MiB · swap-in {_fmt(h.swap_in_bytes_per_s, 0)} B/s · "
-        f"PSI some/full avg10 {_fmt(h.psi_some_avg10, 2)}/{_fmt(h.psi_full_avg10, 2)} % · KSM saved "
-        f"{mib(h.ksm_saved_bytes)} MiB, ksmd {_fmt(h.ksm_cpu_pct, 2)} %  [{report.interval_s:.2f} s]"
+        f"{ratio} · available {mib(h.available_bytes)} MiB · swap-in {fmt(h.swap_in_bytes_per_s, 0)} B/s · "
+        f"PSI some/full avg10 {fmt(h.psi_some_avg10, 2)}/{fmt(h.psi_full_avg10, 2)} % · KSM saved "
+        f"{mib(h.ksm_saved_bytes)} MiB, ksmd {fmt(h.ksm_cpu_pct, 2)} %  [{report.interval_s:.2f} s]"
     )
-    table = Table(header_style="bold", expand=False)
-    for column in ("domain", "pid", "config MiB", "balloon MiB", "RSS MiB", "overhead MiB", "majflt/s",
-                   "swap-in B/s", "PSI some %", "PSI full %", "OOM", "guest avail MiB"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "domain" else "right")
+    table = vm_table(("domain", "pid", "config MiB", "balloon MiB", "RSS MiB", "overhead MiB", "majflt/s",
+                      "swap-in B/s", "PSI some %", "PSI full %", "OOM", "guest avail MiB"))  # fmt: skip
     for vm in report.vms[:limit]:
         table.add_row(
             vm.domain, str(vm.pid), mib(vm.configured_bytes), mib(vm.balloon_bytes), mib(vm.rss_bytes),
-            mib(vm.overhead_bytes), _fmt(vm.major_faults_per_s), _fmt(vm.swap_in_bytes_per_s, 0),
-            Text(_fmt(vm.psi_some_pct, 2), style=_style(vm.psi_some_pct)), _fmt(vm.psi_full_pct, 2),
+            mib(vm.overhead_bytes), fmt(vm.major_faults_per_s), fmt(vm.swap_in_bytes_per_s, 0),
+            Text(fmt(vm.psi_some_pct, 2), style=_style(vm.psi_some_pct)), fmt(vm.psi_full_pct, 2),
             "-" if vm.oom_events is None else str(vm.oom_events), mib(vm.guest_available_bytes),
         )  # fmt: skip
     parts: list[Text | Table] = [header, table]
@@ -49,7 +44,5 @@ def render(report: MemoryReport, limit: int = 40) -> Group:
     for vm in report.vms[:3]:
         reasons.update({f"{vm.domain} {k}": v for k, v in vm.null_reasons.items()})
     if reasons:
-        shown = "; ".join(f"{k}: {v}" for k, v in list(reasons.items())[:6])
-        more = f" (+{len(reasons) - 6} more in --json)" if len(reasons) > 6 else ""
-        parts.append(Text(f"null: {shown}{more}", style="dim"))
+        parts.append(footnote("null", list(reasons.items()), 6, " in --json"))
     return Group(*parts)
