@@ -32,7 +32,7 @@ CHANGES_HOST = {"tune apply", "tune rollback", "congestion enforce", "congestion
                 "memory revert", "backup prune", "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
 KNOWN_NO_DRY_RUN = {"snapshot recover"}  # recover: snapshot/recover.py has no plan-only pass
 # ... and each shows its plan and asks, or needs --yes without a terminal (owners: congestion, memory)
-KNOWN_NO_YES = {"congestion enforce", "congestion revert", "memory enforce", "memory revert"}
+KNOWN_NO_YES: set[str] = set()
 
 
 def _walk(command, path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def test_sample_json_prints_one_report_per_interval_with_the_documented_fields(t
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert len(lines) == 2
     for report in lines:
+        assert datetime.fromisoformat(report["time"]).tzinfo is not None  # docs/cli.md: ISO 8601 with its zone
         assert {"pcpus", "vcpus_allocated", "oversubscription", "psi_some_avg10"} <= report["host"].keys()
         (vm,) = report["vms"]
         assert vm["domain"] == "cli-vm"

@@ -14,6 +14,7 @@ import typer
 from kvmkit import config
 from kvmkit import serve as serve_mod
 from kvmkit.benchmarks import congestion as bench_mod
+from kvmkit.confirm import YES
 from kvmkit.congestion import advise as advise_mod
 from kvmkit.congestion import control, history, policy, view
 from kvmkit.congestion.collector import Collector
@@ -110,6 +111,7 @@ def enforce(
     history_file: Path | None = slo_cli.ENFORCE_HISTORY,
     window: float | None = slo_cli.ENFORCE_WINDOW,
     dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    yes: bool = YES,
     journal: Path | None = _JOURNAL,
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
@@ -124,7 +126,7 @@ def enforce(
     rows = policy.standings(loaded, reports)
     backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
     slo_cli.enforce(rows, lambda current: policy.plan_actions(loaded, rows, current), backend, "congestion",
-                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile))  # fmt: skip
+                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile), yes)  # fmt: skip
 
 
 @app.command()
@@ -133,12 +135,13 @@ def revert(
     connect: str | None = _CONNECT,
     uri: str | None = _URI,
     dry_run: bool = slo_cli.REVERT_DRY_RUN,
+    yes: bool = YES,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every scheduler parameter `enforce` changed, newest first."""
     path = slo_cli.journal_path("congestion", journal)
     backend = control.LibvirtScheduler(connect or uri or config.load().libvirt_uri)
-    slo_cli.revert(backend, path, control.revert, dry_run, as_json)
+    slo_cli.revert(backend, path, control.revert, dry_run, as_json, yes, "congestion")
 
 
 @app.command()

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kvmkit import config
+from kvmkit.confirm import YES
 from kvmkit.errors import InvalidInput, OperationFailed
 from kvmkit.memory import advise as advise_mod
 from kvmkit.memory import control, history, policy, view
@@ -160,6 +161,7 @@ def enforce(
     history_file: Path | None = slo_cli.ENFORCE_HISTORY,
     window: float | None = slo_cli.ENFORCE_WINDOW,
     dry_run: bool = slo_cli.ENFORCE_DRY_RUN,
+    yes: bool = YES,
     journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
     as_json: bool = _JSON,
@@ -175,7 +177,7 @@ def enforce(
     rows = policy.standings(loaded, reports)
     backend = control.LibvirtMemory(target)
     slo_cli.enforce(rows, lambda current: policy.plan_actions(loaded, rows, current), backend, "memory",
-                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile))  # fmt: skip
+                    journal, dry_run, as_json, lambda: _print_standings(rows, loaded.percentile), yes)  # fmt: skip
 
 
 @app.command()
@@ -183,12 +185,14 @@ def revert(
     journal: Path | None = _JOURNAL,
     uri: str | None = _URI,
     dry_run: bool = slo_cli.REVERT_DRY_RUN,
+    yes: bool = YES,
     as_json: bool = _JSON,
 ) -> None:
     """Put back every balloon target and soft limit `enforce` changed, newest first."""
     path = slo_cli.journal_path("memory", journal)
     backend = control.LibvirtMemory(uri or config.load().libvirt_uri)
-    slo_cli.revert(backend, path, partial(control.revert, holds=control.holds), dry_run, as_json)
+    slo_cli.revert(backend, path, partial(control.revert, holds=control.holds), dry_run, as_json, yes,
+                   "memory")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rich.live import Live
 
 from kvmkit.errors import InvalidInput
-from kvmkit.output import console
+from kvmkit.output import console, print_json_line
 from kvmkit.sampling.history import HistoryWriter
 
 ReportT = TypeVar("ReportT", bound=BaseModel)
@@ -45,7 +45,7 @@ def print_reports(
             if writer:
                 writer.append(report)
             if as_json:
-                typer.echo(report.model_dump_json())
+                print_json_line(report)  # JSON Lines, by the output conventions (ISO times with their zone)
             else:
                 console.print(render(report))
     finally:

@@ -14,6 +14,7 @@ import typer
 from pydantic import BaseModel
 
 from kvmkit import config
+from kvmkit.confirm import go_ahead
 from kvmkit.errors import InvalidInput, OperationFailed
 from kvmkit.output import print_json, print_table
 from kvmkit.sampling.history import History
@@ -85,12 +86,17 @@ def enforce(
     dry_run: bool,
     as_json: bool,
     print_standings: Callable[[], None],
+    yes: bool = False,
 ) -> None:
     """`enforce`: plan against what libvirt reports now, apply (or only print: --dry-run), journal, and fail in one
-    line if any action failed (the rest stay applied and journaled, for `revert`). Closes the backend."""
+    line if any action failed (the rest stay applied and journaled, for `revert`). Without --dry-run the plan is
+    shown and asked for on a terminal, or needs --yes. Closes the backend."""
     try:
         current = {d: backend.parameters(d) for d in backend.domains()}
         actions = plan(current)
+        if not dry_run:
+            go_ahead(f"{capability} enforce", [f"{a.domain}: {a.param} {a.old} → {a.new} ({a.reason})"
+                                               for a in actions], yes)
         outcomes = apply(actions, backend, None if dry_run else Journal(journal_path(capability, journal)))
     finally:
         backend.close()
@@ -105,11 +111,17 @@ def enforce(
 
 
 def revert(
-    backend: Any, journal: Path, undo: Callable[..., list[Outcome]], dry_run: bool, as_json: bool
+    backend: Any, journal: Path, undo: Callable[..., list[Outcome]], dry_run: bool, as_json: bool,
+    yes: bool = False, capability: str = "revert",
 ) -> None:
     """`revert`: undo what the journal says `enforce` did, newest first; `undo(backend, journal, dry_run=…)` is
-    the capability's revert. Closes the backend."""
+    the capability's revert. Without --dry-run its plan is shown and asked for, or needs --yes. Closes the
+    backend."""
     try:
+        if not dry_run:
+            planned = undo(backend, Journal(journal), dry_run=True)
+            go_ahead(f"{capability} revert", [f"{o.domain}: {o.param} {o.new} → {o.old}" for o in planned
+                                              if o.state != "skipped"], yes)
         outcomes = undo(backend, Journal(journal), dry_run=dry_run)
     finally:
         backend.close()
