@@ -185,9 +185,6 @@ INPUT_FILES = [
     (["congestion", "advise", "--history", "{missing}", "--slo-pct", "5"], "history file"),
     (["memory", "advise", "--history", "{missing}", "--slo-pct", "5"], "history file"),
 ]
-# still exit 2 (InvalidInput) for a missing policy file: congestion/policy.py and memory/policy.py should raise
-# NotFound (owners: congestion, memory)
-KNOWN_MISSING_FILE_IS_2 = {("congestion", "policy"), ("memory", "policy")}
 
 
 @pytest.mark.parametrize(("argv", "what"), [
@@ -196,8 +193,7 @@ KNOWN_MISSING_FILE_IS_2 = {("congestion", "policy"), ("memory", "policy")}
 def test_a_missing_input_file_is_not_found_everywhere(argv, what, tmp_path, state_env):
     missing = tmp_path / "absent"
     out = kvmkit(*(a.format(missing=missing, tmp=tmp_path) for a in argv), env=state_env)
-    code = 2 if tuple(argv[:2]) in KNOWN_MISSING_FILE_IS_2 else errors.NotFound.exit_code
-    assert out.returncode == code, out.stderr
+    assert out.returncode == errors.NotFound.exit_code, out.stderr
     assert out.stderr.startswith(f"kvmkit: error: {what}") and str(missing) in out.stderr
     assert out.stderr.count("\n") == 1 and not list(tmp_path.glob("[rc].*"))
 
@@ -282,16 +278,11 @@ UNREACHABLE = [["snapshot", "list"], ["snapshot", "list", "vm1"], ["snapshot", "
                ["snapshot", "delete", "vm1", "s1"], ["snapshot", "flatten", "vm1", "--dry-run"],
                ["snapshot", "recover"], ["lab", "exec", "vm1", "--", "true"], ["congestion", "domains"],
                ["bench", "run", "-s", "sweep", "-t", "/x", "--vm", "a"], ["memory", "sample"]]
-# memory sample falls back to no libvirt and exits 0 on a bad --connect (owner: memory)
-KNOWN_UNREACHABLE_IGNORED = {("memory", "sample")}
 
 
 @pytest.mark.parametrize("argv", UNREACHABLE, ids=" ".join)
 def test_an_unreachable_libvirt_is_exit_5_everywhere(argv, state_env):
     cut = argv.index("--") if "--" in argv else len(argv)
     out = kvmkit(*argv[:cut], "--connect", "qemu:///sytem", *argv[cut:], env=state_env)
-    if tuple(argv[:2]) in KNOWN_UNREACHABLE_IGNORED:
-        assert out.returncode == 0, "memory sample fails on a bad URI now: take it off KNOWN_UNREACHABLE_IGNORED"
-        return
     assert out.returncode == errors.EnvironmentProblem.exit_code, out.stderr
     assert out.stderr.startswith("kvmkit: error: cannot connect to libvirt at qemu:///sytem")

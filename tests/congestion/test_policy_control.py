@@ -102,7 +102,7 @@ def test_bad_policy_files_are_one_line_invalid_input(tmp_path: Path, text: str, 
     with pytest.raises(InvalidInput, match=message) as raised:
         policy.load(path)
     assert "\n" not in str(raised.value)
-    with pytest.raises(InvalidInput, match="does not exist"):
+    with pytest.raises(NotFound, match="does not exist"):
         policy.load(tmp_path / "absent.toml")
 
 

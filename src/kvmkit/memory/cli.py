@@ -16,7 +16,7 @@ import typer
 
 from kvmkit import config
 from kvmkit.confirm import YES
-from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from kvmkit.memory import advise as advise_mod
 from kvmkit.memory import control, history, policy, view
 from kvmkit.memory.collector import MemCollector
@@ -37,7 +37,8 @@ _NO_LIBVIRT = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (ball
 
 @contextmanager
 def reader(pids: list[int] | None, uri: str | None, no_libvirt: bool, live: bool = False) -> Iterator[MemReader]:
-    """A reader with libvirt's balloon figures when reachable; unreachable libvirt makes them null with the reason."""
+    """A reader with libvirt's balloon figures when reachable; an unreachable default libvirt makes them null with
+    the reason, an unreachable `--connect URI` the user named is an error (exit 5), as everywhere else."""
     sampling_cli.check_pids(pids)
     balloons = None
     reason = "libvirt not asked (--no-libvirt)"
@@ -49,6 +50,8 @@ def reader(pids: list[int] | None, uri: str | None, no_libvirt: bool, live: bool
             balloons = LibvirtBalloons(target)
         except Exception as exc:  # libvirt.libvirtError, or no bindings: the rest is still measured
             message = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+            if uri is not None:
+                raise EnvironmentProblem(f"cannot connect to libvirt at {uri}: {message}") from exc
             reason = f"libvirt unreachable at {target}: {message}"
     # a one-shot `sample` reads every smaps now; a long-lived reader (serve, top) spreads them over rounds
     budget = {"split_max_age_s": 600.0, "split_budget": 2} if live else {"split_max_age_s": 60.0, "split_budget": None}

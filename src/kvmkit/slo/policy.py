@@ -75,11 +75,12 @@ class ClassPolicy(BaseModel):
 
 
 def load(path: Path, model: type[PolicyT]) -> PolicyT:
-    """The policy file parsed into `model`; every problem is one line of InvalidInput."""
+    """The policy file parsed into `model`; a missing file is NotFound (exit 3, as every missing input file),
+    every other problem one line of InvalidInput."""
     try:
         data = tomllib.loads(read_text_bounded(path, MAX_POLICY_BYTES, "policy file"))  # not /dev/zero, not a FIFO
     except (FileNotFoundError, NotFound):
-        raise InvalidInput(f"policy file {path} does not exist") from None
+        raise NotFound(f"policy file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"policy file {path}: unreadable: {exc}") from None
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
