@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
+from kvmkit.snapshot.drivers import bitmaps
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.guest_view import guest_size
 from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
@@ -103,6 +104,9 @@ def sparse_copy(src: Path, dst: Path, chunk: int = 64 << 20) -> None:
 class FileDriver:
     name = "file"
 
+    def __init__(self, libvirt_uri: str = "qemu:///system") -> None:
+        self.libvirt_uri = libvirt_uri  # where the dirty bitmaps of disks without reflink are read and removed
+
     def claims(self, disk: Disk) -> bool:
         # raw and qcow2 (with any backing chain) are what clouds use and what kvmkit has verified; a vmdk or a
         # luks container is left unclaimed, so it is one line ("no kvmkit storage driver serves it"), not a guess
@@ -133,7 +137,8 @@ class FileDriver:
         direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
                             format=disk.format, size_bytes=guest_size(source, disk.format),
-                            method="direct" if direct else "overlay", extents=extents, owner=options.owner)
+                            method="direct" if direct else "overlay", extents=extents, owner=options.owner,
+                            location={} if reflink_ok else bitmaps.location_for(tag, options.vm_uuid))
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
         """Reflink the disk; on a filesystem without reflink (only ever outside the freeze) copy it sparsely."""
@@ -156,6 +161,8 @@ class FileDriver:
         if not (snap.handle.startswith(f"{snap.source}@") and snap.handle.endswith(SUFFIX)):
             raise Conflict(f"{snap.handle} is not a kvmkit snapshot; kvmkit deletes only its own")
         Path(snap.handle).unlink(missing_ok=True)
+        if snap.location.get(bitmaps.LOCATION_KEY):
+            bitmaps.delete_bitmap(snap, self.libvirt_uri)
 
     def owned(self, disk: Disk) -> list[str]:
         return sorted(glob.glob(f"{glob.escape(disk.source)}@*{SUFFIX}"))
@@ -185,7 +192,14 @@ class FileDriver:
 
     def open_reader(self, snap: DiskSnapshot) -> SnapshotReader:
         """A raw snapshot is read as it is; a qcow2 one through QEMU's block layer with its whole backing chain,
-        as its guest sees it (the format is the one the domain XML gave at snapshot time, never probed)."""
+        as its guest sees it (the format is the one the domain XML gave at snapshot time, never probed). A snapshot
+        with a dirty bitmap (a filesystem without reflink) gets a reader that lists what changed since an older one
+        from the running QEMU (TracksChanges, bitmaps.py)."""
+        if snap.location.get(bitmaps.LOCATION_KEY):
+            reader: SnapshotReader = (BitmapFileReader(Path(snap.handle)) if snap.format == "raw"
+                                      else BitmapGuestViewReader(Path(snap.handle), snap.format))
+            reader.snap, reader.libvirt_uri = snap, self.libvirt_uri  # type: ignore[attr-defined]
+            return reader
         if snap.format == "raw":
             return FileReader(Path(snap.handle))
         return GuestViewReader(Path(snap.handle), snap.format)
@@ -224,6 +238,14 @@ class FileDriver:
         data = _file_staging(staged)
         Path(data.old).unlink(missing_ok=True)
         Path(data.new).unlink(missing_ok=True)
+
+
+class BitmapFileReader(bitmaps.DirtyBitmapChanges, FileReader):
+    """A raw snapshot file whose changes since the previous snapshot QEMU's dirty bitmap knows."""
+
+
+class BitmapGuestViewReader(bitmaps.DirtyBitmapChanges, GuestViewReader):
+    """A qcow2 snapshot whose changes since the previous snapshot QEMU's (persistent) dirty bitmap knows."""
 
 
 def _file_staging(staged: StagedRevert) -> FileStaging:
