@@ -116,20 +116,66 @@ def test_dirty_bitmap_incremental_reads_only_the_writes_then_falls_back_after_a_
     s3 = engine.create(vm, "bm3", allow_full_copy=True)
     assert kvmkit_bitmaps(dom, source) == {"kvmkit-bm3": True}  # no predecessor: the chain restarts here
     m3 = backup_snapshot(settings, s3)
+    print(f"after a restart: {m3.disks[0].change_method} read {m3.disks[0].read_bytes} B")
     assert m3.disks[0].change_method is ChangeMethod.HASHES and m3.parent == "bm2"
     restore.restore(settings, vm, "bm3", target_name="t", to=[f"vda={tmp_path / 'vda3.raw'}"])
     assert sha(tmp_path / "vda3.raw") == sha(Path(s3.disks[0].handle))
 
     # deleting the snapshots removes their bitmaps, and only kvmkit's
-    qmp(dom, "block-dirty-bitmap-add", {"node": bitmaps.node_of(dom, str(source))[0], "name": "operator-own"})
+    qmp(dom, "block-dirty-bitmap-add", {"node": bitmaps.node_of(dom, str(source)).node, "name": "operator-own"})
     s4 = engine.create(vm, "bm4", allow_full_copy=True)
     assert kvmkit_bitmaps(dom, source) == {"kvmkit-bm3": False, "kvmkit-bm4/bm3": True}
     for name in ("bm1", "bm2", "bm3", "bm4"):
         engine.delete(vm, name)
     assert kvmkit_bitmaps(dom, source) == {}
-    node = bitmaps.node_of(dom, str(source))[0]
+    node = bitmaps.node_of(dom, str(source)).node
     names = [b["name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True}) if n["node-name"] == node
              for b in n.get("dirty-bitmaps") or []]
     assert names == ["operator-own"]
     assert s4.disks[0].location["dirty_bitmap"] == "kvmkit-bm4"
     qmp(dom, "block-dirty-bitmap-remove", {"node": node, "name": "operator-own"})
+
+
+def test_a_qcow2_disk_keeps_its_bitmaps_across_a_vm_restart(bm_vm, lab_state, conn, tmp_path):
+    """qcow2 bitmaps are persistent: stored in the image when QEMU ends, loaded when it starts, so an incremental
+    after a restart still reads only the guest's writes."""
+    vm, raw = bm_vm
+    dom = conn.lookupByName(vm)
+    dom.destroy()
+    source = raw.with_suffix(".qcow2")
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(source)], check=True)
+    xml = dom.XMLDesc(0).replace(str(raw), str(source))
+    xml = xml.replace("type='raw'", "type='qcow2'", 1) if "type='raw'" in xml else xml.replace('type="raw"',
+                                                                                              'type="qcow2"', 1)
+    conn.defineXML(xml)
+    raw.unlink()
+    lab.start_vms(load(lab_state.dir), [vm])
+    dom = conn.lookupByName(vm)
+    (tmp_path / "target").mkdir()
+    settings = Settings(state_dir=tmp_path / "state", lab_dir=lab_state.dir, libvirt_uri=lab_state.uri,
+                        backup_targets=[BackupTarget(name="t", path=tmp_path / "target")])
+    engine = Engine(uri=lab_state.uri, state_dir=settings.state_dir, catalog=Catalog(settings.catalog_path))
+    q1 = engine.create(vm, "q1", allow_full_copy=True)
+    assert q1.disks[0].format == "qcow2" and kvmkit_bitmaps(dom, source) == {"kvmkit-q1": True}
+    assert backup_snapshot(settings, q1).disks[0].change_method is ChangeMethod.FULL
+    dom.destroy()  # SIGTERM: QEMU closes its images and stores the persistent bitmaps in the qcow2
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(source)], capture_output=True, text=True)
+    assert "kvmkit-q1" in info.stdout, info.stdout
+    lab.start_vms(load(lab_state.dir), [vm])
+    dom = conn.lookupByName(vm)
+    agent.guest_shell(dom, "i=0; while [ $i -lt 16 ]; do dd if=/dev/urandom of=/mnt/vda/base bs=4k count=1 "
+                           "seek=$((i*301)) conv=notrunc 2>/dev/null; i=$((i+1)); done; sync")
+    q2 = engine.create(vm, "q2", allow_full_copy=True)
+    assert kvmkit_bitmaps(dom, source) == {"kvmkit-q1": False, "kvmkit-q2/q1": True}
+    m2 = backup_snapshot(settings, q2)
+    record = m2.disks[0]
+    print(f"\nqcow2 across a restart: bitmap {record.diff_bytes} B, read {record.read_bytes} B")
+    assert record.change_method is ChangeMethod.DIRTY_BITMAP and 16 * 4096 <= record.read_bytes <= 2 * MiB
+    out = tmp_path / "vda.raw"
+    restore.restore(settings, vm, "q2", target_name="t", to=[f"vda={out}"], fmt="raw")
+    guest = subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", q2.disks[0].handle,
+                            str(tmp_path / "q2.raw")], capture_output=True)
+    assert guest.returncode == 0 and sha(out) == sha(tmp_path / "q2.raw")
+    engine.delete(vm, "q1")
+    engine.delete(vm, "q2")
+    assert kvmkit_bitmaps(dom, source) == {}

@@ -37,11 +37,16 @@ from kvmkit.virt import qmp as qmp_seam
 
 log = logging.getLogger(__name__)
 PREFIX = "kvmkit-"
-GRANULARITY = 4096  # one bit per 4 KiB: scattered guest writes cost their own size to back up (3.2 MiB of QEMU
-# memory per bitmap of a 100 GiB disk; QEMU's default, 64 KiB, would read 16× a scattered 4 KiB write)
+GRANULARITY = 4096  # one bit per 4 KiB: scattered guest writes cost their own size to back up (QEMU's default,
+# 64 KiB, would read 16× a scattered 4 KiB write)
+MAX_BITS = 1 << 24  # 2 MiB of QEMU memory per bitmap: 4 KiB granules up to a 64 GiB disk, 64 KiB at 1 TiB
 STATUS_STEP = 1 << 30  # bytes per NBD block-status request (the protocol caps a request below 4 GiB)
 NBD_STATE_DIRTY = 1
 Extent = tuple[int, int]
+
+
+class ReadRefused(Exception):
+    """The bitmap cannot be read or trusted: backup falls back to chunk hashes, and says why in the log."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,15 @@ class Bitmap:
     name: str
     tag: str  # the snapshot that added it
     previous: str | None  # the snapshot whose bitmap it disabled when it was added
-    recording: bool
+    recording: bool = False
+    inconsistent: bool = False  # a persistent bitmap QEMU could not store (it crashed): only removable
+
+
+@dataclass(frozen=True)
+class NodeBitmaps:
+    node: str  # the format node QEMU opened the disk with
+    size: int  # the guest-visible size
+    bitmaps: list[Bitmap]  # kvmkit's, by name
 
 
 def name_for(tag: str, previous: str | None) -> str:
@@ -61,14 +74,53 @@ def parse(name: str) -> Bitmap | None:
     if not name.startswith(PREFIX):
         return None
     tag, _, previous = name[len(PREFIX):].partition("/")
-    return Bitmap(name, tag, previous or None, False) if tag else None
+    return Bitmap(name, tag, previous or None) if tag else None
+
+
+def granularity_for(size: int) -> int:
+    """4 KiB (a scattered 4 KiB write costs its own size to back up) while the bitmap stays within MAX_BITS,
+    coarser above: QEMU keeps every snapshot's bitmap in memory, one bit per granule."""
+    granularity = GRANULARITY
+    while size > granularity * MAX_BITS:
+        granularity *= 2
+    return granularity
+
+
+def plan_barrier(found: NodeBitmaps, tag: str, fmt: str) -> tuple[list[str], list[dict]]:
+    """(names to remove before the freeze, transaction actions) that stop every recording kvmkit bitmap and start
+    this snapshot's. The new one names its predecessor only when exactly one was recording. A bitmap already
+    carrying this snapshot's name is a leftover of a failed attempt (plan refuses a name whose snapshot file
+    exists): it goes, so the transaction cannot fail on a duplicate name inside the freeze."""
+    stale = [b.name for b in found.bitmaps if b.tag == tag]
+    live = [b for b in found.bitmaps if b.tag != tag and b.recording and not b.inconsistent]
+    previous = live[0].tag if len(live) == 1 else None
+    actions = [{"type": "block-dirty-bitmap-disable", "data": {"node": found.node, "name": b.name}} for b in live]
+    actions.append({"type": "block-dirty-bitmap-add", "data": {
+        "node": found.node, "name": name_for(tag, previous), "granularity": granularity_for(found.size),
+        "persistent": fmt == "qcow2", "disabled": False}})
+    return stale, actions
+
+
+def trusted_older(found: NodeBitmaps, own_tag: str, older_tag: str) -> Bitmap:
+    """The older snapshot's bitmap, if it holds exactly the writes between the two snapshots: it is stopped, and
+    the newer snapshot's bitmap says it stopped that one. Else ReadRefused, with the reason."""
+    own = next((b for b in found.bitmaps if b.tag == own_tag), None)
+    older = next((b for b in found.bitmaps if b.tag == older_tag), None)
+    if own is None or older is None:
+        raise ReadRefused(f"the dirty bitmap of snapshot {own_tag if own is None else older_tag} is gone "
+                          "(the VM restarted, or the snapshot was deleted)")
+    if older.inconsistent:
+        raise ReadRefused(f"the dirty bitmap of snapshot {older_tag} is inconsistent (QEMU did not store it)")
+    if own.previous != older_tag or older.recording:
+        raise ReadRefused(f"snapshot {own_tag}'s bitmap does not follow {older_tag}'s (a snapshot in between)")
+    return older
 
 
 def _qmp(dom: Any, command: str, arguments: dict | None = None) -> Any:
     return qmp_seam.execute(dom, command, arguments)
 
 
-def node_of(dom: Any, source: str) -> tuple[str, list[Bitmap]] | None:
+def node_of(dom: Any, source: str) -> NodeBitmaps | None:
     """The node QEMU opened `source` with (the format node, whose writes the guest's are), and kvmkit's bitmaps on
     it; None when QEMU has no such node."""
     for node in _qmp(dom, "query-named-block-nodes", {"flat": True}) or []:
@@ -77,25 +129,22 @@ def node_of(dom: Any, source: str) -> tuple[str, list[Bitmap]] | None:
         bitmaps = []
         for info in node.get("dirty-bitmaps") or []:
             parsed = parse(str(info.get("name", "")))
-            if parsed is not None and not info.get("inconsistent", False):
-                bitmaps.append(Bitmap(parsed.name, parsed.tag, parsed.previous, bool(info.get("recording"))))
-        return node["node-name"], bitmaps
+            if parsed is not None:
+                bitmaps.append(Bitmap(parsed.name, parsed.tag, parsed.previous, bool(info.get("recording")),
+                                      bool(info.get("inconsistent", False))))
+        size = int((node.get("image") or {}).get("virtual-size", 0))
+        return NodeBitmaps(node["node-name"], size, bitmaps)
     return None
 
 
 def barrier_actions(dom: Any, source: str, fmt: str, tag: str) -> list[dict]:
-    """The transaction actions (before the overlay's) that start this snapshot's bitmap and stop the previous one.
-    Every recording kvmkit bitmap is stopped; the new one names its predecessor only when there was exactly one."""
+    """The transaction actions (before the overlays') for the disk `source`; leftovers of this tag removed now."""
     found = node_of(dom, source)
     if found is None:
         return []
-    node, bitmaps = found
-    recording = [b for b in bitmaps if b.recording]
-    previous = recording[0].tag if len(recording) == 1 else None
-    actions = [{"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": b.name}} for b in recording]
-    actions.append({"type": "block-dirty-bitmap-add", "data": {
-        "node": node, "name": name_for(tag, previous), "granularity": GRANULARITY,
-        "persistent": fmt == "qcow2", "disabled": False}})
+    stale, actions = plan_barrier(found, tag, fmt)
+    for name in stale:
+        _qmp(dom, "block-dirty-bitmap-remove", {"node": found.node, "name": name})
     return actions
 
 
@@ -104,11 +153,10 @@ def remove(dom: Any, source: str, tags: set[str]) -> list[str]:
     found = node_of(dom, source)
     if found is None:
         return []
-    node, bitmaps = found
     gone = []
-    for bitmap in bitmaps:
+    for bitmap in found.bitmaps:
         if bitmap.tag in tags:
-            _qmp(dom, "block-dirty-bitmap-remove", {"node": node, "name": bitmap.name})
+            _qmp(dom, "block-dirty-bitmap-remove", {"node": found.node, "name": bitmap.name})
             gone.append(bitmap.name)
     return gone
 
@@ -139,14 +187,11 @@ def prune(dom: Any, source: str, snapshot_exists: Callable[[str], bool]) -> list
     found = node_of(dom, source)
     if found is None:
         return []
-    return remove(dom, source, {b.tag for b in found[1] if not b.recording and not snapshot_exists(b.tag)})
+    return remove(dom, source, {b.tag for b in found.bitmaps
+                                if (not b.recording or b.inconsistent) and not snapshot_exists(b.tag)})
 
 
 # --- reading a bitmap ---------------------------------------------------------------------------------------------
-
-class ReadRefused(Exception):
-    """The bitmap cannot be read or trusted: backup falls back to chunk hashes, and says why in the log."""
-
 
 def changed_extents(dom: Any, source: str, own_tag: str, older_tag: str, size: int) -> list[Extent]:
     """The guest ranges written between snapshot `older_tag` and snapshot `own_tag` of the disk `source`:
@@ -154,15 +199,8 @@ def changed_extents(dom: Any, source: str, own_tag: str, older_tag: str, size: i
     found = node_of(dom, source)
     if found is None:
         raise ReadRefused(f"QEMU has no node for {source}")
-    node, bitmaps = found
-    own = next((b for b in bitmaps if b.tag == own_tag), None)
-    older = next((b for b in bitmaps if b.tag == older_tag), None)
-    if own is None or older is None:
-        raise ReadRefused(f"the dirty bitmap of snapshot {own_tag if own is None else older_tag} is gone "
-                          "(the VM restarted, or the snapshot was deleted)")
-    if own.previous != older_tag or older.recording:
-        raise ReadRefused(f"snapshot {own_tag}'s bitmap does not follow {older_tag}'s (a snapshot in between)")
-    with _export(dom, node, older.name, Path(source)) as (socket, export):
+    older = trusted_older(found, own_tag, older_tag)
+    with _export(dom, found.node, older.name, Path(source)) as (socket, export):
         return _dirty_ranges(socket, export, older.name, size)
 
 
