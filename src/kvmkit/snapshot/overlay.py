@@ -146,11 +146,10 @@ def finish(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str,
 def _prune_bitmaps(dom: Domain, disks: list[Disk]) -> None:
     """kvmkit's stopped dirty bitmaps whose snapshot file is gone are dropped (recover runs this path too)."""
     from kvmkit.snapshot.drivers import bitmaps
-    from kvmkit.snapshot.drivers.file import FileDriver
 
     for disk in disks:
         try:
-            bitmaps.prune(dom, disk.source, lambda old, d=disk: FileDriver().handle_for(d, old).exists())
+            bitmaps.prune(dom, disk.source, lambda old, d=disk: bitmaps.snapshot_file(d.source, old).exists())
         except qmp_seam.QmpError as exc:
             log.warning("disk %s: kvmkit's dirty bitmaps not pruned (%s)", disk.target, exc)
 
@@ -249,14 +248,14 @@ def _bitmap_actions(dom: Domain, disks: list[Disk], tag: str) -> list[dict]:
     copies); stopped bitmaps whose snapshot is gone are pruned first. A QEMU that refuses leaves the snapshot
     without a bitmap (its next backup compares hashes), never without the snapshot."""
     from kvmkit.snapshot.drivers import bitmaps
-    from kvmkit.snapshot.drivers.file import FileDriver, supports_reflink
+    from kvmkit.snapshot.drivers.reflink import supports_reflink
 
     actions: list[dict] = []
     for disk in disks:
         if supports_reflink(Path(disk.source).parent):
             continue
         try:
-            bitmaps.prune(dom, disk.source, lambda old, d=disk: FileDriver().handle_for(d, old).exists())
+            bitmaps.prune(dom, disk.source, lambda old, d=disk: bitmaps.snapshot_file(d.source, old).exists())
             actions += bitmaps.barrier_actions(dom, disk.source, disk.format, tag)
         except qmp_seam.QmpError as exc:
             log.warning("disk %s: no dirty bitmap for snapshot %s (%s)", disk.target, tag, exc)

@@ -291,6 +291,11 @@ def location_for(tag: str, vm_uuid: str | None) -> dict[str, str]:
     return {LOCATION_KEY: f"{PREFIX}{tag}", VM_KEY: vm_uuid} if vm_uuid else {}
 
 
+def snapshot_file(source: str, tag: str) -> Path:
+    """The file driver's snapshot of `source` named `tag` (its naming: `<disk>@<tag>.kvmkit`)."""
+    return Path(f"{source}@{tag}.kvmkit")
+
+
 def tag_in(handle: str, source: str) -> str | None:
     """The snapshot name in a file snapshot's handle (`<source>@<tag>.kvmkit`) of this disk, else None."""
     head = f"{source}@"
