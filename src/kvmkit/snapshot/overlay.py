@@ -7,7 +7,9 @@ Instead the freeze holds one O(1) barrier that moves those disks onto a qcow2 ov
 `transaction` on overlay nodes QEMU opened before the freeze, or (overlay_barrier = "libvirt") libvirt's own
 disk-only, atomic external snapshot — and after the thaw the now-quiet base file is cloned (or copied), then the
 overlay is committed back with an active block commit + pivot, so the VM never keeps an overlay chain. Each step
-is journaled: `recover` commits or discards overlays a crash left behind.
+is journaled: `recover` commits or discards overlays a crash left behind. On a filesystem without reflink the same
+transaction also starts a QEMU dirty bitmap for the new snapshot and stops the previous one (drivers/bitmaps.py),
+so the next incremental backup reads only what the guest wrote.
 
 Why not always the overlay: on an unfragmented disk a reflink takes well under a millisecond, while the
 overlay transaction costs tens of milliseconds inside the freeze plus a block commit afterwards. The extent count

@@ -108,7 +108,8 @@ def trusted_older(found: NodeBitmaps, own_tag: str, older_tag: str) -> Bitmap:
     older = next((b for b in found.bitmaps if b.tag == older_tag), None)
     if own is None or older is None:
         raise ReadRefused(f"the dirty bitmap of snapshot {own_tag if own is None else older_tag} is gone "
-                          "(the VM restarted, or the snapshot was deleted)")
+                          "(the VM restarted, the snapshot was deleted, or it was taken without the QMP "
+                          "overlay barrier)")
     if older.inconsistent:
         raise ReadRefused(f"the dirty bitmap of snapshot {older_tag} is inconsistent (QEMU did not store it)")
     if own.previous != older_tag or older.recording:
