@@ -1,6 +1,7 @@
 """A file disk on ext4 (no reflink): the overlay barrier starts a QEMU dirty bitmap per snapshot, so an incremental
-reads only the guest's writes; after a VM restart (raw disk: in-memory bitmaps) it falls back to chunk hashes;
-deleting the snapshots removes their bitmaps and nothing else."""
+reads only the guest's writes (also across a snapshot that was not backed up); after a VM restart (raw disk:
+in-memory bitmaps) it falls back to chunk hashes, while a qcow2 disk keeps its persistent bitmaps; deleting the
+snapshots removes their bitmaps and nothing else."""
 
 from __future__ import annotations
 
@@ -107,6 +108,22 @@ def test_dirty_bitmap_incremental_reads_only_the_writes_then_falls_back_after_a_
     restore.restore(settings, vm, "bm2", target_name="t", to=[f"vda={out}"])
     assert sha(out) == sha(Path(s2.disks[0].handle))
 
+    # a snapshot taken but never backed up: the next backup crosses it (the two stopped bitmaps merged)
+    scatter = ("i=0; while [ $i -lt 16 ]; do dd if=/dev/urandom of=/mnt/vda/base bs=4k count=1 seek=$((i*97+{})) "
+               "conv=notrunc 2>/dev/null; i=$((i+1)); done; sync")
+    agent.guest_shell(dom, scatter.format(1))
+    engine.create(vm, "bm2a", allow_full_copy=True)
+    agent.guest_shell(dom, scatter.format(2))
+    s2b = engine.create(vm, "bm2b", allow_full_copy=True)
+    m2b = backup_snapshot(settings, s2b)
+    truth = changed_bytes(Path(s2.disks[0].handle), Path(s2b.disks[0].handle))
+    print(f"across an unbacked snapshot: changed {truth} B, read {m2b.disks[0].read_bytes} B")
+    assert m2b.disks[0].change_method is ChangeMethod.DIRTY_BITMAP and m2b.parent == "bm2"
+    assert 32 * 4096 <= truth <= m2b.disks[0].read_bytes <= 1.5 * truth + 64 * 1024
+    assert not any(name.startswith("kvmkit-~") for name in kvmkit_bitmaps(dom, source))  # the union is gone
+    restore.restore(settings, vm, "bm2b", target_name="t", to=[f"vda={tmp_path / 'vda2b.raw'}"])
+    assert sha(tmp_path / "vda2b.raw") == sha(Path(s2b.disks[0].handle))
+
     # a VM restart: the raw disk's in-memory bitmaps are gone; the next backup compares hashes, no error
     dom.destroy()
     lab.start_vms(load(lab_state.dir), [vm])
@@ -117,7 +134,7 @@ def test_dirty_bitmap_incremental_reads_only_the_writes_then_falls_back_after_a_
     assert kvmkit_bitmaps(dom, source) == {"kvmkit-bm3": True}  # no predecessor: the chain restarts here
     m3 = backup_snapshot(settings, s3)
     print(f"after a restart: {m3.disks[0].change_method} read {m3.disks[0].read_bytes} B")
-    assert m3.disks[0].change_method is ChangeMethod.HASHES and m3.parent == "bm2"
+    assert m3.disks[0].change_method is ChangeMethod.HASHES and m3.parent == "bm2b"
     restore.restore(settings, vm, "bm3", target_name="t", to=[f"vda={tmp_path / 'vda3.raw'}"])
     assert sha(tmp_path / "vda3.raw") == sha(Path(s3.disks[0].handle))
 
@@ -125,7 +142,7 @@ def test_dirty_bitmap_incremental_reads_only_the_writes_then_falls_back_after_a_
     qmp(dom, "block-dirty-bitmap-add", {"node": bitmaps.node_of(dom, str(source)).node, "name": "operator-own"})
     s4 = engine.create(vm, "bm4", allow_full_copy=True)
     assert kvmkit_bitmaps(dom, source) == {"kvmkit-bm3": False, "kvmkit-bm4/bm3": True}
-    for name in ("bm1", "bm2", "bm3", "bm4"):
+    for name in ("bm1", "bm2", "bm2a", "bm2b", "bm3", "bm4"):
         engine.delete(vm, name)
     assert kvmkit_bitmaps(dom, source) == {}
     node = bitmaps.node_of(dom, str(source)).node

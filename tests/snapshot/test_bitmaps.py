@@ -60,15 +60,25 @@ def test_two_recording_bitmaps_are_both_stopped_and_neither_is_trusted_as_predec
 @pytest.mark.parametrize(("present", "why"), [
     ((Bitmap("kvmkit-s2/s1", "s2", "s1", recording=True),), "gone"),  # VM restarted: s1's bitmap lost
     # s2 deleted (its bitmap with it): s1's covers only s1 → s2, and s3's says it followed s2
-    ((Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s3/s2", "s3", "s2", recording=True)), "does not follow"),
-    ((Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s2", "s2", None, recording=True)), "does not follow"),
-    ((Bitmap("kvmkit-s1", "s1", None, inconsistent=True), Bitmap("kvmkit-s2/s1", "s2", "s1")), "inconsistent"),
+    ((Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s3/s2", "s3", "s2", recording=True)), "does not lead back"),
+    # s3 followed nothing (a restart in between): s1's bitmap is no part of its history
+    ((Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s3", "s3", None, recording=True)), "does not lead back"),
+    ((Bitmap("kvmkit-s1", "s1", None, inconsistent=True), Bitmap("kvmkit-s3/s1", "s3", "s1")), "inconsistent"),
+    ((Bitmap("kvmkit-s1", "s1", None, recording=True), Bitmap("kvmkit-s3/s1", "s3", "s1")), "still recording"),
+    ((Bitmap("kvmkit-s1", "s1", None, granularity=8192), Bitmap("kvmkit-s2/s1", "s2", "s1"),
+      Bitmap("kvmkit-s3/s2", "s3", "s2")), "granularities"),
 ])
-def test_an_older_bitmap_is_trusted_only_when_the_newer_one_stopped_exactly_it(present, why):
+def test_bitmaps_are_trusted_only_along_an_unbroken_chain_of_predecessors(present, why):
     with pytest.raises(ReadRefused, match=why):
-        bitmaps.trusted_older(node(*present), "s3" if present[-1].tag == "s3" else "s2", "s1")
-    good = node(Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s2/s1", "s2", "s1", recording=True))
-    assert bitmaps.trusted_older(good, "s2", "s1").name == "kvmkit-s1"
+        bitmaps.trusted_chain(node(*present), "s3", "s1")
+
+
+def test_the_chain_crosses_snapshots_that_were_not_backed_up():
+    s1, s2 = Bitmap("kvmkit-s1", "s1", None), Bitmap("kvmkit-s2/s1", "s2", "s1")
+    s3 = Bitmap("kvmkit-s3/s2", "s3", "s2", recording=True)
+    unrelated = Bitmap("kvmkit-x", "x", None)
+    assert bitmaps.trusted_chain(node(s1, s2, s3, unrelated), "s3", "s2") == [s2]
+    assert bitmaps.trusted_chain(node(s1, s2, s3, unrelated), "s3", "s1") == [s1, s2]
 
 
 def test_dirty_ranges_are_read_from_a_real_nbd_export_with_the_bitmap(tmp_path):

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 PREFIX = "kvmkit-"
 GRANULARITY = 4096  # one bit per 4 KiB: scattered guest writes cost their own size to back up (QEMU's default,
 # 64 KiB, would read 16× a scattered 4 KiB write)
+MERGE_MARK = "~merge-"  # a temporary union of several bitmaps: "~" starts no snapshot name
+MAX_CHAIN = 64  # stopped bitmaps crossed to reach an older snapshot (snapshots taken but not backed up)
 MAX_BITS = 1 << 24  # 2 MiB of QEMU memory per bitmap: 4 KiB granules up to a 64 GiB disk, 64 KiB at 1 TiB
 STATUS_STEP = 1 << 30  # bytes per NBD block-status request (the protocol caps a request below 4 GiB)
 NBD_STATE_DIRTY = 1
@@ -56,6 +58,7 @@ class Bitmap:
     previous: str | None  # the snapshot whose bitmap it disabled when it was added
     recording: bool = False
     inconsistent: bool = False  # a persistent bitmap QEMU could not store (it crashed): only removable
+    granularity: int = GRANULARITY
 
 
 @dataclass(frozen=True)
@@ -101,20 +104,32 @@ def plan_barrier(found: NodeBitmaps, tag: str, fmt: str) -> tuple[list[str], lis
     return stale, actions
 
 
-def trusted_older(found: NodeBitmaps, own_tag: str, older_tag: str) -> Bitmap:
-    """The older snapshot's bitmap, if it holds exactly the writes between the two snapshots: it is stopped, and
-    the newer snapshot's bitmap says it stopped that one. Else ReadRefused, with the reason."""
-    own = next((b for b in found.bitmaps if b.tag == own_tag), None)
-    older = next((b for b in found.bitmaps if b.tag == older_tag), None)
-    if own is None or older is None:
+def trusted_chain(found: NodeBitmaps, own_tag: str, older_tag: str) -> list[Bitmap]:
+    """The stopped bitmaps that together hold exactly the writes between the two snapshots, oldest first: from this
+    snapshot's bitmap, follow each one's predecessor back to the older snapshot's (snapshots taken in between
+    but never backed up are crossed; one deleted breaks the chain, its bitmap went with it). Else ReadRefused."""
+    by_tag = {b.tag: b for b in found.bitmaps}
+    own = by_tag.get(own_tag)
+    if own is None or older_tag not in by_tag:
         raise ReadRefused(f"the dirty bitmap of snapshot {own_tag if own is None else older_tag} is gone "
                           "(the VM restarted, the snapshot was deleted, or it was taken without the QMP "
                           "overlay barrier)")
-    if older.inconsistent:
-        raise ReadRefused(f"the dirty bitmap of snapshot {older_tag} is inconsistent (QEMU did not store it)")
-    if own.previous != older_tag or older.recording:
-        raise ReadRefused(f"snapshot {own_tag}'s bitmap does not follow {older_tag}'s (a snapshot in between)")
-    return older
+    chain: list[Bitmap] = []
+    step = own
+    while step.previous != older_tag:
+        if step.previous is None or step.previous not in by_tag or len(chain) >= MAX_CHAIN:
+            raise ReadRefused(f"snapshot {own_tag}'s bitmap does not lead back to {older_tag}'s (a snapshot in "
+                              f"between was deleted, or more than {MAX_CHAIN} lie between)")
+        step = by_tag[step.previous]
+        chain.append(step)
+    chain.append(by_tag[older_tag])
+    for bitmap in chain:
+        if bitmap.inconsistent or bitmap.recording:
+            raise ReadRefused(f"the dirty bitmap of snapshot {bitmap.tag} is "
+                              f"{'inconsistent (QEMU did not store it)' if bitmap.inconsistent else 'still recording'}")
+    if len({b.granularity for b in chain}) > 1:
+        raise ReadRefused("the bitmaps between the two snapshots have different granularities (a resized disk)")
+    return chain[::-1]
 
 
 def _qmp(dom: Any, command: str, arguments: dict | None = None) -> Any:
@@ -132,7 +147,8 @@ def node_of(dom: Any, source: str) -> NodeBitmaps | None:
             parsed = parse(str(info.get("name", "")))
             if parsed is not None:
                 bitmaps.append(Bitmap(parsed.name, parsed.tag, parsed.previous, bool(info.get("recording")),
-                                      bool(info.get("inconsistent", False))))
+                                      bool(info.get("inconsistent", False)),
+                                      int(info.get("granularity", GRANULARITY))))
         size = int((node.get("image") or {}).get("virtual-size", 0))
         return NodeBitmaps(node["node-name"], size, bitmaps)
     return None
@@ -200,9 +216,29 @@ def changed_extents(dom: Any, source: str, own_tag: str, older_tag: str, size: i
     found = node_of(dom, source)
     if found is None:
         raise ReadRefused(f"QEMU has no node for {source}")
-    older = trusted_older(found, own_tag, older_tag)
-    with _export(dom, found.node, older.name, Path(source)) as (socket, export):
-        return _dirty_ranges(socket, export, older.name, size)
+    chain = trusted_chain(found, own_tag, older_tag)
+    with _union(dom, found.node, chain) as name, _export(dom, found.node, name, Path(source)) as (socket, export):
+        return _dirty_ranges(socket, export, name, size)
+
+
+@contextlib.contextmanager
+def _union(dom: Any, node: str, chain: list[Bitmap]) -> Iterator[str]:
+    """One bitmap to export: the single one, or a temporary merge of the chain (removed in every path; a
+    leftover is pruned like any stopped kvmkit bitmap without a snapshot file)."""
+    if len(chain) == 1:
+        yield chain[0].name
+        return
+    name = f"{PREFIX}{MERGE_MARK}{uuid.uuid4().hex[:12]}"
+    _qmp(dom, "transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": name, "disabled": True,
+                                                    "granularity": chain[0].granularity}},
+        {"type": "block-dirty-bitmap-merge", "data": {"node": node, "target": name,
+                                                      "bitmaps": [b.name for b in chain]}}]})
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(qmp_seam.QmpError):
+            _qmp(dom, "block-dirty-bitmap-remove", {"node": node, "name": name})
 
 
 @contextlib.contextmanager
