@@ -6,7 +6,9 @@ snapshots removes their bitmaps and nothing else."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,3 +198,38 @@ def test_a_qcow2_disk_keeps_its_bitmaps_across_a_vm_restart(bm_vm, lab_state, co
     engine.delete(vm, "q1")
     engine.delete(vm, "q2")
     assert kvmkit_bitmaps(dom, source) == {}
+
+
+def test_a_snapshot_that_died_between_barrier_and_commit_leaves_no_bitmap_once_repaired(bm_vm, lab_state, conn,
+                                                                                        tmp_path):
+    """kvmkit is killed after the barrier (the bitmap started, the copy made, the overlay not yet committed): its
+    watchdog's recover pass merges the overlay back and discards the unfinished snapshot, bitmap included."""
+    from kvmkit.virt.connection import live_disks
+
+    vm, _ = bm_vm
+    dom = conn.lookupByName(vm)
+    source = Path(live_disks(dom)[0].source)  # raw, or qcow2 after the test above
+    before = kvmkit_bitmaps(dom, source)
+    env = {**os.environ, "KVMKIT_STATE_DIR": str(tmp_path / "state"), "KVMKIT_LAB_DIR": str(lab_state.dir),
+           "KVMKIT_FAILPOINT": "overlay-before-commit=hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "kvmkit", "snapshot", "create", vm, "--name", "bmkill",
+                             "--allow-full-copy"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "failpoint overlay-before-commit: hanging" in line:
+                break
+        else:
+            raise AssertionError(f"kvmkit ended before the failpoint (exit {proc.wait()})")
+        assert any(name.startswith("kvmkit-bmkill") for name in kvmkit_bitmaps(dom, source))
+    finally:
+        proc.kill()
+        proc.wait()
+    catalog = Catalog(tmp_path / "state" / "catalog.sqlite")
+    deadline = time.monotonic() + 60
+    while catalog.journal() or catalog.list(dom.UUIDString()):
+        assert time.monotonic() < deadline, "the watchdog did not repair within 60 s"
+        time.sleep(0.2)
+    assert not (source.parent / f"{source.name}@bmkill.kvmkit").exists()
+    assert kvmkit_bitmaps(dom, source) == before

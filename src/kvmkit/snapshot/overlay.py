@@ -146,7 +146,7 @@ def finish(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str,
 
 
 def _prune_bitmaps(dom: Domain, disks: list[Disk]) -> None:
-    """kvmkit's stopped dirty bitmaps whose snapshot file is gone are dropped (recover runs this path too)."""
+    """kvmkit's dirty bitmaps whose snapshot file is gone are dropped (recover runs this path too)."""
     from kvmkit.snapshot.drivers import bitmaps
 
     for disk in disks:

@@ -199,13 +199,15 @@ def remove_offline(image: Path, tag: str) -> list[str]:
 
 
 def prune(dom: Any, source: str, snapshot_exists: Callable[[str], bool]) -> list[str]:
-    """Remove kvmkit's stopped bitmaps whose snapshot no longer exists (a crash between the barrier and the
-    copy, a snapshot removed by hand): nothing can be read against them any more."""
+    """Remove kvmkit's bitmaps whose snapshot file does not exist: a snapshot that died between the barrier and
+    its copy, one whose bitmap could not be removed with it (a qcow2 node is read-only while an overlay sits on
+    it), one removed by hand, a temporary union left by a killed backup. Nothing can be read against them. Called
+    only under the VM's snapshot lock, before a barrier or after its commit, when no snapshot of this catalog is
+    between its barrier and its copy."""
     found = node_of(dom, source)
     if found is None:
         return []
-    return remove(dom, source, {b.tag for b in found.bitmaps
-                                if (not b.recording or b.inconsistent) and not snapshot_exists(b.tag)})
+    return remove(dom, source, {b.tag for b in found.bitmaps if not snapshot_exists(b.tag)})
 
 
 # --- reading a bitmap ---------------------------------------------------------------------------------------------
