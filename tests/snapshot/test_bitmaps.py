@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kvmkit.snapshot.drivers import bitmaps
+from kvmkit.snapshot.drivers import bitmap_export, bitmaps
 from kvmkit.snapshot.drivers.bitmaps import Bitmap, NodeBitmaps, ReadRefused
 
 MiB = 1 << 20
@@ -99,7 +99,7 @@ def test_dirty_ranges_are_read_from_a_real_nbd_export_with_the_bitmap(tmp_path):
             if sock.exists():
                 break
             time.sleep(0.05)
-        got = bitmaps._dirty_ranges(str(sock), "exp", "kvmkit-s1", size)
+        got = bitmap_export.dirty_ranges(str(sock), "exp", "kvmkit-s1", size)
     finally:
         proc.terminate()
         proc.wait()

@@ -14,41 +14,33 @@ it disabled exactly that one (a snapshot deleted in between, a VM restart, a cra
 falls back to chunk hashes). Raw disks get in-memory bitmaps (gone when QEMU ends), qcow2 disks persistent ones
 (stored in the image, they survive a restart).
 
-The bitmap is read the way libvirt's pull-mode backup reads it: the node is exported read-only over NBD on a
-private unix socket (`nbd-server-start` + `block-export-add` with `bitmaps`), and libnbd's `block_status` with the
-meta context `qemu:dirty-bitmap:<name>` lists the dirty ranges; the export is torn down in every path.
+The bitmap is read (bitmap_export.py) the way libvirt's pull-mode backup reads it: the node is exported
+read-only over NBD on a private unix socket (`nbd-server-start` + `block-export-add` with `bitmaps`), and libnbd's
+`block_status` with the meta context `qemu:dirty-bitmap:<name>` lists the dirty ranges; the export is torn down in
+every path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 import subprocess
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvmkit.snapshot.drivers import bitmap_export
+from kvmkit.snapshot.drivers.bitmap_export import ReadRefused
 from kvmkit.virt import qmp as qmp_seam
 
 log = logging.getLogger(__name__)
 PREFIX = "kvmkit-"
 GRANULARITY = 4096  # one bit per 4 KiB: scattered guest writes cost their own size to back up (QEMU's default,
 # 64 KiB, would read 16× a scattered 4 KiB write)
-MERGE_MARK = "~merge-"  # a temporary union of several bitmaps: "~" starts no snapshot name
 MAX_CHAIN = 64  # stopped bitmaps crossed to reach an older snapshot (snapshots taken but not backed up)
 MAX_BITS = 1 << 24  # 2 MiB of QEMU memory per bitmap: 4 KiB granules up to a 64 GiB disk, 64 KiB at 1 TiB
-STATUS_STEP = 1 << 30  # bytes per NBD block-status request (the protocol caps a request below 4 GiB)
-NBD_STATE_DIRTY = 1
 Extent = tuple[int, int]
-
-
-class ReadRefused(Exception):
-    """The bitmap cannot be read or trusted: backup falls back to chunk hashes, and says why in the log."""
 
 
 @dataclass(frozen=True)
@@ -219,104 +211,9 @@ def changed_extents(dom: Any, source: str, own_tag: str, older_tag: str, size: i
     if found is None:
         raise ReadRefused(f"QEMU has no node for {source}")
     chain = trusted_chain(found, own_tag, older_tag)
-    with _union(dom, found.node, chain) as name, _export(dom, found.node, name, Path(source)) as (socket, export):
-        return _dirty_ranges(socket, export, name, size)
-
-
-@contextlib.contextmanager
-def _union(dom: Any, node: str, chain: list[Bitmap]) -> Iterator[str]:
-    """One bitmap to export: the single one, or a temporary merge of the chain (removed in every path; a
-    leftover is pruned like any stopped kvmkit bitmap without a snapshot file)."""
-    if len(chain) == 1:
-        yield chain[0].name
-        return
-    name = f"{PREFIX}{MERGE_MARK}{uuid.uuid4().hex[:12]}"
-    _qmp(dom, "transaction", {"actions": [
-        {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": name, "disabled": True,
-                                                    "granularity": chain[0].granularity}},
-        {"type": "block-dirty-bitmap-merge", "data": {"node": node, "target": name,
-                                                      "bitmaps": [b.name for b in chain]}}]})
-    try:
-        yield name
-    finally:
-        with contextlib.suppress(qmp_seam.QmpError):
-            _qmp(dom, "block-dirty-bitmap-remove", {"node": node, "name": name})
-
-
-@contextlib.contextmanager
-def _export(dom: Any, node: str, bitmap: str, beside: Path) -> Iterator[tuple[str, str]]:
-    """A read-only NBD export of the node with the bitmap, on a private socket; always torn down."""
-    folder = Path(tempfile.mkdtemp(prefix="kvmkit-nbd-"))
-    st = beside.stat()
-    os.chown(folder, st.st_uid, st.st_gid)  # QEMU runs as the disk's owner and makes the socket here
-    socket, export = str(folder / "nbd.sock"), f"kvmkit-bitmap-{uuid.uuid4().hex[:12]}"
-    started = exported = False
-    try:
-        try:
-            _qmp(dom, "nbd-server-start", {"addr": {"type": "unix", "data": {"path": socket}}})
-            started = True
-        except qmp_seam.ExecuteError as exc:  # an NBD server already runs (a libvirt backup job, a migration)
-            raise ReadRefused(f"QEMU cannot start a private NBD server ({exc.error_class}): {exc.desc}") from exc
-        _qmp(dom, "block-export-add", {"type": "nbd", "id": export, "node-name": node, "name": export,
-                                       "writable": False, "bitmaps": [bitmap]})
-        exported = True
-        yield socket, export
-    finally:
-        if exported:
-            with contextlib.suppress(qmp_seam.QmpError):
-                _qmp(dom, "block-export-del", {"id": export, "mode": "hard"})
-        if started:
-            with contextlib.suppress(qmp_seam.QmpError):
-                _qmp(dom, "nbd-server-stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _dirty_ranges(socket: str, export: str, bitmap: str, size: int) -> list[Extent]:
-    """Dirty ranges in guest order, adjacent ones merged: memory grows with the dirty extents, not the disk."""
-    import nbd
-
-    context = f"qemu:dirty-bitmap:{bitmap}"
-    handle = nbd.NBD()
-    try:
-        handle.add_meta_context(context)
-        handle.set_export_name(export)
-        handle.connect_unix(socket)
-        if not handle.can_meta_context(context):
-            raise ReadRefused(f"QEMU's export does not offer {context}")
-        end = min(size, handle.get_size())
-        ranges: list[list[int]] = []
-        offset = 0
-        while offset < end:
-            seen = [0]
-
-            def extent(metacontext: str, start: int, entries: list[int], err: Any, at: list[int] = seen) -> int:
-                if metacontext != context:
-                    return 0
-                pos = start
-                for i in range(0, len(entries) - 1, 2):
-                    length, flags = entries[i], entries[i + 1]
-                    length = min(length, end - pos)
-                    if length <= 0:
-                        break
-                    if flags & NBD_STATE_DIRTY:
-                        if ranges and ranges[-1][0] + ranges[-1][1] == pos:
-                            ranges[-1][1] += length
-                        else:
-                            ranges.append([pos, length])
-                    pos += length
-                at[0] = pos - start
-                return 0
-
-            handle.block_status(min(STATUS_STEP, end - offset), offset, extent)
-            if seen[0] <= 0:
-                raise ReadRefused(f"QEMU's block status for {context} made no progress at {offset}")
-            offset += seen[0]
-        return [(start, length) for start, length in ranges]
-    except nbd.Error as exc:
-        raise ReadRefused(f"NBD: {exc}") from exc
-    finally:
-        with contextlib.suppress(nbd.Error):
-            handle.shutdown()  # the connection closes when the handle is collected (libnbd has no close)
+    with bitmap_export.union(dom, found.node, [b.name for b in chain], chain[0].granularity) as name, \
+            bitmap_export.export(dom, found.node, name, Path(source)) as (socket, export):
+        return bitmap_export.dirty_ranges(socket, export, name, size)
 
 
 # --- the file driver's side: what a snapshot record says, reading and deleting -----------------------------------
