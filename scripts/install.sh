@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # (no Ceph daemons, radosgw, Chromium, kernel, busybox). Without WHEEL the wheel is built from this checkout.
 # KVMKIT_HOST_VENV (default /opt/kvmkit) and KVMKIT_HOST_BIN (default /usr/local/bin; empty: no link) say where.
 if [ "${1:-}" = "--host" ]; then
-  HOST_PACKAGES=(python3-libvirt python3-rbd python3-rados qemu-utils python3-venv python3-pip)
+  HOST_PACKAGES=(python3-libvirt python3-rbd python3-rados python3-libnbd qemu-utils python3-venv python3-pip)
   venv="${KVMKIT_HOST_VENV:-/opt/kvmkit}"
   bin="${KVMKIT_HOST_BIN-/usr/local/bin}"
   missing=()
@@ -51,7 +51,7 @@ APT_PACKAGES=(
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados radosgw python3-boto3
   fio xfsprogs busybox-static linux-image-amd64 kmod
   python3-venv python3-pip util-linux e2fsprogs chromium prometheus
-  restic borgbackup python3-pyfuse3
+  restic borgbackup python3-pyfuse3 python3-libnbd
 )
 STAMP=.venv/.installed
 missing=()

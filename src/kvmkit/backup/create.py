@@ -171,7 +171,9 @@ class Backup:
             if changed is not None:
                 record.change_method = ChangeMethod(reader.change_method)  # type: ignore[attr-defined]
                 record.diff_bytes = chunking.extents_length(changed)
-                work = ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
+                work = changes.chunk_blocks(changed, size, self.chunk_size, codec.DELTA_BLOCK) \
+                    if isinstance(reader, FileReader) else \
+                    ((i, None) for i in chunking.touched_chunks(changed, size, self.chunk_size))
             elif ranges is not None:
                 record.change_method, record.diff_bytes = method, 0
                 work = changes.chunk_blocks(_counted(ranges, record), size, self.chunk_size, codec.DELTA_BLOCK)
@@ -179,7 +181,7 @@ class Backup:
                 record.change_method = ChangeMethod.HASHES if parent_record is not None else ChangeMethod.FULL
                 examine = chunking.touched_chunks(reader.data_extents(), size, self.chunk_size)
                 work = ((i, None) for i in sorted(set(examine) | set(parent_map)))
-            by_blocks = record.change_method in (ChangeMethod.FIEMAP, ChangeMethod.QCOW2_MAP)
+            by_blocks = record.change_method in (ChangeMethod.FIEMAP, ChangeMethod.QCOW2_MAP, ChangeMethod.DIRTY_BITMAP)
             workers = max(self.workers, BLOCK_WORKERS) if by_blocks else self.workers
             hashes = ChunkWork(self, reader, index, size, parent_map, record).run(work, workers)
             record.chunks = ([(i, h) for i, h in sorted(hashes.items()) if h is not None] if record.full

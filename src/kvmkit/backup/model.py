@@ -53,6 +53,7 @@ class ChangeMethod(StrEnum):
     FIEMAP = "fiemap"  # two reflink snapshots' extent maps compared: only changed blocks read
     RBD_DIFF = "rbd-diff"  # librbd diff_iterate since the parent's snapshot
     QCOW2_MAP = "qcow2-map"  # two reflink snapshots of a qcow2: allocation maps + extent maps (qcow2_changes.py)
+    DIRTY_BITMAP = "dirty-bitmap"  # QEMU's dirty bitmap of a file disk without reflink, since the parent's snapshot
     HASHES = "hashes"  # every data chunk read and hashed, compared with the parent's
     FULL = "full"  # no usable parent: every chunk with data read
 

@@ -7,7 +7,9 @@ Instead the freeze holds one O(1) barrier that moves those disks onto a qcow2 ov
 `transaction` on overlay nodes QEMU opened before the freeze, or (overlay_barrier = "libvirt") libvirt's own
 disk-only, atomic external snapshot — and after the thaw the now-quiet base file is cloned (or copied), then the
 overlay is committed back with an active block commit + pivot, so the VM never keeps an overlay chain. Each step
-is journaled: `recover` commits or discards overlays a crash left behind.
+is journaled: `recover` commits or discards overlays a crash left behind. On a filesystem without reflink the same
+transaction also starts a QEMU dirty bitmap for the new snapshot and stops the previous one (drivers/bitmaps.py),
+so the next incremental backup reads only what the guest wrote.
 
 Why not always the overlay: on an unfragmented disk a reflink takes well under a millisecond, while the
 overlay transaction costs tens of milliseconds inside the freeze plus a block commit afterwards. The extent count
@@ -20,6 +22,7 @@ import fcntl
 import logging
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -138,7 +141,19 @@ def finish(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str,
         qmp_commit_back(dom, disks, tag)
     else:
         commit_back(conn, dom, disks, tag)
+    _prune_bitmaps(dom, disks)
     return f"{len(disks)} overlay(s) of snapshot {tag} merged back; one image a disk"
+
+
+def _prune_bitmaps(dom: Domain, disks: list[Disk]) -> None:
+    """kvmkit's dirty bitmaps whose snapshot file is gone are dropped (recover runs this path too)."""
+    from kvmkit.snapshot.drivers import bitmaps
+
+    for disk in disks:
+        try:
+            bitmaps.prune(dom, disk.source, lambda old, d=disk: bitmaps.snapshot_file(d.source, old).exists())
+        except qmp_seam.QmpError as exc:
+            log.warning("disk %s: kvmkit's dirty bitmaps not pruned (%s)", disk.target, exc)
 
 
 def _set_disk_source(xml: str, target: str, path: str, fmt: str) -> str:
@@ -199,11 +214,21 @@ def _top_nodes(dom: Domain) -> dict[str, str]:
     return nodes
 
 
-def qmp_prepare(dom: Domain, disks: list[Disk], tag: str) -> dict[str, str]:
-    """Overlays created and opened by QEMU (not yet in use), the persistent definition pointed at them: returns
-    target → the node they will go on top of."""
+@dataclass(frozen=True)
+class QmpBarrier:
+    """What the freeze's one QMP transaction does: the overlays go on top of `tops` (target → node), after the
+    dirty-bitmap actions of the disks that cannot reflink (drivers/bitmaps.py)."""
+
+    tops: dict[str, str]
+    bitmap_actions: list[dict] = field(default_factory=list)
+
+
+def qmp_prepare(dom: Domain, disks: list[Disk], tag: str) -> QmpBarrier:
+    """Overlays created and opened by QEMU (not yet in use), the persistent definition pointed at them, and for
+    disks without reflink the dirty-bitmap actions: everything the transaction inside the freeze needs."""
     block_migration(dom, Path(disks[0].source).parent)
     tops = _top_nodes(dom)
+    actions = _bitmap_actions(dom, disks, tag)
     caching = _cache_modes(dom)
     prepare(disks, tag)
     for disk in disks:
@@ -217,7 +242,26 @@ def qmp_prepare(dom: Domain, disks: list[Disk], tag: str) -> dict[str, str]:
         qmp(dom, "blockdev-add", {"driver": "qcow2", "node-name": overlay_node(disk.target), "backing": None,
                                   "cache": {"direct": direct, "no-flush": False}, "file": file_node})
     redirect_persistent(dom, disks, tag)
-    return {disk.target: tops[disk.target] for disk in disks}
+    return QmpBarrier({disk.target: tops[disk.target] for disk in disks}, actions)
+
+
+def _bitmap_actions(dom: Domain, disks: list[Disk], tag: str) -> list[dict]:
+    """Disks on a filesystem without reflink get a dirty bitmap per snapshot (FIEMAP cannot compare two full
+    copies); stopped bitmaps whose snapshot is gone are pruned first. A QEMU that refuses leaves the snapshot
+    without a bitmap (its next backup compares hashes), never without the snapshot."""
+    from kvmkit.snapshot.drivers import bitmaps
+    from kvmkit.snapshot.drivers.reflink import supports_reflink
+
+    actions: list[dict] = []
+    for disk in disks:
+        if supports_reflink(Path(disk.source).parent):
+            continue
+        try:
+            bitmaps.prune(dom, disk.source, lambda old, d=disk: bitmaps.snapshot_file(d.source, old).exists())
+            actions += bitmaps.barrier_actions(dom, disk.source, disk.format, tag)
+        except qmp_seam.QmpError as exc:
+            log.warning("disk %s: no dirty bitmap for snapshot %s (%s)", disk.target, tag, exc)
+    return actions
 
 
 NO_MIGRATION_NODE = "kvmkit-no-migration"
@@ -307,10 +351,11 @@ def restore_persistent(dom: Domain, disks: list[Disk], tag: str) -> bool:
     return bool(todo)
 
 
-def qmp_barrier(dom: Domain, tops: dict[str, str]) -> None:
-    qmp(dom, "transaction", {"actions": [
+def qmp_barrier(dom: Domain, prepared: QmpBarrier) -> None:
+    """One atomic transaction: the previous dirty bitmaps stopped, this snapshot's started, the overlays on top."""
+    qmp(dom, "transaction", {"actions": prepared.bitmap_actions + [
         {"type": "blockdev-snapshot", "data": {"node": node, "overlay": overlay_node(target)}}
-        for target, node in tops.items()]})
+        for target, node in prepared.tops.items()]})
 
 
 def qmp_commit_back(dom: Domain, disks: list[Disk], tag: str, timeout_s: float = 600.0) -> None:

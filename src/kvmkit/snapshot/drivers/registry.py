@@ -18,7 +18,7 @@ def default_drivers(settings: Settings, *, libvirt_uri: str | None = None, rados
     rados/rbd: Ceph's binding modules, Debian's by default; without them RBD disks are reported unsupported."""
     from kvmkit.snapshot.drivers.rbd import RbdDriver
 
-    drivers: list[StorageDriver] = [FileDriver()]
+    drivers: list[StorageDriver] = [FileDriver(libvirt_uri or settings.libvirt_uri)]
     drivers += _storpool(settings)  # only when the `storpool` binding is installed and StorPool is configured here
     try:
         drivers.append(RbdDriver(settings.ceph, rados=rados, rbd=rbd,
