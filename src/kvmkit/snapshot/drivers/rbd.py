@@ -13,8 +13,10 @@ Only snapshots named `kvmkit-*` (and groups named `kvmkit-*`) are kvmkit's: noth
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +67,21 @@ def split_handle(handle: str) -> tuple[str, str, str]:
     return pool, image, snap
 
 
+_LIVE: weakref.WeakSet[RbdDriver] = weakref.WeakSet()  # drivers whose clusters may still be connected
+
+
+@atexit.register
+def _shut_down_at_exit() -> None:
+    """Shut every cluster connection down before the interpreter tears itself down: a librados client still
+    connected while Python finalizes its objects can crash the process at exit (seen as a SIGSEGV after a
+    successful `snapshot revert`). Operations that end earlier close their drivers themselves."""
+    for driver in list(_LIVE):
+        try:
+            driver.close()
+        except Exception:  # at exit, nothing more can be done about a cluster that will not shut down
+            pass
+
+
 class RbdDriver:
     name = "rbd"
 
@@ -87,6 +104,7 @@ class RbdDriver:
         self._open: dict[str, tuple[rados.Ioctx, rbd.Image]] = {}  # planned handle → opened before the freeze
         self._rolled: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+        _LIVE.add(self)
 
     # clusters -----------------------------------------------------------------------------------------
     def _settings(self) -> CephSettings:
