@@ -60,7 +60,7 @@ step "kvmkit snapshot list lab1"
 $K snapshot list lab1
 
 step "kvmkit snapshot flatten lab1 && kvmkit snapshot delete   (RBD disks reverted by clone are detached first)"
-$K snapshot flatten lab1
+$K snapshot flatten lab1 --yes   # a terminal would show the plan and ask
 $K snapshot delete lab1 "$name"
 $K snapshot delete lab1 "$name-crash"
 $K backup list lab1
