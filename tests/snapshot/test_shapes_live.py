@@ -110,10 +110,15 @@ def _rbd_parent(state: LabState, spec: str) -> tuple[str, str, str]:
         cluster.shutdown()
 
 
-def test_crash_consistent_snapshot_of_a_cloudstack_vm(shaped_lab, engine):
-    snap = engine.create(vm_of("cloudstack"), "crash1", crash_consistent=True)
-    assert snap.state is State.READY and snap.mode is Mode.CRASH  # file + RBD disks: no one group, so a pause
-    engine.delete(vm_of("cloudstack"), "crash1")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_crash_consistent_snapshot_of_a_shaped_vm(shape, shaped_lab, engine, conn):
+    """No freeze: file + RBD disks (cloudstack, nova) or qcow2 chains (libvirt) are no one storage group, so
+    the VM is paused for the snapshots and resumed."""
+    snap = engine.create(vm_of(shape), "crash1", crash_consistent=True)
+    assert snap.state is State.READY and snap.mode is Mode.CRASH
+    assert sorted(d.target for d in snap.disks) == sorted(d.target for d in live_disks(conn.lookupByName(vm_of(shape))))
+    assert agent.freeze_status(conn.lookupByName(vm_of(shape))) == "thawed"
+    engine.delete(vm_of(shape), "crash1")
 
 
 def _redefine_secret(conn: libvirt.virConnect, secret_uuid: str, private: bool, key: bytes) -> None:
