@@ -385,6 +385,27 @@ def test_full_recover_deletes_only_its_own_uncatalogued_snapshots_and_drops_dang
     assert rig.driver.snaps[vda] == {"kvmkit-kept": b"vda:v1", "kvmkit-unmarked": b"u", "operator-made": b"y"}
 
 
+def test_a_dry_recover_says_what_it_would_do_and_changes_nothing_then_the_real_one_does_it(rig):
+    create(rig.ctx, rig.vm, "kept")
+    create(rig.ctx, rig.vm, "dangling")
+    create(rig.ctx, rig.vm, "half")
+    rig.ctx.catalog.db.execute("UPDATE snapshots SET state='creating' WHERE name='half'")
+    rig.guest.frozen = True  # and a guest a crash left frozen
+    vda = rig.source("vda")
+    rig.driver.snaps[vda]["kvmkit-orphan"] = b"x"
+    rig.driver.owners[f"{vda}@kvmkit-orphan"] = rig.ctx.catalog.catalog_id
+    rig.driver.snaps[vda]["kvmkit-unmarked"] = b"u"
+    del rig.driver.snaps[rig.source("vdc")]["kvmkit-dangling"]
+    before = (rig.rows(), {k: dict(v) for k, v in rig.driver.snaps.items()})
+    dry = {a.action for a in recover(rig.ctx, full=True, strays="purge", dry_run=True)}
+    assert dry == {"would discard half-made", "would thaw", "would delete orphan", "would purge unknown",
+                   "would drop dangling row"}
+    assert (rig.rows(), {k: dict(v) for k, v in rig.driver.snaps.items()}) == before and rig.guest.frozen
+    done = {a.action for a in recover(rig.ctx, full=True, strays="purge")}
+    assert done == {"discarded half-made", "thawed", "deleted orphan", "purged unknown", "dropped dangling row"}
+    assert [s.name for s in rig.rows()] == ["kept"] and not rig.guest.frozen
+
+
 def test_recover_with_nothing_to_do_does_not_even_connect(rig, monkeypatch):
     from kvmkit.snapshot import recover as recover_mod
 

@@ -210,6 +210,8 @@ def recover_(
                                                     "--purge-foreign: other VMs may belong to other catalogs)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="--purge-foreign: delete without asking (needed when "
                                                         "stdin is not a terminal)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be finished, deleted, adopted or "
+                                                          "dropped; change nothing."),
     connect: str | None = CONNECT, json_out: bool = JSON,
 ) -> None:
     """Reconcile catalog and storage after a crash: finish or undo interrupted work, remove this catalog's
@@ -220,16 +222,16 @@ def recover_(
     if vm is not None:
         check_vm_name(vm)
     ctx = _context(connect)
-    if purge_foreign and not yes:  # a reporting pass (what every snapshot command repairs anyway) is the plan
-        found = recover(ctx, full=True, strays="report", only_vm=vm)
+    if purge_foreign and not yes and not dry_run:  # the plan: a dry pass, so nothing changes before the answer
+        found = recover(ctx, full=True, strays="report", only_vm=vm, dry_run=True)
         go_ahead("kvmkit snapshot recover --purge-foreign",
                  [f"delete {a.handle} of VM {a.vm} ({a.whose}{f', catalog {a.owner}' if a.owner else ''})"
                   for a in found if a.whose in ("foreign", "unknown")], yes)
     actions = recover(ctx, full=True, strays="adopt" if adopt else "purge" if purge_foreign else "report",
-                      only_vm=vm)
+                      only_vm=vm, dry_run=dry_run)
     if json_out:
         left = [a for a in actions if a.action.startswith("left ")]
-        print_json({"actions": [a.model_dump(exclude_none=True) for a in actions],
+        print_json({"dry_run": dry_run, "actions": [a.model_dump(exclude_none=True) for a in actions],
                     "foreign": [{"vm": a.vm, "handle": a.handle, "owner": a.owner}
                                 for a in left if a.whose == "foreign"],
                     "unknown": [{"vm": a.vm, "handle": a.handle} for a in left if a.whose == "unknown"]})

@@ -47,10 +47,12 @@ StrayPolicy = Literal["report", "adopt", "purge"]
 
 
 def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "report",
-            only_vm: str | None = None) -> list[RecoverAction]:
+            only_vm: str | None = None, dry_run: bool = False) -> list[RecoverAction]:
     """strays: what the full pass does with kvmkit snapshots another catalog made or none marked — report them
     (default), adopt them (mark them as this catalog's and give them rows) or purge them (delete).
-    only_vm: the full pass looks at that domain alone (rows of vanished VMs are then left for a full run)."""
+    only_vm: the full pass looks at that domain alone (rows of vanished VMs are then left for a full run).
+    dry_run: the same findings, each action worded "would …", and nothing changed (catalog, journal, storage,
+    guests)."""
     actions: list[RecoverAction] = []
     stale = ctx.catalog.list(states=(State.CREATING, State.DELETING))
     journal = ctx.catalog.journal()
@@ -62,26 +64,34 @@ def recover(ctx: SnapshotContext, *, full: bool = False, strays: StrayPolicy = "
             label = next((s.vm for s in stale if s.vm_uuid == vm_uuid), vm_uuid)
             try:
                 with vm_lock(ctx.state_dir, vm_uuid, label):
-                    actions += _repair_vm(ctx, conn, vm_uuid, label)
+                    actions += _repair_vm(ctx, conn, vm_uuid, label, dry_run)
             except Conflict:
                 continue  # an operation is running on that VM right now: not stale
         if full:
-            actions += _full_pass(ctx, conn, strays, only_vm)
+            actions += _full_pass(ctx, conn, strays, only_vm, dry_run)
+    if dry_run:
+        return actions
     for action in actions:
         log.info("recover: %s %s: %s", action.vm, action.action, action.detail)
     return actions
 
 
-def _repair_vm(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: str) -> list[RecoverAction]:
+def _repair_vm(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: str,
+               dry_run: bool = False) -> list[RecoverAction]:
     actions = []
     for snap in ctx.catalog.list(vm_uuid, states=(State.CREATING, State.DELETING)):
-        removed = discard(ctx, snap)
-        verb = "discarded half-made" if snap.state is State.CREATING else "finished deleting"
+        removed = len(snap.disks) if dry_run else discard(ctx, snap)
+        verb = ("would discard half-made" if dry_run else "discarded half-made") if snap.state is State.CREATING \
+            else ("would finish deleting" if dry_run else "finished deleting")
         actions.append(RecoverAction(vm=snap.vm, action=verb, detail=f"snapshot {snap.name}: {removed} disk "
                                                                      f"snapshot(s) removed, row dropped"))
     for entry in ctx.catalog.journal(vm_uuid):
+        if dry_run:
+            actions.append(RecoverAction(vm=label, action=f"would finish interrupted {entry.op}",
+                                         detail=f"journal entry {entry.id}"))
+            continue
         actions.append(_finish_entry(ctx, conn, vm_uuid, label, entry))
-    actions += _unstick_guest(ctx, conn, vm_uuid, label)
+    actions += _unstick_guest(ctx, conn, vm_uuid, label, dry_run)
     return actions
 
 
@@ -122,26 +132,31 @@ def _finish_overlay(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label:
     return RecoverAction(vm=label, action="committed overlays", detail=detail)
 
 
-def _unstick_guest(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: str) -> list[RecoverAction]:
+def _unstick_guest(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label: str,
+                   dry_run: bool = False) -> list[RecoverAction]:
     """The watchdog thaws within its deadline; this catches the case where it could not (e.g. it was killed too)."""
     dom = lookup_uuid(conn, vm_uuid)
     if dom is None or not is_active(dom):
         return []
     if is_paused(dom):
-        resume_domain(dom)
-        return [RecoverAction(vm=label, action="resumed", detail="left paused by an interrupted snapshot")]
+        if not dry_run:
+            resume_domain(dom)
+        return [RecoverAction(vm=label, action="would resume" if dry_run else "resumed",
+                              detail="left paused by an interrupted snapshot")]
     try:
         if ctx.guest.freeze_status(dom) == "frozen":
-            ctx.guest.thaw(dom)
-            return [RecoverAction(vm=label, action="thawed", detail="left frozen by an interrupted snapshot")]
+            if not dry_run:
+                ctx.guest.thaw(dom)
+            return [RecoverAction(vm=label, action="would thaw" if dry_run else "thawed",
+                                  detail="left frozen by an interrupted snapshot")]
     except KvmkitError:
         pass  # no agent: nothing can be frozen
     return []
 
 
 def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy,
-               only_vm: str | None) -> list[RecoverAction]:
-    actions = _vanished_vms(ctx, conn) if only_vm is None else []
+               only_vm: str | None, dry_run: bool = False) -> list[RecoverAction]:
+    actions = _vanished_vms(ctx, conn, dry_run) if only_vm is None else []
     for dom, vm_uuid, vm_name in domains(conn):
         if only_vm is not None and vm_name != only_vm:
             continue
@@ -159,15 +174,21 @@ def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy,
                         if handle not in known:
                             found = DiskSnapshot(target=disk.target, driver=driver.name, source=disk.source,
                                                  handle=handle)
-                            action = _stray(ctx, driver, found, vm_name, strays, adopted)
+                            action = _stray(ctx, driver, found, vm_name, strays, adopted, dry_run)
                             if action is not None:
                                 actions.append(action)
-                actions += _adopt_rows(ctx, vm_uuid, vm_name, adopted)
+                if dry_run:
+                    actions += [action.model_copy(update={"action": action.action.replace("adopted", "would adopt")})
+                                for found in adopted.values() for _, _, action in found]
+                else:
+                    actions += _adopt_rows(ctx, vm_uuid, vm_name, adopted)
                 for snap in snaps:
                     missing = [d.handle for d in snap.disks if not by_name(d.driver, ctx.drivers).exists(d)]
                     if missing:  # a snapshot missing a disk is no snapshot: drop the rest of it too
-                        discard(ctx, snap)
-                        actions.append(RecoverAction(vm=vm_name, action="dropped dangling row",
+                        if not dry_run:
+                            discard(ctx, snap)
+                        actions.append(RecoverAction(vm=vm_name, action="would drop dangling row" if dry_run
+                                                     else "dropped dangling row",
                                                      detail=f"snapshot {snap.name}: missing {', '.join(missing)}"))
         except Conflict:
             continue
@@ -179,18 +200,23 @@ def _full_pass(ctx: SnapshotContext, conn: Connection, strays: StrayPolicy,
 
 
 def _stray(ctx: SnapshotContext, driver: StorageDriver, found: DiskSnapshot, vm: str, strays: StrayPolicy,
-           adopted: dict[str, list[tuple[StorageDriver, DiskSnapshot, RecoverAction]]]) -> RecoverAction | None:
+           adopted: dict[str, list[tuple[StorageDriver, DiskSnapshot, RecoverAction]]],
+           dry_run: bool = False) -> RecoverAction | None:
     """A kvmkit-named snapshot with no row in this catalog: delete it only if it is ours, else as asked.
     None: kept for adoption, which `_adopt_rows` reports."""
     verdict = whose(driver, found, ctx.catalog.catalog_id)
     facts = {"vm": vm, "handle": found.handle, "whose": verdict.whose, "owner": verdict.owner}
     made_by = f"catalog {verdict.owner}" if verdict.owner else "no catalog id"
     if verdict.whose == "ours":
-        driver.delete(found)
-        return RecoverAction(**facts, action="deleted orphan", detail=found.handle)
+        if not dry_run:
+            driver.delete(found)
+        return RecoverAction(**facts, action="would delete orphan" if dry_run else "deleted orphan",
+                             detail=found.handle)
     if strays == "purge":
-        driver.delete(found)
-        return RecoverAction(**facts, action=f"purged {verdict.whose}", detail=f"{found.handle} ({made_by})")
+        if not dry_run:
+            driver.delete(found)
+        return RecoverAction(**facts, action=f"{'would purge' if dry_run else 'purged'} {verdict.whose}",
+                             detail=f"{found.handle} ({made_by})")
     if strays == "adopt":
         tag = driver.tag_of(found.handle) if isinstance(driver, Ownership) else None
         if tag is not None and SNAPSHOT_NAME_RE.match(tag):
@@ -224,7 +250,7 @@ def _adopt_rows(ctx: SnapshotContext, vm_uuid: str, vm: str,
     return actions
 
 
-def _vanished_vms(ctx: SnapshotContext, conn: Connection) -> list[RecoverAction]:
+def _vanished_vms(ctx: SnapshotContext, conn: Connection, dry_run: bool = False) -> list[RecoverAction]:
     """Rows of VMs no longer defined: kept while any of their snapshots still exists (it may be all that is left
     of the VM), dropped when none does."""
     actions = []
@@ -239,7 +265,9 @@ def _vanished_vms(ctx: SnapshotContext, conn: Connection) -> list[RecoverAction]
             continue
         if not alive:
             assert snap.id is not None
-            ctx.catalog.remove(snap.id)
-            actions.append(RecoverAction(vm=snap.vm, action="dropped dangling row",
+            if not dry_run:
+                ctx.catalog.remove(snap.id)
+            actions.append(RecoverAction(vm=snap.vm,
+                                         action="would drop dangling row" if dry_run else "dropped dangling row",
                                          detail=f"snapshot {snap.name}: VM {snap.vm_uuid} and its snapshots are gone"))
     return actions
