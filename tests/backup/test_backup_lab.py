@@ -216,7 +216,8 @@ def test_backup_create_by_cli_then_verify(lab_settings, engine, file_vm, tmp_pat
     config.write_text(f'state_dir = "{lab_settings.state_dir}"\nlab_dir = "{lab_settings.lab_dir}"\n'
                       f'libvirt_uri = "{lab_settings.libvirt_uri}"\n[[backup_targets]]\nname = "secondary"\n'
                       f'path = "{lab_settings.backup_targets[0].path}"\n')
-    env = {**os.environ, "KVMKIT_CONFIG": str(config)}
+    # the environment wins over the config: a session fixture of the snapshot tests may have set KVMKIT_STATE_DIR
+    env = {**os.environ, "KVMKIT_CONFIG": str(config), "KVMKIT_STATE_DIR": str(lab_settings.state_dir)}
     engine.create(file_vm, "cli1")
     out = kvmkit(env, "backup", "create", file_vm, "cli1", "--json")
     assert out.returncode == 0, out.stderr
