@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kvmkit.benchmarks.realqemu import available, spinning_guests
-from kvmkit.errors import InvalidInput, NotFound
+from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound
 from kvmkit.memory.cli import app
 from tests.memory.test_parse_calc import HOST_KEYS, VM_KEYS
 
@@ -45,13 +45,18 @@ def test_top_refreshes_and_stops_after_count():
     assert "memtop-0" in result.output and "PSI some" in result.output
 
 
-def test_unreachable_libvirt_makes_balloon_figures_null_with_the_reason():
+def test_an_unreachable_configured_libvirt_makes_balloon_figures_null_with_the_reason():
+    """The host's libvirt down: what /proc says is still measured, and the balloon figures say why they are null.
+    A libvirt the user named with --connect is another matter: exit 5, as every command that connects."""
+    bad = "qemu:///system?socket=/nonexistent/sock"
     with spinning_guests(1, 0, prefix="memnolv") as (pid,):
-        result = runner.invoke(app, ["sample", "--interval", "0.2", "--json", "--pid", str(pid),
-                                     "--connect", "qemu:///system?socket=/nonexistent/sock"])  # fmt: skip
+        result = runner.invoke(app, ["sample", "--interval", "0.2", "--json", "--pid", str(pid)],
+                               env={"KVMKIT_LIBVIRT_URI": bad})
+        named = runner.invoke(app, ["sample", "--interval", "0.2", "--json", "--pid", str(pid), "--connect", bad])
     assert result.exit_code == 0, result.output
     (vm,) = json.loads(result.output)["vms"]
     assert vm["balloon_bytes"] is None and "libvirt unreachable" in vm["null_reasons"]["balloon_bytes"]
+    assert isinstance(named.exception, EnvironmentProblem) and "cannot connect to libvirt at" in str(named.exception)
 
 
 @pytest.mark.parametrize(
