@@ -201,32 +201,29 @@ def _identity(reader: SnapshotReader) -> str | None:
     """The snapshot file as it was read (a qcow2's container, not its guest view), for the next backup's map
     comparison; None for what is not a regular file kvmkit reads directly or through its guest view."""
     if isinstance(reader, GuestViewReader):
-        try:
-            fd = os.open(reader.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            return file_identity(fd)
-        finally:
-            os.close(fd)
+        return _identity_at(reader.source)
     return reader.identity() if raw_file(reader) else None  # type: ignore[attr-defined]
+
+
+def _identity_at(path: str | Path) -> str | None:
+    """file_identity of the file at path (never through a symlink); None if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return file_identity(fd)
+    finally:
+        os.close(fd)
 
 
 def _qcow2_changes(reader: SnapshotReader, parent: DiskBackup) -> Iterator[changes.Extent] | None:
     """Changed guest ranges of a qcow2 disk from its two reflink snapshots' allocation and extent maps
     (qcow2_changes.py), when the parent was a qcow2 snapshot file still there, untouched since it was read."""
     if not isinstance(reader, GuestViewReader) or reader.fmt != "qcow2" or parent.driver != "file" \
-            or parent.format != "qcow2" or parent.handle_identity is None:
+            or parent.format != "qcow2" or parent.handle_identity is None \
+            or _identity_at(parent.handle) != parent.handle_identity:
         return None
-    try:
-        fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if file_identity(fd) != parent.handle_identity:
-            return None
-    finally:
-        os.close(fd)
     from kvmkit.backup import qcow2_changes  # NumPy: ~130 ms of start-up that only qcow2 incrementals need
 
     return qcow2_changes.changed_guest_ranges(Path(parent.handle), reader.source, "qcow2")
