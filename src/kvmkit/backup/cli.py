@@ -211,11 +211,13 @@ def delete(vm: str, snapshot: str,
            dry_run: bool = DRY_RUN, yes: bool = YES, target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Delete a backup (refused while incrementals depend on it) and free the chunks nothing else uses."""
     settings = config.load()
-    plan = manage.delete(settings, vm, snapshot, target, with_dependants, dry_run=True)
-    if dry_run:
-        print_json(plan) if json_out else console.print(f"{plan.vm}: would delete backup(s) {', '.join(plan.deleted)}")
-        return
-    if len(plan.deleted) > 1:  # the dependants go too: say so first
+    if dry_run or with_dependants:  # without dependants the plan is the one backup named: nothing to ask
+        plan = manage.delete(settings, vm, snapshot, target, with_dependants, dry_run=True)
+        if dry_run:
+            print_json(plan) if json_out else console.print(f"{plan.vm}: would delete backup(s) "
+                                                            f"{', '.join(plan.deleted)}")
+            return
+    if with_dependants and len(plan.deleted) > 1:  # the dependants go too: say so first
         go_ahead("backup delete --with-dependants", [f"delete backup {name} of {plan.vm}" for name in plan.deleted],
                  yes)
     removal = manage.delete(settings, vm, snapshot, target, with_dependants)
