@@ -47,3 +47,15 @@ def disk_paths(conn, vm: str) -> list[Path]:
     from kvmkit.virt.connection import live_disks
 
     return [Path(d.source) for d in live_disks(conn.lookupByName(vm)) if d.kind == "file"]
+
+
+def wait_thawed(dom, within_s: float, why: str = "after kvmkit died") -> None:
+    """The guest thawed (by kvmkit's watchdog) within `within_s`, else the test fails saying so."""
+    import time
+
+    from kvmkit.virt import agent
+
+    deadline = time.monotonic() + within_s
+    while agent.freeze_status(dom) != "thawed":
+        assert time.monotonic() < deadline, f"guest still frozen {within_s:g} s {why}"
+        time.sleep(0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -64,6 +65,44 @@ def test_shapes_define_disks_as_the_clouds_do(shaped_lab, conn):
     assert "client.cloudstack" not in keyring and "client.nova" not in keyring
 
 
+@contextmanager
+def _rbd_image(state: LabState, spec: str, snap: str | None = None) -> Iterator:
+    """An RBD image (or one of its snapshots) opened read-only with the lab's admin key: the test's own eyes."""
+    import rados
+    import rbd
+
+    assert state.ceph is not None
+    pool, _, image = spec.partition("/")
+    cluster = rados.Rados(conffile=str(state.ceph.conf))
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image, snapshot=snap, read_only=True) as img:
+            yield img
+    finally:
+        cluster.shutdown()
+
+
+def _rbd_parent(state: LabState, spec: str) -> tuple[str, str, str]:
+    with _rbd_image(state, spec) as img:
+        return img.parent_info()
+
+
+def _rbd_snaps(state: LabState, spec: str) -> list[str]:
+    with _rbd_image(state, spec) as img:
+        return [s["name"] for s in img.list_snaps()]
+
+
+def _rbd_sha(state: LabState, spec: str, snap: str | None = None) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with _rbd_image(state, spec, snap) as img:
+        size = img.size()
+        for offset in range(0, size, 4 << 20):
+            digest.update(img.read(offset, min(4 << 20, size - offset)))
+    return digest.hexdigest()
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_quiesced_snapshot_and_revert_restore_every_disk_of_a_shaped_vm(shape, shaped_lab, engine, conn):
     vm = vm_of(shape)
@@ -93,21 +132,6 @@ def test_quiesced_snapshot_and_revert_restore_every_disk_of_a_shaped_vm(shape, s
     engine.delete(vm, "shape1")
     with pytest.raises(NotFound):
         engine.delete(vm, "shape1")
-
-
-def _rbd_parent(state: LabState, spec: str) -> tuple[str, str, str]:
-    import rados
-    import rbd
-
-    assert state.ceph is not None
-    pool, _, image = spec.partition("/")
-    cluster = rados.Rados(conffile=str(state.ceph.conf))
-    cluster.connect(timeout=10)
-    try:
-        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image, read_only=True) as img:
-            return img.parent_info()
-    finally:
-        cluster.shutdown()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -214,28 +238,6 @@ def _backup_settings(tmp_path: Path):
     (tmp_path / "target").mkdir(exist_ok=True)
     return Settings(state_dir=tmp_path / "state", libvirt_uri=URI,
                     backup_targets=[BackupTarget(name="t", path=tmp_path / "target")])
-
-
-def _rbd_sha(state: LabState, spec: str, snap: str | None = None) -> str:
-    """sha256 of an RBD image (or one of its snapshots), read with the lab's admin key: the test's own eyes."""
-    import hashlib
-
-    import rados
-    import rbd
-
-    assert state.ceph is not None
-    pool, _, image = spec.partition("/")
-    cluster = rados.Rados(conffile=str(state.ceph.conf))
-    cluster.connect(timeout=10)
-    digest = hashlib.sha256()
-    try:
-        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image, snapshot=snap, read_only=True) as img:
-            size = img.size()
-            for offset in range(0, size, 4 << 20):
-                digest.update(img.read(offset, min(4 << 20, size - offset)))
-    finally:
-        cluster.shutdown()
-    return digest.hexdigest()
 
 
 def _qemu_img_info(path: Path) -> dict:
@@ -360,21 +362,6 @@ def test_a_second_vm_on_the_same_template_writes_only_what_its_overlay_holds(sha
         engine.delete(name, "tpl1")
 
 
-def _rbd_snaps(state: LabState, spec: str) -> list[str]:
-    import rados
-    import rbd
-
-    assert state.ceph is not None
-    pool, _, image = spec.partition("/")
-    cluster = rados.Rados(conffile=str(state.ceph.conf))
-    cluster.connect(timeout=10)
-    try:
-        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image, read_only=True) as img:
-            return [s["name"] for s in img.list_snaps()]
-    finally:
-        cluster.shutdown()
-
-
 @pytest.mark.parametrize("shape", ["nova", "libvirt"])
 def test_nova_and_libvirt_vms_back_up_incrementally_and_restore_to_fresh_places(shape, shaped_lab, engine, conn,
                                                                               tmp_path):
@@ -426,18 +413,14 @@ def test_kill_9_mid_snapshot_of_a_shaped_vm_then_recover_leaves_nothing(shape, s
     out (~30 s), and a snapshot of that image meanwhile waits for it past the freeze deadline (and is discarded,
     the guest thawed: safe, but slow to test)."""
     import signal
-    import time
 
-    from tests.snapshot.conftest import kvmkit
+    from tests.snapshot.conftest import kvmkit, wait_thawed
 
     vm = vm_of(shape)
     dom = conn.lookupByName(vm)
     out = kvmkit({**snap_env, "KVMKIT_FAILPOINT": "mid-snapshot"}, "snapshot", "create", vm, "--name", "kill1")
     assert out.returncode == -signal.SIGKILL, out.stderr
-    deadline = time.monotonic() + 10
-    while agent.freeze_status(dom) != "thawed":
-        assert time.monotonic() < deadline, "guest still frozen 10 s after kvmkit died"
-        time.sleep(0.1)
+    wait_thawed(dom, 10)
     rec = kvmkit(snap_env, "snapshot", "recover", "--json")
     assert rec.returncode == 0, rec.stderr
     assert engine.catalog.list(dom.UUIDString()) == []

@@ -19,7 +19,7 @@ from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Mode, State
 from kvmkit.virt import agent
 from tests.conftest import TEST_LAB_DIR
-from tests.snapshot.conftest import disk_paths, kvmkit
+from tests.snapshot.conftest import disk_paths, kvmkit, wait_thawed
 
 P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
@@ -171,10 +171,7 @@ def test_kill_9_at_every_step_leaves_guest_thawed_and_recover_leaves_nothing(sna
     name = f"kill-{step}"
     out = kvmkit({**snap_env, "KVMKIT_FAILPOINT": step}, "snapshot", "create", file_vm, "--name", name)
     assert out.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while agent.freeze_status(dom) != "thawed":
-        assert time.monotonic() < deadline, "guest still frozen 10 s after kvmkit died"
-        time.sleep(0.1)
+    wait_thawed(dom, 10)
     rec = kvmkit(snap_env, "snapshot", "recover", "--json")
     assert rec.returncode == 0, rec.stderr
     assert engine.catalog.list(dom.UUIDString()) == []

@@ -26,7 +26,7 @@ from kvmkit.virt import agent
 from kvmkit.virt.connection import live_disks
 from tests.conftest import TEST_LAB_DIR, lab_vm
 from tests.fakes.storpool_api import FakeStorPoolApi
-from tests.snapshot.conftest import kvmkit
+from tests.snapshot.conftest import kvmkit, wait_thawed
 
 pytestmark = pytest.mark.lab
 LAB = TEST_LAB_DIR.name
@@ -232,10 +232,7 @@ def test_kill_9_mid_snapshot_then_recover_leaves_nothing(engine, conn, fake, sp_
         api.gate.set()  # the cluster finishes what it was asked: snapshots exist that no ready row describes
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 15
-    while agent.freeze_status(dom) != "thawed":
-        assert time.monotonic() < deadline, "guest still frozen after kvmkit died"
-        time.sleep(0.1)
+    wait_thawed(dom, 15)
     time.sleep(0.5)  # let the fake finish the calls it held
     assert [h for h in api.snapshots if h.endswith("--kill1")]
     # an orphan kvmkit made but never catalogued (tagged as ours), and another tool's snapshot beside it
