@@ -23,53 +23,63 @@ QUIET_PCT = 2.0  # above this much other load or irq/steal loss on the core, a p
 @pytest.mark.parametrize("busy", [1, 2, 3])
 def test_mean_congestion_lies_in_the_clock_gap_truth_bracket(busy: int, quiet_core: int):
     """Always checkable: the host's irq/steal loss widens the bracket, but never hides a wrong figure."""
-    def within(case) -> bool:
-        slack = 2.0 + disturbance(case)
+    def within(case, hidden: float) -> bool:
+        slack = 2.0 + disturbance(case) + hidden
         return case.mean_truth_low_pct - slack <= case.measured_mean_pct <= case.mean_truth_high_pct + slack
 
-    case = measured_until(within, busy, quiet_core)
+    case, hidden = measured_until(within, busy, quiet_core, calibrate=True)
     assert len(case.threads) == busy
-    assert within(case), case
+    assert within(case, hidden), (case, hidden)
 
 
 @pytest.mark.parametrize("busy", [1, 2, 3])
 def test_each_threads_congestion_matches_its_clock_gap_truth_within_2pp(busy: int, quiet_core: int):
     # 2 pp on a quiet core; what else ran there and what the host lost to irq/steal (both measured) widen it
-    def within(case) -> bool:
-        return all(thread.error_pp <= 2.0 + disturbance(case) for thread in case.threads)
+    def within(case, hidden: float) -> bool:
+        return all(thread.error_pp <= 2.0 + disturbance(case) + hidden for thread in case.threads)
 
-    case = measured_until(within, busy, quiet_core)
-    assert within(case), case
+    case, hidden = measured_until(within, busy, quiet_core, calibrate=True)
+    assert within(case, hidden), (case, hidden)
 
 
 @pytest.mark.parametrize("busy", [2, 4])
 def test_k_threads_on_one_core_each_wait_k_minus_1_over_k(busy: int, quiet_core: int):
     """The fair share holds on a quiet core; what else ran there (measured) widens the 2 pp tolerance."""
-    def within(case) -> bool:
+    def within(case, _hidden: float) -> bool:  # the fair share needs no clock: no hidden loss widens it
         tolerance = 2.0 + disturbance(case)
         return all(abs(thread.measured_pct - case.fair_share_pct) <= tolerance for thread in case.threads)
 
-    case = measured_until(within, busy, quiet_core)
+    case, _ = measured_until(within, busy, quiet_core)
     assert case.fair_share_pct == pytest.approx(100 * (busy - 1) / busy, abs=1e-3)
-    assert within(case), case
+    assert within(case, 0.0), case
 
 
 ATTEMPTS = 3
 
 
-def measured_until(within, busy: int, quiet_core: int):
-    """Up to three independent 1.5 s measurements, the first that meets the bound, else the last.
+def measured_until(within, busy: int, quiet_core: int, calibrate: bool = False):
+    """Up to three independent 1.5 s measurements, the first that meets the bound, else the last; with the
+    hidden loss measured just before each (0 without `calibrate`).
 
     These machines are VMs whose hypervisor preempts a vCPU without reporting it as steal (CI saw a lone
-    spinner on a quiet core lose 2.6 % of its clock to gaps the guest accounted as running). Such a burst
-    moves the clock-gap truth and not the scheduler's figure, so one window can miss by a burst's size;
-    a wrong collector misses in every window, so three fresh windows keep the test able to fail."""
-    case = None
+    spinner on a quiet core lose 2.6 % of its clock to gaps the guest accounted as running, and here it lasted
+    through three windows). That loss moves the clock-gap truth and not the scheduler's figure, so the tests
+    that compare with the clock are widened by it, measured on the same core by a lone spinner, whose true
+    wait is zero; the fair-share test needs no clock and is not. A wrong collector still misses."""
+    case, hidden = None, 0.0
     for _ in range(ATTEMPTS):
+        hidden = hidden_loss(quiet_core) if calibrate else 0.0
         case = accuracy_case(busy, [quiet_core], seconds=1.5)
-        if within(case):
-            return case
-    return case
+        if within(case, hidden):
+            return case, hidden
+    return case, hidden
+
+
+def hidden_loss(core: int) -> float:
+    """Percent of a lone spinner's clock the core lost without anyone accounting it: its clock gaps beyond what
+    the scheduler says it waited (a lone thread waits for nothing, so this is the hypervisor's share)."""
+    (lone,) = accuracy_case(1, [core], seconds=1.0).threads
+    return max(0.0, lone.clock_gap_pct - lone.measured_pct)
 
 
 def disturbance(case) -> float:
