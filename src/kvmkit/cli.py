@@ -25,7 +25,7 @@ SUBCOMMANDS = [
     ("lab", "kvmkit.lab.cli", "A real local KVM lab: libvirt + QEMU VMs with qemu-guest-agent, XFS, Ceph."),
     ("snapshot", "kvmkit.snapshot.cli", "Storage-based live VM snapshots: create, list, revert, delete, recover."),
     ("backup", "kvmkit.backup.cli", "Back snapshots up to secondary storage: full, incremental, verified restore."),
-    ("schedule", "kvmkit.backup.cli:schedule_app", "Scheduled snapshots and backups with retention."),
+    ("schedule", "kvmkit.jobs.schedule_cli", "Scheduled snapshots and backups with retention."),
     ("congestion", "kvmkit.congestion.cli", "Per-VM CPU congestion: live view, exporter, SLO control."),
     ("memory", "kvmkit.memory.cli", "Per-VM memory pressure vs RAM oversubscription: live view, advice, control."),
     ("serve", "kvmkit.serve", "One Prometheus exporter: congestion, memory and snapshot/backup health metrics."),

@@ -15,14 +15,6 @@ from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
 from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sparse_file
 
-# `kvmkit backup` is mounted by kvmkit.cli; `kvmkit schedule` is mounted here the same way until kvmkit.cli does.
-MOUNT_SCHEDULE = """
-from kvmkit import cli
-from kvmkit.backup.cli import schedule_app
-cli.app.add_typer(schedule_app, name="schedule")
-cli.main()
-"""
-
 
 @pytest.fixture()
 def env(tmp_path: Path) -> dict[str, str]:
@@ -40,8 +32,7 @@ def state_of(root: Path) -> list[str]:
 
 
 def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "kvmkit"] if args[0] != "schedule" else [sys.executable, "-c", MOUNT_SCHEDULE]
-    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "kvmkit", *args], env=env, capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[2])
 
 
@@ -142,28 +133,3 @@ def test_verify_exit_code_and_message_name_the_damaged_chunk(env, tmp_path):
     assert out.returncode == 6
     assert f"chunk {chunk.name} (hash mismatch" in out.stderr and "needed by s" in out.stderr
     assert chunk.name in out.stdout  # the table of damaged chunks
-
-
-def test_schedule_add_list_remove_and_the_file_is_private(env, tmp_path):
-    out = kvmkit(env, "schedule", "add", "vm1", "--every", "1h", "--keep-last", "24", "--keep-daily", "7",
-                 "--backup", "--target", "nfs1", "--json")
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["every_s"] == 3600
-    assert kvmkit(env, "schedule", "add", "vm1", "--every", "1h", "--keep-last", "1").returncode == 4
-    listed = json.loads(kvmkit(env, "schedule", "list", "--json").stdout)
-    assert [(s["vm"], s["keep_last"], s["keep_daily"], s["backup"]) for s in listed] == [("vm1", 24, 7, True)]
-    assert (tmp_path / "state" / "schedules.json").stat().st_mode & 0o777 == 0o600
-    assert kvmkit(env, "schedule", "remove", "vm1").returncode == 0
-    assert json.loads(kvmkit(env, "schedule", "list", "--json").stdout) == []
-
-
-def test_schedule_run_loops_until_sigterm_and_exits_cleanly(env):
-    import signal
-    import time
-
-    proc = subprocess.Popen([sys.executable, "-c", MOUNT_SCHEDULE, "schedule", "run"], env=env,
-                            cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    assert proc.poll() is None  # a long-running loop, as a systemd unit expects
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0, proc.stderr.read()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmkit.backup import manage, restore, schedule
+from kvmkit.backup import manage, restore
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.errors import Conflict
+from kvmkit.jobs import schedule
 from kvmkit.lab import lab
 from kvmkit.lab.disks import purge_rbd_image
 from kvmkit.lab.state import load
@@ -194,7 +195,7 @@ def test_schedule_on_a_fake_clock_prunes_real_snapshots_and_backups(lab_settings
     clock = [t0, t0 + timedelta(minutes=30), t0 + timedelta(hours=1), t0 + timedelta(hours=2),
              t0 + timedelta(days=1), t0 + timedelta(days=1, hours=1)]
     for now in clock:
-        actions = schedule.run_once(lab_settings, now, lambda: engine)
+        actions = schedule.run_once(lab_settings, now, engine.context)
         assert not [a for a in actions if a.action == "error"], actions
     names = sorted(s.name for s in engine.catalog.list(vm_uuid) if s.name.startswith("sched-"))
     # 10:30 was not due; keep_last 2 → day 2 at 10:00 and 11:00; keep_daily 2 → day 2 11:00 and day 1 12:00

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from kvmkit.backup import retention, schedule
+from kvmkit.backup import retention
 from kvmkit.backup.retention import Item, RetentionPolicy
 from kvmkit.errors import InvalidInput
+from kvmkit.jobs import schedule
 
 T0 = datetime(2026, 11, 2, 0, 30)  # a Monday
 

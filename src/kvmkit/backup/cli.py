@@ -1,13 +1,11 @@
-"""`kvmkit backup create | list | restore | mount | verify | delete | prune | bench` and `kvmkit schedule add | list |
-remove | run`: thin CLI over the library (create.backup_snapshot, restore.restore, manage.prune …)."""
+"""`kvmkit backup create | list | restore | mount | verify | delete | prune | bench`: thin CLI over the library
+(jobs.back_up, restore.restore, manage.prune …)."""
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -15,8 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from kvmkit import config
 from kvmkit.backup import manage, retention
 from kvmkit.backup import restore as restore_mod
-from kvmkit.backup import schedule as sched
-from kvmkit.backup.create import backup_snapshot, plan_bytes
+from kvmkit.backup.create import plan_bytes
 from kvmkit.backup.model import BackupManifest, DiskBackup
 from kvmkit.backup.restore import RestoredDisk
 from kvmkit.backup.targets import open_target
@@ -29,7 +26,6 @@ disk_record(DiskBackup)  # --json names a VM's disk `disk` (docs/cli.md); manife
 disk_record(RestoredDisk)
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
-schedule_app = typer.Typer(no_args_is_help=True, help="Periodic snapshots and backups with retention.")
 target_app = typer.Typer(no_args_is_help=True, help="Backup targets (folders, S3 buckets).")
 app.add_typer(target_app, name="target")
 
@@ -77,24 +73,25 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def _snapshot(vm: str, name: str, connect: str | None):
-    from kvmkit.snapshot.engine import Engine
+def _snapshot(settings: config.Settings, vm: str, name: str, connect: str | None):
+    from kvmkit.snapshot.catalog import Catalog
     from kvmkit.virt.connection import connection, lookup
 
-    engine = Engine.from_config(connect)
-    with connection(engine.uri) as conn:
+    with connection(connect or settings.libvirt_uri) as conn:
         vm_uuid = lookup(conn, vm).UUIDString()
-    return engine.catalog.get(vm_uuid, name, vm)
+    return Catalog(settings.catalog_path).get(vm_uuid, name, vm)
 
 
 @app.command()
 def create(vm: str, snapshot: str, target: str | None = TARGET, connect: str | None = CONNECT,
            json_out: bool = JSON) -> None:
     """Back a snapshot up (incremental against the VM's newest earlier backup on the target)."""
+    from kvmkit.jobs.backups import back_up
+
     settings = config.load()
-    snap = _snapshot(vm, snapshot, connect)
+    snap = _snapshot(settings, vm, snapshot, connect)
     with progress_bar(f"{vm}/{snapshot}", plan_bytes(snap)) as advance:
-        manifest = backup_snapshot(settings, snap, target, advance)
+        manifest = back_up(settings, snap, target, advance)
     if json_out:
         print_json(_summary(manifest))
         return
@@ -320,77 +317,3 @@ def target_init(name: str | None = typer.Argument(None, help="Target (default: t
         print_json({"target": store.name, "location": store.location, "ready": True})
         return
     console.print(f"backup target {store.name}: ready ({store.location})")
-
-
-# schedules ------------------------------------------------------------------------------------------------------
-@schedule_app.command("add")
-def schedule_add(vm: str, every: str = typer.Option(..., "--every", help="Period: 15m, 1h, 1d, 1w."),
-                 keep_last: int = KEEP_LAST, keep_hourly: int = KEEP_HOURLY, keep_daily: int = KEEP_DAILY,
-                 keep_weekly: int = KEEP_WEEKLY,
-                 backup: bool = typer.Option(False, "--backup", help="Back every snapshot up too."),
-                 target: str | None = TARGET, json_out: bool = JSON) -> None:
-    """Snapshot a VM periodically and prune its scheduled snapshots (and backups) by retention."""
-    from kvmkit.virt.connection import check_vm_name
-
-    policy = retention.RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly)
-    item = sched.add(config.load(), sched.Schedule(vm=check_vm_name(vm), every_s=sched.parse_every(every),
-                                                   backup=backup, target=target, **policy.__dict__))
-    if json_out:
-        print_json(item)
-    else:
-        rules = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in policy.__dict__.items() if v)
-        console.print(f"{vm}: snapshot every {_period(item.every_s)}, {rules}{', backed up' if backup else ''}")
-
-
-@schedule_app.command("list")
-def schedule_list(json_out: bool = JSON) -> None:
-    """Schedules and when each last ran."""
-    items = sched.ScheduleBook(config.load().state_dir).read()
-    if json_out:
-        print_json(items)
-        return
-    print_table(None, ["VM", "every", "keep last", "keep hourly", "keep daily", "keep weekly", "backup", "last run"],
-                [(s.vm, _period(s.every_s), s.keep_last, s.keep_hourly, s.keep_daily, s.keep_weekly,
-                  s.target or ("yes" if s.backup else "no"),
-                  s.last_run.strftime("%Y-%m-%d %H:%M:%S") if s.last_run else "never") for s in items])
-
-
-def _period(seconds: int) -> str:
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-@schedule_app.command("remove")
-def schedule_remove(vm: str, json_out: bool = JSON) -> None:
-    """Stop scheduling a VM (its snapshots and backups stay)."""
-    item = sched.remove(config.load(), vm)
-    print_json(item) if json_out else console.print(f"{vm}: schedule removed")
-
-
-@schedule_app.command("run")
-def schedule_run(once: bool = typer.Option(False, "--once", help="Run what is due now and exit (for cron)."),
-                 connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Take due snapshots and prune; without --once, loop until SIGTERM/SIGINT (a systemd unit)."""
-    from kvmkit.snapshot.engine import Engine
-
-    settings = config.load()
-    stop = threading.Event()
-    if not once:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    while True:
-        now = datetime.now()
-        actions = sched.run_once(settings, now, lambda: Engine.from_config(connect))
-        if json_out:
-            print_json(actions)
-        else:
-            for action in actions:
-                console.print(f"{now:%Y-%m-%d %H:%M:%S} {action.vm}: {action.action} {action.detail}")
-        if once or stop.is_set():
-            return
-        wake = sched.next_due(sched.ScheduleBook(settings.state_dir).read(), datetime.now())
-        stop.wait(min(60.0, max(1.0, (wake - datetime.now()).total_seconds())))
-        if stop.is_set():
-            return

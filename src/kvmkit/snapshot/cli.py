@@ -9,8 +9,10 @@ import typer
 from kvmkit import config
 from kvmkit.confirm import DRY_RUN, YES, go_ahead
 from kvmkit.errors import InvalidInput
+from kvmkit.jobs import snapshots as jobs
+from kvmkit.jobs.outcome import Outcome
 from kvmkit.output import console, disk_record, err_console, error_json, print_json, print_table, to_jsonable
-from kvmkit.snapshot import lifecycle, service
+from kvmkit.snapshot import lifecycle
 from kvmkit.snapshot import revert as revert_mod
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot
@@ -31,7 +33,7 @@ def _context(connect: str | None, settings: config.Settings | None = None) -> Sn
 
 def _recovered(connect: str | None) -> SnapshotContext:
     ctx = _context(connect)
-    service.recover_pass(ctx)
+    jobs.recover_pass(ctx)
     return ctx
 
 
@@ -59,8 +61,6 @@ def create(
     json_out: bool = JSON,
 ) -> None:
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
-    from kvmkit.health import events as health_events
-
     settings = config.load()
     ctx = _context(connect, settings)
     names = list(dict.fromkeys(vms or []))  # `create vm1 vm1` is one snapshot, not a lock race with itself
@@ -72,7 +72,7 @@ def create(
     for vm in names:
         check_vm_name(vm)
 
-    def backed_up(outcome: service.Outcome) -> None:
+    def backed_up(outcome: Outcome) -> None:
         manifest, snap = outcome.backup, outcome.snapshot
         if json_out or manifest is None or snap is None:
             return
@@ -86,14 +86,9 @@ def create(
                       f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
 
     want_backup = settings.backup_to_secondary if backup is None else backup
-    outcomes = service.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
-                            allow_full_copy=allow_full_copy, backup=want_backup,
-                            on_created=None if json_out else created, on_backed_up=backed_up)
-    for o in outcomes:  # the health exporter counts what leaves no catalog row
-        if o.error is not None:
-            health_events.record(settings.state_dir, health_events.EventKind.SNAPSHOT_FAILURE, o.vm, o.error)
-        if o.backup_error is not None:
-            health_events.record(settings.state_dir, health_events.EventKind.BACKUP_FAILURE, o.vm, o.backup_error)
+    outcomes = jobs.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
+                         allow_full_copy=allow_full_copy, backup=want_backup,
+                         on_created=None if json_out else created, on_backed_up=backed_up)
     snaps = [o.snapshot for o in outcomes if o.snapshot is not None]
     failures = [(o.vm, o.error) for o in outcomes if o.error is not None]
     failures += [(o.vm, o.backup_error.rephrased(f"snapshot {o.snapshot.name} is ready, but its backup failed: "

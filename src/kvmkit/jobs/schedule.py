@@ -4,6 +4,10 @@ Schedules live in <state_dir>/schedules.json (0600, written atomically under a l
 snapshots that are due at `now`, names them sched-<now>, backs them up when asked, then prunes the VM's
 scheduled snapshots and backups by the schedule's retention. Only snapshots named sched-… are ever pruned, so a
 hand-made snapshot is never touched; the newest snapshot and the newest good backup always stay.
+
+A schedule's job goes through the jobs layer like `snapshot create` does (recover pass, snapshot, backup, health
+events). A failed job is loud: it is an action `error`, a health event, and `run --once` exits non-zero so the
+timer's unit fails; `last_run` moves only when the job succeeded, so the next run tries again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from pydantic import BaseModel
 from kvmkit.backup import manage, retention
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput, KvmkitError, NotFound
+from kvmkit.jobs.outcome import record_failure
+from kvmkit.snapshot import lifecycle
+from kvmkit.snapshot.context import SnapshotContext
 
 log = logging.getLogger(__name__)
 EVERY_RE = re.compile(r"^(\d+)([smhdw])$")
@@ -105,11 +112,16 @@ class ScheduleBook:
             raise InvalidInput(f"{self.path} is not a valid schedules file: {exc}") from None
 
 
-def add(settings: Settings, schedule: Schedule) -> Schedule:
+def add(settings: Settings, schedule: Schedule, *, vm_exists: Callable[[str], bool] | None = None) -> Schedule:
+    """Keep a schedule. `vm_exists` (the CLI asks libvirt) refuses a VM that is not defined: a schedule for a typo
+    would only ever fail. None: the caller allowed a VM not created yet."""
     if schedule.policy.empty:
         raise InvalidInput("give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly")
     if schedule.backup and not settings.backup_targets:
         raise InvalidInput("--backup needs a backup target in the config ([[backup_targets]])")
+    if vm_exists is not None and not vm_exists(schedule.vm):
+        raise NotFound(f"no VM named {schedule.vm!r} is defined; pass --allow-undefined to schedule a VM not yet "
+                       f"created")
     with ScheduleBook(settings.state_dir).edit() as schedules:
         if any(s.vm == schedule.vm for s in schedules):
             raise Conflict(f"VM {schedule.vm} already has a schedule; remove it first")
@@ -129,31 +141,36 @@ def remove(settings: Settings, vm: str) -> Schedule:
     return found
 
 
-def run_once(settings: Settings, now: datetime, engine_factory: Callable[[], object]) -> list[RunAction]:
-    """Run every schedule due at `now`; a failing VM is reported and does not stop the others."""
+def run_once(settings: Settings, now: datetime, context: Callable[[], SnapshotContext]) -> list[RunAction]:
+    """Run every schedule due at `now`; a failing VM is reported (an `error` action and a health event) and does
+    not stop the others. `context` makes the snapshot context each job runs with."""
     book = ScheduleBook(settings.state_dir)
     actions: list[RunAction] = []
     for schedule in [s for s in book.read() if due(s, now)]:
         try:
-            actions += _run_one(settings, schedule, now, engine_factory())
+            actions += _run_one(settings, schedule, now, context())
         except KvmkitError as exc:
             actions.append(RunAction(vm=schedule.vm, action="error", detail=str(exc)))
-        with book.edit() as schedules:  # mark it run even after an error: the next attempt is a period later
+            continue  # last_run stays: the job is due again at the next run
+        with book.edit() as schedules:
             for item in schedules:
                 if item.vm == schedule.vm:
                     item.last_run = now
     return actions
 
 
-def _run_one(settings: Settings, schedule: Schedule, now: datetime, engine) -> list[RunAction]:
-    from kvmkit.snapshot import service
+def failed(actions: list[RunAction]) -> bool:
+    return any(a.action == "error" for a in actions)
+
+
+def _run_one(settings: Settings, schedule: Schedule, now: datetime, ctx: SnapshotContext) -> list[RunAction]:
+    from kvmkit.jobs.snapshots import take
 
     name = retention.SCHEDULED_PREFIX + now.strftime(retention.SCHEDULED_FORMAT)
     # the same steps as `kvmkit snapshot create`: recover pass, snapshot, back up outside the freeze
-    outcome = service.take(engine.context(), settings, [schedule.vm], name, backup=schedule.backup,
-                           target=schedule.target)[0]
+    outcome = take(ctx, settings, [schedule.vm], name, backup=schedule.backup, target=schedule.target)[0]
     if outcome.error is not None:
-        raise outcome.error
+        raise outcome.error  # take recorded its health event
     snap = outcome.snapshot
     assert snap is not None
     actions = [RunAction(vm=schedule.vm, action="snapshot", detail=name)]
@@ -164,14 +181,22 @@ def _run_one(settings: Settings, schedule: Schedule, now: datetime, engine) -> l
         assert manifest is not None
         actions.append(RunAction(vm=schedule.vm, action="backup",
                                  detail=f"{name} ({manifest.kind.value}, {manifest.written_bytes} bytes written)"))
-        removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)
+        try:
+            removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)
+        except KvmkitError as exc:
+            record_failure(settings.state_dir, "backup", schedule.vm, exc)
+            raise
         if removal.deleted:
             actions.append(RunAction(vm=schedule.vm, action="pruned backups", detail=", ".join(removal.deleted)))
-    scheduled = [s for s in engine.catalog.list(snap.vm_uuid) if s.name.startswith(retention.SCHEDULED_PREFIX)]
+    scheduled = [s for s in ctx.catalog.list(snap.vm_uuid) if s.name.startswith(retention.SCHEDULED_PREFIX)]
     kept = retention.keep([retention.Item(s.name, retention.item_time(s.name, s.created)) for s in scheduled],
                           schedule.policy)
     for old in scheduled:
         if old.name not in kept:
-            engine.delete(schedule.vm, old.name)
+            try:
+                lifecycle.delete(ctx, schedule.vm, old.name)
+            except KvmkitError as exc:
+                record_failure(settings.state_dir, "snapshot", schedule.vm, exc)
+                raise
             actions.append(RunAction(vm=schedule.vm, action="pruned snapshot", detail=old.name))
     return actions

@@ -1,5 +1,6 @@
-"""snapshot/service.py: recover pass, create (several VMs side by side), back up — the one sequence behind
-`kvmkit snapshot create` and `kvmkit schedule run`, offline on test:///default + FakeMemoryDriver."""
+"""The jobs layer: recover pass, create (several VMs side by side), back up — the one sequence behind
+`kvmkit snapshot create` and `kvmkit schedule run` — and every failure a health event, offline on
+test:///default + FakeMemoryDriver."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 
 from kvmkit.config import Settings
 from kvmkit.errors import OperationFailed
-from kvmkit.snapshot import service
+from kvmkit.health import events
+from kvmkit.jobs import snapshots as service
 from kvmkit.snapshot.create import create
-from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.model import State
 from tests.snapshot.offline import offline_rig
 
@@ -57,26 +58,37 @@ def test_a_failed_backup_leaves_the_snapshot_ready_and_is_reported(rig, monkeypa
 
     monkeypatch.setattr(backup_create, "backup_snapshot",
                         lambda settings, snap, target=None: (_ for _ in ()).throw(OperationFailed("target full")))
+    settings = Settings(state_dir=rig.ctx.state_dir)
     seen = []
-    [outcome] = service.take(rig.ctx, Settings(state_dir=rig.ctx.state_dir), [rig.vm], "b1", backup=True,
+    [outcome] = service.take(rig.ctx, settings, [rig.vm], "b1", backup=True,
                              on_created=lambda snap: seen.append(snap.name))
     assert seen == ["b1"] and outcome.snapshot is not None and outcome.backup is None
     assert str(outcome.backup_error) == "target full"
     assert rig.ctx.catalog.get(rig.vm_uuid, "b1").state is State.READY
+    recorded, _ = events.read(settings.state_dir)
+    assert [(e.kind, e.vm, e.reason) for e in recorded] == [(events.EventKind.BACKUP_FAILURE, rig.vm,
+                                                             "operation_failed")]
 
 
-def test_schedule_run_goes_through_the_service_recovering_first_and_pruning(tmp_path, monkeypatch):
-    from kvmkit.backup import schedule
+def test_a_failed_snapshot_is_a_health_event_whoever_asked(rig):
+    rig.driver.fail_on("plan", None)
+    settings = Settings(state_dir=rig.ctx.state_dir)
+    [outcome] = service.take(rig.ctx, settings, [rig.vm], "f1")
+    assert outcome.error is not None and outcome.failed
+    recorded, _ = events.read(settings.state_dir)
+    assert [(e.kind, e.vm) for e in recorded] == [(events.EventKind.SNAPSHOT_FAILURE, rig.vm)]
+
+
+def test_schedule_run_goes_through_the_jobs_layer_recovering_first_and_pruning(tmp_path, monkeypatch):
+    from kvmkit.jobs import schedule
 
     with offline_rig(tmp_path) as rig:
         _leave_an_intent(rig, monkeypatch, "half")
         settings = Settings(state_dir=rig.ctx.state_dir)
-        engine = Engine(uri=rig.ctx.uri, state_dir=rig.ctx.state_dir, catalog=rig.ctx.catalog, drivers=[rig.driver],
-                        watchdog=rig.watchdogs, guest=rig.guest, settings=settings)
         schedule.add(settings, schedule.Schedule(vm=rig.vm, every_s=3600, keep_last=1))
         t0 = datetime(2026, 12, 3, 8, 0)
         for now in (t0, t0 + timedelta(hours=1)):
-            actions = schedule.run_once(settings, now, lambda: engine)
+            actions = schedule.run_once(settings, now, lambda: rig.ctx)
             assert "error" not in [a.action for a in actions], actions
         assert [s.name for s in rig.rows()] == ["sched-20261203-090000"]  # the intent recovered, the older pruned
         assert rig.kvmkit_snaps() == {rig.source(t): ["kvmkit-sched-20261203-090000"] for t in rig.targets}
@@ -98,3 +110,18 @@ def test_cli_error_is_one_line_and_debug_prints_the_cause_chain(tmp_path):
     assert debug.returncode == 3
     assert "libvirt.libvirtError" in debug.stderr and "direct cause of the following exception" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == "kvmkit: error: no VM named 'no-such-vm' on test:///default"
+
+
+def test_a_failed_scheduled_job_keeps_last_run_and_the_success_moves_it(rig):
+    from kvmkit.jobs import schedule
+
+    settings = Settings(state_dir=rig.ctx.state_dir)
+    schedule.add(settings, schedule.Schedule(vm=rig.vm, every_s=3600, keep_last=1))
+    t0 = datetime(2026, 12, 3, 8, 0)
+    rig.driver.fail_on("plan", None)
+    actions = schedule.run_once(settings, t0, lambda: rig.ctx)
+    assert schedule.failed(actions) and [a.action for a in actions] == ["error"]
+    assert schedule.ScheduleBook(settings.state_dir).read()[0].last_run is None
+    actions = schedule.run_once(settings, t0 + timedelta(minutes=5), lambda: rig.ctx)
+    assert not schedule.failed(actions)
+    assert schedule.ScheduleBook(settings.state_dir).read()[0].last_run == t0 + timedelta(minutes=5)
