@@ -7,11 +7,14 @@ minutes); `--allow-full-copy` takes the overlay path of the engine instead.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
+import stat
 from pathlib import Path
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
 from kvmkit.snapshot.drivers import bitmaps
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
@@ -159,34 +162,33 @@ class FileDriver:
         if not handle.exists():
             raise NotFound(f"disk {disk.target}: snapshot file {handle} is missing")
         new, old = Path(f"{source}.kvmkit-new"), Path(f"{source}.kvmkit-old")
-        new.unlink(missing_ok=True)  # ours by name: a leftover of an interrupted revert
         try:
-            reflink(handle, new)
+            _stage_clone(source, handle, new.name)
         except OSError as exc:
-            raise OperationFailed(f"disk {disk.target}: cannot clone {handle}: {exc.strerror}") from exc
-        st = source.stat()
-        os.chown(new, st.st_uid, st.st_gid)
-        os.chmod(new, st.st_mode & 0o7777)
+            raise OperationFailed(f"disk {disk.target}: cannot clone {handle}: {exc.strerror or exc}") from exc
         return StagedRevert(disk.target, self.name, FileStaging(source=str(source), new=str(new), old=str(old)))
 
     def swap(self, staged: StagedRevert) -> None:
         data = _file_staging(staged)
         source, new, old = Path(data.source), Path(data.new), Path(data.old)
-        if not old.exists():
-            os.link(source, old)
-        os.rename(new, source)  # atomic: the disk path always names a whole image
+        with fsat.opened_dir(source.parent) as d:  # names of one folder, resolved once (linkat/renameat, no follow)
+            if fsat.lstat(d, old.name) is None:
+                os.link(source.name, old.name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
+            os.rename(new.name, source.name, src_dir_fd=d, dst_dir_fd=d)  # atomic: the disk always a whole image
 
     def undo(self, staged: StagedRevert) -> None:
         data = _file_staging(staged)
         source, new, old = Path(data.source), Path(data.new), Path(data.old)
-        if old.exists():
-            os.rename(old, source)
-        new.unlink(missing_ok=True)
+        with fsat.opened_dir(source.parent) as d:
+            if fsat.lstat(d, old.name) is not None:
+                os.rename(old.name, source.name, src_dir_fd=d, dst_dir_fd=d)
+            fsat.unlink(d, new.name)
 
     def commit(self, staged: StagedRevert) -> None:
         data = _file_staging(staged)
-        Path(data.old).unlink(missing_ok=True)
-        Path(data.new).unlink(missing_ok=True)
+        with fsat.opened_dir(Path(data.source).parent) as d:
+            fsat.unlink(d, Path(data.old).name)
+            fsat.unlink(d, Path(data.new).name)
 
 
 class BitmapFileReader(bitmaps.DirtyBitmapChanges, FileReader):
@@ -197,8 +199,37 @@ class BitmapGuestViewReader(bitmaps.DirtyBitmapChanges, GuestViewReader):
     """A qcow2 snapshot whose changes since the previous snapshot QEMU's (persistent) dirty bitmap knows."""
 
 
+def _stage_clone(source: Path, handle: Path, new_name: str) -> None:
+    """Clone the snapshot into `new_name` beside the disk, with the disk's owner and mode, all on fds of the disk's
+    folder opened once: a pool on a shared export may be written by others, and a link planted at either name must
+    not make root clone into, chown or chmod a host file."""
+    with fsat.opened_dir(source.parent) as dir_fd:
+        fsat.unlink(dir_fd, new_name)  # ours by name: a leftover of an interrupted revert (a link: removed)
+        disk_st = fsat.lstat(dir_fd, source.name)
+        if disk_st is None or not stat.S_ISREG(disk_st.st_mode):
+            raise OSError(0, f"{source} is not a regular file")
+        with fsat.opened_dir(handle.parent) as snap_dir:
+            src_fd = fsat.open_regular(snap_dir, handle.name)
+        try:
+            dst_fd = fsat.create_new(dir_fd, new_name)
+            try:
+                fcntl.ioctl(dst_fd, FICLONE, src_fd)
+                fsat.copy_owner_and_mode(dst_fd, disk_st)
+            except BaseException:
+                os.close(dst_fd)
+                fsat.unlink(dir_fd, new_name)
+                raise
+            os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+
 def _file_staging(staged: StagedRevert) -> FileStaging:
     if not isinstance(staged.data, FileStaging):
         raise OperationFailed(f"disk {staged.target}: revert data of kind {staged.data.kind!r} is not the file "
                               "driver's")
-    return staged.data
+    data = staged.data
+    if (data.new, data.old) != (f"{data.source}.kvmkit-new", f"{data.source}.kvmkit-old"):  # a journal read back
+        raise OperationFailed(f"disk {staged.target}: revert journal names {data.new} and {data.old}, not the "
+                              f"staging names of {data.source}: refused")
+    return data

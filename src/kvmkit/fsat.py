@@ -1,0 +1,76 @@
+"""Resolve once, act on what you opened: path operations in folders kvmkit does not own (storage pools, NFS exports,
+mount points), done relative to a directory fd so a symlink planted between a check and an act cannot steer root.
+
+A folder is opened once (`O_DIRECTORY|O_NOFOLLOW`); every later create, open, unlink, chown and chmod names an
+entry of that fd (`dir_fd=`, `O_NOFOLLOW`, `O_EXCL` for new files) or works on an open file's fd (`fchown`,
+`fchmod`), never the path again. Whoever can write the folder can still rename entries under us, but can no longer
+make us follow a link out of it or overwrite a file we did not create.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@contextmanager
+def opened_dir(path: Path | str) -> Iterator[int]:
+    """The folder as an fd (the last component must not be a symlink); closed when the block ends."""
+    fd = os.open(path, DIR_FLAGS)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def create_new(dir_fd: int, name: str, mode: int = 0o600, *, readable: bool = False) -> int:
+    """A new file `name` in the folder, never an existing one or a link's target (O_EXCL|O_NOFOLLOW)."""
+    _check_name(name)
+    flags = NEW_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else NEW_FLAGS
+    return os.open(name, flags, mode, dir_fd=dir_fd)
+
+
+def open_regular(dir_fd: int, name: str, flags: int = READ_FLAGS) -> int:
+    """An existing regular file of the folder, opened without following a link and without blocking on a FIFO;
+    anything else (a device, a FIFO, a socket, a folder) is refused after the open, by what was opened."""
+    _check_name(name)
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{name} is not a regular file")
+    return fd
+
+
+def unlink(dir_fd: int, name: str) -> None:
+    """Remove the entry `name` of the folder if present (a link is removed, never followed)."""
+    _check_name(name)
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    _check_name(name)
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def copy_owner_and_mode(fd: int, like: os.stat_result) -> None:
+    """Give an open file the owner and permission bits of another, by fd (no path to re-resolve)."""
+    os.fchown(fd, like.st_uid, like.st_gid)
+    os.fchmod(fd, stat.S_IMODE(like.st_mode))
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not a plain file name: {name!r}")
