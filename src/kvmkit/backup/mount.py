@@ -231,8 +231,8 @@ def mount(vm: str, snapshot: str, mountpoint: Path, target: str | None,
         raise EnvironmentProblem("pyfuse3 is not installed (apt-get install python3-pyfuse3)") from None
     if not Path("/dev/fuse").exists():
         raise EnvironmentProblem("/dev/fuse does not exist: this host cannot mount FUSE filesystems")
-    child = subprocess.Popen([sys.executable, "-m", "kvmkit.backup.mount", vm, snapshot, str(mountpoint),
-                              target or ""], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-I", "-m", "kvmkit.backup.mount", vm, snapshot, str(mountpoint),
+                              target or ""], stdout=subprocess.PIPE, text=True, cwd="/")
     try:
         line = child.stdout.readline() if child.stdout else ""
         if line.strip() != READY:

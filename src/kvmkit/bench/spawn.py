@@ -55,7 +55,7 @@ def spawn(argv: Sequence[str], timeout_s: float) -> Spawned:
     ):
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _HELPER, rss.name, *argv],
+            [sys.executable, "-I", "-S", "-c", _HELPER, rss.name, *argv],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,

@@ -206,7 +206,7 @@ def backup_child(src: Path, target: Path, compression: str, name: str = "full") 
     a 13 MiB child of a 300 MiB parent is reported as 313 MiB)."""
     drop_cache(src)
     os.sync()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(target), compression, name],
+    proc = subprocess.Popen([sys.executable, "-I", "-c", CHILD, str(src), str(target), compression, name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read() if proc.stdout else b""
     err = proc.stderr.read() if proc.stderr else b""

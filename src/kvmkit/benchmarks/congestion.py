@@ -90,7 +90,7 @@ def loadgen(
     name: str, vcpus: int, busy: int, cpus: Sequence[int] | None, seconds: float, truth: Path | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """A running loadgen process, ready (all threads named and pinned) when the block starts; killed after."""
-    argv = [sys.executable, "-m", "kvmkit.benchmarks.loadgen", "-name", f"guest={name},debug-threads=on"]
+    argv = [sys.executable, "-I", "-m", "kvmkit.benchmarks.loadgen", "-name", f"guest={name},debug-threads=on"]
     argv += ["--vcpus", str(vcpus), "--busy", str(busy), "--seconds", str(seconds)]
     if cpus:
         argv += ["--cpu", ",".join(map(str, cpus))]

@@ -156,7 +156,7 @@ def exporter_rss(vms: int = 500, scrapes: int = 20) -> ExporterResult:
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="kvmkit-memsynth-", dir=shm) as folder:
         host = memory_synth.build(Path(folder), vms)
-        argv = [sys.executable, "-m", "kvmkit.benchmarks.memory", "--child-exporter", host.proc, host.sys]
+        argv = [sys.executable, "-I", "-m", "kvmkit.benchmarks.memory", "--child-exporter", host.proc, host.sys]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             assert child.stdout is not None

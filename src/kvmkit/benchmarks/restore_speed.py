@@ -129,7 +129,7 @@ def run(folder: Path, size_mib: int, rounds: int) -> dict:
             copy.unlink()
             dest = work / "restored.raw"
             drop_cache(repo)
-            proc = subprocess.Popen([sys.executable, "-c", CHILD, str(repo), str(dest)], stdout=subprocess.PIPE)
+            proc = subprocess.Popen([sys.executable, "-I", "-c", CHILD, str(repo), str(dest)], stdout=subprocess.PIPE)
             out = proc.stdout.read() if proc.stdout else b""
             _, status, _usage = os.wait4(proc.pid, 0)  # not its ru_maxrss: that survives execve (the parent's)
             if os.waitstatus_to_exitcode(status) != 0:

@@ -87,8 +87,8 @@ class Watchdog:
         extra = [str(p) for p in recover_with] if recover_with else []
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action, *extra],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
+                [sys.executable, "-I", "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action,
+                 *extra], cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
             )
 
     def arm(self) -> None:
