@@ -75,3 +75,25 @@ def test_a_deeply_nested_config_is_one_line(tmp_path):
     with pytest.raises(InvalidInput) as info:
         load(path, env={})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", [
+    '[storpool]\ntoken = "t0ken"\n',
+    '[[backup_targets]]\nname = "s3"\nkind = "s3"\nbucket = "b"\nsecret_key = "s3cr3t"\n',
+])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_config_holding_a_secret_must_be_0600(tmp_path, secret, mode):
+    path = good(tmp_path, secret)
+    path.chmod(mode)
+    with pytest.raises(InvalidInput, match=rf"holds a secret \(.*\) and is readable by group or others") as err:
+        load(path, env={})
+    assert "t0ken" not in str(err.value) and "s3cr3t" not in str(err.value) and "chmod 600" in str(err.value)
+    path.chmod(0o600)
+    load(path, env={})
+
+
+def test_a_config_that_names_where_a_secret_lives_may_be_0644(tmp_path):
+    path = good(tmp_path, '[[backup_targets]]\nname = "s3"\nkind = "s3"\nbucket = "b"\n'
+                          'secret_key_env = "KVMKIT_S3_SECRET_KEY"\n[storpool]\ntoken_env = "SP_AUTH_TOKEN"\n')
+    path.chmod(0o644)
+    assert load(path, env={}).storpool.token_env == "SP_AUTH_TOKEN"

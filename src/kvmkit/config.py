@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -99,14 +100,19 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
     env = dict(os.environ) if env is None else env
     path = path or Path(env.get("KVMKIT_CONFIG", DEFAULT_CONFIG_PATH))
     data: dict = {}
-    text = read_config_text(path)
-    if text is not None:
+    read = _read_config(path)
+    if read is not None:
+        text, mode = read
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{path}: not valid TOML: {str(exc).splitlines()[0]}") from None
         except RecursionError:
             raise InvalidInput(f"{path}: not valid TOML: nested too deeply") from None
+        secret = next(secret_fields(data), None)
+        if secret is not None and mode & 0o077:
+            raise InvalidInput(f"config file {path} holds a secret ({secret}) and is readable by group or others "
+                               f"(mode {mode:04o}): refused; chmod 600 {path}")
     elif "KVMKIT_CONFIG" in env:
         raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
     data.update(_env_overrides(env))
@@ -115,9 +121,31 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
     return validated(Settings, data, path)
 
 
+SECRET_KEYS = frozenset({"token", "secret_key", "password", "passphrase"})
+
+
+def secret_fields(data: object, where: str = "") -> Iterator[str]:
+    """Where a parsed config holds a secret itself (not the name of a variable or file that holds it)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in SECRET_KEYS and isinstance(value, str) and value:
+                yield here
+            else:
+                yield from secret_fields(value, here)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            yield from secret_fields(item, f"{where}[{i}]")
+
+
 def read_config_text(path: Path) -> str | None:
-    """The file's text, or None when it does not exist; InvalidInput when it is not something to trust: not a
-    regular file (a FIFO or /dev/zero would hang or fill memory), too large, writable by others, or owned by
+    read = _read_config(path)
+    return None if read is None else read[0]
+
+
+def _read_config(path: Path) -> tuple[str, int] | None:
+    """The file's text and permission bits, or None when it does not exist; InvalidInput when it is not something
+    to trust: not a regular file (a FIFO or /dev/zero would hang or fill memory), too large, writable by others, or owned by
     someone else — checked on the opened file (fstat), so a swap between check and read changes nothing."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -138,7 +166,7 @@ def read_config_text(path: Path) -> str | None:
     if len(data) > MAX_CONFIG_BYTES:
         raise InvalidInput(f"config file {path} grew past {MAX_CONFIG_BYTES} bytes while read")
     try:
-        return data.decode()
+        return data.decode(), stat.S_IMODE(info.st_mode)
     except UnicodeDecodeError:
         raise InvalidInput(f"config file {path} is not UTF-8 text") from None
 

@@ -74,3 +74,21 @@ def copy_owner_and_mode(fd: int, like: os.stat_result) -> None:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"not a plain file name: {name!r}")
+
+
+def private_dirs(path: Path) -> Path:
+    """`path` and every missing folder above it, each made 0700 whatever the umask (Path.mkdir(parents=True)
+    makes the parents with the default mode: 0755 under cron's umask, and a state or log folder others can list)."""
+    missing: list[Path] = []
+    here = Path(path)
+    while not here.exists():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # made by a concurrent job meanwhile
+            pass
+    return path

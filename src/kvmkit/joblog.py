@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from kvmkit import fsat
+
 KEEP = 30
 KINDS = ("snapshot", "backup", "restore", "revert", "delete")
 _NAME = re.compile(r"^\d{8}-\d{6}-\d+(-\d+)?\.log$")
@@ -97,7 +99,7 @@ def job_log(state_dir: Path, kind: str, vm: str, what: str) -> Iterator[Path]:
 
 
 def _open(where: Path) -> Path:
-    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fsat.private_dirs(where)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     for attempt in range(100):  # two jobs of one VM in one second from one process: a numbered name
         path = where / (name if attempt == 0 else name.replace(".log", f"-{attempt}.log"))

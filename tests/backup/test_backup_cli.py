@@ -23,6 +23,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
                       f'[[backup_targets]]\nname = "nfs1"\npath = "{tmp_path / "target"}"\n'
                       f'[[backup_targets]]\nname = "s3"\nkind = "s3"\nbucket = "b"\nsecret_key = "TOPSECRET"\n')
+    config.chmod(0o600)  # it holds a secret: kvmkit refuses it readable by others
     return {**os.environ, "KVMKIT_CONFIG": str(config)}
 
 

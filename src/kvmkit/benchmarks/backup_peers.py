@@ -259,14 +259,16 @@ class Kvmkit(Tool):
         clone(self.source, snap)
         drop_caches(snap)
         created = datetime.now().isoformat()
-        result, out = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "backup", str(self.repo), str(self.state), str(snap),
+        result, out = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "backup", str(self.repo), str(self.state),
+                           str(snap),
                            label, created])
         self.last = label
         return result, json.loads(out)
 
     def restore(self, dest: Path) -> tuple[Leg, Path]:
         path = dest / "disk.raw"
-        result, _ = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "restore", str(self.repo), str(self.state), self.last,
+        result, _ = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "restore", str(self.repo), str(self.state),
+                         self.last,
                          str(path)])
         return result, path
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kvmkit import fsat
+
 log = logging.getLogger(__name__)
 MAX_BYTES = 1 << 20
 MAX_LINE = 4096
@@ -51,7 +53,7 @@ def record(state_dir: Path, kind: EventKind, vm: str, exc: BaseException) -> Non
     path = log_path(state_dir)
     try:
         event = Event(ts=datetime.now(UTC), kind=kind, vm=vm[:128], reason=reason_of(exc))
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsat.private_dirs(path.parent)
         if path.exists() and path.stat().st_size > MAX_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from kvmkit import fsat
 from kvmkit.backup import manage, retention
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput, KvmkitError, NotFound
@@ -85,7 +86,7 @@ class ScheduleBook:
 
     @contextmanager
     def edit(self) -> Iterator[list[Schedule]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fsat.private_dirs(self.path.parent)
         fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

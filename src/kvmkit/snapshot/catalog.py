@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, NotFound
 from kvmkit.snapshot.journal import JournalEntry, JournalPayload, dump_payload, parse_entry
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
@@ -55,7 +56,7 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fsat.private_dirs(path.parent)
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         os.chmod(path, 0o600)

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, OperationFailed
 
 
 def _lock_path(state_dir: Path, vm_uuid: str) -> Path:
     path = state_dir / "locks" / f"{vm_uuid}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fsat.private_dirs(path.parent)
     return path
 
 
@@ -83,12 +84,13 @@ class Watchdog:
                  recover_with: tuple[Path, Path] | None = None) -> None:
         """recover_with: (state dir, catalog) — what the watchdog recovers with if kvmkit dies while guarded."""
         self.deadline_s, self.log, self._ready = deadline_s, log, False
-        log.parent.mkdir(parents=True, exist_ok=True)
+        fsat.private_dirs(log.parent)
         extra = [str(p) for p in recover_with] if recover_with else []
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-m", "kvmkit.snapshot.watchdog", uri, vm_uuid, str(deadline_s), action,
-                 *extra], cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
+                 *extra], cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                text=True,
             )
 
     def arm(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, EnvironmentProblem
 from kvmkit.names import check_snapshot_name
 
@@ -23,7 +24,7 @@ LOCK_DIR = "locks"
 def lock_path(state_dir: Path, vm_uuid: str, snapshot: str) -> Path:
     check_snapshot_name(snapshot)
     folder = state_dir / LOCK_DIR
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fsat.private_dirs(folder)
     return folder / f"snapshot-{vm_uuid}-{snapshot}.lock"
 
 
