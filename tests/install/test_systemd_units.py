@@ -89,3 +89,17 @@ def test_the_cron_alternative_runs_one_pass_under_flock():
     line = next(li for li in (UNITS / "kvmkit.cron").read_text().splitlines() if li and li[0] not in "#" and
                 li.split()[0] == "*/5")
     assert "flock -n" in line and "kvmkit schedule run --once" in line
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize(("unit", "most"), [("kvmkit-exporter.service", 3.5), ("kvmkit-schedule.service", 5.0),
+                                            ("kvmkit-schedule-once.service", 5.0)])
+def test_systemd_analyze_security_rates_each_unit_within_its_budget(tmp_path, unit, most):
+    import re
+
+    _copy_with_this_kvmkit(tmp_path)
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
+    assert found, out.stdout + out.stderr
+    assert float(found.group(1)) <= most, out.stdout
