@@ -85,7 +85,7 @@ def test_a_deeply_nested_config_is_one_line(tmp_path):
 def test_a_config_holding_a_secret_must_be_0600(tmp_path, secret, mode):
     path = good(tmp_path, secret)
     path.chmod(mode)
-    with pytest.raises(InvalidInput, match=rf"holds a secret \(.*\) and is readable by group or others") as err:
+    with pytest.raises(InvalidInput, match=r"holds a secret \(.*\) and is readable by group or others") as err:
         load(path, env={})
     assert "t0ken" not in str(err.value) and "s3cr3t" not in str(err.value) and "chmod 600" in str(err.value)
     path.chmod(0o600)

@@ -8,8 +8,8 @@ import stat
 
 from kvmkit.errors import OperationFailed
 from kvmkit.health import events
-from kvmkit.jobs import schedule
 from kvmkit.joblog import job_log
+from kvmkit.jobs import schedule
 
 
 def test_folders_kvmkit_makes_for_its_state_are_0700_under_a_cron_umask(tmp_path):

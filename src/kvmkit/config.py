@@ -145,8 +145,8 @@ def read_config_text(path: Path) -> str | None:
 
 def _read_config(path: Path) -> tuple[str, int] | None:
     """The file's text and permission bits, or None when it does not exist; InvalidInput when it is not something
-    to trust: not a regular file (a FIFO or /dev/zero would hang or fill memory), too large, writable by others, or owned by
-    someone else — checked on the opened file (fstat), so a swap between check and read changes nothing."""
+    to trust: not a regular file (a FIFO or /dev/zero would hang or fill memory), too large, writable by others,
+    or owned by someone else — checked on the opened file (fstat), so a swap between check and read changes nothing."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

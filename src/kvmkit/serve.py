@@ -49,7 +49,7 @@ def serve(
                                        help="libvirt URI for balloon figures (default: the config's)."),
     uri: str | None = typer.Option(None, "--uri", hidden=True, help="Old name of --connect."),
     no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt (no balloon figures)."),
-    max_connections: int = typer.Option(32, help="Connections served at once (each its own thread)."),
+    max_connections: int = typer.Option(64, help="Connections open at once; past it the slowest is dropped."),
 ) -> None:
     """Prometheus exporter on http://ADDRESS:PORT/metrics until interrupted: congestion, memory and health."""
     run(port, address, connect or uri, no_libvirt, max_connections)

@@ -6,28 +6,25 @@ iothreads, vhost) sum threads that come and go; to keep them monotonic, the last
 thread are folded into a per-VM base, and those bases are dropped with the VM — state is bounded by the
 live threads and VMs.
 
-Only /metrics (and / with a link) are served; any other path is a 404. The HTTP server is bounded: at most
-MAX_CONNECTIONS handler threads, each connection with a socket timeout (see `_Server`). `kvmkit serve` puts the
-memory family (and any `register`ed collector) in the same registry.
+Only /metrics (and / with a link) are served; any other path is a 404. The HTTP front (http_front.py) reads
+request heads without threads under a whole-request deadline and caps open connections, evicting the slowest, so
+idle or slow clients cannot starve a scrape. `kvmkit serve` puts the memory family (and any `register`ed
+collector) in the same registry.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kvmkit.congestion.http_front import HttpFront
 from kvmkit.congestion.model import Reading, ThreadKind
 from kvmkit.congestion.procfs import ProcReader
-from kvmkit.errors import EnvironmentProblem
 from kvmkit.sampling.sampler import SharedReading
 
 log = logging.getLogger(__name__)
@@ -176,56 +173,7 @@ class CongestionCollector(Collector):
         yield GaugeMetricFamily("kvmkit_collector_read_seconds", "Wall time of the last /proc reading.", value=cost_s)
 
 
-MAX_CONNECTIONS = 32  # handler threads at once; Prometheus scrapes one connection at a time per server
-SOCKET_TIMEOUT_S = 3.0  # an idle or slow client loses its connection (and its thread) after this
-SLOT_WAIT_S = 0.5  # a connection waits this long for a free handler thread, then is closed unanswered
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    """One thread per connection, but at most MAX_CONNECTIONS of them, each with a socket timeout.
-
-    Without a cap, 1,000 idle connections were 1,000 threads that never ended (issue 15, item 7). The accept
-    loop now waits up to SLOT_WAIT_S for a free slot and otherwise closes the connection, so threads (and their
-    stacks) stay bounded whatever clients do; a scrape in flight is never cut by the cap.
-    """
-
-    daemon_threads = True
-    request_queue_size = 1024  # socketserver's default of 5 would drop bursts of concurrent scrapes
-
-    def __init__(self, *args: object, max_connections: int = MAX_CONNECTIONS, **kwargs: object) -> None:
-        self.slots = threading.BoundedSemaphore(max_connections)
-        self.rejected = 0
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        if not self.slots.acquire(timeout=SLOT_WAIT_S):
-            self.rejected += 1
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()  # the thread never started
-            raise
-
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that timed out or hung up is not news; anything else goes to the debug log, not stderr."""
-        log.debug("exporter: connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = SOCKET_TIMEOUT_S  # StreamRequestHandler sets it on the socket: reads and writes both
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Scrapes every few seconds would flood stderr."""
-
-
+MAX_CONNECTIONS = 64  # open connections at once (a thread only renders); the slowest is evicted past it
 # Collectors other capabilities add to every exporter kvmkit starts (`kvmkit serve`, `kvmkit congestion serve`):
 # one `register(factory)` line in their own module; the factory is called once per exporter.
 _REGISTERED: list[Callable[[], Collector]] = []
@@ -236,23 +184,6 @@ def register(factory: Callable[[], Collector]) -> None:
     _REGISTERED.append(factory)
 
 
-def wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
-    """/metrics from the registry, a link at /, 404 elsewhere (prometheus_client alone serves any path)."""
-    metrics = make_wsgi_app(registry)
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return metrics(environ, start_response)
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html")])
-            return [b'<html><body><a href="/metrics">kvmkit metrics</a></body></html>']
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics\n"]
-
-    return app
-
-
 def start(
     address: str,
     port: int,
@@ -260,7 +191,7 @@ def start(
     *,
     collectors: Sequence[Collector] | None = None,
     max_connections: int = MAX_CONNECTIONS,
-) -> tuple[_Server, threading.Thread]:
+) -> tuple[HttpFront, threading.Thread]:
     """Serve in a daemon thread; the caller owns shutdown (server.shutdown(); server.server_close()).
 
     `collectors` replaces the default (congestion only); registered collectors are always added.
@@ -271,13 +202,8 @@ def start(
     for factory in _REGISTERED:
         registry.register(factory())
 
-    def server_class(*args: object, **kwargs: object) -> _Server:
-        return _Server(*args, max_connections=max_connections, **kwargs)
+    def render() -> tuple[bytes, str]:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
-    try:
-        server = make_server(address, port, wsgi_app(registry), server_class, handler_class=_QuietHandler)  # type: ignore[arg-type]
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot listen on {address}:{port}: {exc.strerror}") from None
-    thread = threading.Thread(target=server.serve_forever, name="kvmkit-exporter", daemon=True)
-    thread.start()
-    return server, thread
+    server = HttpFront(address, port, render, max_connections=max_connections)
+    return server, server.thread
