@@ -27,7 +27,7 @@ if [ "${1:-}" = "--host" ]; then
   if [ -z "$wheel" ]; then
     out="$(mktemp -d)"
     build="$(mktemp -d)"  # build from a copy: setuptools leaves build/ and *.egg-info beside the sources
-    cp -r pyproject.toml README.md src "$build/"
+    cp -r pyproject.toml README.md LICENSE src contrib examples "$build/"
     /usr/bin/python3 -m pip wheel -q --no-deps --no-build-isolation -w "$out" "$build" 2>/dev/null \
       || /usr/bin/python3 -m pip wheel -q --no-deps -w "$out" "$build"
     rm -rf "$build"

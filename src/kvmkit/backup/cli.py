@@ -12,10 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from kvmkit import config
 from kvmkit.backup import manage, retention
-from kvmkit.backup import restore as restore_mod
-from kvmkit.backup.create import plan_bytes
 from kvmkit.backup.model import BackupManifest, DiskBackup
-from kvmkit.backup.restore import RestoredDisk
 from kvmkit.backup.targets import open_target
 from kvmkit.confirm import DRY_RUN, YES, go_ahead
 from kvmkit.errors import InvalidInput, OperationFailed
@@ -23,7 +20,6 @@ from kvmkit.names import check_snapshot_name
 from kvmkit.output import console, disk_record, err_console, print_json, print_table, to_jsonable
 
 disk_record(DiskBackup)  # --json names a VM's disk `disk` (docs/cli.md); manifests on the target keep `target`
-disk_record(RestoredDisk)
 
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
 target_app = typer.Typer(no_args_is_help=True, help="Backup targets (folders, S3 buckets).")
@@ -90,6 +86,8 @@ def create(vm: str, snapshot: str, target: str | None = TARGET, connect: str | N
 
     settings = config.load()
     snap = _snapshot(settings, vm, snapshot, connect)
+    from kvmkit.backup.create import plan_bytes  # the drivers (and libvirt) only for commands that read disks
+
     with progress_bar(f"{vm}/{snapshot}", plan_bytes(snap)) as advance:
         manifest = back_up(settings, snap, target, advance)
     if json_out:
@@ -113,6 +111,10 @@ def list_(vm: str | None = typer.Argument(None), target: str | None = TARGET, js
     if json_out:
         print_json([_summary(m) for m in manifests])
         return
+    if not manifests:
+        console.print(f"no backups{f' of VM {vm}' if vm else ''} on target {target or 'the default target'}",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
     rows = [(m.vm, m.snapshot, m.snapshot_created.strftime("%Y-%m-%d %H:%M:%S"), m.kind.value, m.parent or "",
              ", ".join(f"{d.target}:{d.driver}" for d in m.disks), _human(sum(d.size_bytes for d in m.disks)),
              _human(m.written_bytes)) for m in manifests]
@@ -132,6 +134,9 @@ def restore(vm: str, snapshot: str,
             target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
     A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
+    from kvmkit.backup import restore as restore_mod
+
+    disk_record(restore_mod.RestoredDisk)
     settings = config.load()
     check_snapshot_name(snapshot)
     manifest = next((m for m in restore_mod.vm_manifests(open_target(settings, target), vm) if m.snapshot == snapshot),
@@ -170,6 +175,8 @@ def mount(vm: str, snapshot: str, mountpoint: str = typer.Argument(..., help="An
 def verify(vm: str, snapshot: str | None = typer.Argument(None, help="One backup (default: all of the VM's)."),
            target: str | None = TARGET, json_out: bool = JSON) -> None:
     """Read back every chunk the backup(s) need and check its hash, without restoring."""
+    from kvmkit.backup import restore as restore_mod
+
     settings = config.load()
     report = restore_mod.verify(settings, vm, snapshot, target)
     absent = sorted(k for k, v in report.content.items() if v == "absent")

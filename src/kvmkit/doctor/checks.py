@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree as ET
 
 from kvmkit.doctor.model import Finding, Severity
-from kvmkit.virt.inventory import AgentInfo, LibvirtInfo
+
+if TYPE_CHECKING:
+    from kvmkit.virt.inventory import AgentInfo, LibvirtInfo
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 FREEZE_COMMAND = "guest-fsfreeze-freeze"
@@ -22,6 +25,30 @@ MIN_FREE_FRACTION = 0.10
 MIN_FREE_BYTES = 1 << 30
 CLOCK_SLACK = timedelta(minutes=5)
 EARLIEST_SANE = datetime(2024, 1, 1).astimezone()
+
+
+BINDINGS = (  # module, apt package, what needs it, severity when missing
+    ("libvirt", "python3-libvirt", "every VM operation", "fail"),
+    ("rbd", "python3-rbd", "Ceph RBD disks", "warn"),
+    ("rados", "python3-rados", "Ceph RBD disks", "warn"),
+    ("nbd", "python3-libnbd", "backups of file disks by dirty bitmap", "warn"),
+)
+
+
+def binding_findings() -> list[Finding]:
+    """Debian's Python bindings kvmkit uses, found or not (a venv without --system-site-packages sees none)."""
+    import importlib.util
+
+    found = []
+    for module, package, needed_by, severity in BINDINGS:
+        if importlib.util.find_spec(module) is not None:
+            found.append(Finding(check="bindings", subject=module, severity=Severity.OK,
+                                 message=f"{module} Python bindings found"))
+        else:
+            found.append(Finding(check="bindings", subject=module, severity=Severity(severity),
+                                 message=f"{module} Python bindings missing: needed for {needed_by}",
+                                 fix=f"apt-get install {package} (a venv needs --system-site-packages)"))
+    return found
 
 
 def libvirt_finding(uri: str, info: LibvirtInfo | None, error: str) -> Finding:

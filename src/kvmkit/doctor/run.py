@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kvmkit.config import Settings
 from kvmkit.doctor import checks, probes
-from kvmkit.doctor.model import Finding, Report
+from kvmkit.doctor.model import Finding, Report, Severity
 from kvmkit.errors import KvmkitError
 from kvmkit.virt.disks import Disk, parse_disks
 
@@ -26,7 +26,9 @@ def run(settings: Settings, uri: str) -> Report:
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="doctor") as pool:
         host: list[Future] = [pool.submit(probes.state_dir, settings)]
         targets = [pool.submit(probes.backup_target, t) for t in settings.backup_targets]
-        findings += _hypervisor(settings, uri, pool)
+        findings += (bindings := checks.binding_findings())
+        if not any(f.subject == "libvirt" and f.severity is Severity.FAIL for f in bindings):
+            findings += _hypervisor(settings, uri, pool)
         findings += [f.result() for f in targets]
         findings += host[0].result()
     findings.append(checks.clock_finding(datetime.now().astimezone(), _newest_record(settings.catalog_path)))

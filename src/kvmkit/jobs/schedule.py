@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -28,8 +29,9 @@ from kvmkit.backup import manage, retention
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput, KvmkitError, NotFound
 from kvmkit.jobs.outcome import record_failure
-from kvmkit.snapshot import lifecycle
-from kvmkit.snapshot.context import SnapshotContext
+
+if TYPE_CHECKING:  # the snapshot core (and libvirt) only when a job runs: `schedule list` works without them
+    from kvmkit.snapshot.context import SnapshotContext
 
 log = logging.getLogger(__name__)
 EVERY_RE = re.compile(r"^(\d+)([smhdw])$")
@@ -166,6 +168,7 @@ def failed(actions: list[RunAction]) -> bool:
 
 def _run_one(settings: Settings, schedule: Schedule, now: datetime, ctx: SnapshotContext) -> list[RunAction]:
     from kvmkit.jobs.snapshots import take
+    from kvmkit.snapshot import lifecycle
 
     name = retention.SCHEDULED_PREFIX + now.strftime(retention.SCHEDULED_FORMAT)
     # the same steps as `kvmkit snapshot create`: recover pass, snapshot, back up outside the freeze
