@@ -90,3 +90,39 @@ def test_promtool_accepts_the_health_rules_and_their_unit_tests_pass():
     unit = subprocess.run(["promtool", "test", "rules", RULES.with_suffix(".test.yaml").name],
                           cwd=RULES.parent, capture_output=True, text=True)
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def _dashboard_expr(title: str) -> str:
+    panel = next(p for p in json.loads(DASHBOARD.read_text())["panels"] if p.get("title") == title)
+    [target] = panel["targets"]
+    return target["expr"].replace("$instance", ".*").replace("$vm", ".*")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+def test_the_stored_bytes_panel_shows_what_is_stored_across_a_prune(tmp_path):
+    """Issue 24: 50 GB written in a day, then a prune freed 30 GB of older backups. As a counter the prune read as
+    a reset and the panel's increase(…[1d]) showed 80 GB; the gauge shows what the target holds, before and after."""
+    expr = _dashboard_expr("Backup data stored on the target")
+    gb = 10**9
+    # stored: 100 GB, +50 GB over the day (one backup per hour), then the prune frees 30 GB at 24h
+    values = " ".join([str(100 * gb + min(h, 24) * 50 * gb // 24 - (30 * gb if h >= 25 else 0))
+                       for h in range(0, 27)])
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1h",
+            "input_series": [{"series": 'kvmkit_backup_stored_bytes{instance="h1", vm="db1", target="nfs"}',
+                              "values": values}],
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": "24h",
+                 "exp_samples": [{"labels": '{instance="h1", vm="db1", target="nfs"}', "value": 150 * gb}]},
+                {"expr": expr, "eval_time": "26h",
+                 "exp_samples": [{"labels": '{instance="h1", vm="db1", target="nfs"}', "value": 120 * gb}]},
+            ],
+        }],
+    }
+    path = tmp_path / "stored.test.yaml"
+    path.write_text(yaml.safe_dump(test))
+    unit = subprocess.run(["promtool", "test", "rules", path.name], cwd=tmp_path, capture_output=True, text=True)
+    assert unit.returncode == 0, unit.stdout + unit.stderr

@@ -134,7 +134,7 @@ def test_backup_metrics_from_the_manifests_on_a_folder_target(settings):
     s = _scrape(settings)
     assert _value(s, "kvmkit_backup_last_success_timestamp_seconds", vm="vm1", target="local") == pytest.approx(
         (NOW - timedelta(hours=3)).timestamp())
-    assert _value(s, "kvmkit_backup_bytes_written_total", vm="vm1", target="local") == 1250
+    assert _value(s, "kvmkit_backup_stored_bytes", vm="vm1", target="local") == 1250
     (root / "manifests" / vm_uuid_of("vm1") / "c.json").write_text("{broken")
     s = _scrape(settings)
     assert _value(s, "kvmkit_health_malformed_records") == 1

@@ -9,12 +9,13 @@ of its own that a restart could lose. Label `vm` is the libvirt name, `target` t
   kvmkit_snapshot_freeze_seconds{vm}                   histogram over the catalogued snapshots' freeze windows
   kvmkit_snapshot_failures_total{vm,reason}            failed creates by error class (outcome log)
   kvmkit_backup_last_success_timestamp_seconds{vm,target}
-  kvmkit_backup_bytes_written_total{vm,target}         bytes the backups still on the target wrote
+  kvmkit_backup_stored_bytes{vm,target}                bytes the backups still on the target wrote (a gauge)
   kvmkit_backup_verify_failures_total{vm}              verify runs that found damage (outcome log)
   kvmkit_recover_orphans{vm}                           catalog rows and journal entries `recover` would reconcile
 
-The histogram and the bytes counter are sums over records that retention deletes, so they can go down; Prometheus
-treats a decrease as a counter reset, which `rate()`/`increase()` absorb.
+The histogram is a sum over records that retention deletes, so it can go down; Prometheus treats a decrease as a
+counter reset, which `rate()`/`increase()` absorb. Bytes stored are a gauge for that reason: as a counter, a prune
+read as a reset and `increase(…[1d])` showed 80 GB written on a day 50 GB were.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def backup_metrics(backups) -> Iterator[Metric]:
     last = GaugeMetricFamily("kvmkit_backup_last_success_timestamp_seconds",
                              "When the VM's newest backup on the target was written (Unix time).",
                              labels=["vm", "target"])
-    written = CounterMetricFamily("kvmkit_backup_bytes_written", "Bytes written by the backups still on the target.",
-                                  labels=["vm", "target"])
+    written = GaugeMetricFamily("kvmkit_backup_stored_bytes", "Bytes written by the backups still on the target "
+                                "(what they store; a prune lowers it).", labels=["vm", "target"])
     newest: dict[tuple[str, str], float] = {}
     total: dict[tuple[str, str], int] = defaultdict(int)
     for b in backups:
