@@ -59,7 +59,7 @@ def test_dashboard_panels_have_unique_ids_and_a_datasource_variable():
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert {"datasource", "instance", "domain"} <= {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "instance", "vm"} <= {v["name"] for v in dashboard["templating"]["list"]}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")

@@ -41,7 +41,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
-def test_metrics_carry_vcpu_counters_labelled_by_domain_and_vcpu(served):
+def test_metrics_carry_vcpu_counters_labelled_by_vm_and_vcpu(served):
     port, _ = served
     status, first = _get(port, "/metrics")
     assert status == 200
@@ -56,14 +56,14 @@ def test_metrics_carry_vcpu_counters_labelled_by_domain_and_vcpu(served):
         return out
 
     a, b = samples(first), samples(second)
-    busy = ("kvmkit_vcpu_run_seconds_total", (("domain", "scraped-vm"), ("vcpu", "0")))
-    idle = ("kvmkit_vcpu_run_seconds_total", (("domain", "scraped-vm"), ("vcpu", "1")))
+    busy = ("kvmkit_vcpu_run_seconds_total", (("vcpu", "0"), ("vm", "scraped-vm")))
+    idle = ("kvmkit_vcpu_run_seconds_total", (("vcpu", "1"), ("vm", "scraped-vm")))
     assert b[busy] - a[busy] > 0.3  # spinning for ~1.2 s, even on a loaded host
     assert b[idle] - a[idle] < 0.05
     assert ("kvmkit_vcpu_delay_seconds_total", busy[1]) in b
     assert b[("kvmkit_vcpu_throttled_seconds_total", busy[1])] == 0  # the root cpu cgroup is never throttled
-    assert b[("kvmkit_iothread_run_seconds_total", (("domain", "scraped-vm"), ("iothread", "iothread1")))] >= 0
-    assert b[("kvmkit_emulator_run_seconds_total", (("domain", "scraped-vm"),))] >= 0
+    assert b[("kvmkit_iothread_run_seconds_total", (("iothread", "iothread1"), ("vm", "scraped-vm")))] >= 0
+    assert b[("kvmkit_emulator_run_seconds_total", (("vm", "scraped-vm"),))] >= 0
     assert b[("kvmkit_host_vcpus_allocated", ())] == 2
     assert b[("kvmkit_host_oversubscription_ratio", ())] == pytest.approx(2 / b[("kvmkit_host_pcpus", ())])
     assert ("kvmkit_host_cpu_pressure_seconds_total", (("kind", "some"),)) in b

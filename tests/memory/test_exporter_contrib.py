@@ -56,12 +56,12 @@ def test_one_exporter_serves_both_families_for_a_real_qemu():
             thread.join(5)
         after = _vm_rss(pid)
     samples = _samples(body)
-    vm = (("domain", "memexp-0"),)
+    vm = (("vm", "memexp-0"),)
     # the guest is still booting and its RSS moves both ways (the 2 % truth is a lab test, on a settled guest)
     assert 0.85 * min(before, after) <= samples[("kvmkit_vm_rss_bytes", vm)] <= 1.15 * max(before, after)
     assert samples[("kvmkit_vm_memory_configured_bytes", vm)] == 32 << 20
     assert ("kvmkit_vm_major_faults_total", vm) in samples
-    assert ("kvmkit_vcpu_run_seconds_total", (("domain", "memexp-0"), ("vcpu", "0"))) in samples  # congestion too
+    assert ("kvmkit_vcpu_run_seconds_total", (("vcpu", "0"), ("vm", "memexp-0"))) in samples  # congestion too
     assert samples[("kvmkit_host_memory_bytes", (("kind", "total"),))] > 0
     assert samples[("kvmkit_memory_unavailable", (("field", "balloon_bytes"),))] == 1  # no libvirt asked
 
@@ -108,7 +108,7 @@ def test_memory_dashboard_panels_have_unique_ids_and_the_variables():
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert {"datasource", "instance", "domain"} <= {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "instance", "vm"} <= {v["name"] for v in dashboard["templating"]["list"]}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")

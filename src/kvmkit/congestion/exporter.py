@@ -73,20 +73,20 @@ class CongestionCollector(Collector):
         (reading, sums), cost_s = self._shared.get()
         names = {vm.pid: vm.domain for vm in reading.vms}
         run = CounterMetricFamily(
-            "kvmkit_vcpu_run_seconds", "Time the vCPU thread ran on a CPU.", labels=["domain", "vcpu"]
+            "kvmkit_vcpu_run_seconds", "Time the vCPU thread ran on a CPU.", labels=["vm", "vcpu"]
         )
         delay = CounterMetricFamily(
             "kvmkit_vcpu_delay_seconds",
             "Time the vCPU thread was runnable but waited for a CPU (steal seen by the guest).",
-            labels=["domain", "vcpu"],
+            labels=["vm", "vcpu"],
         )
         throttled = CounterMetricFamily(
             "kvmkit_vcpu_throttled_seconds",
             "Time the vCPU's own cgroup (libvirt: <vm>/vcpuN) was throttled by its CPU quota: self-inflicted, part of"
             " delay; contention = delay - throttled. 0 in the root cgroup; absent where unreadable.",
-            labels=["domain", "vcpu"],
+            labels=["vm", "vcpu"],
         )
-        vcpus = GaugeMetricFamily("kvmkit_vm_vcpus", "vCPU threads of the VM.", labels=["domain"])
+        vcpus = GaugeMetricFamily("kvmkit_vm_vcpus", "vCPU threads of the VM.", labels=["vm"])
         for vm in reading.vms:
             count = 0
             for t in vm.threads:
@@ -105,7 +105,7 @@ class CongestionCollector(Collector):
     @staticmethod
     def _groups(sums: dict[tuple[int, str, str], tuple[int, int]], names: dict[int, str]) -> Iterator[Metric]:
         for group in _GROUPS.values():
-            labels = ["domain", "iothread"] if group == "iothread" else ["domain"]
+            labels = ["vm", "iothread"] if group == "iothread" else ["vm"]
             help_run = f"Time the VM's {group} threads ran on a CPU (summed over threads)."
             help_delay = f"Time the VM's {group} threads waited for a CPU (summed over threads)."
             run = CounterMetricFamily(f"kvmkit_{group}_run_seconds", help_run, labels=labels)
@@ -122,12 +122,12 @@ class CongestionCollector(Collector):
         pressure = CounterMetricFamily(
             "kvmkit_vm_cpu_pressure_seconds",
             "PSI of the VM's cgroup v2: time some/all of its tasks waited for a CPU.",
-            labels=["domain", "kind"],
+            labels=["vm", "kind"],
         )
         throttled = CounterMetricFamily(
             "kvmkit_vm_cpu_throttled_seconds",
             "Time the VM's cgroup was throttled by its CPU quota.",
-            labels=["domain"],
+            labels=["vm"],
         )
         for vm in reading.vms:
             cg = vm.cgroup

@@ -87,7 +87,7 @@ class MemoryCollector(Collector):
     @staticmethod
     def _vms(reading: Reading) -> Iterator[Metric]:
         page = reading.host.page_size
-        d = ["domain"]
+        d = ["vm"]
         configured = _gauge("kvmkit_vm_memory_configured_bytes", "Memory the VM was started with.", d)
         balloon = _gauge("kvmkit_vm_balloon_bytes", "Current balloon size (libvirt; VMs with a balloon).", d)
         rss = _gauge("kvmkit_vm_rss_bytes", "Resident memory of the QEMU process.", d)
@@ -98,11 +98,11 @@ class MemoryCollector(Collector):
                                       labels=d)  # fmt: skip
         pressure = CounterMetricFamily("kvmkit_vm_memory_pressure_seconds",
                                        "Memory PSI of the VM's cgroup v2: time some/all of its tasks stalled.",
-                                       labels=["domain", "kind"])  # fmt: skip
+                                       labels=["vm", "kind"])  # fmt: skip
         oom = CounterMetricFamily("kvmkit_vm_oom_kills", "OOM kills in the VM's memory cgroup.", labels=d)
         events = CounterMetricFamily("kvmkit_vm_memory_limit_events",
                                      "Times the VM's memory cgroup hit memory.high / memory.max (v1: failcnt).",
-                                     labels=["domain", "limit"])  # fmt: skip
+                                     labels=["vm", "limit"])  # fmt: skip
         for vm in reading.vms:
             name = [vm.domain]
             if vm.configured_bytes is not None:
