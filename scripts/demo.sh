@@ -49,7 +49,7 @@ step "overwrite the data in the guest"
 $K lab exec lab1 -- /bin/sh -c "$write"
 
 step "kvmkit snapshot revert lab1 $name --force-stop   (stop; reflink swap + RBD clone, all-or-nothing; start)"
-$K snapshot revert lab1 "$name" --force-stop
+$K snapshot revert lab1 "$name" --force-stop --yes
 
 step "checksums after the revert (must equal the first ones)"
 $K lab exec lab1 -- /bin/sh -c 'sha256sum /mnt/vd?/demo' | tee /tmp/kvmkit-demo.after
@@ -61,8 +61,8 @@ $K snapshot list lab1
 
 step "kvmkit snapshot flatten lab1 && kvmkit snapshot delete   (RBD disks reverted by clone are detached first)"
 $K snapshot flatten lab1 --yes   # a terminal would show the plan and ask
-$K snapshot delete lab1 "$name"
-$K snapshot delete lab1 "$name-crash"
+$K snapshot delete lab1 "$name" --yes
+$K snapshot delete lab1 "$name-crash" --yes
 $K backup list lab1
 
 step "kvmkit congestion sample --interval 1 --count 1   (per-VM CPU congestion, not just oversubscription)"
@@ -89,7 +89,7 @@ root=$(virsh -c qemu:///system domblklist "$cs_vm" | awk '$1 == "vda" {print $2}
 qemu-img compare -f qcow2 -F qcow2 "$cs_out/vda.qcow2" "$root@cs1.kvmkit" && echo "OK: the restored root disk reads as the snapshot's qcow2 chain"
 qemu-img info -f qcow2 "$cs_out/vda.qcow2" | grep -q backing && { echo "MISMATCH: backing file"; exit 1; } || echo "OK: no backing file"
 rm -rf "$cs_out"
-KVMKIT_LAB_DIR=$cs_lab $K snapshot delete "$cs_vm" cs1
+KVMKIT_LAB_DIR=$cs_lab $K snapshot delete "$cs_vm" cs1 --yes
 KVMKIT_LAB_DIR=$cs_lab $K lab down --yes >/dev/null
 
 echo

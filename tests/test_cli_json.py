@@ -131,7 +131,7 @@ def test_snapshot_list_and_delete_json_name_the_disk_and_date_with_a_zone(env, c
     assert snap["created"].endswith("+05:30")  # the catalog's naive local time, printed with the local offset
     assert [(d["disk"], d["snapshot"]) for d in snap["disks"]] == [("vda", str(catalogued))]
     assert "target" not in snap["disks"][0] and timestamps_problems(snap) == []
-    deleted = kvmkit("snapshot", "delete", "test", "s1", "--connect", TEST_URI, "--json", env=env)
+    deleted = kvmkit("snapshot", "delete", "test", "s1", "--connect", TEST_URI, "--json", "--yes", env=env)
     assert deleted.returncode == 0, deleted.stderr
     record = json.loads(deleted.stdout)
     assert record["state"] == "deleted" and record["disks"][0]["disk"] == "vda"  # the final state, not "deleting"
@@ -175,3 +175,26 @@ def test_usage_errors_are_json_too_with_json(env):
     assert json.loads(out.stdout) == {"error": {"type": "usage_error", "message": "No such option: --bogus",
                                                 "exit_code": 2}}
     assert "No such option: --bogus" in out.stderr
+
+
+def test_snapshot_delete_shows_its_plan_and_needs_yes_without_a_terminal(env, catalogued):
+    dry = kvmkit("snapshot", "delete", "test", "s1", "--connect", TEST_URI, "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] is True and plan["vm"] == "test"
+    assert plan["plan"] == [f"delete file snapshot {catalogued} of disk vda", "drop snapshot s1 from the catalog"]
+    refused = kvmkit("snapshot", "delete", "test", "s1", "--connect", TEST_URI, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == ["kvmkit: error: kvmkit snapshot delete test s1 changes this host and stdin "
+                                           "is not a terminal: pass --yes to go ahead (--dry-run shows the plan)"]
+    assert catalogued.exists()  # neither the dry run nor the refusal changed anything
+    missing = kvmkit("snapshot", "delete", "test", "never", "--connect", TEST_URI, env=env)
+    assert missing.returncode == 3  # a missing snapshot is said before anything is asked
+
+
+def test_snapshot_revert_shows_what_it_replaces(env, catalogued):
+    dry = kvmkit("snapshot", "revert", "test", "s1", "--connect", TEST_URI, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "test: would replace disk vda (file: " in dry.stdout and "what was written since is lost" in dry.stdout
+    refused = kvmkit("snapshot", "revert", "test", "s1", "--connect", TEST_URI, "--force-stop", env=env)
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr

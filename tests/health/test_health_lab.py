@@ -57,4 +57,4 @@ def test_exporter_serves_the_last_snapshot_and_a_failure_by_reason(lab_state, tm
         assert samples[("kvmkit_recover_orphans", (("vm", vm),))] == 0
         assert any(name.startswith("kvmkit_vcpu") or name.startswith("kvmkit_host") for name, _ in samples)
     finally:
-        kvmkit("snapshot", "delete", vm, "health1")
+        kvmkit("snapshot", "delete", vm, "health1", "--yes")

@@ -97,7 +97,7 @@ def test_create_json_has_the_documented_fields(snap_env, file_vm):
     assert datetime.fromisoformat(data["created"]).tzinfo is not None
     listed = json.loads(kvmkit(snap_env, "snapshot", "list", file_vm, "--json").stdout)
     assert "json1" in [s["name"] for s in listed]
-    deleted = kvmkit(snap_env, "snapshot", "delete", file_vm, "json1", "--json")
+    deleted = kvmkit(snap_env, "snapshot", "delete", file_vm, "json1", "--json", "--yes")
     assert deleted.returncode == 0 and json.loads(deleted.stdout)["state"] == "deleted"
     # each operation wrote its own job log, vzdump style: its records and its outcome
     from kvmkit import joblog
@@ -246,7 +246,7 @@ def test_a_second_state_dir_recover_deletes_none_of_the_firsts_snapshots(snap_en
         mine = json.loads(kvmkit(snap_env, "snapshot", "recover", "--json").stdout)  # other tests' catalogs
         assert [f for f in mine["foreign"] if f["vm"] == vm] == []  # may have made snapshots of other VMs
     finally:
-        assert kvmkit(snap_env, "snapshot", "delete", vm, "owned1").returncode == 0
+        assert kvmkit(snap_env, "snapshot", "delete", vm, "owned1", "--yes").returncode == 0
 def test_invalid_input_raised_before_any_action(engine, file_vm):
     with pytest.raises(InvalidInput):
         engine.create(file_vm, "bad name")
@@ -269,4 +269,4 @@ def test_backup_to_secondary_backs_up_after_the_thaw(snap_env, file_vm, tmp_path
     nob = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk3", "--no-backup", "--json")
     assert "backup" not in json.loads(nob.stdout)["snapshots"][0]
     for name in ("bk1", "bk2", "bk3"):
-        kvmkit(env, "snapshot", "delete", file_vm, name)
+        kvmkit(env, "snapshot", "delete", file_vm, name, "--yes")

@@ -288,7 +288,7 @@ def test_a_second_catalogs_recover_reports_the_firsts_storpool_snapshots_and_del
         # A's own recover sees its snapshots as its rows; the unmarked one is unknown to it too
         own = json.loads(kvmkit(sp_env, "snapshot", "recover", "--vm", sp_vm, "--json").stdout)
         assert own["foreign"] == [] and [u["handle"] for u in own["unknown"]] == [by_hand]
-        assert kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA").returncode == 0
+        assert kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA", "--yes").returncode == 0
         assert not [h for h in handles if h in api.snapshots]
         # B adopts the unmarked one: a row in B's catalog, then the snapshot tagged with B's id
         adopt = kvmkit(second, "snapshot", "recover", "--adopt", "--vm", sp_vm, "--json")
@@ -298,11 +298,11 @@ def test_a_second_catalogs_recover_reports_the_firsts_storpool_snapshots_and_del
         listed = json.loads(kvmkit(second, "snapshot", "list", sp_vm, "--json").stdout)
         assert [(s["name"], s["mode"], [d["handle"] for d in s["disks"]]) for s in listed] == [
             ("byhand", "crash", [by_hand])]
-        assert kvmkit(second, "snapshot", "delete", sp_vm, "byhand").returncode == 0
+        assert kvmkit(second, "snapshot", "delete", sp_vm, "byhand", "--yes").returncode == 0
         assert by_hand not in api.snapshots
     finally:
         if made.returncode == 0 and any(h in api.snapshots for h in handles):
-            kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA")
+            kvmkit(sp_env, "snapshot", "delete", sp_vm, "ownA", "--yes")
         if by_hand in api.snapshots:
             client(api).snapshotDelete(by_hand)
 

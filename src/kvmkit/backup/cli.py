@@ -131,9 +131,10 @@ def restore(vm: str, snapshot: str,
             fmt: str | None = typer.Option(None, "--format", help="raw or qcow2 for file destinations "
                                            "(self-contained: no backing file). Default: a disk restored to its "
                                            "own place keeps its format, any other destination is raw."),
-            target: str | None = TARGET, json_out: bool = JSON) -> None:
+            target: str | None = TARGET, json_out: bool = JSON, dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
     """Rebuild every disk of a backup, verifying every chunk; nothing is replaced unless all disks verified.
-    A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off."""
+    A disk of any VM defined on this host is refused (running or not) unless --force-offline and it is shut off.
+    With --force (an existing destination is replaced) it shows what it will replace and asks, or needs --yes."""
     from kvmkit.backup import restore as restore_mod
 
     disk_record(restore_mod.RestoredDisk)
@@ -141,6 +142,14 @@ def restore(vm: str, snapshot: str,
     check_snapshot_name(snapshot)
     manifest = next((m for m in restore_mod.vm_manifests(open_target(settings, target), vm) if m.snapshot == snapshot),
                     None)
+    if manifest is not None and (force or dry_run):
+        plan = [f"write disk {d.target} of backup {snapshot} to {_destination(d.target, d.source, to or [])}"
+                f"{', replacing what is there' if force else ''}" for d in manifest.disks]
+        if dry_run:
+            print_json({"vm": vm, "dry_run": True, "plan": plan}) if json_out else console.print(
+                "\n".join(f"{vm}: would {line}" for line in plan), markup=False, highlight=False, soft_wrap=True)
+            return
+        go_ahead(f"kvmkit backup restore {vm} {snapshot} --force", plan, yes)
     total = sum(d.size_bytes for d in manifest.disks) if manifest else 0
     with progress_bar(f"restore {vm}/{snapshot}", total) as advance:
         result = restore_mod.restore(settings, vm, snapshot, target, to or [], force, advance, force_offline, fmt)
@@ -151,6 +160,17 @@ def restore(vm: str, snapshot: str,
         console.print(f"{result.vm}: {disk.target} restored from backup [bold]{snapshot}[/] to {disk.destination} "
                       f"({disk.format}, {_human(disk.size_bytes)}, {_human(disk.written_bytes)} of data, every "
                       "chunk verified)")
+
+
+def _destination(disk: str, source: str, to: list[str]) -> str:
+    """Where --to sends a disk, in words for the plan (restore itself checks and resolves it)."""
+    for item in to:
+        name, sep, dest = item.partition("=")
+        if sep and name == disk:
+            return dest
+    if len(to) == 1 and "=" not in to[0]:
+        return to[0]
+    return f"its own place ({source})"
 
 
 @app.command()

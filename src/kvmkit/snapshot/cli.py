@@ -135,15 +135,48 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
     print_table(None, ["VM", "name", "created", "mode", "state", "freeze ms", "disks", "size"], rows)
 
 
+def _planned(ctx: SnapshotContext, vm: str, name: str) -> Snapshot:
+    """The snapshot a command would act on, read without changing anything (a missing one fails here, exit 3)."""
+    from kvmkit.snapshot.model import check_snapshot_name
+    from kvmkit.virt.connection import lookup
+
+    check_vm_name(vm)
+    check_snapshot_name(name)
+    with connection(ctx.uri) as conn:
+        vm_uuid = lookup(conn, vm).UUIDString()
+    return ctx.catalog.get(vm_uuid, name, vm)
+
+
+def _show_plan(command: str, plan: list[str], dry_run: bool, yes: bool, json_out: bool, vm: str) -> bool:
+    """--dry-run: print the plan, True (stop there). Otherwise ask on a terminal, or need --yes; False: go on."""
+    if dry_run:
+        if json_out:
+            print_json({"vm": vm, "dry_run": True, "plan": plan})
+        else:
+            console.print("\n".join(f"{vm}: would {line}" for line in plan), markup=False, highlight=False,
+                          soft_wrap=True)
+        return True
+    go_ahead(command, plan, yes)
+    return False
+
+
 @app.command()
 def revert(vm: str, snapshot: str,
            force_stop: bool = typer.Option(False, "--force-stop", help="Shut the VM down, revert, start it again."),
            rollback: bool = typer.Option(False, "--rollback",
                                          help="RBD: rollback_to_snap (O(size)) instead of the O(1) clone."),
-           wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop)."""
-    snap = revert_mod.revert(_recovered(connect), vm, snapshot, force_stop=force_stop, wait_s=wait,
-                             rollback=rollback)
+           wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON,
+           dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
+    """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop). Shows what it
+    will replace and asks (or needs --yes when stdin is not a terminal); --dry-run only shows it."""
+    ctx = _recovered(connect)
+    snap = _planned(ctx, vm, snapshot)
+    plan = ([f"stop VM {vm} (and start it again afterwards)"] if force_stop else []) + [
+        f"replace disk {d.target} ({d.driver}: {d.source}) with its state at snapshot {snapshot} "
+        f"({snap.created:%Y-%m-%d %H:%M:%S}); what was written since is lost" for d in snap.disks]
+    if _show_plan(f"kvmkit snapshot revert {vm} {snapshot}", plan, dry_run, yes, json_out, vm):
+        return
+    snap = revert_mod.revert(ctx, vm, snapshot, force_stop=force_stop, wait_s=wait, rollback=rollback)
     if json_out:
         print_json(snapshot_json(snap))
     else:
@@ -151,9 +184,17 @@ def revert(vm: str, snapshot: str,
 
 
 @app.command()
-def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Delete a snapshot from the storage and the catalog."""
-    snap = lifecycle.delete(_recovered(connect), vm, snapshot, wait_s=wait)
+def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON,
+           dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
+    """Delete a snapshot from the storage and the catalog. Shows what it will delete and asks (or needs --yes
+    when stdin is not a terminal); --dry-run only shows it."""
+    ctx = _recovered(connect)
+    snap = _planned(ctx, vm, snapshot)
+    plan = [f"delete {d.driver} snapshot {d.handle} of disk {d.target}" for d in snap.disks] + [
+        f"drop snapshot {snapshot} from the catalog"]
+    if _show_plan(f"kvmkit snapshot delete {vm} {snapshot}", plan, dry_run, yes, json_out, vm):
+        return
+    snap = lifecycle.delete(ctx, vm, snapshot, wait_s=wait)
     if json_out:  # the record as it was, in its final state: gone from the storage and the catalog
         print_json({**snapshot_json(snap), "state": "deleted"})
     else:
