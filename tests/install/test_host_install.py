@@ -79,7 +79,7 @@ def test_host_install_from_the_wheel_runs_version_doctor_and_a_snapshot(lab_stat
     assert snap.returncode == 0, snap.stderr
     (record,) = json.loads(snap.stdout)["snapshots"]
     assert record["state"] == "ready" and record["mode"] == "quiesced"
-    deleted = subprocess.run([kvmkit, "snapshot", "delete", vm, "from-wheel", "--yes"], env=run_env, capture_output=True,
-                             text=True, timeout=120)
+    deleted = subprocess.run([kvmkit, "snapshot", "delete", vm, "from-wheel", "--yes"], env=run_env,
+                             capture_output=True, text=True, timeout=120)
     assert deleted.returncode == 0, deleted.stderr
     assert install_s < 120  # target 60 s on a host with the Debian packages; this shared 2-core box is noisier
