@@ -40,3 +40,13 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
 def test_missing_explicit_config_file_is_an_error(tmp_path):
     with pytest.raises(InvalidInput, match="does not exist"):
         load(None, env={"KVMKIT_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_a_bad_environment_override_names_its_variable(tmp_path):
+    import pytest
+
+    from kvmkit.config import load
+    from kvmkit.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"^environment variable KVMKIT_FREEZE_TIMEOUT_S='abc': Input should be"):
+        load(tmp_path / "absent.toml", env={"KVMKIT_FREEZE_TIMEOUT_S": "abc"})

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmkit.errors import InvalidInput, validated
 
@@ -115,7 +115,15 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Setting
                                f"(mode {mode:04o}): refused; chmod 600 {path}")
     elif "KVMKIT_CONFIG" in env:
         raise InvalidInput(f"config file {path} (from KVMKIT_CONFIG) does not exist")
-    data.update(_env_overrides(env))
+    overrides = _env_overrides(env)
+    if overrides:  # a bad override names its variable, not a file that does not say it
+        try:
+            Settings.model_validate(overrides)
+        except ValidationError as exc:
+            field = str(exc.errors()[0]["loc"][0])
+            raise InvalidInput(f"environment variable KVMKIT_{field.upper()}={overrides[field]!r}: "
+                               f"{exc.errors()[0]['msg']}") from None
+    data.update(overrides)
     if "KVMKIT_STORPOOL_CONF" in env:  # tests point kvmkit at a storpool.conf of their own (the fake API's)
         data["storpool"] = {**data.get("storpool", {}), "conf": env["KVMKIT_STORPOOL_CONF"]}
     return validated(Settings, data, path)
