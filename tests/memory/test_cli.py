@@ -93,3 +93,13 @@ def test_kvmkit_serve_refuses_bad_input_in_one_line(args: list[str], message: st
     result = runner.invoke(serve_app, args)
     assert isinstance(result.exception, InvalidInput), result.output
     assert message in str(result.exception)
+
+
+def test_a_pid_that_is_not_qemu_gets_no_guessed_vm_size():
+    result = runner.invoke(app, ["sample", "--interval", "0.2", "--count", "1", "--json", "--pid", "1",
+                                 "--no-libvirt"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.splitlines()[0])
+    (vm,) = report["vms"]
+    assert vm["configured_bytes"] is None and "is not a QEMU process" in vm["null_reasons"]["configured_bytes"]
+    assert report["host"]["vm_configured_bytes"] == 0

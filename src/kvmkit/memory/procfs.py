@@ -205,10 +205,13 @@ class MemReader:
         argv = read_small(f"{self._proc}/{pid}/cmdline").split("\0")
         domain = domain_from_cmdline(argv) or f"pid-{pid}"
         configured = reason = None
+        program = os.path.basename(argv[0]) if argv and argv[0] else ""
         try:
             configured = parse.qemu_memory_bytes(argv)
-            if configured is None:
+            if configured is None and "qemu" in program:
                 configured = 128 << 20  # QEMU's default when -m is absent
+            elif configured is None:  # --pid of something else: its size is not a VM's, and not guessed
+                reason = f"pid {pid} is not a QEMU process ({program or 'no command line'}): no VM size"
         except ValueError as exc:
             reason = str(exc)
         try:
