@@ -13,6 +13,7 @@ a reader holding a file open cannot keep a dead mount around). No file is writte
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -155,13 +156,14 @@ def _operations(disks: list[DiskImage], cache: ChunkCache):
     return BackupFs()
 
 
-def serve(store: ChunkStore, disks: list[DiskImage], mountpoint: Path, ready: Callable[[], None]) -> None:
-    """Mount, say ready, serve until unmounted or signalled; always unmounts (what this process mounted)."""
+def serve(store: ChunkStore, disks: list[DiskImage], where: MountPoint, ready: Callable[[], None]) -> None:
+    """Mount on the folder the supervisor opened and checked (its fd, never its path again), say ready, serve
+    until unmounted or signalled; always unmounts what this process mounted."""
     import pyfuse3
     import trio
 
-    options = set(pyfuse3.default_options) | {"ro", "fsname=kvmkit-backup", "subtype=kvmkit"}
-    pyfuse3.init(_operations(disks, ChunkCache(store)), str(mountpoint), options)
+    options = set(pyfuse3.default_options) | {"ro", f"fsname={FSNAME}", "subtype=kvmkit"}
+    pyfuse3.init(_operations(disks, ChunkCache(store)), f"/proc/self/fd/{where.fd}", options)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -178,11 +180,13 @@ def serve(store: ChunkStore, disks: list[DiskImage], mountpoint: Path, ready: Ca
     try:
         trio.run(main)
     finally:
-        pyfuse3.close(unmount=True)
+        where.unmount()  # libfuse would unmount by the /proc path, which names the folder under the mount
+        pyfuse3.close(unmount=False)
 
 
 def _child_main(argv: list[str]) -> None:
-    """`python -m kvmkit.backup.mount VM SNAPSHOT MOUNTPOINT [TARGET]`: the server, started by `mount`."""
+    """`python -I -m kvmkit.backup.mount VM SNAPSHOT PARENT_FD MOUNT_FD NAME [TARGET]`: the server, started by
+    `mount` with the two folders it opened and checked."""
     from kvmkit import config
     from kvmkit.backup.targets import open_target
 
@@ -190,30 +194,106 @@ def _child_main(argv: list[str]) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the supervisor died before prctl: do not serve an orphaned mount
         sys.exit(1)
-    vm, snapshot, mountpoint = argv[:3]
-    store = open_target(config.load(), argv[3] if len(argv) > 3 and argv[3] else None)
+    vm, snapshot, parent_fd, mount_fd, name = argv[:5]
+    store = open_target(config.load(), argv[5] if len(argv) > 5 and argv[5] else None)
     disks = images(store, vm, snapshot)
 
     def ready() -> None:
         print(READY, flush=True)
 
-    serve(store, disks, Path(mountpoint), ready)
+    serve(store, disks, MountPoint(int(parent_fd), int(mount_fd), name), ready)
 
 
 # the command (supervisor) ---------------------------------------------------------------------------------------
+FSNAME = "kvmkit-backup"
+MNT_DETACH = 2  # (no UMOUNT_NOFOLLOW: the path is our own fd's /proc magic link, which must be followed)
+# O_PATH: the mount's root is named without asking the filesystem anything (a FUSE server that stopped serving
+# would never answer an OPENDIR or a GETATTR); fdinfo and umount2 need no more
+ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class MountPoint:
+    """The mount point as opened once: its parent folder and itself (O_NOFOLLOW), checked on the fds. Mounting and
+    unmounting act on these, so a folder swapped for a symlink after the check cannot redirect either."""
+
+    parent_fd: int
+    fd: int
+    name: str
+
+    @classmethod
+    def open(cls, path: Path) -> MountPoint:
+        try:
+            parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidInput(f"mount point {path}: cannot open its folder ({exc.strerror})") from None
+        try:
+            fd = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError:
+            os.close(parent)
+            raise InvalidInput(f"mount point {path} is not a folder") from None
+        where = cls(parent, fd, path.name)
+        try:
+            if os.fstat(fd).st_dev != os.fstat(parent).st_dev or _mount_of(fd)[0] != _mount_of(parent)[0]:
+                raise Conflict(f"{path} is already a mount point")
+            if os.listdir(fd):
+                raise InvalidInput(f"mount point {path} is not empty")
+        except BaseException:
+            where.close()
+            raise
+        return where
+
+    def mounted(self) -> bool:
+        """Is our filesystem mounted on the folder (looked up through the parent fd: it crosses into the mount)?"""
+        try:
+            root = os.open(self.name, ROOT_FLAGS, dir_fd=self.parent_fd)
+        except OSError:
+            return False
+        try:
+            return self._ours(root)
+        finally:
+            os.close(root)
+
+    def _ours(self, root: int) -> bool:
+        """Is the fd the root of a mount over our folder, and that mount kvmkit's?"""
+        mnt_id, source = _mount_of(root)
+        return mnt_id != _mount_of(self.fd)[0] and source == FSNAME
+
+    def unmount(self) -> None:
+        """Detach our filesystem from the folder, if it is ours and still there; by the mount's root fd."""
+        try:
+            root = os.open(self.name, ROOT_FLAGS, dir_fd=self.parent_fd)
+        except OSError:
+            return
+        try:
+            if self._ours(root):
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.umount2(f"/proc/self/fd/{root}".encode(), MNT_DETACH)
+        finally:
+            os.close(root)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.parent_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _mount_of(fd: int) -> tuple[int, str]:
+    """(mount id, source) of the mount the fd lies in: /proc/self/fdinfo then /proc/self/mountinfo."""
+    with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+        mnt_id = next(int(line.split()[1]) for line in fdinfo if line.startswith("mnt_id:"))
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            if int(fields[0]) == mnt_id:
+                return mnt_id, fields[fields.index("-") + 2]
+    return mnt_id, ""
+
+
 def is_mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mounts") as mounts:
         return any(line.split()[1] == target for line in mounts)
-
-
-def check_mountpoint(path: Path) -> None:
-    if not path.is_dir():
-        raise InvalidInput(f"mount point {path} is not a folder")
-    if is_mounted(path):
-        raise Conflict(f"{path} is already a mount point")
-    if any(path.iterdir()):
-        raise InvalidInput(f"mount point {path} is not empty")
 
 
 def mount(vm: str, snapshot: str, mountpoint: Path, target: str | None,
@@ -223,16 +303,25 @@ def mount(vm: str, snapshot: str, mountpoint: Path, target: str | None,
     from kvmkit import config
     from kvmkit.backup.targets import open_target
 
-    check_mountpoint(mountpoint)
-    names = [d.name for d in images(open_target(config.load(), target), vm, snapshot)]
+    where = MountPoint.open(mountpoint)
     try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        raise EnvironmentProblem("pyfuse3 is not installed (apt-get install python3-pyfuse3)") from None
-    if not Path("/dev/fuse").exists():
-        raise EnvironmentProblem("/dev/fuse does not exist: this host cannot mount FUSE filesystems")
-    child = subprocess.Popen([sys.executable, "-I", "-m", "kvmkit.backup.mount", vm, snapshot, str(mountpoint),
-                              target or ""], stdout=subprocess.PIPE, text=True, cwd="/")
+        names = [d.name for d in images(open_target(config.load(), target), vm, snapshot)]
+        try:
+            import pyfuse3  # noqa: F401
+        except ImportError:
+            raise EnvironmentProblem("pyfuse3 is not installed (apt-get install python3-pyfuse3)") from None
+        if not Path("/dev/fuse").exists():
+            raise EnvironmentProblem("/dev/fuse does not exist: this host cannot mount FUSE filesystems")
+        return _supervise(vm, snapshot, mountpoint, target, where, names, on_ready)
+    finally:
+        where.close()
+
+
+def _supervise(vm: str, snapshot: str, mountpoint: Path, target: str | None, where: MountPoint, names: list[str],
+               on_ready: Callable[[list[str]], None]) -> int:
+    child = subprocess.Popen([sys.executable, "-I", "-m", "kvmkit.backup.mount", vm, snapshot, str(where.parent_fd),
+                              str(where.fd), where.name, target or ""], stdout=subprocess.PIPE, text=True, cwd="/",
+                             pass_fds=(where.parent_fd, where.fd))
     try:
         line = child.stdout.readline() if child.stdout else ""
         if line.strip() != READY:
@@ -248,8 +337,7 @@ def mount(vm: str, snapshot: str, mountpoint: Path, target: str | None,
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
             child.wait()
-        if is_mounted(mountpoint):  # the server was killed before it could unmount: clean up after it
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+        where.unmount()  # the server was killed before it could unmount: ours only, by fd, lazily
 
 
 if __name__ == "__main__":
