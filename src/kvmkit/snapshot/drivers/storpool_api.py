@@ -34,7 +34,7 @@ with contextlib.redirect_stderr(io.StringIO()):  # the binding prints a notice t
 
 NOT_FOUND = {"objectDoesNotExist"}
 RETRIES = 6
-RETRY_S = 4.0  # retrying budget of a call outside the freeze
+RETRY_S = 3.0  # retrying budget of a call outside the freeze
 FREEZE_RETRY_S = 2.0  # … and of a snapshot call inside it (the freeze deadline is 10 s by default)
 FIRST_SLEEP_S = 0.1
 
@@ -99,7 +99,11 @@ class ApiEdge:
         self.api = api or spapi.Api(host=endpoint.host, port=endpoint.port, auth=endpoint.token,
                                     timeout=endpoint.timeout_s, transientRetries=RETRIES,
                                     transientSleep=self._sleep)
-        self.retried = 0  # transient answers retried (for tests and `--json` diagnostics)
+        # the last try once the budget is spent: its own answer (or connection error) is the one reported
+        self.last_try = None if api is not None else spapi.Api(
+            host=endpoint.host, port=endpoint.port, auth=endpoint.token, timeout=endpoint.timeout_s,
+            transientRetries=0)
+        self.retried = 0  # transient answers retried (for tests)
 
     def _sleep(self, retry: int) -> float:
         """The binding sleeps what this returns; past the deadline the call stops retrying."""
@@ -114,7 +118,12 @@ class ApiEdge:
         budget = FREEZE_RETRY_S if in_freeze else RETRY_S
         self._local.deadline = time.monotonic() + budget
         try:
-            return getattr(self.api, method)(*args, **kwargs)
+            try:
+                return getattr(self.api, method)(*args, **kwargs)
+            except _OutOfTime:
+                if self.last_try is None:
+                    raise
+                return getattr(self.last_try, method)(*args, **kwargs)
         except _OutOfTime:
             raise OperationFailed(f"{what}: the StorPool API kept failing transiently for {budget:g} s "
                                   f"(at {self.endpoint.where})") from None
