@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, EnvironmentProblem, KvmkitError, NotFound, OperationFailed
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
@@ -102,8 +104,8 @@ class StorPoolStaging(Staging):
     volume_id: str
     to: str
     safety: str
-    rw: tuple[int, ...] = ()
-    ro: tuple[int, ...] = ()
+    rw: list[int] = Field(default_factory=list)
+    ro: list[int] = Field(default_factory=list)
 
 
 def configured_drivers(settings: Settings | None = None) -> list[StorPoolDriver]:
@@ -395,8 +397,7 @@ class StorPoolDriver:
                        {"name": safety, "tags": tags})
         rw, ro = self._attachments(vol.global_id)
         return StagedRevert(disk.target, self.name, StorPoolStaging(volume=vol.label, volume_id=vol.global_id,
-                                                                    to=snap.handle, safety=safety, rw=tuple(rw),
-                                                                    ro=tuple(ro)))
+                                                                    to=snap.handle, safety=safety, rw=rw, ro=ro))
 
     def _revert(self, data: StorPoolStaging, to: str) -> None:
         """Detach from every client, revert, give the volume the snapshot's size, re-attach as it was — the
@@ -413,8 +414,8 @@ class StorPoolDriver:
         finally:
             if data.rw or data.ro:
                 self._call(f"re-attaching {what}", "volumesReassign",
-                           json=[{"volume": "~" + data.volume_id, **({"rw": list(data.rw)} if data.rw else {}),
-                                  **({"ro": list(data.ro)} if data.ro else {})}])
+                           json=[{"volume": "~" + data.volume_id, **({"rw": data.rw} if data.rw else {}),
+                                  **({"ro": data.ro} if data.ro else {})}])
 
     @staticmethod
     def _staging(staged: StagedRevert) -> StorPoolStaging:
