@@ -48,6 +48,11 @@ def _write_0600(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def cluster_id(state: LabState) -> str:
+    """Per lab, so two labs' fakes on one host never make the same /dev/storpool-byid/<globalId> link."""
+    return "fake." + ("".join(c for c in state.dir.name.lower() if c.isascii() and c.isalnum()) or "lab")
+
+
 def _running_pid(state: LabState) -> int | None:
     try:
         pid = int(_pidfile(state).read_text().strip())
@@ -66,7 +71,7 @@ def ensure_running(state: LabState) -> spapi.Api:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             argv = [sys.executable, "-I", "-m", MODULE, "--root", str(state.pool.path / "fake-storpool"),
-                    "--ready", str(ready), "--cluster-id", "fake.lab"]
+                    "--ready", str(ready), "--cluster-id", cluster_id(state)]
             proc = subprocess.Popen(argv, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
         _write_0600(_pidfile(state), str(proc.pid))
