@@ -204,3 +204,27 @@ def test_a_storpool_disk_without_storpool_configured_gets_a_hint(fake, driver):
     with pytest.raises(InvalidInput, match="is a StorPool volume, but StorPool is not configured"):
         driver_for(disk, [FileDriver(Settings().libvirt_uri)])
     assert driver_for(disk, [FileDriver(Settings().libvirt_uri), driver]) is driver
+
+
+def test_a_call_done_but_its_answer_lost_is_retried_and_the_made_snapshot_kept(fake, driver):
+    """A management failover between doing VolumeSnapshot and answering it: the binding retries, the retry finds the
+    name taken, and the driver recognises the snapshot by its tags instead of failing the freeze."""
+    _vol, disk = cs_volume(fake, "vda")
+    fake.lose_answer("VolumeSnapshot")
+    made = driver.snapshot(driver.plan(disk, "s1", OPTS))
+    assert fake.count("VolumeSnapshot") == 2 and made.location["snapshot_id"] == fake.snapshots[made.handle].global_id
+    disks = [cs_volume(fake, t)[1] for t in ("vdb", "vdc")]
+    planned = [driver.plan(d, "g1", OPTS) for d in disks]
+    fake.lose_answer("VolumesGroupSnapshot")
+    group = driver.group_snapshot(planned, "vm25-5f0c3a52", "g1")
+    assert fake.count("VolumesGroupSnapshot") == 2
+    assert [d.location["snapshot_id"] for d in group] == [fake.snapshots[d.handle].global_id for d in group]
+
+
+def test_a_name_someone_else_took_meanwhile_is_not_mistaken_for_ours(fake, driver):
+    _vol, disk = cs_volume(fake, "vda")
+    planned = driver.plan(disk, "s1", OPTS)
+    client = spapi.Api(host=fake.host, port=fake.port, auth=fake.token, transientRetries=0)
+    client.snapshotCreate("~" + planned.location["volume_id"], {"name": planned.handle, "tags": {"theirs": "1"}})
+    with pytest.raises(OperationFailed, match="fake-nameTaken"):
+        driver.snapshot(planned)

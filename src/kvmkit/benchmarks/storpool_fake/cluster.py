@@ -93,6 +93,7 @@ class FakeCluster:
         self.snapshots: dict[str, _Object] = {}
         self.generation = 1
         self.failures: dict[str, list[FakeApiError]] = {}  # endpoint → errors to answer next (test knob)
+        self.lost_answers: dict[str, int] = {}  # endpoint → calls to carry out, then answer transiently (test knob)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
@@ -105,6 +106,19 @@ class FakeCluster:
                            503 if transient else 500, transient)
         with self._lock:
             self.failures.setdefault(endpoint, []).extend([err] * times)
+
+    def lose_answer(self, endpoint: str, times: int = 1) -> None:
+        """Carry out the next `times` calls of `endpoint`, then answer them with a transient error, as a management
+        failover between doing a call and answering it would: the binding retries a call that was done."""
+        with self._lock:
+            self.lost_answers[endpoint] = self.lost_answers.get(endpoint, 0) + times
+
+    def answer_lost(self, endpoint: str) -> FakeApiError | None:
+        with self._lock:
+            if not self.lost_answers.get(endpoint):
+                return None
+            self.lost_answers[endpoint] -= 1
+        return FakeApiError("fake-transient", f"{endpoint}: done, answer lost", 503, True)
 
     def take_failure(self, endpoint: str) -> FakeApiError | None:
         with self._lock:

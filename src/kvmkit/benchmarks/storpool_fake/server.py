@@ -4,7 +4,8 @@ ApiError), the `Authorization: Storpool v1:<token>` header checked (spapi.Api). 
 
 Test knobs: `latency_s` (slept per call), `gate` (clear it to hold every VolumeSnapshot handler until it is set
 again, so a test can kill a client mid-snapshot), `calls` (every request, in order), `bodies` (every POST body,
-in order), `fail_next` (an error, transient or not, for the next calls of an endpoint).
+in order), `fail_next` (an error, transient or not, for the next calls of an endpoint), `lose_answer` (the call
+done, its answer a transient error).
 """
 
 from __future__ import annotations
@@ -153,7 +154,11 @@ class FakeStorPoolApi(FakeCluster):
             self.snapshot_entered.set()
             self.gate.wait()
         with self._lock:
-            return self._dispatch(method, endpoint, arg, body if isinstance(body, dict | list) else {})
+            data = self._dispatch(method, endpoint, arg, body if isinstance(body, dict | list) else {})
+        lost = self.answer_lost(endpoint)
+        if lost is not None:
+            raise lost
+        return data
 
     def _dispatch(self, method: str, endpoint: str, arg: str | None, body: Any) -> Any:
         ok = {"ok": True, "generation": self.generation}

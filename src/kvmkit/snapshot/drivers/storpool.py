@@ -167,12 +167,19 @@ class StorPoolDriver:
             gid = made.snapshotGlobalId
         except KvmkitError:
             # a retried call whose first try was done after all: the snapshot is there, ours by its tags
-            found = self._find_snapshot(planned.handle)
-            if found is None or (found.tags or {}).get(TAG_VOLUME) != loc["volume_id"] \
-                    or (found.tags or {}).get(TAG_OWNER) != planned.owner:
+            gid = self._ours(planned)
+            if not gid:
                 raise
-            gid = found.globalId
         return planned.model_copy(update={"location": {**loc, "snapshot_id": gid}})
+
+    def _ours(self, planned: DiskSnapshot) -> str:
+        """The globalId of the snapshot under a planned name if it carries this plan's volume and owner tags."""
+        found = self._find_snapshot(planned.handle)
+        tags = (found.tags or {}) if found is not None else {}
+        if found is None or tags.get(TAG_VOLUME) != planned.location["volume_id"] or \
+                tags.get(TAG_OWNER) != planned.owner:
+            return ""
+        return str(found.globalId)
 
     def serves_as_group(self, disks: Sequence[Disk]) -> bool:
         """One driver talks to one cluster's API, so every StorPool disk of a VM can be in one group snapshot."""
@@ -183,9 +190,16 @@ class StorPoolDriver:
         snapshot carries every ownership tag itself."""
         volumes = [{"volume": "~" + p.location["volume_id"], "name": p.handle, "tags": self.tags(p)}
                    for p in planned]
-        result = self._call(f"group snapshot of {len(planned)} StorPool volume(s) of {vm_label}",
-                            "snapshotCreateGroup", {"volumes": volumes})
-        made = {r.snapshot: r.snapshotGlobalId for r in result.snapshots}
+        try:
+            result = self._call(f"group snapshot of {len(planned)} StorPool volume(s) of {vm_label}",
+                                "snapshotCreateGroup", {"volumes": volumes})
+            made = {r.snapshot: r.snapshotGlobalId for r in result.snapshots}
+        except KvmkitError:
+            # a retried call whose first try was done after all: every member is there, ours by its tags
+            found = [self._ours(p) for p in planned]
+            if not all(found):
+                raise
+            made = {p.handle: gid for p, gid in zip(planned, found, strict=True)}
         group = f"{PREFIX}{vm_label}--{tag}"
         return [p.model_copy(update={"group": group,
                                      "location": {**p.location, "snapshot_id": made.get(p.handle, "")}})
