@@ -228,3 +228,14 @@ def test_a_name_someone_else_took_meanwhile_is_not_mistaken_for_ours(fake, drive
     client.snapshotCreate("~" + planned.location["volume_id"], {"name": planned.handle, "tags": {"theirs": "1"}})
     with pytest.raises(OperationFailed, match="fake-nameTaken"):
         driver.snapshot(planned)
+
+
+def test_multi_cluster_paths_when_the_config_asks_for_them(fake, tmp_path):
+    conf = fake.write_conf(tmp_path / "storpool.conf", our_id=True)
+    for multi, want in ((False, 0), (True, 1)):
+        ep = load_endpoint(StorPoolSettings(conf=conf, multi_cluster=multi), env={})
+        assert ep.client_id == fake.client_id
+        _vol, disk = cs_volume(fake, "vda")
+        before = fake.multicluster_calls
+        StorPoolDriver(ep).snapshot(StorPoolDriver(ep).plan(disk, f"m{int(multi)}", OPTS))
+        assert (fake.multicluster_calls - before > 0) == bool(want)

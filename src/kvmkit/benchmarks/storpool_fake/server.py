@@ -42,6 +42,7 @@ class FakeStorPoolApi(FakeCluster):
         self.snapshot_entered = threading.Event()  # set when a VolumeSnapshot handler starts (for kill tests)
         self.calls: list[tuple[str, str]] = []
         self.bodies: list[tuple[str, Any]] = []
+        self.multicluster_calls = 0  # requests that came by a MultiCluster/ path
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._made_dirs: list[Path] = []
@@ -230,7 +231,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not path.startswith(PREFIX):
                 raise FakeApiError("fake-notImplemented", f"unknown path {path}", 404)
             rest = path[len(PREFIX):]
-            rest = rest.removeprefix("MultiCluster/")  # spapi _format_path; CloudStack uses MultiCluster/ paths
+            if rest.startswith("MultiCluster/"):  # spapi _format_path; CloudStack uses MultiCluster/ paths
+                rest = rest.removeprefix("MultiCluster/")
+                with self.api._lock:
+                    self.api.multicluster_calls += 1
             endpoint, _, arg = rest.partition("/")
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:

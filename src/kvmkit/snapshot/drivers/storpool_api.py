@@ -9,6 +9,8 @@ failure becomes one kvmkit error and transient errors are retried the way the bi
   `transientRetries` times, sleeping `transientSleep(retry)` between tries (default 5 tries, 2**retry s). kvmkit keeps
   that loop and bounds it by time: a call made inside the freeze gets FREEZE_RETRY_S of retrying in all, any other
   RETRY_S, so a snapshot still meets the freeze deadline (config freeze_timeout_s, 10 s by default).
+* MultiCluster: `[storpool] multi_cluster = true` sends every call the binding marks multi-cluster by its
+  `MultiCluster/` path (spapi._format_path; CloudStack's StorPoolUtil calls the API that way throughout).
 * Errors: the only error name a public source confirms is `objectDoesNotExist` (CloudStack's
   StorPoolUtil.objectExists); a 401/403 is a refused token; everything else is one OperationFailed line carrying
   the API's own name and description.
@@ -47,6 +49,7 @@ class Endpoint:
     source: str  # where it was read from, for messages (never the token)
     timeout_s: float = 10.0
     client_id: int | None = None  # this host's StorPool client id (SP_OURID): where snapshots are attached to read
+    multi_cluster: bool = False  # MultiCluster/ paths ([storpool] multi_cluster)
 
     @property
     def where(self) -> str:
@@ -62,7 +65,8 @@ def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None 
         if not token:
             where = f"environment variable {sp.token_env}" if sp.token_env else "token or token_env"
             raise InvalidInput(f"kvmkit config [storpool]: no API token ({where} is empty)")
-        return Endpoint(sp.host, sp.port or 81, token, "kvmkit config [storpool]", sp.timeout_s, sp.client_id)
+        return Endpoint(sp.host, sp.port or 81, token, "kvmkit config [storpool]", sp.timeout_s, sp.client_id,
+                        sp.multi_cluster)
     if not sp.conf.is_file():
         if settings is not None and settings.conf != StorPoolSettings().conf:
             raise InvalidInput(f"StorPool config {sp.conf} (from kvmkit's [storpool] conf) does not exist")
@@ -83,7 +87,7 @@ def load_endpoint(settings: StorPoolSettings | None, env: dict[str, str] | None 
         raise InvalidInput(f"{sp.conf}: not a usable StorPool config ({type(exc).__name__})") from None
     if not token:
         raise InvalidInput(f"StorPool config {sp.conf}: SP_AUTH_TOKEN is missing or empty")
-    return Endpoint(host, port, token, str(sp.conf), sp.timeout_s, client_id)
+    return Endpoint(host, port, token, str(sp.conf), sp.timeout_s, client_id, sp.multi_cluster)
 
 
 class _OutOfTime(Exception):
@@ -98,11 +102,11 @@ class ApiEdge:
         self._local = threading.local()  # the engine snapshots disks from several threads at once
         self.api = api or spapi.Api(host=endpoint.host, port=endpoint.port, auth=endpoint.token,
                                     timeout=endpoint.timeout_s, transientRetries=RETRIES,
-                                    transientSleep=self._sleep)
+                                    transientSleep=self._sleep, multiCluster=endpoint.multi_cluster)
         # the last try once the budget is spent: its own answer (or connection error) is the one reported
         self.last_try = None if api is not None else spapi.Api(
             host=endpoint.host, port=endpoint.port, auth=endpoint.token, timeout=endpoint.timeout_s,
-            transientRetries=0)
+            transientRetries=0, multiCluster=endpoint.multi_cluster)
         self.retried = 0  # transient answers retried (for tests)
 
     def _sleep(self, retry: int) -> float:
