@@ -167,14 +167,14 @@ class StorPoolDriver:
             gid = made.snapshotGlobalId
         except KvmkitError:
             # a retried call whose first try was done after all: the snapshot is there, ours by its tags
-            gid = self._ours(planned)
+            gid = self._ours(planned, in_freeze=True)
             if not gid:
                 raise
         return planned.model_copy(update={"location": {**loc, "snapshot_id": gid}})
 
-    def _ours(self, planned: DiskSnapshot) -> str:
+    def _ours(self, planned: DiskSnapshot, in_freeze: bool = False) -> str:
         """The globalId of the snapshot under a planned name if it carries this plan's volume and owner tags."""
-        found = self._find_snapshot(planned.handle)
+        found = self._find_snapshot(planned.handle, in_freeze)
         tags = (found.tags or {}) if found is not None else {}
         if found is None or tags.get(TAG_VOLUME) != planned.location["volume_id"] or \
                 tags.get(TAG_OWNER) != planned.owner:
@@ -206,9 +206,9 @@ class StorPoolDriver:
                 for p in planned]
 
     # lookup, ownership, delete ----------------------------------------------------------------------------
-    def _find_snapshot(self, name: str) -> Any | None:
+    def _find_snapshot(self, name: str, in_freeze: bool = False) -> Any | None:
         try:
-            found = self._call(f"looking up StorPool snapshot {name}", "snapshotList", name)
+            found = self._call(f"looking up StorPool snapshot {name}", "snapshotList", name, in_freeze=in_freeze)
         except NotFound:
             return None
         live = [s for s in found if not s.deleted]  # one StorPool is deleting is as good as gone

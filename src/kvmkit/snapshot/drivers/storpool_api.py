@@ -107,7 +107,6 @@ class ApiEdge:
         self.last_try = None if api is not None else spapi.Api(
             host=endpoint.host, port=endpoint.port, auth=endpoint.token, timeout=endpoint.timeout_s,
             transientRetries=0, multiCluster=endpoint.multi_cluster)
-        self.retried = 0  # transient answers retried (for tests)
 
     def _sleep(self, retry: int) -> float:
         """The binding sleeps what this returns; past the deadline the call stops retrying."""
@@ -115,7 +114,6 @@ class ApiEdge:
         want = FIRST_SLEEP_S * 2 ** retry
         if left <= want:
             raise _OutOfTime
-        self.retried += 1
         return want
 
     def call(self, what: str, method: str, *args: Any, in_freeze: bool = False, **kwargs: Any) -> Any:
