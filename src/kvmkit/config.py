@@ -43,8 +43,9 @@ class StorPoolSettings(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     token: str | None = Field(default=None, repr=False)
     token_env: str | None = None  # read the token from this environment variable instead
-    timeout_s: float = Field(default=10.0, gt=0, le=300)  # per API call; no retries (an answer or one error line)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)  # per API call (transient retries: storpool_api.py)
     client_id: int | None = Field(default=None, ge=1)  # this host's client id (else SP_OURID from the conf)
+    multi_cluster: bool = False  # calls by MultiCluster/ paths (spapi.Api(multiCluster=True)), as CloudStack does
 
 
 class BackupTarget(BaseModel):

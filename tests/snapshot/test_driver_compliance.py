@@ -152,7 +152,8 @@ class StorPoolRig(Rig):
         return DiskSnapshot(target=disk.target, driver="storpool", source=disk.source, handle=name)
 
     def foreign_disk(self) -> Disk:
-        return Disk(target="vdf", kind="file", format="raw", source="/dev/storpool/x.raw")
+        # a file image elsewhere (a <disk type='file'> on /dev/storpool/… IS StorPool's: the driver claims it)
+        return Disk(target="vdf", kind="file", format="raw", source="/var/lib/libvirt/images/x.raw")
 
     def cleanup(self) -> None:
         self.driver.release()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from storpool import spapi
 
-from kvmkit.errors import Conflict
+from kvmkit.errors import OperationFailed
 from kvmkit.snapshot.drivers.base import RevertOptions
 from kvmkit.snapshot.drivers.registry import by_name
 from kvmkit.snapshot.drivers.storpool import TAG_OWNER, TAG_SNAP, TAG_VM, TAG_VOLUME
@@ -205,13 +205,15 @@ def test_api_errors_are_one_line_and_change_nothing(engine, conn, fake, sp_vm, s
     assert out.returncode == 5 and "cannot reach the StorPool API at 127.0.0.1:9" in out.stderr, out.stderr
     assert api.token not in out.stderr + out.stdout and time.monotonic() - t0 < 30
     assert engine.catalog.list(dom.UUIDString()) == [] and agent.freeze_status(dom) == "thawed"
-    # a revert of a volume a running VM holds open: the API's "in use", one Conflict
+    # a revert of a volume a running VM holds open: the detach before it is refused (never forced), one line,
+    # and the volume stays attached where it was
     snap = engine.create(sp_vm, "inuse")
     driver = storpool_driver(engine)
     disk = next(d for d in live_disks(dom) if d.target == "vda")
     staged = driver.stage_revert(disk, snap.disks[0], RevertOptions())
-    with pytest.raises(Conflict, match="objectInUse"):
+    with pytest.raises(OperationFailed, match=r"detaching StorPool volume .* is open on client"):
         driver.swap(staged)
+    assert api.volumes[f"{sp_vm}-vda"].attached == {1: "rw"} and api.volumes[f"{sp_vm}-vda"].loop
     driver.commit(staged)
     engine.delete(sp_vm, "inuse")
 

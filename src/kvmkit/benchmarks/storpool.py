@@ -1,5 +1,5 @@
 """`kvmkit snapshot bench --storage storpool`: the StorPool driver's two claims, measured on a lab VM whose disks are
-volumes of the FAKE StorPool API (tests/fakes/storpool_api.py in kvmkit's source tree — no StorPool cluster runs
+volumes of the FAKE StorPool API (kvmkit.benchmarks.storpool_fake — no StorPool cluster runs
 here, so every figure is the driver + a fake server + real QEMU/agent/XFS, never StorPool's own latency). The fake
 runs in its own process, as an API server would.
 
@@ -43,11 +43,10 @@ from kvmkit.snapshot.model import Mode
 from kvmkit.virt.connection import connection, live_disks
 
 Progress = Callable[[str], None]
-FAKE_PATH = Path(__file__).resolve().parents[3] / "tests" / "fakes" / "storpool_api.py"
 
 
 class StorPoolBenchResult(BaseModel):
-    api: str = "FAKE StorPool API (tests/fakes/storpool_api.py)"
+    api: str = "FAKE StorPool API (kvmkit.benchmarks.storpool_fake)"
     disks: int
     rounds: int
     api_latency_ms: float
@@ -72,14 +71,11 @@ class FakeServer:
     """The fake API in its own process (as a real API would be: the client's threads must not share its GIL)."""
 
     def __init__(self, root: Path, latency_ms: float) -> None:
-        if not FAKE_PATH.is_file():
-            raise EnvironmentProblem(f"the StorPool bench runs against the fake StorPool API at {FAKE_PATH}, which "
-                                     "this installation lacks (it ships with kvmkit's source tree)")
         self.ready = root.parent / f".{root.name}.ready"
         self.ready.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.storpool_api", "--root", str(root),
-                                      "--ready", str(self.ready), "--latency-ms", str(latency_ms),
-                                      "--cluster-id", "fake.bench"], cwd=FAKE_PATH.parents[2],
+        self.proc = subprocess.Popen([sys.executable, "-I", "-m", "kvmkit.benchmarks.storpool_fake",
+                                      "--root", str(root), "--ready", str(self.ready), "--latency-ms", str(latency_ms),
+                                      "--cluster-id", "fake.bench"], cwd="/",
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not self.ready.exists() or not self.ready.read_text().strip():
@@ -99,6 +95,7 @@ class FakeServer:
     def make_volume(self, name: str, size_bytes: int) -> Path:
         """Through the API, as an operator would; then an ext4 on its device (the guest mounts it)."""
         self.api.volumeCreate({"name": name, "size": size_bytes})
+        self.api.volumesReassign(json=[{"volume": name, "rw": [1]}])  # this host's client (the fake's default id)
         device = Path("/dev/storpool") / name
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
                         str(device)], check=True, capture_output=True, timeout=120)

@@ -32,7 +32,7 @@ def up(
     fio: bool = typer.Option(False, "--fio", help="Guests carry fio (for kvmkit bench --vm); 384 MiB RAM each."),
     rgw: bool = typer.Option(False, "--rgw", help="Also an S3 gateway (radosgw) on the Ceph, for S3 backup targets."),
     shape: str = typer.Option("default", "--shape",
-                              help="VM disks laid out as: default, cloudstack, nova or libvirt (cephx Ceph)."),
+                              help="VM disks as: default, cloudstack, nova, libvirt, cloudstack-storpool."),
     connect: str | None = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config)."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab status as JSON."),
 ) -> None:

@@ -480,6 +480,10 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             progress(f"{what}: stopped (left by a benchmark)")
         if _stop_rgw(state):
             progress("rgw: stopped")
+        from kvmkit.benchmarks.storpool_fake import lab as storpool_lab  # the cloudstack-storpool shape's fake API
+
+        if storpool_lab.stop(state):
+            progress("fake StorPool API: stopped")
         if state.ceph is not None:
             ceph.stop(state.ceph)
             progress("ceph: stopped")

@@ -7,7 +7,8 @@ The default lab is kind to kvmkit (raw files, a ceph.conf on disk). Production i
   the secret's UUID being the RBD pool's, and no ceph.conf is named (CloudStack's LibvirtVMDef, read, not copied);
 - nova: the root disk is an RBD clone of a Glance image snapshot (`images/<id>@snap` → `vms/<uuid>_disk`), a local
   qcow2 disk has a raw base in `_base/` (Nova's imagebackend), the `nova` user's key in a libvirt secret;
-- libvirt (virt-manager, plain virsh): `.qcow2` files with backing chains two deep.
+- libvirt (virt-manager, plain virsh): `.qcow2` files with backing chains two deep;
+- cloudstack-storpool: unnamed volumes of the FAKE StorPool API attached by globalId (benchmarks/storpool_fake/lab.py).
 Every shape's Ceph user is restricted (`profile rbd` on its own pools only) and its key lives only in a libvirt
 secret: nothing kvmkit can read from a keyring file.
 """
@@ -26,8 +27,8 @@ from kvmkit.errors import Conflict, EnvironmentProblem
 from kvmkit.lab import ceph, disks, domain, procs
 from kvmkit.lab.state import LabDisk, LabState
 
-Shape = Literal["default", "cloudstack", "nova", "libvirt"]
-SHAPES: tuple[Shape, ...] = ("default", "cloudstack", "nova", "libvirt")
+Shape = Literal["default", "cloudstack", "nova", "libvirt", "cloudstack-storpool"]
+SHAPES: tuple[Shape, ...] = ("default", "cloudstack", "nova", "libvirt", "cloudstack-storpool")
 
 # Each shape's Ceph user and the pools it may use (read-only pools after the `:`), as the clouds' docs set them up.
 USERS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -41,7 +42,7 @@ USERS: dict[str, tuple[str, list[str], list[str]]] = {
 class ShapedDisks:
     """What a shape made for one VM: the domain's disk specs and the lab's record of them."""
 
-    specs: tuple[domain.FileDisk | domain.RbdDisk, ...]
+    specs: tuple[domain.FileDisk | domain.RbdDisk | domain.BlockDisk, ...]
     records: tuple[LabDisk, ...]
 
 
@@ -123,6 +124,11 @@ def _rbd_spec(state: LabState, pool: str, image: str, user: str, secret_uuid: st
 def make_disks(state: LabState, conn: libvirt.virConnect, name: str, shape: Shape, size_mib: int) -> ShapedDisks:
     if state.pool is None:
         raise EnvironmentProblem("the lab has no storage pool: run kvmkit lab up first")
+    if shape == "cloudstack-storpool":
+        from kvmkit.benchmarks.storpool_fake import lab as storpool_lab
+
+        uuids = [lab_uuid(state, f"{name}-{what}") for what in ("vm", "vol-0", "vol-1")]
+        return ShapedDisks(*storpool_lab.make_disks(state, name, uuids[0], uuids[1:], size_mib))
     if state.ceph is None:
         raise EnvironmentProblem(f"the {shape} shape needs the lab's Ceph (kvmkit lab up --shape {shape})")
     maker = {"cloudstack": _cloudstack, "nova": _nova, "libvirt": _libvirt}.get(shape)

@@ -18,8 +18,9 @@ def default_drivers(settings: Settings, *, libvirt_uri: str | None = None, rados
     rados/rbd: Ceph's binding modules, Debian's by default; without them RBD disks are reported unsupported."""
     from kvmkit.snapshot.drivers.rbd import RbdDriver
 
-    drivers: list[StorageDriver] = [FileDriver(libvirt_uri or settings.libvirt_uri)]
-    drivers += _storpool(settings)  # only when the `storpool` binding is installed and StorPool is configured here
+    # StorPool first: its devices may be <disk type='file'> too, which the file driver would otherwise claim
+    drivers: list[StorageDriver] = _storpool(settings)  # only with the `storpool` binding and StorPool configured
+    drivers.append(FileDriver(libvirt_uri or settings.libvirt_uri))
     try:
         drivers.append(RbdDriver(settings.ceph, rados=rados, rbd=rbd,
                                  libvirt_uri=libvirt_uri or settings.libvirt_uri))
@@ -37,12 +38,23 @@ def _storpool(settings: Settings) -> list[StorageDriver]:
 
 
 def driver_for(disk: Disk, drivers: list[StorageDriver]) -> StorageDriver:
+    storpool_disk = _storpool_path(disk.source)
     for driver in drivers:
+        if storpool_disk and driver.name != "storpool":
+            continue  # a StorPool device is never a file kvmkit may reflink or copy
         if driver.claims(disk):
             return driver
+    if storpool_disk:
+        raise InvalidInput(f"disk {disk.target} ({disk.source}) is a StorPool volume, but StorPool is not "
+                           "configured for kvmkit here (no readable /etc/storpool.conf, no [storpool] section, or "
+                           "the `storpool` binding is not installed)")
     what = f"{disk.kind}" + (f"/{disk.protocol}" if disk.protocol else "") + f" {disk.format}"
     raise InvalidInput(f"disk {disk.target} ({what} {disk.source}): no kvmkit storage driver serves it "
                        "(kvmkit snapshots raw and qcow2 files, RBD images)")
+
+
+def _storpool_path(source: str | None) -> bool:
+    return bool(source) and (source.startswith(("/dev/storpool/", "/dev/storpool-byid/", "/dev/sp-")))
 
 
 def by_name(name: str, drivers: list[StorageDriver]) -> StorageDriver:

@@ -1,5 +1,5 @@
 """The FAKE StorPool API's block devices: loop devices on the reflink pool behind /dev/storpool* links, and the
-reflink clones snapshots and reverts are made of. Only for tests/fakes/storpool_api.py."""
+reflink clones snapshots and reverts are made of. Only for the fake (kvmkit.benchmarks.storpool_fake)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,8 @@ def flush_block_cache(dev: str) -> None:
         fcntl.ioctl(fd, BLKFLSBUF, 0)
     finally:
         os.close(fd)
+
+
+def refresh_size(loop: str) -> None:
+    """A loop device picks up its file's new size on `losetup -c` (after a VolumeUpdate resize)."""
+    subprocess.run(["losetup", "-c", loop], capture_output=True)
