@@ -161,7 +161,7 @@ def test_a_snapshot_cloudstack_made_is_never_touched_by_delete_recover_or_prune(
     out = kvmkit(benv, "backup", "prune", CS_VM, "--keep-last", "1", "--yes", "--target", "t")
     assert out.returncode == 0, out.stderr
     for name in ("csp1", "csp2"):
-        assert kvmkit(benv, "snapshot", "delete", CS_VM, name).returncode == 0
+        assert kvmkit(benv, "snapshot", "delete", CS_VM, name, "--yes").returncode == 0
     after = api.snapshotList(theirs)[0]
     assert not after.deleted and after.tags == cs_tags and after.globalId == before.globalId
     api.snapshotDelete(theirs)
