@@ -92,5 +92,26 @@ rm -rf "$cs_out"
 KVMKIT_LAB_DIR=$cs_lab $K snapshot delete "$cs_vm" cs1 --yes
 KVMKIT_LAB_DIR=$cs_lab $K lab down --yes >/dev/null
 
+step "CloudStack on StorPool: kvmkit lab up --shape cloudstack-storpool   (unnamed volumes by ~globalId on the FAKE StorPool API)"
+sp_lab=/var/lib/kvmkit/demo-storpool
+KVMKIT_LAB_DIR=$sp_lab $K lab down --yes >/dev/null 2>&1 || true
+KVMKIT_LAB_DIR=$sp_lab $K lab up --shape cloudstack-storpool
+sp_vm=demo-storpool-cloudstack-storpool1
+export KVMKIT_STORPOOL_CONF=$sp_lab/storpool.conf
+KVMKIT_LAB_DIR=$sp_lab $K snapshot create "$sp_vm" --name sp1
+KVMKIT_LAB_DIR=$sp_lab $K snapshot create "$sp_vm" --name sp-group --crash-consistent
+step "revert: detached from every client, VolumeRevert, re-attached as it was"
+KVMKIT_LAB_DIR=$sp_lab $K snapshot revert "$sp_vm" sp1 --force-stop --yes
+KVMKIT_LAB_DIR=$sp_lab $K snapshot delete "$sp_vm" sp1 --yes
+KVMKIT_LAB_DIR=$sp_lab $K snapshot delete "$sp_vm" sp-group --yes
+unset KVMKIT_STORPOOL_CONF
+KVMKIT_LAB_DIR=$sp_lab $K lab down --yes >/dev/null
+
+step "unattended operation is loud: a schedule for a VM that does not exist is refused; a failed job exits 1"
+$K schedule add ghost --every 1h --keep-last 2 || echo "(refused, exit $?)"
+$K schedule add ghost --every 1h --keep-last 2 --allow-undefined
+$K schedule run --once || echo "(schedule run --once exited $?: the unit fails, kvmkit_snapshot_failures_total rises)"
+$K schedule remove ghost
+
 echo
 echo "The lab stays up to explore: kvmkit lab status, kvmkit snapshot bench, kvmkit bench paths. 'kvmkit lab down' removes it."
