@@ -108,3 +108,14 @@ def test_the_readmes_plan_table_is_what_plan_evaluate_prints():
     shown = console_block_after(ROOT / "README.md", command)
     printed = [line.rstrip() for line in run.stdout.splitlines()]
     assert printed == shown, "README.md's plan table differs from what `" + command + "` prints:\n" + run.stdout
+
+
+def test_the_readme_is_short_and_its_first_screen_is_for_operators():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 15 * 1024
+    first_screen = "\n".join(text.splitlines()[:40])
+    assert "scripts/install.sh --host" in first_screen and "kvmkit doctor" in first_screen
+    assert first_screen.index("scripts/install.sh --host") < text.index("make demo")
+    assert "Do not run `make demo` or `make test` on a production host" in first_screen
+    assert (ROOT / "docs" / "operators.md").is_file() and (ROOT / "LICENSE").read_text().lstrip().startswith(
+        "Apache License")

@@ -89,6 +89,7 @@ def test_the_cron_alternative_runs_one_pass_under_flock():
     line = next(li for li in (UNITS / "kvmkit.cron").read_text().splitlines() if li and li[0] not in "#" and
                 li.split()[0] == "*/5")
     assert "flock -n" in line and "kvmkit schedule run --once" in line
+    assert line.split("root", 1)[1].strip().startswith("umask 077;")  # its log (and what kvmkit makes) private
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
