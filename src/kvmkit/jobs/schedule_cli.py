@@ -10,18 +10,12 @@ import typer
 
 from kvmkit import config
 from kvmkit.backup import retention
+from kvmkit.backup.cli import CONNECT, JSON, KEEP_DAILY, KEEP_HOURLY, KEEP_LAST, KEEP_WEEKLY, TARGET  # one wording
 from kvmkit.jobs import schedule as sched
 from kvmkit.output import console, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Periodic snapshots and backups with retention.")
 
-CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config).")
-JSON = typer.Option(False, "--json", help="Print JSON.")
-TARGET = typer.Option(None, "--target", "-t", help="Backup target name (default: the only one configured).")
-KEEP_LAST = typer.Option(0, "--keep-last", help="Keep the newest N.")
-KEEP_HOURLY = typer.Option(0, "--keep-hourly", help="Keep the newest of each of the last N hours.")
-KEEP_DAILY = typer.Option(0, "--keep-daily", help="Keep the newest of each of the last N days.")
-KEEP_WEEKLY = typer.Option(0, "--keep-weekly", help="Keep the newest of each of the last N ISO weeks.")
 
 
 def _defined(uri: str):
