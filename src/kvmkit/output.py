@@ -51,6 +51,13 @@ def is_timestamp_key(key: str) -> bool:
     return key in TIMESTAMP_KEYS or key.endswith("_at")
 
 
+def _vm_key(fields: dict[str, Any]) -> dict[str, Any]:
+    """One key for the VM everywhere: records that call it `domain` (libvirt's word) print it as `vm`."""
+    if "domain" not in fields or "vm" in fields:
+        return fields
+    return {("vm" if k == "domain" else k): v for k, v in fields.items()}
+
+
 def to_jsonable(obj: Any, key: str | None = None) -> Any:
     """Plain JSON values with the conventions above; `key` is the name the value is printed under."""
     if isinstance(obj, BaseModel):
@@ -60,7 +67,7 @@ def to_jsonable(obj: Any, key: str | None = None) -> Any:
         renamed = {aliases.get(k, k): v for k, v in data.items()}
         if type(obj) in _DISK_RECORDS:
             renamed = {("disk" if k == "target" else k): v for k, v in renamed.items()}
-        return {k: to_jsonable(v, k) for k, v in renamed.items()}
+        return {k: to_jsonable(v, k) for k, v in _vm_key(renamed).items()}
     if isinstance(obj, datetime):
         return iso(obj)
     if isinstance(obj, date):
@@ -80,7 +87,8 @@ def to_jsonable(obj: Any, key: str | None = None) -> Any:
     if isinstance(obj, PurePath):
         return str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
+        fields = _vm_key({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+        return {k: to_jsonable(v, k) for k, v in fields.items()}
     if obj is None or isinstance(obj, bool | int | str):
         return obj
     if isinstance(obj, bytes):

@@ -30,7 +30,7 @@ def test_sample_json_prints_one_report_per_interval_with_the_documented_fields(t
         assert datetime.fromisoformat(report["time"]).tzinfo is not None  # docs/cli.md: ISO 8601 with its zone
         assert {"pcpus", "vcpus_allocated", "oversubscription", "psi_some_avg10"} <= report["host"].keys()
         (vm,) = report["vms"]
-        assert vm["domain"] == "cli-vm"
+        assert vm["vm"] == "cli-vm"
         assert {"congestion_pct", "utilisation_pct", "vcpus", "emulator"} <= vm.keys()
         assert [v["vcpu"] for v in vm["vcpus"]] == [0, 1]
         assert {"vcpu", "tid", "utilisation_pct", "congestion_pct"} <= vm["vcpus"][0].keys()
@@ -46,7 +46,7 @@ def test_sample_json_prints_one_report_per_interval_with_the_documented_fields(t
     judged = runner.invoke(app, ["policy", str(policy_file), "--history", str(record), "--json"])
     assert judged.exit_code == 0, judged.output
     (row,) = json.loads(judged.output)["standings"]
-    assert row["domain"] == "cli-vm" and row["vm_class"] == "all" and not row["violated"]
+    assert row["vm"] == "cli-vm" and row["vm_class"] == "all" and not row["violated"]
 
 
 def test_sample_table_for_people_names_the_vm():

@@ -80,7 +80,7 @@ def _window(policy_: policy.Policy, path: Path, window_s: float | None) -> list[
 def _print_standings(rows: list[policy.VmStanding], pct: float) -> None:
     print_table(
         f"p{pct:g} contention vs SLO (congestion = contention + own throttling)",
-        ["domain", "class", "samples", "contention %", "throttled %", "congestion %", "SLO %", "util %", "violated"],
+        ["VM", "class", "samples", "contention %", "throttled %", "congestion %", "SLO %", "util %", "violated"],
         [[r.domain, r.vm_class or "-", r.samples, f"{r.contention_pct:.2f}",
           "-" if r.throttled_pct is None else f"{r.throttled_pct:.2f}", f"{r.congestion_pct:.2f}",
           r.slo_congestion_pct, f"{r.utilisation_pct:.1f}", "YES" if r.violated else ""] for r in rows],

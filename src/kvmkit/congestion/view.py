@@ -24,7 +24,7 @@ def render(report: IntervalReport, limit: int = 40) -> Group:
         f"{fmt(host.contention_pct, 2)} % + throttled {fmt(host.throttled_pct, 2)} % · PSI some avg10 "
         f"{fmt(host.psi_some_avg10, 2)} %  [{report.interval_s:.2f} s]"
     )
-    table = vm_table(("domain", "pid", "vCPUs", "util %", "contention %", "throttled %", "congestion %",
+    table = vm_table(("VM", "pid", "vCPUs", "util %", "contention %", "throttled %", "congestion %",
                       "worst vCPU %", "emulator %", "iothreads %", "vhost %", "PSI some %"))  # fmt: skip
     for vm in sorted(report.vms, key=lambda v: v.slo_pct, reverse=True)[:limit]:
         cg = vm.cgroup

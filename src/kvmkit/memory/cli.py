@@ -106,7 +106,7 @@ def _window(loaded: policy.MemPolicy, path: Path, window_s: float | None) -> lis
 def _print_standings(rows: list[policy.MemStanding], pct: float) -> None:
     print_table(
         f"p{pct:g} memory pressure vs SLO",
-        ["domain", "class", "samples", "pressure %", "SLO %", "balloon MiB", "guest used MiB", "violated"],
+        ["VM", "class", "samples", "pressure %", "SLO %", "balloon MiB", "guest used MiB", "violated"],
         [[r.domain, r.vm_class or "-", r.samples, f"{r.pressure_pct:.2f}", r.slo_pressure_pct,
           view.mib(r.balloon_bytes), view.mib(r.guest_used_bytes), "YES" if r.violated else ""] for r in rows],
     )  # fmt: skip

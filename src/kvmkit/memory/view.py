@@ -30,7 +30,7 @@ def render(report: MemoryReport, limit: int = 40) -> Group:
         f"PSI some/full avg10 {fmt(h.psi_some_avg10, 2)}/{fmt(h.psi_full_avg10, 2)} % · KSM saved "
         f"{mib(h.ksm_saved_bytes)} MiB, ksmd {fmt(h.ksm_cpu_pct, 2)} %  [{report.interval_s:.2f} s]"
     )
-    table = vm_table(("domain", "pid", "config MiB", "balloon MiB", "RSS MiB", "overhead MiB", "majflt/s",
+    table = vm_table(("VM", "pid", "config MiB", "balloon MiB", "RSS MiB", "overhead MiB", "majflt/s",
                       "swap-in B/s", "PSI some %", "PSI full %", "OOM", "guest avail MiB"))  # fmt: skip
     for vm in report.vms[:limit]:
         table.add_row(

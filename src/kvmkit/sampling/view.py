@@ -16,7 +16,7 @@ def vm_table(columns: Sequence[str]) -> Table:
     """One row per VM: the domain column left-aligned, figures right-aligned."""
     table = Table(header_style="bold", expand=False)
     for column in columns:
-        table.add_column(column, justify="left" if column == "domain" else "right")
+        table.add_column(column, justify="left" if column == "VM" else "right")
     return table
 
 

@@ -73,7 +73,7 @@ def show_policy(
 
 
 def print_outcomes(outcomes: list[Outcome], title: str) -> None:
-    print_table(title, ["id", "domain", "param", "old", "new", "state", "reason / detail"],
+    print_table(title, ["id", "VM", "param", "old", "new", "state", "reason / detail"],
                 [[o.id, o.domain, o.param, o.old, o.new, o.state, o.detail or o.reason] for o in outcomes])  # fmt: skip
 
 
