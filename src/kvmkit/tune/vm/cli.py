@@ -1,0 +1,150 @@
+"""`kvmkit tune vm`: judge VM definitions per goal; `apply` fixes them (journaled), `rollback` undoes.
+
+`kvmkit tune vm web1 --goal latency` is `kvmkit tune vm check web1 --goal latency`: the group runs `check` when
+its first word is not one of its commands. Exit codes: 0 nothing to fix; 1 a FAIL found; 2 bad input; 3 unknown
+VM or no journal; 4 an owned VM (CloudStack, Nova) or a pending/changed journal; 6 libvirt refused the definition.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from kvmkit import config
+from kvmkit.confirm import DRY_RUN, YES, go_ahead
+from kvmkit.errors import InvalidInput
+from kvmkit.output import console, print_json, print_table
+from kvmkit.tune.model import Status
+from kvmkit.tune.vm import edge
+from kvmkit.tune.vm.finding import GOALS
+from kvmkit.tune.vm.judge import VmReport, check_goal
+from kvmkit.virt.connection import connection
+
+
+class _CheckByDefault(TyperGroup):
+    """A group whose first word, when it is not a command, is a VM name for `check`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["check", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_CheckByDefault, no_args_is_help=True, add_completion=False,
+                  help="Judge each VM's libvirt definition for a goal; fix it with a journal and rollback.")
+
+GoalOpt = Annotated[str, typer.Option("--goal", "-g", help=f"One of {', '.join(GOALS)}.", callback=check_goal)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ConnectOpt = Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI (default: from the config).")]
+STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.NA: "dim",
+         Status.UNKNOWN: "magenta"}
+
+
+def _uri(connect: str | None) -> str:
+    return connect or config.load().libvirt_uri
+
+
+def _journal_dir() -> Path:
+    return config.load().state_dir / "tune" / "vm"
+
+
+def _print(report: VmReport) -> None:
+    owner = f", managed by {report.owner}: its knobs, not a redefine" if report.owner else ""
+    rows = [(f"[{STYLE[f.status]}]{f.status.value}[/]", escape(f.check), escape(f.current), escape(f.expected))
+            for f in report.findings]
+    print_table(f"kvmkit tune vm — {report.vm} — goal {report.goal}{owner}",
+                ["status", "check", "current", "expected"], rows)
+    for f in report.to_fix:
+        console.print(f"[{STYLE[f.status]}]{f.status.value}[/] [bold]{escape(f.check)}[/]: {escape(f.why)}")
+        console.print(f"    source: {escape(f.source)}", style="dim", soft_wrap=True)
+        if report.owner:
+            console.print(f"    {report.owner}: {escape(f.knobs.get(report.owner, 'no setting known'))}")
+            if report.owner == "cloudstack" and "extraconfig" in f.knobs.get("cloudstack", "") and f.fix_after:
+                console.print(f"      extraconfig: {escape(f.fix_after)}", soft_wrap=True)
+        elif f.fix_after:
+            tag = "" if f.auto else " (by hand: `apply` leaves it)"
+            console.print(f"    fix{tag}:\n      - {escape(f.fix_before)}\n      + {escape(f.fix_after)}",
+                          soft_wrap=True)
+
+
+@app.command()
+def check(
+    vms: Annotated[list[str] | None, typer.Argument(help="VM names (or --all).")] = None,
+    goal: GoalOpt = "balanced",
+    every: Annotated[bool, typer.Option("--all", help="Every VM libvirt knows.")] = False,
+    connect: ConnectOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Judge each VM's definition for the goal: why, the source, and the XML fix (or the orchestrator's knob)."""
+    if not vms and not every:
+        raise InvalidInput("name one or more VMs, or pass --all")
+    with connection(_uri(connect)) as conn:
+        reports = [edge.report_for(conn, dom, goal) for dom in edge.chosen_domains(conn, vms or [], every)]
+    if json_out:
+        print_json([{**_plain(r), "worst": r.worst} for r in reports])
+    else:
+        for report in reports:
+            _print(report)
+    if any(r.worst == Status.FAIL for r in reports):
+        raise SystemExit(1)
+
+
+def _plain(report: VmReport) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+
+
+@app.command()
+def apply(
+    vms: Annotated[list[str], typer.Argument(help="VM names.")],
+    goal: GoalOpt = "balanced",
+    only: Annotated[list[str] | None, typer.Option("--only", help="Fix only these checks; repeatable.")] = None,
+    connect: ConnectOpt = None,
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change each VM's persistent definition as `check` shows (a running VM gets it at its next start).
+    The old definition goes to a 0600 journal first; `kvmkit tune vm rollback VM` puts it back."""
+    outcomes = []
+    with connection(_uri(connect)) as conn:
+        doms = edge.chosen_domains(conn, vms, False)
+        for dom in doms:
+            planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None, dry_run=True)
+            if not dry_run:
+                go_ahead(f"kvmkit tune vm apply {planned.vm}",
+                         [f"{c}: {b} → {a}" for c, b, a in planned.before_after], yes)
+                planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None)
+            outcomes.append(planned)
+    if json_out:
+        print_json(outcomes)
+        return
+    for o in outcomes:
+        verb = "would change" if o.dry_run else "changed"
+        console.print(f"[bold]{o.vm}[/]: {verb} {len(o.fixed)} setting(s): {', '.join(o.fixed) or 'none'}")
+        for check_id, before, after in o.before_after:
+            console.print(f"  {escape(check_id)}\n    - {escape(before)}\n    + {escape(after)}", soft_wrap=True)
+        if o.journal:
+            console.print(f"  journal {o.journal}; undo with `kvmkit tune vm rollback {o.vm}`")
+        if o.restart_needed and not o.dry_run:
+            console.print("  the VM is running: the new definition takes effect at its next start")
+
+
+@app.command()
+def rollback(
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    connect: ConnectOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Roll back even if the definition changed since.")] = False,
+    yes: bool = YES,
+) -> None:
+    """Put back the definition an earlier `tune vm apply` journaled."""
+    go_ahead(f"kvmkit tune vm rollback {vm}", [f"redefine {vm} as it was before `tune vm apply`"], yes)
+    with connection(_uri(connect)) as conn:
+        record = edge.rollback(conn, vm, _journal_dir(), force=force)
+    console.print(f"{vm}: definition from before {record.created} restored ({', '.join(record.checks)})")
