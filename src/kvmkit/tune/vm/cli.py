@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
