@@ -318,3 +318,13 @@ def test_journal_refuses_tampered_or_odd_files(tmp_path: Path):
     link.symlink_to(loose)
     with pytest.raises(InvalidInput):
         journal.load(link)
+
+
+# --- measure's arithmetic --------------------------------------------------------------------------------------
+
+
+def test_verdict_says_worse_when_the_fix_measures_worse():
+    from kvmkit.tune.vm.measure import geomean, verdict
+
+    assert verdict(0.80) == "worse" and verdict(1.20) == "better" and verdict(1.01) == "no change"
+    assert geomean([2.0, 0.5]) == pytest.approx(1.0) and geomean([]) == 0.0

@@ -121,3 +121,22 @@ def test_a_cloudstack_vm_gets_vm_details_and_extraconfig_and_is_never_redefined(
     refused = kvmkit(env, "tune", "vm", "apply", name, "--goal", "latency", "--yes")
     assert refused.returncode == 4 and "managed by cloudstack" in refused.stderr
     assert _xml(conn, name) == before
+
+
+def test_measure_benches_the_iothread_fix_before_and_after_and_rolls_it_back(lab_state, conn, env):
+    from kvmkit.lab import lab
+    from kvmkit.tune.vm.measure import verdict
+
+    name = lab_vm(lab_state, f"{lab_state.dir.name}-tvfio", file_disks=1, rbd_disks=0, size_mib=128,
+                  with_fio=True, memory_mib=lab.FIO_GUEST_MIB)
+    before = _xml(conn, name)
+    out = kvmkit(env, "tune", "vm", "measure", name, "--goal", "throughput", "--only", "disk.iothread:vda",
+                 "--target", "/mnt/vda/fio.dat", "--size", "16M", "--runtime", "1", "--shutdown-timeout", "10",
+                 "--undo", "--yes", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["fixed"] == ["disk.iothread:vda"] and result["undone"] is True
+    assert len(result["jobs"]) >= 7
+    assert all(j["iops_before"] > 0 and j["iops_after"] > 0 for j in result["jobs"])
+    assert result["verdict"] == verdict(result["iops_geomean_ratio"])
+    assert _xml(conn, name) == before  # --undo put the old definition back

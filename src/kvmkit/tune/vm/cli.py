@@ -147,3 +147,46 @@ def rollback(
     with connection(_uri(connect)) as conn:
         record = edge.rollback(conn, vm, _journal_dir(), force=force)
     console.print(f"{vm}: definition from before {record.created} restored ({', '.join(record.checks)})")
+
+
+@app.command()
+def measure(
+    vm: Annotated[str, typer.Argument(help="A running VM with fio in the guest.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="A file path in the guest for fio.")],
+    goal: GoalOpt = "throughput",
+    only: Annotated[list[str] | None, typer.Option("--only", help="Measure only these fixes; repeatable.")] = None,
+    size: Annotated[str, typer.Option(help="fio working set.")] = "64M",
+    runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 5.0,
+    undo: Annotated[bool, typer.Option("--undo", help="Roll the fix back once measured.")] = False,
+    shutdown_timeout: Annotated[float, typer.Option(help="Seconds a guest gets to shut down before a hard "
+                                                         "power-off.")] = 120.0,
+    connect: ConnectOpt = None,
+    yes: bool = YES,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bench the VM (quick fio suite in the guest), apply the fixes, restart it, bench again: print after/before
+    per job and say whether the fix measured better or worse. The VM is restarted (twice with --undo)."""
+    from kvmkit.bench.engine import BenchOptions
+    from kvmkit.bench.units import parse_size
+    from kvmkit.tune.vm import measure as measure_mod
+    from kvmkit.virt.connection import lookup
+
+    options = BenchOptions(size_bytes=parse_size(size), runtime_s=runtime, ramp_s=1.0, label=vm)
+    with connection(_uri(connect)) as conn:
+        dom = lookup(conn, vm)
+        _r, _x, _n, chosen = edge.plan(conn, dom, goal, set(only or []) or None)
+        go_ahead(f"kvmkit tune vm measure {vm}", [f"bench, apply {', '.join(f.check for f in chosen)}, restart "
+                                                  f"{vm}, bench again" + (", roll back, restart" if undo else "")],
+                 yes)
+        result = measure_mod.measure(conn, dom, goal, _journal_dir(), only=set(only or []) or None, target=target,
+                                     options=options, undo=undo, shutdown_timeout_s=shutdown_timeout)
+    if json_out:
+        print_json(result)
+        return
+    rows = [(r.job, f"{r.iops_before:,.0f}", f"{r.iops_after:,.0f}", f"{r.iops_ratio:.2f}×",
+             f"{r.p99_ratio:.2f}×" if r.p99_ratio else "") for r in result.jobs]
+    print_table(f"kvmkit tune vm measure — {vm} — {', '.join(result.fixed)}",
+                ["job", "IOPS before", "IOPS after", "IOPS after/before", "p99 after/before"], rows)
+    console.print(f"geometric mean IOPS ratio {result.iops_geomean_ratio:.2f}×: the fix measured "
+                  f"[bold]{result.verdict}[/]{' (rolled back)' if result.undone else ''}; "
+                  f"kvmkit peak RSS {result.peak_rss_mib:.0f} MiB")
