@@ -67,8 +67,13 @@ def _print(report: VmReport) -> None:
                 console.print(f"      extraconfig: {escape(f.fix_after)}", soft_wrap=True)
         elif f.fix_after:
             tag = "" if f.auto else " (by hand: `apply` leaves it)"
-            console.print(f"    fix{tag}:\n      - {escape(f.fix_before)}\n      + {escape(f.fix_after)}",
-                          soft_wrap=True)
+            console.print(f"    fix{tag}:\n{_diff(f.fix_before, f.fix_after)}", soft_wrap=True)
+
+
+def _diff(before: str, after: str) -> str:
+    """Each changed element on its own '-'/'+' line, indented (one line per element the fix touches)."""
+    return "\n".join([f"      - {escape(line)}" for line in before.splitlines()]
+                     + [f"      + {escape(line)}" for line in after.splitlines()])
 
 
 @app.command()
@@ -128,7 +133,7 @@ def apply(
         verb = "would change" if o.dry_run else "changed"
         console.print(f"[bold]{o.vm}[/]: {verb} {len(o.fixed)} setting(s): {', '.join(o.fixed) or 'none'}")
         for check_id, before, after in o.before_after:
-            console.print(f"  {escape(check_id)}\n    - {escape(before)}\n    + {escape(after)}", soft_wrap=True)
+            console.print(f"  {escape(check_id)}\n{_diff(before, after)}", soft_wrap=True)
         if o.journal:
             console.print(f"  journal {o.journal}; undo with `kvmkit tune vm rollback {o.vm}`")
         if o.restart_needed and not o.dry_run:
@@ -140,13 +145,26 @@ def rollback(
     vm: Annotated[str, typer.Argument(help="VM name.")],
     connect: ConnectOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Roll back even if the definition changed since.")] = False,
+    dry_run: bool = DRY_RUN,
     yes: bool = YES,
+    json_out: JsonOpt = False,
 ) -> None:
     """Put back the definition an earlier `tune vm apply` journaled."""
-    go_ahead(f"kvmkit tune vm rollback {vm}", [f"redefine {vm} as it was before `tune vm apply`"], yes)
     with connection(_uri(connect)) as conn:
-        record = edge.rollback(conn, vm, _journal_dir(), force=force)
-    console.print(f"{vm}: definition from before {record.created} restored ({', '.join(record.checks)})")
+        pending = edge.pending_journal(conn, vm, _journal_dir())
+        if dry_run:
+            record = pending
+        else:
+            go_ahead(f"kvmkit tune vm rollback {vm}", [f"redefine {vm} as it was before `tune vm apply` "
+                                                       f"({', '.join(pending.checks)})"], yes)
+            record = edge.rollback(conn, vm, _journal_dir(), force=force)
+    summary = {"vm": record.vm, "goal": record.goal, "applied_at": record.created, "checks": record.checks,
+               "dry_run": dry_run}
+    if json_out:
+        print_json(summary)
+    else:
+        verb = "would restore" if dry_run else "restored"
+        console.print(f"{vm}: {verb} the definition from before {record.created} ({', '.join(record.checks)})")
 
 
 @app.command()
@@ -158,6 +176,7 @@ def measure(
     size: Annotated[str, typer.Option(help="fio working set.")] = "64M",
     runtime: Annotated[float, typer.Option(help="Seconds per measured job.")] = 5.0,
     undo: Annotated[bool, typer.Option("--undo", help="Roll the fix back once measured.")] = False,
+    dry_run: bool = DRY_RUN,
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds a guest gets to shut down before a hard "
                                                          "power-off.")] = 120.0,
     connect: ConnectOpt = None,
@@ -175,6 +194,10 @@ def measure(
     with connection(_uri(connect)) as conn:
         dom = lookup(conn, vm)
         _r, _x, _n, chosen = edge.plan(conn, dom, goal, set(only or []) or None)
+        if dry_run:
+            console.print(f"{vm}: would bench, apply {', '.join(f.check for f in chosen) or 'nothing'}, restart, "
+                          "bench again" + (", roll back, restart" if undo else ""))
+            return
         go_ahead(f"kvmkit tune vm measure {vm}", [f"bench, apply {', '.join(f.check for f in chosen)}, restart "
                                                   f"{vm}, bench again" + (", roll back, restart" if undo else "")],
                  yes)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from kvmkit.errors import Conflict, NotFound, OperationFailed
+from kvmkit.errors import Conflict, OperationFailed
 from kvmkit.tune.vm import journal
 from kvmkit.tune.vm.host import HostFacts, parse_cpuset
 from kvmkit.tune.vm.judge import VmReport, fixed_xml, judge
@@ -135,12 +135,7 @@ def rollback(conn: Connection, name: str, journal_dir: Path, force: bool = False
     return record
 
 
-def pending(journal_dir: Path, dom: Domain) -> bool:
-    return journal.path_for(journal_dir, dom.UUIDString()).exists()
-
-
-def require_journal(journal_dir: Path, dom: Domain) -> Path:
-    path = journal.path_for(journal_dir, dom.UUIDString())
-    if not path.exists():
-        raise NotFound(f"VM {dom.name()}: no `tune vm apply` to roll back")
-    return path
+def pending_journal(conn: Connection, name: str, journal_dir: Path) -> journal.VmJournal:
+    """The journal an earlier apply left for this VM (NotFound when there is none)."""
+    dom = lookup(conn, name)
+    return journal.load(journal.path_for(journal_dir, dom.UUIDString()))
