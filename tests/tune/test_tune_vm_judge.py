@@ -225,8 +225,7 @@ def test_kvmclock_off_fails_and_hpet_warns_for_latency():
 def test_every_automatic_fix_makes_its_own_check_pass(goal):
     xml = domain(disks=FILE_DISK + RBD_DISK, nics=NIC, devices_extra="<memballoon model='virtio'/>",
                  extra="<clock offset='utc'><timer name='kvmclock' present='no'/></clock>")
-    report = judge(xml, TWO_NODES, goal)
-    new_xml, chosen = fixed_xml(xml, report)
+    new_xml, chosen = fixed_xml(xml, TWO_NODES, goal)
     assert chosen, goal
     after = by_check(judge(new_xml, TWO_NODES, goal))
     for f in chosen:
@@ -235,7 +234,7 @@ def test_every_automatic_fix_makes_its_own_check_pass(goal):
 
 def test_only_limits_the_fixes():
     xml = domain(disks=FILE_DISK)
-    new_xml, chosen = fixed_xml(xml, judge(xml, TWO_NODES, "throughput"), {"disk.iothread:vda"})
+    new_xml, chosen = fixed_xml(xml, TWO_NODES, "throughput", {"disk.iothread:vda"})
     assert [f.check for f in chosen] == ["disk.iothread:vda"]
     assert "cache='writeback'" in xml and 'cache="writeback"' in new_xml
 
@@ -328,3 +327,13 @@ def test_verdict_says_worse_when_the_fix_measures_worse():
 
     assert verdict(0.80) == "worse" and verdict(1.20) == "better" and verdict(1.01) == "no change"
     assert geomean([2.0, 0.5]) == pytest.approx(1.0) and geomean([]) == 0.0
+
+
+def test_pinned_vcpus_with_an_unpinned_iothread_still_need_pinning():
+    xml = domain(vcpus=1, extra="<iothreads>1</iothreads><cputune><vcpupin vcpu='0' cpuset='5'/>"
+                                "<emulatorpin cpuset='0'/></cputune>")
+    pinning = by_check(judge(xml, TWO_NODES, "latency"))["cpu.pinning"]
+    assert pinning.status == Status.FAIL and "1 of 1 iothreads unpinned" in pinning.current
+    assert "<iothreadpin iothread=\"1\"" in pinning.fix_after
+    fixed, _ = fixed_xml(xml, TWO_NODES, "latency", {"cpu.pinning"})
+    assert by_check(judge(fixed, TWO_NODES, "latency"))["cpu.pinning"].status == Status.PASS

@@ -87,8 +87,9 @@ class ApplyOutcome:
 
 def plan(conn: Connection, dom: Domain, goal: str, only: set[str] | None) -> tuple[VmReport, str, str, list]:
     xml = _definition(dom)
-    report = judge(xml, host_facts(conn, dom.UUIDString()), goal, running=is_active(dom))
-    new_xml, chosen = fixed_xml(xml, report, only)
+    host = host_facts(conn, dom.UUIDString())
+    report = judge(xml, host, goal, running=is_active(dom))
+    new_xml, chosen = fixed_xml(xml, host, goal, only)
     return report, xml, new_xml, chosen
 
 

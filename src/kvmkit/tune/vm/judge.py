@@ -56,7 +56,19 @@ def judge(xml: str, host: HostFacts, goal: str, running: bool = False) -> VmRepo
     return VmReport(d.name, d.uuid, goal, owner(d), running, tuple(shown))
 
 
-def fixed_xml(xml: str, report: VmReport, only: set[str] | None = None) -> tuple[str, list[VmFinding]]:
-    """The definition with every automatic fix made (or only the named checks), and the findings it fixed."""
-    chosen = [f for f in report.to_fix if f.auto and f.edits and (not only or f.check in only)]
-    return applied(xml, [e for f in chosen for e in f.edits]), chosen
+def fixed_xml(xml: str, host: HostFacts, goal: str, only: set[str] | None = None,
+              rounds: int = 3) -> tuple[str, list[VmFinding]]:
+    """The definition with every automatic fix made (or only the named checks), and the findings it fixed.
+
+    One fix can call for another (an iothread added for a disk must then be pinned with the vCPUs), so the
+    judge runs again on the fixed definition, a bounded number of rounds, until nothing automatic is left."""
+    fixed: dict[str, VmFinding] = {}
+    for _ in range(rounds):
+        report = judge(xml, host, goal)
+        chosen = [f for f in report.to_fix if f.auto and f.edits and (not only or f.check in only)]
+        if not chosen:
+            break
+        xml = applied(xml, [e for f in chosen for e in f.edits])
+        for f in chosen:
+            fixed.setdefault(f.check, f)
+    return xml, list(fixed.values())

@@ -81,16 +81,22 @@ def pinning(d: DomainModel, host: HostFacts, goal: str) -> list[VmFinding]:
              for v, c in vcpu_map.items()]
     if emulator_cpu is not None:
         edits.append(XmlEdit(("cputune", "emulatorpin"), {"cpuset": str(emulator_cpu)}))
+        # iothreads share the emulator's CPU: off the vCPUs' CPUs, which is what pinning them is for
+        edits += [XmlEdit(("cputune", f"iothreadpin[@iothread='{i}']"), {"iothread": str(i),
+                                                                         "cpuset": str(emulator_cpu)})
+                  for i in range(1, d.iothreads + 1)]
+    iothreads_unpinned = [i for i in range(1, d.iothreads + 1) if not parse_cpuset(d.iothread_pins.get(i, ""))]
     shared = len(set(vcpu_map.values())) < d.vcpus
     why = ("unpinned vCPUs wander between host CPUs (cold caches, remote memory) and queue behind other VMs' "
            "threads; a pinned neighbour makes it worse, since the scheduler cannot move it out of the way")
     if shared:
         why += f"; this host has too few free CPUs for {d.vcpus} dedicated vCPUs, the plan shares some"
     return judged(
-        "cpu.pinning", "cpu", goal, weights("F", "-", "W", "-", "-"), len(pinned) < d.vcpus,
+        "cpu.pinning", "cpu", goal, weights("F", "-", "W", "-", "-"), len(pinned) < d.vcpus or bool(iothreads_unpinned),
         current=f"{len(pinned)} of {d.vcpus} vCPUs pinned" + (f", emulator on {d.emulator_pin}" if d.emulator_pin
-                                                              else ", emulator unpinned"),
-        expected="every vCPU on its own host CPU, the emulator thread elsewhere",
+                                                              else ", emulator unpinned")
+        + (f", {len(iothreads_unpinned)} of {d.iothreads} iothreads unpinned" if d.iothreads else ""),
+        expected="every vCPU on its own host CPU, the emulator thread and iothreads elsewhere",
         why=why, source=src.at("cpu-tuning", src.RHEL),
         edits=tuple(edits),
         knobs={"nova": "flavor extra specs hw:cpu_policy=dedicated hw:emulator_threads_policy=isolate",
