@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from kvmkit.bench import netparse
 from kvmkit.bench.netparse import Spread
-from kvmkit.bench.netpaths import host_busy_seconds, wait_listening
+from kvmkit.bench.netpaths import NetPath, host_busy_seconds, wait_listening
 from kvmkit.rss import peak_rss_mib
 
 IPERF_PORT = 5201
@@ -68,7 +68,7 @@ def _port_argv(ip: str, port: int) -> list[str]:
     return ["-c", ip, "-p", str(port)]
 
 
-def _tcp(path, opts: NetOptions, seconds: float) -> tuple[netparse.TcpFigures, float, float | None]:
+def _tcp(path: NetPath, opts: NetOptions, seconds: float) -> tuple[netparse.TcpFigures, float, float | None]:
     """One TCP run; (figures, host CPU cores, QEMU CPU cores) over its wall time."""
     argv = ["iperf3", *_port_argv(path.server_ip, IPERF_PORT), "-P", str(opts.streams), "-t", f"{seconds:g}",
             "-O", "1", "-J"]
@@ -80,13 +80,13 @@ def _tcp(path, opts: NetOptions, seconds: float) -> tuple[netparse.TcpFigures, f
     return netparse.iperf_tcp(out), (host1 - host0) / wall, qemu_cores
 
 
-def _udp(path, opts: NetOptions) -> netparse.UdpFigures:
+def _udp(path: NetPath, opts: NetOptions) -> netparse.UdpFigures:
     argv = ["iperf3", *_port_argv(path.server_ip, IPERF_PORT), "-u", "-b", "0", "-l", str(SMALL_PACKET), "-t",
             f"{opts.seconds:g}", "-J"]
     return netparse.iperf_udp(path.client(argv, timeout_s=opts.seconds + 60))
 
 
-def _latency(path, opts: NetOptions) -> dict[str, float]:
+def _latency(path: NetPath, opts: NetOptions) -> dict[str, float]:
     argv = ["sockperf", "ping-pong", "-i", path.server_ip, "-p", str(SOCKPERF_PORT), "--tcp", "-t",
             f"{max(1, round(opts.seconds))}", "-m", str(SMALL_PACKET), "--mps", str(opts.latency_mps),
             "--full-rtt"]
@@ -97,7 +97,7 @@ def _per_gbit(cores: list[float], gbit: list[float]) -> Spread:
     return netparse.spread([c / g if g > 0 else 0.0 for c, g in zip(cores, gbit, strict=True)])
 
 
-def measure_path(path, opts: NetOptions, progress: Callable[[str], None] = lambda _m: None) -> PathResult:
+def measure_path(path: NetPath, opts: NetOptions, progress: Callable[[str], None] = lambda _m: None) -> PathResult:
     iperf = path.server(["iperf3", "-s", "-B", path.server_ip, "-p", str(IPERF_PORT), "--forceflush"])
     sock = path.server(["sockperf", "server", "-i", path.server_ip, "-p", str(SOCKPERF_PORT), "--tcp"])
     try:
@@ -149,7 +149,7 @@ def with_reference(results: list[PathResult]) -> list[PathResult]:
     return results
 
 
-def run(paths: list, opts: NetOptions, notes: list[str], progress: Callable[[str], None] = lambda _m: None
+def run(paths: list[NetPath], opts: NetOptions, notes: list[str], progress: Callable[[str], None] = lambda _m: None
         ) -> NetRun:
     """Measure every path in turn (each path brought up by the caller); the first is the reference."""
     started, t0 = datetime.now(UTC), time.monotonic()

@@ -25,7 +25,9 @@ from kvmkit.sampling.qemu import domain_from_cmdline
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Path_(Protocol):
+class NetPath(Protocol):
+    """What `bench net` needs of a path: a server started on one end, a client run on the other."""
+
     name: str
     backend: str
     server_ip: str
