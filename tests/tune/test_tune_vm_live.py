@@ -19,9 +19,17 @@ pytestmark = pytest.mark.lab
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 
 
-def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def kvmkit(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kvmkit", *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd="/")
+                          timeout=timeout, cwd="/")
+
+
+def drop_vm(lab_state, name: str) -> None:
+    """Remove a running lab VM once its test is done: the host's two cores are shared with other labs."""
+    from kvmkit.lab import lab
+    from kvmkit.lab.state import load
+
+    lab.remove_vm(load(lab_state.dir), name)
 
 
 @pytest.fixture()
@@ -130,13 +138,17 @@ def test_measure_benches_the_iothread_fix_before_and_after_and_rolls_it_back(lab
     name = lab_vm(lab_state, f"{lab_state.dir.name}-tvfio", file_disks=1, rbd_disks=0, size_mib=128,
                   with_fio=True, memory_mib=lab.FIO_GUEST_MIB)
     before = _xml(conn, name)
-    out = kvmkit(env, "tune", "vm", "measure", name, "--goal", "throughput", "--only", "disk.iothread:vda",
-                 "--target", "/mnt/vda/fio.dat", "--size", "16M", "--runtime", "1", "--shutdown-timeout", "10",
-                 "--undo", "--yes", "--json")
+    try:
+        out = kvmkit(env, "tune", "vm", "measure", name, "--goal", "throughput", "--only", "disk.iothread:vda",
+                     "--target", "/mnt/vda/fio.dat", "--size", "16M", "--runtime", "1", "--shutdown-timeout",
+                     "10", "--undo", "--yes", "--json", timeout=1200)
+        after_undo = _xml(conn, name)
+    finally:
+        drop_vm(lab_state, name)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["fixed"] == ["disk.iothread:vda"] and result["undone"] is True
     assert len(result["jobs"]) >= 7
     assert all(j["iops_before"] > 0 and j["iops_after"] > 0 for j in result["jobs"])
     assert result["verdict"] == verdict(result["iops_geomean_ratio"])
-    assert _xml(conn, name) == before  # --undo put the old definition back
+    assert after_undo == before  # --undo put the old definition back

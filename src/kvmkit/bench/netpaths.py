@@ -13,11 +13,11 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from kvmkit.sampling.qemu import domain_from_cmdline
@@ -168,7 +168,7 @@ class GuestPath:
     """Host (server, on the bridge address) ↔ guest (client, through the agent)."""
 
     vm: str
-    exec_fn: object  # (argv, timeout_s) -> ExecResult, from kvmkit.virt.agent
+    exec_fn: Callable[[list[str], float], Any]  # (argv, timeout_s) -> kvmkit.virt.agent.ExecResult
     server_ip: str
     backend: str
     qemu: int | None
@@ -181,7 +181,7 @@ class GuestPath:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
 
     def client(self, argv: list[str], timeout_s: float) -> str:
-        result = self.exec_fn(argv, timeout_s)  # type: ignore[operator]
+        result = self.exec_fn(argv, timeout_s)
         return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
 
     def cpu_seconds(self) -> float | None:

@@ -4,14 +4,16 @@ found in /proc, and the virtio-net backend named from the host (/dev/vhost-net) 
 from __future__ import annotations
 
 import os
+import time
 from xml.etree import ElementTree as ET
 
 from kvmkit.bench.netpaths import GuestPath, check_cidr, check_ip, guest_backend, qemu_pid
-from kvmkit.errors import InvalidInput, OperationFailed
+from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from kvmkit.virt import agent
 from kvmkit.virt.connection import Domain, is_running
 
 VHOST_NET = "/dev/vhost-net"
+AGENT_WAIT_S = 120.0
 
 
 def _nic_driver(xml: str) -> str:
@@ -29,10 +31,20 @@ def _exec(dom: Domain, argv: list[str]) -> None:
                               f"{result.stderr.decode(errors='replace').strip()[:200]}")
 
 
+def _wait_agent(dom: Domain, timeout_s: float = AGENT_WAIT_S) -> None:
+    """A loaded host can keep the agent from answering for a while (libvirt: "not available for now")."""
+    deadline = time.monotonic() + timeout_s
+    while not agent.ping(dom):
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"VM {dom.name()}: its guest agent did not answer within {timeout_s:.0f} s")
+        time.sleep(1.0)  # the agent channel gives no "ready" event
+
+
 def guest_path(dom: Domain, host_ip: str, guest_cidr: str | None, iface: str = "eth0") -> GuestPath:
     if not is_running(dom):
         raise InvalidInput(f"VM {dom.name()} is not running")
     host_ip = check_ip(host_ip, "--host-ip")
+    _wait_agent(dom)
     if guest_cidr is not None:
         cidr = check_cidr(guest_cidr, "--guest-ip")
         if not iface.isalnum():

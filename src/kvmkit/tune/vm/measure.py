@@ -94,18 +94,24 @@ def restart(dom: Domain, shutdown_timeout_s: float, timeout_s: float = BOOT_TIME
     a new definition at start), then wait for its agent."""
     power_off(dom, timeout_s=shutdown_timeout_s)
     start(dom)
+    wait_agent(dom, timeout_s)
+
+
+def wait_agent(dom: Domain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+    """Return once the guest agent answers: after a start, or while a loaded host keeps it busy."""
     deadline = time.monotonic() + timeout_s
     while not agent.ping(dom):
         if time.monotonic() > deadline or not dom.isActive():
-            raise OperationFailed(f"VM {dom.name()}: its agent did not answer within {timeout_s:.0f} s of a start")
+            raise OperationFailed(f"VM {dom.name()}: its agent did not answer within {timeout_s:.0f} s")
         time.sleep(0.5)  # the agent channel gives no "ready" event
 
 
 def measure(conn: Connection, dom: Domain, goal: str, journal_dir: Path, *, only: set[str] | None, target: str,
             options: BenchOptions, suite: str = "quick", undo: bool = False,
             shutdown_timeout_s: float = 120.0) -> Measured:
-    if not is_running(dom) or not agent.ping(dom):
-        raise Conflict(f"VM {dom.name()}: measuring needs it running with its guest agent answering")
+    if not is_running(dom):
+        raise Conflict(f"VM {dom.name()}: measuring needs it running, with its guest agent")
+    wait_agent(dom, 60)
     _report, _xml, _new, chosen = edge.plan(conn, dom, goal, only)
     if not chosen:
         raise Conflict(f"VM {dom.name()}: nothing to fix for {goal}" + (f" among {sorted(only)}" if only else ""))
