@@ -47,7 +47,7 @@ def host_facts(conn: Connection, skip_uuid: str = "") -> HostFacts:
     for dom, vm_uuid, _name in domains(conn):
         if vm_uuid == skip_uuid:
             continue
-        xml = persistent_xml(dom) or ""
+        xml = _xml_or_none(dom) or ""
         if "<vcpupin" in xml:
             for pin in ET.fromstring(xml).findall("cputune/vcpupin"):
                 pinned |= parse_cpuset(pin.get("cpuset", ""))
@@ -56,16 +56,28 @@ def host_facts(conn: Connection, skip_uuid: str = "") -> HostFacts:
                      vhost_net=os.path.exists("/dev/vhost-net"), pinned_elsewhere=frozenset(pinned))
 
 
+def _xml_or_none(dom: Domain) -> str | None:
+    """A neighbour's persistent XML, or None when it is transient or vanished while we looked (VMs come and go;
+    the pins of the others are context for the plan, not a reason to fail)."""
+    try:
+        return persistent_xml(dom)
+    except Exception:  # libvirt.libvirtError; libvirt itself stays behind kvmkit.virt
+        return None
+
+
 def _definition(dom: Domain) -> str:
-    xml = persistent_xml(dom)
+    try:
+        xml = persistent_xml(dom)
+    except Exception as exc:  # libvirt.libvirtError: the domain went away, or libvirt failed
+        raise OperationFailed(f"VM {dom.name()}: cannot read its definition: {exc}") from exc
     if xml is None:
         raise Conflict(f"VM {dom.name()} is transient: it has no persistent definition to judge or change")
     return xml
 
 
 def chosen_domains(conn: Connection, names: list[str], every: bool) -> list[Domain]:
-    if every:
-        return [dom for dom, _u, _n in sorted(domains(conn), key=lambda t: t[2])]
+    if every:  # persistent ones only, and only those still there
+        return [dom for dom, _u, _n in sorted(domains(conn), key=lambda t: t[2]) if _xml_or_none(dom)]
     return [lookup(conn, name) for name in names]
 
 
