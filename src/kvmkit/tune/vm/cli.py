@@ -195,8 +195,12 @@ def measure(
         dom = lookup(conn, vm)
         _r, _x, _n, chosen = edge.plan(conn, dom, goal, set(only or []) or None)
         if dry_run:
-            console.print(f"{vm}: would bench, apply {', '.join(f.check for f in chosen) or 'nothing'}, restart, "
-                          "bench again" + (", roll back, restart" if undo else ""))
+            if json_out:
+                print_json({"vm": vm, "goal": goal, "dry_run": True, "would_fix": [f.check for f in chosen],
+                            "undo": undo})
+            else:
+                console.print(f"{vm}: would bench, apply {', '.join(f.check for f in chosen) or 'nothing'}, "
+                              "restart, bench again" + (", roll back, restart" if undo else ""))
             return
         go_ahead(f"kvmkit tune vm measure {vm}", [f"bench, apply {', '.join(f.check for f in chosen)}, restart "
                                                   f"{vm}, bench again" + (", roll back, restart" if undo else "")],
