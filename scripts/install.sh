@@ -49,7 +49,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
   libvirt-daemon-system libvirt-clients python3-libvirt
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados radosgw python3-boto3
-  fio xfsprogs busybox-static linux-image-amd64 kmod
+  fio iperf3 sockperf xfsprogs busybox-static linux-image-amd64 kmod
   python3-venv python3-pip util-linux e2fsprogs chromium prometheus
   restic borgbackup python3-pyfuse3 python3-libnbd
 )

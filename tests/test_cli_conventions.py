@@ -29,7 +29,8 @@ NO_RECORDS = {"lab exec", "congestion top", "congestion serve", "serve", "memory
 KNOWN_NO_JSON: set[str] = set()
 # commands that change the host (docs/cli.md): each needs --dry-run
 CHANGES_HOST = {"tune apply", "tune rollback", "congestion enforce", "congestion revert", "memory enforce",
-                "memory revert", "backup prune", "backup delete", "snapshot recover", "snapshot flatten", "lab down"}
+                "memory revert", "backup prune", "backup delete", "snapshot recover", "snapshot flatten", "lab down",
+                "tune vm apply", "tune vm rollback", "tune vm measure"}
 KNOWN_NO_DRY_RUN: set[str] = set()
 # ... and each shows its plan and asks, or needs --yes without a terminal (owners: congestion, memory)
 KNOWN_NO_YES: set[str] = set()

@@ -45,6 +45,7 @@ class VmSpec:
     memory_mib: int = 128
     vcpus: int = 1
     domain_type: Literal["qemu", "kvm"] = "qemu"  # TCG unless KVM really works
+    bridge: str | None = None  # a virtio-net NIC on this host bridge (lab/net.py)
 
 
 def disk_target(index: int) -> str:
@@ -107,6 +108,10 @@ def domain_xml(spec: VmSpec) -> str:
                 _sub(auth, "secret", type="ceph", uuid=disk.secret_uuid)
         _sub(el, "target", dev=target, bus="virtio")
         _sub(el, "serial", f"kvmkit-{target}")
+    if spec.bridge is not None:
+        nic = _sub(devices, "interface", type="bridge")
+        _sub(nic, "source", bridge=spec.bridge)
+        _sub(nic, "model", type="virtio")
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=str(spec.console_log))
     _sub(serial, "target", port="0")

@@ -26,6 +26,9 @@ BALLOON_MODULES = ["virtio_balloon"]
 AGENT = "/usr/sbin/qemu-ga"
 # fio links librbd, ICU and friends (~80 MB): only bench guests carry it, and they get more RAM.
 FIO = "/usr/bin/fio"
+# network bench guests (`build(net=True)`, their own flavour): virtio-net, iperf3 and sockperf (kvmkit bench net).
+NET_MODULES = ["virtio_net"]
+NET_TOOLS = ["/usr/bin/iperf3", "/usr/bin/sockperf"]
 BUSYBOX = Path("/bin/busybox")
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
@@ -140,11 +143,16 @@ def _copy_into(root: Path, src: Path) -> None:
         shutil.copy2(src.resolve(), dest)
 
 
-def build(out_dir: Path, *, with_fio: bool = False, force: bool = False, balloon: bool = False) -> GuestImage:
-    """Build (or reuse) kernel + initramfs under out_dir; `balloon` adds the virtio balloon driver (own flavour)."""
+def build(out_dir: Path, *, with_fio: bool = False, force: bool = False, balloon: bool = False,
+          net: bool = False) -> GuestImage:
+    """Build (or reuse) kernel + initramfs under out_dir; `balloon` adds the virtio balloon driver, `net` the
+    virtio-net driver with iperf3 and sockperf (each its own flavour)."""
     release = kernel_release()
-    extra = tuple(BALLOON_MODULES) if balloon else ()
-    programs = [AGENT, FIO] if with_fio else [AGENT]
+    extra = tuple(BALLOON_MODULES) if balloon else tuple(NET_MODULES) if net else ()
+    programs = ([AGENT, FIO] if with_fio else [AGENT]) + (NET_TOOLS if net else [])
+    for tool in programs[1:] if net else []:
+        if not Path(tool).exists():
+            raise EnvironmentProblem(f"{tool} is missing: install iperf3 and sockperf (scripts/install.sh)")
     if with_fio and not Path(FIO).exists():
         raise EnvironmentProblem("/usr/bin/fio is missing: install fio")
     if not Path(AGENT).exists():
@@ -157,7 +165,7 @@ def build(out_dir: Path, *, with_fio: bool = False, force: bool = False, balloon
     # "initrd-<flavour>-*" globs below remove older builds of one flavour: no flavour name may prefix another's
     flavour = {(False, False): "agent", (True, False): "fio", (False, True): "balloon", (True, True): "fio+balloon"}[
         (with_fio, balloon)
-    ]
+    ] + ("+net" if net else "")
     initrd = out_dir / f"initrd-{flavour}-{digest}.cpio"
     vmlinux = out_dir / f"vmlinux-{release}"
     vmlinuz = Path(f"/boot/vmlinuz-{release}")

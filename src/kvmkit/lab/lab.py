@@ -16,7 +16,7 @@ import libvirt
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, OperationFailed
-from kvmkit.lab import ceph, disks, domain, guest, libvirtd, pool, procs, rgw, scratch, shapes
+from kvmkit.lab import ceph, disks, domain, guest, libvirtd, net, pool, procs, rgw, scratch, shapes
 from kvmkit.lab.rgw import RgwState
 from kvmkit.lab.state import LabDisk, LabState, LabVm, load, locked, save
 from kvmkit.virt import agent
@@ -222,10 +222,11 @@ def _disk_layout(storage: Storage, count: int) -> dict[str, int]:
 def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_mib: int = 1024,
            memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True, start: bool = True,
            filesystems: Literal["every", "first"] = "every", progress: Progress = lambda _m: None,
-           block_disks: tuple[Path, ...] = ()) -> LabVm:
+           block_disks: tuple[Path, ...] = (), network: bool = False) -> LabVm:
     """Define one lab VM (its disks made fresh); the caller holds the lab lock or owns the state.
     block_disks: existing host block devices attached after the file and RBD disks; whoever made them removes
-    them (the lab only detaches them with the VM)."""
+    them (the lab only detaches them with the VM). network: a virtio-net NIC on the lab's bridge (lab/net.py) and
+    iperf3 + sockperf in the guest."""
     check_vm_name(name)
     if rbd_disks and state.ceph is None:
         raise InvalidInput(f"VM {name}: RBD disks need the lab's Ceph (kvmkit lab up --ceph)")
@@ -256,7 +257,7 @@ def add_vm(state: LabState, name: str, *, file_disks: int, rbd_disks: int, size_
                                      size_mib=0))
             specs.append(domain.BlockDisk(device))
         vm = _define(state, conn, name, specs, lab_disks, memory_mib=memory_mib, with_fio=with_fio,
-                     agent_running=agent_running)
+                     agent_running=agent_running, network=network)
     if start:
         start_vms(state, [name], progress)
     return vm
@@ -287,14 +288,16 @@ def _refuse_existing(conn: libvirt.virConnect, name: str) -> None:
 def _define(state: LabState, conn: libvirt.virConnect, name: str,
             specs: list[domain.FileDisk | domain.RbdDisk | domain.BlockDisk],
             lab_disks: list[LabDisk], *, memory_mib: int = 128, with_fio: bool = False, agent_running: bool = True,
-            shape: str = "default") -> LabVm:
-    image = guest.build(_guest_dir(state.dir), with_fio=with_fio)
+            shape: str = "default", network: bool = False) -> LabVm:
+    image = guest.build(_guest_dir(state.dir), with_fio=with_fio, net=network)
+    bridge = net.ensure_bridge(state.dir).name if network else None
     console_log = state.dir / "log" / f"{name}.console.log"
     console_log.parent.mkdir(parents=True, exist_ok=True)
     if not agent_running:
         image = guest.GuestImage(image.kernel, image.initrd, image.cmdline + " kvmkit_noagent")
     spec = domain.VmSpec(name=name, image=image, console_log=console_log, disks=tuple(specs),
-                         memory_mib=memory_mib, domain_type="kvm" if state.accel == "kvm" else "qemu")
+                         memory_mib=memory_mib, domain_type="kvm" if state.accel == "kvm" else "qemu",
+                         bridge=bridge)
     conn.defineXML(domain.domain_xml(spec))
     vm = LabVm(name=name, disks=lab_disks, memory_mib=memory_mib, with_fio=with_fio, agent=agent_running,
                console_log=console_log, shape=shape)
@@ -476,6 +479,8 @@ def down(lab_dir: Path, progress: Progress = lambda _m: None) -> bool:
             with connection(state.uri) as conn:
                 shapes.undefine_secrets(state, conn)
             progress("secrets: undefined")
+        if net.remove_bridge(state.dir):
+            progress("bridge: removed")
         for what in scratch.stop(state, libvirt_up=libvirtd.reachable(state.uri)):
             progress(f"{what}: stopped (left by a benchmark)")
         if _stop_rgw(state):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from kvmkit.benchmarks.plan import run_bench
 from kvmkit.cliinput import existing_file
 from kvmkit.errors import InvalidInput
 from kvmkit.output import console, err_console, print_json, print_table
-from kvmkit.plan import render
+from kvmkit.plan import buyer, render
 from kvmkit.plan.fleet import DEFAULT_CANDIDATES, FleetPlan, plan_fleet
 from kvmkit.plan.inputs import PlanInput
 from kvmkit.plan.loader import KeyLines, load_plan_with_lines, locate
@@ -146,18 +147,32 @@ def report(
     html: Path = typer.Option(..., "--html", help="Where to write the self-contained HTML page."),
     top: int = typer.Option(15, "--top", min=1, help="Configurations in the table and charts."),
     vary: list[str] = typer.Option(None, "--vary", help="NAME=LOW:HIGH for the tornado (default: a few)."),
-    months: int | None = typer.Option(None, "--months", help="Lifetime for fleet and sensitivity."),
+    months: str | None = typer.Option(None, "--months", help="Lifetimes to show, e.g. 36,60 (default: the "
+                                                             "file's lifetimes_months)."),
+    currency: str = typer.Option("EUR", "--currency", help="The currency the input's prices are in; printed "
+                                                           "on every figure."),
 ) -> None:
-    """One HTML page: ranking, cost breakdown, cost per resource, fleet plan and sensitivity tornado."""
+    """One HTML page a buyer decides on: summary and recommendation, lifetimes side by side with capex/opex and
+    totals, the assumptions, rankings, cost breakdown, cost per resource, fleet and sensitivity per lifetime."""
+    if not re.fullmatch(r"[A-Za-z$€£¥₹₽¤]{1,8}", currency or ""):
+        raise InvalidInput(f"--currency {currency!r}: 1-8 letters or a currency sign, e.g. EUR, USD, €")
     plan, keys = load_plan_with_lines(file)
-    lifetime = _months(str(months) if months is not None else None, plan)[0]
+    lifetimes = _months(months, plan)
     varies = [parse_vary(v) for v in vary] if vary else default_varies(plan)
-    summary = summarise(plan, _evaluate(plan, list(plan.site.lifetimes_months)), top)
-    with _located(file, keys):
-        fleet_plan = _fleet(plan, lifetime, False, DEFAULT_CANDIDATES, 0.01, 10.0, False) if plan.demand else None
-    result = sensitivity(plan, varies, lifetime, 5)
+    views = []
+    for lifetime in lifetimes:
+        summary = summarise(plan, _evaluate(plan, [lifetime]), top)
+        with _located(file, keys):
+            fleet_plan = _fleet(plan, lifetime, False, DEFAULT_CANDIDATES, 0.01, 10.0, False) if plan.demand else None
+        views.append(buyer.LifetimeView(
+            months=lifetime, summary=summary, fleet=fleet_plan,
+            fleet_totals=buyer.fleet_totals(plan, fleet_plan) if fleet_plan else None,
+            sensitivity=sensitivity(plan, varies, lifetime, 5)))  # fmt: skip
+    page = render_html(views, buyer.assumptions(plan, currency), str(file), currency,
+                       evaluated=sum(v.summary.evaluated for v in views),
+                       feasible=sum(v.summary.feasible for v in views))  # fmt: skip
     try:
-        html.write_text(render_html(summary, fleet_plan, result, str(file)))
+        html.write_text(page)
     except OSError as exc:
         raise InvalidInput(f"{html}: cannot write the report: {exc.strerror}") from None
     err_console.print(f"wrote {html} ({html.stat().st_size / 1e6:.1f} MB)")

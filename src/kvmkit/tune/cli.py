@@ -29,6 +29,7 @@ from kvmkit.tune.fixes import shown_paths
 from kvmkit.tune.hostfs import LIVE_ROOT, HostView, Unreadable
 from kvmkit.tune.model import AuditReport, Reading, Status
 from kvmkit.tune.profiles import load_all, load_profile
+from kvmkit.tune.vm import cli as vm_cli
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -58,6 +59,7 @@ ProfileDirOpt = Annotated[
     typer.Option("--profile-dir", help="Extra folder of goal profiles (*.toml); repeatable.",
                  callback=lambda folders: [existing_folder(f, "--profile-dir") for f in folders or []] or None),
 ]
+app.add_typer(vm_cli.app, name="vm")
 STATUS_STYLE = {
     Status.PASS: "green",
     Status.WARN: "yellow",

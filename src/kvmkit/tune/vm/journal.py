@@ -1,0 +1,76 @@
+"""The journal of `tune vm apply`: the definition before and after, written (0600, exclusively) before libvirt is
+asked to redefine, so `tune vm rollback` can put the old one back. Read back as untrusted: strict model, size-bounded,
+a regular file owned by us and writable by nobody else."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kvmkit.errors import Conflict, InvalidInput, NotFound
+from kvmkit.names import VM_NAME_RE
+from kvmkit.tune.vm.domain import MAX_XML_BYTES
+
+JOURNAL_FORMAT = 1
+MAX_JOURNAL_BYTES = 3 * MAX_XML_BYTES
+
+
+class VmJournal(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: int = JOURNAL_FORMAT
+    created: str = Field(max_length=64)
+    vm: str = Field(pattern=VM_NAME_RE.pattern)
+    uuid: str = Field(pattern=r"^[0-9a-fA-F-]{32,36}$")
+    goal: str = Field(max_length=32)
+    checks: list[str] = Field(max_length=10_000)
+    original_xml: str = Field(max_length=MAX_XML_BYTES)
+    applied_xml: str = Field(default="", max_length=MAX_XML_BYTES)  # as libvirt read it back after the define
+
+
+def path_for(folder: Path, vm_uuid: str) -> Path:
+    return folder / f"{vm_uuid}.json"
+
+
+def save(record: VmJournal, path: Path, exclusive: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if exclusive and path.exists():
+        raise Conflict(f"VM {record.vm}: an earlier `tune vm apply` was not rolled back ({path}): "
+                       f"run `kvmkit tune vm rollback {record.vm}` first")
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, record.model_dump_json(indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> VmJournal:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"no tune vm journal at {path}: nothing to roll back") from None
+    except OSError as exc:
+        raise InvalidInput(f"journal {path}: cannot open it ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JOURNAL_BYTES:
+            raise InvalidInput(f"journal {path} is not a regular file of at most {MAX_JOURNAL_BYTES} bytes")
+        if info.st_mode & 0o077 or info.st_uid not in (0, os.geteuid()):
+            raise InvalidInput(f"journal {path} is readable or writable by others, or owned by uid "
+                               f"{info.st_uid}: refused")
+        data = os.read(fd, MAX_JOURNAL_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return VmJournal.model_validate(json.loads(data))
+    except (ValueError, ValidationError, RecursionError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise InvalidInput(f"journal {path} is not a kvmkit tune vm journal: {first}") from None
