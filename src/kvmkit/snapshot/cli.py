@@ -39,7 +39,14 @@ def snapshot_json(snap: Snapshot) -> dict:
     data = to_jsonable(snap)
     for disk in data["disks"]:
         disk["snapshot"] = disk["handle"]
+    for key in ("freeze_began", "thaw_ended"):  # always with microseconds, so windows can be compared
+        moment = getattr(snap, key)
+        data[key] = None if moment is None else moment.isoformat(timespec="microseconds")
     return data
+
+
+GROUP = typer.Option(None, "--group", "-g", help="A consistency group: several VMs snapshotted as one instant "
+                                                 "(named VMs define it; without VMs, its stored definition).")
 
 
 @app.command()
@@ -54,6 +61,7 @@ def create(
     backup: bool | None = typer.Option(None, "--backup/--no-backup",
                                        help="Back the snapshot up to secondary storage after the thaw "
                                             "(default: backup_to_secondary in the config)."),
+    group: str | None = GROUP,
     wait: float = WAIT,
     connect: str | None = CONNECT,
     json_out: bool = JSON,
@@ -63,6 +71,13 @@ def create(
 
     settings = config.load()
     ctx = _context(connect, settings)
+    if group is not None:
+        if all_vms or backup:
+            raise InvalidInput("--group takes named VMs (or its stored definition), without --all or --backup")
+        for vm in vms or []:
+            check_vm_name(vm)
+        _create_group(ctx, group, list(vms or []), name, crash_consistent, wait, allow_full_copy, json_out)
+        return
     names = list(dict.fromkeys(vms or []))  # `create vm1 vm1` is one snapshot, not a lock race with itself
     if all_vms:
         with connection(ctx.uri) as conn:
@@ -116,11 +131,32 @@ def create(
         raise typer.Exit(max(exc.exit_code for _, exc in failures))
 
 
+def _create_group(ctx: SnapshotContext, group: str, vms: list[str], name: str | None, crash: bool, wait: float,
+                  allow_full_copy: bool, json_out: bool) -> None:
+    from kvmkit.snapshot.group import create_group
+
+    recover(ctx)
+    snaps = create_group(ctx, group, vms, name, crash_consistent=crash, wait_s=wait, allow_full_copy=allow_full_copy)
+    if json_out:
+        print_json({"group": group, "snapshots": [snapshot_json(s) for s in snaps], "errors": []})
+        return
+    for snap in snaps:
+        window = (f"froze {snap.freeze_ms:.1f} ms" if snap.mode.value == "quiesced" and snap.freeze_ms is not None
+                  else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
+        console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] of group {group} {snap.state.value} "
+                      f"({snap.mode.value}, {window}, {len(snap.disks)} disk(s): "
+                      f"{', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+
+
 @app.command("list")
-def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+def list_(vm: str | None = typer.Argument(None), group: str | None = typer.Option(
+              None, "--group", "-g", help="Only the snapshots of this consistency group."),
+          connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Snapshots kvmkit knows, oldest first (with --connect: of the VMs defined on that host)."""
     ctx = _recovered(connect)
-    if connect and vm is None:  # the URI names a host: connect for real, and list what its VMs have
+    if group is not None:
+        snaps = [s for s in lifecycle.list_snapshots(ctx, vm) if s.group == group]
+    elif connect and vm is None:  # the URI names a host: connect for real, and list what its VMs have
         with connection(ctx.uri) as conn:
             uuids = {d.UUIDString() for d in conn.listAllDomains(0)}
         snaps = [s for s in lifecycle.list_snapshots(ctx, None) if s.vm_uuid in uuids]
@@ -140,29 +176,69 @@ def list_(vm: str | None = typer.Argument(None), connect: str | None = CONNECT, 
     print_table(None, ["VM", "name", "created", "mode", "state", "freeze ms", "disks", "size"], rows)
 
 
+def _group_args(group: str | None, vm: str, snapshot: str | None) -> tuple[str, str]:
+    """`VM SNAPSHOT`, or with --group just `SNAPSHOT` (it arrives in the first slot)."""
+    if group is not None:
+        if snapshot is not None:
+            raise InvalidInput("with --group name only the snapshot: kvmkit snapshot … --group GROUP SNAPSHOT")
+        return group, vm
+    if snapshot is None:
+        raise InvalidInput("name the VM and the snapshot (or --group GROUP and the snapshot)")
+    return vm, snapshot
+
+
 @app.command()
-def revert(vm: str, snapshot: str,
+def revert(vm: str = typer.Argument(..., help="The VM (with --group: the snapshot)."),
+           snapshot: str | None = typer.Argument(None, help="The snapshot (not with --group)."),
            force_stop: bool = typer.Option(False, "--force-stop", help="Shut the VM down, revert, start it again."),
            rollback: bool = typer.Option(False, "--rollback",
                                          help="RBD: rollback_to_snap (O(size)) instead of the O(1) clone."),
+           group: str | None = typer.Option(None, "--group", "-g",
+                                            help="Revert every VM of this consistency group, all-or-nothing."),
            wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Put every disk of the VM back to the snapshot (the VM must be shut off, or --force-stop)."""
-    snap = revert_mod.revert(_recovered(connect), vm, snapshot, force_stop=force_stop, wait_s=wait,
+    who, snapshot = _group_args(group, vm, snapshot)
+    if group is not None:
+        from kvmkit.snapshot.group_ops import revert_group
+
+        snaps = revert_group(_recovered(connect), group, snapshot, force_stop=force_stop, wait_s=wait,
+                             rollback=rollback)
+        if json_out:
+            print_json({"group": group, "snapshots": [snapshot_json(s) for s in snaps]})
+        else:
+            console.print(f"group {group}: reverted {len(snaps)} VM(s) ({', '.join(s.vm for s in snaps)}) to "
+                          f"snapshot [bold]{snapshot}[/]")
+        return
+    snap = revert_mod.revert(_recovered(connect), who, snapshot, force_stop=force_stop, wait_s=wait,
                              rollback=rollback)
     if json_out:
         print_json(snapshot_json(snap))
     else:
-        console.print(f"{vm}: reverted {len(snap.disks)} disk(s) to snapshot [bold]{snapshot}[/]")
+        console.print(f"{who}: reverted {len(snap.disks)} disk(s) to snapshot [bold]{snapshot}[/]")
 
 
 @app.command()
-def delete(vm: str, snapshot: str, wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
+def delete(vm: str = typer.Argument(..., help="The VM (with --group: the snapshot)."),
+           snapshot: str | None = typer.Argument(None, help="The snapshot (not with --group)."),
+           group: str | None = typer.Option(None, "--group", "-g",
+                                            help="Delete the snapshot of every VM of this consistency group."),
+           wait: float = WAIT, connect: str | None = CONNECT, json_out: bool = JSON) -> None:
     """Delete a snapshot from the storage and the catalog."""
-    snap = lifecycle.delete(_recovered(connect), vm, snapshot, wait_s=wait)
+    who, snapshot = _group_args(group, vm, snapshot)
+    if group is not None:
+        from kvmkit.snapshot.group_ops import delete_group
+
+        snaps = delete_group(_recovered(connect), group, snapshot, wait_s=wait)
+        if json_out:
+            print_json({"group": group, "snapshots": [{**snapshot_json(s), "state": "deleted"} for s in snaps]})
+        else:
+            console.print(f"group {group}: deleted snapshot [bold]{snapshot}[/] of {len(snaps)} VM(s)")
+        return
+    snap = lifecycle.delete(_recovered(connect), who, snapshot, wait_s=wait)
     if json_out:  # the record as it was, in its final state: gone from the storage and the catalog
         print_json({**snapshot_json(snap), "state": "deleted"})
     else:
-        console.print(f"{vm}: deleted snapshot [bold]{snapshot}[/] ({len(snap.disks)} disk snapshot(s))")
+        console.print(f"{who}: deleted snapshot [bold]{snapshot}[/] ({len(snap.disks)} disk snapshot(s))")
 
 
 @app.command()

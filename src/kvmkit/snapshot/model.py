@@ -55,9 +55,20 @@ class Snapshot(BaseModel):
     total_ms: float | None = None
     error: str | None = None
     disks: list[DiskSnapshot] = []
+    group: str | None = None  # the consistency group (across VMs) this snapshot is one member of (group.py)
+    freeze_began: datetime | None = None  # when this VM's freeze (or pause) call began, UTC
+    thaw_ended: datetime | None = None  # when its thaw (or resume) call returned: every member's window overlaps
 
     def disk(self, target: str) -> DiskSnapshot | None:
         return next((d for d in self.disks if d.target == target), None)
+
+    def refuse_alone(self, verb: str) -> None:
+        """A member of a group snapshot is reverted or deleted with its group (group_ops.py), never alone."""
+        if self.group:
+            from kvmkit.errors import Conflict
+
+            raise Conflict(f"snapshot {self.name} of VM {self.vm} is part of group {self.group}: {verb} it with "
+                           f"--group {self.group}, every VM at once")
 
 
 def default_name(now: datetime) -> str:
