@@ -87,7 +87,7 @@ def run(lab_path: Path, uri: str, vms: int = 4, rounds: int = 3, paxos_interval_
         _set_paxos_interval(state, paxos_interval_s)
         base = SnapshotContext.from_settings(config.load(), uri)
         ctx = SnapshotContext(uri=uri, state_dir=state.dir / "bench-group-state", catalog=catalog,
-                              drivers=base.new_drivers(), new_drivers=base.new_drivers)
+                              drivers=base.make_drivers(), settings=base.settings)
         single, grouped = _quiesced(ctx, names, rounds, progress)
         one_rbd, all_rbd = _crash(ctx, names, rounds, progress)
     finally:
