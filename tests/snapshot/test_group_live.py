@@ -155,6 +155,21 @@ def test_kill_9_of_a_group_at_every_step_thaws_every_guest_and_recover_leaves_no
     for vm in pair:
         assert not list(disk_paths(conn, vm)[0].parent.glob(f"*@{name}.kvmkit"))
         assert f"kvmkit-{name}" not in rbd_snaps(ioctx, f"{vm}-vdb")
+    wait_stale_watches_gone(ioctx, [f"{vm}-vdb" for vm in pair])
+
+
+def wait_stale_watches_gone(ioctx, images: list[str], within_s: float = 90) -> None:
+    """The killed kvmkit had the RBD images open: Ceph keeps its watches until they time out (30 s by default),
+    and until then every snapshot's header notification waits for the dead watcher — long enough to outlast a
+    freeze deadline. The next test starts once only the VM's own watch (QEMU's) is left."""
+    deadline = time.monotonic() + within_s
+    for image in images:
+        while True:
+            with rbd.Image(ioctx, image, read_only=True) as img:
+                if len(list(img.watchers_list())) <= 1:
+                    break
+            assert time.monotonic() < deadline, f"stale watches on {image} outlived {within_s:g} s"
+            time.sleep(1)
 
 
 class CounterWriters:
