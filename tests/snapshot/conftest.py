@@ -33,9 +33,9 @@ def noagent_vm(lab_state, snap_env) -> str:
 
 @pytest.fixture()
 def engine(snap_env):
-    from kvmkit.snapshot.context import SnapshotContext
+    from kvmkit.snapshot.engine import Engine
 
-    return SnapshotContext.from_config("qemu:///system")
+    return Engine.from_config("qemu:///system")
 
 
 def kvmkit(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

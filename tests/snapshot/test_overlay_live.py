@@ -17,7 +17,7 @@ from kvmkit.errors import EnvironmentProblem, OperationFailed
 from kvmkit.lab import disks, lab
 from kvmkit.lab.lab import wait_for_agent
 from kvmkit.lab.state import load
-from kvmkit.snapshot.context import SnapshotContext
+from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.overlay import OVERLAY_MARK, extent_count
 from kvmkit.virt import agent
 from kvmkit.virt.connection import live_disks
@@ -250,7 +250,7 @@ def test_allow_full_copy_freezes_briefly_copies_after_and_leaves_no_overlay(snap
     fsck = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout  # the copy taken after the thaw is a consistent filesystem
     single_images(conn, ext4_vm)
-    engine = SnapshotContext.from_config()
+    engine = Engine.from_config()
     engine.delete(ext4_vm, "fc1")
     assert not copy.exists()
 

@@ -13,8 +13,8 @@ import pytest
 from kvmkit.config import Settings
 from kvmkit.errors import OperationFailed
 from kvmkit.snapshot import service
-from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.create import create
+from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.model import State
 from tests.snapshot.offline import offline_rig
 
@@ -71,8 +71,8 @@ def test_schedule_run_goes_through_the_service_recovering_first_and_pruning(tmp_
     with offline_rig(tmp_path) as rig:
         _leave_an_intent(rig, monkeypatch, "half")
         settings = Settings(state_dir=rig.ctx.state_dir)
-        engine = SnapshotContext(uri=rig.ctx.uri, state_dir=rig.ctx.state_dir, catalog=rig.ctx.catalog,
-                                 drivers=[rig.driver], watchdog=rig.watchdogs, guest=rig.guest, settings=settings)
+        engine = Engine(uri=rig.ctx.uri, state_dir=rig.ctx.state_dir, catalog=rig.ctx.catalog, drivers=[rig.driver],
+                        watchdog=rig.watchdogs, guest=rig.guest, settings=settings)
         schedule.add(settings, schedule.Schedule(vm=rig.vm, every_s=3600, keep_last=1))
         t0 = datetime(2026, 12, 3, 8, 0)
         for now in (t0, t0 + timedelta(hours=1)):

@@ -23,7 +23,7 @@ from kvmkit.lab import lab
 from kvmkit.lab.state import LabState, load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.context import SnapshotContext
+from kvmkit.snapshot.engine import Engine
 from kvmkit.virt.blockjob import commit_active
 from kvmkit.virt.connection import connection, live_disks
 
@@ -95,7 +95,7 @@ def run(lab_dir: Path, uri: str, disk_counts: list[int], rounds: int, progress: 
         raise EnvironmentProblem("the lab is not up: run `kvmkit lab up` first")
     t_start = time.perf_counter()
     catalog = Catalog(lab_dir / "bench-catalog.sqlite")
-    engine = SnapshotContext(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog)
+    engine = Engine(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog)
     rows = []
     for count in disk_counts:
         rows.append(_bench_count(state, engine, count, rounds, disk_size_mib, filesystems, progress))
@@ -112,7 +112,7 @@ def run(lab_dir: Path, uri: str, disk_counts: list[int], rounds: int, progress: 
                        seconds=round(time.perf_counter() - t_start, 1))
 
 
-def _bench_count(state: LabState, engine: SnapshotContext, count: int, rounds: int, size_mib: int, filesystems: str,
+def _bench_count(state: LabState, engine: Engine, count: int, rounds: int, size_mib: int, filesystems: str,
                  progress: Progress) -> BenchRow:
     name = f"{state.dir.name}-bench-d{count}"
     if state.vm(name) is not None:

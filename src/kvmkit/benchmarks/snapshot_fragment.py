@@ -27,8 +27,8 @@ from kvmkit.lab import disks, lab
 from kvmkit.lab.state import load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.file import reflink
+from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.overlay import extent_count
 from kvmkit.virt.connection import connection
 
@@ -74,8 +74,8 @@ def run(lab_dir: Path, uri: str, extents: int, progress: Progress = lambda _m: N
     lab.add_vm(state, name, file_disks=1, rbd_disks=0, size_mib=disk_gib << 10, start=False)
     catalog = Catalog(lab_dir / "bench-frag-catalog.sqlite")
 
-    def engine(**kw) -> SnapshotContext:
-        return SnapshotContext(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog, **kw)
+    def engine(**kw) -> Engine:
+        return Engine(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog, **kw)
 
     default, via_libvirt = engine(), engine(overlay_barrier="libvirt")
     forced = engine(extent_limit=NEVER, freeze_timeout_s=120.0)  # the naive path: its freeze is the point
@@ -177,7 +177,7 @@ def _median(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(s[k] for s in samples), 1) for k in samples[0]}
 
 
-def _snap_and_drop(engine: SnapshotContext, vm: str, tag: str) -> dict[str, float]:
+def _snap_and_drop(engine: Engine, vm: str, tag: str) -> dict[str, float]:
     """One snapshot, deleted again (and its freed extents settled); its figures."""
     snap = engine.create(vm, f"bench-{tag}")
     engine.delete(vm, snap.name)

@@ -27,9 +27,9 @@ from kvmkit.lab import lab
 from kvmkit.lab.state import LabState, load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import RevertOptions
 from kvmkit.snapshot.drivers.rbd import RbdDriver
+from kvmkit.snapshot.engine import Engine
 from kvmkit.snapshot.journal import RbdCloneStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.virt.disks import Disk
@@ -112,8 +112,8 @@ def _bench_count(state: LabState, uri: str, catalog: Catalog, count: int, rounds
     if state.vm(name) is not None:
         lab.remove_vm(state, name)
     lab.add_vm(state, name, file_disks=0, rbd_disks=count, size_mib=64, filesystems="first")
-    concurrent = SnapshotContext(uri=uri, state_dir=state.dir / "bench-state", catalog=catalog)
-    sequential = SnapshotContext(uri=uri, state_dir=state.dir / "bench-state", catalog=catalog, sequential=True)
+    concurrent = Engine(uri=uri, state_dir=state.dir / "bench-state", catalog=catalog)
+    sequential = Engine(uri=uri, state_dir=state.dir / "bench-state", catalog=catalog, sequential=True)
     samples: dict[str, list[float]] = {k: [] for k in ("cw", "cs", "sw", "ss", "g")}
     one = _one_create_snap_ms(state)
     try:

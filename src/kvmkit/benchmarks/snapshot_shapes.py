@@ -25,7 +25,7 @@ from kvmkit.lab import lab
 from kvmkit.lab.state import load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.context import SnapshotContext
+from kvmkit.snapshot.engine import Engine
 
 Progress = Callable[[str], None]
 
@@ -64,8 +64,8 @@ def run(lab_path: Path, uri: str, rounds: int, shape: str = "cloudstack", paxos_
         lab.start_vms(state, [shaped, default], progress)
         _set_paxos_interval(state, paxos_interval_s)
         catalog = Catalog(lab_dir / "bench-catalog.sqlite")
-        engine = SnapshotContext(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog)
-        loop = SnapshotContext(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog, sequential=True)
+        engine = Engine(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog)
+        loop = Engine(uri=uri, state_dir=lab_dir / "bench-state", catalog=catalog, sequential=True)
         samples: dict[str, list[float]] = {"default": [], "shaped": [], "loop": []}
         for round_ in range(rounds + 1):  # round 0 warms up (first freeze flushes fresh journals)
             for key, vm, eng in (("default", default, engine), ("shaped", shaped, engine), ("loop", shaped, loop)):

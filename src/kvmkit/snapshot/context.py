@@ -1,8 +1,8 @@
 """What a snapshot operation depends on, passed in rather than looked up: the one way into the snapshot core.
 
 Every operation is a function of its module taking the context first — create.py, group.py (several VMs as one
-instant), group_ops.py, lifecycle.py (delete, flatten, list, discard), revert.py, recover.py — and the context
-offers the same operations as methods for callers that hold one object (CLIs, benchmarks, lab tests).
+instant), group_ops.py, lifecycle.py (delete, flatten, list, discard), revert.py, recover.py. (engine.py's
+`Engine` is this same context with those functions as methods, for callers that hold one object.)
 
 Production builds it from the settings (`SnapshotContext.from_settings`, or `from_config` to load them); a test
 builds it around libvirt's in-memory `test:///default` driver, an in-memory storage driver, an in-process
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from kvmkit import config
 from kvmkit.config import Settings
@@ -26,9 +26,6 @@ from kvmkit.snapshot.drivers.base import StorageDriver
 from kvmkit.snapshot.guard import Watchdog, WatchdogFactory
 from kvmkit.virt.agent import QemuGuestAgent
 from kvmkit.virt.connection import Domain
-
-if TYPE_CHECKING:
-    from kvmkit.snapshot.model import Snapshot
 
 
 class GuestAgent(Protocol):
@@ -96,49 +93,3 @@ class SnapshotContext:
     def fresh(self) -> SnapshotContext:
         """The same context with its own drivers, for one of several operations running concurrently."""
         return dataclasses.replace(self, drivers=self.make_drivers())
-
-    def context(self) -> SnapshotContext:
-        """Itself: for callers written against the former `Engine` facade, which built a context per call."""
-        return self
-
-    # the operations, as methods (each is the function of its module) -------------------------------------
-    def create(self, vm: str, name: str | None = None, *, crash_consistent: bool = False, wait_s: float = 0.0,
-               allow_full_copy: bool = False) -> Snapshot:
-        from kvmkit.snapshot.create import create
-
-        return create(self, vm, name, crash_consistent=crash_consistent, wait_s=wait_s,
-                      allow_full_copy=allow_full_copy)
-
-    def create_group(self, group: str, vms: list[str], name: str | None = None, *, crash_consistent: bool = False,
-                     wait_s: float = 0.0, allow_full_copy: bool = False) -> list[Snapshot]:
-        from kvmkit.snapshot.group import create_group
-
-        return create_group(self, group, vms, name, crash_consistent=crash_consistent, wait_s=wait_s,
-                            allow_full_copy=allow_full_copy)
-
-    def discard(self, snap: Snapshot) -> int:
-        from kvmkit.snapshot.lifecycle import discard
-
-        return discard(self, snap)
-
-    def delete(self, vm: str, name: str, wait_s: float = 0.0) -> Snapshot:
-        from kvmkit.snapshot.lifecycle import delete
-
-        return delete(self, vm, name, wait_s)
-
-    def revert(self, vm: str, name: str, *, force_stop: bool = False, wait_s: float = 0.0,
-               stop_timeout_s: float = 10.0, rollback: bool = False) -> Snapshot:
-        from kvmkit.snapshot.revert import revert
-
-        return revert(self, vm, name, force_stop=force_stop, wait_s=wait_s, stop_timeout_s=stop_timeout_s,
-                      rollback=rollback)
-
-    def flatten(self, vm: str, wait_s: float = 0.0) -> list[str]:
-        from kvmkit.snapshot.lifecycle import flatten
-
-        return flatten(self, vm, wait_s)
-
-    def list(self, vm: str | None = None) -> list[Snapshot]:
-        from kvmkit.snapshot.lifecycle import list_snapshots
-
-        return list_snapshots(self, vm)
