@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.joblog import job_log
-from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import GroupSnapshots, PlanOptions, StorageDriver
+from kvmkit.snapshot.drivers.file import overlay
 from kvmkit.snapshot.drivers.registry import driver_for
 from kvmkit.snapshot.guard import WatchdogHandle, vm_lock
 from kvmkit.snapshot.journal import OverlayDisk, OverlayJournal

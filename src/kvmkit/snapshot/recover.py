@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, KvmkitError, NotFound
-from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.drivers.base import Ownership, StorageDriver
+from kvmkit.snapshot.drivers.file import overlay
 from kvmkit.snapshot.drivers.registry import by_name, driver_for
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.journal import JournalEntry, OverlayJournal, RevertJournal

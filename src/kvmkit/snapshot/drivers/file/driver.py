@@ -13,17 +13,17 @@ import os
 from pathlib import Path
 
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
-from kvmkit.snapshot.drivers import bitmaps
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
-from kvmkit.snapshot.drivers.guest_view import guest_size
-from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
-from kvmkit.snapshot.drivers.reflink import (  # noqa: F401 (FICLONE, NO_REFLINK: named here as before)
+from kvmkit.snapshot.drivers.file import bitmaps
+from kvmkit.snapshot.drivers.file.reflink import (  # noqa: F401 (FICLONE, NO_REFLINK: named here as before)
     FICLONE,
     NO_REFLINK,
     _new_file_from,
     reflink,
     supports_reflink,
 )
+from kvmkit.snapshot.drivers.guest_view import guest_size
+from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
 from kvmkit.snapshot.journal import FileStaging
 from kvmkit.snapshot.model import DiskSnapshot
 from kvmkit.sparse import data_extents
@@ -65,7 +65,7 @@ class FileDriver:
         return Path(f"{disk.source}@{tag}{SUFFIX}")
 
     def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
-        from kvmkit.snapshot.overlay import extent_count, overlay_path
+        from kvmkit.snapshot.drivers.file.overlay import extent_count, overlay_path
 
         options = options or PlanOptions()
         source = Path(disk.source)
