@@ -33,7 +33,7 @@ from kvmkit.snapshot.drivers.registry import driver_for
 from kvmkit.snapshot.guard import WatchdogHandle, vm_lock
 from kvmkit.snapshot.journal import OverlayDisk, OverlayJournal
 from kvmkit.snapshot.lifecycle import discard
-from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_snapshot_name, default_name
+from kvmkit.snapshot.model import DiskSnapshot, Method, Mode, Snapshot, State, check_snapshot_name, default_name
 from kvmkit.virt import agent
 from kvmkit.virt.connection import Domain, connection, is_running, live_disks, lookup, pause, resume
 from kvmkit.virt.disks import Disk
@@ -64,7 +64,7 @@ class Member:
 
     @property
     def barriered(self) -> list[tuple[Disk, StorageDriver, DiskSnapshot]]:
-        return [(d, drv, p) for (d, drv), p in zip(self.pairs, self.planned, strict=True) if p.method == "overlay"]
+        return [(d, drv, p) for (d, drv), p in zip(self.pairs, self.planned, strict=True) if p.method is Method.BARRIER]
 
 
 def resolve_vms(ctx: SnapshotContext, group: str, vms: list[str]) -> list[str]:
@@ -228,7 +228,7 @@ def _take(ctx: SnapshotContext, name: str, members: list[Member]) -> tuple[float
         _commit_all(ctx, name, live)
         raise
     direct = [(drv, p) for m in members for (_, drv), p in zip(m.pairs, m.planned, strict=True)
-              if p.method == "direct" or m.mode is Mode.OFFLINE]
+              if p.method is Method.DIRECT or m.mode is Mode.OFFLINE]
     try:
         storage_ms, done = _window(ctx, live, direct)
     except BaseException:

@@ -17,6 +17,13 @@ class Mode(StrEnum):
     OFFLINE = "offline"  # the VM was shut off: its disks were already quiet
 
 
+class Method(StrEnum):
+    """How one disk is snapshotted (the value is what the catalog has always stored)."""
+
+    DIRECT = "direct"  # snapshotted inside the freeze (reflink, RBD create_snap, …)
+    BARRIER = "overlay"  # an O(1) barrier inside the freeze (BarrierSnapshots), the snapshot itself after the thaw
+
+
 class State(StrEnum):
     CREATING = "creating"
     READY = "ready"
@@ -33,7 +40,7 @@ class DiskSnapshot(BaseModel):
     size_bytes: int = 0  # provisioned size of the disk at snapshot time
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
     location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)
-    method: str = "direct"  # "direct": snapshotted inside the freeze; "overlay": barrier inside, clone/copy after
+    method: Method = Method.DIRECT
     extents: int | None = None  # file disks: extents before the freeze (what a reflink costs), counted up to
     # the limit + 1: a value above reflink_extent_limit means "more than that"
     owner: str | None = None  # id of the catalog that made it, also marked on the storage object (None: older)
