@@ -46,7 +46,7 @@ def _configured_drivers() -> list[StorageDriver]:
     return default_drivers(config.load())
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a bench or lab test tunes one field (extent_limit, sequential) between runs
 class SnapshotContext:
     uri: str  # libvirt URI
     state_dir: Path  # locks and logs

@@ -16,7 +16,7 @@ from kvmkit.snapshot.context import SnapshotContext
 from kvmkit.snapshot.model import Snapshot
 
 
-@dataclass(frozen=True)
+@dataclass
 class Engine(SnapshotContext):
     def context(self) -> SnapshotContext:
         """Itself (an Engine is a context): for callers that asked the former facade for one."""
