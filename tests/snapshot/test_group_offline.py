@@ -178,3 +178,29 @@ def test_recover_discards_a_group_left_creating(rig):
     rig.ctx.catalog.update_many(snaps)
     recover(rig.ctx)
     assert rig.rows() == [] and rig.kvmkit_snaps() == {}
+
+
+@pytest.mark.parametrize("args", [
+    ["snapshot", "create", "--group", "app", "--all"],
+    ["snapshot", "create", "--group", "app", "vm1", "--backup"],
+    ["snapshot", "create", "--group", "bad name!", "vm1"],
+    ["snapshot", "revert", "--group", "app", "vm1", "snap1"],
+    ["snapshot", "delete", "--group", "app", "vm1", "snap1"],
+    ["snapshot", "revert", "vm1"],
+])
+def test_bad_group_input_is_one_line_with_the_invalid_input_exit_code(tmp_path, args):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "KVMKIT_STATE_DIR": str(tmp_path), "HOME": str(tmp_path),
+           "KVMKIT_LIBVIRT_URI": "test:///default"}
+    out = subprocess.run([sys.executable, "-m", "kvmkit", *args], env=env, capture_output=True, text=True,
+                         timeout=60, cwd="/")
+    assert out.returncode == InvalidInput.exit_code, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("kvmkit: error:"), out.stderr
+    if (tmp_path / "catalog.sqlite").exists():  # nothing made by a refused call: no group defined, no row
+        from kvmkit.snapshot.catalog import Catalog
+
+        catalog = Catalog(tmp_path / "catalog.sqlite")
+        assert catalog.groups() == {} and catalog.list() == []
+        catalog.close()
