@@ -119,6 +119,12 @@ def test_crash_consistent_mixed_storage_pauses_every_vm_in_one_window(ctx, conn,
 
 
 def test_crash_consistent_rbd_group_is_one_rbd_group_snapshot_with_no_freeze_or_pause(ctx, conn, rbd_pair, ioctx):
+    from kvmkit.snapshot.create import create
+    from kvmkit.snapshot.lifecycle import delete
+
+    solo = create(ctx, rbd_pair[0], "solo1", crash_consistent=True)  # its image joins the VM's own RBD group
+    assert solo.mode is Mode.GROUP
+    delete(ctx, rbd_pair[0], "solo1")  # that group now holds no snapshot: the image may move to the app's group
     snaps = create_group(ctx, "rbdapp", rbd_pair, "rg1", crash_consistent=True)
     assert all(s.mode is Mode.GROUP and s.freeze_ms == 0.0 and s.freeze_began is None for s in snaps)
     assert {d.group for s in snaps for d in s.disks} == {"rbd/kvmkit-g-rbdapp"}
@@ -127,6 +133,8 @@ def test_crash_consistent_rbd_group_is_one_rbd_group_snapshot_with_no_freeze_or_
     assert members == {f"{vm}-vda" for vm in rbd_pair}  # one group spanning both VMs' images
     from kvmkit.snapshot.group_ops import delete_group
 
+    with pytest.raises(Conflict, match="already in group"):  # the other way: the app's group still has one
+        create(ctx, rbd_pair[0], "solo2", crash_consistent=True)
     delete_group(ctx, "rbdapp", "rg1")
     assert "kvmkit-rg1" not in group_snaps(ioctx, "kvmkit-g-rbdapp")
 

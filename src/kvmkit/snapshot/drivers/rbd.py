@@ -330,7 +330,7 @@ class RbdDriver:
                     img.remove_snap(snap_name)
                     remaining = len(user) - 1
                 else:
-                    group = snap.group or self._group_of(img)
+                    group = snap.group or self._group_of(img, pool)
                     if group:
                         self._remove_group_snap(group, snap_name)
                     remaining = len(user)
@@ -368,7 +368,7 @@ class RbdDriver:
         try:
             with self._image(f"{disk.source}@", read_only=True) as img:
                 handles += [f"{disk.source}@{s['name']}" for s in img.list_snaps() if s["name"].startswith(PREFIX)]
-                group = self._group_of(img)
+                group = self._group_of(img, disk.rbd_pool_image[0])
             if group and group.split("/", 1)[1].startswith(PREFIX):
                 handles += [f"{disk.source}@{s['name']}" for s in self._group_snaps(group)
                             if s["name"].startswith(PREFIX)]
@@ -423,7 +423,11 @@ class RbdDriver:
         VM's own group, before it joined a consistency group) leaves it; one whose group still has snapshots, or
         is not kvmkit's, is refused: moving it would break those snapshots."""
         with self._rbd.Image(ioctx, image, read_only=True) as img:
-            current = self._group_of(img)
+            info = img.group()
+            current = self._group_of(img, pool)
+        if current is not None and info.get("pool") not in (pool, ioctx.get_pool_id()):
+            raise Conflict(f"RBD image {pool}/{image} is in group {info.get('name')} of another pool (an image can "
+                           "be in one RBD group only); snapshot without --crash-consistent")
         if current is None or current == f"{pool}/{wanted}":
             return
         name = current.split("/", 1)[1]
@@ -433,9 +437,11 @@ class RbdDriver:
                            "--crash-consistent (frozen guests, one snapshot per image)")
         self._rbd.Group(ioctx, name).remove_image(ioctx, image)
 
-    def _group_of(self, img: rbd.Image) -> str | None:
+    def _group_of(self, img: rbd.Image, pool: str) -> str | None:
+        """The image's group as `pool/name`. librbd gives the group's pool as an id; kvmkit makes its groups in
+        the image's own pool, so that pool's name is used (a group elsewhere is not kvmkit's)."""
         info = img.group()
-        return f"{info['pool']}/{info['name']}" if info and info.get("name") else None
+        return f"{pool}/{info['name']}" if info and info.get("name") else None
 
     def _group_snaps(self, group: str) -> list[dict]:
         pool, name = group.split("/", 1)
