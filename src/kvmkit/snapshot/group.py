@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -311,7 +310,10 @@ def _window(ctx: SnapshotContext, live: list[Member],
             direct: list[tuple[StorageDriver, DiskSnapshot]]) -> tuple[float, list[DiskSnapshot]]:
     """Freeze every live member in parallel; once all are frozen, snapshot every disk (and run every overlay
     barrier) concurrently; then thaw every member in parallel — in every path. A failed freeze fails the group."""
-    guests = ThreadPoolExecutor(max_workers=max(1, len(live)))
+    for m in live:  # every watchdog connected before any guest freezes (they booted side by side meanwhile)
+        assert m.watchdog is not None
+        m.watchdog.wait_ready()
+    guests = single._warm_pool(len(live))
     disks_pool = single._warm_pool(len(direct))
     errors: list[BaseException] = []
     done: list[DiskSnapshot] = []
