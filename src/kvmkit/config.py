@@ -74,7 +74,8 @@ class Settings(BaseModel):
     # file disks with more extents than this get the O(1) overlay barrier instead of a reflink inside the freeze
     reflink_extent_limit: int = Field(default=2048, ge=0)
     # how the O(1) barrier is taken: one QMP transaction on overlay nodes QEMU opened before the freeze (default), or
-    # libvirt's disk-only external snapshot (no QMP behind libvirt's back, but a longer freeze): snapshot/overlay.py
+    # libvirt's disk-only external snapshot (no QMP behind libvirt's back, but a longer freeze):
+    # snapshot/drivers/file/overlay.py
     overlay_barrier: Literal["libvirt", "qmp"] = "qmp"
     ceph: CephSettings = CephSettings()
     storpool: StorPoolSettings | None = None  # None: /etc/storpool.conf if it exists, else no StorPool driver

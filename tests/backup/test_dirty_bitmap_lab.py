@@ -21,9 +21,9 @@ from kvmkit.config import BackupTarget, Settings
 from kvmkit.lab import lab
 from kvmkit.lab.state import load
 from kvmkit.snapshot.catalog import Catalog
-from kvmkit.snapshot.drivers import bitmaps
+from kvmkit.snapshot.drivers.file import bitmaps
+from kvmkit.snapshot.drivers.file.overlay import qmp
 from kvmkit.snapshot.engine import Engine
-from kvmkit.snapshot.overlay import qmp
 from kvmkit.virt import agent
 from kvmkit.virt.connection import open_connection
 from tests.backup.conftest import changed_bytes, sha

@@ -19,6 +19,11 @@ class FakeWatchdog:
         self.deadline_s, self.action, self.events = deadline_s, action, ["started"]
         self._fire, self._fail_arm = fire, fail_arm
 
+    def wait_ready(self) -> None:
+        if self._fail_arm:
+            self.events.append("failed to arm")
+            raise OperationFailed("the thaw watchdog did not start (fake); nothing was frozen")
+
     def arm(self) -> None:
         if self._fail_arm:
             self.events.append("failed to arm")

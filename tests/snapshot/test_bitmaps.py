@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from kvmkit.snapshot.drivers import bitmap_export, bitmaps
-from kvmkit.snapshot.drivers.bitmaps import Bitmap, NodeBitmaps, ReadRefused
+from kvmkit.snapshot.drivers.file import bitmap_export, bitmaps
+from kvmkit.snapshot.drivers.file.bitmaps import Bitmap, NodeBitmaps, ReadRefused
 
 MiB = 1 << 20
 

@@ -57,7 +57,7 @@ def test_drivers_declare_their_capabilities_as_protocols():
     rbd_driver = RbdDriver(CephSettings(), rados=rados, rbd=rbd)
     assert isinstance(rbd_driver, StorageDriver) and isinstance(FileDriver(), StorageDriver)
     assert capabilities(rbd_driver) == ["InUse", "Flattenable", "GroupSnapshots", "Ownership"]
-    assert capabilities(FileDriver()) == ["Ownership"]
+    assert capabilities(FileDriver()) == ["BarrierSnapshots", "Ownership"]
     assert isinstance(rbd_driver, InUse | Flattenable | GroupSnapshots)
     assert not isinstance(FileDriver(), InUse | Flattenable | GroupSnapshots)
 

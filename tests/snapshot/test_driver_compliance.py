@@ -77,7 +77,7 @@ class MemoryRig(Rig):
 class FileRig(Rig):
     """Raw files on the lab's XFS reflink pool."""
 
-    expected_capabilities = ("Ownership",)
+    expected_capabilities = ("BarrierSnapshots", "Ownership")
 
     def __init__(self, pool: Path) -> None:
         from kvmkit.snapshot.drivers.file import FileDriver

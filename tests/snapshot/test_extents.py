@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kvmkit.snapshot.overlay import extent_count
+from kvmkit.snapshot.drivers.file.overlay import extent_count
 
 
 def spotty(path: Path, blocks: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kvmkit.errors import Conflict
-from kvmkit.snapshot import overlay
+from kvmkit.snapshot.drivers.file import overlay
 from kvmkit.virt.qmp import ExecuteError
 
 

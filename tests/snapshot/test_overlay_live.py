@@ -17,8 +17,8 @@ from kvmkit.errors import EnvironmentProblem, OperationFailed
 from kvmkit.lab import disks, lab
 from kvmkit.lab.lab import wait_for_agent
 from kvmkit.lab.state import load
+from kvmkit.snapshot.drivers.file.overlay import OVERLAY_MARK, extent_count
 from kvmkit.snapshot.engine import Engine
-from kvmkit.snapshot.overlay import OVERLAY_MARK, extent_count
 from kvmkit.virt import agent
 from kvmkit.virt.connection import live_disks
 from tests.conftest import TEST_LAB_DIR
@@ -65,7 +65,7 @@ def test_fragmented_disk_snapshot_takes_the_barrier_and_reverts_to_the_same_data
     single_images(conn, frag_vm)
     assert dom.XMLDesc(0).count("<backingStore") <= 1 and "kvmkit-overlay" not in dom.XMLDesc(0)
     if barrier == "qmp":  # QEMU's own graph is back on libvirt's node, the overlay node gone
-        from kvmkit.snapshot.overlay import qmp
+        from kvmkit.snapshot.drivers.file.overlay import qmp
 
         nodes = {n["node-name"] for n in qmp(dom, "query-named-block-nodes", {"flat": True})}
         assert not any(n.startswith("kvmkit-ov-") for n in nodes), nodes
@@ -117,7 +117,7 @@ def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn
     if barrier == "libvirt":
         assert OVERLAY_MARK in live[0].source  # the VM is left running on the overlay
     else:
-        from kvmkit.snapshot.overlay import qmp
+        from kvmkit.snapshot.drivers.file.overlay import qmp
 
         dom = conn.lookupByName(frag_vm)
         tops = [b["inserted"]["node-name"] for b in qmp(dom, "query-block") if "inserted" in b]
@@ -132,7 +132,7 @@ def test_kill_9_between_barrier_and_commit_is_repaired_by_recover(snap_env, conn
     assert single_images(conn, frag_vm)
     assert OVERLAY_MARK not in persistent_source(conn, frag_vm)
     if barrier == "qmp":
-        from kvmkit.snapshot.overlay import NO_MIGRATION_NODE, qmp
+        from kvmkit.snapshot.drivers.file.overlay import NO_MIGRATION_NODE, qmp
 
         nodes = {n["node-name"] for n in qmp(conn.lookupByName(frag_vm), "query-named-block-nodes", {"flat": True})}
         assert NO_MIGRATION_NODE not in nodes and not any(n.startswith("kvmkit-ov-") for n in nodes), nodes
@@ -159,7 +159,7 @@ def test_the_watchdog_merges_the_overlays_back_when_kvmkit_dies_after_the_barrie
     single_images(conn, frag_vm)
     assert OVERLAY_MARK not in persistent_source(conn, frag_vm)
     if barrier == "qmp":
-        from kvmkit.snapshot.overlay import NO_MIGRATION_NODE, qmp
+        from kvmkit.snapshot.drivers.file.overlay import NO_MIGRATION_NODE, qmp
 
         nodes = {n["node-name"] for n in qmp(conn.lookupByName(frag_vm), "query-named-block-nodes", {"flat": True})}
         assert NO_MIGRATION_NODE not in nodes and not any(n.startswith("kvmkit-ov-") for n in nodes), nodes

@@ -28,8 +28,8 @@ from kvmkit.lab.state import load
 from kvmkit.rss import peak_rss_mib
 from kvmkit.snapshot.catalog import Catalog
 from kvmkit.snapshot.drivers.file import reflink
+from kvmkit.snapshot.drivers.file.overlay import extent_count
 from kvmkit.snapshot.engine import Engine
-from kvmkit.snapshot.overlay import extent_count
 from kvmkit.virt.connection import connection
 
 Progress = Callable[[str], None]

@@ -27,7 +27,7 @@ def reflink(pool: Path, vms: list[str]) -> Finding:
 
 
 def extents(disks: Iterable[tuple[str, Disk]], limit: int) -> list[DiskExtents]:
-    from kvmkit.snapshot.overlay import extent_count
+    from kvmkit.snapshot.drivers.file.overlay import extent_count
 
     counted = []
     for vm, disk in disks:

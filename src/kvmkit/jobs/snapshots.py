@@ -65,3 +65,19 @@ def take(ctx: SnapshotContext, settings: Settings, vms: list[str], name: str | N
             if on_backed_up is not None:
                 on_backed_up(outcome)
     return outcomes
+
+
+def take_group(ctx: SnapshotContext, settings: Settings, group: str, vms: list[str], name: str | None = None, *,
+               crash_consistent: bool = False, wait_s: float = 0.0, allow_full_copy: bool = False) -> list[Snapshot]:
+    """A consistency group's snapshot (one instant across its VMs), after the recover pass; all or nothing, so a
+    failure is every member VM's health event and is raised."""
+    from kvmkit.snapshot.group import create_group
+
+    recover_pass(ctx)
+    try:
+        return create_group(ctx, group, vms, name, crash_consistent=crash_consistent, wait_s=wait_s,
+                            allow_full_copy=allow_full_copy)
+    except KvmkitError as exc:
+        for vm in vms or ctx.catalog.group_vms(group) or [group]:
+            record_failure(settings.state_dir, "snapshot", vm, exc)
+        raise

@@ -35,7 +35,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
   commit_ms REAL,
   error TEXT,
   disks TEXT NOT NULL,
+  group_name TEXT,
+  freeze_began TEXT,
+  thaw_ended TEXT,
   UNIQUE (vm_uuid, name)
+);
+CREATE TABLE IF NOT EXISTS groups (
+  name TEXT PRIMARY KEY,
+  vms TEXT NOT NULL,
+  updated TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS journal (
   id INTEGER PRIMARY KEY,
@@ -75,9 +83,10 @@ class Catalog:
     def _migrate(self) -> None:
         """Columns added after a catalog was first created (SQLite has no IF NOT EXISTS for columns)."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(snapshots)")}
-        for column in ("storage_ms", "after_thaw_ms", "commit_ms"):
+        for column, kind in (("storage_ms", "REAL"), ("after_thaw_ms", "REAL"), ("commit_ms", "REAL"),
+                             ("group_name", "TEXT"), ("freeze_began", "TEXT"), ("thaw_ended", "TEXT")):
             if column not in columns:
-                self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} REAL")
+                self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} {kind}")
 
     def _catalog_id(self) -> str:
         """This catalog's identity, made once: every storage object kvmkit makes carries it (snapshot/ownership),
@@ -113,10 +122,12 @@ class Catalog:
             with self.tx() as db:
                 cur = db.execute(
                     "INSERT INTO snapshots (vm_uuid, vm, name, created, mode, state, freeze_ms, pause_ms, total_ms,"
-                    " storage_ms, after_thaw_ms, commit_ms, error, disks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " storage_ms, after_thaw_ms, commit_ms, error, disks, group_name, freeze_began, thaw_ended)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (snap.vm_uuid, snap.vm, snap.name, snap.created.isoformat(), snap.mode.value, snap.state.value,
                      snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms, snap.commit_ms,
-                     snap.error, _dump_disks(snap.disks)),
+                     snap.error, _dump_disks(snap.disks), snap.group, _when(snap.freeze_began),
+                     _when(snap.thaw_ended)),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"VM {snap.vm} already has a snapshot named {snap.name!r}") from None
@@ -124,12 +135,14 @@ class Catalog:
 
     def update(self, snap: Snapshot) -> None:
         with self.tx() as db:
-            db.execute(
-                "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, after_thaw_ms=?,"
-                " commit_ms=?, error=?, disks=?, mode=? WHERE id=?",
-                (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms,
-                 snap.commit_ms, snap.error, _dump_disks(snap.disks), snap.mode.value, snap.id),
-            )
+            _update_row(db, snap)
+
+    def update_many(self, snaps: list[Snapshot]) -> None:
+        """Several rows in one transaction: a group's members become ready together, or none does (recover then
+        discards them all, so no half-made group survives)."""
+        with self.tx() as db:
+            for snap in snaps:
+                _update_row(db, snap)
 
     def remove(self, snap_id: int) -> None:
         with self.tx() as db:
@@ -145,18 +158,41 @@ class Catalog:
             raise NotFound(f"VM {vm_label or vm_uuid} has no snapshot named {name!r}")
         return snap
 
-    def list(self, vm_uuid: str | None = None, states: tuple[State, ...] | None = None) -> list[Snapshot]:
+    def list(self, vm_uuid: str | None = None, states: tuple[State, ...] | None = None,
+             group: str | None = None) -> list[Snapshot]:
         sql, args = "SELECT * FROM snapshots", []
         where = []
         if vm_uuid:
             where.append("vm_uuid=?")
             args.append(vm_uuid)
+        if group:
+            where.append("group_name=?")
+            args.append(group)
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args.extend(s.value for s in states)
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [_row(r) for r in self._query(sql + " ORDER BY created, id", args)]
+
+    # consistency groups: a name → the VMs snapshotted together (group.py) --------------------------------
+    def define_group(self, name: str, vms: list[str]) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO groups (name, vms, updated) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                       "vms=excluded.vms, updated=excluded.updated",
+                       (name, json.dumps(vms), datetime.now().isoformat()))
+
+    def group_vms(self, name: str) -> list[str] | None:
+        """The VMs of a defined group, None if there is no such group (a damaged row reads as no VMs)."""
+        rows = self._query("SELECT vms FROM groups WHERE name=?", (name,))
+        if not rows:
+            return None
+        text = str(rows[0]["vms"])
+        data = json.loads(text) if len(text) < 1 << 16 else None
+        return [v for v in data if isinstance(v, str)][:256] if isinstance(data, list) else []
+
+    def groups(self) -> dict[str, list[str]]:
+        return {str(r["name"]): self.group_vms(str(r["name"])) or [] for r in self._query("SELECT name FROM groups")}
 
     # journal: multi-step operations other than create/delete (revert swaps, overlays) -------------------
     def journal_add(self, vm_uuid: str, payload: JournalPayload) -> int:
@@ -169,6 +205,12 @@ class Catalog:
         with self.tx() as db:
             db.execute("UPDATE journal SET op=?, data=? WHERE id=?", (payload.op, dump_payload(payload), entry_id))
 
+    def journal_update_many(self, updates: list[tuple[int, JournalPayload]]) -> None:
+        """Several entries in one transaction: a group revert marks every VM swapped at once, or none."""
+        with self.tx() as db:
+            for entry_id, payload in updates:
+                db.execute("UPDATE journal SET op=?, data=? WHERE id=?", (payload.op, dump_payload(payload), entry_id))
+
     def journal_done(self, entry_id: int) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM journal WHERE id=?", (entry_id,))
@@ -180,13 +222,33 @@ class Catalog:
                 if vm_uuid is None or r["vm_uuid"] == vm_uuid]
 
 
+def _update_row(db: sqlite3.Connection, snap: Snapshot) -> None:
+    db.execute(
+        "UPDATE snapshots SET state=?, freeze_ms=?, pause_ms=?, total_ms=?, storage_ms=?, after_thaw_ms=?,"
+        " commit_ms=?, error=?, disks=?, mode=?, group_name=?, freeze_began=?, thaw_ended=? WHERE id=?",
+        (snap.state.value, snap.freeze_ms, snap.pause_ms, snap.total_ms, snap.storage_ms, snap.after_thaw_ms,
+         snap.commit_ms, snap.error, _dump_disks(snap.disks), snap.mode.value, snap.group,
+         _when(snap.freeze_began), _when(snap.thaw_ended), snap.id),
+    )
+
+
 def _dump_disks(disks: list[DiskSnapshot]) -> str:
     return json.dumps([d.model_dump() for d in disks])
 
 
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="microseconds")
+
+
+_OWN_PARSE = ("created", "mode", "state", "disks", "group_name", "freeze_began", "thaw_ended")
+
+
 def _row(row: sqlite3.Row) -> Snapshot:
-    fields = {key: row[key] for key in row.keys() if key not in ("created", "mode", "state", "disks")}  # noqa: SIM118 - sqlite3.Row iterates values
+    fields = {key: row[key] for key in row.keys() if key not in _OWN_PARSE}  # noqa: SIM118 - sqlite3.Row iterates values
+    began, ended = row["freeze_began"], row["thaw_ended"]
     return Snapshot(
-        **fields, created=datetime.fromisoformat(row["created"]), mode=Mode(row["mode"]), state=State(row["state"]),
+        **fields, group=row["group_name"], freeze_began=datetime.fromisoformat(began) if began else None,
+        thaw_ended=datetime.fromisoformat(ended) if ended else None,
+        created=datetime.fromisoformat(row["created"]), mode=Mode(row["mode"]), state=State(row["state"]),
         disks=[DiskSnapshot.model_validate(d) for d in json.loads(row["disks"])],
     )

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, KvmkitError, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.joblog import job_log
-from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
-from kvmkit.snapshot.drivers.base import GroupSnapshots, PlanOptions, StorageDriver
+from kvmkit.snapshot.drivers.base import BarrierSnapshots, GroupSnapshots, PlanOptions, StorageDriver
 from kvmkit.snapshot.drivers.registry import driver_for
 from kvmkit.snapshot.guard import WatchdogHandle, vm_lock
 from kvmkit.snapshot.journal import OverlayDisk, OverlayJournal
 from kvmkit.snapshot.lifecycle import discard
-from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State, check_snapshot_name, default_name
+from kvmkit.snapshot.model import DiskSnapshot, Method, Mode, Snapshot, State, check_snapshot_name, default_name
 from kvmkit.virt import agent
 from kvmkit.virt.connection import Domain, connection, is_running, live_disks, lookup, pause, resume
 from kvmkit.virt.disks import Disk
@@ -139,8 +138,8 @@ def _take(ctx: SnapshotContext, dom: Domain, mode: Mode, pairs: list[tuple[Disk,
         stop, start, action = (lambda: ctx.guest.freeze(dom)), (lambda: ctx.guest.thaw(dom)), "thaw"
     else:
         stop, start, action = (lambda: pause(dom)), (lambda: resume(dom)), "resume"
-    direct = [(d, p) for d, p in zip(drivers, planned, strict=True) if p.method == "direct"]
-    barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method == "overlay"]
+    direct = [(d, p) for d, p in zip(drivers, planned, strict=True) if p.method is Method.DIRECT]
+    barriered = [(disk, d, p) for (disk, d), p in zip(pairs, planned, strict=True) if p.method is Method.BARRIER]
     watchdog = ctx.watchdog(ctx.uri, dom.UUIDString(), ctx.freeze_timeout_s, action,  # boots while we prepare
                             ctx.state_dir / "log" / "watchdog.log", (ctx.state_dir, ctx.catalog.path))
     entry = None
@@ -186,18 +185,35 @@ def _take(ctx: SnapshotContext, dom: Domain, mode: Mode, pairs: list[tuple[Disk,
     return _Taken(disks, pause_ms=window_ms, storage_ms=storage_ms, after_thaw_ms=after_ms, commit_ms=commit_ms)
 
 
+def _barrier_drivers(ctx: SnapshotContext, disks: list[Disk]) -> list[tuple[BarrierSnapshots, list[Disk]]]:
+    """The drivers that planned these disks Method.BARRIER, each with its disks (only such drivers do)."""
+    by_driver: dict[int, tuple[BarrierSnapshots, list[Disk]]] = {}
+    for disk in disks:
+        driver = driver_for(disk, ctx.drivers)
+        if not isinstance(driver, BarrierSnapshots):
+            raise OperationFailed(f"disk {disk.target}: planned behind a barrier by a driver without one")
+        by_driver.setdefault(id(driver), (driver, []))[1].append(disk)
+    return list(by_driver.values())
+
+
 def _prepare_barrier(ctx: SnapshotContext, dom: Domain, disks: list[Disk], tag: str) -> Callable[[], None]:
-    """Everything the barrier needs, made before the freeze; returns the one call the freeze holds."""
-    if ctx.overlay_barrier == "qmp":
-        tops = overlay.qmp_prepare(dom, disks, tag)
-        return lambda: overlay.qmp_barrier(dom, tops)
-    targets = [disk.target for disk in live_disks(dom)]
-    overlay.prepare(disks, tag)
-    return lambda: overlay.barrier(dom, disks, targets, tag)
+    """Everything the barrier needs, made before the freeze (by the disks' driver); returns the one call the
+    freeze holds."""
+    calls = [driver.prepare_barrier(dom, own, tag, ctx.overlay_barrier) for driver, own in
+             _barrier_drivers(ctx, disks)]
+    if len(calls) == 1:
+        return calls[0]
+
+    def every_barrier() -> None:
+        for call in calls:
+            call()
+
+    return every_barrier
 
 
 def _commit_back(ctx: SnapshotContext, dom: Domain, disks: list[Disk], tag: str) -> None:
-    overlay.finish(dom.connect(), dom, disks, tag, ctx.overlay_barrier)
+    for driver, own in _barrier_drivers(ctx, disks):
+        driver.finish_barrier(dom.connect(), dom, own, tag, ctx.overlay_barrier)
 
 
 def _complete_overlays(ctx: SnapshotContext, dom: Domain,

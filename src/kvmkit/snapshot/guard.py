@@ -60,6 +60,8 @@ class WatchdogHandle(Protocol):
 
     deadline_s: float
 
+    def wait_ready(self) -> None: ...
+
     def arm(self) -> None: ...
 
     def cancel(self) -> None: ...
@@ -93,15 +95,20 @@ class Watchdog:
                 text=True,
             )
 
-    def arm(self) -> None:
-        """Wait until it is connected, then start its deadline clock; raise (nothing frozen yet) if it never was."""
-        assert self.proc.stdin
+    def wait_ready(self) -> None:
+        """Wait until it is connected; raise (nothing frozen yet) if it never was. A group waits for every VM's
+        watchdog before freezing any, so no guest stays frozen while another's watchdog is still booting."""
         if not self._ready:
             line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
             if line != "ready":
                 self.cancel()
                 raise OperationFailed(f"the thaw watchdog did not start (see {self.log}); nothing was frozen")
             self._ready = True
+
+    def arm(self) -> None:
+        """Wait until it is connected, then start its deadline clock; raise (nothing frozen yet) if it never was."""
+        assert self.proc.stdin
+        self.wait_ready()
         self.proc.stdin.write("armed\n")
         self.proc.stdin.flush()
 

@@ -53,6 +53,7 @@ def _delete(ctx: SnapshotContext, vm: str, name: str, wait_s: float = 0.0) -> Sn
         with vm_lock(ctx.state_dir, dom.UUIDString(), vm, wait_s), \
                 snapshot_lock.deleting(ctx.state_dir, dom.UUIDString(), name, vm):  # not while it is backed up
             snap = ctx.catalog.get(dom.UUIDString(), name, vm)
+            snap.refuse_alone("delete")
             require_local(conn, live_disks(dom))
             for disk_snap in snap.disks:
                 driver = by_name(disk_snap.driver, ctx.drivers)

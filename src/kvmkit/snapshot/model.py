@@ -17,6 +17,13 @@ class Mode(StrEnum):
     OFFLINE = "offline"  # the VM was shut off: its disks were already quiet
 
 
+class Method(StrEnum):
+    """How one disk is snapshotted (the value is what the catalog has always stored)."""
+
+    DIRECT = "direct"  # snapshotted inside the freeze (reflink, RBD create_snap, …)
+    BARRIER = "overlay"  # an O(1) barrier inside the freeze (BarrierSnapshots), the snapshot itself after the thaw
+
+
 class State(StrEnum):
     CREATING = "creating"
     READY = "ready"
@@ -33,7 +40,7 @@ class DiskSnapshot(BaseModel):
     size_bytes: int = 0  # provisioned size of the disk at snapshot time
     group: str | None = None  # storage-side group snapshot this one belongs to (mode group)
     location: dict[str, str] = {}  # how the driver reaches the storage again (RBD: conf, mon_host, client id)
-    method: str = "direct"  # "direct": snapshotted inside the freeze; "overlay": barrier inside, clone/copy after
+    method: Method = Method.DIRECT
     extents: int | None = None  # file disks: extents before the freeze (what a reflink costs), counted up to
     # the limit + 1: a value above reflink_extent_limit means "more than that"
     owner: str | None = None  # id of the catalog that made it, also marked on the storage object (None: older)
@@ -55,9 +62,20 @@ class Snapshot(BaseModel):
     total_ms: float | None = None
     error: str | None = None
     disks: list[DiskSnapshot] = []
+    group: str | None = None  # the consistency group (across VMs) this snapshot is one member of (group.py)
+    freeze_began: datetime | None = None  # when this VM's freeze (or pause) call began, UTC
+    thaw_ended: datetime | None = None  # when its thaw (or resume) call returned: every member's window overlaps
 
     def disk(self, target: str) -> DiskSnapshot | None:
         return next((d for d in self.disks if d.target == target), None)
+
+    def refuse_alone(self, verb: str) -> None:
+        """A member of a group snapshot is reverted or deleted with its group (group_ops.py), never alone."""
+        if self.group:
+            from kvmkit.errors import Conflict
+
+            raise Conflict(f"snapshot {self.name} of VM {self.vm} is part of group {self.group}: {verb} it with "
+                           f"--group {self.group}, every VM at once")
 
 
 def default_name(now: datetime) -> str:

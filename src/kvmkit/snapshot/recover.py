@@ -17,9 +17,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from kvmkit.errors import Conflict, KvmkitError, NotFound
-from kvmkit.snapshot import overlay
 from kvmkit.snapshot.context import SnapshotContext
-from kvmkit.snapshot.drivers.base import Ownership, StorageDriver
+from kvmkit.snapshot.drivers.base import BarrierSnapshots, Ownership, StorageDriver
 from kvmkit.snapshot.drivers.registry import by_name, driver_for
 from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.journal import JournalEntry, OverlayJournal, RevertJournal
@@ -128,7 +127,10 @@ def _finish_overlay(ctx: SnapshotContext, conn: Connection, vm_uuid: str, label:
     dom = lookup_uuid(conn, vm_uuid)  # None: a transient domain whose QEMU ended, only its files are left to merge
     disks = [Disk(target=d.target, kind="file", format=d.format, source=d.source) for d in journal.disks]
     _unstick_guest(ctx, conn, vm_uuid, label)  # a block commit needs a running, not paused, guest
-    detail = overlay.finish(conn, dom, disks, journal.tag, journal.mode)
+    driver = driver_for(disks[0], ctx.drivers) if disks else None
+    if not isinstance(driver, BarrierSnapshots):
+        return RecoverAction(vm=label, action="left overlay journal", detail=f"no driver merges overlays of {disks}")
+    detail = driver.finish_barrier(conn, dom, disks, journal.tag, journal.mode)
     return RecoverAction(vm=label, action="committed overlays", detail=detail)
 
 

@@ -36,6 +36,7 @@ def _revert(ctx: SnapshotContext, vm: str, name: str, *, force_stop: bool = Fals
         vm_uuid = dom.UUIDString()
         with vm_lock(ctx.state_dir, vm_uuid, vm, wait_s):
             snap = ctx.catalog.get(vm_uuid, name, vm)
+            snap.refuse_alone("revert")
             if snap.state is not State.READY:
                 raise Conflict(f"snapshot {name} of VM {vm} is {snap.state.value}, not ready")
             current = {d.target: d for d in live_disks(dom)}

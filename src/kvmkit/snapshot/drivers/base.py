@@ -7,7 +7,8 @@ the handles kvmkit made (`owned`) so `recover` finds orphans. Revert is two-phas
 disk, then `swap` it in) so a revert of several disks is all-or-nothing.
 
 Optional abilities are declared, never probed for: a driver that has one implements its Protocol below
-(`InUse`, `Flattenable`, `GroupSnapshots`) and the engine asks `isinstance(driver, InUse)`. The compliance test
+(`InUse`, `Flattenable`, `GroupSnapshots`, `BarrierSnapshots`, `Ownership`) and the engine asks
+`isinstance(driver, InUse)`. The compliance test
 (tests/snapshot/test_driver_compliance.py) runs the same checks on every registered driver.
 
 What a driver hands back for a revert (`StagedRevert` and its typed `Staging` data) lives in `snapshot/journal.py`,
@@ -17,16 +18,21 @@ because it is journaled and parsed back strictly by `recover`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from kvmkit.snapshot.drivers.reading import SnapshotReader, TracksChanges
 from kvmkit.snapshot.journal import StagedRevert, Staging
 from kvmkit.snapshot.model import DiskSnapshot
+from kvmkit.virt.connection import Connection, Domain
 from kvmkit.virt.disks import Disk
 
+BarrierMode = Literal["qmp", "libvirt"]
+
 __all__ = [
+    "BarrierMode",
+    "BarrierSnapshots",
     "Flattenable",
     "GroupSnapshots",
     "InUse",
@@ -122,6 +128,26 @@ class GroupSnapshots(Protocol):
 
 
 @runtime_checkable
+class BarrierSnapshots(Protocol):
+    """Optional: disks whose snapshot would hold the freeze too long (a fragmented file to reflink, a full copy on a
+    filesystem without reflink) are planned `Method.BARRIER`. The freeze then holds only an O(1) barrier this driver
+    sets up — the disks switched onto overlays in one transaction — and after the thaw the engine snapshots the quiet
+    bases (`snapshot`) and has the driver merge the overlays back. The engine journals the barrier (OverlayJournal)
+    so `recover` can merge them after a crash."""
+
+    def prepare_barrier(self, dom: Domain, disks: Sequence[Disk], tag: str,
+                        mode: BarrierMode) -> Callable[[], None]:
+        """Everything the barrier needs, made before the freeze; returns the one call the freeze holds."""
+        ...
+
+    def finish_barrier(self, conn: Connection, dom: Domain | None, disks: Sequence[Disk], tag: str,
+                       mode: BarrierMode) -> str:
+        """Merge the overlays back (after the snapshot, on a failure, or in recover: `dom` None when the domain is
+        gone); says what it did."""
+        ...
+
+
+@runtime_checkable
 class InUse(Protocol):
     """Optional: a snapshot something else depends on (e.g. an RBD clone left by a revert) must not be deleted."""
 
@@ -158,7 +184,7 @@ class Ownership(Protocol):
         ...
 
 
-CAPABILITIES: tuple[type, ...] = (InUse, Flattenable, GroupSnapshots, Ownership)
+CAPABILITIES: tuple[type, ...] = (InUse, Flattenable, GroupSnapshots, BarrierSnapshots, Ownership)
 
 
 def capabilities(driver: object) -> list[str]:

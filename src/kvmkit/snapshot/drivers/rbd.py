@@ -330,7 +330,7 @@ class RbdDriver:
                     img.remove_snap(snap_name)
                     remaining = len(user) - 1
                 else:
-                    group = snap.group or self._group_of(img)
+                    group = snap.group or self._group_of(img, pool)
                     if group:
                         self._remove_group_snap(group, snap_name)
                     remaining = len(user)
@@ -368,7 +368,7 @@ class RbdDriver:
         try:
             with self._image(f"{disk.source}@", read_only=True) as img:
                 handles += [f"{disk.source}@{s['name']}" for s in img.list_snaps() if s["name"].startswith(PREFIX)]
-                group = self._group_of(img)
+                group = self._group_of(img, disk.rbd_pool_image[0])
             if group and group.split("/", 1)[1].startswith(PREFIX):
                 handles += [f"{disk.source}@{s['name']}" for s in self._group_snaps(group)
                             if s["name"].startswith(PREFIX)]
@@ -397,12 +397,16 @@ class RbdDriver:
             except (self._rbd.ImageExists, self._rbd.ObjectExists):
                 pass
             group = self._rbd.Group(ioctx, group_name)
-            members = {g["name"] for g in group.list_images()}
-            for image in images:
-                if image not in members:
-                    group.add_image(ioctx, image)
-            for stray in members - set(images):
-                group.remove_image(ioctx, stray)
+            try:
+                members = {g["name"] for g in group.list_images()}
+                for image in images:
+                    if image not in members:
+                        self._leave_empty_group(ioctx, pool, image, group_name)
+                        group.add_image(ioctx, image)
+                for stray in members - set(images):
+                    group.remove_image(ioctx, stray)
+            except self._rbd.Error as exc:
+                raise OperationFailed(f"RBD group {pool}/{group_name}: cannot gather its images: {exc}") from exc
             try:
                 group.create_snap(snap_name)
                 owner = planned[0].owner
@@ -414,9 +418,30 @@ class RbdDriver:
                 raise OperationFailed(f"RBD group snapshot {pool}/{group_name}@{snap_name}: {exc}") from exc
         return [p.model_copy(update={"group": f"{pool}/{group_name}"}) for p in planned]
 
-    def _group_of(self, img: rbd.Image) -> str | None:
+    def _leave_empty_group(self, ioctx: rados.Ioctx, pool: str, image: str, wanted: str) -> None:
+        """An image is in one RBD group at most. One in another kvmkit group that holds no snapshot any more (a
+        VM's own group, before it joined a consistency group) leaves it; one whose group still has snapshots, or
+        is not kvmkit's, is refused: moving it would break those snapshots."""
+        with self._rbd.Image(ioctx, image, read_only=True) as img:
+            info = img.group()
+            current = self._group_of(img, pool)
+        if current is not None and info.get("pool") not in (pool, ioctx.get_pool_id()):
+            raise Conflict(f"RBD image {pool}/{image} is in group {info.get('name')} of another pool (an image can "
+                           "be in one RBD group only); snapshot without --crash-consistent")
+        if current is None or current == f"{pool}/{wanted}":
+            return
+        name = current.split("/", 1)[1]
+        if not name.startswith(PREFIX) or self._group_snaps(current):
+            raise Conflict(f"RBD image {pool}/{image} is already in group {current} (an image can be in one RBD "
+                           "group only); delete that group's snapshots first, or snapshot without "
+                           "--crash-consistent (frozen guests, one snapshot per image)")
+        self._rbd.Group(ioctx, name).remove_image(ioctx, image)
+
+    def _group_of(self, img: rbd.Image, pool: str) -> str | None:
+        """The image's group as `pool/name`. librbd gives the group's pool as an id; kvmkit makes its groups in
+        the image's own pool, so that pool's name is used (a group elsewhere is not kvmkit's)."""
         info = img.group()
-        return f"{info['pool']}/{info['name']}" if info and info.get("name") else None
+        return f"{pool}/{info['name']}" if info and info.get("name") else None
 
     def _group_snaps(self, group: str) -> list[dict]:
         pool, name = group.split("/", 1)

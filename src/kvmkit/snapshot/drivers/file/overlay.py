@@ -8,8 +8,8 @@ Instead the freeze holds one O(1) barrier that moves those disks onto a qcow2 ov
 disk-only, atomic external snapshot — and after the thaw the now-quiet base file is cloned (or copied), then the
 overlay is committed back with an active block commit + pivot, so the VM never keeps an overlay chain. Each step
 is journaled: `recover` commits or discards overlays a crash left behind. On a filesystem without reflink the same
-transaction also starts a QEMU dirty bitmap for the new snapshot and stops the previous one (drivers/bitmaps.py),
-so the next incremental backup reads only what the guest wrote.
+transaction also starts a QEMU dirty bitmap for the new snapshot and stops the previous one (bitmaps.py, beside
+this module), so the next incremental backup reads only what the guest wrote.
 
 Why not always the overlay: on an unfragmented disk a reflink takes well under a millisecond, while the
 overlay transaction costs tens of milliseconds inside the freeze plus a block commit afterwards. The extent count
@@ -147,7 +147,7 @@ def finish(conn: Connection, dom: Domain | None, disks: list[Disk], tag: str,
 
 def _prune_bitmaps(dom: Domain, disks: list[Disk]) -> None:
     """kvmkit's dirty bitmaps whose snapshot file is gone are dropped (recover runs this path too)."""
-    from kvmkit.snapshot.drivers import bitmaps
+    from kvmkit.snapshot.drivers.file import bitmaps
 
     for disk in disks:
         try:
@@ -217,7 +217,7 @@ def _top_nodes(dom: Domain) -> dict[str, str]:
 @dataclass(frozen=True)
 class QmpBarrier:
     """What the freeze's one QMP transaction does: the overlays go on top of `tops` (target → node), after the
-    dirty-bitmap actions of the disks that cannot reflink (drivers/bitmaps.py)."""
+    dirty-bitmap actions of the disks that cannot reflink (snapshot/drivers/file/bitmaps.py)."""
 
     tops: dict[str, str]
     bitmap_actions: list[dict] = field(default_factory=list)
@@ -249,8 +249,8 @@ def _bitmap_actions(dom: Domain, disks: list[Disk], tag: str) -> list[dict]:
     """Disks on a filesystem without reflink get a dirty bitmap per snapshot (FIEMAP cannot compare two full
     copies); stopped bitmaps whose snapshot is gone are pruned first. A QEMU that refuses leaves the snapshot
     without a bitmap (its next backup compares hashes), never without the snapshot."""
-    from kvmkit.snapshot.drivers import bitmaps
-    from kvmkit.snapshot.drivers.reflink import supports_reflink
+    from kvmkit.snapshot.drivers.file import bitmaps
+    from kvmkit.snapshot.drivers.file.reflink import supports_reflink
 
     actions: list[dict] = []
     for disk in disks:

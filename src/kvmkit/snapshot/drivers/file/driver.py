@@ -12,24 +12,26 @@ import glob
 import logging
 import os
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvmkit import fsat
 from kvmkit.errors import Conflict, EnvironmentProblem, NotFound, OperationFailed
-from kvmkit.snapshot.drivers import bitmaps
-from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
-from kvmkit.snapshot.drivers.guest_view import guest_size
-from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
-from kvmkit.snapshot.drivers.reflink import (  # noqa: F401 (FICLONE, NO_REFLINK: named here as before)
+from kvmkit.snapshot.drivers.base import BarrierMode, PlanOptions, RevertOptions, StagedRevert
+from kvmkit.snapshot.drivers.file import bitmaps, overlay
+from kvmkit.snapshot.drivers.file.reflink import (  # noqa: F401 (FICLONE, NO_REFLINK: named here as before)
     FICLONE,
     NO_REFLINK,
     _new_file_from,
     reflink,
     supports_reflink,
 )
+from kvmkit.snapshot.drivers.guest_view import guest_size
+from kvmkit.snapshot.drivers.reading import FileReader, GuestViewReader, SnapshotReader
 from kvmkit.snapshot.journal import FileStaging
-from kvmkit.snapshot.model import DiskSnapshot
+from kvmkit.snapshot.model import DiskSnapshot, Method
 from kvmkit.sparse import data_extents
+from kvmkit.virt.connection import Connection, Domain, live_disks
 from kvmkit.virt.disks import Disk
 
 SUPPORTED_FORMATS = ("raw", "qcow2")
@@ -68,8 +70,6 @@ class FileDriver:
         return Path(f"{disk.source}@{tag}{SUFFIX}")
 
     def plan(self, disk: Disk, tag: str, options: PlanOptions | None = None) -> DiskSnapshot:
-        from kvmkit.snapshot.overlay import extent_count, overlay_path
-
         options = options or PlanOptions()
         source = Path(disk.source)
         if not source.exists():
@@ -82,14 +82,14 @@ class FileDriver:
                 "or pass --allow-full-copy"
             )
         handle = self.handle_for(disk, tag)
-        for taken in (handle, overlay_path(disk.source, tag)):
+        for taken in (handle, overlay.overlay_path(disk.source, tag)):
             if taken.exists():
                 raise Conflict(f"disk {disk.target}: {taken} already exists; kvmkit will not overwrite it")
-        extents = extent_count(source, options.extent_limit) if reflink_ok else None
+        extents = overlay.extent_count(source, options.extent_limit) if reflink_ok else None
         direct = reflink_ok and extents is not None and extents <= options.extent_limit
         return DiskSnapshot(target=disk.target, driver=self.name, source=disk.source, handle=str(handle),
                             format=disk.format, size_bytes=guest_size(source, disk.format),
-                            method="direct" if direct else "overlay", extents=extents, owner=options.owner,
+                            method=Method.DIRECT if direct else Method.BARRIER, extents=extents, owner=options.owner,
                             location={} if reflink_ok else bitmaps.location_for(tag, options.vm_uuid))
 
     def snapshot(self, planned: DiskSnapshot) -> DiskSnapshot:
@@ -135,6 +135,21 @@ class FileDriver:
     def tag_of(self, handle: str) -> str | None:
         _, at, name = handle.rpartition("@")
         return name.removesuffix(SUFFIX) if at and name.endswith(SUFFIX) else None
+
+    # BarrierSnapshots: the O(1) overlay barrier (overlay.py) for disks planned Method.BARRIER
+    def prepare_barrier(self, dom: Domain, disks: Sequence[Disk], tag: str,
+                        mode: BarrierMode) -> Callable[[], None]:
+        disks = list(disks)
+        if mode == "qmp":
+            tops = overlay.qmp_prepare(dom, disks, tag)
+            return lambda: overlay.qmp_barrier(dom, tops)
+        targets = [disk.target for disk in live_disks(dom)]
+        overlay.prepare(disks, tag)
+        return lambda: overlay.barrier(dom, disks, targets, tag)
+
+    def finish_barrier(self, conn: Connection, dom: Domain | None, disks: Sequence[Disk], tag: str,
+                       mode: BarrierMode) -> str:
+        return overlay.finish(conn, dom, list(disks), tag, mode)
 
     def release(self) -> None:
         """Nothing is held open between plan and snapshot."""

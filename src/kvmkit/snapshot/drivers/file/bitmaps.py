@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvmkit.snapshot.drivers import bitmap_export
-from kvmkit.snapshot.drivers.bitmap_export import ReadRefused
+from kvmkit.snapshot.drivers.file import bitmap_export
+from kvmkit.snapshot.drivers.file.bitmap_export import ReadRefused
 from kvmkit.virt import qmp as qmp_seam
 
 log = logging.getLogger(__name__)
