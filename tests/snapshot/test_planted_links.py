@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmkit.errors import OperationFailed
-from kvmkit.snapshot.drivers import reflink as reflink_mod
+from kvmkit.snapshot.drivers.file import reflink as reflink_mod
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.snapshot.journal import FileStaging
