@@ -3,6 +3,7 @@ planted at a name kvmkit uses must never make root write, clone into, chown or c
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from pathlib import Path
@@ -10,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from kvmkit.errors import OperationFailed
-from kvmkit.snapshot.drivers.file import reflink as reflink_mod
 from kvmkit.snapshot.drivers.base import PlanOptions, RevertOptions, StagedRevert
 from kvmkit.snapshot.drivers.file import FileDriver
 from kvmkit.snapshot.journal import FileStaging
 from kvmkit.virt.disks import Disk
 
 pytestmark = pytest.mark.lab
+# the module, not the function of the same name the file driver package exports
+reflink_mod = importlib.import_module("kvmkit.snapshot.drivers.file.reflink")
 VICTIM = b"host file, not kvmkit's\n"
 
 
