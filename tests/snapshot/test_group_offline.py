@@ -204,3 +204,30 @@ def test_bad_group_input_is_one_line_with_the_invalid_input_exit_code(tmp_path, 
         catalog = Catalog(tmp_path / "catalog.sqlite")
         assert catalog.groups() == {} and catalog.list() == []
         catalog.close()
+
+
+def test_a_schedule_reuses_the_group_and_prunes_whole_group_snapshots(rig):
+    from datetime import datetime, timedelta
+
+    from kvmkit.config import Settings
+    from kvmkit.health import events
+    from kvmkit.jobs import schedule
+
+    settings = Settings(state_dir=rig.ctx.state_dir)
+    with pytest.raises(NotFound, match="no consistency group named 'app'"):
+        schedule.add(settings, schedule.Schedule(vm="app", every_s=3600, keep_last=1, group=True),
+                     vm_exists=lambda name: bool(rig.ctx.catalog.group_vms(name)))
+    create_group(rig.ctx, "app", [rig.vm, rig.other], "by-hand")
+    schedule.add(settings, schedule.Schedule(vm="app", every_s=3600, keep_last=1, group=True),
+                 vm_exists=lambda name: bool(rig.ctx.catalog.group_vms(name)))
+    t0 = datetime(2026, 12, 7, 8, 0)
+    for now in (t0, t0 + timedelta(hours=1)):
+        actions = schedule.run_once(settings, now, lambda: rig.ctx)
+        assert not schedule.failed(actions), actions
+    names = sorted((s.vm, s.name) for s in rig.ctx.catalog.list(group="app"))
+    assert names == sorted([(vm, n) for vm in (rig.vm, rig.other) for n in ("by-hand", "sched-20261207-090000")])
+    rig.driver.fail_on("plan", None)
+    actions = schedule.run_once(settings, t0 + timedelta(hours=2), lambda: rig.ctx)
+    assert schedule.failed(actions)
+    recorded, _ = events.read(settings.state_dir)
+    assert {e.vm for e in recorded} == {rig.vm, rig.other}  # every member's failure counter rises

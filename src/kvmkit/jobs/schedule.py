@@ -39,7 +39,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class Schedule(BaseModel):
-    vm: str
+    vm: str  # the VM, or with group=True the consistency group (snapshotted as one instant, pruned as one)
     every_s: int
     keep_last: int = 0
     keep_hourly: int = 0
@@ -48,6 +48,7 @@ class Schedule(BaseModel):
     backup: bool = False
     target: str | None = None
     last_run: datetime | None = None
+    group: bool = False
 
     @property
     def policy(self) -> retention.RetentionPolicy:
@@ -122,6 +123,11 @@ def add(settings: Settings, schedule: Schedule, *, vm_exists: Callable[[str], bo
         raise InvalidInput("give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly")
     if schedule.backup and not settings.backup_targets:
         raise InvalidInput("--backup needs a backup target in the config ([[backup_targets]])")
+    if schedule.group and schedule.backup:
+        raise InvalidInput("a group schedule takes snapshots only (back each VM up with its own schedule)")
+    if vm_exists is not None and not vm_exists(schedule.vm) and schedule.group:
+        raise NotFound(f"no consistency group named {schedule.vm!r}: define it with kvmkit snapshot create --group "
+                       f"{schedule.vm} VM1 VM2 …")
     if vm_exists is not None and not vm_exists(schedule.vm):
         raise NotFound(f"no VM named {schedule.vm!r} is defined; pass --allow-undefined to schedule a VM not yet "
                        f"created")
@@ -166,11 +172,35 @@ def failed(actions: list[RunAction]) -> bool:
     return any(a.action == "error" for a in actions)
 
 
+def _run_group(settings: Settings, schedule: Schedule, name: str, ctx: SnapshotContext) -> list[RunAction]:
+    """A group's scheduled snapshot (its stored definition, one instant), then its older scheduled ones pruned as
+    groups: a member's snapshot is never deleted alone."""
+    from kvmkit.jobs.snapshots import take_group
+    from kvmkit.snapshot.group_ops import delete_group
+
+    group = schedule.vm
+    take_group(ctx, settings, group, [], name)
+    actions = [RunAction(vm=group, action="snapshot", detail=f"{name} (group)")]
+    rows = [s for s in ctx.catalog.list(group=group) if s.name.startswith(retention.SCHEDULED_PREFIX)]
+    taken = {s.name: retention.item_time(s.name, s.created) for s in rows}
+    kept = retention.keep([retention.Item(n, t) for n, t in taken.items()], schedule.policy)
+    for old in sorted(set(taken) - set(kept)):
+        try:
+            delete_group(ctx, group, old)
+        except KvmkitError as exc:
+            record_failure(settings.state_dir, "snapshot", group, exc)
+            raise
+        actions.append(RunAction(vm=group, action="pruned snapshot", detail=f"{old} (group)"))
+    return actions
+
+
 def _run_one(settings: Settings, schedule: Schedule, now: datetime, ctx: SnapshotContext) -> list[RunAction]:
     from kvmkit.jobs.snapshots import take
     from kvmkit.snapshot import lifecycle
 
     name = retention.SCHEDULED_PREFIX + now.strftime(retention.SCHEDULED_FORMAT)
+    if schedule.group:
+        return _run_group(settings, schedule, name, ctx)
     # the same steps as `kvmkit snapshot create`: recover pass, snapshot, back up outside the freeze
     outcome = take(ctx, settings, [schedule.vm], name, backup=schedule.backup, target=schedule.target)[0]
     if outcome.error is not None:

@@ -33,6 +33,15 @@ def _defined(uri: str):
     return exists
 
 
+def _group_defined(settings: config.Settings):
+    """A check that the catalog holds the group's definition (made by its first `snapshot create --group`)."""
+    from kvmkit.snapshot.catalog import Catalog
+
+    def exists(group: str) -> bool:
+        return bool(Catalog(settings.catalog_path).group_vms(group))
+    return exists
+
+
 @app.command("add")
 def add(vm: str, every: str = typer.Option(..., "--every", help="Period: 15m, 1h, 1d, 1w."),
         keep_last: int = KEEP_LAST, keep_hourly: int = KEEP_HOURLY, keep_daily: int = KEEP_DAILY,
@@ -41,15 +50,19 @@ def add(vm: str, every: str = typer.Option(..., "--every", help="Period: 15m, 1h
         target: str | None = TARGET,
         allow_undefined: bool = typer.Option(False, "--allow-undefined",
                                              help="Accept a VM libvirt does not know (yet): no check."),
+        group: bool = typer.Option(False, "--group", help="VM names a consistency group (kvmkit snapshot create "
+                                                          "--group NAME VM…): one instant across its VMs."),
         connect: str | None = CONNECT, json_out: bool = JSON) -> None:
-    """Snapshot a VM periodically and prune its scheduled snapshots (and backups) by retention."""
+    """Snapshot a VM (or a consistency group) periodically and prune its scheduled snapshots (and backups)."""
     from kvmkit.virt.connection import check_vm_name
 
     settings = config.load()
     policy = retention.RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly)
+    exists = _group_defined(settings) if group else None if allow_undefined else _defined(
+        connect or settings.libvirt_uri)
     item = sched.add(settings, sched.Schedule(vm=check_vm_name(vm), every_s=sched.parse_every(every),
-                                              backup=backup, target=target, **policy.__dict__),
-                     vm_exists=None if allow_undefined else _defined(connect or settings.libvirt_uri))
+                                              backup=backup, target=target, group=group, **policy.__dict__),
+                     vm_exists=exists)
     if json_out:
         print_json(item)
     else:
