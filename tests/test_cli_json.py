@@ -195,6 +195,7 @@ def test_snapshot_delete_shows_its_plan_and_needs_yes_without_a_terminal(env, ca
 def test_snapshot_revert_shows_what_it_replaces(env, catalogued):
     dry = kvmkit("snapshot", "revert", "test", "s1", "--connect", TEST_URI, "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
-    assert "test: would replace disk vda of VM test (file: " in dry.stdout and "what was written since is lost" in dry.stdout
+    assert "test: would replace disk vda of VM test (file: " in dry.stdout
+    assert "what was written since is lost" in dry.stdout
     refused = kvmkit("snapshot", "revert", "test", "s1", "--connect", TEST_URI, "--force-stop", env=env)
     assert refused.returncode == 2 and "pass --yes" in refused.stderr
