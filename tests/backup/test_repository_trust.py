@@ -25,6 +25,14 @@ from kvmkit.errors import NotFound, OperationFailed
 from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sha, sparse_file
 
 
+@pytest.fixture(autouse=True)
+def legacy_repository(settings) -> None:
+    """These repros run on a repository written before keys (format 1, no manifest MAC), which existing
+    operators still have: there the strict model is the only defence. Keyed repositories (where an edited
+    manifest does not even open) are covered by test_tamper.py."""
+    (repo(settings) / "kvmkit-backup.json").write_text(json.dumps({"format": 1, "tool": "kvmkit"}))
+
+
 def repo(settings) -> Path:
     return settings.backup_targets[0].path
 

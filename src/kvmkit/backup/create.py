@@ -150,7 +150,7 @@ class Backup:
     def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest], vm_uuid: str) -> DiskBackup:
         reader = self._reader(disk)
         index = open_index(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
-                                      disk.target), self.chunk_size)
+                                      disk.target), self.chunk_size, self.target.id_key)
         stack = ExitStack()  # the parent snapshot, open while its extent map streams
         try:
             size, parent_record, parent_map = reader.size, None, {}
@@ -328,7 +328,7 @@ class ChunkWork:
             return index, None, read, 0
         if base is None and parent is not None and hashlib.sha256(view).hexdigest() == parent:
             return index, parent, read, 0  # unchanged, stored before chunks were named by block tree
-        name = codec.table_id(table)
+        name = codec.table_id(table, self.backup.target.id_key)
         if name == parent:
             if base is None:
                 self.index.put(index, name, table)  # repair the record the index lacked

@@ -62,7 +62,7 @@ class S3Target(ChunkStore):
     fails here, before any backup starts."""
 
     def __init__(self, name: str, endpoint: str, bucket: str, access_key: str, secret_key: str, lock_dir: Path,
-                 region: str = "us-east-1", create: bool = False) -> None:
+                 region: str = "us-east-1", create: bool = False, mark_legacy: bool = True) -> None:
         self.name, self.endpoint, self.bucket = name, endpoint, bucket
         self.location = f"bucket {bucket} on {endpoint}"
         self._secrets = (access_key, secret_key)
@@ -71,15 +71,17 @@ class S3Target(ChunkStore):
         self._lock_file = lock_dir / f"s3-{hashlib.sha256(f'{endpoint}/{bucket}'.encode()).hexdigest()[:16]}.lock"
         if create:
             self._create_bucket(region)
-        self._check_format()  # a GET, not HEAD: its error body says which (NoSuchBucket, SignatureDoesNotMatch …)
+        # a GET, not HEAD: its error body says which (NoSuchBucket, SignatureDoesNotMatch …)
+        self._check_format(mark_legacy)
 
     @classmethod
     def from_config(cls, cfg: BackupTarget, lock_dir: Path, env: Mapping[str, str] | None = None,
-                    create: bool = False) -> S3Target:
+                    create: bool = False, mark_legacy: bool = True) -> S3Target:
         if not cfg.endpoint or not cfg.bucket:
             raise InvalidInput(f"backup target {cfg.name}: kind s3 needs endpoint and bucket")
         access_key, secret_key = credentials(cfg, os.environ if env is None else env)
-        return cls(cfg.name, cfg.endpoint, cfg.bucket, access_key, secret_key, lock_dir, cfg.region, create)
+        return cls(cfg.name, cfg.endpoint, cfg.bucket, access_key, secret_key, lock_dir, cfg.region, create,
+                   mark_legacy)
 
     def _create_bucket(self, region: str) -> None:
         where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}

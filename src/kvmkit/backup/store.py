@@ -41,8 +41,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kvmkit.backup import codec
+from kvmkit.backup import codec, seal
 from kvmkit.backup.codec import ChunkDamaged
+from kvmkit.backup.keys import RepoKeys
 from kvmkit.backup.model import FORMAT_VERSION, MAX_CHUNK_SIZE, BackupManifest, DamagedManifest
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
 from kvmkit.snapshot.snapshot_lock import flocked  # one flock helper for targets and snapshots
@@ -54,7 +55,7 @@ DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1000 keys; GC never holds 
 # Size limits, checked before a blob is read: a chunk's container holds at most MAX_CHUNK_SIZE raw bytes plus
 # 5 bytes of frame header per 64 KiB and a delta's block list (4 bytes per 4 KiB block)
 MAX_CHUNK_BLOB = MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 512 + 4096
-MAX_MANIFEST_BYTES = 64 << 20  # ≈ 8 TiB of non-zero 1 MiB chunks in one backup
+MAX_MANIFEST_BYTES = 16 << 20  # ≈ 220 000 chunk entries: 200 TiB of non-zero 1 MiB chunks in one backup
 MAX_SMALL_BLOB = 64 << 10  # the format marker, intents, the S3 lock record
 _CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -92,6 +93,25 @@ class ChunkStore(ABC):
 
     name: str
     location: str  # for people: a folder, or "bucket B on ENDPOINT"
+    keys: RepoKeys | None = None  # keys.py: set by keyring.attach for a repository with keys (marker format 2)
+    marker: dict | None = None  # the format marker as read (None: a new, empty target)
+
+    @property
+    def id_key(self) -> bytes | None:
+        return self.keys.id_key if self.keys is not None else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.keys is not None and self.keys.encrypted
+
+    def _keyed(self) -> bool:
+        """The marker says this repository has keys: nothing may be read or written without them."""
+        return self.marker is not None and self.marker.get("format") == 2
+
+    def _need_keys(self) -> None:
+        if self._keyed() and self.keys is None:
+            raise InvalidInput(f"backup target {self.name}: the repository has keys; open it through its "
+                               "configured target (keys are not loaded)")
 
     # storage primitives ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -137,21 +157,28 @@ class ChunkStore(ABC):
         return (f"backup target {self.name} is full ({why}) writing {key.rsplit('/', 1)[-1]}; the backup is not "
                 "recorded, a rerun after freeing space resumes it")
 
-    def _check_format(self) -> None:
-        """Refuse a target written by another format; mark a new one (a later version must not misread it)."""
+    def _check_format(self, mark_legacy: bool = True) -> None:
+        """Refuse a target written by another format; mark a new one (a later version must not misread it).
+        mark_legacy=False: leave a new target unmarked, for keyring.attach to mark it with its keys."""
         try:
             blob = self._get(MARKER, MAX_SMALL_BLOB)
         except OSError as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc.strerror}") from None
         if blob is None:
-            self._put(MARKER, json.dumps({"format": FORMAT_VERSION, "tool": "kvmkit"}).encode())
+            self.marker = None
+            if mark_legacy:
+                self.marker = {"format": FORMAT_VERSION, "tool": "kvmkit"}
+                self._put(MARKER, json.dumps(self.marker).encode())
             return
         try:
-            version = json.loads(blob).get("format")
+            marker = json.loads(blob)
+            version = marker.get("format")
         except (ValueError, AttributeError, RecursionError) as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc}") from None
-        if version != FORMAT_VERSION:
-            raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
+        if version not in (FORMAT_VERSION, 2):
+            raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION} "
+                               "and 2")
+        self.marker = marker
 
     # chunks ------------------------------------------------------------------------------------------------------
     def has_chunk(self, digest: str) -> bool:
@@ -163,6 +190,7 @@ class ChunkStore(ABC):
         if self.has_chunk(digest):
             return 0
         blob = None
+        self._need_keys()
         if base is not None and base != digest:
             try:
                 base_raw, base_depth = self.read_chunk(base)
@@ -171,22 +199,27 @@ class ChunkStore(ABC):
                 blob = None  # a damaged base: store this chunk whole, verify reports the base
         if blob is None:
             blob = codec.encode(raw, compression)
+        return self._put_sealed(digest, blob)
+
+    def _put_sealed(self, digest: str, blob: bytes) -> int:
+        if self.keys is not None and self.keys.enc_key is not None:
+            blob = seal.seal_chunk(self.keys, digest, blob)
         self._put(chunk_key(digest), blob, durable=False)
         return len(blob)
 
     def put_blob(self, digest: str, blob: bytes) -> int:
         """Store an already encoded chunk unless present (an incremental encodes its deltas itself, from the
         changed blocks and the parent's block digests, without reading the parent back); bytes written."""
+        self._need_keys()
         if self.has_chunk(digest):
             return 0
-        self._put(chunk_key(digest), blob, durable=False)
-        return len(blob)
+        return self._put_sealed(digest, blob)
 
     def depth_of(self, digest: str) -> int | None:
         """A stored chunk's delta depth from its header alone (None: absent or unreadable), so a new delta on
         top of it never exceeds codec.MAX_DEPTH."""
         head = self._get_head(chunk_key(digest), codec.DEPTH_HEAD)
-        if head is None or len(head) < 5 or head[:4] != codec.MAGIC:
+        if head is None or len(head) < 5 or head[:4] != (seal.CHUNK_MAGIC if self.encrypted else codec.MAGIC):
             return None
         if codec.base_of(head) is not None and len(head) < codec.DEPTH_HEAD:
             return None  # a delta header cut short: damaged, build nothing on it
@@ -208,12 +241,19 @@ class ChunkStore(ABC):
             raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
         if blob is None:
             raise ChunkDamaged(digest, "missing")
+        self._need_keys()
+        if self.encrypted:
+            assert self.keys is not None
+            try:
+                blob = seal.open_chunk(self.keys, digest, blob)
+            except seal.SealBroken as exc:
+                raise ChunkDamaged(digest, f"seal broken: {exc}") from None
 
         def base(name: str) -> bytes:
             load = lambda: self.read_chunk(name, _level + 1, limit, bases, _verify=False)[0]  # noqa: E731
             return load() if bases is None else bases.get(name, load)
         try:
-            raw = codec.decode(digest, blob, base, limit, verify=_verify)
+            raw = codec.decode(digest, blob, base, limit, verify=_verify, id_key=self.id_key)
         except ChunkDamaged as exc:
             based_on = codec.base_of(blob[:37])
             if based_on is None or not _verify:
@@ -246,9 +286,14 @@ class ChunkStore(ABC):
         return self._exists(manifest_key(vm_uuid, snapshot))
 
     def write_manifest(self, manifest: BackupManifest) -> int:
+        self._need_keys()
+        if self._keyed() and any(d.content_digest is None for d in manifest.disks):
+            raise OperationFailed(f"backup target {self.name}: a manifest without a content digest is refused")
         data = manifest.model_dump_json().encode()
         manifest.manifest_bytes = len(data)
         data = manifest.model_dump_json().encode()  # again, now carrying its own size (± a digit)
+        if self.keys is not None:
+            data = seal.seal_manifest(self.keys, manifest.vm_uuid, manifest.snapshot, data)
         self.sync()
         self._put(manifest_key(manifest.vm_uuid, manifest.snapshot), data)
         self.sync_dirs()
@@ -259,7 +304,7 @@ class ChunkStore(ABC):
         strict model, or naming another backup than its key (a copied manifest must not pose as another VM's)."""
         try:
             blob = self._get(key, MAX_MANIFEST_BYTES)
-            manifest = None if blob is None else BackupManifest.model_validate_json(blob)
+            manifest = None if blob is None else BackupManifest.model_validate_json(self._unseal_manifest(key, blob))
         except OSError as exc:
             raise ManifestDamaged(key, f"unreadable ({exc.strerror})") from None
         except ValidationError as exc:
@@ -272,7 +317,26 @@ class ChunkStore(ABC):
             raise ManifestDamaged(key, str(exc).splitlines()[0][:300]) from None
         if manifest is not None and manifest_key(manifest.vm_uuid, manifest.snapshot) != key:
             raise ManifestDamaged(key, f"it describes backup {manifest.vm_uuid}/{manifest.snapshot}, not its own name")
+        if manifest is not None and self._keyed() and any(d.content_digest is None for d in manifest.disks):
+            raise ManifestDamaged(key, "a disk has no content digest (mandatory in a repository with keys)")
         return manifest
+
+    def _unseal_manifest(self, key: str, blob: bytes) -> bytes:
+        """The manifest's JSON: opened with the repository's keys, bound to the name it was read under; a
+        legacy repository's plain JSON as it is."""
+        if self.keys is None:
+            if self._keyed():
+                raise ManifestDamaged(key, "the repository has keys and they are not loaded")
+            if blob[:4] == b"KVMS" or blob[:4] == b"KVMA":
+                raise ManifestDamaged(key, "sealed, in a repository without keys")
+            return blob
+        parts = key.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".json"):
+            raise ManifestDamaged(key, "not a manifest's name")
+        try:
+            return seal.open_manifest(self.keys, parts[1], parts[2][:-5], blob)
+        except seal.SealBroken as exc:
+            raise ManifestDamaged(key, f"seal broken: {exc}") from None
 
     def scan_manifests(self, vm_uuid: str | None = None, headers: bool = False,
                        keep: Callable[[BackupManifest], bool] | None = None,
@@ -393,12 +457,12 @@ class DirTarget(ChunkStore):
     """A local folder or a mounted NFS export. Files are 0600, folders 0700; every file is written beside its
     name and renamed in; chunks skip the fsync (one syncfs before the manifest makes them all durable)."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, mark_legacy: bool = True) -> None:
         self.name, self.root, self.location = name, root, str(root)
         if not root.is_dir():
             raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
         self._made_dirs: set[Path] = set()
-        self._check_format()
+        self._check_format(mark_legacy)
 
     # paths -------------------------------------------------------------------------------------------------------
     def chunk_path(self, digest: str) -> Path:
