@@ -21,8 +21,8 @@ from kvmkit.backup import chunking, image_format, restore_writer
 from kvmkit.backup import digest as content_digest
 from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
-from kvmkit.backup.model import BackupManifest, DamagedChunk, DiskBackup, VerifyReport
-from kvmkit.backup.store import ChunkStore
+from kvmkit.backup.model import BackupManifest, DamagedChunk, DamagedManifest, DiskBackup, VerifyReport
+from kvmkit.backup.store import ChunkStore, manifest_key
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
@@ -38,28 +38,45 @@ WORKERS = 3
 
 def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None) -> list[BackupManifest]:
     """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
+    return scan_vm(target, vm, manifests)[0]
+
+
+def scan_vm(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None,
+            ) -> tuple[list[BackupManifest], list[DamagedManifest]]:
+    """(the VM's good backups, the damaged manifests in its folder): a manifest that does not open (edited,
+    renamed, sealed by another key) is never silently absent from what verify and restore say about a VM."""
     if not UUID_RE.match(vm):
         check_vm_name(vm)
     def wanted(m: BackupManifest) -> bool:
         return vm in (m.vm, m.vm_uuid)
+    damaged: list[DamagedManifest] = []
     if manifests is None:  # other VMs' manifests are parsed one at a time and kept without their chunk lists
-        manifests = target.scan_manifests(headers=True, keep=wanted)[0]
+        manifests, damaged = target.scan_manifests(headers=True, keep=wanted)
     found = [m for m in manifests if wanted(m)]
-    uuids = sorted({m.vm_uuid for m in found})
+    uuids = sorted({m.vm_uuid for m in found} or ({vm} if UUID_RE.match(vm) else set()))
+    mine = [d for d in damaged if any(d.key.startswith(f"manifests/{u}/") for u in uuids)]
     if len(uuids) > 1:
         raise InvalidInput(f"several VMs named {vm!r} have backups on {target.name} ({', '.join(uuids)}): "
                            "name the VM by UUID")
     if not found:
+        if mine or damaged:
+            first = (mine or damaged)[0]
+            raise OperationFailed(f"VM {vm} has no readable backups on target {target.name}; "
+                                  f"{len(mine or damaged)} damaged manifest(s), first {first.key}: {first.problem}")
         raise NotFound(f"VM {vm} has no backups on target {target.name}")
-    return found
+    return found, mine
 
 
 def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
     """The backup and its chain (newest first)."""
     check_snapshot_name(snapshot)
-    manifests = vm_manifests(target, vm)
+    manifests, damaged = scan_vm(target, vm)
     by_name = {m.snapshot: m for m in manifests}
     if snapshot not in by_name:
+        bad = next((d for d in damaged if d.key == manifest_key(manifests[0].vm_uuid, snapshot)), None)
+        if bad is not None:
+            raise OperationFailed(f"backup {snapshot} of VM {vm}: its manifest is damaged ({bad.problem}); nothing "
+                                  "was restored")
         raise NotFound(f"VM {vm} has no backup of snapshot {snapshot!r} on target {target.name}")
     return by_name[snapshot], chunking.chain(by_name[snapshot], by_name)
 
@@ -241,7 +258,11 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
            advance: Advance = lambda _n: None) -> VerifyReport:
     """Check every chunk the backup(s) need (each once): present, decodable, hashing to its name."""
     target = open_target(settings, target_name)
-    manifests = vm_manifests(target, vm)
+    manifests, damaged_manifests = scan_vm(target, vm)
+    if damaged_manifests:
+        first = damaged_manifests[0]
+        raise OperationFailed(f"{len(damaged_manifests)} damaged manifest(s) in backups of VM {vm}; first "
+                              f"{first.key}: {first.problem}")
     selected = [find_backup(target, vm, snapshot)[0]] if snapshot else manifests
     by_name = {m.snapshot: m for m in manifests}
     users: dict[str, list[str]] = {}
