@@ -23,11 +23,20 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:
+    """A snapshot record of these image files, named as the file driver names its snapshots
+    (`<source>@<snapshot>.kvmkit`, a hard link to the image): an incremental asks FIEMAP only about such names."""
     vm_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, vm))
+    disks = []
+    for t, p in files.items():
+        source = p.parent / f"{vm}-{t}.disk"
+        handle = Path(f"{source}@{name}.kvmkit")
+        if not (handle.exists() and handle.stat().st_ino == p.stat().st_ino):
+            handle.unlink(missing_ok=True)
+            os.link(p, handle)
+        disks.append(DiskSnapshot(target=t, driver="file", source=str(source), handle=str(handle),
+                                  size_bytes=p.stat().st_size))
     return Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=when or datetime.now(), mode=Mode.OFFLINE,
-                    state=State.READY,
-                    disks=[DiskSnapshot(target=t, driver="file", source=str(p.with_suffix(".disk")), handle=str(p),
-                                        size_bytes=p.stat().st_size) for t, p in files.items()])
+                    state=State.READY, disks=disks)
 
 
 def sparse_file(path: Path, size: int, writes: list[tuple[int, bytes]]) -> Path:

@@ -98,7 +98,7 @@ def test_a_chunk_id_that_is_not_64_hex_makes_the_manifest_damaged_and_is_never_o
     edit(manifest_file(settings, good), lambda d: d["disks"][0]["chunks"][0].__setitem__(1, bad_id))
     manifests, damaged = manage.list_backups(settings)
     assert manifests == [] and len(damaged) == 1 and "chunks" in damaged[0].problem
-    with pytest.raises(NotFound, match="has no backups"):
+    with pytest.raises(OperationFailed, match=r"no readable backups.*damaged manifest"):
         restore.restore(settings, "vm1", "s1", to=[str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from kvmkit.backup import keys as K
 from kvmkit.backup.store import MARKER, ChunkStore
 from kvmkit.config import BackupTarget, Settings
-from kvmkit.errors import InvalidInput, NotFound, OperationFailed
+from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 
 log = logging.getLogger(__name__)
 Ask = Callable[[str], bytes]
@@ -42,17 +42,22 @@ def _known_path(settings: Settings, store: ChunkStore) -> Path:
 
 
 def _known(settings: Settings, store: ChunkStore) -> dict | None:
-    blob = K.read_small(_known_path(settings, store), 4096, "known target record")
+    """What this host recorded of the target; None when nothing (or the state dir cannot hold records: then
+    only the config's `encryption` pins the mode, and the keys themselves cannot be found either)."""
     try:
+        blob = K.read_small(_known_path(settings, store), 4096, "known target record")
         data = json.loads(blob) if blob is not None else None
-    except ValueError:
+    except (ValueError, EnvironmentProblem):
         data = None
     return data if isinstance(data, dict) else None
 
 
 def _remember(settings: Settings, store: ChunkStore, record: dict) -> None:
     if _known(settings, store) is None:
-        K.write_private(_known_path(settings, store), json.dumps(record).encode(), replace=True)
+        try:
+            K.write_private(_known_path(settings, store), json.dumps(record).encode(), replace=True)
+        except OSError as exc:
+            log.warning("backup target %s: cannot record its mode on this host (%s)", store.name, exc.strerror)
 
 
 def _secret(cfg: BackupTarget, ask: Ask | None, why: str) -> bytes:
