@@ -342,3 +342,14 @@ def test_snapshot_delete_is_refused_while_a_backup_reads_the_snapshot(tmp_path, 
     with snapshot_lock.deleting(settings.state_dir, snap.vm_uuid, "s1", "vm1"):
         pass
     assert oct((settings.state_dir / "locks").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_manifest_declaring_2_to_the_38_chunks_is_refused_before_any_walk(tmp_path, settings):
+    """Issue 23: size_bytes = 2^50 with chunk_size = 4096 made verify loop 2^38 times."""
+    _, good = one_backup(tmp_path, settings)
+    edit(manifest_file(settings, good), lambda d: (d.update(chunk_size=4096),
+                                                    d["disks"][0].update(size_bytes=1 << 50, chunks=[])))
+    manifests, damaged = manage.list_backups(settings)
+    assert manifests == [] and "chunks of 4096 bytes" in damaged[0].problem
+    with pytest.raises(OperationFailed, match="damaged manifest"):
+        restore.verify(settings, "vm1")
