@@ -17,7 +17,7 @@ from contextlib import ExitStack
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking, image_format, restore_writer
+from kvmkit.backup import chunking, image_format, restore_guard, restore_writer
 from kvmkit.backup import digest as content_digest
 from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
@@ -113,10 +113,13 @@ def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
     return dests
 
 
-def output_formats(manifest: BackupManifest, dests: list[targets.Destination], fmt: str | None) -> dict[str, str]:
+def output_formats(manifest: BackupManifest, dests: list[targets.Destination], fmt: str | None,
+                   domain_disks: list[targets.DomainDisk] | None = None) -> dict[str, str]:
     """Each disk's format on its way out. RBD images and block devices hold the guest's bytes as they are (raw).
-    A file takes `fmt` when given; else a disk going back to its own place gets the format its domain gave it
-    (a CloudStack qcow2 root stays qcow2, now self-contained), and any other file is raw."""
+    A file takes `fmt` when given; else a disk going back to its own place gets the format its domain gives it
+    now (a CloudStack qcow2 root stays qcow2, now self-contained) — never the repository's word alone: a
+    manifest must not choose how QEMU reads a file (a raw disk whose bytes carry a qcow2 header naming a backing
+    file). When the domain and the manifest disagree, it is refused. Any other file is raw."""
     if fmt is not None and fmt not in image_format.FORMATS:
         raise InvalidInput(f"--format {fmt!r}: kvmkit restores files as raw or qcow2")
     out = {}
@@ -124,7 +127,21 @@ def output_formats(manifest: BackupManifest, dests: list[targets.Destination], f
     for disk in manifest.disks:
         dest = by_disk[disk.target]
         own = dest.path is not None and os.path.realpath(disk.source) == str(dest.path)
-        out[disk.target] = "raw" if dest.kind != "file" else fmt or (disk.format if own else "raw")
+        if dest.kind != "file" or fmt is not None or not own:
+            out[disk.target] = "raw" if dest.kind != "file" else fmt or "raw"
+            continue
+        domain = {d.format for d in domain_disks or [] if targets._same(dest, d.source)}
+        if not domain:  # no domain here reads that file: it is a file like any other
+            out[disk.target] = "raw"
+            continue
+        if len(domain) != 1 or None in domain:
+            raise InvalidInput(f"disk {disk.target} goes back to {dest.given}, which domains here read in different "
+                               "formats: name it with --format raw|qcow2")
+        said = domain.pop()
+        if said != disk.format or said not in image_format.FORMATS:
+            raise InvalidInput(f"disk {disk.target}: the domain reads {dest.given} as {said}, the backup says "
+                               f"{disk.format}; refusing (name the format with --format if you mean it)")
+        out[disk.target] = said
     return out
 
 
@@ -145,14 +162,14 @@ def _restore(settings: Settings, target: ChunkStore, manifest: BackupManifest, c
     snapshot = manifest.snapshot
     given = destinations(manifest, to or [])
     dests = [targets.resolve(disk, dest) for disk, dest in given.items()]
-    formats = output_formats(manifest, dests, fmt)
+    domain_disks = targets.defined_disks(settings.libvirt_uri)
     resolved = [str(d.path or d.given) for d in dests]
     if len(set(resolved)) != len(resolved):
         raise InvalidInput(f"two disks of backup {snapshot} would be restored to one place ({', '.join(resolved)})")
-    domain_disks = targets.defined_disks(settings.libvirt_uri)
     named = {item.partition("=")[0] if "=" in item else manifest.disks[0].target for item in to or []}
     targets.require_own_disks([d for d in dests if d.disk not in named], domain_disks, manifest.vm, manifest.vm_uuid)
     targets.refuse_domain_disks(dests, domain_disks, force_offline)
+    formats = output_formats(manifest, dests, fmt, domain_disks)
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
     for disk in manifest.disks:  # an edited chain is refused before anything is written
         if content_check(disk, maps[disk.target], manifest.chunk_size) == "mismatch":
@@ -186,7 +203,9 @@ def _restore(settings: Settings, target: ChunkStore, manifest: BackupManifest, c
                     sink: restore_writer.Sink = restore_writer.FdSink(item.open(), fresh=True)
                 else:
                     assert rbd_driver is not None
-                    rbd_writers.append(rbd_driver.open_writer(dest.given, disk.size_bytes, replace, None))
+                    location = restore_guard.rbd_location(manifest.vm_uuid, dest.given.partition("/")[0],
+                                                          domain_disks, rbd_driver._key)
+                    rbd_writers.append(rbd_driver.open_writer(dest.given, disk.size_bytes, replace, location))
                     sink = restore_writer.RbdSink(rbd_writers[-1].image)
                 written[disk.target] = _write(target, manifest, disk, maps, sink, advance)
                 if dest.kind == "file":
