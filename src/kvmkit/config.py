@@ -65,6 +65,7 @@ class BackupTarget(BaseModel):
     encryption: Literal["repokey", "keyfile", "none"] | None = None
     passphrase_file: Path | None = None  # the passphrase, in a 0600 file (never on the command line)
     passphrase_env: str | None = None  # or the environment variable holding it; else $CREDENTIALS_DIRECTORY
+    gc_margin_s: float | None = Field(default=None, ge=0)  # no chunk younger than this is swept (None: 900 s)
 
 
 class Settings(BaseModel):

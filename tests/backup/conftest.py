@@ -19,7 +19,9 @@ MiB = 1 << 20
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     (tmp_path / "target").mkdir()
-    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target")])
+    # gc_margin_s=0: a prune sweeps at once what it freed (tests count it); docs/backup.md says why it is 900 s
+    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target",
+                                                                               gc_margin_s=0)])
 
 
 def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:

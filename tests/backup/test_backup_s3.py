@@ -62,7 +62,7 @@ def objects(client, bucket: str) -> dict[str, int]:
 def s3_target(rgw: RgwState, **changes: str) -> BackupTarget:
     access_key, secret_key = rgw.keys()
     return BackupTarget(**{"name": "s3", "kind": "s3", "endpoint": rgw.endpoint, "access_key": access_key,
-                           "secret_key": secret_key, **changes})
+                           "secret_key": secret_key, "gc_margin_s": 0, **changes})
 
 
 @pytest.fixture()

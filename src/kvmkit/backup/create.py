@@ -33,13 +33,13 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import changes, chunking, codec, digest, fiemap
+from kvmkit.backup import changes, chunking, codec, digest, fiemap, leases
 from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
-from kvmkit.errors import Conflict, InvalidInput
+from kvmkit.errors import Conflict, InvalidInput, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.joblog import job_log
 from kvmkit.snapshot import snapshot_lock
@@ -115,11 +115,21 @@ class Backup:
             raise InvalidInput(f"snapshot {snapshot.name} of VM {snapshot.vm} has no disks")
         t0 = time.perf_counter()
         with self.target.locked(exclusive=False), ExitStack() as stack:
+            # announced before any chunk is looked at (leases.py, gc.py): other hosts' GC and prunes see it
+            lease = stack.enter_context(leases.Lease(self.target, snapshot.vm_uuid, snapshot.name))
+            self.target.reused, self.target.last_touch = set(), 0.0
+            stack.callback(setattr, self.target, "reused", None)
             if self.target.has_manifest(snapshot.vm_uuid, snapshot.name):
                 raise Conflict(f"snapshot {snapshot.name} of VM {snapshot.vm} is already backed up on target "
                                f"{self.target.name}")
             manifests = self.target.manifests(snapshot.vm_uuid)
             parent = pick_parent(manifests, snapshot)
+            if parent is not None:
+                lease.name_parent(parent.snapshot)
+                if not self.target.has_manifest(snapshot.vm_uuid, parent.snapshot):  # pruned before it was named
+                    manifests = [m for m in manifests if m.snapshot != parent.snapshot]
+                    parent = pick_parent(manifests, snapshot)
+                    lease.name_parent(parent.snapshot if parent is not None else None)
             chain = chunking.chain(parent, {m.snapshot: m for m in manifests}) if parent else []
             self._drivers = self._given_drivers or default_drivers(self.settings)
             if self._given_drivers is None:
@@ -130,14 +140,27 @@ class Backup:
             manifest = BackupManifest(
                 vm=snapshot.vm, vm_uuid=snapshot.vm_uuid, snapshot=snapshot.name, snapshot_created=snapshot.created,
                 created=datetime.now(), parent=parent.snapshot if parent and not all(d.full for d in disks) else None,
+                host=leases.host_id(),
                 target=self.target.name, chunk_size=self.chunk_size, compression=self.compression, disks=disks,
                 seconds=round(time.perf_counter() - t0, 3))
             failpoint("backup-before-manifest")
+            self._final_check(manifest)
             self.target.write_manifest(manifest)
             self.target.clear_incomplete(snapshot.vm_uuid, snapshot.name)
         log.info("backup written", extra={"vm": snapshot.vm, "snapshot": snapshot.name, "kind": manifest.kind.value,
                                           "written_bytes": manifest.written_bytes})
         return manifest
+
+    def _final_check(self, manifest: BackupManifest) -> None:
+        """What this backup relied on is still there (reused chunks, SETTLE after the last touch; the parent):
+        else it is not recorded (a rerun stores what went missing), never recorded with a hole."""
+        missing = self.target.missing_reused()
+        if manifest.parent is not None and not self.target.has_manifest(manifest.vm_uuid, manifest.parent):
+            missing.append(f"parent backup {manifest.parent}")
+        if missing:
+            raise OperationFailed(f"backup {manifest.snapshot} of VM {manifest.vm}: {len(missing)} thing(s) it "
+                                  f"relied on went missing meanwhile (first: {missing[0]}); it is not recorded, "
+                                  "run it again")
 
     def _reader(self, disk: DiskSnapshot) -> SnapshotReader:
         """The snapshot as its guest sees it, through the driver that made it (which knows how to reach it)."""
@@ -377,7 +400,7 @@ class ChunkWork:
                 self.index.put(index, name, table)  # repair the record the index lacked
             return index, name, read, 0
         self.index.put(index, name, table)
-        if self.backup.target.has_chunk(name):
+        if self.backup.target.reuse(name):  # touched: no garbage collection sweeps it under this backup
             return index, name, read, 0
         blob = None
         if parent is not None and base is not None:

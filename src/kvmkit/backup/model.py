@@ -100,6 +100,7 @@ class BackupManifest(BaseModel):
     compression: Literal["zstd", "zlib", "none"] = "zlib"
     disks: list[DiskBackup] = Field(default=[], max_length=MAX_DISKS)
     seconds: float = Field(default=0.0, ge=0, le=1e9)
+    host: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] | None = None  # writer
     manifest_bytes: int = Field(default=0, ge=0)  # size of this manifest file on the target (known after written)
 
     @field_validator("snapshot_created", "created")

@@ -33,8 +33,9 @@ import os
 import re
 import stat
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class ChunkStore(ABC):
     name: str
     location: str  # for people: a folder, or "bucket B on ENDPOINT"
     keys: RepoKeys | None = None  # keys.py: set by keyring.attach for a repository with keys (marker format 2)
+    gc_margin: float | None = None  # seconds (None: gc.GC_MARGIN); from the target's config
+    reused: set[str] | None = None  # a writer's reused chunks (create.py sets a set; None: not tracked)
+    last_touch: float = 0.0
+    _reused_lock = threading.Lock()
     marker: dict | None = None  # the format marker as read (None: a new, empty target)
 
     @property
@@ -187,10 +192,10 @@ class ChunkStore(ABC):
     def put_chunk(self, digest: str, raw: bytes, compression: str, base: str | None = None) -> int:
         """Store a chunk unless present, as a delta against `base` (the parent's chunk at the same place) when
         that is smaller; returns the bytes written (0 when it was already there)."""
-        if self.has_chunk(digest):
+        self._need_keys()
+        if self.reuse(digest):
             return 0
         blob = None
-        self._need_keys()
         if base is not None and base != digest:
             try:
                 base_raw, base_depth = self.read_chunk(base)
@@ -211,7 +216,7 @@ class ChunkStore(ABC):
         """Store an already encoded chunk unless present (an incremental encodes its deltas itself, from the
         changed blocks and the parent's block digests, without reading the parent back); bytes written."""
         self._need_keys()
-        if self.has_chunk(digest):
+        if self.reuse(digest):
             return 0
         return self._put_sealed(digest, blob)
 
@@ -408,15 +413,35 @@ class ChunkStore(ABC):
         return live
 
     def collect_garbage(self) -> tuple[int, int]:
-        """Remove chunks no manifest references, and temporary files of killed writers; (files, bytes) freed.
-        The caller holds the lock exclusively. Memory: the live set, plus one batch of dead names."""
-        live = self.live_chunks()
-        removed = freed = 0
-        for batch in _batches(((key, size) for key, size in self._list("chunks/")
-                               if key.rsplit("/", 1)[-1] not in live), DELETE_BATCH):
-            self._delete([key for key, _ in batch])
-            removed, freed = removed + len(batch), freed + sum(size for _, size in batch)
-        return removed, freed
+        """Remove chunks no backup needs, and temporary files of killed writers; (files, bytes) freed. Safe
+        beside backups on any host (gc.py: leases, touched chunks, a margin). Memory: the live set."""
+        from kvmkit.backup import gc  # gc builds on this module
+
+        return gc.collect(self, gc.GC_MARGIN if self.gc_margin is None else self.gc_margin)
+
+    def reuse(self, digest: str) -> bool:
+        """A writer relying on a chunk already stored: True when it is there, and then touched (its modification
+        time becomes the storage's now, so no garbage collection running meanwhile sweeps it) and remembered
+        for the writer's final check (`missing_reused`)."""
+        key = chunk_key(digest)
+        if not self._exists(key):
+            return False
+        if self.reused is not None:
+            if not self._touch(key):
+                return False
+            with self._reused_lock:
+                self.reused.add(digest)
+                self.last_touch = time.monotonic()
+        return True
+
+    def missing_reused(self) -> list[str]:
+        """Chunks this writer relied on that are gone now (checked after gc.SETTLE since the last touch)."""
+        from kvmkit.backup import gc
+
+        wait = self.last_touch + gc.SETTLE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return [d for d in sorted(self.reused or ()) if not self._exists(chunk_key(d))]
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -440,17 +465,6 @@ INTENT_KEYS = ("vm", "vm_uuid", "snapshot", "pid", "host")
 def _is_json(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return name.endswith(".json") and not name.startswith(".")  # not a dir target's temporary file
-
-
-def _batches(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
-    batch: list[tuple[str, int]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class DirTarget(ChunkStore):
@@ -601,6 +615,43 @@ class DirTarget(ChunkStore):
         finally:
             os.close(folder)
 
+    def _mtime(self, key: str) -> float | None:
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except OSError:
+            return None
+        try:
+            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(folder)
+
+    def _touch(self, key: str) -> bool:
+        """mtime := now (on NFS the server's now: utime(NULL) is sent as SET_TO_SERVER_TIME); False if gone."""
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except OSError:
+            return False
+        try:
+            os.utime(name, dir_fd=folder, follow_symlinks=False)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(folder)
+
+    def _list_times(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        for key, _ in self._list(prefix):
+            try:
+                info = os.stat(self.root / key, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            yield key, info.st_size, info.st_mtime
+
     def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
         top = self.root
         for part in Path(prefix).parts:  # a planted symlinked folder is not listed (nor followed)
@@ -655,7 +706,12 @@ class DirTarget(ChunkStore):
 
     @contextmanager
     def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
-        """flock on <root>/lock: it works across hosts only where the filesystem shares flocks (NFSv4 does)."""
+        """Backups take no lock (their leases announce them, gc.py keeps what they rely on); prunes and deletes
+        take a flock on <root>/lock, which keeps them apart across hosts where the filesystem shares flocks
+        (NFSv4 does)."""
+        if not exclusive:
+            yield
+            return
         with flocked(self.root / "lock", exclusive, wait, f"backup target {self.name} is busy (another backup or "
                                                            "prune)"):
             yield

@@ -41,6 +41,7 @@ def open_target(settings: Settings, name: str | None = None, create: bool = Fals
         if create:
             target.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = DirTarget(target.name, target.path, mark_legacy=False)
+    store.gc_margin = target.gc_margin_s
     return keyring.attach(store, settings, target, init, ask if ask is not None else keyring.default_ask())
 
 
