@@ -25,9 +25,38 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
 def mount(app: typer.Typer, target_app: typer.Typer) -> None:
-    """Hang these commands on `kvmkit backup` (called from backup/cli.py)."""
+    """Hang these commands (and `backup soak`) on `kvmkit backup` (called from backup/cli.py)."""
     target_app.command("init")(target_init)
     app.add_typer(key_app, name="key")
+    app.command("soak")(soak_command)
+
+
+def soak_command(folder: Path = typer.Argument(..., help="Scratch folder for the hosts' images and state (made)."),
+                 target: str | None = typer.Option(None, "--target", "-t", help="Backup target (default: the only "
+                                                   "one). Use a scratch target: the soak prunes its own VMs only."),
+                 seconds: float = typer.Option(300.0, "--seconds", help="How long the hosts run."),
+                 writers: int = typer.Option(4, "--writers", help="Writer hosts (processes with own host ids)."),
+                 pruners: int = typer.Option(2, "--pruners", help="Hosts looping prune and delete."),
+                 kill_every: float = typer.Option(15.0, "--kill-every", help="Mean seconds between kill -9s."),
+                 json_out: bool = JSON) -> None:
+    """Many hosts backing up to and pruning one repository with random kill -9, then every backup verified and
+    restored byte for byte; exit 1 if anything was lost."""
+    from kvmkit.backup import soak
+    from kvmkit.backup.targets import target_config
+
+    settings = config.load()
+    name = target_config(settings, target).name
+    result = soak.run(settings, name, folder, seconds, writers, pruners, kill_every,
+                      say=lambda m: console.print(f"[dim]soak:[/] {m}") if not json_out else None)
+    if json_out:
+        print_json(soak.as_dict(result))
+    else:
+        console.print(f"{result.backups} backups ({result.backup_failures} refused), {result.prunes} prunes, "
+                      f"{result.deletes} deletes ({result.refusals} refused), {result.kills} kill -9; "
+                      f"{result.checked} backups verified and restored byte for byte; "
+                      f"{len(result.mismatched)} mismatched, {len(result.damaged)} damaged")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def _describe(store) -> dict:
