@@ -100,3 +100,13 @@ def test_the_wrong_passphrase_is_one_line_and_changes_nothing(sealed, client, bu
     out = subprocess.run([*KVMKIT, "backup", "verify", "vm1"], env={**os.environ, "KVMKIT_CONFIG": str(config)},
                          capture_output=True, text=True, timeout=120, cwd="/")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "wrong passphrase" in out.stderr, out.stderr
+
+
+def test_a_short_fleet_soak_on_radosgw_loses_nothing(lab_state, rgw, bucket, tmp_path):  # noqa: F811
+    from tests.backup.test_soak import run_soak, soak_config
+
+    access_key, secret_key = rgw.keys()
+    env = soak_config(tmp_path, f'kind = "s3"\nendpoint = "{rgw.endpoint}"\nbucket = "{bucket}"\n'
+                                f'access_key = "{access_key}"\nsecret_key = "{secret_key}"\n')
+    result = run_soak(env, tmp_path / "run", 60)
+    assert result["backups"] > 0 and result["kills"] > 0 and result["checked"] > 0
