@@ -218,25 +218,29 @@ def test_bucket_over_quota_mid_backup_is_one_line_and_the_rerun_resumes(s3_setti
     assert restore.verify(s3_settings, "vm1").ok
 
 
-def test_another_hosts_lock_object_refuses_backup_and_prune_a_dead_local_one_does_not(s3_settings, client, bucket,
-                                                                                      tmp_path):
+def test_another_hosts_lock_object_keeps_prunes_apart_never_backups_and_expires(s3_settings, client, bucket,
+                                                                                tmp_path):
+    """Issue 23: backups announce themselves with leases and never wait on a prune; a prune's `lock` object only
+    keeps other hosts' prunes apart, and a killed prune's record (dead pid here, or older than 30 min) is stale."""
+    import time
+
     a = sparse_file(tmp_path / "a", 2 * MiB, [(0, randbytes(MiB))])
-    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": "elsewhere", "pid": 4242,
-                                                                  "since": "2026-11-29T10:00:00"}).encode())
+    fresh = {"host": "elsewhere", "pid": 4242, "epoch": time.time(), "since": "2026-11-29T10:00:00"}
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps(fresh).encode())
     message = ("backup target s3 is locked by a prune on elsewhere \\(pid 4242\\) since 2026-11-29T10:00:00; if that "
                f"process is gone, delete object 'lock' from bucket {bucket}")
-    with pytest.raises(EnvironmentProblem, match=message):
-        backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))
+    backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))  # a backup does not wait on a prune
     with pytest.raises(EnvironmentProblem, match=message):
         manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1))
-    assert set(objects(client, bucket)) == {"kvmkit-backup.json", "lock"}
+    assert json.loads(client.get_object(Bucket=bucket, Key="lock")["Body"].read())["host"] == "elsewhere"
+    old = {"host": "elsewhere", "pid": 4242, "epoch": time.time() - 3600, "since": "old"}
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps(old).encode())
+    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []  # expired: taken over
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = gone.pid  # a pid of this host whose process has exited
-    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": os.uname().nodename, "pid": dead,
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": os.uname().nodename, "pid": gone.pid,
                                                                   "since": "2026-11-29T10:00:00"}).encode())
-    backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))  # a killed prune of this host: stale
-    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []
+    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []  # a dead local prune
     assert "lock" not in objects(client, bucket)  # the prune took the stale lock over and released it
 
 
