@@ -72,3 +72,21 @@ def test_manifests_and_leases_name_their_host(tmp_path, settings, monkeypatch):
     with leases.Lease(store, "00000000-0000-4000-8000-000000000001", "s9"):
         [record] = leases.live(store, leases.storage_now(store))
         assert record.host == "hv-07" and record.key.startswith("leases/hv-07--")
+
+
+def test_delete_refuses_a_running_backups_parent_before_removing_anything(tmp_path, settings):
+    import pytest
+
+    from kvmkit.errors import Conflict
+
+    disk = sparse_file(tmp_path / "vda.raw", 4 * MiB, [(0, randbytes(MiB))])
+    s1 = file_snapshot("s1", {"vda": disk})
+    first = backup_snapshot(settings, s1)
+    backup_snapshot(settings, file_snapshot("s2", {"vda": disk}, when=later(s1)))
+    store = open_target(settings)
+    with leases.Lease(store, first.vm_uuid, "s3") as lease:
+        lease.name_parent("s2")
+        with pytest.raises(Conflict, match="parent of a backup running on"):
+            manage.delete(settings, "vm1", "s1", with_dependants=True)
+        assert [m.snapshot for m in manage.list_backups(settings)[0]] == ["s1", "s2"]
+    assert manage.delete(settings, "vm1", "s1", with_dependants=True).deleted == ["s2", "s1"]

@@ -69,11 +69,16 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
         doomed = [*reversed(dependants), snapshot]
         if dry_run:
             return Removal(vm=manifest.vm, deleted=doomed)
+        def refuse_leased() -> None:
+            running = protected(target)
+            for name in doomed:
+                holder = running.get((manifest.vm_uuid, name))
+                if holder is not None:
+                    raise Conflict(f"backup {name} of VM {manifest.vm} is the parent of a backup running on "
+                                   f"{holder}; delete it after that backup ends")
+        refuse_leased()  # before anything goes, and again before each removal (a backup may start meanwhile)
         for name in doomed:  # children first: a surviving manifest never loses its parent
-            holder = protected(target).get((manifest.vm_uuid, name))
-            if holder is not None:
-                raise Conflict(f"backup {name} of VM {manifest.vm} is the parent of a backup running on {holder}; "
-                               "delete it after that backup ends")
+            refuse_leased()
             target.delete_manifest(by_name[name])
             failpoint("prune-mid-delete")
         removed, freed, skipped = sweep(target)
