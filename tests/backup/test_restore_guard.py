@@ -102,3 +102,41 @@ def test_a_ceph_destination_is_the_vms_own_cluster_or_unambiguous_never_the_firs
         restore_guard.rbd_location(stranger, "rbd", disks, key_of)
     assert "10.0.0.2" in restore_guard.rbd_location(stranger, "rbd", disks[:1], key_of)["mon_host"]
     assert restore_guard.rbd_location(stranger, "other", disks, key_of) is None  # kvmkit's configured cluster
+
+
+@pytest.mark.lab
+def test_an_rbd_image_a_client_has_open_is_never_renamed_aside(lab_state, settings, tmp_path):
+    """Issue 24: a VM on another host (here: a librbd client this host's libvirt does not know) has the image open;
+    `--force` must not rename it away under that VM."""
+    import uuid
+
+    import rados
+    import rbd
+
+    from kvmkit.backup.restore_targets import defined_disks
+    from kvmkit.lab.state import load
+
+    s = settings.model_copy(update={"libvirt_uri": lab_state.uri, "lab_dir": lab_state.dir})
+    src, _ = backed_up(tmp_path, s)
+    lab_rbd = next(d for d in defined_disks(lab_state.uri) if d.rbd is not None)
+    pool = lab_rbd.rbd.rbd_pool_image[0]
+    name = f"kvmkit-watched-{uuid.uuid4().hex[:8]}"
+    cluster = rados.Rados(conffile=str(load(lab_state.dir).ceph.conf))
+    cluster.connect(timeout=10)
+    ioctx = cluster.open_ioctx(pool)
+    try:
+        rbd.RBD().create(ioctx, name, 4 * MiB)
+        with rbd.Image(ioctx, name) as held:  # a read-write open registers a watch, as a running VM's librbd does
+            held.write(b"in use" * 100, 0)
+            with pytest.raises(Conflict, match="open by 1 client") as info:
+                restore.restore(s, "vm1", "s1", to=[f"{pool}/{name}"], replace=True)
+            assert "\n" not in str(info.value)
+            assert sorted(n for n in rbd.RBD().list(ioctx) if n.startswith(name)) == [name]
+        restore.restore(s, "vm1", "s1", to=[f"{pool}/{name}"], replace=True)  # nobody has it open now
+        with rbd.Image(ioctx, name, read_only=True) as img:
+            assert img.read(0, MiB) == src.read_bytes()[:MiB]
+    finally:
+        for leftover in [n for n in rbd.RBD().list(ioctx) if n.startswith(name)]:
+            rbd.RBD().remove(ioctx, leftover)
+        ioctx.close()
+        cluster.shutdown()
