@@ -117,8 +117,10 @@ def test_an_rbd_image_a_client_has_open_is_never_renamed_aside(lab_state, settin
     from kvmkit.lab.state import load
 
     s = settings.model_copy(update={"libvirt_uri": lab_state.uri, "lab_dir": lab_state.dir})
-    src, _ = backed_up(tmp_path, s)
-    lab_rbd = next(d for d in defined_disks(lab_state.uri) if d.rbd is not None)
+    vm = f"{lab_state.dir.name}1"  # a backup of the lab VM: its RBD disks name the cluster to restore into (other
+    lab_rbd = next(d for d in defined_disks(lab_state.uri) if d.rbd is not None and d.vm == vm)  # labs' too)
+    src = sparse_file(tmp_path / "src.raw", 4 * MiB, [(0, randbytes(MiB))])
+    backup_snapshot(s, file_snapshot("s1", {"vda": src}).model_copy(update={"vm": vm, "vm_uuid": lab_rbd.vm_uuid}))
     pool = lab_rbd.rbd.rbd_pool_image[0]
     name = f"kvmkit-watched-{uuid.uuid4().hex[:8]}"
     cluster = rados.Rados(conffile=str(load(lab_state.dir).ceph.conf))
@@ -129,10 +131,10 @@ def test_an_rbd_image_a_client_has_open_is_never_renamed_aside(lab_state, settin
         with rbd.Image(ioctx, name) as held:  # a read-write open registers a watch, as a running VM's librbd does
             held.write(b"in use" * 100, 0)
             with pytest.raises(Conflict, match="open by 1 client") as info:
-                restore.restore(s, "vm1", "s1", to=[f"{pool}/{name}"], replace=True)
+                restore.restore(s, vm, "s1", to=[f"{pool}/{name}"], replace=True)
             assert "\n" not in str(info.value)
             assert sorted(n for n in rbd.RBD().list(ioctx) if n.startswith(name)) == [name]
-        restore.restore(s, "vm1", "s1", to=[f"{pool}/{name}"], replace=True)  # nobody has it open now
+        restore.restore(s, vm, "s1", to=[f"{pool}/{name}"], replace=True)  # nobody has it open now
         with rbd.Image(ioctx, name, read_only=True) as img:
             assert img.read(0, MiB) == src.read_bytes()[:MiB]
     finally:
