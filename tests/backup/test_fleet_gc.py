@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from kvmkit.backup import leases, manage
+from kvmkit.backup import gc, leases, manage
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.retention import RetentionPolicy
 from kvmkit.backup.store import chunk_key
@@ -27,16 +27,16 @@ def test_the_sweep_respects_the_margin_and_the_oldest_live_lease(tmp_path, setti
     store = open_target(settings)
     store.gc_margin = 3600
     young, old = orphan(store, 60), orphan(store, 7200)
-    assert store.collect_garbage() == (1, len(b"KVB1\0orphan"))
+    assert gc.collect(store) == (1, len(b"KVB1\0orphan"))
     assert store.has_chunk(young) and not store.has_chunk(old)
     store.gc_margin = 0
     with leases.Lease(store, "00000000-0000-4000-8000-000000000001", "s1") as lease:
         during = orphan(store, 0)  # written by the running backup, after its lease began
         before = orphan(store, 7200)
         assert lease.started is not None
-        assert store.collect_garbage()[0] == 2  # `young` and `before`: older than the lease
+        assert gc.collect(store)[0] == 2  # `young` and `before`: older than the lease
         assert store.has_chunk(during) and not store.has_chunk(before)
-    assert store.collect_garbage()[0] == 1 and not store.has_chunk(during)  # lease gone: swept
+    assert gc.collect(store)[0] == 1 and not store.has_chunk(during)  # lease gone: swept
 
 
 def test_a_reused_chunk_is_touched_so_a_concurrent_sweep_keeps_it(tmp_path, settings):
@@ -47,7 +47,7 @@ def test_a_reused_chunk_is_touched_so_a_concurrent_sweep_keeps_it(tmp_path, sett
     assert store.reuse(digest) and digest in store.reused
     assert os.stat(store.root / chunk_key(digest)).st_mtime > old + 3600
     store.gc_margin = 600
-    assert store.collect_garbage()[0] == 0 and store.has_chunk(digest)
+    assert gc.collect(store)[0] == 0 and store.has_chunk(digest)
     assert store.missing_reused() == []
 
 

@@ -20,12 +20,11 @@ import logging
 import time
 
 from kvmkit.backup import leases
-from kvmkit.backup.store import ChunkStore, SweepBlocked, _is_json
+from kvmkit.backup.store import SETTLE, ChunkStore, SweepBlocked, _is_json
 
 log = logging.getLogger(__name__)
 GC_MARGIN = 900.0  # seconds: no chunk younger than this is swept, leases or not (a writer of an older kvmkit)
 SKEW = 2.0  # seconds: storage timestamps of one second's resolution (S3 LastModified)
-SETTLE = 5.0  # seconds: a writer's wait between its last touch and its final check (create.py)
 ATTEMPTS = 5
 
 
@@ -43,8 +42,11 @@ def consistent_live_set(store: ChunkStore) -> set[str]:
                        "nothing was swept (run it again)")
 
 
-def collect(store: ChunkStore, margin: float = GC_MARGIN) -> tuple[int, int]:
-    """Sweep what no backup needs (the rules above); (chunks, bytes) removed."""
+def collect(store: ChunkStore, margin: float | None = None) -> tuple[int, int]:
+    """Sweep what no backup needs (the rules above); (chunks, bytes) removed. margin: the store's configured
+    one (gc_margin_s), else GC_MARGIN."""
+    if margin is None:
+        margin = GC_MARGIN if store.gc_margin is None else store.gc_margin
     now = leases.storage_now(store)
     running = leases.live(store, now)
     cutoff = now - margin

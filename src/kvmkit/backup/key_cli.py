@@ -87,7 +87,7 @@ def target_init(name: str | None = NAME,
 
 @key_app.command("export")
 def key_export(to: Path = typer.Option(..., "--to", help="File to write (made 0600; never overwritten)."),
-               name: str | None = NAME) -> None:
+               name: str | None = NAME, json_out: bool = JSON) -> None:
     """Write a copy of the target's (still wrapped) key: keep it apart from the repository."""
     settings = config.load()
     store = open_target(settings, name)
@@ -95,11 +95,14 @@ def key_export(to: Path = typer.Option(..., "--to", help="File to write (made 06
         raise InvalidInput(f"backup target {store.name} has no keys (a repository written before them)")
     record = keyring.record_of(store, settings, store.keys.repo_id, store.keys.mode)
     K.write_private(to, K.record_json(record))
-    console.print(f"key of backup target {store.name} ({store.keys.mode}, {K.fingerprint(store.keys)}) → {to}")
+    _say(json_out, {"target": store.name, "encryption": store.keys.mode, "fingerprint": K.fingerprint(store.keys),
+                    "exported_to": str(to)},
+         f"key of backup target {store.name} ({store.keys.mode}, {K.fingerprint(store.keys)}) → {to}")
 
 
 @key_app.command("import")
-def key_import(source: Path = typer.Argument(..., help="A file `key export` wrote."), name: str | None = NAME) -> None:
+def key_import(source: Path = typer.Argument(..., help="A file `key export` wrote."), name: str | None = NAME,
+               json_out: bool = JSON) -> None:
     """Install an exported key on this host (keyfile, none) or back into the repository (repokey)."""
     settings = config.load()
     cfg = target_config(settings, name)
@@ -131,14 +134,16 @@ def key_import(source: Path = typer.Argument(..., help="A file `key export` wrot
         K.write_private(K.host_key_path(settings.state_dir, record.repo_id, record.mode), K.record_json(record))
     opened = open_target(settings, name)
     assert opened.keys is not None
-    console.print(f"key of backup target {cfg.name} ({record.mode}, {K.fingerprint(opened.keys)}) installed")
+    _say(json_out, {"target": cfg.name, "encryption": record.mode, "fingerprint": K.fingerprint(opened.keys),
+                    "installed": True},
+         f"key of backup target {cfg.name} ({record.mode}, {K.fingerprint(opened.keys)}) installed")
 
 
 @key_app.command("passwd")
 def key_passwd(name: str | None = NAME,
                new_file: Path | None = typer.Option(None, "--new-passphrase-file",
-                                                    help="Read the new passphrase from this file (else a prompt).")
-               ) -> None:
+                                                    help="Read the new passphrase from this file (else a prompt)."),
+               json_out: bool = JSON) -> None:
     """Wrap the target's keys with a new passphrase (the data is not re-encrypted: the master keys stay)."""
     settings = config.load()
     store = open_target(settings, name)
@@ -162,5 +167,13 @@ def key_passwd(name: str | None = NAME,
     else:
         K.write_private(K.host_key_path(settings.state_dir, keys.repo_id, keys.mode), K.record_json(record),
                         replace=True)
-    console.print(f"backup target {store.name}: passphrase changed; update passphrase_file / passphrase_env / the "
-                  "credential on every host, and export the key again")
+    _say(json_out, {"target": store.name, "encryption": keys.mode, "passphrase_changed": True},
+         f"backup target {store.name}: passphrase changed; update passphrase_file / passphrase_env / the "
+         "credential on every host, and export the key again")
+
+
+def _say(json_out: bool, record: dict, text: str) -> None:
+    if json_out:
+        print_json(record)
+    else:
+        console.print(text)

@@ -139,7 +139,7 @@ def _create(store: ChunkStore, settings: Settings, cfg: BackupTarget, init: str 
     if mode is None:  # a target first used by a backup, not made by `target init`: encrypted if it can be
         mode = "repokey" if K.passphrase(cfg) is not None else "none"
         if mode == "none":
-            log.warning("backup target %s: made unencrypted (no passphrase configured); `kvmkit backup target "
+            log.info("backup target %s: made unencrypted (no passphrase configured); `kvmkit backup target "
                         "init --encryption repokey` makes encrypted ones", store.name)
     repo_id = K.new_repo_id()
     keys = K.new_keys(repo_id, mode)

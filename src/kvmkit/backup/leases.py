@@ -21,12 +21,11 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from kvmkit.errors import InvalidInput
 
-if TYPE_CHECKING:
-    from kvmkit.backup.store import ChunkStore
+ChunkStore = Any  # backup/store.py's ChunkStore (not imported: the store's writers use this module)
 
 log = logging.getLogger(__name__)
 PREFIX = "leases/"

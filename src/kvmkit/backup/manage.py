@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking, leases, retention
+from kvmkit.backup import chunking, gc, leases, retention
 from kvmkit.backup.model import BackupManifest, DamagedManifest
 from kvmkit.backup.restore import find_backup, vm_manifests
 from kvmkit.backup.store import ChunkStore, SweepBlocked
@@ -36,7 +36,7 @@ def sweep(target: ChunkStore) -> tuple[int, int, str | None]:
     """(chunks removed, bytes freed, why skipped): a damaged manifest anywhere on the target blocks the sweep
     (its chunks may be live) but not the deletion of other VMs' manifests; the next sweep frees their chunks."""
     try:
-        return (*target.collect_garbage(), None)
+        return (*gc.collect(target), None)
     except SweepBlocked as exc:
         return 0, 0, str(exc)
 

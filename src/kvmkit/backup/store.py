@@ -59,6 +59,7 @@ MAX_CHUNK_BLOB = MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 512 + 4096
 MAX_MANIFEST_BYTES = 16 << 20  # ≈ 220 000 chunk entries: 200 TiB of non-zero 1 MiB chunks in one backup
 MAX_SMALL_BLOB = 64 << 10  # the format marker, intents, the S3 lock record
 _CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
+SETTLE = 5.0  # seconds: a writer's wait between its last touch and its final check (gc.py says why)
 
 
 class SweepBlocked(OperationFailed):
@@ -95,7 +96,7 @@ class ChunkStore(ABC):
     name: str
     location: str  # for people: a folder, or "bucket B on ENDPOINT"
     keys: RepoKeys | None = None  # keys.py: set by keyring.attach for a repository with keys (marker format 2)
-    gc_margin: float | None = None  # seconds (None: gc.GC_MARGIN); from the target's config
+    gc_margin: float | None = None  # seconds (None: gc.GC_MARGIN); from the target's config (gc.collect uses it)
     reused: set[str] | None = None  # a writer's reused chunks (create.py sets a set; None: not tracked)
     last_touch: float = 0.0
     _reused_lock = threading.Lock()
@@ -414,13 +415,6 @@ class ChunkStore(ABC):
                 frontier.append(base)
         return live
 
-    def collect_garbage(self) -> tuple[int, int]:
-        """Remove chunks no backup needs, and temporary files of killed writers; (files, bytes) freed. Safe
-        beside backups on any host (gc.py: leases, touched chunks, a margin). Memory: the live set."""
-        from kvmkit.backup import gc  # gc builds on this module
-
-        return gc.collect(self, gc.GC_MARGIN if self.gc_margin is None else self.gc_margin)
-
     def reuse(self, digest: str) -> bool:
         """A writer relying on a chunk already stored: True when it is there, and then touched (its modification
         time becomes the storage's now, so no garbage collection running meanwhile sweeps it) and remembered
@@ -437,10 +431,8 @@ class ChunkStore(ABC):
         return True
 
     def missing_reused(self) -> list[str]:
-        """Chunks this writer relied on that are gone now (checked after gc.SETTLE since the last touch)."""
-        from kvmkit.backup import gc
-
-        wait = self.last_touch + gc.SETTLE - time.monotonic()
+        """Chunks this writer relied on that are gone now (checked SETTLE after the last touch: gc.py)."""
+        wait = self.last_touch + SETTLE - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         return [d for d in sorted(self.reused or ()) if not self._exists(chunk_key(d))]
