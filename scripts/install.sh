@@ -51,7 +51,7 @@ APT_PACKAGES=(
   ceph-mon ceph-osd ceph-common python3-rbd python3-rados radosgw python3-boto3
   fio iperf3 sockperf xfsprogs busybox-static linux-image-amd64 kmod
   python3-venv python3-pip util-linux e2fsprogs chromium prometheus
-  restic borgbackup python3-pyfuse3 python3-libnbd
+  restic borgbackup python3-pyfuse3 python3-libnbd python3-cryptography
 )
 STAMP=.venv/.installed
 missing=()

@@ -62,6 +62,12 @@ class BackupTarget(BaseModel):
     access_key_env: str | None = None
     secret_key_env: str | None = None
     compression: Literal["zstd", "zlib", "none"] = "zstd"  # level 1, per 64 KiB; incompressible data stays raw
+    # a new target's keys (backup/keys.py): None = repokey when a passphrase source below is set, else none;
+    # an existing target's own marker decides, and must agree with this when it is set
+    encryption: Literal["repokey", "keyfile", "none"] | None = None
+    passphrase_file: Path | None = None  # the passphrase, in a 0600 file (never on the command line)
+    passphrase_env: str | None = None  # or the environment variable holding it; else $CREDENTIALS_DIRECTORY
+    gc_margin_s: float | None = Field(default=None, ge=0)  # no chunk younger than this is swept (None: 900 s)
 
 
 class Settings(BaseModel):

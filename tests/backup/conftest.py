@@ -19,15 +19,26 @@ MiB = 1 << 20
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     (tmp_path / "target").mkdir()
-    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target")])
+    # gc_margin_s=0: a prune sweeps at once what it freed (tests count it); docs/backup.md says why it is 900 s
+    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target",
+                                                                               gc_margin_s=0)])
 
 
 def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:
+    """A snapshot record of these image files, named as the file driver names its snapshots
+    (`<source>@<snapshot>.kvmkit`, a hard link to the image): an incremental asks FIEMAP only about such names."""
     vm_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, vm))
+    disks = []
+    for t, p in files.items():
+        source = p.parent / f"{vm}-{t}.disk"
+        handle = Path(f"{source}@{name}.kvmkit")
+        if not (handle.exists() and handle.stat().st_ino == p.stat().st_ino):
+            handle.unlink(missing_ok=True)
+            os.link(p, handle)
+        disks.append(DiskSnapshot(target=t, driver="file", source=str(source), handle=str(handle),
+                                  size_bytes=p.stat().st_size))
     return Snapshot(vm_uuid=vm_uuid, vm=vm, name=name, created=when or datetime.now(), mode=Mode.OFFLINE,
-                    state=State.READY,
-                    disks=[DiskSnapshot(target=t, driver="file", source=str(p.with_suffix(".disk")), handle=str(p),
-                                        size_bytes=p.stat().st_size) for t, p in files.items()])
+                    state=State.READY, disks=disks)
 
 
 def sparse_file(path: Path, size: int, writes: list[tuple[int, bytes]]) -> Path:

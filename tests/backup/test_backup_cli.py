@@ -28,8 +28,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def state_of(root: Path) -> list[str]:
-    """Every path under root but the job logs: a refused command logs its refusal, and changes nothing else."""
-    return sorted(str(p) for p in root.rglob("*") if "log" not in p.relative_to(root).parts[1:2])
+    """Every path under root but the job logs (a refused command logs its refusal) and the target's prune lock
+    file (made empty by the first delete or prune that takes it): nothing else changes."""
+    return sorted(str(p) for p in root.rglob("*") if "log" not in p.relative_to(root).parts[1:2]
+                  and p.relative_to(root).parts != ("target", "lock"))
 
 
 def kvmkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -164,7 +164,8 @@ def test_kill_9_during_delete_loses_nothing_that_is_kept(tmp_path, settings):
 from pathlib import Path
 from kvmkit.backup.manage import delete
 from kvmkit.config import BackupTarget, Settings
-delete(Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]), "vm0", "s0")
+delete(Settings(state_dir=Path({str(settings.state_dir)!r}),
+         backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))]), "vm0", "s0")
 """
     env = {**os.environ, "KVMKIT_FAILPOINT": "prune-mid-delete"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True)
@@ -187,7 +188,8 @@ from pathlib import Path
 from kvmkit.backup.manage import prune
 from kvmkit.backup.retention import RetentionPolicy
 from kvmkit.config import BackupTarget, Settings
-settings = Settings(backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))])
+settings = Settings(state_dir=Path({str(settings.state_dir)!r}),
+         backup_targets=[BackupTarget(name="t1", path=Path({str(target)!r}))])
 prune(settings, "vm1", RetentionPolicy(keep_last=2))
 """
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KVMKIT_FAILPOINT": step},
@@ -205,9 +207,11 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, settings):
     a = sparse_file(tmp_path / "a", MiB, [(0, b"x")])
     b = sparse_file(tmp_path / "b", MiB, [(0, b"y")])
     backup_snapshot(settings, file_snapshot("s1", {"vda": a, "vdb": b}))
-    def state() -> list[Path]:  # every path but the job logs (a refused command logs its refusal)
+    def state() -> list[Path]:  # every path but the job logs (a refused command logs its refusal) and the
+        # snapshot files the test's own file_snapshot links
         return sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
-                      if p.relative_to(tmp_path).parts[:2] != ("state", "log"))
+                      if p.relative_to(tmp_path).parts[:2] != ("state", "log") and p.suffix != ".kvmkit"
+                      and p.relative_to(tmp_path).parts != ("target", "lock"))  # a delete's lock file, empty
 
     before = state()
     cases = [

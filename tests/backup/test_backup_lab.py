@@ -105,9 +105,10 @@ def test_file_disks_full_incremental_destroy_restore_checksums_match(lab_setting
 
 
 def rbd_snapshot(lab_state, conn, vm: str, name: str) -> Snapshot:
-    """A quiesced RBD snapshot of the VM's RBD disk, taken here with librbd under the test's control (names
-    without kvmkit's prefix, so the test can drop one behind kvmkit's back): freeze, create_snap, thaw, and the
-    record the engine writes, with the cluster it was taken on (the lab's disks name their ceph.conf)."""
+    """A quiesced RBD snapshot of the VM's RBD disk, taken here with librbd under the test's control (so the test
+    can drop one behind kvmkit's back): freeze, create_snap, thaw, and the record the engine writes, with the
+    cluster it was taken on (the lab's disks name their ceph.conf). Named as the RBD driver names its own
+    (`kvmkit-<snapshot>`): an incremental asks diff_iterate only about kvmkit's own snapshots (issue 23)."""
     import rados
     import rbd
 
@@ -121,7 +122,7 @@ def rbd_snapshot(lab_state, conn, vm: str, name: str) -> Snapshot:
         with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
             agent.freeze(dom)
             try:
-                img.create_snap(name)
+                img.create_snap(f"kvmkit-{name}")
             finally:
                 agent.thaw(dom)
             size = img.size()
@@ -129,7 +130,7 @@ def rbd_snapshot(lab_state, conn, vm: str, name: str) -> Snapshot:
         cluster.shutdown()
     return Snapshot(vm_uuid=dom.UUIDString(), vm=vm, name=name, created=datetime.now(), mode=Mode.QUIESCED,
                     state=State.READY, disks=[DiskSnapshot(target=disk.target, driver="rbd", source=disk.source,
-                                                           handle=f"{disk.source}@{name}", size_bytes=size,
+                                                           handle=f"{disk.source}@kvmkit-{name}", size_bytes=size,
                                                            location={"conf": str(state.ceph.conf)})])
 
 
@@ -142,7 +143,7 @@ def drop_rbd_snapshot(lab_state, source: str, name: str) -> None:
     cluster.connect(timeout=10)
     try:
         with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
-            img.remove_snap(name)
+            img.remove_snap(f"kvmkit-{name}")
     finally:
         cluster.shutdown()
 

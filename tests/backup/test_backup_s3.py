@@ -62,7 +62,7 @@ def objects(client, bucket: str) -> dict[str, int]:
 def s3_target(rgw: RgwState, **changes: str) -> BackupTarget:
     access_key, secret_key = rgw.keys()
     return BackupTarget(**{"name": "s3", "kind": "s3", "endpoint": rgw.endpoint, "access_key": access_key,
-                           "secret_key": secret_key, **changes})
+                           "secret_key": secret_key, "gc_margin_s": 0, **changes})
 
 
 @pytest.fixture()
@@ -218,25 +218,29 @@ def test_bucket_over_quota_mid_backup_is_one_line_and_the_rerun_resumes(s3_setti
     assert restore.verify(s3_settings, "vm1").ok
 
 
-def test_another_hosts_lock_object_refuses_backup_and_prune_a_dead_local_one_does_not(s3_settings, client, bucket,
-                                                                                      tmp_path):
+def test_another_hosts_lock_object_keeps_prunes_apart_never_backups_and_expires(s3_settings, client, bucket,
+                                                                                tmp_path):
+    """Issue 23: backups announce themselves with leases and never wait on a prune; a prune's `lock` object only
+    keeps other hosts' prunes apart, and a killed prune's record (dead pid here, or older than 30 min) is stale."""
+    import time
+
     a = sparse_file(tmp_path / "a", 2 * MiB, [(0, randbytes(MiB))])
-    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": "elsewhere", "pid": 4242,
-                                                                  "since": "2026-11-29T10:00:00"}).encode())
+    fresh = {"host": "elsewhere", "pid": 4242, "epoch": time.time(), "since": "2026-11-29T10:00:00"}
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps(fresh).encode())
     message = ("backup target s3 is locked by a prune on elsewhere \\(pid 4242\\) since 2026-11-29T10:00:00; if that "
                f"process is gone, delete object 'lock' from bucket {bucket}")
-    with pytest.raises(EnvironmentProblem, match=message):
-        backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))
+    backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))  # a backup does not wait on a prune
     with pytest.raises(EnvironmentProblem, match=message):
         manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1))
-    assert set(objects(client, bucket)) == {"kvmkit-backup.json", "lock"}
+    assert json.loads(client.get_object(Bucket=bucket, Key="lock")["Body"].read())["host"] == "elsewhere"
+    old = {"host": "elsewhere", "pid": 4242, "epoch": time.time() - 3600, "since": "old"}
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps(old).encode())
+    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []  # expired: taken over
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = gone.pid  # a pid of this host whose process has exited
-    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": os.uname().nodename, "pid": dead,
+    client.put_object(Bucket=bucket, Key="lock", Body=json.dumps({"host": os.uname().nodename, "pid": gone.pid,
                                                                   "since": "2026-11-29T10:00:00"}).encode())
-    backup_snapshot(s3_settings, file_snapshot("s1", {"vda": a}))  # a killed prune of this host: stale
-    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []
+    assert manage.prune(s3_settings, "vm1", RetentionPolicy(keep_last=1)).deleted == []  # a dead local prune
     assert "lock" not in objects(client, bucket)  # the prune took the stale lock over and released it
 
 
@@ -256,6 +260,7 @@ def test_bad_keys_unreachable_endpoint_missing_bucket_are_one_line_and_change_no
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[backup_targets]]\n'
                       + "".join(f'{k} = "{v}"\n' for k, v in target.model_dump(exclude_none=True).items()))
+    config.chmod(0o600)  # it holds the S3 secret: kvmkit refuses it readable by others
     env = {**os.environ, "KVMKIT_CONFIG": str(config)}
     before = objects(client, bucket)
     secrets = [v for k, v in target.model_dump().items() if k.endswith("_key") and v]
@@ -274,12 +279,13 @@ def test_target_init_makes_the_bucket_once_and_lab_status_shows_the_gateway(lab_
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[backup_targets]]\n'
                       + "".join(f'{k} = "{v}"\n' for k, v in s3_target(rgw, bucket=bucket).model_dump(exclude_none=True)
                                 .items()))
+    config.chmod(0o600)  # it holds the S3 secret: kvmkit refuses it readable by others
     env = {**os.environ, "KVMKIT_CONFIG": str(config), "KVMKIT_LAB_DIR": str(lab_state.dir)}
     for _ in range(2):
-        out = kvmkit(env, "backup", "target", "init")
+        out = kvmkit(env, "backup", "target", "init", "--encryption", "none")
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == f"backup target s3: ready (bucket {bucket} on {rgw.endpoint})"
-    assert set(objects(client, bucket)) == {"kvmkit-backup.json"}
+        assert out.stdout.startswith(f"backup target s3: ready (bucket {bucket} on {rgw.endpoint}), encryption none")
+    assert set(objects(client, bucket)) == {"kvmkit-backup.json"}  # mode none: the MAC key stays on the host
     status = json.loads(kvmkit(env, "lab", "status", "--json").stdout)
     assert status["rgw"] == {"endpoint": rgw.endpoint, "running": True, "credentials": str(rgw.credentials)}
     assert rgw.credentials.stat().st_mode & 0o777 == 0o600

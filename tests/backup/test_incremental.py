@@ -221,7 +221,7 @@ def test_an_incremental_on_a_target_of_sha256_named_chunks_stores_only_what_chan
         old = hashlib.sha256(raw).hexdigest()
         target._put(chunk_key(old), codec.encode(raw, "zstd"))
         renamed.append((index, old))
-    record.chunks, record.handle_identity = renamed, None
+    record.chunks, record.handle_identity, record.content_digest, m1.format = renamed, None, None, 1  # no digest yet
     target._put(manifest_key(m1.vm_uuid, "s1"), m1.model_dump_json().encode())
     scatter(disk, rng, 30)
     s2 = tmp_path / "f@s2"

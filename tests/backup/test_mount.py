@@ -16,7 +16,7 @@ import pytest
 
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.mount import ChunkCache, images, is_mounted, read_range
-from kvmkit.backup.store import DirTarget
+from kvmkit.backup.targets import open_target
 from tests.backup.conftest import MiB, file_snapshot, randbytes, sparse_file
 
 KVMKIT = [str(Path(sys.executable).parent / "kvmkit")]
@@ -26,7 +26,7 @@ def test_reads_anywhere_match_the_disk_with_a_bounded_cache(tmp_path, settings):
     disk = sparse_file(tmp_path / "vda", 10 * MiB + 12345, [(0, randbytes(3 * MiB)), (5 * MiB - 7, randbytes(MiB)),
                                                               (10 * MiB, randbytes(12345))])
     backup_snapshot(settings, file_snapshot("s1", {"vda": disk}))
-    store = DirTarget("t1", settings.backup_targets[0].path)
+    store = open_target(settings)
     [image] = images(store, "vm1", "s1")
     cache = ChunkCache(store, capacity=2)
     data, rng = disk.read_bytes(), random.Random(3)

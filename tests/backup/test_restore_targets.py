@@ -68,6 +68,8 @@ def test_a_defined_vms_disk_is_refused_by_any_alias(tmp_path, settings, alias):
 def test_restore_without_to_writes_only_onto_the_backed_up_vms_own_disks(tmp_path, settings):
     """The manifest's source is untrusted: without --to, a restore goes only where this host's definition of the
     same VM (by UUID) has that disk — and then only under the defined-VM rules (issue 15 item 2)."""
+    # a repository without keys (format 1), where a manifest can be edited at all: keyed ones refuse it unopened
+    (settings.backup_targets[0].path / "kvmkit-backup.json").write_text('{"format": 1, "tool": "kvmkit"}')
     src = sparse_file(tmp_path / "src.raw", 4 * MiB, [(0, randbytes(MiB))])
     manifest = backup_of(tmp_path, settings, {"vda": src})
     source = Path(manifest.disks[0].source)
@@ -254,7 +256,7 @@ def test_kill_9_during_restore_leaves_no_partial_disk_and_the_rerun_cleans_up(tm
     (out / "a").write_bytes(b"old a")
     (out / "b").write_bytes(b"old b")
     child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(settings.backup_targets[0].path), str(out),
-                            str(tmp_path / "child-state")],
+                            str(settings.state_dir)],
                            env={**os.environ, "KVMKIT_FAILPOINT": step}, capture_output=True, timeout=60)
     assert child.returncode == -9
     contents = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}

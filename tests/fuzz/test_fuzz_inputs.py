@@ -87,6 +87,9 @@ def repo(tmp_path: Path):
 
     root = tmp_path / "repo"
     root.mkdir()
+    # a repository without keys (format 1): the strict model is all that stands between it and kvmkit; keyed
+    # repositories refuse any manifest or chunk not sealed by their key before parsing it (tests/backup/test_tamper)
+    (root / "kvmkit-backup.json").write_text(json.dumps({"format": 1, "tool": "kvmkit"}))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_text("keep")

@@ -46,8 +46,8 @@ def index_path(state_dir: Path, target_name: str, target_location: str, vm_uuid:
 
 
 class BlockIndex:
-    def __init__(self, path: Path, chunk_size: int) -> None:
-        self.path, self.chunk_size = path, chunk_size
+    def __init__(self, path: Path, chunk_size: int, id_key: bytes | None = None) -> None:
+        self.path, self.chunk_size, self.id_key = path, chunk_size, id_key
         self.per_chunk = -(-chunk_size // codec.DELTA_BLOCK)
         self.record = DIGEST + DIGEST * self.per_chunk
         try:
@@ -82,7 +82,7 @@ class BlockIndex:
         if len(blob) != DIGEST + DIGEST * count or blob[:DIGEST].hex() != name:
             return None
         table = blob[DIGEST:]
-        return table if codec.table_id(table) == name else None
+        return table if codec.table_id(table, self.id_key) == name else None
 
     def put(self, index: int, name: str, table: bytes | bytearray) -> None:
         if index < 0 or len(table) > DIGEST * self.per_chunk:
@@ -110,9 +110,9 @@ class NoIndex:
         return None
 
 
-def open_index(path: Path, chunk_size: int) -> BlockIndex | NoIndex:
+def open_index(path: Path, chunk_size: int, id_key: bytes | None = None) -> BlockIndex | NoIndex:
     try:
-        return BlockIndex(path, chunk_size)
+        return BlockIndex(path, chunk_size, id_key)
     except EnvironmentProblem as exc:
         log.warning("no block index: %s", exc, extra={"path": str(path)})
         return NoIndex()

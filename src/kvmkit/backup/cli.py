@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from kvmkit import config
-from kvmkit.backup import manage, retention
+from kvmkit.backup import key_cli, manage, retention
 from kvmkit.backup.model import BackupManifest, DiskBackup
 from kvmkit.backup.targets import open_target
 from kvmkit.confirm import DRY_RUN, YES, go_ahead
@@ -24,6 +24,7 @@ disk_record(DiskBackup)  # --json names a VM's disk `disk` (docs/cli.md); manife
 app = typer.Typer(no_args_is_help=True, help="Backups of snapshots to secondary storage.")
 target_app = typer.Typer(no_args_is_help=True, help="Backup targets (folders, S3 buckets).")
 app.add_typer(target_app, name="target")
+key_cli.mount(app, target_app)  # `target init --encryption`, `key export|import|passwd` (key_cli.py)
 
 CONNECT = typer.Option(None, "--connect", "-c", help="libvirt URI (default from config).")
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -333,14 +334,3 @@ def _bench_peers(folder, size_mib: int, change: float, peers: str, json_out: boo
     for peer, ratios in result.ratios.items():
         console.print(f"kvmkit / {peer}: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items()))
     console.print("targets: " + ", ".join(f"{k} {v:.3f}" for k, v in result.targets.items()))
-
-
-@target_app.command("init")
-def target_init(name: str | None = typer.Argument(None, help="Target (default: the only one configured)."),
-                json_out: bool = JSON) -> None:
-    """Make the target's folder or S3 bucket if missing, and its format marker; running it again is safe."""
-    store = open_target(config.load(), name, create=True)
-    if json_out:
-        print_json({"target": store.name, "location": store.location, "ready": True})
-        return
-    console.print(f"backup target {store.name}: ready ({store.location})")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import struct
 import threading
 import zlib
@@ -41,6 +42,7 @@ from collections.abc import Callable
 import zstandard
 
 MAGIC = b"KVB1"
+SEALED_MAGIC = b"KVE1"  # seal.py: the same first 38 bytes' meaning (codec byte, a delta's base and depth)
 RAW, BLOCKS, DELTA = 0, 2, 3  # chunk codecs
 TREE = 0x80  # codec-byte flag: named by chunk_id (block tree), not sha256(raw)
 TREE_PREFIX = b"kvmkit-tree-1\0"
@@ -84,13 +86,16 @@ def digest_table(raw: bytes | bytearray | memoryview) -> bytearray:
     return table
 
 
-def table_id(table: bytes | bytearray | memoryview) -> str:
-    """A chunk's name from its digest table."""
+def table_id(table: bytes | bytearray | memoryview, key: bytes | None = None) -> str:
+    """A chunk's name from its digest table; keyed (HMAC-SHA256 by the repository's id key, keys.py) in an
+    encrypted repository, so the storage owner cannot test whether known content is stored."""
+    if key is not None:
+        return hmac.new(key, TREE_PREFIX + bytes(table), hashlib.sha256).hexdigest()
     return hashlib.sha256(TREE_PREFIX + bytes(table)).hexdigest()
 
 
-def chunk_id(raw: bytes | bytearray | memoryview) -> str:
-    return table_id(digest_table(raw))
+def chunk_id(raw: bytes | bytearray | memoryview, key: bytes | None = None) -> str:
+    return table_id(digest_table(raw), key)
 
 
 def _zstd_compress(data: bytes | memoryview) -> bytes:
@@ -229,7 +234,7 @@ DEPTH_HEAD = 5 + 33  # bytes of a blob that say its base and depth
 
 def base_of(head: bytes) -> str | None:
     """The base digest of a delta chunk, from its first 5 + 32 bytes; None for a whole chunk."""
-    if head[:4] != MAGIC or _codec(head) != DELTA or len(head) < 37:
+    if head[:4] not in (MAGIC, SEALED_MAGIC) or _codec(head) != DELTA or len(head) < 37:
         return None
     return head[5:37].hex()
 
@@ -271,7 +276,7 @@ def _undelta(digest: str, blob: bytes, fetch: Callable[[str], bytes], limit: int
 
 
 def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None, limit: int = 16 << 20,
-           verify: bool = True) -> bytes:
+           verify: bool = True, id_key: bytes | None = None) -> bytes:
     """The raw chunk, or ChunkDamaged when the container is broken, would decode to more than limit bytes, or
     the content does not hash to its name. fetch(base digest) → raw base: needed for delta chunks (the store
     passes its own reader). verify=False skips the hash: only for a delta's base, whose bytes the delta's own
@@ -287,6 +292,9 @@ def decode(digest: str, blob: bytes, fetch: Callable[[str], bytes] | None = None
         raise ChunkDamaged(digest, "undecodable (zlib stream damaged)") from None
     except zstandard.ZstdError:
         raise ChunkDamaged(digest, "undecodable (zstd frame damaged)") from None
-    if verify and (chunk_id(raw) if len(blob) > 4 and blob[4] & TREE else hashlib.sha256(raw).hexdigest()) != digest:
+    if id_key is not None and verify and not (len(blob) > 4 and blob[4] & TREE):
+        raise ChunkDamaged(digest, "hash mismatch (an unkeyed chunk in a keyed repository)")
+    if verify and (chunk_id(raw, id_key) if len(blob) > 4 and blob[4] & TREE
+                   else hashlib.sha256(raw).hexdigest()) != digest:
         raise ChunkDamaged(digest, "hash mismatch (content changed on the target)")
     return raw

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,13 +33,13 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from kvmkit.backup import changes, chunking, codec, digest, fiemap
+from kvmkit.backup import changes, chunking, codec, digest, fiemap, leases
 from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
 from kvmkit.config import Settings
-from kvmkit.errors import Conflict, InvalidInput
+from kvmkit.errors import Conflict, InvalidInput, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.joblog import job_log
 from kvmkit.snapshot import snapshot_lock
@@ -114,11 +115,21 @@ class Backup:
             raise InvalidInput(f"snapshot {snapshot.name} of VM {snapshot.vm} has no disks")
         t0 = time.perf_counter()
         with self.target.locked(exclusive=False), ExitStack() as stack:
+            # announced before any chunk is looked at (leases.py, gc.py): other hosts' GC and prunes see it
+            lease = stack.enter_context(leases.Lease(self.target, snapshot.vm_uuid, snapshot.name))
+            self.target.reused, self.target.last_touch = set(), 0.0
+            stack.callback(setattr, self.target, "reused", None)
             if self.target.has_manifest(snapshot.vm_uuid, snapshot.name):
                 raise Conflict(f"snapshot {snapshot.name} of VM {snapshot.vm} is already backed up on target "
                                f"{self.target.name}")
             manifests = self.target.manifests(snapshot.vm_uuid)
             parent = pick_parent(manifests, snapshot)
+            if parent is not None:
+                lease.name_parent(parent.snapshot)
+                if not self.target.has_manifest(snapshot.vm_uuid, parent.snapshot):  # pruned before it was named
+                    manifests = [m for m in manifests if m.snapshot != parent.snapshot]
+                    parent = pick_parent(manifests, snapshot)
+                    lease.name_parent(parent.snapshot if parent is not None else None)
             chain = chunking.chain(parent, {m.snapshot: m for m in manifests}) if parent else []
             self._drivers = self._given_drivers or default_drivers(self.settings)
             if self._given_drivers is None:
@@ -129,14 +140,27 @@ class Backup:
             manifest = BackupManifest(
                 vm=snapshot.vm, vm_uuid=snapshot.vm_uuid, snapshot=snapshot.name, snapshot_created=snapshot.created,
                 created=datetime.now(), parent=parent.snapshot if parent and not all(d.full for d in disks) else None,
+                host=leases.host_id(),
                 target=self.target.name, chunk_size=self.chunk_size, compression=self.compression, disks=disks,
                 seconds=round(time.perf_counter() - t0, 3))
             failpoint("backup-before-manifest")
+            self._final_check(manifest)
             self.target.write_manifest(manifest)
             self.target.clear_incomplete(snapshot.vm_uuid, snapshot.name)
         log.info("backup written", extra={"vm": snapshot.vm, "snapshot": snapshot.name, "kind": manifest.kind.value,
                                           "written_bytes": manifest.written_bytes})
         return manifest
+
+    def _final_check(self, manifest: BackupManifest) -> None:
+        """What this backup relied on is still there (reused chunks, SETTLE after the last touch; the parent):
+        else it is not recorded (a rerun stores what went missing), never recorded with a hole."""
+        missing = self.target.missing_reused()
+        if manifest.parent is not None and not self.target.has_manifest(manifest.vm_uuid, manifest.parent):
+            missing.append(f"parent backup {manifest.parent}")
+        if missing:
+            raise OperationFailed(f"backup {manifest.snapshot} of VM {manifest.vm}: {len(missing)} thing(s) it "
+                                  f"relied on went missing meanwhile (first: {missing[0]}); it is not recorded, "
+                                  "run it again")
 
     def _reader(self, disk: DiskSnapshot) -> SnapshotReader:
         """The snapshot as its guest sees it, through the driver that made it (which knows how to reach it)."""
@@ -147,27 +171,44 @@ class Backup:
                                "(for RBD: apt-get install python3-rbd)") from None
         return driver.open_reader(disk)
 
+    def _own_handle(self, disk: DiskSnapshot, parent: DiskBackup, parent_snapshot: str) -> bool:
+        """The parent record's handle is exactly what this disk's driver names its snapshot `parent_snapshot`
+        (same driver, same source): the only base an incremental asks the storage about."""
+        if parent.driver != disk.driver or parent.source != disk.source \
+                or not parent.handle.startswith(f"{disk.source}@"):
+            return False
+        try:
+            return by_name(disk.driver, self._drivers).tag_of(parent.handle) == parent_snapshot
+        except InvalidInput:
+            return False
+
     def _disk(self, disk: DiskSnapshot, chain: list[BackupManifest], vm_uuid: str) -> DiskBackup:
         reader = self._reader(disk)
         index = open_index(index_path(self.settings.state_dir, self.target.name, self.target.location, vm_uuid,
-                                      disk.target), self.chunk_size)
+                                      disk.target), self.chunk_size, self.target.id_key)
         stack = ExitStack()  # the parent snapshot, open while its extent map streams
         try:
             size, parent_record, parent_map = reader.size, None, {}
             if chain and (prev := chain[0].disk(disk.target)) is not None and prev.size_bytes == size \
                     and chain[0].chunk_size == self.chunk_size:
                 parent_record, parent_map = chunking.resolve(disk.target, chain)
+                if not _parent_intact(parent_record, parent_map, size, self.chunk_size, chain[0].snapshot):
+                    parent_record, parent_map = None, {}
             record = DiskBackup(target=disk.target, driver=disk.driver, source=disk.source, handle=disk.handle,
                                 size_bytes=size, full=parent_record is None,
                                 format="qcow2" if disk.format == "qcow2" else "raw",
                                 handle_identity=_identity(reader))
             work: Iterable[tuple[int, list[int] | None]]
-            changed = _tracked_changes(disk, parent_record, reader)
+            # a change map is asked of the storage only about the parent's own snapshot, by the name the driver
+            # gives it: a manifest cannot point the reader at another file, a FIFO, or a later snapshot
+            base = parent_record if parent_record is not None and self._own_handle(disk, parent_record,
+                                                                                  chain[0].snapshot) else None
+            changed = _tracked_changes(disk, base, reader)
             method, ranges = None, None
-            if parent_record is not None and changed is None:
-                method, ranges = ChangeMethod.FIEMAP, _fiemap_changes(reader, parent_record, stack)
+            if base is not None and changed is None:
+                method, ranges = ChangeMethod.FIEMAP, _fiemap_changes(reader, base, stack)
                 if ranges is None:
-                    method, ranges = ChangeMethod.QCOW2_MAP, _qcow2_changes(reader, parent_record)
+                    method, ranges = ChangeMethod.QCOW2_MAP, _qcow2_changes(reader, base)
             if changed is not None:
                 record.change_method = ChangeMethod(reader.change_method)  # type: ignore[attr-defined]
                 record.diff_bytes = chunking.extents_length(changed)
@@ -197,6 +238,20 @@ class Backup:
             reader.close()
 
 
+def _parent_intact(record: DiskBackup, chunk_map: chunking.ChunkMap, size: int, chunk_size: int,
+                   snapshot: str) -> bool:
+    """The parent's resolved chunk map is the content its backup read (its content digest): an edited parent is
+    never carried into the next backup under a fresh, valid digest. A legacy parent without a digest is taken
+    as it is (its repository has no keys to protect it either)."""
+    if record.content_digest is None:
+        return True
+    if digest.of_map(chunk_map, size, chunk_size) == record.content_digest:
+        return True
+    log.warning("parent backup %s: disk %s's chunk map does not match its content digest (edited?): this "
+                "backup is full; `kvmkit backup verify` names the damage", snapshot, record.target)
+    return False
+
+
 def _identity(reader: SnapshotReader) -> str | None:
     """The snapshot file as it was read (a qcow2's container, not its guest view), for the next backup's map
     comparison; None for what is not a regular file kvmkit reads directly or through its guest view."""
@@ -205,11 +260,23 @@ def _identity(reader: SnapshotReader) -> str | None:
     return reader.identity() if raw_file(reader) else None  # type: ignore[attr-defined]
 
 
-def _identity_at(path: str | Path) -> str | None:
-    """file_identity of the file at path (never through a symlink); None if it cannot be opened."""
+def _open_regular(path: str | Path) -> int | None:
+    """An fd of the regular file at path: never through a symlink, never waiting on a FIFO (O_NONBLOCK), never
+    a device (fstat before any read); None otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _identity_at(path: str | Path) -> str | None:
+    """file_identity of the regular file at path (_open_regular); None if it cannot be opened."""
+    fd = _open_regular(path)
+    if fd is None:
         return None
     try:
         return file_identity(fd)
@@ -236,9 +303,8 @@ def _fiemap_changes(reader: SnapshotReader, parent: DiskBackup, stack: ExitStack
     sibling: two ext4 copies share nothing, and the maps would only say "all changed")."""
     if not raw_file(reader) or parent.driver != "file" or parent.handle_identity is None:
         return None
-    try:
-        fd = os.open(parent.handle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    fd = _open_regular(parent.handle)
+    if fd is None:
         return None
     stack.callback(os.close, fd)
     try:
@@ -328,13 +394,13 @@ class ChunkWork:
             return index, None, read, 0
         if base is None and parent is not None and hashlib.sha256(view).hexdigest() == parent:
             return index, parent, read, 0  # unchanged, stored before chunks were named by block tree
-        name = codec.table_id(table)
+        name = codec.table_id(table, self.backup.target.id_key)
         if name == parent:
             if base is None:
                 self.index.put(index, name, table)  # repair the record the index lacked
             return index, name, read, 0
         self.index.put(index, name, table)
-        if self.backup.target.has_chunk(name):
+        if self.backup.target.reuse(name):  # touched: no garbage collection sweeps it under this backup
             return index, name, read, 0
         blob = None
         if parent is not None and base is not None:

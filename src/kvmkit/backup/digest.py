@@ -7,7 +7,8 @@ zeros). A chunk's id is its name in the store (codec.chunk_id: the sha256 over i
 stored before block trees keep their plain sha256 name) and what decoding checks, so the digest costs 32 bytes of
 hashing per chunk — milliseconds for a 100 GiB disk — instead of re-reading every byte, holes included; yet it
 changes when any byte, or the order of any two chunks, changes (a one-level hash tree, like a Glacier tree hash).
-`of_file` computes the same value from an image, so a restored disk can be checked by anyone.
+`of_file` computes the same value from an image, so a restored disk can be checked by anyone (in an encrypted
+repository chunk ids are keyed, so the digest is too: only a holder of the key can compute or forge it).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def of_digests(digest_of: Callable[[int], bytes | None], size: int, chunk_size: 
     return tree.hexdigest()
 
 
-def of_file(path: str | os.PathLike, chunk_size: int) -> str:
+def of_file(path: str | os.PathLike, chunk_size: int, id_key: bytes | None = None) -> str:
     """The digest of an image file or device, read chunk by chunk (bounded memory), as a backup of it made now
     names its chunks."""
     with open(path, "rb", buffering=0) as fh:
@@ -49,5 +50,5 @@ def of_file(path: str | os.PathLike, chunk_size: int) -> str:
         for index in range(chunk_count(size, chunk_size)):
             offset, length = chunk_span(index, size, chunk_size)
             raw = os.pread(fh.fileno(), length, offset)
-            tree.update(zero_digest(length) if not any(raw) else bytes.fromhex(chunk_id(raw)))
+            tree.update(zero_digest(length) if not any(raw) else bytes.fromhex(chunk_id(raw, id_key)))
         return tree.hexdigest()

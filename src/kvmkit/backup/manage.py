@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking, retention
+from kvmkit.backup import chunking, gc, leases, retention
 from kvmkit.backup.model import BackupManifest, DamagedManifest
-from kvmkit.backup.restore import find_backup, vm_manifests
+from kvmkit.backup.scan import find_backup, vm_manifests
 from kvmkit.backup.store import ChunkStore, SweepBlocked
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
@@ -26,11 +26,17 @@ class Removal(BaseModel):
     sweep_skipped: str | None = None  # why no chunk was swept (a damaged manifest on the target)
 
 
+def protected(target: ChunkStore) -> dict[tuple[str, str], str]:
+    """(vm uuid, snapshot) → host, of every backup a live lease names as its parent (read fresh each time)."""
+    running = leases.live(target, leases.storage_now(target))
+    return {(lease.vm_uuid, lease.parent): lease.host for lease in running if lease.parent}
+
+
 def sweep(target: ChunkStore) -> tuple[int, int, str | None]:
     """(chunks removed, bytes freed, why skipped): a damaged manifest anywhere on the target blocks the sweep
     (its chunks may be live) but not the deletion of other VMs' manifests; the next sweep frees their chunks."""
     try:
-        return (*target.collect_garbage(), None)
+        return (*gc.collect(target), None)
     except SweepBlocked as exc:
         return 0, 0, str(exc)
 
@@ -63,7 +69,16 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
         doomed = [*reversed(dependants), snapshot]
         if dry_run:
             return Removal(vm=manifest.vm, deleted=doomed)
+        def refuse_leased() -> None:
+            running = protected(target)
+            for name in doomed:
+                holder = running.get((manifest.vm_uuid, name))
+                if holder is not None:
+                    raise Conflict(f"backup {name} of VM {manifest.vm} is the parent of a backup running on "
+                                   f"{holder}; delete it after that backup ends")
+        refuse_leased()  # before anything goes, and again before each removal (a backup may start meanwhile)
         for name in doomed:  # children first: a surviving manifest never loses its parent
+            refuse_leased()
             target.delete_manifest(by_name[name])
             failpoint("prune-mid-delete")
         removed, freed, skipped = sweep(target)
@@ -83,6 +98,9 @@ def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target
         candidates = [i for i in all_items if not scheduled_only or i.name.startswith(retention.SCHEDULED_PREFIX)]
         kept = retention.keep(candidates, policy)
         kept.update({i.name: "not scheduled" for i in all_items if i not in candidates})
+        if not dry_run:
+            kept.update({snap: f"parent of a backup running on {host}" for (uuid, snap), host
+                         in protected(target).items() if uuid == manifests[0].vm_uuid and snap not in kept})
         doomed = sorted((m for m in manifests if m.snapshot not in kept),
                         key=lambda m: (m.snapshot_created, m.snapshot), reverse=True)
         rebase = [m for m in manifests if m.snapshot in kept and m.parent is not None and m.parent not in kept]
@@ -96,8 +114,12 @@ def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target
                 target.write_manifest(manifest)
                 failpoint("prune-mid-rebase")
             for manifest in doomed:
+                if (manifest.vm_uuid, manifest.snapshot) in protected(target):  # a backup started meanwhile
+                    kept[manifest.snapshot] = "parent of a backup that started during the prune"
+                    continue
                 target.delete_manifest(manifest)
                 failpoint("prune-mid-delete")
+            doomed = [m for m in doomed if m.snapshot not in kept]
             removed, freed, skipped = sweep(target)
     return Removal(vm=manifests[0].vm, deleted=[m.snapshot for m in doomed], kept=kept,
                    rebased=[m.snapshot for m in rebase], chunks_removed=removed, bytes_freed=freed,

@@ -28,6 +28,7 @@ MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 << 10, 16 << 20
 MAX_DISK_BYTES = 1 << 50  # 1 PiB: far above any disk, far below what would overflow an offset
 MAX_DISKS = 256
 MAX_CHUNKS_PER_DISK = 1 << 26  # a 64 TiB disk of 1 MiB chunks
+MAX_CHUNKS_TOTAL = 1 << 27  # all disks of one backup together
 MAX_TEXT = 4096  # paths, handles
 
 Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -99,6 +100,7 @@ class BackupManifest(BaseModel):
     compression: Literal["zstd", "zlib", "none"] = "zlib"
     disks: list[DiskBackup] = Field(default=[], max_length=MAX_DISKS)
     seconds: float = Field(default=0.0, ge=0, le=1e9)
+    host: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] | None = None  # writer
     manifest_bytes: int = Field(default=0, ge=0)  # size of this manifest file on the target (known after written)
 
     @field_validator("snapshot_created", "created")
@@ -117,11 +119,18 @@ class BackupManifest(BaseModel):
         if self.parent == self.snapshot:
             raise ValueError("a backup cannot be its own parent")
         seen: set[str] = set()
+        total = 0
         for disk in self.disks:
             if disk.target in seen:
                 raise ValueError(f"disk {disk.target} is listed twice")
             seen.add(disk.target)
             count = (disk.size_bytes + self.chunk_size - 1) // self.chunk_size
+            # every walk over a disk (content digest, restore's zero runs, verify) is bounded by its chunk count:
+            # a 501-byte manifest must not declare 2^38 chunks
+            total += count
+            if count > MAX_CHUNKS_PER_DISK or total > MAX_CHUNKS_TOTAL:
+                raise ValueError(f"disk {disk.target}: {count} chunks of {self.chunk_size} bytes, more than the "
+                                 f"{MAX_CHUNKS_PER_DISK} a disk (or {MAX_CHUNKS_TOTAL} a backup) may have")
             if len(disk.chunks) > count:
                 raise ValueError(f"disk {disk.target} lists {len(disk.chunks)} chunks; {count} fit its size")
             indexes = [i for i, _ in disk.chunks]

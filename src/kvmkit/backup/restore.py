@@ -17,51 +17,23 @@ from contextlib import ExitStack
 
 from pydantic import BaseModel
 
-from kvmkit.backup import chunking, image_format, restore_writer
+from kvmkit.backup import chunking, image_format, restore_guard, restore_writer
 from kvmkit.backup import digest as content_digest
 from kvmkit.backup import restore_targets as targets
 from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.model import BackupManifest, DamagedChunk, DiskBackup, VerifyReport
+from kvmkit.backup.scan import find_backup, scan_vm, vm_manifests  # noqa: F401 (restore's callers name them here)
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import open_target
 from kvmkit.config import Settings
-from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
+from kvmkit.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.joblog import job_log
-from kvmkit.names import UUID_RE, check_snapshot_name, check_vm_name
 from kvmkit.snapshot.drivers.rbd import RbdDriver
 from kvmkit.snapshot.drivers.rbd_io import RbdWriter
 
 Advance = Callable[[int], None]
 WORKERS = 3
-
-
-def vm_manifests(target: ChunkStore, vm: str, manifests: list[BackupManifest] | None = None) -> list[BackupManifest]:
-    """A VM's backups by name or UUID; works after the VM itself is gone (the manifests carry both)."""
-    if not UUID_RE.match(vm):
-        check_vm_name(vm)
-    def wanted(m: BackupManifest) -> bool:
-        return vm in (m.vm, m.vm_uuid)
-    if manifests is None:  # other VMs' manifests are parsed one at a time and kept without their chunk lists
-        manifests = target.scan_manifests(headers=True, keep=wanted)[0]
-    found = [m for m in manifests if wanted(m)]
-    uuids = sorted({m.vm_uuid for m in found})
-    if len(uuids) > 1:
-        raise InvalidInput(f"several VMs named {vm!r} have backups on {target.name} ({', '.join(uuids)}): "
-                           "name the VM by UUID")
-    if not found:
-        raise NotFound(f"VM {vm} has no backups on target {target.name}")
-    return found
-
-
-def find_backup(target: ChunkStore, vm: str, snapshot: str) -> tuple[BackupManifest, list[BackupManifest]]:
-    """The backup and its chain (newest first)."""
-    check_snapshot_name(snapshot)
-    manifests = vm_manifests(target, vm)
-    by_name = {m.snapshot: m for m in manifests}
-    if snapshot not in by_name:
-        raise NotFound(f"VM {vm} has no backup of snapshot {snapshot!r} on target {target.name}")
-    return by_name[snapshot], chunking.chain(by_name[snapshot], by_name)
 
 
 class RestoredDisk(BaseModel):
@@ -96,10 +68,13 @@ def destinations(manifest: BackupManifest, to: list[str]) -> dict[str, str]:
     return dests
 
 
-def output_formats(manifest: BackupManifest, dests: list[targets.Destination], fmt: str | None) -> dict[str, str]:
+def output_formats(manifest: BackupManifest, dests: list[targets.Destination], fmt: str | None,
+                   domain_disks: list[targets.DomainDisk] | None = None) -> dict[str, str]:
     """Each disk's format on its way out. RBD images and block devices hold the guest's bytes as they are (raw).
-    A file takes `fmt` when given; else a disk going back to its own place gets the format its domain gave it
-    (a CloudStack qcow2 root stays qcow2, now self-contained), and any other file is raw."""
+    A file takes `fmt` when given; else a disk going back to its own place gets the format its domain gives it
+    now (a CloudStack qcow2 root stays qcow2, now self-contained) — never the repository's word alone: a
+    manifest must not choose how QEMU reads a file (a raw disk whose bytes carry a qcow2 header naming a backing
+    file). When the domain and the manifest disagree, it is refused. Any other file is raw."""
     if fmt is not None and fmt not in image_format.FORMATS:
         raise InvalidInput(f"--format {fmt!r}: kvmkit restores files as raw or qcow2")
     out = {}
@@ -107,7 +82,21 @@ def output_formats(manifest: BackupManifest, dests: list[targets.Destination], f
     for disk in manifest.disks:
         dest = by_disk[disk.target]
         own = dest.path is not None and os.path.realpath(disk.source) == str(dest.path)
-        out[disk.target] = "raw" if dest.kind != "file" else fmt or (disk.format if own else "raw")
+        if dest.kind != "file" or fmt is not None or not own:
+            out[disk.target] = "raw" if dest.kind != "file" else fmt or "raw"
+            continue
+        domain = {d.format for d in domain_disks or [] if targets._same(dest, d.source)}
+        if not domain:  # no domain here reads that file: it is a file like any other
+            out[disk.target] = "raw"
+            continue
+        if len(domain) != 1 or None in domain:
+            raise InvalidInput(f"disk {disk.target} goes back to {dest.given}, which domains here read in different "
+                               "formats: name it with --format raw|qcow2")
+        said = domain.pop()
+        if said != disk.format or said not in image_format.FORMATS:
+            raise InvalidInput(f"disk {disk.target}: the domain reads {dest.given} as {said}, the backup says "
+                               f"{disk.format}; refusing (name the format with --format if you mean it)")
+        out[disk.target] = said
     return out
 
 
@@ -128,14 +117,14 @@ def _restore(settings: Settings, target: ChunkStore, manifest: BackupManifest, c
     snapshot = manifest.snapshot
     given = destinations(manifest, to or [])
     dests = [targets.resolve(disk, dest) for disk, dest in given.items()]
-    formats = output_formats(manifest, dests, fmt)
+    domain_disks = targets.defined_disks(settings.libvirt_uri)
     resolved = [str(d.path or d.given) for d in dests]
     if len(set(resolved)) != len(resolved):
         raise InvalidInput(f"two disks of backup {snapshot} would be restored to one place ({', '.join(resolved)})")
-    domain_disks = targets.defined_disks(settings.libvirt_uri)
     named = {item.partition("=")[0] if "=" in item else manifest.disks[0].target for item in to or []}
     targets.require_own_disks([d for d in dests if d.disk not in named], domain_disks, manifest.vm, manifest.vm_uuid)
     targets.refuse_domain_disks(dests, domain_disks, force_offline)
+    formats = output_formats(manifest, dests, fmt, domain_disks)
     maps = {d.target: chunking.resolve(d.target, chain)[1] for d in manifest.disks}
     for disk in manifest.disks:  # an edited chain is refused before anything is written
         if content_check(disk, maps[disk.target], manifest.chunk_size) == "mismatch":
@@ -169,7 +158,9 @@ def _restore(settings: Settings, target: ChunkStore, manifest: BackupManifest, c
                     sink: restore_writer.Sink = restore_writer.FdSink(item.open(), fresh=True)
                 else:
                     assert rbd_driver is not None
-                    rbd_writers.append(rbd_driver.open_writer(dest.given, disk.size_bytes, replace, None))
+                    location = restore_guard.rbd_location(manifest.vm_uuid, dest.given.partition("/")[0],
+                                                          domain_disks, rbd_driver._key)
+                    rbd_writers.append(rbd_driver.open_writer(dest.given, disk.size_bytes, replace, location))
                     sink = restore_writer.RbdSink(rbd_writers[-1].image)
                 written[disk.target] = _write(target, manifest, disk, maps, sink, advance)
                 if dest.kind == "file":
@@ -241,7 +232,11 @@ def verify(settings: Settings, vm: str, snapshot: str | None = None, target_name
            advance: Advance = lambda _n: None) -> VerifyReport:
     """Check every chunk the backup(s) need (each once): present, decodable, hashing to its name."""
     target = open_target(settings, target_name)
-    manifests = vm_manifests(target, vm)
+    manifests, damaged_manifests = scan_vm(target, vm)
+    if damaged_manifests:
+        first = damaged_manifests[0]
+        raise OperationFailed(f"{len(damaged_manifests)} damaged manifest(s) in backups of VM {vm}; first "
+                              f"{first.key}: {first.problem}")
     selected = [find_backup(target, vm, snapshot)[0]] if snapshot else manifests
     by_name = {m.snapshot: m for m in manifests}
     users: dict[str, list[str]] = {}

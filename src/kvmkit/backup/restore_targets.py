@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
 
+from kvmkit.backup import restore_guard
 from kvmkit.errors import Conflict, EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 from kvmkit.failpoint import failpoint
 from kvmkit.virt.disks import Disk, parse_disks
@@ -45,6 +46,7 @@ class Destination:
     identity: tuple[int, int] | None = None  # (st_dev, st_ino) when it exists
     exists: bool = False
     size: int = 0  # block device: its size
+    folder: tuple[int, int] | None = None  # file: (st_dev, st_ino) of the folder it was resolved in
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class DomainDisk:
     target: str
     source: str  # file/device path or pool/image
     rbd: Disk | None = None  # an RBD disk's full record: which cluster, user and secret reach its pool
+    format: str | None = None  # the domain's <driver type=…> for this disk: what a restore in place writes
 
 
 def resolve(disk: str, given: str) -> Destination:
@@ -69,13 +72,18 @@ def resolve(disk: str, given: str) -> Destination:
         raise InvalidInput(f"restore destination {given!r} for {disk} holds a NUL byte")
     path = Path(os.path.realpath(given))
     try:
+        parent = os.stat(path.parent)
+        folder = (parent.st_dev, parent.st_ino) if stat.S_ISDIR(parent.st_mode) else None
+    except OSError:
+        folder = None
+    try:
         info = os.stat(path)
     except FileNotFoundError:
-        if not path.parent.is_dir():
+        if folder is None:
             raise NotFound(f"folder {path.parent} (for {disk}) does not exist") from None
-        return Destination(disk, given, "file", path)
+        return Destination(disk, given, "file", path, folder=folder)
     if stat.S_ISREG(info.st_mode):
-        return Destination(disk, given, "file", path, (info.st_dev, info.st_ino), True)
+        return Destination(disk, given, "file", path, (info.st_dev, info.st_ino), True, folder=folder)
     if stat.S_ISBLK(info.st_mode):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -99,9 +107,9 @@ def domain_disk_sources(xml: str) -> list[tuple[str, str]]:
     return out
 
 
-def defined_disks(uri: str) -> list[DomainDisk] | None:
-    """Every disk of every domain libvirt defines (live and persistent XML); None when libvirt is not running
-    here (a fresh host has no domain to protect)."""
+def defined_disks(uri: str) -> list[DomainDisk]:
+    """Every disk of every domain libvirt defines (live and persistent XML). libvirt unreachable: refused (fail
+    closed: a restore that cannot see the domains cannot know it is not writing under a running VM)."""
     import libvirt
 
     from kvmkit.virt.connection import connection
@@ -120,12 +128,14 @@ def defined_disks(uri: str) -> list[DomainDisk] | None:
                         continue  # undefined meanwhile: nothing left to protect
                     raise EnvironmentProblem(f"reading domain {dom.name()}: {exc.get_error_message()}") from None
                 for xml in xmls:
-                    rbd = {(d.target, d.source): d for d in parse_disks(xml) if d.protocol == "rbd"}
+                    parsed = {(d.target, d.source): d for d in parse_disks(xml)}
                     out += [DomainDisk(dom.name(), dom.UUIDString(), state == libvirt.VIR_DOMAIN_SHUTOFF, t, s,
-                                       rbd=rbd.get((t, s))) for t, s in domain_disk_sources(xml)]
+                                       rbd=d if (d := parsed.get((t, s))) and d.protocol == "rbd" else None,
+                                       format=d.format if (d := parsed.get((t, s))) else None)
+                            for t, s in domain_disk_sources(xml)]
     except EnvironmentProblem as exc:
-        log.warning("libvirt unreachable: no domain disks to check", extra={"uri": uri, "error": str(exc)})
-        return None
+        raise EnvironmentProblem(f"libvirt ({uri}) is unreachable ({exc}): a restore cannot check that no VM uses "
+                                 "its destination, so it refuses; start libvirtd") from None
     return out
 
 
@@ -186,6 +196,7 @@ class StagedFile:
         if self.dest.exists and not self.replace:
             raise Conflict(f"{self.dest.given} exists; pass --force to replace it, or --to another path")
         self.folder_fd = os.open(self.dest.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._still_checked()
         sweep_stale(self.folder_fd, self.dest.path.name)
         self.tmp = f".{self.dest.path.name}.kvmkit-restore-{os.getpid()}-{secrets.token_hex(4)}"
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -197,6 +208,30 @@ class StagedFile:
             os.fchmod(self.fd, stat.S_IMODE(old.st_mode))
         os.ftruncate(self.fd, self.size)
         return self.fd
+
+    def _still_checked(self) -> None:
+        """From here on everything is done on the opened folder fd: it must be the folder the checks saw, the
+        destination in it the very file they saw (or still absent), and no QEMU may hold that file's lock."""
+        assert self.dest.path is not None
+        info = os.fstat(self.folder_fd)
+        if self.dest.folder is not None and (info.st_dev, info.st_ino) != self.dest.folder:
+            raise Conflict(f"the folder of {self.dest.given} changed since it was checked; nothing was written")
+        name = self.dest.path.name
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.folder_fd)
+        except FileNotFoundError:
+            if self.dest.exists:
+                raise Conflict(f"{self.dest.given} went away since it was checked; nothing was written") from None
+            return
+        except OSError as exc:
+            raise Conflict(f"{self.dest.given} is not the file that was checked ({exc.strerror})") from None
+        try:
+            now = os.fstat(fd)
+            if not self.dest.exists or (now.st_dev, now.st_ino) != self.dest.identity:
+                raise Conflict(f"{self.dest.given} changed since it was checked; nothing was written")
+            restore_guard.refuse_locked(fd, self.dest.given)
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         os.fsync(self.fd)
@@ -287,9 +322,18 @@ def open_block(dest: Destination, replace: bool, size: int) -> int:
         raise InvalidInput(f"block device {dest.given} has {dest.size} bytes; the backup's disk {dest.disk} needs "
                            f"{size}")
     try:
-        return os.open(dest.path, os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_EXCL", 0))
+        fd = os.open(dest.path, os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_EXCL", 0))
     except OSError as exc:
         raise Conflict(f"block device {dest.given} is in use ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != dest.identity:
+            raise Conflict(f"block device {dest.given} changed since it was checked; nothing was written")
+        restore_guard.refuse_locked(fd, dest.given)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def swap_all(staged: list[StagedFile]) -> None:

@@ -7,12 +7,12 @@ delete runs. Everything that is not storage (deltas, verification, manifests, ga
 
 * Durability: a PUT that returned is stored and an object appears only whole, so `sync`/`sync_dirs` are no-ops
   and a manifest is still written last: a backup is good exactly when its manifest exists.
-* Locking: S3 has no flock. Processes on this host share a local flock keyed by endpoint + bucket (backups
-  shared, garbage collection exclusive), and an exclusive holder also puts a `lock` object naming its host and
-  pid, which a backup or prune on another host sees and refuses to run beside. That check is not atomic (no
-  conditional PUT on radosgw 16), and a backup does not announce itself to other hosts: a prune on host B can
-  sweep chunks a backup on host A is relying on. Run one bucket's backups and prunes from one host (or give
-  each host its own bucket); `verify` finds what such a race would damage.
+* Sharing: any number of hosts back up to one bucket and any may prune; no lock is needed for that (S3 cannot
+  make one atomic: no conditional PUT on radosgw 16). A backup announces itself with a lease (leases.py) and
+  touches every chunk it reuses; garbage collection never removes a chunk younger than its margin or than the
+  oldest live lease (gc.py, docs/backup.md). Processes on one host still share a local flock keyed by endpoint
+  + bucket, and a prune puts a `lock` object naming its host and pid, which keeps other hosts' prunes apart
+  (it expires after PRUNE_LOCK_TTL; backups never wait on it).
 * Errors: boto3's are re-raised as one-line kvmkit errors (unreachable endpoint, missing bucket, refused
   credentials, bucket over quota); secrets are never part of a message. Retries are botocore's "standard"
   mode, 3 attempts (transient 5xx, throttling, dropped connections), set here rather than hidden in defaults.
@@ -62,7 +62,7 @@ class S3Target(ChunkStore):
     fails here, before any backup starts."""
 
     def __init__(self, name: str, endpoint: str, bucket: str, access_key: str, secret_key: str, lock_dir: Path,
-                 region: str = "us-east-1", create: bool = False) -> None:
+                 region: str = "us-east-1", create: bool = False, mark_legacy: bool = True) -> None:
         self.name, self.endpoint, self.bucket = name, endpoint, bucket
         self.location = f"bucket {bucket} on {endpoint}"
         self._secrets = (access_key, secret_key)
@@ -71,15 +71,17 @@ class S3Target(ChunkStore):
         self._lock_file = lock_dir / f"s3-{hashlib.sha256(f'{endpoint}/{bucket}'.encode()).hexdigest()[:16]}.lock"
         if create:
             self._create_bucket(region)
-        self._check_format()  # a GET, not HEAD: its error body says which (NoSuchBucket, SignatureDoesNotMatch …)
+        # a GET, not HEAD: its error body says which (NoSuchBucket, SignatureDoesNotMatch …)
+        self._check_format(mark_legacy)
 
     @classmethod
     def from_config(cls, cfg: BackupTarget, lock_dir: Path, env: Mapping[str, str] | None = None,
-                    create: bool = False) -> S3Target:
+                    create: bool = False, mark_legacy: bool = True) -> S3Target:
         if not cfg.endpoint or not cfg.bucket:
             raise InvalidInput(f"backup target {cfg.name}: kind s3 needs endpoint and bucket")
         access_key, secret_key = credentials(cfg, os.environ if env is None else env)
-        return cls(cfg.name, cfg.endpoint, cfg.bucket, access_key, secret_key, lock_dir, cfg.region, create)
+        return cls(cfg.name, cfg.endpoint, cfg.bucket, access_key, secret_key, lock_dir, cfg.region, create,
+                   mark_legacy)
 
     def _create_bucket(self, region: str) -> None:
         where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
@@ -153,6 +155,33 @@ class S3Target(ChunkStore):
         except _Expected:
             return False
 
+    def _mtime(self, key: str) -> float | None:
+        """The object's LastModified (the storage's clock), None when absent."""
+        try:
+            with self._calls("checking", key, ok=MISSING):
+                return self._client.head_object(Bucket=self.bucket, Key=key)["LastModified"].timestamp()
+        except _Expected:
+            return None
+
+    def _touch(self, key: str) -> bool:
+        """Copy the object onto itself (metadata replaced, so S3 accepts it): LastModified becomes the storage's
+        now. False when it is gone."""
+        try:
+            with self._calls("touching", key, ok=MISSING):
+                self._client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                                         MetadataDirective="REPLACE", Metadata={"kvmkit-touched": "1"})
+            return True
+        except _Expected:
+            return False
+
+    def _list_times(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+        with self._calls("listing", prefix):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["Size"], item["LastModified"].timestamp()
+
     def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
@@ -181,16 +210,16 @@ class S3Target(ChunkStore):
         """Local flock (this host's processes), then the `lock` object (other hosts; see the module docstring)."""
         with flocked(self._lock_file, exclusive, wait, f"backup target {self.name} is busy (another backup or "
                                                          "prune on this host)"):
+            if not exclusive:  # a backup announces itself with its lease (leases.py), and never waits on a prune
+                yield
+                return
             holder = self._lock_holder()
             if holder is not None and not _stale(holder):
                 raise EnvironmentProblem(
                     f"backup target {self.name} is locked by a prune on {holder.get('host')} (pid "
                     f"{holder.get('pid')}) since {holder.get('since')}; if that process is gone, delete object "
                     f"{LOCK_KEY!r} from bucket {self.bucket}")
-            if not exclusive:
-                yield
-                return
-            self._put(LOCK_KEY, json.dumps({"host": os.uname().nodename, "pid": os.getpid(),
+            self._put(LOCK_KEY, json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "epoch": time.time(),
                                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
             try:
                 yield
@@ -212,8 +241,15 @@ class _Expected(Exception):
     """An error code the caller asked for (a missing key on a read): answered as None / False, not raised."""
 
 
+PRUNE_LOCK_TTL = 1800.0  # a prune's record older than this is stale whoever wrote it: it only keeps prunes apart
+
+
 def _stale(holder: dict) -> bool:
-    """A lock record of this host whose process is gone (killed prune); other hosts' records are never guessed at."""
+    """A lock record of this host whose process is gone (killed prune), or any record older than PRUNE_LOCK_TTL:
+    correctness does not rest on it (leases and the GC's rules do), so a killed prune never blocks forever."""
+    epoch = holder.get("epoch")
+    if isinstance(epoch, int | float) and time.time() - epoch > PRUNE_LOCK_TTL:
+        return True
     if holder.get("host") != os.uname().nodename or not isinstance(holder.get("pid"), int):
         return False
     try:

@@ -33,16 +33,18 @@ import os
 import re
 import stat
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from kvmkit.backup import codec
+from kvmkit.backup import codec, seal
 from kvmkit.backup.codec import ChunkDamaged
+from kvmkit.backup.keys import RepoKeys
 from kvmkit.backup.model import FORMAT_VERSION, MAX_CHUNK_SIZE, BackupManifest, DamagedManifest
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
 from kvmkit.snapshot.snapshot_lock import flocked  # one flock helper for targets and snapshots
@@ -54,9 +56,10 @@ DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1000 keys; GC never holds 
 # Size limits, checked before a blob is read: a chunk's container holds at most MAX_CHUNK_SIZE raw bytes plus
 # 5 bytes of frame header per 64 KiB and a delta's block list (4 bytes per 4 KiB block)
 MAX_CHUNK_BLOB = MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 512 + 4096
-MAX_MANIFEST_BYTES = 64 << 20  # ≈ 8 TiB of non-zero 1 MiB chunks in one backup
+MAX_MANIFEST_BYTES = 16 << 20  # ≈ 220 000 chunk entries: 200 TiB of non-zero 1 MiB chunks in one backup
 MAX_SMALL_BLOB = 64 << 10  # the format marker, intents, the S3 lock record
 _CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
+SETTLE = 5.0  # seconds: a writer's wait between its last touch and its final check (gc.py says why)
 
 
 class SweepBlocked(OperationFailed):
@@ -92,6 +95,29 @@ class ChunkStore(ABC):
 
     name: str
     location: str  # for people: a folder, or "bucket B on ENDPOINT"
+    keys: RepoKeys | None = None  # keys.py: set by keyring.attach for a repository with keys (marker format 2)
+    gc_margin: float | None = None  # seconds (None: gc.GC_MARGIN); from the target's config (gc.collect uses it)
+    reused: set[str] | None = None  # a writer's reused chunks (create.py sets a set; None: not tracked)
+    last_touch: float = 0.0
+    _reused_lock = threading.Lock()
+    marker: dict | None = None  # the format marker as read (None: a new, empty target)
+
+    @property
+    def id_key(self) -> bytes | None:
+        return self.keys.id_key if self.keys is not None else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.keys is not None and self.keys.encrypted
+
+    def _keyed(self) -> bool:
+        """The marker says this repository has keys: nothing may be read or written without them."""
+        return self.marker is not None and self.marker.get("format") == 2
+
+    def _need_keys(self) -> None:
+        if self._keyed() and self.keys is None:
+            raise InvalidInput(f"backup target {self.name}: the repository has keys; open it through its "
+                               "configured target (keys are not loaded)")
 
     # storage primitives ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -137,21 +163,28 @@ class ChunkStore(ABC):
         return (f"backup target {self.name} is full ({why}) writing {key.rsplit('/', 1)[-1]}; the backup is not "
                 "recorded, a rerun after freeing space resumes it")
 
-    def _check_format(self) -> None:
-        """Refuse a target written by another format; mark a new one (a later version must not misread it)."""
+    def _check_format(self, mark_legacy: bool = True) -> None:
+        """Refuse a target written by another format; mark a new one (a later version must not misread it).
+        mark_legacy=False: leave a new target unmarked, for keyring.attach to mark it with its keys."""
         try:
             blob = self._get(MARKER, MAX_SMALL_BLOB)
         except OSError as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc.strerror}") from None
         if blob is None:
-            self._put(MARKER, json.dumps({"format": FORMAT_VERSION, "tool": "kvmkit"}).encode())
+            self.marker = None
+            if mark_legacy:
+                self.marker = {"format": FORMAT_VERSION, "tool": "kvmkit"}
+                self._put(MARKER, json.dumps(self.marker).encode())
             return
         try:
-            version = json.loads(blob).get("format")
+            marker = json.loads(blob)
+            version = marker.get("format")
         except (ValueError, AttributeError, RecursionError) as exc:
             raise OperationFailed(f"backup target {self.name}: {MARKER} is unreadable: {exc}") from None
-        if version != FORMAT_VERSION:
-            raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION}")
+        if version not in (FORMAT_VERSION, 2):
+            raise InvalidInput(f"backup target {self.name}: format {version}, this kvmkit reads {FORMAT_VERSION} "
+                               "and 2")
+        self.marker = marker
 
     # chunks ------------------------------------------------------------------------------------------------------
     def has_chunk(self, digest: str) -> bool:
@@ -160,7 +193,8 @@ class ChunkStore(ABC):
     def put_chunk(self, digest: str, raw: bytes, compression: str, base: str | None = None) -> int:
         """Store a chunk unless present, as a delta against `base` (the parent's chunk at the same place) when
         that is smaller; returns the bytes written (0 when it was already there)."""
-        if self.has_chunk(digest):
+        self._need_keys()
+        if self.reuse(digest):
             return 0
         blob = None
         if base is not None and base != digest:
@@ -171,22 +205,27 @@ class ChunkStore(ABC):
                 blob = None  # a damaged base: store this chunk whole, verify reports the base
         if blob is None:
             blob = codec.encode(raw, compression)
+        return self._put_sealed(digest, blob)
+
+    def _put_sealed(self, digest: str, blob: bytes) -> int:
+        if self.keys is not None and self.keys.enc_key is not None:
+            blob = seal.seal_chunk(self.keys, digest, blob)
         self._put(chunk_key(digest), blob, durable=False)
         return len(blob)
 
     def put_blob(self, digest: str, blob: bytes) -> int:
         """Store an already encoded chunk unless present (an incremental encodes its deltas itself, from the
         changed blocks and the parent's block digests, without reading the parent back); bytes written."""
-        if self.has_chunk(digest):
+        self._need_keys()
+        if self.reuse(digest):
             return 0
-        self._put(chunk_key(digest), blob, durable=False)
-        return len(blob)
+        return self._put_sealed(digest, blob)
 
     def depth_of(self, digest: str) -> int | None:
         """A stored chunk's delta depth from its header alone (None: absent or unreadable), so a new delta on
         top of it never exceeds codec.MAX_DEPTH."""
         head = self._get_head(chunk_key(digest), codec.DEPTH_HEAD)
-        if head is None or len(head) < 5 or head[:4] != codec.MAGIC:
+        if head is None or len(head) < 5 or head[:4] != (seal.CHUNK_MAGIC if self.encrypted else codec.MAGIC):
             return None
         if codec.base_of(head) is not None and len(head) < codec.DEPTH_HEAD:
             return None  # a delta header cut short: damaged, build nothing on it
@@ -208,12 +247,21 @@ class ChunkStore(ABC):
             raise ChunkDamaged(digest, f"unreadable ({exc.strerror})") from None
         if blob is None:
             raise ChunkDamaged(digest, "missing")
+        self._need_keys()
+        if self.encrypted:
+            assert self.keys is not None
+            try:
+                blob = seal.open_chunk(self.keys, digest, blob)
+            except seal.SealBroken as exc:
+                raise ChunkDamaged(digest, f"seal broken: {exc}") from None
 
         def base(name: str) -> bytes:
             load = lambda: self.read_chunk(name, _level + 1, limit, bases, _verify=False)[0]  # noqa: E731
             return load() if bases is None else bases.get(name, load)
         try:
-            raw = codec.decode(digest, blob, base, limit, verify=_verify)
+            # sealed: the AEAD tag, bound to this chunk id, already proves these are the bytes a key holder stored
+            # under this name; the block-tree hash would be a second full pass for nothing
+            raw = codec.decode(digest, blob, base, limit, verify=_verify and not self.encrypted, id_key=self.id_key)
         except ChunkDamaged as exc:
             based_on = codec.base_of(blob[:37])
             if based_on is None or not _verify:
@@ -246,9 +294,14 @@ class ChunkStore(ABC):
         return self._exists(manifest_key(vm_uuid, snapshot))
 
     def write_manifest(self, manifest: BackupManifest) -> int:
+        self._need_keys()
+        if self._keyed() and any(d.content_digest is None for d in manifest.disks):
+            raise OperationFailed(f"backup target {self.name}: a manifest without a content digest is refused")
         data = manifest.model_dump_json().encode()
         manifest.manifest_bytes = len(data)
         data = manifest.model_dump_json().encode()  # again, now carrying its own size (± a digit)
+        if self.keys is not None:
+            data = seal.seal_manifest(self.keys, manifest.vm_uuid, manifest.snapshot, data)
         self.sync()
         self._put(manifest_key(manifest.vm_uuid, manifest.snapshot), data)
         self.sync_dirs()
@@ -259,7 +312,7 @@ class ChunkStore(ABC):
         strict model, or naming another backup than its key (a copied manifest must not pose as another VM's)."""
         try:
             blob = self._get(key, MAX_MANIFEST_BYTES)
-            manifest = None if blob is None else BackupManifest.model_validate_json(blob)
+            manifest = None if blob is None else BackupManifest.model_validate_json(self._unseal_manifest(key, blob))
         except OSError as exc:
             raise ManifestDamaged(key, f"unreadable ({exc.strerror})") from None
         except ValidationError as exc:
@@ -272,7 +325,26 @@ class ChunkStore(ABC):
             raise ManifestDamaged(key, str(exc).splitlines()[0][:300]) from None
         if manifest is not None and manifest_key(manifest.vm_uuid, manifest.snapshot) != key:
             raise ManifestDamaged(key, f"it describes backup {manifest.vm_uuid}/{manifest.snapshot}, not its own name")
+        if manifest is not None and self._keyed() and any(d.content_digest is None for d in manifest.disks):
+            raise ManifestDamaged(key, "a disk has no content digest (mandatory in a repository with keys)")
         return manifest
+
+    def _unseal_manifest(self, key: str, blob: bytes) -> bytes:
+        """The manifest's JSON: opened with the repository's keys, bound to the name it was read under; a
+        legacy repository's plain JSON as it is."""
+        if self.keys is None:
+            if self._keyed():
+                raise ManifestDamaged(key, "the repository has keys and they are not loaded")
+            if blob[:4] == b"KVMS" or blob[:4] == b"KVMA":
+                raise ManifestDamaged(key, "sealed, in a repository without keys")
+            return blob
+        parts = key.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".json"):
+            raise ManifestDamaged(key, "not a manifest's name")
+        try:
+            return seal.open_manifest(self.keys, parts[1], parts[2][:-5], blob)
+        except seal.SealBroken as exc:
+            raise ManifestDamaged(key, f"seal broken: {exc}") from None
 
     def scan_manifests(self, vm_uuid: str | None = None, headers: bool = False,
                        keep: Callable[[BackupManifest], bool] | None = None,
@@ -343,16 +415,27 @@ class ChunkStore(ABC):
                 frontier.append(base)
         return live
 
-    def collect_garbage(self) -> tuple[int, int]:
-        """Remove chunks no manifest references, and temporary files of killed writers; (files, bytes) freed.
-        The caller holds the lock exclusively. Memory: the live set, plus one batch of dead names."""
-        live = self.live_chunks()
-        removed = freed = 0
-        for batch in _batches(((key, size) for key, size in self._list("chunks/")
-                               if key.rsplit("/", 1)[-1] not in live), DELETE_BATCH):
-            self._delete([key for key, _ in batch])
-            removed, freed = removed + len(batch), freed + sum(size for _, size in batch)
-        return removed, freed
+    def reuse(self, digest: str) -> bool:
+        """A writer relying on a chunk already stored: True when it is there, and then touched (its modification
+        time becomes the storage's now, so no garbage collection running meanwhile sweeps it) and remembered
+        for the writer's final check (`missing_reused`)."""
+        key = chunk_key(digest)
+        if not self._exists(key):
+            return False
+        if self.reused is not None:
+            if not self._touch(key):
+                return False
+            with self._reused_lock:
+                self.reused.add(digest)
+                self.last_touch = time.monotonic()
+        return True
+
+    def missing_reused(self) -> list[str]:
+        """Chunks this writer relied on that are gone now (checked SETTLE after the last touch: gc.py)."""
+        wait = self.last_touch + SETTLE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return [d for d in sorted(self.reused or ()) if not self._exists(chunk_key(d))]
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -378,27 +461,16 @@ def _is_json(key: str) -> bool:
     return name.endswith(".json") and not name.startswith(".")  # not a dir target's temporary file
 
 
-def _batches(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
-    batch: list[tuple[str, int]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class DirTarget(ChunkStore):
     """A local folder or a mounted NFS export. Files are 0600, folders 0700; every file is written beside its
     name and renamed in; chunks skip the fsync (one syncfs before the manifest makes them all durable)."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, mark_legacy: bool = True) -> None:
         self.name, self.root, self.location = name, root, str(root)
         if not root.is_dir():
             raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
         self._made_dirs: set[Path] = set()
-        self._check_format()
+        self._check_format(mark_legacy)
 
     # paths -------------------------------------------------------------------------------------------------------
     def chunk_path(self, digest: str) -> Path:
@@ -537,6 +609,43 @@ class DirTarget(ChunkStore):
         finally:
             os.close(folder)
 
+    def _mtime(self, key: str) -> float | None:
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except OSError:
+            return None
+        try:
+            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(folder)
+
+    def _touch(self, key: str) -> bool:
+        """mtime := now (on NFS the server's now: utime(NULL) is sent as SET_TO_SERVER_TIME); False if gone."""
+        *parts, name = key.split("/")
+        try:
+            folder = self._folder(parts)
+        except OSError:
+            return False
+        try:
+            os.utime(name, dir_fd=folder, follow_symlinks=False)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(folder)
+
+    def _list_times(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        for key, _ in self._list(prefix):
+            try:
+                info = os.stat(self.root / key, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            yield key, info.st_size, info.st_mtime
+
     def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
         top = self.root
         for part in Path(prefix).parts:  # a planted symlinked folder is not listed (nor followed)
@@ -591,7 +700,12 @@ class DirTarget(ChunkStore):
 
     @contextmanager
     def locked(self, exclusive: bool, wait: bool = True) -> Iterator[None]:
-        """flock on <root>/lock: it works across hosts only where the filesystem shares flocks (NFSv4 does)."""
+        """Backups take no lock (their leases announce them, gc.py keeps what they rely on); prunes and deletes
+        take a flock on <root>/lock, which keeps them apart across hosts where the filesystem shares flocks
+        (NFSv4 does)."""
+        if not exclusive:
+            yield
+            return
         with flocked(self.root / "lock", exclusive, wait, f"backup target {self.name} is busy (another backup or "
                                                            "prune)"):
             yield

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kvmkit.backup import keyring
+from kvmkit.backup.keyring import Ask
 from kvmkit.backup.store import ChunkStore, DirTarget
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.errors import InvalidInput, NotFound
@@ -23,18 +25,24 @@ def target_config(settings: Settings, name: str | None) -> BackupTarget:
     raise NotFound(f"no backup target named {name!r} (configured: {', '.join(t.name for t in targets)})")
 
 
-def open_target(settings: Settings, name: str | None = None, create: bool = False) -> ChunkStore:
-    """The target, checked (reachable, format marker); create: make the folder or bucket first (`target init`)."""
+def open_target(settings: Settings, name: str | None = None, create: bool = False, init: str | None = None,
+                ask: Ask | None = None) -> ChunkStore:
+    """The target, checked (reachable, format marker) with its keys loaded (keyring.py); create: make the folder
+    or bucket first, init: with keys of this mode (`target init`). ask: a passphrase prompt (default: on a TTY)."""
     target = target_config(settings, name)
+    store: ChunkStore
     if target.kind == "s3":
         from kvmkit.backup.s3 import S3Target  # boto3 is imported only for S3 targets
 
-        return S3Target.from_config(target, settings.state_dir / "locks", create=create)
-    if target.path is None:
-        raise InvalidInput(f"backup target {target.name}: kind dir needs path")
-    if create:
-        target.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return DirTarget(target.name, target.path)
+        store = S3Target.from_config(target, settings.state_dir / "locks", create=create, mark_legacy=False)
+    else:
+        if target.path is None:
+            raise InvalidInput(f"backup target {target.name}: kind dir needs path")
+        if create:
+            target.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = DirTarget(target.name, target.path, mark_legacy=False)
+    store.gc_margin = target.gc_margin_s
+    return keyring.attach(store, settings, target, init, ask if ask is not None else keyring.default_ask())
 
 
 def compression_of(settings: Settings, name: str) -> str:

@@ -46,18 +46,21 @@ from pathlib import Path
 from kvmkit.backup import restore
 from kvmkit.backup.create import Backup
 from kvmkit.backup.store import DirTarget
+from kvmkit.backup.targets import open_target
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
-op, repo, state = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-settings = Settings(state_dir=state, backup_targets=[BackupTarget(name="bench", path=repo)])
+op, repo, state, mode = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[7]
+extra = {"encryption": "repokey", "passphrase_file": state.parent / "passphrase"} if mode == "enc" else {}
+settings = Settings(state_dir=state, backup_targets=[BackupTarget(name="bench", path=repo, **extra)])
 if op == "backup":
     snap, name, created = Path(sys.argv[4]), sys.argv[5], datetime.fromisoformat(sys.argv[6])
     record = Snapshot(vm_uuid="00000000-0000-4000-8000-0000000b3c40", vm="bench", name=name, created=created,
                       mode=Mode.OFFLINE, state=State.READY,
-                      disks=[DiskSnapshot(target="vda", driver="file", source=str(snap), handle=str(snap),
-                                          size_bytes=snap.stat().st_size)])
+                      disks=[DiskSnapshot(target="vda", driver="file", source=str(snap).rsplit("@", 1)[0],
+                                          handle=str(snap), size_bytes=snap.stat().st_size)])
+    store = open_target(settings) if mode == "enc" else DirTarget("bench", repo)  # keys unwrapped before the clock
     t0 = time.perf_counter()
-    m = Backup(settings, DirTarget("bench", repo), "zstd", lambda _n: None).run(record)
+    m = Backup(settings, store, "zstd", lambda _n: None).run(record)
     print(json.dumps({"read": m.read_bytes, "written": m.written_bytes, "method": m.disks[0].change_method,
                       "seconds": time.perf_counter() - t0}))
 else:
@@ -239,12 +242,17 @@ class Kvmkit(Tool):
     """Backs up reflink snapshots of the image, as `kvmkit snapshot` + `kvmkit backup create` would."""
 
     name = "kvmkit"
+    mode = "clear"
 
     def __init__(self, root: Path, source: Path) -> None:
         super().__init__(root, source)
         self.snaps, self.state, self.last = self.root / "snapshots", self.root / "state", ""
         self.snaps.mkdir()
         self.repo.mkdir()
+        if self.mode == "enc":
+            secret = self.root / "passphrase"
+            secret.write_text(PASSWORD + "\n")
+            secret.chmod(0o600)
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -260,17 +268,22 @@ class Kvmkit(Tool):
         drop_caches(snap)
         created = datetime.now().isoformat()
         result, out = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "backup", str(self.repo), str(self.state),
-                           str(snap),
-                           label, created])
+                           str(snap), label, created, self.mode])
         self.last = label
         return result, json.loads(out)
 
     def restore(self, dest: Path) -> tuple[Leg, Path]:
         path = dest / "disk.raw"
         result, _ = leg([sys.executable, "-I", "-c", KVMKIT_CHILD, "restore", str(self.repo), str(self.state),
-                         self.last,
-                         str(path)])
+                         self.last, str(path), "-", self.mode])
         return result, path
+
+
+class KvmkitEncrypted(Kvmkit):
+    """The same, into a repokey repository: AES-256-GCM-sealed chunks and manifests, keyed chunk names."""
+
+    name = "kvmkit-enc"
+    mode = "enc"
 
 
 class Restic(Tool):
@@ -319,7 +332,7 @@ class Borg(Tool):
         return result, dest / self.source.relative_to("/")
 
 
-TOOLS: dict[str, type[Tool]] = {"kvmkit": Kvmkit, "restic": Restic, "borg": Borg}
+TOOLS: dict[str, type[Tool]] = {"kvmkit": Kvmkit, "kvmkit-enc": KvmkitEncrypted, "restic": Restic, "borg": Borg}
 RATIO_FIELDS = ("full_s", "full_cpu_s", "stored_bytes", "incremental_s", "incremental_added_bytes",
                 "incremental_read_bytes", "unchanged_s", "restore_s", "peak_rss_mib")
 
@@ -347,7 +360,7 @@ def run(folder: Path, size_mib: int, change_percent: float, peers: list[str],
         data = make_image(source, size_mib)
         progress(f"image: {size_mib} MiB, {data / MiB:.0f} MiB of data (40 % holes, 30 % text, 30 % random) on "
                  f"a private XFS loop filesystem")
-        tools = [TOOLS[name](mnt, source) for name in ("kvmkit", *peers)]
+        tools = [TOOLS[name](mnt, source) for name in ("kvmkit", "kvmkit-enc", *peers)]
         for tool in tools:
             tool.init()
         legs: dict[str, dict[str, Leg]] = {t.name: {} for t in tools}
@@ -394,9 +407,9 @@ def run(folder: Path, size_mib: int, change_percent: float, peers: list[str],
 
 def _summarise(size_mib: int, data: int, change_percent: float, changed: int,
                results: list[ToolResult]) -> PeersResult:
-    ours = results[0]
+    ours, sealed = results[0], results[1]
     ratios = {}
-    for peer in results[1:]:
+    for peer in results[2:]:
         ratios[peer.tool] = {f: round(getattr(ours, f) / getattr(peer, f), 3) for f in RATIO_FIELDS
                              if getattr(peer, f)}
     targets = {"incremental_read_over_changed": round(ours.incremental_read_bytes / changed, 3),
@@ -406,6 +419,13 @@ def _summarise(size_mib: int, data: int, change_percent: float, changed: int,
     if ours.full_in_process_s and ours.incremental_in_process_s is not None and ours.unchanged_in_process_s is not None:
         targets["incremental_over_full_in_process"] = round(ours.incremental_in_process_s / ours.full_in_process_s, 3)
         targets["unchanged_over_full_in_process"] = round(ours.unchanged_in_process_s / ours.full_in_process_s, 3)
+    for field in ("full_s", "incremental_s", "restore_s", "stored_bytes"):  # the same run: encrypted / clear
+        targets[f"encrypted_over_clear_{field}"] = round(getattr(sealed, field) / getattr(ours, field), 3)
+    if sealed.full_in_process_s and ours.full_in_process_s and sealed.incremental_in_process_s \
+            and ours.incremental_in_process_s:
+        targets["encrypted_over_clear_full_in_process"] = round(sealed.full_in_process_s / ours.full_in_process_s, 3)
+        targets["encrypted_over_clear_incremental_in_process"] = round(
+            sealed.incremental_in_process_s / ours.incremental_in_process_s, 3)
     borg = next((r for r in results if r.tool == "borg"), None)
     if borg is not None:
         targets["incremental_over_borg_incremental"] = round(ours.incremental_s / borg.incremental_s, 3)

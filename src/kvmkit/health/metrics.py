@@ -60,7 +60,7 @@ class HealthCollector(Collector):
             settings = self._settings()
             snapshots, journal, malformed = read_catalog(settings.catalog_path)
             outcome, bad_lines = events.read(settings.state_dir)
-            backups = self._manifests.summaries(settings.backup_targets)
+            backups = self._manifests.summaries(settings)
         except Exception:  # a scrape must answer: the exporter's other metrics stay up
             up.add_metric([], 0)
             yield up

@@ -94,12 +94,15 @@ class RbdWriter:
             ioctx.close()
             raise InvalidInput(f"restore destination {dest!r} must be pool/image, not a snapshot")
         self.rbd, self.pool, self.image_name, self.ioctx = rbd.RBD(), pool, image, ioctx
+        self._rbd_module = rbd
         try:
             names = self.rbd.list(ioctx)
             self.exists = image in names
             if self.exists and not replace:
                 raise Conflict(f"RBD image {dest} exists; pass --force to replace it (it is kept, renamed), "
                                "or --to another image")
+            if self.exists:
+                self._refuse_watched(rbd)
             self.tmp = image + RESTORE_SUFFIX
             if self.tmp in names:
                 self.rbd.remove(ioctx, self.tmp)  # ours by name: left by an interrupted restore
@@ -109,10 +112,18 @@ class RbdWriter:
             ioctx.close()
             raise
 
+    def _refuse_watched(self, rbd: ModuleType) -> None:
+        """An image a client has open (a running VM, on any host) is never renamed away under it."""
+        from kvmkit.backup.restore_guard import refuse_watched
+
+        with rbd.Image(self.ioctx, self.image_name, read_only=True) as image:
+            refuse_watched(image, f"{self.pool}/{self.image_name}")
+
     def commit(self) -> str:
         self.image.flush()
         self.image.close()
         if self.exists:
+            self._refuse_watched(self._rbd_module)  # again: a VM may have started on another host meanwhile
             aside = f"{self.image_name}.kvmkit-replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             self.rbd.rename(self.ioctx, self.image_name, aside)
         self.rbd.rename(self.ioctx, self.tmp, self.image_name)
