@@ -17,11 +17,14 @@ step "kvmkit snapshot create lab1 --backup   (one freeze; reflink + 2 × create_
 name="demo-$(date +%H%M%S)"
 export KVMKIT_CONFIG=examples/kvmkit.toml   # a backup target in /var/lib/kvmkit/demo-backups
 rm -rf /var/lib/kvmkit/demo-backups && mkdir -p /var/lib/kvmkit/demo-backups  # the demo's own target, fresh
+$K backup target init secondary --encryption none   # made anew on purpose (this host remembers the last one)
 $K snapshot create lab1 --name "$name" --backup
 $K backup verify lab1 "$name"
 
-step "kvmkit backup create lab1 $name --target rgw   (the same snapshot to S3: the lab's radosgw, keys from the environment)"
+step "kvmkit backup create lab1 $name --target rgw   (the same snapshot to S3, encrypted: AES-256-GCM chunks and manifests, keyed chunk names; passphrase from a 0600 file)"
 s3conf=$(mktemp /tmp/kvmkit-demo-s3.XXXXXX.toml)   # mktemp: 0600
+s3pass=$(mktemp /tmp/kvmkit-demo-pass.XXXXXX)
+.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$s3pass"
 $K lab status --json | .venv/bin/python -c '
 import json, sys
 rgw = json.load(sys.stdin)["rgw"]
@@ -32,15 +35,19 @@ endpoint = "{rgw["endpoint"]}"
 bucket = "kvmkit-demo"
 access_key_env = "KVMKIT_S3_ACCESS_KEY"
 secret_key_env = "KVMKIT_S3_SECRET_KEY"
-""")' > "$s3conf"
+encryption = "repokey"
+passphrase_file = "{sys.argv[1]}"
+""")' "$s3pass" > "$s3conf"
 creds=$($K lab status --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["rgw"]["credentials"])')
 KVMKIT_S3_ACCESS_KEY=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["access_key"])' "$creds")
 KVMKIT_S3_SECRET_KEY=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["secret_key"])' "$creds")
 export KVMKIT_S3_ACCESS_KEY KVMKIT_S3_SECRET_KEY
-KVMKIT_CONFIG="$s3conf" $K backup target init rgw
+KVMKIT_CONFIG="$s3conf" $K backup target init rgw --encryption repokey
 KVMKIT_CONFIG="$s3conf" $K backup create lab1 "$name" --target rgw
 KVMKIT_CONFIG="$s3conf" $K backup verify lab1 "$name" --target rgw
-rm -f "$s3conf"
+s3key=$(mktemp -u /tmp/kvmkit-demo-key.XXXXXX)
+KVMKIT_CONFIG="$s3conf" $K backup key export --to "$s3key" rgw   # lose the key and the passphrase: lose the backups
+rm -f "$s3conf" "$s3pass" "$s3key"
 
 step "kvmkit snapshot create lab1 --crash-consistent   (no agent needed: the VM is paused instead of frozen)"
 $K snapshot create lab1 --name "$name-crash" --crash-consistent

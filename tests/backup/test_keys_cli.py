@@ -60,3 +60,27 @@ def test_a_keyfile_target_opens_only_where_its_key_was_imported(tmp_path):
     assert out.returncode == 2 and "wrong passphrase" in out.stderr
     secret.write_text("second passphrase\n")
     assert cli(env_a, "backup", "verify", "vm1").returncode == 0
+
+
+def test_a_target_emptied_on_purpose_is_made_anew_by_target_init_and_then_used(tmp_path):
+    """The host refuses a target whose marker vanished (a swap or a wipe it did not ask for); `target init` makes a
+    new repository there on purpose, and from then on the host knows the new one (the demo starts each run so)."""
+    import shutil
+
+    (tmp_path / "repo").mkdir()
+    secret = tmp_path / "pass"
+    secret.write_text("a passphrase\n")
+    secret.chmod(0o600)
+    settings, env = host(tmp_path, "host-a", secret)
+    assert cli(env, "backup", "target", "init", "--encryption", "repokey").returncode == 0
+    disk = sparse_file(tmp_path / "vda.raw", 4 * MiB, [(0, randbytes(MiB))])
+    backup_snapshot(settings, file_snapshot("s1", {"vda": disk}))
+    shutil.rmtree(tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    refused = cli(env, "backup", "list")
+    assert refused.returncode == 2 and "format marker is gone" in refused.stderr
+    assert cli(env, "backup", "target", "init", "--encryption", "repokey").returncode == 0
+    backup_snapshot(settings, file_snapshot("s2", {"vda": disk}))
+    listed = cli(env, "backup", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "s2" in listed.stdout and "s1" not in listed.stdout

@@ -52,8 +52,10 @@ def _known(settings: Settings, store: ChunkStore) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _remember(settings: Settings, store: ChunkStore, record: dict) -> None:
-    if _known(settings, store) is None:
+def _remember(settings: Settings, store: ChunkStore, record: dict, *, replace: bool = False) -> None:
+    """What this host first saw of the target; `replace`: a new repository made on purpose (`target init` where the
+    marker was gone) becomes what the host knows."""
+    if replace or _known(settings, store) is None:
         try:
             K.write_private(_known_path(settings, store), json.dumps(record).encode(), replace=True)
         except OSError as exc:
@@ -157,5 +159,5 @@ def _create(store: ChunkStore, settings: Settings, cfg: BackupTarget, init: str 
         raise OperationFailed(f"backup target {store.name} was initialised by another host meanwhile: run again")
     store._put(MARKER, json.dumps(marker).encode())
     store.marker, store.keys = marker, keys
-    _remember(settings, store, {"mode": mode, "repo_id": repo_id})
+    _remember(settings, store, {"mode": mode, "repo_id": repo_id}, replace=init is not None)
     return store
