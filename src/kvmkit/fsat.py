@@ -92,3 +92,36 @@ def private_dirs(path: Path) -> Path:
         except FileExistsError:  # made by a concurrent job meanwhile
             pass
     return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A state file of kvmkit's own, whole or not at all: written 0600 beside it (O_NOFOLLOW), fsynced, renamed
+    over it; its folder made 0700."""
+    private_dirs(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_private(path: Path, limit: int, others: int = 0o077) -> bytes:
+    """A state file read back as untrusted: a regular file (O_NOFOLLOW|O_NONBLOCK, checked on the fd) of at most
+    `limit` bytes, owned by root or us, that nobody else can read or write (`others`: the mode bits refused; 0o022
+    for a record that may be read but not written by others). FileNotFoundError when absent; any other refusal is
+    a ValueError saying why (the caller words it for its file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise ValueError(f"not a regular file of at most {limit} bytes")
+        if info.st_mode & others or info.st_uid not in (0, os.geteuid()):
+            raise ValueError(f"{'writable' if others == 0o022 else 'readable or writable'} by others, or owned by "
+                             f"uid {info.st_uid}")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)

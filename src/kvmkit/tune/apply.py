@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, InvalidInput, NotFound, OperationFailed
 from kvmkit.tune.checks import bracketed
 from kvmkit.tune.evaluate import evaluate
@@ -156,36 +156,20 @@ def plan(host: HostView, profile: Profile, readings: list[Reading], only: set[st
 
 def _save(record: RollbackRecord, path: Path, exclusive: bool) -> None:
     """Write the rollback record with mode 0600 (it describes the host's state; only root should edit it)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
     if exclusive and path.exists():
         raise Conflict(f"rollback file {path} exists from an earlier apply: run `kvmkit tune rollback` first")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, record.model_dump_json(indent=2).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    fsat.write_private(path, record.model_dump_json(indent=2).encode())
 
 
 def _load(path: Path) -> RollbackRecord:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = fsat.read_private(path, MAX_ROLLBACK_BYTES, others=0o022)
     except FileNotFoundError:
         raise NotFound(f"no rollback file at {path}: nothing to roll back") from None
     except OSError as exc:
         raise InvalidInput(f"rollback file {path}: cannot open it ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ROLLBACK_BYTES:
-            raise InvalidInput(f"rollback file {path} is not a regular file of at most {MAX_ROLLBACK_BYTES} bytes")
-        if info.st_mode & 0o022 or info.st_uid not in (0, os.geteuid()):
-            raise InvalidInput(f"rollback file {path} is writable by others or owned by uid {info.st_uid}: refused")
-        data = os.read(fd, MAX_ROLLBACK_BYTES + 1)
-    finally:
-        os.close(fd)
+    except ValueError as exc:
+        raise InvalidInput(f"rollback file {path} is {exc}: refused") from None
     try:
         return RollbackRecord.model_validate(json.loads(data))
     except (ValueError, ValidationError, RecursionError) as exc:

@@ -5,12 +5,11 @@ a regular file owned by us and writable by nobody else."""
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kvmkit import fsat
 from kvmkit.errors import Conflict, InvalidInput, NotFound
 from kvmkit.names import VM_NAME_RE
 from kvmkit.tune.vm.domain import MAX_XML_BYTES
@@ -37,38 +36,21 @@ def path_for(folder: Path, vm_uuid: str) -> Path:
 
 
 def save(record: VmJournal, path: Path, exclusive: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if exclusive and path.exists():
         raise Conflict(f"VM {record.vm}: an earlier `tune vm apply` was not rolled back ({path}): "
                        f"run `kvmkit tune vm rollback {record.vm}` first")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, record.model_dump_json(indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    fsat.write_private(path, record.model_dump_json(indent=1).encode())
 
 
 def load(path: Path) -> VmJournal:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = fsat.read_private(path, MAX_JOURNAL_BYTES)
     except FileNotFoundError:
         raise NotFound(f"no tune vm journal at {path}: nothing to roll back") from None
     except OSError as exc:
         raise InvalidInput(f"journal {path}: cannot open it ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JOURNAL_BYTES:
-            raise InvalidInput(f"journal {path} is not a regular file of at most {MAX_JOURNAL_BYTES} bytes")
-        if info.st_mode & 0o077 or info.st_uid not in (0, os.geteuid()):
-            raise InvalidInput(f"journal {path} is readable or writable by others, or owned by uid "
-                               f"{info.st_uid}: refused")
-        data = os.read(fd, MAX_JOURNAL_BYTES + 1)
-    finally:
-        os.close(fd)
+    except ValueError as exc:
+        raise InvalidInput(f"journal {path} is {exc}: refused") from None
     try:
         return VmJournal.model_validate(json.loads(data))
     except (ValueError, ValidationError, RecursionError) as exc:
