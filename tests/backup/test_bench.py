@@ -25,9 +25,9 @@ def test_bench_runs_every_leg_and_its_ratios_are_its_own_medians(tmp_path):
     assert result.copy_command == "dd bs=4M conv=fsync"
     assert result.size_bytes == result.data_bytes == 8 << 20
     assert result.backup_mb_s == pytest.approx(result.size_bytes / result.backup_seconds / 1e6, rel=0.01)
-    assert result.ratio_vs_dd == pytest.approx(result.backup_mb_s / result.dd_mb_s, rel=0.01)
-    assert result.ratio_vs_dd_copy == pytest.approx(result.backup_mb_s / result.dd_copy_mb_s, rel=0.01)
-    assert result.tmpfs_ratio_vs_dd == pytest.approx(result.tmpfs_backup_mb_s / result.dd_mb_s, rel=0.01)
+    assert result.ratio_vs_dd == pytest.approx(result.backup_mb_s / result.dd_mb_s, rel=0.01, abs=5e-4)
+    assert result.ratio_vs_dd_copy == pytest.approx(result.backup_mb_s / result.dd_copy_mb_s, rel=0.01, abs=5e-4)
+    assert result.tmpfs_ratio_vs_dd == pytest.approx(result.tmpfs_backup_mb_s / result.dd_mb_s, rel=0.01, abs=5e-4)
     assert sorted(r.backup_seconds for r in result.rounds_detail)[1] == result.backup_seconds
     assert 4 << 20 < result.written_bytes < 5 << 20  # the random half stored raw, the text half compressed
     assert result.chunks == 8 and result.unchanged_written == 0

@@ -22,6 +22,7 @@ def soak_config(tmp_path: Path, target_lines: str) -> dict[str, str]:
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[backup_targets]]\nname = "soak"\n{target_lines}'
                       f'passphrase_file = "{secret}"\ngc_margin_s = 0\n')
+    config.chmod(0o600)  # an S3 target's lines hold its secret key: kvmkit refuses such a config readable by others
     return {**os.environ, "KVMKIT_CONFIG": str(config)}
 
 

@@ -49,7 +49,8 @@ def test_peer_bench_runs_every_leg_for_every_tool_and_checks_the_restores(tmp_pa
                           "--dir", str(tmp_path), "--json"], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     tools = {r["tool"]: r for r in result["results"]}
-    assert list(tools) == ["kvmkit", "restic", "borg"]
+    assert list(tools) == ["kvmkit", "kvmkit-enc", "restic", "borg"]  # kvmkit clear and encrypted, then the peers
+    assert result["targets"]["encrypted_over_clear_full_s"] > 0  # the encrypted leg's ratio, from the same run
     for record in tools.values():
         assert set(record) >= KEYS and record["restored_ok"] and record["full_s"] > 0
     assert result["changed_bytes"] == int((32 << 20) // 4096 * 0.02) * 4096

@@ -4,6 +4,8 @@ manifest whole (rewrites are atomic renames), and at worst unreferenced chunks t
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel
 
 from kvmkit.backup import chunking, gc, leases, retention
@@ -30,6 +32,23 @@ def protected(target: ChunkStore) -> dict[tuple[str, str], str]:
     """(vm uuid, snapshot) → host, of every backup a live lease names as its parent (read fresh each time)."""
     running = leases.live(target, leases.storage_now(target))
     return {(lease.vm_uuid, lease.parent): lease.host for lease in running if lease.parent}
+
+
+DECIDE_WITHIN_S = 2.5  # leases, then manifests, then the removal: well inside a writer's 5 s final-check wait
+
+
+def still_unneeded(target: ChunkStore, manifest: BackupManifest, doomed: set[str]) -> bool:
+    """May this manifest go now? Asked right before its removal, in this order: no live lease names it as a
+    parent, then no manifest outside `doomed` names it as one (a backup that finished after the prune listed the
+    VM's backups), all within DECIDE_WITHIN_S. A writer whose lease was not there yet when the leases were read
+    cannot write its manifest before the removal: it waits 5 s after its last touch, then checks its parent."""
+    started = time.monotonic()
+    if (manifest.vm_uuid, manifest.snapshot) in protected(target):
+        return False
+    fresh = target.scan_manifests(manifest.vm_uuid, headers=True)[0]
+    if any(m.parent == manifest.snapshot and m.snapshot not in doomed for m in fresh):
+        return False
+    return time.monotonic() - started < DECIDE_WITHIN_S
 
 
 def sweep(target: ChunkStore) -> tuple[int, int, str | None]:
@@ -79,6 +98,9 @@ def delete(settings: Settings, vm: str, snapshot: str, target_name: str | None =
         refuse_leased()  # before anything goes, and again before each removal (a backup may start meanwhile)
         for name in doomed:  # children first: a surviving manifest never loses its parent
             refuse_leased()
+            if not still_unneeded(target, by_name[name], set(doomed)):
+                raise Conflict(f"backup {name} of VM {manifest.vm} became the base of a backup that finished "
+                               "meanwhile; nothing more was deleted (run it again to see the dependants)")
             target.delete_manifest(by_name[name])
             failpoint("prune-mid-delete")
         removed, freed, skipped = sweep(target)
@@ -113,9 +135,10 @@ def prune(settings: Settings, vm: str, policy: retention.RetentionPolicy, target
             for manifest in rebased:
                 target.write_manifest(manifest)
                 failpoint("prune-mid-rebase")
+            doomed_names = {m.snapshot for m in doomed}
             for manifest in doomed:
-                if (manifest.vm_uuid, manifest.snapshot) in protected(target):  # a backup started meanwhile
-                    kept[manifest.snapshot] = "parent of a backup that started during the prune"
+                if not still_unneeded(target, manifest, doomed_names):  # a backup started or ended meanwhile
+                    kept[manifest.snapshot] = "parent of a backup that ran during the prune"
                     continue
                 target.delete_manifest(manifest)
                 failpoint("prune-mid-delete")
