@@ -37,6 +37,7 @@ def run_soak(env: dict[str, str], folder: Path, seconds: int) -> dict:
     return result
 
 
+@pytest.mark.timeout(1500)  # 40 s of soak, then every backup verified and restored: minutes on a loaded host
 def test_a_short_fleet_soak_on_a_directory_loses_nothing(lab_state, tmp_path):
     (tmp_path / "repo").mkdir()
     result = run_soak(soak_config(tmp_path, f'path = "{tmp_path / "repo"}"\n'), tmp_path / "run", 40)

@@ -103,6 +103,7 @@ def test_the_wrong_passphrase_is_one_line_and_changes_nothing(sealed, client, bu
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "wrong passphrase" in out.stderr, out.stderr
 
 
+@pytest.mark.timeout(1500)  # 60 s of soak on radosgw, then every backup verified and restored (took > 600 s in CI)
 def test_a_short_fleet_soak_on_radosgw_loses_nothing(lab_state, rgw, bucket, tmp_path):  # noqa: F811
     from tests.backup.test_soak import run_soak, soak_config
 
