@@ -152,9 +152,9 @@ def test_repeated_vm_arguments_are_one_snapshot_attempt(state_env):
 
 def test_shell_completion_is_installable_and_completes_subcommands():
     console_script = str(Path(sys.executable).with_name("kvmkit"))  # completion is keyed on the program's name
-    # typer names the shell by its parent process (shellingham): run it from bash, whatever launched pytest
-    script = subprocess.run(["bash", "-c", f'"{console_script}" --show-completion'], capture_output=True, text=True,
-                            timeout=60)
+    # the shell named: without it typer guesses from the parent processes (shellingham), which fails when pytest
+    # was started by something that is not a shell
+    script = subprocess.run([console_script, "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
     assert script.returncode == 0 and "complete -o default -F _kvmkit_completion kvmkit" in script.stdout
     env = {**os.environ, "_KVMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "kvmkit snapshot cr", "COMP_CWORD": "2"}
     done = subprocess.run([console_script], env=env, capture_output=True, text=True, timeout=60)

@@ -14,14 +14,17 @@ from kvmkit.config import BackupTarget, Settings
 from kvmkit.snapshot.model import DiskSnapshot, Mode, Snapshot, State
 
 MiB = 1 << 20
+TEST_URI = "test:///default"  # libvirt's in-memory driver: real libvirt, no daemon, no disks
 
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     (tmp_path / "target").mkdir()
-    # gc_margin_s=0: a prune sweeps at once what it freed (tests count it); docs/backup.md says why it is 900 s
-    return Settings(state_dir=tmp_path / "state", backup_targets=[BackupTarget(name="t1", path=tmp_path / "target",
-                                                                               gc_margin_s=0)])
+    # gc_margin_s=0: a prune sweeps at once what it freed (tests count it); docs/backup.md says why it is 900 s.
+    # test:///default: a restore refuses when libvirt cannot tell it no VM uses the destination; these tests run
+    # before (and without) the lab's libvirtd, so they ask libvirt's in-process test driver (no domain has a disk).
+    target = BackupTarget(name="t1", path=tmp_path / "target", gc_margin_s=0)
+    return Settings(state_dir=tmp_path / "state", libvirt_uri=TEST_URI, backup_targets=[target])
 
 
 def file_snapshot(name: str, files: dict[str, Path], when: datetime | None = None, vm: str = "vm1") -> Snapshot:

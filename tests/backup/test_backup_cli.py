@@ -13,14 +13,14 @@ import pytest
 
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
-from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sparse_file
+from tests.backup.conftest import TEST_URI, MiB, file_snapshot, later, randbytes, sparse_file
 
 
 @pytest.fixture()
 def env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "target").mkdir()
     config = tmp_path / "config.toml"
-    config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nlibvirt_uri = "{TEST_URI}"\n'
                       f'[[backup_targets]]\nname = "nfs1"\npath = "{tmp_path / "target"}"\n'
                       f'[[backup_targets]]\nname = "s3"\nkind = "s3"\nbucket = "b"\nsecret_key = "TOPSECRET"\n')
     config.chmod(0o600)  # it holds a secret: kvmkit refuses it readable by others

@@ -11,7 +11,7 @@ from pathlib import Path
 from kvmkit.backup import restore
 from kvmkit.backup.create import backup_snapshot
 from kvmkit.config import BackupTarget, Settings
-from tests.backup.conftest import MiB, file_snapshot, randbytes, sha, sparse_file
+from tests.backup.conftest import TEST_URI, MiB, file_snapshot, randbytes, sha, sparse_file
 
 KVMKIT = [str(Path(sys.executable).parent / "kvmkit")]
 
@@ -19,10 +19,11 @@ KVMKIT = [str(Path(sys.executable).parent / "kvmkit")]
 def host(tmp_path: Path, name: str, secret: Path) -> tuple[Settings, dict[str, str]]:
     state, repo = tmp_path / name, tmp_path / "repo"
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'state_dir = "{state}"\n[[backup_targets]]\nname = "k1"\npath = "{repo}"\n'
+    config.write_text(f'state_dir = "{state}"\nlibvirt_uri = "{TEST_URI}"\n'
+                      f'[[backup_targets]]\nname = "k1"\npath = "{repo}"\n'
                       f'passphrase_file = "{secret}"\ngc_margin_s = 0\n')
-    settings = Settings(state_dir=state, backup_targets=[BackupTarget(name="k1", path=repo, passphrase_file=secret,
-                                                                      gc_margin_s=0)])
+    target = BackupTarget(name="k1", path=repo, passphrase_file=secret, gc_margin_s=0)
+    settings = Settings(state_dir=state, libvirt_uri=TEST_URI, backup_targets=[target])
     return settings, {**os.environ, "KVMKIT_CONFIG": str(config)}
 
 

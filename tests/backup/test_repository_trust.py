@@ -251,7 +251,8 @@ TAMPER_CHILD = textwrap.dedent('''
     from kvmkit.config import BackupTarget, Settings
     from kvmkit.errors import KvmkitError
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
-    settings = Settings(state_dir=out / "state", backup_targets=[BackupTarget(name="t1", path=root)])
+    settings = Settings(state_dir=out / "state", libvirt_uri="test:///default",
+                        backup_targets=[BackupTarget(name="t1", path=root)])
     seconds = {}
     t0 = time.perf_counter()
     restore.vm_manifests(restore.open_target(settings), sys.argv[3])

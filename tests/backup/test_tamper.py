@@ -18,7 +18,7 @@ from kvmkit.backup.create import backup_snapshot
 from kvmkit.backup.targets import open_target
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.errors import InvalidInput, KvmkitError, OperationFailed
-from tests.backup.conftest import MiB, file_snapshot, later, randbytes, sha, sparse_file
+from tests.backup.conftest import TEST_URI, MiB, file_snapshot, later, randbytes, sha, sparse_file
 
 KVMKIT = [str(Path(sys.executable).parent / "kvmkit")]
 DAMAGED = 6  # OperationFailed: kvmkit/cli.py's exit code for damaged input found part-way
@@ -30,7 +30,7 @@ def make_settings(tmp_path: Path, mode: str, name: str = "t1", state: str = "sta
     if not secret.exists():
         secret.write_text("correct horse battery staple\n")
         secret.chmod(0o600)
-    return Settings(state_dir=tmp_path / state, backup_targets=[BackupTarget(
+    return Settings(state_dir=tmp_path / state, libvirt_uri=TEST_URI, backup_targets=[BackupTarget(
         name=name, path=tmp_path / f"repo-{name}", encryption=mode, passphrase_file=secret)])
 
 
@@ -192,7 +192,8 @@ def test_the_cli_says_one_line_with_the_damaged_exit_code(tmp_path, keyed):
     settings, _, _ = keyed
     cfg = settings.backup_targets[0]
     config = tmp_path / "config.toml"
-    config.write_text(f'state_dir = "{settings.state_dir}"\n[[backup_targets]]\nname = "t1"\npath = "{cfg.path}"\n'
+    config.write_text(f'state_dir = "{settings.state_dir}"\nlibvirt_uri = "{TEST_URI}"\n'
+                      f'[[backup_targets]]\nname = "t1"\npath = "{cfg.path}"\n'
                       f'passphrase_file = "{cfg.passphrase_file}"\n')
     env = {**os.environ, "KVMKIT_CONFIG": str(config)}
     flip(chunk_files(settings)[0], 60)

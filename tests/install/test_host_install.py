@@ -70,6 +70,7 @@ def test_host_install_from_the_wheel_runs_version_doctor_and_a_snapshot(lab_stat
 
     doctor = subprocess.run([kvmkit, "doctor", "--json"], env=run_env, capture_output=True, text=True, timeout=60)
     report = json.loads(doctor.stdout)
+    assert "findings" in report, (doctor.returncode, doctor.stdout, doctor.stderr[-2000:])
     vm = lab_state.vms[0].name
     assert {(f["check"], f["severity"]) for f in report["findings"] if f["subject"] == vm} == {
         ("agent", "ok"), ("fsfreeze", "ok")}
