@@ -327,7 +327,13 @@ def net_cmd(
                                                                   "(e.g. the bridge's).")] = None,
     guest_ip: Annotated[str | None, typer.Option("--guest-ip", help="Set this address/prefix on the guest's "
                                                                     "NIC first (guests without DHCP).")] = None,
-    iface: Annotated[str, typer.Option("--iface", help="The guest's NIC for --guest-ip.")] = "eth0",
+    pair: Annotated[list[str] | None, typer.Option("--pair", help="Also measure guest ↔ guest: SERVER_VM,CLIENT_VM "
+                                                               "(repeatable); both guests need iperf3 and sockperf.")
+                    ] = None,
+    set_ip: Annotated[list[str] | None, typer.Option("--set-ip", help="VM=ADDRESS/PREFIX: put this address on the "
+                                                                      "VM's NIC first (repeatable).")] = None,
+    iface: Annotated[str, typer.Option("--iface", help="The guests' NIC for --guest-ip, --set-ip and --pair.")
+                     ] = "eth0",
     reference: Annotated[bool, typer.Option("--reference/--no-reference",
                                             help="Measure the netns ↔ netns anchor first.")] = True,
     streams: Annotated[int, typer.Option(help="Parallel TCP streams.", min=1, max=128)] = 4,
@@ -337,7 +343,8 @@ def net_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Network path: TCP throughput (several streams), small-packet rate, request/response latency percentiles
-    and host CPU per Gbit/s, for host netns ↔ netns (the anchor) and each --vm ↔ host; backend named."""
+    and host CPU per Gbit/s, for host netns ↔ netns (the anchor), each --vm ↔ host and each --pair guest ↔ guest;
+    the backend named."""
     import contextlib
 
     from kvmkit import config
@@ -346,22 +353,30 @@ def net_cmd(
     from kvmkit.virt.connection import connection, lookup
 
     vms = list(dict.fromkeys(vm or []))
+    pairs = [netvm.parse_pair(p) for p in dict.fromkeys(pair or [])]
+    addresses = dict(netvm.parse_set_ip(s) for s in set_ip or [])
     if vms and host_ip is None:
         raise InvalidInput("--vm needs --host-ip: the host address the guest sends to")
-    if not vms and not reference:
-        raise InvalidInput("nothing to measure: give --vm, or keep the reference path")
+    if not vms and not pairs and not reference:
+        raise InvalidInput("nothing to measure: give --vm or --pair, or keep the reference path")
     opts = net.NetOptions(streams=streams, runs=runs, seconds=seconds)
     progress = (lambda _m: None) if as_json else (lambda m: err_console.print(m, highlight=False))
     with contextlib.ExitStack() as stack:
         paths, notes = [], []
         if reference:
             paths.append(stack.enter_context(NetnsPath(str(os.getpid())).up()))
-        if vms:
+        if vms or pairs or addresses:
             conn = stack.enter_context(connection(connect or config.load().libvirt_uri))
+            for name, cidr in addresses.items():
+                netvm.set_address(lookup(conn, name), cidr, iface, "--set-ip")
             for name in vms:
                 dom = lookup(conn, name)
                 paths.append(netvm.guest_path(dom, host_ip or "", guest_ip, iface))
                 notes += netvm.notes_for(dom)
+            for server, client in pairs:
+                doms = lookup(conn, server), lookup(conn, client)
+                paths.append(netvm.pair_path(*doms, iface))
+                notes += [n for d in doms for n in netvm.notes_for(d)]
         result = net.run(paths, opts, list(dict.fromkeys(notes)), progress)
     if as_json:
         print_json(result)

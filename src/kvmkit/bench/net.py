@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from kvmkit.bench import netparse
 from kvmkit.bench.netparse import Spread
-from kvmkit.bench.netpaths import NetPath, host_busy_seconds, wait_listening
+from kvmkit.bench.netpaths import NetPath, host_busy_seconds
 from kvmkit.rss import peak_rss_mib
 
 IPERF_PORT = 5201
@@ -98,11 +98,11 @@ def _per_gbit(cores: list[float], gbit: list[float]) -> Spread:
 
 
 def measure_path(path: NetPath, opts: NetOptions, progress: Callable[[str], None] = lambda _m: None) -> PathResult:
-    iperf = path.server(["iperf3", "-s", "-B", path.server_ip, "-p", str(IPERF_PORT), "--forceflush"])
-    sock = path.server(["sockperf", "server", "-i", path.server_ip, "-p", str(SOCKPERF_PORT), "--tcp"])
+    servers = [path.serve(["iperf3", "-s", "-B", path.server_ip, "-p", str(IPERF_PORT), "--forceflush"],
+                          "Server listening", IPERF_PORT)]
     try:
-        wait_listening(iperf, "Server listening")
-        wait_listening(sock, "using")
+        servers.append(path.serve(["sockperf", "server", "-i", path.server_ip, "-p", str(SOCKPERF_PORT), "--tcp"],
+                                  "using", SOCKPERF_PORT))
         _tcp(path, opts, opts.warmup_s + 1)  # warm-up: caches, ARP, TCP windows; not counted
         gbit, host_cores, qemu_cores, retrans, pps, lost, lat = [], [], [], 0, [], [], []
         for number in range(1, opts.runs + 1):
@@ -119,9 +119,8 @@ def measure_path(path: NetPath, opts: NetOptions, progress: Callable[[str], None
             progress(f"{path.name}: run {number}/{opts.runs}: {tcp.gbit_s:.2f} Gbit/s, {udp.pps:,.0f} pps, "
                      f"p99 {lat[-1]['p99']:.0f} µs")
     finally:
-        for server in (iperf, sock):
-            server.kill()
-            server.wait()
+        for server in servers:
+            server.stop()
     keys = sorted(set.intersection(*(set(run) for run in lat)), key=_percentile_order)
     return PathResult(
         path=path.name, backend=path.backend, gbit_s=netparse.spread(gbit), retransmits=retrans,

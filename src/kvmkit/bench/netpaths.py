@@ -4,6 +4,8 @@
 - GuestPath: server on the host's bridge address, client in the guest through qemu-guest-agent's guest-exec,
   packets through the VM's virtio-net NIC and its backend (vhost-net, or QEMU's userspace virtio-net when the
   host has no /dev/vhost-net). Its CPU is the QEMU process's (every thread) plus any vhost-<pid> kernel threads.
+- GuestPairPath (netvm.py): server in one guest, client in another, both through the agent: packets leave one
+  virtio-net NIC, cross the host's bridge and enter the other — what east-west traffic between VMs pays.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from kvmkit.sampling.qemu import domain_from_cmdline
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+class Server(Protocol):
+    """A benchmark server that is listening; stop() ends it."""
+
+    def stop(self) -> None: ...
+
+
 class NetPath(Protocol):
     """What `bench net` needs of a path: a server started on one end, a client run on the other."""
 
@@ -32,9 +40,21 @@ class NetPath(Protocol):
     backend: str
     server_ip: str
 
-    def server(self, argv: list[str]) -> subprocess.Popen: ...
+    def serve(self, argv: list[str], marker: str, port: int) -> Server: ...
     def client(self, argv: list[str], timeout_s: float) -> str: ...
     def cpu_seconds(self) -> float | None: ...
+
+
+class HostServer:
+    """A server process on the host, returned once it printed its listening marker."""
+
+    def __init__(self, argv: list[str], marker: str) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
+        wait_listening(self.proc, marker)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -84,9 +104,8 @@ class NetnsPath:
     def cpu_seconds(self) -> float | None:
         return None  # both ends are host processes: the host's busy time says it all
 
-    def server(self, argv: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.ns_server, *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, cwd="/")
+    def serve(self, argv: list[str], marker: str, port: int) -> Server:
+        return HostServer(["ip", "netns", "exec", self.ns_server, *argv], marker)
 
     def client(self, argv: list[str], timeout_s: float) -> str:
         done = subprocess.run(["ip", "netns", "exec", self.ns_client, *argv], capture_output=True, text=True,
@@ -177,17 +196,23 @@ class GuestPath:
     def name(self) -> str:
         return f"guest {self.vm} ↔ host (bridge, virtio-net)"
 
-    def server(self, argv: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
+    def serve(self, argv: list[str], marker: str, port: int) -> Server:
+        return HostServer(argv, marker)
 
     def client(self, argv: list[str], timeout_s: float) -> str:
         result = self.exec_fn(argv, timeout_s)
         return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
 
     def cpu_seconds(self) -> float | None:
-        if self.qemu is None:
-            return None
-        total = _proc_cpu_s(self.qemu)
-        for tid in vhost_threads(self.qemu):
-            total += _proc_cpu_s(tid)
-        return total
+        return qemu_cpu_seconds([self.qemu])
+
+
+def qemu_cpu_seconds(pids: list[int | None]) -> float | None:
+    """CPU seconds of these QEMU processes (every thread) and their vhost workers; None if one is unknown."""
+    if any(pid is None for pid in pids):
+        return None
+    total = 0.0
+    for pid in pids:
+        assert pid is not None
+        total += _proc_cpu_s(pid) + sum(_proc_cpu_s(tid) for tid in vhost_threads(pid))
+    return total

@@ -112,25 +112,60 @@ class ExecResult:
     stderr: bytes
 
 
+def guest_spawn(dom: libvirt.virDomain, argv: list[str]) -> int:
+    """Start argv in the guest and return its guest pid at once (guest-exec does not wait); its output is kept
+    by the agent until it exits (`guest_exec_status`)."""
+    started = _command(dom, "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})
+    pid = started.get("pid") if isinstance(started, dict) else None
+    if not isinstance(pid, int):
+        raise OperationFailed(f"VM {dom.name()}: guest-exec of {argv[0]} answered no pid")
+    return pid
+
+
+def guest_exec_status(dom: libvirt.virDomain, pid: int) -> ExecResult | None:
+    """What a spawned guest process left, or None while it still runs."""
+    status = _command(dom, "guest-exec-status", {"pid": pid})
+    if not isinstance(status, dict) or not status.get("exited"):
+        return None
+    return ExecResult(
+        exit_code=int(status.get("exitcode", -1)),
+        stdout=base64.b64decode(status.get("out-data", "")),
+        stderr=base64.b64decode(status.get("err-data", "")),
+    )
+
+
 def guest_exec(dom: libvirt.virDomain, argv: list[str], timeout_s: float = 60.0) -> ExecResult:
     """Run argv in the guest and wait for it; the guest's own shell is only used if argv asks for it."""
-    started = _command(dom, "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})
-    pid = started["pid"]  # type: ignore[index]
+    pid = guest_spawn(dom, argv)
     deadline = time.monotonic() + timeout_s
     delay = 0.01
-    while True:
-        status = _command(dom, "guest-exec-status", {"pid": pid})
-        if status.get("exited"):  # type: ignore[union-attr]
-            break
+    while (result := guest_exec_status(dom, pid)) is None:
         if time.monotonic() > deadline:
             raise OperationFailed(f"VM {dom.name()}: {argv[0]} did not finish within {timeout_s:.0f} s")
         time.sleep(delay)  # the agent has no completion event; back off to keep the agent channel quiet
         delay = min(delay * 2, 0.2)
-    return ExecResult(
-        exit_code=int(status.get("exitcode", -1)),  # type: ignore[union-attr]
-        stdout=base64.b64decode(status.get("out-data", "")),  # type: ignore[union-attr]
-        stderr=base64.b64decode(status.get("err-data", "")),  # type: ignore[union-attr]
-    )
+    return result
+
+
+MAX_INTERFACES = 64  # guest-network-get-interfaces is the guest's answer: bounded before it is walked
+
+
+def guest_ipv4(dom: libvirt.virDomain, iface: str) -> list[str]:
+    """The IPv4 addresses the guest reports on `iface` (guest-network-get-interfaces), each checked as an address."""
+    import ipaddress
+
+    answer = _command(dom, "guest-network-get-interfaces")
+    found: list[str] = []
+    for nic in answer[:MAX_INTERFACES] if isinstance(answer, list) else []:
+        if not isinstance(nic, dict) or nic.get("name") != iface:
+            continue
+        for addr in (nic.get("ip-addresses") or [])[:MAX_INTERFACES]:
+            if isinstance(addr, dict) and addr.get("ip-address-type") == "ipv4":
+                try:
+                    found.append(str(ipaddress.IPv4Address(str(addr.get("ip-address")))))
+                except ValueError:
+                    continue
+    return found
 
 
 def guest_shell(dom: libvirt.virDomain, script: str, timeout_s: float = 60.0) -> str:
