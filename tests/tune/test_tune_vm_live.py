@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 from tests.conftest import lab_vm
@@ -152,3 +153,42 @@ def test_measure_benches_the_iothread_fix_before_and_after_and_rolls_it_back(lab
     assert all(j["iops_before"] > 0 and j["iops_after"] > 0 for j in result["jobs"])
     assert result["verdict"] == verdict(result["iops_geomean_ratio"])
     assert after_undo == before  # --undo put the old definition back
+
+
+def _live_pins(conn, name: str) -> tuple[list[tuple[bool, ...]], tuple[bool, ...]]:
+    dom = conn.lookupByName(name)
+    return [tuple(m) for m in dom.vcpuPinInfo(0)], tuple(dom.emulatorPinInfo(0))  # flags 0: the live VM
+
+
+def test_apply_takes_the_new_pins_live_on_a_running_vm_and_rollback_puts_them_back(lab_state, conn, env):
+    """Pinning is what libvirt changes without a restart: apply pins the running VM's vCPU and emulator thread now
+    (virDomainPinVcpuFlags/PinEmulator, AFFECT_LIVE), rollback unpins them again."""
+    name = lab_vm(lab_state, f"{lab_state.dir.name}-tvpin", file_disks=1, rbd_disks=0, size_mib=64)
+    try:
+        before_def = _xml(conn, name)
+        vcpus_before, emulator_before = _live_pins(conn, name)
+        assert all(all(m) for m in vcpus_before) and all(emulator_before)  # a fresh lab VM runs unpinned
+        dry = kvmkit(env, "tune", "vm", "apply", name, "--goal", "latency", "--only", "cpu.pinning", "--dry-run",
+                     "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert json.loads(dry.stdout)[0]["live"] and _live_pins(conn, name) == (vcpus_before, emulator_before)
+
+        applied = kvmkit(env, "tune", "vm", "apply", name, "--goal", "latency", "--only", "cpu.pinning", "--yes",
+                         "--json")
+        assert applied.returncode == 0, applied.stderr
+        outcome = json.loads(applied.stdout)[0]
+        assert outcome["fixed"] == ["cpu.pinning"] and outcome["not_live"] == []
+        assert outcome["restart_needed"] is False  # nothing but pins changed, and they were all taken live
+        vcpus_now, emulator_now = _live_pins(conn, name)
+        pinned = ET.fromstring(_xml(conn, name)).find("cputune")
+        assert pinned is not None
+        vcpu_cpu = int(pinned.find("vcpupin").get("cpuset"))
+        assert vcpus_now[0] == tuple(cpu == vcpu_cpu for cpu in range(len(vcpus_now[0])))  # live = definition
+        assert sum(emulator_now) == 1 and not emulator_now[vcpu_cpu]  # the emulator on another CPU, live
+
+        rolled = kvmkit(env, "tune", "vm", "rollback", name, "--yes")
+        assert rolled.returncode == 0, rolled.stderr
+        assert _xml(conn, name) == before_def
+        assert _live_pins(conn, name) == (vcpus_before, emulator_before)  # unpinned again, live
+    finally:
+        drop_vm(lab_state, name)

@@ -157,6 +157,26 @@ def persistent_xml(dom: libvirt.virDomain) -> str | None:
     return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
 
 
+def pin_live(dom: libvirt.virDomain, kind: str, number: int, cpumap: tuple[bool, ...]) -> None:
+    """Pin a running VM's vCPU, emulator or iothread now (AFFECT_LIVE only: the definition is the caller's)."""
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        if kind == "vcpu":
+            dom.pinVcpuFlags(number, cpumap, live)
+        elif kind == "emulator":
+            dom.pinEmulator(cpumap, live)
+        elif kind == "iothread":
+            dom.pinIOThread(number, cpumap, live)
+        else:
+            raise ValueError(kind)
+    except libvirt.libvirtError as exc:
+        raise OperationFailed(exc.get_error_message()) from exc
+
+
+def host_cpu_count(dom: libvirt.virDomain) -> int:
+    return int(dom.connect().getCPUMap(0)[0])
+
+
 def define(dom: libvirt.virDomain, xml: str) -> None:
     try:
         dom.connect().defineXML(xml)

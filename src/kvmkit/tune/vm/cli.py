@@ -40,6 +40,8 @@ app = typer.Typer(cls=_CheckByDefault, no_args_is_help=True, add_completion=Fals
 GoalOpt = Annotated[str, typer.Option("--goal", "-g", help=f"One of {', '.join(GOALS)}.", callback=check_goal)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ConnectOpt = Annotated[str | None, typer.Option("--connect", "-c", help="libvirt URI (default: from the config).")]
+HistoryOpt = Annotated[Path | None, typer.Option("--history", help="A `kvmkit congestion` history (JSON lines): "
+                                                                    "the pinning check shows what it measured.")]
 STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.NA: "dim",
          Status.UNKNOWN: "magenta"}
 
@@ -50,6 +52,16 @@ def _uri(connect: str | None) -> str:
 
 def _journal_dir() -> Path:
     return config.load().state_dir / "tune" / "vm"
+
+
+def _contention(history_file: Path | None, doms: list) -> dict | None:
+    """Each chosen VM's contention over the history, streamed (a VM it never saw is simply not in it)."""
+    if history_file is None:
+        return None
+    from kvmkit.congestion import history
+    from kvmkit.tune.vm import measured
+
+    return measured.summarize(history.stream(history_file), {dom.name() for dom in doms})
 
 
 def _print(report: VmReport) -> None:
@@ -81,6 +93,7 @@ def check(
     vms: Annotated[list[str] | None, typer.Argument(help="VM names (or --all).")] = None,
     goal: GoalOpt = "balanced",
     every: Annotated[bool, typer.Option("--all", help="Every VM libvirt knows.")] = False,
+    history_file: HistoryOpt = None,
     connect: ConnectOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -88,7 +101,9 @@ def check(
     if not vms and not every:
         raise InvalidInput("name one or more VMs, or pass --all")
     with connection(_uri(connect)) as conn:
-        reports = [edge.report_for(conn, dom, goal) for dom in edge.chosen_domains(conn, vms or [], every)]
+        doms = edge.chosen_domains(conn, vms or [], every)
+        contention = _contention(history_file, doms)
+        reports = [edge.report_for(conn, dom, goal, contention) for dom in doms]
     if json_out:
         print_json([{**_plain(r), "worst": r.worst} for r in reports])
     else:
@@ -109,22 +124,27 @@ def apply(
     vms: Annotated[list[str], typer.Argument(help="VM names.")],
     goal: GoalOpt = "balanced",
     only: Annotated[list[str] | None, typer.Option("--only", help="Fix only these checks; repeatable.")] = None,
+    history_file: HistoryOpt = None,
     connect: ConnectOpt = None,
     dry_run: bool = DRY_RUN,
     yes: bool = YES,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change each VM's persistent definition as `check` shows (a running VM gets it at its next start).
+    """Change each VM's persistent definition as `check` shows; a running VM takes new pins at once, the rest at
+    its next start.
     The old definition goes to a 0600 journal first; `kvmkit tune vm rollback VM` puts it back."""
     outcomes = []
     with connection(_uri(connect)) as conn:
         doms = edge.chosen_domains(conn, vms, False)
+        contention = _contention(history_file, doms)
         for dom in doms:
-            planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None, dry_run=True)
+            planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None, dry_run=True,
+                                 contention=contention)
             if not dry_run:
                 go_ahead(f"kvmkit tune vm apply {planned.vm}",
                          [f"{c}: {b} → {a}" for c, b, a in planned.before_after], yes)
-                planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None)
+                planned = edge.apply(conn, dom, goal, _journal_dir(), only=set(only or []) or None,
+                                     contention=contention)
             outcomes.append(planned)
     if json_out:
         print_json(outcomes)
@@ -136,8 +156,12 @@ def apply(
             console.print(f"  {escape(check_id)}\n{_diff(before, after)}", soft_wrap=True)
         if o.journal:
             console.print(f"  journal {o.journal}; undo with `kvmkit tune vm rollback {o.vm}`")
+        if o.live:
+            console.print(f"  {'would take' if o.dry_run else 'took'} live (no restart): {', '.join(o.live)}")
+        for why in o.not_live:
+            console.print(f"  not taken live: {escape(why)}")
         if o.restart_needed and not o.dry_run:
-            console.print("  the VM is running: the new definition takes effect at its next start")
+            console.print("  the VM is running: the rest of the new definition takes effect at its next start")
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kvmkit.tune.vm.measured import Contention
 
 
 @dataclass(frozen=True)
@@ -12,6 +14,7 @@ class HostFacts:
     hugepages_free_kib: int  # free memory in the default hugepage pool
     vhost_net: bool  # /dev/vhost-net exists: libvirt uses the in-kernel backend for virtio-net
     pinned_elsewhere: frozenset[int] = frozenset()  # host CPUs other VMs pin vCPUs to
+    contention: dict[str, Contention] = field(default_factory=dict)  # VM name → what a congestion history measured
 
     def node_of(self, cpu: int) -> int | None:
         return next((node for node, cpus in self.numa_nodes.items() if cpu in cpus), None)

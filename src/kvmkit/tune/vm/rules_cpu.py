@@ -10,6 +10,7 @@ from kvmkit.tune.vm.domain import DomainModel
 from kvmkit.tune.vm.edits import XmlEdit
 from kvmkit.tune.vm.finding import VmFinding, severity, weights
 from kvmkit.tune.vm.host import HostFacts, parse_cpuset
+from kvmkit.tune.vm.measured import CONTENDED_P95_PCT
 
 Rule = Callable[[DomainModel, HostFacts, str], list[VmFinding]]
 
@@ -91,11 +92,18 @@ def pinning(d: DomainModel, host: HostFacts, goal: str) -> list[VmFinding]:
            "threads; a pinned neighbour makes it worse, since the scheduler cannot move it out of the way")
     if shared:
         why += f"; this host has too few free CPUs for {d.vcpus} dedicated vCPUs, the plan shares some"
+    measured = host.contention.get(d.name)
+    w = weights("F", "-", "W", "-", "-")
+    if measured is not None and measured.contended:  # it did wait for CPUs: one step more severe for every goal
+        w = {goal_: {"-": "W", "W": "F"}.get(mark, mark) for goal_, mark in w.items()}
+        why += (f"; measured: its vCPUs waited for a host CPU {measured.p95_pct:.1f} % of the time at p95, above "
+                f"the {CONTENDED_P95_PCT:g} % a latency class allows")
     return judged(
-        "cpu.pinning", "cpu", goal, weights("F", "-", "W", "-", "-"), len(pinned) < d.vcpus or bool(iothreads_unpinned),
+        "cpu.pinning", "cpu", goal, w, len(pinned) < d.vcpus or bool(iothreads_unpinned),
         current=f"{len(pinned)} of {d.vcpus} vCPUs pinned" + (f", emulator on {d.emulator_pin}" if d.emulator_pin
                                                               else ", emulator unpinned")
-        + (f", {len(iothreads_unpinned)} of {d.iothreads} iothreads unpinned" if d.iothreads else ""),
+        + (f", {len(iothreads_unpinned)} of {d.iothreads} iothreads unpinned" if d.iothreads else "")
+        + (f"; {measured.text()}" if measured is not None else ""),
         expected="every vCPU on its own host CPU, the emulator thread and iothreads elsewhere",
         why=why, source=src.at("cpu-tuning", src.RHEL),
         edits=tuple(edits),
