@@ -108,6 +108,30 @@ def test_the_stored_group_is_reused_by_name(snap_env, pair):
         assert kvmkit(snap_env, "snapshot", "delete", "--group", "app", name, "--yes").returncode == 0
 
 
+def test_a_group_backed_up_gives_every_member_a_backup_of_the_one_instant(snap_env, pair, lab_state, tmp_path):
+    """`create --group --backup`: one group snapshot, then each member's backup under its name (file disk and RBD
+    disk alike); each verifies, and the group's snapshots are deleted as one afterwards."""
+    target = tmp_path / "target"
+    target.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{snap_env["KVMKIT_STATE_DIR"]}"\nlab_dir = "{lab_state.dir}"\n'
+                      f'[[backup_targets]]\nname = "sec"\npath = "{target}"\n')
+    env = {**snap_env, "KVMKIT_CONFIG": str(config)}
+    out = kvmkit(env, "snapshot", "create", "--group", "appb", *pair, "--name", "gb1", "--backup", "--json",
+                 timeout=600)
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert made["group"] == "appb" and made["errors"] == []
+    assert sorted((s["vm"], s["name"], s["backup"]["target"]) for s in made["snapshots"]) == sorted(
+        (vm, "gb1", "sec") for vm in pair)
+    for vm in pair:
+        listed = kvmkit(env, "backup", "list", vm, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [b["snapshot"] for b in json.loads(listed.stdout)] == ["gb1"]
+        assert kvmkit(env, "backup", "verify", vm, "gb1", timeout=600).returncode == 0
+    assert kvmkit(env, "snapshot", "delete", "--group", "appb", "gb1", "--yes").returncode == 0
+
+
 def test_crash_consistent_mixed_storage_pauses_every_vm_in_one_window(ctx, conn, pair):
     snaps = create_group(ctx, "mixed", pair, "c1", crash_consistent=True)
     assert all(s.mode is Mode.CRASH and s.pause_ms is not None for s in snaps)

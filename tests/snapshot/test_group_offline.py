@@ -182,7 +182,7 @@ def test_recover_discards_a_group_left_creating(rig):
 
 @pytest.mark.parametrize("args", [
     ["snapshot", "create", "--group", "app", "--all"],
-    ["snapshot", "create", "--group", "app", "vm1", "--backup"],
+    ["snapshot", "create", "--group", "app", "vm1", "--all"],
     ["snapshot", "create", "--group", "bad name!", "vm1"],
     ["snapshot", "revert", "--group", "app", "vm1", "snap1"],
     ["snapshot", "delete", "--group", "app", "vm1", "snap1"],

@@ -28,7 +28,7 @@ from kvmkit import fsat
 from kvmkit.backup import manage, retention
 from kvmkit.config import Settings
 from kvmkit.errors import Conflict, InvalidInput, KvmkitError, NotFound
-from kvmkit.jobs.outcome import record_failure
+from kvmkit.jobs.outcome import Outcome, record_failure
 
 if TYPE_CHECKING:  # the snapshot core (and libvirt) only when a job runs: `schedule list` works without them
     from kvmkit.snapshot.context import SnapshotContext
@@ -123,8 +123,6 @@ def add(settings: Settings, schedule: Schedule, *, vm_exists: Callable[[str], bo
         raise InvalidInput("give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly")
     if schedule.backup and not settings.backup_targets:
         raise InvalidInput("--backup needs a backup target in the config ([[backup_targets]])")
-    if schedule.group and schedule.backup:
-        raise InvalidInput("a group schedule takes snapshots only (back each VM up with its own schedule)")
     if vm_exists is not None and not vm_exists(schedule.vm) and schedule.group:
         raise NotFound(f"no consistency group named {schedule.vm!r}: define it with kvmkit snapshot create --group "
                        f"{schedule.vm} VM1 VM2 …")
@@ -173,14 +171,17 @@ def failed(actions: list[RunAction]) -> bool:
 
 
 def _run_group(settings: Settings, schedule: Schedule, name: str, ctx: SnapshotContext) -> list[RunAction]:
-    """A group's scheduled snapshot (its stored definition, one instant), then its older scheduled ones pruned as
-    groups: a member's snapshot is never deleted alone."""
+    """A group's scheduled snapshot (its stored definition, one instant); with backup, each member's snapshot
+    backed up and each member's scheduled backups pruned by the same policy (so the same instants stay for every
+    member); then its older scheduled snapshots pruned as groups: a member's snapshot is never deleted alone."""
     from kvmkit.jobs.snapshots import take_group
     from kvmkit.snapshot.group_ops import delete_group
 
     group = schedule.vm
-    take_group(ctx, settings, group, [], name)
+    outcomes = take_group(ctx, settings, group, [], name, backup=schedule.backup, target=schedule.target)
     actions = [RunAction(vm=group, action="snapshot", detail=f"{name} (group)")]
+    for outcome in outcomes if schedule.backup else []:
+        actions += _backed_up(settings, schedule, outcome)
     rows = [s for s in ctx.catalog.list(group=group) if s.name.startswith(retention.SCHEDULED_PREFIX)]
     taken = {s.name: retention.item_time(s.name, s.created) for s in rows}
     kept = retention.keep([retention.Item(n, t) for n, t in taken.items()], schedule.policy)
@@ -191,6 +192,26 @@ def _run_group(settings: Settings, schedule: Schedule, name: str, ctx: SnapshotC
             record_failure(settings.state_dir, "snapshot", group, exc)
             raise
         actions.append(RunAction(vm=group, action="pruned snapshot", detail=f"{old} (group)"))
+    return actions
+
+
+def _backed_up(settings: Settings, schedule: Schedule, outcome: Outcome) -> list[RunAction]:
+    """A scheduled snapshot's backup (raised if it failed: take recorded it), then the VM's scheduled backups
+    pruned by the schedule's policy."""
+    snap, manifest = outcome.snapshot, outcome.backup
+    assert snap is not None
+    if outcome.backup_error is not None:
+        raise outcome.backup_error
+    assert manifest is not None
+    actions = [RunAction(vm=snap.vm, action="backup",
+                         detail=f"{snap.name} ({manifest.kind.value}, {manifest.written_bytes} bytes written)")]
+    try:
+        removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)
+    except KvmkitError as exc:
+        record_failure(settings.state_dir, "backup", snap.vm, exc)
+        raise
+    if removal.deleted:
+        actions.append(RunAction(vm=snap.vm, action="pruned backups", detail=", ".join(removal.deleted)))
     return actions
 
 
@@ -209,19 +230,7 @@ def _run_one(settings: Settings, schedule: Schedule, now: datetime, ctx: Snapsho
     assert snap is not None
     actions = [RunAction(vm=schedule.vm, action="snapshot", detail=name)]
     if schedule.backup:
-        if outcome.backup_error is not None:
-            raise outcome.backup_error
-        manifest = outcome.backup
-        assert manifest is not None
-        actions.append(RunAction(vm=schedule.vm, action="backup",
-                                 detail=f"{name} ({manifest.kind.value}, {manifest.written_bytes} bytes written)"))
-        try:
-            removal = manage.prune(settings, snap.vm_uuid, schedule.policy, schedule.target, scheduled_only=True)
-        except KvmkitError as exc:
-            record_failure(settings.state_dir, "backup", schedule.vm, exc)
-            raise
-        if removal.deleted:
-            actions.append(RunAction(vm=schedule.vm, action="pruned backups", detail=", ".join(removal.deleted)))
+        actions += _backed_up(settings, schedule, outcome)
     scheduled = [s for s in ctx.catalog.list(snap.vm_uuid) if s.name.startswith(retention.SCHEDULED_PREFIX)]
     kept = retention.keep([retention.Item(s.name, retention.item_time(s.name, s.created)) for s in scheduled],
                           schedule.policy)

@@ -54,30 +54,47 @@ def take(ctx: SnapshotContext, settings: Settings, vms: list[str], name: str | N
         elif outcome.snapshot is not None and on_created is not None:
             on_created(outcome.snapshot)
     if backup:
-        for outcome in outcomes:
-            if outcome.snapshot is None:
-                continue
-            try:
-                outcome.backup = back_up(settings, outcome.snapshot, target)
-            except KvmkitError as exc:  # the snapshot stays ready; back_up recorded the failure
-                outcome.backup_error = exc
-                continue
-            if on_backed_up is not None:
-                on_backed_up(outcome)
+        back_up_each([o for o in outcomes if o.snapshot is not None], settings, target, on_backed_up)
     return outcomes
 
 
+def back_up_each(outcomes: list[Outcome], settings: Settings, target: str | None,
+                 on_backed_up: Callable[[Outcome], None] | None = None) -> None:
+    """Back each outcome's snapshot up, one after another (they share the target's bandwidth); a failure stays in
+    its outcome (back_up recorded its health event) and the others go on."""
+    for outcome in outcomes:
+        assert outcome.snapshot is not None
+        try:
+            outcome.backup = back_up(settings, outcome.snapshot, target)
+        except KvmkitError as exc:  # the snapshot stays ready
+            outcome.backup_error = exc
+            continue
+        if on_backed_up is not None:
+            on_backed_up(outcome)
+
+
 def take_group(ctx: SnapshotContext, settings: Settings, group: str, vms: list[str], name: str | None = None, *,
-               crash_consistent: bool = False, wait_s: float = 0.0, allow_full_copy: bool = False) -> list[Snapshot]:
+               crash_consistent: bool = False, wait_s: float = 0.0, allow_full_copy: bool = False,
+               backup: bool = False, target: str | None = None,
+               on_created: Callable[[Snapshot], None] | None = None,
+               on_backed_up: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """A consistency group's snapshot (one instant across its VMs), after the recover pass; all or nothing, so a
-    failure is every member VM's health event and is raised."""
+    failure is every member VM's health event and is raised. With backup, each member's snapshot is then backed
+    up as that VM's backup under the group snapshot's name: restoring every member from that name gives back the
+    one instant (a member whose backup failed says so in its outcome)."""
     from kvmkit.snapshot.group import create_group
 
     recover_pass(ctx)
     try:
-        return create_group(ctx, group, vms, name, crash_consistent=crash_consistent, wait_s=wait_s,
-                            allow_full_copy=allow_full_copy)
+        snaps = create_group(ctx, group, vms, name, crash_consistent=crash_consistent, wait_s=wait_s,
+                             allow_full_copy=allow_full_copy)
     except KvmkitError as exc:
         for vm in vms or ctx.catalog.group_vms(group) or [group]:
             record_failure(settings.state_dir, "snapshot", vm, exc)
         raise
+    outcomes = [Outcome(s.vm, snapshot=s) for s in snaps]
+    for snap in snaps if on_created is not None else []:
+        on_created(snap)
+    if backup:
+        back_up_each(outcomes, settings, target, on_backed_up)
+    return outcomes

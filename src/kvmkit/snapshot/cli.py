@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -71,12 +72,14 @@ def create(
     """Snapshot running VMs consistently: freeze, snapshot every disk at once, thaw."""
     settings = config.load()
     ctx = _context(connect, settings)
+    want_backup = settings.backup_to_secondary if backup is None else backup
     if group is not None:
-        if all_vms or backup:
-            raise InvalidInput("--group takes named VMs (or its stored definition), without --all or --backup")
+        if all_vms:
+            raise InvalidInput("--group takes named VMs (or its stored definition), without --all")
         for vm in vms or []:
             check_vm_name(vm)
-        _create_group(ctx, settings, group, list(vms or []), name, crash_consistent, wait, allow_full_copy, json_out)
+        _create_group(ctx, settings, group, list(vms or []), name, crash_consistent, wait, allow_full_copy,
+                      want_backup, json_out)
         return
     names = list(dict.fromkeys(vms or []))  # `create vm1 vm1` is one snapshot, not a lock race with itself
     if all_vms:
@@ -87,6 +90,19 @@ def create(
     for vm in names:
         check_vm_name(vm)
 
+    def created(snap: Snapshot) -> None:
+        window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
+                  else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
+        console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
+                      f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+
+    outcomes = jobs.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
+                         allow_full_copy=allow_full_copy, backup=want_backup,
+                         on_created=None if json_out else created, on_backed_up=_backed_up_printer(json_out))
+    _finish(outcomes, names, json_out)
+
+
+def _backed_up_printer(json_out: bool) -> Callable[[Outcome], None]:
     def backed_up(outcome: Outcome) -> None:
         manifest, snap = outcome.backup, outcome.snapshot
         if json_out or manifest is None or snap is None:
@@ -94,16 +110,12 @@ def create(
         kind = f"incremental on {manifest.parent}" if manifest.parent else "full"
         console.print(f"{snap.vm}: backed up {snap.name} to {manifest.target} ({kind}, {manifest.seconds:.1f} s)")
 
-    def created(snap: Snapshot) -> None:
-        window = (f"froze {snap.freeze_ms:.1f} ms" if snap.freeze_ms is not None
-                  else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
-        console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] {snap.state.value} ({snap.mode.value}, {window}, "
-                      f"{len(snap.disks)} disk(s): {', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+    return backed_up
 
-    want_backup = settings.backup_to_secondary if backup is None else backup
-    outcomes = jobs.take(ctx, settings, names, name, crash_consistent=crash_consistent, wait_s=wait,
-                         allow_full_copy=allow_full_copy, backup=want_backup,
-                         on_created=None if json_out else created, on_backed_up=backed_up)
+
+def _finish(outcomes: list[Outcome], names: list[str], json_out: bool, head: dict | None = None) -> None:
+    """Print what was made (--json: one envelope, every snapshot and every VM's error) and exit with the worst
+    failure's code: a snapshot that failed, or a snapshot made whose backup failed."""
     snaps = [o.snapshot for o in outcomes if o.snapshot is not None]
     failures = [(o.vm, o.error) for o in outcomes if o.error is not None]
     failures += [(o.vm, o.backup_error.rephrased(f"snapshot {o.snapshot.name} is ready, but its backup failed: "
@@ -114,7 +126,7 @@ def create(
                                                              "seconds": o.backup.seconds}} if o.backup else {})}
                 for o in outcomes if o.snapshot is not None]
         errors = [{"vm": vm, **error_json(exc, exc.exit_code)} for vm, exc in failures]
-        print_json({"snapshots": docs, "errors": errors})
+        print_json({**(head or {}), "snapshots": docs, "errors": errors})
     if failures:
         if len(failures) == 1 and len(names) == 1 and not snaps:
             if json_out:  # stdout already has the envelope: the error line alone, with its exit code
@@ -127,18 +139,18 @@ def create(
 
 
 def _create_group(ctx: SnapshotContext, settings: config.Settings, group: str, vms: list[str], name: str | None,
-                  crash: bool, wait: float, allow_full_copy: bool, json_out: bool) -> None:
-    snaps = jobs.take_group(ctx, settings, group, vms, name, crash_consistent=crash, wait_s=wait,
-                            allow_full_copy=allow_full_copy)
-    if json_out:
-        print_json({"group": group, "snapshots": [snapshot_json(s) for s in snaps], "errors": []})
-        return
-    for snap in snaps:
+                  crash: bool, wait: float, allow_full_copy: bool, backup: bool, json_out: bool) -> None:
+    def created(snap: Snapshot) -> None:
         window = (f"froze {snap.freeze_ms:.1f} ms" if snap.mode.value == "quiesced" and snap.freeze_ms is not None
                   else f"paused {snap.pause_ms:.1f} ms" if snap.pause_ms is not None else "no freeze needed")
         console.print(f"{snap.vm}: snapshot [bold]{snap.name}[/] of group {group} {snap.state.value} "
                       f"({snap.mode.value}, {window}, {len(snap.disks)} disk(s): "
                       f"{', '.join(f'{d.target}:{d.driver}' for d in snap.disks)})")
+
+    outcomes = jobs.take_group(ctx, settings, group, vms, name, crash_consistent=crash, wait_s=wait,
+                               allow_full_copy=allow_full_copy, backup=backup,
+                               on_created=None if json_out else created, on_backed_up=_backed_up_printer(json_out))
+    _finish(outcomes, [o.vm for o in outcomes], json_out, {"group": group})
 
 
 @app.command("list")
