@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kvmkit.backup import keys as K
 from kvmkit.backup.store import MARKER, ChunkStore
+from kvmkit.backup.tombstones import Tombstones
 from kvmkit.config import BackupTarget, Settings
 from kvmkit.errors import EnvironmentProblem, InvalidInput, NotFound, OperationFailed
 
@@ -101,8 +102,14 @@ def attach(store: ChunkStore, settings: Settings, cfg: BackupTarget, init: str |
     if mode != "legacy":
         assert isinstance(repo_id, str)
         store.keys = load(store, settings, cfg, repo_id, mode, ask)
+        store.tombstones = tombstones_of(settings, store)
     _remember(settings, store, {"mode": mode, "repo_id": repo_id})
     return store
+
+
+def tombstones_of(settings: Settings, store: ChunkStore) -> Tombstones:
+    """This host's memory of the target's deleted backups, kept beside its record of the target."""
+    return Tombstones(K.key_dir(settings.state_dir) / "tombstones" / _known_path(settings, store).stem)
 
 
 def record_of(store: ChunkStore, settings: Settings, repo_id: str, mode: str) -> K.KeyRecord | K.MacKey:
@@ -159,5 +166,6 @@ def _create(store: ChunkStore, settings: Settings, cfg: BackupTarget, init: str 
         raise OperationFailed(f"backup target {store.name} was initialised by another host meanwhile: run again")
     store._put(MARKER, json.dumps(marker).encode())
     store.marker, store.keys = marker, keys
+    store.tombstones = tombstones_of(settings, store)
     _remember(settings, store, {"mode": mode, "repo_id": repo_id}, replace=init is not None)
     return store

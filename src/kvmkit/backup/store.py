@@ -46,6 +46,7 @@ from kvmkit.backup import codec, seal
 from kvmkit.backup.codec import ChunkDamaged
 from kvmkit.backup.keys import RepoKeys
 from kvmkit.backup.model import FORMAT_VERSION, MAX_CHUNK_SIZE, BackupManifest, DamagedManifest
+from kvmkit.backup.tombstones import Tombstones
 from kvmkit.errors import InvalidInput, NotFound, OperationFailed
 from kvmkit.snapshot.snapshot_lock import flocked  # one flock helper for targets and snapshots
 
@@ -101,6 +102,7 @@ class ChunkStore(ABC):
     last_touch: float = 0.0
     _reused_lock = threading.Lock()
     marker: dict | None = None  # the format marker as read (None: a new, empty target)
+    tombstones: Tombstones | None = None  # tombstones.py: set by keyring.attach for a repository with keys
 
     @property
     def id_key(self) -> bytes | None:
@@ -327,6 +329,8 @@ class ChunkStore(ABC):
             raise ManifestDamaged(key, f"it describes backup {manifest.vm_uuid}/{manifest.snapshot}, not its own name")
         if manifest is not None and self._keyed() and any(d.content_digest is None for d in manifest.disks):
             raise ManifestDamaged(key, "a disk has no content digest (mandatory in a repository with keys)")
+        if manifest is not None and self.tombstones is not None and self.tombstones.buried(self, manifest):
+            raise ManifestDamaged(key, "a deleted backup put back (a tombstone says this very backup was deleted)")
         return manifest
 
     def _unseal_manifest(self, key: str, blob: bytes) -> bytes:
@@ -353,6 +357,8 @@ class ChunkStore(ABC):
         headers: drop each manifest's chunk lists once it parsed (`full` loads one back), so listing a target
         holds one manifest's chunks at a time, not every backup's; except those `keep` selects (one VM's)."""
         prefix = f"manifests/{vm_uuid}/" if vm_uuid else "manifests/"
+        if vm_uuid is None and self.tombstones is not None:
+            self.tombstones.preload(self)
         good: list[BackupManifest] = []
         damaged: list[DamagedManifest] = []
         for key in sorted(key for key, _ in self._list(prefix) if _is_json(key)):
@@ -371,6 +377,8 @@ class ChunkStore(ABC):
         return self.scan_manifests(vm_uuid, headers)[0]
 
     def delete_manifest(self, manifest: BackupManifest) -> None:
+        if self.tombstones is not None:  # first: a copy of the manifest put back later must not count
+            self.tombstones.bury(self, manifest)
         self._delete([manifest_key(manifest.vm_uuid, manifest.snapshot)])
 
     # in progress -------------------------------------------------------------------------------------------------
