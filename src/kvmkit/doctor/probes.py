@@ -17,6 +17,20 @@ from kvmkit.errors import KvmkitError
 from kvmkit.virt.disks import Disk
 
 
+def preload(rbd: bool) -> None:
+    """Import what the probes use, once, in the calling thread, before any probe runs in the pool: two threads
+    importing modules of one package at once can deadlock on Python's per-module import locks (CI saw
+    `deadlock detected by _ModuleLock('kvmkit.snapshot.drivers.file.overlay')` and doctor exit 70)."""
+    import kvmkit.snapshot.drivers.file
+    import kvmkit.snapshot.drivers.file.overlay
+
+    if rbd:
+        try:
+            import kvmkit.snapshot.drivers.rbd  # noqa: F401
+        except ImportError:
+            pass  # no Debian rbd/rados bindings: the probe itself reports it
+
+
 def reflink(pool: Path, vms: list[str]) -> Finding:
     from kvmkit.snapshot.drivers.file import supports_reflink
 

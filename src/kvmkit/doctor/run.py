@@ -79,6 +79,7 @@ def _storage(settings: Settings, disks: list[tuple[str, Disk]], pool: ThreadPool
     for vm, disk in disks:
         if disk.kind == "network" and disk.protocol == "rbd":
             clusters[(disk.config_file, disk.hosts, disk.auth_username)].append((vm, disk))
+    probes.preload(rbd=bool(clusters))
     reflinks = [pool.submit(probes.reflink, folder, sorted(vms)) for folder, vms in sorted(folders.items())]
     rbds = [pool.submit(probes.rbd_cluster, settings, members) for _, members in sorted(clusters.items(), key=str)]
     extents = probes.extents(files, settings.reflink_extent_limit)
