@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -120,7 +119,7 @@ class ChunkWork:
         is shallow enough (its depth from its stored header: the index is not trusted for that)."""
         if len(changed) * codec.DELTA_BLOCK > codec.DELTA_MAX_SHARE * length:
             return None
-        depth = 0 if os.environ.get("NODEPTH") else self.backup.target.depth_of(parent)
+        depth = self.backup.target.depth_of(parent)
         if depth is None or depth >= codec.MAX_DEPTH:
             return None
         payload = b"".join(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] for k in changed)
