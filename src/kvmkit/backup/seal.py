@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -39,17 +40,23 @@ NONCE = 12
 TAG = 16
 
 
+_scratch = threading.local()  # seal_chunk's output buffer, one per thread, reused
+
+
 class SealBroken(Exception):
     """A sealed object that does not open with this repository's key (altered, renamed, or another key)."""
 
 
-def _gcm_seal(key: bytes, prefix: bytes, data: bytes | bytearray | memoryview, aad: bytes) -> bytearray:
-    """prefix + a fresh nonce + AES-256-GCM(data) + tag, written straight into one buffer."""
+def _gcm_seal(key: bytes, prefix: bytes, data: bytes | bytearray | memoryview, aad: bytes,
+              out: bytearray | memoryview | None = None) -> bytearray | memoryview:
+    """prefix + a fresh nonce + AES-256-GCM(data) + tag, written straight into one buffer (out: exactly
+    sealed_size(prefix, data) bytes to write into; else a new bytearray)."""
     nonce = os.urandom(NONCE)
     encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
     encryptor.authenticate_additional_data(aad)
     start = len(prefix) + NONCE
-    out = bytearray(start + len(data) + TAG)  # update_into wants len(data) + 15 bytes of room: the tag's place
+    if out is None:
+        out = bytearray(start + len(data) + TAG)  # update_into wants len(data) + 15 bytes of room: the tag's
     out[:len(prefix)], out[len(prefix):start] = prefix, nonce
     done = encryptor.update_into(data, memoryview(out)[start:]) if len(data) else 0
     encryptor.finalize()
@@ -79,10 +86,24 @@ def _chunk_header(blob: bytes | memoryview) -> bytes:
     return CHUNK_MAGIC + head[4:5]
 
 
-def seal_chunk(keys: RepoKeys, digest: str, blob: bytes | bytearray | memoryview) -> bytearray:
+def _reused(size: int) -> memoryview:
+    """This thread's sealing buffer, at least `size` bytes. A new ~1 MiB buffer per chunk cost more than the
+    cipher: each came from fresh pages (a thread's malloc arena trims and refaults them), 2 s of kernel time
+    in a 1 GiB backup against 0.2 s of AES."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _scratch.buffer = bytearray(max(size, 1 << 20))
+    return memoryview(buffer)[:size]
+
+
+def seal_chunk(keys: RepoKeys, digest: str, blob: bytes | bytearray | memoryview) -> memoryview:
+    """The sealed chunk, in this thread's reused buffer: valid until this thread's next seal_chunk (the store
+    writes it at once and keeps nothing)."""
     assert keys.enc_key is not None
     header = _chunk_header(blob)
-    return _gcm_seal(keys.enc_key, header, blob, header + bytes.fromhex(digest))
+    out = _reused(len(header) + NONCE + len(blob) + TAG)
+    _gcm_seal(keys.enc_key, header, blob, header + bytes.fromhex(digest), out)
+    return out
 
 
 def open_chunk(keys: RepoKeys, digest: str, sealed: bytes) -> bytearray:
