@@ -512,10 +512,9 @@ class DirTarget(ChunkStore):
         key = tuple(parts)
         cache = self._folders
         if cache is not None and len(key) == 2 and key[0] == "chunks":
-            with self._folders_lock:
-                kept = cache.get(key)
-                if kept is not None:
-                    return os.dup(kept)
+            kept = cache.get(key)  # one dict lookup (atomic); fds are closed only when the block ends
+            if kept is not None:
+                return os.dup(kept)
             fd = self._open_folder(parts, create)
             with self._folders_lock:
                 if self._folders is cache and key not in cache:
