@@ -204,10 +204,10 @@ def _sweep(ours: Kvmkit, source: Path, percents: list[float], result: ToolResult
         changed = scatter_writes(source, percent, seed=100 + number)
         drop_caches(source, ours.root)
         run_leg, info = ours.backup(f"w{number}")
+        seconds = round(info["seconds"], 3)  # the ratio is of the figures printed beside it
         points.append(SweepPoint(change_percent=percent, changed_bytes=changed, seconds=run_leg.seconds,
-                                 in_process_s=round(info["seconds"], 3), read_bytes=info["read"],
-                                 written_bytes=info["written"],
-                                 over_full_in_process=round(info["seconds"] / (result.full_in_process_s or 1), 3)))
+                                 in_process_s=seconds, read_bytes=info["read"], written_bytes=info["written"],
+                                 over_full_in_process=round(seconds / (result.full_in_process_s or 1), 3)))
         progress(f"kvmkit incremental at {percent} %: {info['seconds']:.2f} s in process "
                  f"({points[-1].over_full_in_process:.3f}× the full)")
     return points
