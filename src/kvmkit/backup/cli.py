@@ -298,6 +298,8 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
                                                                   "restore."),
           change: float = typer.Option(2.0, "--change", help="With --peers: % of 4 KiB blocks rewritten before "
                                                              "the incremental."),
+          sweep: str = typer.Option("0.5,1,5", "--sweep", help="With --peers: then kvmkit alone, incrementals "
+                                                               "at these % (at most 3; \"\" for none)."),
           json_out: bool = JSON) -> None:
     """A full backup vs dd reading the same source, dd copying it to the target, and the backup onto tmpfs;
     with --peers, kvmkit vs restic/borg on the same image, source and target filesystem."""
@@ -307,7 +309,7 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
 
     say = err_console.print if json_out else console.print
     if peers is not None:
-        _bench_peers(Path(folder), size_mib, change, peers, json_out, say)
+        _bench_peers(Path(folder), size_mib, change, peers, sweep, json_out, say)
         return
     result = bench_mod.run(Path(folder), size_mib, sparse_gib, stride, compression,
                            Path(target_folder) if target_folder else None, rounds,
@@ -320,11 +322,11 @@ def bench(size_mib: int = typer.Option(1024, "--size", help="Source size in MiB 
     print_table(None, ["measure", "value"], result.rows())
 
 
-def _bench_peers(folder, size_mib: int, change: float, peers: str, json_out: bool, say) -> None:
+def _bench_peers(folder, size_mib: int, change: float, peers: str, sweep: str, json_out: bool, say) -> None:
     from kvmkit.benchmarks import backup_peers
 
     result = backup_peers.run(folder, size_mib, change, backup_peers.parse_peers(peers),
-                              progress=lambda m: say(f"[dim]bench:[/] {m}"))
+                              progress=lambda m: say(f"[dim]bench:[/] {m}"), sweep=backup_peers.parse_sweep(sweep))
     if json_out:
         print_json(result)
         return
@@ -334,3 +336,6 @@ def _bench_peers(folder, size_mib: int, change: float, peers: str, json_out: boo
     for peer, ratios in result.ratios.items():
         console.print(f"kvmkit / {peer}: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items()))
     console.print("targets: " + ", ".join(f"{k} {v:.3f}" for k, v in result.targets.items()))
+    if result.sweep:
+        console.print("kvmkit incremental sweep (in process, × its full): " + ", ".join(
+            f"{p.change_percent} % {p.over_full_in_process:.3f}×" for p in result.sweep))

@@ -19,22 +19,19 @@ whatever the disk size: `workers` chunks are read at once, each into its worker'
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
 from kvmkit.backup import changes, chunking, codec, digest, fiemap, leases
-from kvmkit.backup.blockindex import BlockIndex, NoIndex, index_path, open_index
+from kvmkit.backup.blockindex import index_path, open_index
+from kvmkit.backup.chunk_work import ChunkWork
 from kvmkit.backup.model import DEFAULT_CHUNK_SIZE, BackupManifest, ChangeMethod, DiskBackup
 from kvmkit.backup.store import ChunkStore
 from kvmkit.backup.targets import compression_of, open_target
@@ -52,7 +49,7 @@ from kvmkit.snapshot.drivers.reading import (
     file_identity,
     raw_file,
 )
-from kvmkit.snapshot.drivers.registry import by_name, default_drivers
+from kvmkit.snapshot.drivers.registry import by_name, named_drivers
 from kvmkit.snapshot.model import DiskSnapshot, Snapshot, State
 
 log = logging.getLogger(__name__)
@@ -117,6 +114,7 @@ class Backup:
         with self.target.locked(exclusive=False), ExitStack() as stack:
             # announced before any chunk is looked at (leases.py, gc.py): other hosts' GC and prunes see it
             lease = stack.enter_context(leases.Lease(self.target, snapshot.vm_uuid, snapshot.name))
+            stack.enter_context(self.target.folder_cache())
             self.target.reused, self.target.last_touch = set(), 0.0
             stack.callback(setattr, self.target, "reused", None)
             if self.target.has_manifest(snapshot.vm_uuid, snapshot.name):
@@ -131,7 +129,7 @@ class Backup:
                     parent = pick_parent(manifests, snapshot)
                     lease.name_parent(parent.snapshot if parent is not None else None)
             chain = chunking.chain(parent, {m.snapshot: m for m in manifests}) if parent else []
-            self._drivers = self._given_drivers or default_drivers(self.settings)
+            self._drivers = self._given_drivers or named_drivers(self.settings, {d.driver for d in snapshot.disks})
             if self._given_drivers is None:
                 for driver in self._drivers:
                     stack.callback(driver.close)
@@ -327,149 +325,6 @@ def _counted(ranges: Iterator[changes.Extent], record: DiskBackup) -> Iterator[c
     for offset, length in ranges:
         record.diff_bytes = (record.diff_bytes or 0) + length
         yield offset, length
-
-
-class ChunkWork:
-    """Read, name and store the chunks of one disk concurrently, at most 2 × workers in flight (flat memory).
-
-    Each item is (chunk index, changed blocks or None). With blocks, only those blocks are read: the chunk's
-    other block digests come from the block index (checked against the parent's chunk name), so the new name
-    and a delta against the parent follow without reading the rest. Without blocks (or when the index has no
-    good record) the whole chunk is read. Each worker thread reads into its own reused buffer."""
-
-    def __init__(self, backup: Backup, reader: SnapshotReader, index: BlockIndex | NoIndex, size: int,
-                 parent_map: chunking.ChunkMap, record: DiskBackup) -> None:
-        self.backup, self.reader, self.index, self.size = backup, reader, index, size
-        self.parent_map, self.record = parent_map, record
-        self.chunk_size = backup.chunk_size
-        self.scratch = threading.local()
-
-    def _buffer(self, length: int) -> bytearray:
-        if length != self.chunk_size:
-            return bytearray(length)  # the disk's last, short chunk: once per disk
-        if getattr(self.scratch, "buffer", None) is None:
-            self.scratch.buffer = bytearray(self.chunk_size)
-        return self.scratch.buffer
-
-    def _read(self, offset: int, view: memoryview) -> None:
-        got = self.reader.read_into(offset, view)  # type: ignore[arg-type]
-        if got is not view and got is not view.obj:
-            view[:] = got  # a reader that hands back its own bytes (librbd)
-
-    def _read_runs(self, offset: int, view: memoryview, runs: list[tuple[int, int]]) -> int:
-        done = 0
-        for first, count in runs:
-            lo = first * codec.DELTA_BLOCK
-            hi = min(len(view), (first + count) * codec.DELTA_BLOCK)
-            self._read(offset + lo, view[lo:hi])
-            done += hi - lo
-        return done
-
-    def one(self, index: int, blocks: list[int] | None) -> tuple[int, str | None, int, int]:
-        offset, length = chunking.chunk_span(index, self.size, self.chunk_size)
-        count, size = -(-length // codec.DELTA_BLOCK), codec.DELTA_BLOCK
-        parent = self.parent_map.get(index)
-        zero_table = _zero_table(length)
-        base = zero_table if parent is None else self.index.get(index, parent, length)
-        if base is None:
-            blocks = None  # no trusted digests for the rest of the chunk: read it whole
-        buffer = self._buffer(length)  # exactly `length` long
-        view = memoryview(buffer)
-        if blocks is None:
-            self._read(offset, view)
-            read = length
-            if parent is None and buffer == _zeros(length):  # memcmp (not on the view: item by item, 150× slower)
-                return index, None, read, 0
-            table = codec.digest_table(view)
-            candidates: Iterable[int] = range(count)
-        else:
-            if parent is None:
-                view[:] = _zeros(length)  # the blocks not read are zeros: the parent had a hole here
-            read = self._read_runs(offset, view, changes.block_runs(blocks))
-            table = bytearray(base)
-            for k in blocks:
-                table[k * 32: k * 32 + 32] = hashlib.sha256(view[k * size: (k + 1) * size]).digest()
-            candidates = blocks
-        if table == zero_table:
-            return index, None, read, 0
-        if base is None and parent is not None and hashlib.sha256(view).hexdigest() == parent:
-            return index, parent, read, 0  # unchanged, stored before chunks were named by block tree
-        name = codec.table_id(table, self.backup.target.id_key)
-        if name == parent:
-            if base is None:
-                self.index.put(index, name, table)  # repair the record the index lacked
-            return index, name, read, 0
-        self.index.put(index, name, table)
-        if self.backup.target.reuse(name):  # touched: no garbage collection sweeps it under this backup
-            return index, name, read, 0
-        blob = None
-        if parent is not None and base is not None:
-            changed = [k for k in candidates if table[k * 32: k * 32 + 32] != base[k * 32: k * 32 + 32]]
-            blob = self._delta(parent, changed, view, length)
-        if blob is None:
-            if blocks is not None and parent is not None:  # whole after all: read what was not read yet
-                have = set(blocks)
-                read += self._read_runs(offset, view, changes.block_runs([k for k in range(count) if k not in have]))
-            blob = codec.encode(view, self.backup.compression, tree=True)
-        return index, name, read, self.backup.target.put_blob(name, blob)
-
-    def _delta(self, parent: str, changed: list[int], view: memoryview, length: int) -> bytes | None:
-        """A delta against the parent's chunk from the changed blocks alone, when it is worth it and the parent
-        is shallow enough (its depth from its stored header: the index is not trusted for that)."""
-        if len(changed) * codec.DELTA_BLOCK > codec.DELTA_MAX_SHARE * length:
-            return None
-        depth = self.backup.target.depth_of(parent)
-        if depth is None or depth >= codec.MAX_DEPTH:
-            return None
-        payload = b"".join(view[k * codec.DELTA_BLOCK: (k + 1) * codec.DELTA_BLOCK] for k in changed)
-        return codec.encode_delta_blocks(payload, length, parent, depth, changed, self.backup.compression, tree=True)
-
-    def _prefetch(self, index: int, blocks: list[int]) -> None:
-        assert isinstance(self.reader, FileReader)
-        base = index * self.chunk_size
-        for first, count in changes.block_runs(blocks):
-            self.reader.prefetch(base + first * codec.DELTA_BLOCK, count * codec.DELTA_BLOCK)
-
-    def run(self, work: Iterable[tuple[int, list[int] | None]], workers: int) -> dict[int, str | None]:
-        hashes: dict[int, str | None] = {}
-        record = self.record
-
-        def collect(done: set[Future]) -> None:
-            for future in done:
-                index, digest, read, written = future.result()
-                hashes[index] = digest
-                record.read_bytes += read
-                record.written_bytes += written
-                record.new_chunks += 1 if written else 0
-                self.backup.advance(read)
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as pool:
-            pending: set[Future] = set()
-            try:
-                for index, blocks in work:
-                    if blocks is not None and isinstance(self.reader, FileReader):
-                        self._prefetch(index, blocks)
-                    if len(pending) >= 2 * workers:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        collect(done)
-                    pending.add(pool.submit(self.one, index, blocks))
-                collect(set(pending))
-                pending = set()
-            finally:
-                for future in pending:
-                    future.cancel()
-        return hashes
-
-
-@functools.cache
-def _zeros(length: int) -> bytes:
-    return bytes(length)
-
-
-@functools.cache
-def _zero_table(length: int) -> bytes:
-    """The digest table of an all-zero chunk of this length."""
-    return bytes(codec.digest_table(bytes(length)))
 
 
 def _tracked_changes(disk: DiskSnapshot, parent: DiskBackup | None,

@@ -151,7 +151,7 @@ def write_disk(store: ChunkStore, chunk_map: chunking.ChunkMap, size: int, chunk
         return data
 
     total = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+    with store.folder_cache(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
         pending: set[Future] = set()
         try:
             for chunk, indexes in places.items():

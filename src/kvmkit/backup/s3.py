@@ -126,7 +126,8 @@ class S3Target(ChunkStore):
     # primitives --------------------------------------------------------------------------------------------------
     def _put(self, key: str, data: bytes, durable: bool = True) -> None:
         with self._calls("writing", key):
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            # a sealed chunk is a bytearray (seal.py writes it in place); botocore's checksums want bytes
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data if isinstance(data, bytes) else bytes(data))
 
     def _get(self, key: str, limit: int = MAX_SMALL_BLOB, **options: str) -> bytes | None:
         """An object larger than limit is refused from its Content-Length, before its body is read."""

@@ -153,6 +153,12 @@ class ChunkStore(ABC):
         """Backups hold the lock shared; garbage collection alone, so it never sweeps chunks being written."""
         yield
 
+    @contextmanager
+    def folder_cache(self) -> Iterator[None]:
+        """Within: chunk folders may stay open between calls (dir.py: a backup or restore touches each of the
+        256 chunk folders thousands of times). A no-op for stores without folders."""
+        yield
+
     def sync(self) -> None:
         """Make every chunk written so far durable before a manifest names them (a no-op where a write is)."""
         return None
@@ -215,11 +221,12 @@ class ChunkStore(ABC):
         self._put(chunk_key(digest), blob, durable=False)
         return len(blob)
 
-    def put_blob(self, digest: str, blob: bytes) -> int:
+    def put_blob(self, digest: str, blob: bytes, checked: bool = False) -> int:
         """Store an already encoded chunk unless present (an incremental encodes its deltas itself, from the
-        changed blocks and the parent's block digests, without reading the parent back); bytes written."""
+        changed blocks and the parent's block digests, without reading the parent back); bytes written.
+        checked: the caller's own `reuse` just said it is absent (not asked twice)."""
         self._need_keys()
-        if self.reuse(digest):
+        if not checked and self.reuse(digest):
             return 0
         return self._put_sealed(digest, blob)
 
@@ -478,6 +485,8 @@ class DirTarget(ChunkStore):
         if not root.is_dir():
             raise NotFound(f"backup target {name}: {root} is not a folder (is the export mounted?)")
         self._made_dirs: set[Path] = set()
+        self._folders: dict[tuple[str, ...], int] | None = None  # folder_cache: open chunk folders
+        self._folders_lock = threading.Lock()
         self._check_format(mark_legacy)
 
     # paths -------------------------------------------------------------------------------------------------------
@@ -487,9 +496,41 @@ class DirTarget(ChunkStore):
     def manifest_path(self, vm_uuid: str, snapshot: str) -> Path:
         return self.root / manifest_key(vm_uuid, snapshot)
 
+    @contextmanager
+    def folder_cache(self) -> Iterator[None]:
+        """Within: each chunk folder (chunks/ab) is opened once, component by component as always, and its fd
+        kept; a call then gets a dup of it (one syscall, no path walk) instead of three opens and three closes.
+        A backup's or restore's own block: closed at its end, never kept across operations (a folder swapped
+        for a symlink meanwhile is not followed either way: the kept fd is the folder that was checked)."""
+        if self._folders is not None:  # nested: the outer block owns it
+            yield
+            return
+        self._folders = {}
+        try:
+            yield
+        finally:
+            with self._folders_lock:
+                folders, self._folders = self._folders, None
+            for fd in folders.values():
+                os.close(fd)
+
     def _folder(self, parts: list[str], create: bool = False) -> int:
         """An fd of the folder root/parts…, each component opened with O_NOFOLLOW below the root (a planted
         symlinked folder is refused, not followed); create: make missing ones 0700."""
+        key = tuple(parts)
+        cache = self._folders
+        if cache is not None and len(key) == 2 and key[0] == "chunks":
+            kept = cache.get(key)  # one dict lookup (atomic); fds are closed only when the block ends
+            if kept is not None:
+                return os.dup(kept)
+            fd = self._open_folder(parts, create)
+            with self._folders_lock:
+                if self._folders is cache and key not in cache:
+                    cache[key] = os.dup(fd)
+            return fd
+        return self._open_folder(parts, create)
+
+    def _open_folder(self, parts: list[str], create: bool) -> int:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for part in parts:
