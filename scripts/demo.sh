@@ -72,8 +72,17 @@ $K snapshot delete lab1 "$name" --yes
 $K snapshot delete lab1 "$name-crash" --yes
 $K backup list lab1
 
-step "kvmkit congestion sample --interval 1 --count 1   (per-VM CPU congestion, not just oversubscription)"
-$K congestion sample --interval 1 --count 1
+step "kvmkit congestion sample --interval 1 --count 3 --history   (per-VM CPU congestion, not just oversubscription)"
+history=$(mktemp --suffix=.jsonl)
+$K congestion sample --interval 1 --count 3 --history "$history" | tail -6
+
+step "kvmkit tune vm lab1 --goal latency --history   (its definition judged, with what congestion measured for it)"
+$K tune vm lab1 --goal latency --history "$history" | grep -E "^│ .*(cpu\.pinning|disk\.iothread)" || true
+rm -f "$history"
+
+step "kvmkit tune vm apply lab1 --only cpu.pinning   (the running VM is pinned live, no restart) and rollback"
+$K tune vm apply lab1 --goal latency --only cpu.pinning --yes
+$K tune vm rollback lab1 --yes
 
 step "kvmkit tune audit --goal latency   (last lines: the score of this host per goal)"
 $K tune audit --goal latency | tail -2 || true
