@@ -194,7 +194,10 @@ def test_delete_with_dependants_and_prune_remove_exactly_the_unneeded_objects(s3
 
     removal = manage.delete(s3_settings, "vm1", "s2", with_dependants=True)
     assert removal.deleted == ["s3", "s2"]
-    assert set(objects(client, bucket)) == {"kvmkit-backup.json"}  # every chunk, manifest and intent is gone
+    left = set(objects(client, bucket))  # every chunk, manifest and intent is gone; each delete left its tombstone
+    tombs = {k for k in left if k.startswith(f"tombstones/{snaps[0].vm_uuid}/")}
+    assert left - tombs == {"kvmkit-backup.json"} and len(tombs) == 4 and all(objects(client, bucket)[k] == 0
+                                                                                 for k in tombs)
 
 
 def test_bucket_over_quota_mid_backup_is_one_line_and_the_rerun_resumes(s3_settings, lab_state, client, bucket,

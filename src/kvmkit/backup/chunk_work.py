@@ -14,9 +14,9 @@ import functools
 import hashlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kvmkit.backup import changes, chunking, codec
 from kvmkit.backup.blockindex import BlockIndex, NoIndex
@@ -24,7 +24,16 @@ from kvmkit.backup.model import DiskBackup
 from kvmkit.snapshot.drivers.reading import FileReader, SnapshotReader
 
 if TYPE_CHECKING:
-    from kvmkit.backup.create import Backup
+    from kvmkit.backup.store import ChunkStore
+
+
+class Backup(Protocol):
+    """What the chunk work needs of the backup it serves (create.Backup): a protocol, so this module does not
+    import create.py, which imports it."""
+
+    target: ChunkStore
+    compression: str
+    advance: Callable[[int], None]
 
 READAHEAD = 64  # chunks whose changed blocks are asked for ahead of the workers (a list of block numbers each)
 Work = tuple[int, list[int] | None]

@@ -24,14 +24,21 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kvmkit.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
     from kvmkit.backup.model import BackupManifest
-    from kvmkit.backup.store import ChunkStore
+
+
+class ChunkStore(Protocol):
+    """The two storage primitives tombstones use (store.ChunkStore's): a protocol, since store.py imports this."""
+
+    def _put(self, key: str, data: bytes, durable: bool = True) -> None: ...
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
 
 log = logging.getLogger(__name__)
 PREFIX = "tombstones/"
