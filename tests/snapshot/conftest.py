@@ -43,6 +43,16 @@ def kvmkit(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.
                           timeout=timeout)
 
 
+def backup_env(snap_env: dict[str, str], tmp_path: Path, settings: str = "") -> dict[str, str]:
+    """snap_env with a config naming one dir backup target `sec` (a fresh folder under tmp_path), plus `settings`
+    (TOML lines placed before the target table)."""
+    target = tmp_path / "secondary"
+    target.mkdir()
+    config = tmp_path / "kvmkit.toml"
+    config.write_text(f'{settings}[[backup_targets]]\nname = "sec"\nkind = "dir"\npath = "{target}"\n')
+    return {**snap_env, "KVMKIT_CONFIG": str(config)}
+
+
 def disk_paths(conn, vm: str) -> list[Path]:
     from kvmkit.virt.connection import live_disks
 

@@ -23,7 +23,7 @@ from kvmkit.snapshot.model import Mode, State
 from kvmkit.virt import agent
 from kvmkit.virt.connection import connection
 from tests.conftest import TEST_LAB_DIR, lab_vm
-from tests.snapshot.conftest import disk_paths, kvmkit, wait_thawed
+from tests.snapshot.conftest import backup_env, disk_paths, kvmkit, wait_thawed
 
 P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
@@ -111,12 +111,7 @@ def test_the_stored_group_is_reused_by_name(snap_env, pair):
 def test_a_group_backed_up_gives_every_member_a_backup_of_the_one_instant(snap_env, pair, lab_state, tmp_path):
     """`create --group --backup`: one group snapshot, then each member's backup under its name (file disk and RBD
     disk alike); each verifies, and the group's snapshots are deleted as one afterwards."""
-    target = tmp_path / "target"
-    target.mkdir()
-    config = tmp_path / "config.toml"
-    config.write_text(f'state_dir = "{snap_env["KVMKIT_STATE_DIR"]}"\nlab_dir = "{lab_state.dir}"\n'
-                      f'[[backup_targets]]\nname = "sec"\npath = "{target}"\n')
-    env = {**snap_env, "KVMKIT_CONFIG": str(config)}
+    env = backup_env(snap_env, tmp_path, f'state_dir = "{snap_env["KVMKIT_STATE_DIR"]}"\nlab_dir = "{lab_state.dir}"\n')
     out = kvmkit(env, "snapshot", "create", "--group", "appb", *pair, "--name", "gb1", "--backup", "--json",
                  timeout=600)
     assert out.returncode == 0, out.stderr

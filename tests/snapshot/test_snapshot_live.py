@@ -19,7 +19,7 @@ from kvmkit.snapshot.guard import vm_lock
 from kvmkit.snapshot.model import Mode, State
 from kvmkit.virt import agent
 from tests.conftest import TEST_LAB_DIR
-from tests.snapshot.conftest import disk_paths, kvmkit, wait_thawed
+from tests.snapshot.conftest import backup_env, disk_paths, kvmkit, wait_thawed
 
 P = TEST_LAB_DIR.name  # every VM and file of these tests starts with the lab folder's name
 
@@ -253,17 +253,12 @@ def test_invalid_input_raised_before_any_action(engine, file_vm):
 
 
 def test_backup_to_secondary_backs_up_after_the_thaw(snap_env, file_vm, tmp_path):
-    target = tmp_path / "secondary"
-    target.mkdir()
-    config = tmp_path / "kvmkit.toml"
-    config.write_text(f'backup_to_secondary = true\n[[backup_targets]]\nname = "sec"\nkind = "dir"\n'
-                      f'path = "{target}"\n')
-    env = {**snap_env, "KVMKIT_CONFIG": str(config)}
+    env = backup_env(snap_env, tmp_path, "backup_to_secondary = true\n")
     out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk1", "--json")
     assert out.returncode == 0, out.stderr
     (data,) = json.loads(out.stdout)["snapshots"]
     assert data["state"] == "ready" and data["backup"]["target"] == "sec" and data["backup"]["parent"] is None
-    assert any(target.rglob("*")), "nothing was written to the secondary target"
+    assert any((tmp_path / "secondary").rglob("*")), "nothing was written to the secondary target"
     out = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk2", "--json")
     assert json.loads(out.stdout)["snapshots"][0]["backup"]["parent"] == "bk1"  # the second one is incremental
     nob = kvmkit(env, "snapshot", "create", file_vm, "--name", "bk3", "--no-backup", "--json")
